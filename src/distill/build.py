@@ -1,0 +1,285 @@
+"""Config -> objects: data, models, objective and scheme; and the checks `distill validate` runs.
+
+Every object built here can be built by hand in Python; this file only wires names to them.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from distill.checkpoint import load_into, load_weights
+from distill.config import ExperimentConfig, ModelConfig, TermConfig
+from distill.data import (
+    AUGMENTATIONS,
+    DATASETS,
+    DataSplits,
+    build_augmentation,
+    load_batch,
+    load_dataset,
+)
+from distill.errors import CheckpointError, ConfigError, unknown_name
+from distill.losses import LOSSES
+from distill.models import MODELS, build_model, resolve_reference
+from distill.objective import ADAPTERS, Objective, Term, WeightSchedule
+from distill.schemes import SCHEMES, OfflineKD, Supervised
+from distill.taps import Knowledge, Tap
+from distill.trainer import seed_everything
+
+
+@dataclass
+class Built:
+    cfg: ExperimentConfig
+    data: DataSplits
+    student: nn.Module
+    teacher: nn.Module | None
+    objective: Objective
+    scheme: Any
+    augment: Callable | None
+
+
+def resolve_loss(name: str) -> Callable[..., Tensor]:
+    if ":" in name:
+        fn = resolve_reference(name, "loss")
+        if not callable(fn):
+            raise ConfigError(f"loss {name!r} is not callable")
+        return fn
+    if name not in LOSSES:
+        raise ConfigError(unknown_name("loss", name, LOSSES, "list them with: distill methods"))
+    return LOSSES[name].fn
+
+
+def name_problems(cfg: ExperimentConfig) -> list[str]:
+    """Problems that need no data or model: unknown names and missing pieces."""
+    problems = []
+    if cfg.scheme not in SCHEMES:
+        problems.append("scheme: " + unknown_name("scheme", cfg.scheme, SCHEMES))
+    if cfg.data.name not in DATASETS:
+        problems.append("data.name: " + unknown_name("dataset", cfg.data.name, DATASETS))
+    for i, aug in enumerate(cfg.data.augment):
+        if aug.name not in AUGMENTATIONS:
+            problems.append(
+                f"data.augment.{i}.name: " + unknown_name("augmentation", aug.name, AUGMENTATIONS)
+            )
+    for role in ("student", "teacher"):
+        spec = getattr(cfg, role)
+        if spec is not None and ":" not in spec.name and spec.name not in MODELS:
+            problems.append(
+                f"{role}.name: "
+                + unknown_name(
+                    "model", spec.name, MODELS, "or give your own as 'package.module:attr'"
+                )
+            )
+    for i, term in enumerate(cfg.objective.terms):
+        if ":" not in term.loss and term.loss not in LOSSES:
+            problems.append(f"objective.terms.{i}.loss: " + unknown_name("loss", term.loss, LOSSES))
+        if term.adapter is not None and term.adapter not in ADAPTERS:
+            problems.append(
+                f"objective.terms.{i}.adapter: " + unknown_name("adapter", term.adapter, ADAPTERS)
+            )
+    if cfg.scheme == "offline" and cfg.teacher is None:
+        problems.append("teacher: the offline scheme needs a teacher section (name, args, weights)")
+    if cfg.scheme == "offline" and cfg.teacher is not None and cfg.teacher.weights is None:
+        problems.append(
+            "teacher.weights: an offline teacher must be trained; give its .safetensors file or run dir"
+        )
+    if cfg.scheme == "supervised" and cfg.objective.terms:
+        problems.append(
+            "objective.terms: the supervised scheme has no teacher; remove the terms or use scheme: offline"
+        )
+    return problems
+
+
+def weights_path(ref: str) -> Path:
+    """A weights file, or a run dir whose best weights are used."""
+    path = Path(ref)
+    if path.is_dir():
+        path = path / "checkpoints" / "best.safetensors"
+    return path
+
+
+def load_model(spec: ModelConfig, data: DataSplits, role: str) -> nn.Module:
+    model = build_model(spec.name, data.input_shape, data.num_classes, spec.args)
+    if spec.weights is not None:
+        state, _info = load_weights(weights_path(spec.weights))
+        load_into(model, state, f"{role} {spec.name!r}")
+    return model
+
+
+def _dry_batch(data: DataSplits, n: int = 4) -> dict[str, Tensor]:
+    return load_batch(data.train, torch.arange(min(n, len(data.train))))
+
+
+@torch.no_grad()
+def _dry_knowledge(
+    model: nn.Module, layers: list[str], batch: dict[str, Tensor], role: str
+) -> Knowledge:
+    was_training = model.training
+    model.eval()
+    with Tap(model, layers, role) as tap:
+        knowledge = tap.run(batch["input"])
+    model.train(was_training)
+    return knowledge
+
+
+def _check_loss_args(fn: Callable, term: TermConfig, where: str) -> None:
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return
+    valid = [n for n, p in params.items() if p.kind is p.KEYWORD_ONLY]
+    for arg in term.args:
+        if arg not in valid:
+            raise ConfigError(
+                f"{where}.args: loss {term.loss!r} has no argument {arg!r}; its arguments are {valid}"
+            )
+
+
+def build_terms(
+    cfg: ExperimentConfig, student_k: Knowledge, teacher_k: Knowledge | None
+) -> list[Term]:
+    """Terms with adapters sized from the tensors of a dry forward pass."""
+    terms = []
+    for i, tc in enumerate(cfg.objective.terms):
+        where = f"objective.terms.{i}"
+        fn = resolve_loss(tc.loss)
+        _check_loss_args(fn, tc, where)
+        s_tensor = student_k.get(tc.student)
+        t_tensor = teacher_k.get(tc.teacher) if teacher_k is not None else None
+        adapter = None
+        if tc.adapter is not None and t_tensor is not None:
+            try:
+                adapter = ADAPTERS[tc.adapter](tuple(s_tensor.shape), tuple(t_tensor.shape))
+            except ValueError as e:
+                raise ConfigError(f"{where}.adapter: {e}") from None
+        term = Term(
+            tc.name or tc.loss,
+            fn,
+            weight=WeightSchedule(tc.weight, tc.warmup_steps, tc.ramp),
+            student=tc.student,
+            teacher=tc.teacher,
+            adapter=adapter,
+            loss_args=tc.args,
+        )
+        if teacher_k is not None:
+            try:
+                term(student_k, teacher_k)
+            except (ValueError, RuntimeError, TypeError) as e:
+                raise ConfigError(
+                    f"{where} ({tc.loss}: student {tc.student!r} {tuple(s_tensor.shape)} vs teacher "
+                    f"{tc.teacher!r} {tuple(t_tensor.shape)}): {e}"
+                ) from None
+        terms.append(term)
+    return terms
+
+
+def build(cfg: ExperimentConfig) -> Built:
+    """Build everything a run needs. Raises ConfigError/CheckpointError on the first problem."""
+    problems = name_problems(cfg)
+    if problems:
+        raise ConfigError("config has problems:\n  " + "\n  ".join(problems))
+    seed_everything(cfg.train.seed)  # model and adapter init depend on the run seed
+    data = load_dataset(
+        cfg.data.name,
+        val_fraction=cfg.data.val_fraction,
+        split_seed=cfg.data.split_seed,
+        train_samples=cfg.data.train_samples,
+        **cfg.data.options,
+    )
+    student = load_model(cfg.student, data, "student")
+    teacher = (
+        load_model(cfg.teacher, data, "teacher")
+        if cfg.teacher is not None and cfg.scheme != "supervised"
+        else None
+    )
+    batch = _dry_batch(data)
+    student_layers = [t.student for t in cfg.objective.terms if t.student != "logits"]
+    teacher_layers = [t.teacher for t in cfg.objective.terms if t.teacher != "logits"]
+    student_k = _dry_knowledge(student, student_layers, batch, f"student {cfg.student.name}")
+    teacher_k = None
+    if teacher is not None:
+        teacher_k = _dry_knowledge(teacher, teacher_layers, batch, f"teacher {cfg.teacher.name}")
+    terms = build_terms(cfg, student_k, teacher_k)
+    objective = Objective(
+        terms, task_weight=cfg.objective.task_weight, label_smoothing=cfg.objective.label_smoothing
+    )
+    scheme = (
+        Supervised(student, objective)
+        if cfg.scheme == "supervised"
+        else OfflineKD(student, teacher, objective)
+    )
+    augment = build_augmentation([(a.name, a.args) for a in cfg.data.augment])
+    if augment is not None:
+        augment(
+            batch["input"].clone(), torch.Generator().manual_seed(0)
+        )  # bad augment args fail here
+    return Built(cfg, data, student, teacher, objective, scheme, augment)
+
+
+def validate(cfg: ExperimentConfig) -> list[str]:
+    """Every problem a run would hit: names, then every layer name, then weights and shapes.
+
+    Empty means the config builds and a dry forward through every term works.
+    """
+    problems = name_problems(cfg)
+    if problems:
+        return problems
+    problems = _layer_problems(cfg)
+    if problems:
+        return problems
+    try:
+        build(cfg)
+    except (ConfigError, CheckpointError, KeyError, TypeError) as e:
+        problems.append(e.args[0] if e.args else str(e))
+    return problems
+
+
+def _layer_problems(cfg: ExperimentConfig) -> list[str]:
+    """Check every term's layer names (build stops at the first bad one; users want them all)."""
+    problems = []
+    try:
+        data = load_dataset(
+            cfg.data.name,
+            val_fraction=cfg.data.val_fraction,
+            split_seed=cfg.data.split_seed,
+            train_samples=cfg.data.train_samples,
+            **cfg.data.options,
+        )
+    except ConfigError as e:
+        return [str(e)]
+    for role in ("student", "teacher"):
+        spec = getattr(cfg, role)
+        if spec is None or (role == "teacher" and cfg.scheme == "supervised"):
+            continue
+        try:
+            model = build_model(spec.name, data.input_shape, data.num_classes, spec.args)
+        except ConfigError as e:
+            problems.append(f"{role}: {e}")
+            continue
+        for i, term in enumerate(cfg.objective.terms):
+            layer = getattr(term, role)
+            if layer == "logits":
+                continue
+            try:
+                Tap(model, [layer], f"{role} {spec.name}").remove()
+            except KeyError as e:
+                problems.append(f"objective.terms.{i}.{role}: {e.args[0]}")
+    return problems
+
+
+def export_info(cfg: ExperimentConfig) -> dict[str, Any]:
+    """What a weights file needs to rebuild its model: stored in the file's metadata."""
+    return {
+        "model": cfg.student.name,
+        "args": json.loads(json.dumps(cfg.student.args)),
+        "dataset": cfg.data.name,
+    }

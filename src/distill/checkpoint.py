@@ -1,0 +1,191 @@
+"""Checkpoints: safetensors files written atomically, with a checksum verified on load.
+
+A checkpoint is one `.safetensors` file. Tensors (weights, optimizer moments, RNG
+states) are stored as tensors; everything else (step counters, hyperparameters, the
+structure of nested state dicts) is JSON in the file's metadata. Nothing is ever
+unpickled, so a checkpoint cannot run code when it is loaded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save as st_save
+from torch import Tensor
+
+from distill.errors import CheckpointError
+
+_TENSOR = "__tensor__"
+_TUPLE = "__tuple__"
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write to a temporary file in the same directory, fsync, then rename over `path`.
+
+    A crash at any point leaves either the old file or the new one, never a truncated mix.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual file mode
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def _flatten(obj: Any, prefix: str, tensors: dict[str, Tensor]) -> Any:
+    """Replace each tensor in a nested structure by a reference, collecting the tensors."""
+    if isinstance(obj, Tensor):
+        key = prefix or "_"
+        tensors[key] = obj.detach().cpu().contiguous().clone()
+        return {_TENSOR: key}
+    if isinstance(obj, dict):
+        for k in obj:
+            if not isinstance(k, (str, int)):
+                raise TypeError(
+                    f"checkpoint keys must be str or int, got {type(k).__name__} at {prefix!r}"
+                )
+        # JSON object keys are strings; remember which were ints so they come back as ints.
+        return {
+            "__dict__": [
+                [k, _flatten(v, f"{prefix}.{k}" if prefix else str(k), tensors)]
+                for k, v in obj.items()
+            ]
+        }
+    if isinstance(obj, tuple):
+        return {_TUPLE: [_flatten(v, f"{prefix}.{i}", tensors) for i, v in enumerate(obj)]}
+    if isinstance(obj, list):
+        return [_flatten(v, f"{prefix}.{i}", tensors) for i, v in enumerate(obj)]
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    raise TypeError(f"cannot store {type(obj).__name__} at {prefix!r} in a checkpoint")
+
+
+def _unflatten(obj: Any, tensors: dict[str, Tensor]) -> Any:
+    if isinstance(obj, dict):
+        if _TENSOR in obj:
+            return tensors[obj[_TENSOR]]
+        if _TUPLE in obj:
+            return tuple(_unflatten(v, tensors) for v in obj[_TUPLE])
+        return {k: _unflatten(v, tensors) for k, v in obj["__dict__"]}
+    if isinstance(obj, list):
+        return [_unflatten(v, tensors) for v in obj]
+    return obj
+
+
+def _digest(tensors: dict[str, Tensor], skeleton: str) -> str:
+    h = hashlib.sha256(skeleton.encode())
+    for key in sorted(tensors):
+        t = tensors[key]
+        h.update(key.encode())
+        h.update(str(t.dtype).encode() + str(tuple(t.shape)).encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> None:
+    """Store a nested dict of tensors and plain values in one safetensors file, atomically."""
+    tensors: dict[str, Tensor] = {}
+    skeleton = json.dumps(_flatten(state, "", tensors))
+    meta = {"distill": skeleton, "sha256": _digest(tensors, skeleton), "format": "distill-1"}
+    atomic_write_bytes(path, st_save(tensors, metadata=meta))
+
+
+def _read(path: Path) -> tuple[dict[str, Tensor], dict[str, str]]:
+    """Tensors and metadata of a safetensors file; never unpickles anything."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (not a dict)
+    except Exception as e:  # safetensors raises its own error types for bad headers
+        raise CheckpointError(
+            f"{str(path)!r} is not a readable safetensors file ({e}); it may be truncated, "
+            f"or not a safetensors file at all. Use an earlier checkpoint, or retrain."
+        ) from None
+    return tensors, meta
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a checkpoint written by `save_checkpoint`, verifying its checksum."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
+    tensors, meta = _read(path)
+    if meta.get("format") != "distill-1" or "distill" not in meta:
+        raise CheckpointError(
+            f"{str(path)!r} is a safetensors file but not a distill checkpoint; to load plain "
+            f"weights use distill.checkpoint.load_weights"
+        )
+    if _digest(tensors, meta["distill"]) != meta.get("sha256"):
+        raise CheckpointError(
+            f"checksum mismatch in {str(path)!r}: the file is corrupt or was edited"
+        )
+    return _unflatten(json.loads(meta["distill"]), tensors)
+
+
+def save_weights(
+    path: str | os.PathLike, module: torch.nn.Module, info: dict | None = None
+) -> None:
+    """A model's weights as a plain safetensors file (for deployment), with JSON `info`."""
+    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in module.state_dict().items()}
+    meta = {"distill_info": json.dumps(info or {})}
+    atomic_write_bytes(path, st_save(tensors, metadata=meta))
+
+
+def load_weights(path: str | os.PathLike) -> tuple[dict[str, Tensor], dict]:
+    """(state_dict, info) from a weights file or from a full checkpoint's model weights."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"weights file {str(path)!r} does not exist")
+    tensors, meta = _read(path)
+    return tensors, json.loads(meta.get("distill_info", "{}"))
+
+
+def load_into(module: torch.nn.Module, state: dict[str, Tensor], label: str) -> None:
+    """`load_state_dict(strict=True)` with an error that says which model and which keys."""
+    own = module.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    wrong = [k for k in own if k in state and own[k].shape != state[k].shape]
+    if missing or unexpected or wrong:
+        parts = []
+        if missing:
+            parts.append(f"missing {missing[:5]}")
+        if unexpected:
+            parts.append(f"unexpected {unexpected[:5]}")
+        if wrong:
+            parts.append(
+                "shape mismatch "
+                + ", ".join(
+                    f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+                    for k in wrong[:5]
+                )
+            )
+        raise CheckpointError(
+            f"weights do not fit the {label}: " + "; ".join(parts) + ". Check that the model "
+            "name and its args in the config are the ones the weights were trained with."
+        )
+    module.load_state_dict(state)

@@ -1,0 +1,169 @@
+"""Command line: a thin layer over the Python API.
+
+distill run CONFIG [key=value ...] [--resume] [--overwrite]
+distill validate CONFIG [key=value ...]
+distill layers MODEL|CONFIG [--role student|teacher] [--dataset NAME] [--args JSON]
+distill methods [--json]
+distill demo [--dataset mnist1d|digits] [--seeds N] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from distill.errors import CheckpointError, ConfigError
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from distill.config import load_config
+    from distill.run import run_experiment
+
+    cfg = load_config(args.config, args.overrides)
+    results = run_experiment(cfg, resume=args.resume, overwrite=args.overwrite)
+    print(json.dumps(results, indent=2))
+    return 0
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    from distill.build import validate
+    from distill.config import load_config
+
+    cfg = load_config(args.config, args.overrides)
+    problems = validate(cfg)
+    if problems:
+        print(f"{args.config}: {len(problems)} problem(s)", file=sys.stderr)
+        for p in problems:
+            print(f"  - {p}", file=sys.stderr)
+        return 1
+    print(f"{args.config}: OK (names, layers, weights and a dry forward through every term)")
+    return 0
+
+
+def _cmd_layers(args: argparse.Namespace) -> int:
+    import torch
+
+    from distill.build import load_model
+    from distill.config import ModelConfig, load_config
+    from distill.data import load_dataset
+    from distill.table import format_table
+    from distill.taps import describe_layers
+
+    if args.model.endswith((".yaml", ".yml")):
+        cfg = load_config(args.model)
+        spec = getattr(cfg, args.role)
+        if spec is None:
+            raise ConfigError(f"{args.model} has no {args.role} section; use --role student")
+        data = load_dataset(cfg.data.name, **cfg.data.options)
+    else:
+        spec = ModelConfig(name=args.model, args=json.loads(args.args))
+        data = load_dataset(args.dataset)
+    model = load_model(spec, data, args.role)
+    rows = describe_layers(model, torch.zeros(1, *data.input_shape))
+    print(f"{spec.name} on {data.name} input (1, {', '.join(map(str, data.input_shape))}):")
+    print(format_table(["layer", "type", "output shape"], rows))
+    return 0
+
+
+def _cmd_methods(args: argparse.Namespace) -> int:
+    from distill.methods import list_methods
+    from distill.table import format_table
+
+    rows = list_methods()
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        print(
+            format_table(
+                ["name", "family", "paper"], [[r["name"], r["family"], r["paper"]] for r in rows]
+            )
+        )
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from distill.demo import format_demo, run_demo
+
+    result = run_demo(
+        dataset=args.dataset,
+        out=Path(args.out),
+        seed=args.seed,
+        epochs=args.epochs,
+        progress=not args.json and sys.stderr.isatty(),
+    )
+    print(json.dumps(result, indent=2) if args.json else format_demo(result))
+    return 0
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="distill", description="Knowledge distillation for PyTorch."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("run", help="train per a YAML config")
+    p.add_argument("config")
+    p.add_argument("overrides", nargs="*", help="dotted key=value, e.g. train.epochs=5")
+    p.add_argument(
+        "--resume", action="store_true", help="continue from the run dir's last checkpoint"
+    )
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace an existing run in the run dir"
+    )
+    p.set_defaults(fn=_cmd_run)
+
+    p = sub.add_parser("validate", help="check a config (names, layers, shapes) without training")
+    p.add_argument("config")
+    p.add_argument("overrides", nargs="*")
+    p.set_defaults(fn=_cmd_validate)
+
+    p = sub.add_parser("layers", help="print a model's named layers and output shapes")
+    p.add_argument("model", help="a model name (convnet), package.module:attr, or a config .yaml")
+    p.add_argument(
+        "--role",
+        choices=["student", "teacher"],
+        default="student",
+        help="with a config: which model",
+    )
+    p.add_argument(
+        "--dataset", default="mnist1d", help="input shape and classes come from this dataset"
+    )
+    p.add_argument(
+        "--args", default="{}", help="model arguments as JSON, e.g. '{\"channels\": [8, 16]}'"
+    )
+    p.set_defaults(fn=_cmd_layers)
+
+    p = sub.add_parser("methods", help="list the losses and schemes with their papers")
+    p.add_argument("--json", action="store_true", help="print a JSON list of {name, family, paper}")
+    p.set_defaults(fn=_cmd_methods)
+
+    p = sub.add_parser(
+        "demo", help="teacher, scratch student and distilled student, compared in one table"
+    )
+    p.add_argument("--dataset", default="mnist1d", choices=["mnist1d", "digits"])
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--epochs", type=int, default=None, help="override the recipe's epochs (quick tries)"
+    )
+    p.add_argument("--out", default="runs/demo", help="parent dir of the three run dirs")
+    p.add_argument("--json", action="store_true", help="print the table as JSON")
+    p.set_defaults(fn=_cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = make_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except (ConfigError, CheckpointError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyError as e:  # layer-name errors carry their suggestion in args[0]
+        print(f"error: {e.args[0] if e.args else e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,184 @@
+"""Experiment configs: YAML parsed safely into typed, frozen, validated objects.
+
+Unknown keys are errors that suggest the nearest valid key; every problem in a file is
+reported at once. `key=value` overrides use dotted paths (`train.epochs=5`,
+`objective.terms.0.weight=0.5`); values are parsed as YAML scalars or lists.
+"""
+
+from __future__ import annotations
+
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import Field, ValidationError
+
+from distill.errors import ConfigError, did_you_mean
+from distill.settings import Strict, TrainSettings
+
+
+class AugmentConfig(Strict):
+    name: str
+    args: dict[str, Any] = {}
+
+
+class DataConfig(Strict):
+    name: str = "mnist1d"
+    val_fraction: float = Field(0.1, ge=0, lt=1)
+    split_seed: int = 0
+    train_samples: int | None = Field(None, ge=1)
+    options: dict[str, Any] = {}  # passed to the dataset loader, e.g. {num_samples: 8000}
+    augment: list[AugmentConfig] = []
+
+
+class ModelConfig(Strict):
+    name: str  # a table name ('convnet') or your own 'package.module:attr'
+    args: dict[str, Any] = {}
+    weights: str | None = None  # a .safetensors file or a run dir (uses its best weights)
+
+
+class TermConfig(Strict):
+    loss: str  # a LOSSES name or 'package.module:attr'
+    name: str | None = None  # for logs; defaults to the loss name
+    weight: float = 1.0
+    warmup_steps: int = Field(0, ge=0)
+    ramp: Literal["linear", "cosine"] = "linear"
+    student: str = "logits"  # 'logits' or a student layer name ('layer:input' for its input)
+    teacher: str = "logits"
+    adapter: str | None = None  # 'linear' maps the student tensor to the teacher's shape
+    args: dict[str, Any] = {}  # keyword hyperparameters of the loss, e.g. {temperature: 4}
+
+
+class ObjectiveConfig(Strict):
+    task_weight: float = 1.0
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    terms: list[TermConfig] = []
+
+
+class ExperimentConfig(Strict):
+    name: str = "experiment"
+    run_dir: str | None = None  # default: runs/<name>
+    scheme: str = "offline"
+    data: DataConfig = DataConfig()
+    student: ModelConfig
+    teacher: ModelConfig | None = None
+    objective: ObjectiveConfig = ObjectiveConfig()
+    train: TrainSettings = TrainSettings()
+
+    def resolved_run_dir(self) -> Path:
+        return Path(self.run_dir) if self.run_dir else Path("runs") / self.name
+
+
+def _model_classes(annotation: Any) -> list[type[Strict]]:
+    """The Strict models an annotation can hold (through Optional, list, tuple)."""
+    if isinstance(annotation, type) and issubclass(annotation, Strict):
+        return [annotation]
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType, list, tuple):
+        return [m for arg in typing.get_args(annotation) for m in _model_classes(arg)]
+    return []
+
+
+def unknown_keys(data: Any, model: type[Strict], path: str = "") -> list[str]:
+    """Every key in `data` that `model` does not define, with a suggestion, recursively."""
+    if not isinstance(data, dict):
+        return []
+    problems = []
+    fields = model.model_fields
+    for key, value in data.items():
+        where = f"{path}{key}"
+        if key not in fields:
+            problems.append(
+                f"{where}: unknown key{did_you_mean(str(key), fields)} valid keys: {', '.join(fields)}"
+            )
+            continue
+        for sub in _model_classes(fields[key].annotation):
+            items = value if isinstance(value, list) else [value]
+            for i, item in enumerate(items):
+                prefix = f"{where}.{i}." if isinstance(value, list) else f"{where}."
+                problems += unknown_keys(item, sub, prefix)
+    return problems
+
+
+def _format_validation(err: ValidationError) -> list[str]:
+    out = []
+    for e in err.errors():
+        where = ".".join(str(p) for p in e["loc"])
+        out.append(f"{where}: {e['msg']} (got {e.get('input')!r})")
+    return out
+
+
+def parse_config(data: dict[str, Any], source: str = "config") -> ExperimentConfig:
+    """Validate a plain dict; raise one ConfigError listing every problem."""
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"{source}: the top level must be a mapping of keys, got {type(data).__name__}"
+        )
+    problems = unknown_keys(data, ExperimentConfig)
+    try:
+        cfg = ExperimentConfig.model_validate(data)
+    except ValidationError as e:
+        problems += [p for p in _format_validation(e) if "Extra inputs are not permitted" not in p]
+        cfg = None
+    if problems or cfg is None:
+        raise ConfigError(f"{source} has {len(problems)} problem(s):\n  " + "\n  ".join(problems))
+    return cfg
+
+
+def apply_override(data: dict[str, Any], assignment: str) -> None:
+    """Apply one 'a.b.c=value' to nested dicts/lists in place (value parsed as YAML)."""
+    key, sep, raw = assignment.partition("=")
+    if not sep or not key:
+        raise ConfigError(
+            f"override {assignment!r} must look like key.path=value, e.g. train.epochs=5"
+        )
+    value = yaml.safe_load(raw) if raw.strip() else None
+    parts = key.split(".")
+    node: Any = data
+    for i, part in enumerate(parts):
+        last = i == len(parts) - 1
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                raise ConfigError(
+                    f"override {key!r}: {'.'.join(parts[:i]) or 'list'} has {len(node)} items; {part!r} is not a valid index"
+                )
+            idx = int(part)
+            if last:
+                node[idx] = value
+            else:
+                node = node[idx]
+            continue
+        if not isinstance(node, dict):
+            raise ConfigError(
+                f"override {key!r}: {'.'.join(parts[:i])!r} is a value, not a section"
+            )
+        if last:
+            node[part] = value
+        else:
+            if node.get(part) is None:
+                node[part] = {}
+            node = node[part]
+
+
+def load_config(
+    path: str | Path | None = None, overrides: list[str] = (), data: dict | None = None
+) -> ExperimentConfig:
+    """Read YAML (safely: no tags that build objects), apply overrides, validate."""
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {str(path)!r} does not exist")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path} is not valid YAML: {e}") from None
+    data = dict(data or {})
+    for assignment in overrides:
+        apply_override(data, assignment)
+    return parse_config(data, str(path) if path else "config")
+
+
+def dump_config(cfg: ExperimentConfig) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

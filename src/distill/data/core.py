@@ -1,0 +1,74 @@
+"""In-memory datasets, splits and batching."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import default_collate
+
+
+class ArrayDataset:
+    """Inputs and integer targets held as tensors; batches are one indexing op, not N calls."""
+
+    def __init__(self, inputs: Tensor, targets: Tensor):
+        if len(inputs) != len(targets):
+            raise ValueError(f"{len(inputs)} inputs but {len(targets)} targets")
+        self.inputs = inputs
+        self.targets = targets
+
+    def __len__(self) -> int:
+        return len(self.inputs)
+
+    def __getitem__(self, i: int) -> tuple[Tensor, Tensor]:
+        return self.inputs[i], self.targets[i]
+
+    def batch(self, index: Tensor) -> dict[str, Tensor]:
+        return {"input": self.inputs[index], "target": self.targets[index], "index": index}
+
+    def subset(self, index: np.ndarray | Tensor) -> ArrayDataset:
+        index = torch.as_tensor(index, dtype=torch.long)
+        return ArrayDataset(self.inputs[index], self.targets[index])
+
+
+def load_batch(dataset: Any, index: Tensor) -> dict[str, Tensor]:
+    """A batch dict {'input', 'target', 'index'} from any map-style dataset of (x, y) pairs."""
+    if hasattr(dataset, "batch"):
+        return dataset.batch(index)
+    inputs, targets = default_collate([dataset[int(i)] for i in index])
+    return {"input": inputs, "target": targets, "index": index}
+
+
+@dataclass
+class DataSplits:
+    """Train/val/test splits and what a model needs to know about them."""
+
+    name: str
+    train: Any
+    val: Any
+    test: Any
+    input_shape: tuple[int, ...]
+    num_classes: int
+
+
+def split_indices(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Stratified split: (kept, held_out) index arrays, `fraction` of each class held out."""
+    rng = np.random.default_rng(seed)
+    kept, held = [], []
+    for c in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == c))
+        n_held = int(round(fraction * len(idx)))
+        held.append(idx[:n_held])
+        kept.append(idx[n_held:])
+    return np.sort(np.concatenate(kept)), np.sort(np.concatenate(held))
+
+
+def stratified_take(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """Indices of about `n` samples with the class proportions of `labels`."""
+    if n >= len(labels):
+        return np.arange(len(labels))
+    _, taken = split_indices(labels, n / len(labels), seed)
+    return taken

@@ -1,0 +1,180 @@
+"""Dataset loaders. Each returns `DataSplits` with a fixed, seeded split."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import random
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from distill.checkpoint import atomic_write_bytes
+from distill.data.core import ArrayDataset, DataSplits, split_indices, stratified_take
+from distill.errors import ConfigError, unknown_name
+
+
+def cache_dir() -> Path:
+    """Where generated datasets are kept: $DISTILL_CACHE_DIR, else ~/.cache/distill."""
+    return Path(os.environ.get("DISTILL_CACHE_DIR", Path.home() / ".cache" / "distill"))
+
+
+def _splits(
+    name: str,
+    train: tuple[np.ndarray, np.ndarray],
+    test: tuple[np.ndarray, np.ndarray],
+    input_shape: tuple[int, ...],
+    *,
+    val_fraction: float,
+    split_seed: int,
+    train_samples: int | None,
+) -> DataSplits:
+    """Carve a stratified validation set out of train, optionally keep fewer labelled samples."""
+    if not 0.0 <= val_fraction < 1.0:
+        raise ConfigError(f"data.val_fraction must be in [0, 1), got {val_fraction}")
+    x, y = train
+    fit_idx, val_idx = split_indices(y, val_fraction, split_seed)
+    if train_samples is not None:
+        if train_samples < 1:
+            raise ConfigError(f"data.train_samples must be >= 1, got {train_samples}")
+        fit_idx = fit_idx[stratified_take(y[fit_idx], train_samples, split_seed + 1)]
+
+    def make(xs: np.ndarray, ys: np.ndarray) -> ArrayDataset:
+        inputs = torch.as_tensor(xs, dtype=torch.float32).reshape(len(xs), *input_shape)
+        return ArrayDataset(inputs, torch.as_tensor(ys, dtype=torch.long))
+
+    num_classes = int(max(y.max(), test[1].max())) + 1
+    return DataSplits(
+        name=name,
+        train=make(x[fit_idx], y[fit_idx]),
+        val=make(x[val_idx], y[val_idx]),
+        test=make(*test),
+        input_shape=tuple(input_shape),
+        num_classes=num_classes,
+    )
+
+
+def load_digits(
+    *,
+    val_fraction: float = 0.1,
+    split_seed: int = 0,
+    train_samples: int | None = None,
+    test_fraction: float = 0.25,
+) -> DataSplits:
+    """scikit-learn's bundled 8x8 handwritten digits (1,797 images), scaled to [0, 1]."""
+    from sklearn.datasets import load_digits as sk_digits
+
+    bunch = sk_digits()
+    x, y = bunch.data.astype(np.float32) / 16.0, bunch.target.astype(np.int64)
+    train_idx, test_idx = split_indices(y, test_fraction, seed=12345)
+    return _splits(
+        "digits",
+        (x[train_idx], y[train_idx]),
+        (x[test_idx], y[test_idx]),
+        (1, 8, 8),
+        val_fraction=val_fraction,
+        split_seed=split_seed,
+        train_samples=train_samples,
+    )
+
+
+def _make_mnist1d(num_samples: int, seed: int) -> dict[str, np.ndarray]:
+    """Generate MNIST-1D locally; restore the global RNGs that `make_dataset` reseeds."""
+    from mnist1d.data import get_dataset_args, make_dataset
+
+    args = get_dataset_args()
+    args.num_samples, args.seed = num_samples, seed
+    np_state, py_state = np.random.get_state(), random.getstate()
+    try:
+        data = make_dataset(args)
+    finally:
+        np.random.set_state(np_state)
+        random.setstate(py_state)
+    return {k: np.asarray(data[k]) for k in ("x", "y", "x_test", "y_test")}
+
+
+def load_mnist1d(
+    *,
+    val_fraction: float = 0.1,
+    split_seed: int = 0,
+    train_samples: int | None = None,
+    num_samples: int = 5000,
+    seed: int = 42,
+) -> DataSplits:
+    """MNIST-1D (Greydanus 2020): 40-sample 1-D signals of 10 digit templates, 80/20 train/test.
+
+    Generated with `mnist1d.data.make_dataset` and cached as .npz under `cache_dir()`,
+    keyed by its arguments; the default (5,000 samples, seed 42) matches the paper's set.
+    """
+    key = hashlib.sha256(json.dumps([num_samples, seed, "v1"]).encode()).hexdigest()[:12]
+    path = cache_dir() / f"mnist1d-{num_samples}-{seed}-{key}.npz"
+    data = None
+    if path.is_file():
+        try:
+            with np.load(path) as f:
+                data = {k: f[k] for k in ("x", "y", "x_test", "y_test")}
+        except (OSError, ValueError, KeyError):
+            data = None  # unreadable cache: regenerate and overwrite it
+    if data is None:
+        data = _make_mnist1d(num_samples, seed)
+        buf = io.BytesIO()
+        np.savez(buf, **data)
+        atomic_write_bytes(path, buf.getvalue())
+    length = data["x"].shape[-1]
+    return _splits(
+        "mnist1d",
+        (data["x"], data["y"]),
+        (data["x_test"], data["y_test"]),
+        (1, length),
+        val_fraction=val_fraction,
+        split_seed=split_seed,
+        train_samples=train_samples,
+    )
+
+
+def load_synthetic(
+    *,
+    val_fraction: float = 0.1,
+    split_seed: int = 0,
+    train_samples: int | None = None,
+    num_samples: int = 600,
+    num_features: int = 16,
+    num_classes: int = 4,
+    noise: float = 1.0,
+    seed: int = 0,
+) -> DataSplits:
+    """Gaussian class clusters in `num_features` dims: fast and deterministic, for tests."""
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(0.0, 2.0, size=(num_classes, num_features))
+    y = rng.integers(0, num_classes, size=num_samples)
+    x = (centers[y] + noise * rng.normal(size=(num_samples, num_features))).astype(np.float32)
+    n_test = num_samples // 5
+    return _splits(
+        "synthetic",
+        (x[n_test:], y[n_test:]),
+        (x[:n_test], y[:n_test]),
+        (num_features,),
+        val_fraction=val_fraction,
+        split_seed=split_seed,
+        train_samples=train_samples,
+    )
+
+
+DATASETS: dict[str, Callable[..., DataSplits]] = {
+    "digits": load_digits,
+    "mnist1d": load_mnist1d,
+    "synthetic": load_synthetic,
+}
+
+
+def load_dataset(name: str, **kwargs: object) -> DataSplits:
+    if name not in DATASETS:
+        raise ConfigError(unknown_name("dataset", name, DATASETS))
+    try:
+        return DATASETS[name](**kwargs)
+    except TypeError as e:
+        raise ConfigError(f"dataset {name!r}: {e}") from None

@@ -1,0 +1,165 @@
+"""`distill demo`: a teacher, a student from scratch and the same student distilled, side by side.
+
+All three runs share one recipe (data, optimizer, schedule, epochs, seed); the only
+difference between the two students is the objective. The table reports what a user
+deciding whether to ship the student needs: accuracy, size, speed and agreement with
+the teacher.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+from distill.build import build, weights_path
+from distill.checkpoint import load_into, load_weights
+from distill.config import parse_config
+from distill.evaluate import agreement, predict_logits
+from distill.profile import count_parameters, file_size, latency_ms
+from distill.run import run_experiment
+from distill.table import format_table
+
+# One recipe per dataset. See the README's "Does distillation pay?" for how it was chosen.
+RECIPES: dict[str, dict[str, Any]] = {
+    "mnist1d": {
+        "data": {"name": "mnist1d"},
+        "teacher": {"name": "convnet", "args": {"channels": [32, 64, 64]}},
+        "student": {"name": "convnet", "args": {"channels": [8, 16, 16]}},
+        "kd": {
+            "task_weight": 0.1,
+            "terms": [{"loss": "kd", "weight": 0.9, "args": {"temperature": 4.0}}],
+        },
+        "train": {
+            "epochs": 30,
+            "batch_size": 64,
+            "optimizer": {"name": "adamw", "lr": 0.003, "weight_decay": 0.0005},
+            "schedule": {"name": "cosine", "warmup_steps": 50},
+        },
+    },
+    "digits": {
+        "data": {"name": "digits"},
+        "teacher": {
+            "name": "convnet",
+            "args": {"channels": [32, 64], "kernel_size": 3, "hidden": 128},
+        },
+        "student": {"name": "mlp", "args": {"hidden": [16]}},
+        "kd": {
+            "task_weight": 0.1,
+            "terms": [{"loss": "kd", "weight": 0.9, "args": {"temperature": 4.0}}],
+        },
+        "train": {
+            "epochs": 40,
+            "batch_size": 64,
+            "optimizer": {"name": "adamw", "lr": 0.003, "weight_decay": 0.0005},
+            "schedule": {"name": "cosine", "warmup_steps": 20},
+        },
+    },
+}
+
+
+def demo_configs(
+    dataset: str, out: Path, seed: int = 0, epochs: int | None = None, progress: bool = False
+) -> dict[str, dict[str, Any]]:
+    """The three configs (as plain dicts, exactly what YAML would hold) the demo runs."""
+    r = copy.deepcopy(RECIPES[dataset])
+    train = {**r["train"], "seed": seed, "progress": progress}
+    if epochs is not None:
+        train["epochs"] = epochs
+    common = {"data": r["data"], "train": train}
+    return {
+        "teacher": {
+            **common,
+            "name": "teacher",
+            "run_dir": str(out / "teacher"),
+            "scheme": "supervised",
+            "student": r["teacher"],
+        },
+        "student-scratch": {
+            **common,
+            "name": "student-scratch",
+            "run_dir": str(out / "student-scratch"),
+            "scheme": "supervised",
+            "student": r["student"],
+        },
+        "student-kd": {
+            **common,
+            "name": "student-kd",
+            "run_dir": str(out / "student-kd"),
+            "scheme": "offline",
+            "student": r["student"],
+            "objective": r["kd"],
+            "teacher": {**r["teacher"], "weights": str(out / "teacher")},
+        },
+    }
+
+
+def _profile(cfg_dict: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    """Rebuild a finished run's model with its best weights; measure its cost."""
+    cfg = parse_config({**cfg_dict, "scheme": "supervised", "objective": {}, "teacher": None})
+    built = build(cfg)
+    path = weights_path(cfg_dict["run_dir"])
+    load_into(built.student, load_weights(path)[0], cfg_dict["name"])
+    lat = latency_ms(built.student, built.data.input_shape, batch_size=1)
+    cost = {
+        "params": count_parameters(built.student),
+        "size_bytes": file_size(path),
+        "latency_ms": lat["p50_ms"],
+    }
+    return built, cost
+
+
+def run_demo(
+    dataset: str = "mnist1d",
+    out: Path = Path("runs/demo"),
+    seed: int = 0,
+    epochs: int | None = None,
+    progress: bool = False,
+) -> dict[str, Any]:
+    configs = demo_configs(dataset, Path(out), seed, epochs, progress)
+    results = {name: run_experiment(parse_config(c), overwrite=True) for name, c in configs.items()}
+    teacher_built, _ = _profile(configs["teacher"])
+    teacher_logits = predict_logits(teacher_built.student, teacher_built.data.test)
+    rows = []
+    for name, cfg in configs.items():
+        built, cost = _profile(cfg)
+        logits = predict_logits(built.student, built.data.test)
+        rows.append(
+            {
+                "model": name,
+                "test_acc": results[name]["test_acc"],
+                **cost,
+                "agreement": agreement(logits, teacher_logits),
+                "run_dir": cfg["run_dir"],
+            }
+        )
+    return {
+        "dataset": dataset,
+        "seed": seed,
+        "epochs": configs["teacher"]["train"]["epochs"],
+        "rows": rows,
+    }
+
+
+def format_demo(result: dict[str, Any]) -> str:
+    headers = [
+        "model",
+        "test acc",
+        "params",
+        "size on disk",
+        "CPU latency / sample",
+        "agreement w/ teacher",
+    ]
+    rows = [
+        [
+            r["model"],
+            f"{100 * r['test_acc']:.1f}%",
+            f"{r['params']:,}",
+            f"{r['size_bytes'] / 1024:.1f} KiB",
+            f"{1000 * r['latency_ms']:.0f} us",
+            f"{100 * r['agreement']:.1f}%",
+        ]
+        for r in result["rows"]
+    ]
+    head = f"distill demo: {result['dataset']}, seed {result['seed']}, {result['epochs']} epochs per model\n"
+    return head + format_table(headers, rows) + "\n(latency: median of 200 batch-1 calls, 1 thread)"

@@ -1,0 +1,41 @@
+"""Error types and the helper that turns a typo into a suggestion."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class ConfigError(ValueError):
+    """A configuration value is wrong. The message names the value, the choices and the fix."""
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file is missing, truncated, tampered with or does not match the model."""
+
+
+def closest(name: str, choices: Iterable[str], n: int = 3) -> list[str]:
+    """The choices most similar to `name`, best first (may be empty)."""
+    choices = list(choices)
+    found = difflib.get_close_matches(name, choices, n=n, cutoff=0.5)
+    if not found:
+        # A prefix or substring hit catches 'layer' -> 'layer1', 'layer2', ...
+        found = [c for c in choices if name and (c.startswith(name) or name in c)][:n]
+    return found
+
+
+def did_you_mean(name: str, choices: Iterable[str]) -> str:
+    """'; did you mean 'x'?' or '' when nothing is close."""
+    found = closest(name, choices)
+    if not found:
+        return ""
+    return "; did you mean " + " or ".join(repr(f) for f in found) + "?"
+
+
+def unknown_name(kind: str, name: str, table: Iterable[str], fix: str = "") -> str:
+    """Message for a name missing from a name table, listing the valid ones."""
+    names = sorted(table)
+    msg = f"unknown {kind} {name!r}{did_you_mean(name, names)} valid: {', '.join(names)}"
+    if fix:
+        msg += f"\n{fix}"
+    return msg

@@ -1,0 +1,53 @@
+"""Evaluation of a classifier on a dataset: accuracy, NLL and teacher agreement."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from distill.data import load_batch
+
+
+@torch.no_grad()
+def predict_logits(
+    model: nn.Module, dataset: Any, *, batch_size: int = 1024, device: str | torch.device = "cpu"
+) -> Tensor:
+    """Logits for every sample of `dataset`, in order, computed in eval mode (model mode restored)."""
+    was_training = model.training
+    model.eval()
+    outs = []
+    for start in range(0, len(dataset), batch_size):
+        index = torch.arange(start, min(start + batch_size, len(dataset)))
+        batch = load_batch(dataset, index)
+        out = model(batch["input"].to(device))
+        outs.append((out if isinstance(out, Tensor) else out.logits).float().cpu())
+    model.train(was_training)
+    return torch.cat(outs)
+
+
+def targets_of(dataset: Any) -> Tensor:
+    if hasattr(dataset, "targets"):
+        return torch.as_tensor(dataset.targets)
+    return torch.as_tensor([int(dataset[i][1]) for i in range(len(dataset))])
+
+
+def classification_metrics(logits: Tensor, targets: Tensor) -> dict[str, float]:
+    return {
+        "acc": (logits.argmax(-1) == targets).float().mean().item(),
+        "nll": F.cross_entropy(logits, targets).item(),
+    }
+
+
+def agreement(student_logits: Tensor, teacher_logits: Tensor) -> float:
+    """Fraction of samples where student and teacher predict the same top-1 class."""
+    return (student_logits.argmax(-1) == teacher_logits.argmax(-1)).float().mean().item()
+
+
+def evaluate(
+    model: nn.Module, dataset: Any, *, batch_size: int = 1024, device: str | torch.device = "cpu"
+) -> dict[str, float]:
+    logits = predict_logits(model, dataset, batch_size=batch_size, device=device)
+    return classification_metrics(logits, targets_of(dataset))

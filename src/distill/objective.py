@@ -1,0 +1,164 @@
+"""Terms and the objective: which loss reads which tensors, with what weight.
+
+A `Term` binds one loss function to where it reads (`'logits'` or a layer name on each
+side), an optional adapter that maps the student tensor to the teacher's shape, and a
+weight that may ramp up. The `Objective` sums the weighted terms and the task loss and
+returns every component by name. The layer names the terms read are the taps a run needs.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from distill.taps import Knowledge
+
+
+@dataclass(frozen=True)
+class WeightSchedule:
+    """A loss weight that ramps from 0 to `value` over `warmup_steps` optimizer steps.
+
+    `ramp` is 'linear' or 'cosine' (a half-cosine, smooth at both ends). With
+    `warmup_steps=0` the weight is the constant `value`.
+    """
+
+    value: float
+    warmup_steps: int = 0
+    ramp: str = "linear"
+
+    def __post_init__(self) -> None:
+        if self.ramp not in ("linear", "cosine"):
+            raise ValueError(f"weight ramp must be 'linear' or 'cosine', got {self.ramp!r}")
+        if self.warmup_steps < 0:
+            raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
+
+    def at(self, step: int) -> float:
+        if self.warmup_steps == 0 or step >= self.warmup_steps:
+            return self.value
+        frac = max(step, 0) / self.warmup_steps
+        if self.ramp == "cosine":
+            frac = 0.5 - 0.5 * math.cos(math.pi * frac)
+        return self.value * frac
+
+
+def as_schedule(weight: float | WeightSchedule) -> WeightSchedule:
+    return weight if isinstance(weight, WeightSchedule) else WeightSchedule(float(weight))
+
+
+class ChannelAdapter(nn.Module):
+    """Maps a student tensor (N, Cs, *spatial) to the teacher's (N, Ct, *spatial_t).
+
+    A learned linear map over the channel dim (a 1x1 convolution for feature maps), then
+    adaptive average pooling when the spatial sizes differ. Its weights join the optimizer.
+    """
+
+    def __init__(self, student_shape: Sequence[int], teacher_shape: Sequence[int]):
+        super().__init__()
+        if len(student_shape) != len(teacher_shape):
+            raise ValueError(
+                f"adapter cannot map a {len(student_shape)}-d student tensor {tuple(student_shape)} "
+                f"to a {len(teacher_shape)}-d teacher tensor {tuple(teacher_shape)}; tap layers "
+                f"whose outputs have the same number of dims"
+            )
+        self.proj = nn.Linear(student_shape[1], teacher_shape[1])
+        self.spatial = tuple(teacher_shape[2:])
+        self.resize = tuple(student_shape[2:]) != self.spatial
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = self.proj(x.movedim(1, -1)).movedim(-1, 1)  # channel dim last for the Linear
+        if self.resize:
+            pool = {1: F.adaptive_avg_pool1d, 2: F.adaptive_avg_pool2d, 3: F.adaptive_avg_pool3d}
+            y = pool[len(self.spatial)](y, self.spatial)
+        return y
+
+
+ADAPTERS: dict[str, Callable[[Sequence[int], Sequence[int]], nn.Module]] = {
+    "linear": ChannelAdapter,
+}
+
+
+class Term(nn.Module):
+    """One weighted loss between a student tensor and a teacher tensor."""
+
+    def __init__(
+        self,
+        name: str,
+        loss_fn: Callable[..., Tensor],
+        *,
+        weight: float | WeightSchedule = 1.0,
+        student: str = "logits",
+        teacher: str = "logits",
+        adapter: nn.Module | None = None,
+        loss_args: dict | None = None,
+    ):
+        super().__init__()
+        self.name = name
+        self.loss_fn = loss_fn
+        self.weight = as_schedule(weight)
+        self.student = student
+        self.teacher = teacher
+        self.adapter = adapter
+        self.loss_args = dict(loss_args or {})
+
+    def forward(self, student: Knowledge, teacher: Knowledge) -> Tensor:
+        s = student.get(self.student)
+        if self.adapter is not None:
+            s = self.adapter(s)
+        return self.loss_fn(s, teacher.get(self.teacher), **self.loss_args)
+
+
+class Objective(nn.Module):
+    """task_weight * task loss + sum of weighted terms; returns (total, components).
+
+    Components hold each unweighted loss by name ('task', then each term's name), so
+    logs show what each term contributes independently of its weight.
+    """
+
+    def __init__(
+        self,
+        terms: Sequence[Term] = (),
+        *,
+        task_weight: float | WeightSchedule = 1.0,
+        label_smoothing: float = 0.0,
+    ):
+        super().__init__()
+        names = [t.name for t in terms]
+        if len(set(names)) != len(names) or "task" in names:
+            raise ValueError(f"term names must be unique and not 'task', got {names}")
+        self.terms = nn.ModuleList(terms)
+        self.task_weight = as_schedule(task_weight)
+        self.label_smoothing = label_smoothing
+
+    def student_layers(self) -> list[str]:
+        return list(dict.fromkeys(t.student for t in self.terms if t.student != "logits"))
+
+    def teacher_layers(self) -> list[str]:
+        return list(dict.fromkeys(t.teacher for t in self.terms if t.teacher != "logits"))
+
+    def task_loss(self, logits: Tensor, targets: Tensor) -> Tensor:
+        return F.cross_entropy(
+            logits.float().reshape(-1, logits.shape[-1]),
+            targets.reshape(-1),
+            label_smoothing=self.label_smoothing,
+        )
+
+    def forward(
+        self, student: Knowledge, teacher: Knowledge | None, targets: Tensor | None, step: int
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        components: dict[str, Tensor] = {}
+        total = student.logits.new_zeros((), dtype=torch.float32)
+        task_w = self.task_weight.at(step)
+        if targets is not None and task_w != 0.0:
+            components["task"] = self.task_loss(student.logits, targets)
+            total = total + task_w * components["task"]
+        for term in self.terms:
+            if teacher is None:
+                raise ValueError(f"term {term.name!r} needs a teacher, but none was given")
+            components[term.name] = term(student, teacher)
+            total = total + term.weight.at(step) * components[term.name]
+        return total, components

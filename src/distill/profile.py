@@ -1,0 +1,60 @@
+"""Cost of a model: parameters, size on disk and CPU latency."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from torch import nn
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def file_size(path: str | Path) -> int:
+    return Path(path).stat().st_size
+
+
+@torch.no_grad()
+def latency_ms(
+    model: nn.Module,
+    input_shape: Sequence[int],
+    *,
+    batch_size: int = 1,
+    warmup: int = 20,
+    repeats: int = 200,
+    threads: int | None = 1,
+) -> dict[str, float]:
+    """Per-call CPU latency in milliseconds (p50, p95) and samples per second.
+
+    Timed inside the process after `warmup` calls, with `threads` intra-op threads
+    (1 by default: batch-1 serving, and steadier numbers on a shared machine).
+    """
+    previous = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    was_training = model.training
+    model.eval()
+    x = torch.randn(batch_size, *input_shape)
+    try:
+        for _ in range(warmup):
+            model(x)
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            model(x)
+            times.append((time.perf_counter() - start) * 1e3)
+    finally:
+        torch.set_num_threads(previous)
+        model.train(was_training)
+    times.sort()
+    p50 = statistics.median(times)
+    return {
+        "p50_ms": p50,
+        "p95_ms": times[int(0.95 * (len(times) - 1))],
+        "samples_per_s": batch_size * 1e3 / p50,
+    }

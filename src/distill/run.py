@@ -1,0 +1,75 @@
+"""Run an experiment end to end: build, train, then test the best weights."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+from distill.build import build, export_info, weights_path
+from distill.checkpoint import atomic_write_text, load_into, load_weights
+from distill.config import ExperimentConfig, dump_config
+from distill.errors import ConfigError
+from distill.evaluate import agreement, classification_metrics, predict_logits, targets_of
+from distill.trainer import Trainer
+
+
+def prepare_run_dir(run_dir: Path, *, resume: bool, overwrite: bool) -> None:
+    """Refuse to silently overwrite a previous run; clear it only when asked."""
+    has_run = (run_dir / "checkpoints").is_dir() or (run_dir / "metrics.jsonl").is_file()
+    if has_run and not resume:
+        if not overwrite:
+            raise ConfigError(
+                f"run dir {str(run_dir)!r} already holds a run; continue it with --resume, "
+                f"replace it with --overwrite, or set run_dir=<new dir>"
+            )
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+
+def run_experiment(
+    cfg: ExperimentConfig, *, resume: bool = False, overwrite: bool = False
+) -> dict[str, Any]:
+    """Train per `cfg`; write config.yaml, checkpoints, metrics and results.json in the run dir."""
+    run_dir = cfg.resolved_run_dir()
+    prepare_run_dir(run_dir, resume=resume, overwrite=overwrite)
+    atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
+    built = build(cfg)
+    trainer = Trainer(
+        built.scheme,
+        built.data.train,
+        built.data.val,
+        cfg.train,
+        run_dir=run_dir,
+        augment=built.augment,
+        export_info=export_info(cfg),
+    )
+    summary = trainer.fit(resume=resume)
+    results: dict[str, Any] = {"name": cfg.name, "run_dir": str(run_dir), **summary}
+    if summary["complete"]:
+        results.update(test_results(built, run_dir, trainer.settings.eval_batch_size))
+        atomic_write_text(run_dir / "results.json", json.dumps(results, indent=2))
+    return results
+
+
+def test_results(built: Any, run_dir: Path, batch_size: int) -> dict[str, float]:
+    """Test metrics of the best student weights, and of the teacher and their agreement."""
+    state, _ = load_weights(weights_path(str(run_dir)))
+    load_into(built.student, state, "student")
+    built.student.to("cpu")
+    test = built.data.test
+    targets = targets_of(test)
+    student_logits = predict_logits(built.student, test, batch_size=batch_size)
+    out = {f"test_{k}": v for k, v in classification_metrics(student_logits, targets).items()}
+    if built.teacher is not None:
+        built.teacher.to("cpu")
+        teacher_logits = predict_logits(built.teacher, test, batch_size=batch_size)
+        out.update(
+            {
+                f"teacher_test_{k}": v
+                for k, v in classification_metrics(teacher_logits, targets).items()
+            }
+        )
+        out["test_agreement"] = agreement(student_logits, teacher_logits)
+    return out

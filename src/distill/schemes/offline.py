@@ -1,0 +1,55 @@
+"""Offline distillation: a frozen, pretrained teacher teaches the student (Hinton et al. 2015)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from distill.objective import Objective
+from distill.taps import Knowledge, Tap
+
+
+def freeze(model: nn.Module) -> nn.Module:
+    """Eval mode and no gradients: dropout off, BatchNorm statistics fixed."""
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+class OfflineKD:
+    """The teacher runs in eval mode under `no_grad` on the same (augmented) batch as the student.
+
+    Taps on both models are derived from the objective's terms, so a layer name is written
+    once, in the term that reads it.
+    """
+
+    def __init__(self, student: nn.Module, teacher: nn.Module, objective: Objective):
+        self.student = student
+        self.teacher = freeze(teacher)
+        self.objective = objective
+        self.modules = nn.ModuleDict({"student": student, "objective": objective})
+        self._student_tap = Tap(student, objective.student_layers(), "student")
+        self._teacher_tap = Tap(teacher, objective.teacher_layers(), "teacher")
+
+    @torch.no_grad()
+    def teacher_knowledge(self, batch: dict[str, Tensor]) -> Knowledge:
+        return self._teacher_tap.run(batch["input"]).detach()
+
+    def step(self, batch: dict[str, Tensor], step: int) -> dict[str, Tensor]:
+        teacher = self.teacher_knowledge(batch)
+        student = self._student_tap.run(batch["input"])
+        total, components = self.objective(student, teacher, batch["target"], step)
+        return {"loss": total, **components}
+
+    def eval_model(self) -> nn.Module:
+        return self.student
+
+    def to(self, device: torch.device) -> OfflineKD:
+        self.modules.to(device)
+        self.teacher.to(device)
+        return self
+
+    def train(self, mode: bool = True) -> None:
+        self.modules.train(mode)
+        self.teacher.eval()

@@ -1,0 +1,50 @@
+"""Typed settings for the training loop (also the `train:` section of a config)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Strict(BaseModel):
+    """Base for every settings model: unknown keys are errors and values are frozen."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class OptimizerSettings(Strict):
+    name: Literal["sgd", "adam", "adamw"] = "adamw"
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    momentum: float = Field(0.9, ge=0, lt=1)  # sgd only
+    nesterov: bool = False  # sgd only
+    betas: tuple[float, float] = (0.9, 0.999)  # adam/adamw only
+
+
+class ScheduleSettings(Strict):
+    """Learning-rate schedule over optimizer steps: linear warm-up, then constant/cosine/step."""
+
+    name: Literal["constant", "cosine", "step"] = "cosine"
+    warmup_steps: int = Field(0, ge=0)
+    min_lr_ratio: float = Field(0.0, ge=0, le=1)  # cosine ends at lr * min_lr_ratio
+    milestones: tuple[float, ...] = (0.5, 0.75)  # step: fractions of training where lr *= gamma
+    gamma: float = Field(0.1, gt=0)
+
+
+class TrainSettings(Strict):
+    epochs: int = Field(10, ge=1)
+    batch_size: int = Field(128, ge=1)
+    eval_batch_size: int = Field(1024, ge=1)
+    optimizer: OptimizerSettings = OptimizerSettings()
+    schedule: ScheduleSettings = ScheduleSettings()
+    grad_accum: int = Field(1, ge=1)
+    clip_grad_norm: float | None = Field(None, gt=0)
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    device: str = "auto"
+    seed: int = 0
+    deterministic: bool = False
+    checkpoint_every_steps: int | None = Field(None, ge=1)
+    max_steps: int | None = Field(None, ge=1)  # stop (with a checkpoint) after this many steps
+    early_stop_patience: int | None = Field(None, ge=1)  # epochs without a better val metric
+    progress: bool = True

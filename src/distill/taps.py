@@ -1,0 +1,152 @@
+"""Knowledge taps: forward hooks on named modules of an unmodified model.
+
+A tap records what named submodules produced (or received) during a forward pass, so a
+loss can read intermediate features without the model being rewritten to return them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from distill.errors import did_you_mean
+
+Capture = Literal["output", "input"]
+
+
+@dataclass
+class Knowledge:
+    """What one model said about one batch: its logits and named intermediate tensors."""
+
+    logits: Tensor
+    feats: dict[str, Tensor] = field(default_factory=dict)
+
+    def get(self, where: str) -> Tensor:
+        """`'logits'` or a tapped layer name (or 'name:input' for a captured input)."""
+        if where == "logits":
+            return self.logits
+        if where not in self.feats:
+            raise KeyError(f"no tapped tensor {where!r}; tapped: {sorted(self.feats) or 'none'}")
+        return self.feats[where]
+
+    def detach(self) -> Knowledge:
+        return Knowledge(self.logits.detach(), {k: v.detach() for k, v in self.feats.items()})
+
+
+def layer_names(model: nn.Module) -> list[str]:
+    """Every named submodule except the root."""
+    return [name for name, _ in model.named_modules() if name]
+
+
+def get_layer(model: nn.Module, name: str, model_label: str | None = None) -> nn.Module:
+    """`model.get_submodule(name)` with an error that suggests the closest real names."""
+    try:
+        return model.get_submodule(name)
+    except AttributeError:
+        label = model_label or type(model).__name__
+        raise KeyError(
+            f"unknown layer {name!r} in {label}{did_you_mean(name, layer_names(model))}\n"
+            f"list the layers with: distill layers <model>"
+        ) from None
+
+
+def _first_tensor(value: object) -> Tensor:
+    """Hooks see tuples for inputs and sometimes for outputs; features are their first tensor."""
+    if isinstance(value, Tensor):
+        return value
+    if isinstance(value, (tuple, list)):
+        for item in value:
+            if isinstance(item, Tensor):
+                return item
+    if isinstance(value, dict):
+        for item in value.values():
+            if isinstance(item, Tensor):
+                return item
+    if hasattr(value, "last_hidden_state"):
+        return value.last_hidden_state
+    raise TypeError(f"the tapped module returned {type(value).__name__}, which holds no tensor")
+
+
+class Tap:
+    """Forward hooks that record named submodule outputs (or inputs) into `self.feats`.
+
+    Use as a context manager or call `remove()`; a wrong name raises at construction with
+    the closest valid names. Names ending in ':input' record the module's first input.
+
+        with Tap(model, ["layer2", "fc:input"]) as tap:
+            logits = model(x)
+        tap.feats["layer2"]
+    """
+
+    def __init__(self, model: nn.Module, names: Iterable[str], model_label: str | None = None):
+        self.model = model
+        self.feats: dict[str, Tensor] = {}
+        self._handles: list[torch.utils.hooks.RemovableHandle] = []
+        specs = [(n, *self._split(n)) for n in dict.fromkeys(names)]
+        modules = [(key, get_layer(model, layer, model_label), what) for key, layer, what in specs]
+        for key, module, what in modules:
+            self._handles.append(self._register(key, module, what))
+
+    @staticmethod
+    def _split(name: str) -> tuple[str, Capture]:
+        layer, _, what = name.partition(":")
+        if what not in ("", "output", "input"):
+            raise KeyError(f"tap {name!r}: the part after ':' must be 'input' or 'output'")
+        return layer, ("input" if what == "input" else "output")
+
+    def _register(self, key: str, module: nn.Module, what: Capture):
+        def hook(_module: nn.Module, inputs: tuple, output: object) -> None:
+            self.feats[key] = _first_tensor(inputs if what == "input" else output)
+
+        return module.register_forward_hook(hook)
+
+    def clear(self) -> None:
+        self.feats = {}
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+    def __enter__(self) -> Tap:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.remove()
+
+    def run(self, model_input: Tensor | dict) -> Knowledge:
+        """One forward pass; returns the logits and the tensors tapped during it."""
+        self.clear()
+        out = (
+            self.model(**model_input) if isinstance(model_input, dict) else self.model(model_input)
+        )
+        logits = out if isinstance(out, Tensor) else _logits_of(out)
+        feats, self.feats = self.feats, {}
+        return Knowledge(logits, feats)
+
+
+def _logits_of(out: object) -> Tensor:
+    """Logits from a model output that is not a bare tensor (HF outputs, tuples)."""
+    if hasattr(out, "logits"):
+        return out.logits
+    return _first_tensor(out)
+
+
+def describe_layers(model: nn.Module, sample: Tensor) -> list[tuple[str, str, str]]:
+    """(name, module type, output shape) for every named module, from one forward pass."""
+    names = layer_names(model)
+    shapes: dict[str, str] = {}
+    with Tap(model, names) as tap:
+        was_training = model.training
+        model.eval()
+        with torch.no_grad():
+            model(sample)
+        model.train(was_training)
+        for name in names:
+            t = tap.feats.get(name)
+            shapes[name] = "x".join(str(s) for s in t.shape) if t is not None else "-"
+    return [(n, type(model.get_submodule(n)).__name__, shapes[n]) for n in names]

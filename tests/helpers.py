@@ -1,0 +1,58 @@
+"""Tiny configs on the synthetic dataset, shared by the tests."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+from distill.build import build
+from distill.checkpoint import save_weights
+from distill.config import parse_config
+
+
+def synthetic_cfg(run_dir: Path, **overrides) -> dict:
+    cfg = {
+        "name": "t",
+        "run_dir": str(run_dir),
+        "scheme": "supervised",
+        "data": {
+            "name": "synthetic",
+            "options": {"num_samples": 400, "num_features": 8, "num_classes": 3},
+        },
+        "student": {"name": "mlp", "args": {"hidden": [16]}},
+        "train": {
+            "epochs": 3,
+            "batch_size": 32,
+            "progress": False,
+            "optimizer": {"name": "adamw", "lr": 0.01},
+            "schedule": {"name": "cosine", "warmup_steps": 3},
+        },
+    }
+    for key, value in overrides.items():
+        cfg[key] = value if not isinstance(value, dict) else {**cfg.get(key, {}), **value}
+    return copy.deepcopy(cfg)
+
+
+def make_teacher(path: Path, args: dict | None = None) -> Path:
+    """Random-init MLP teacher weights for the synthetic data (enough to exercise KD mechanics)."""
+    cfg = parse_config(
+        synthetic_cfg(
+            path.parent / "unused", student={"name": "mlp", "args": args or {"hidden": [32, 32]}}
+        )
+    )
+    save_weights(path, build(cfg).student)
+    return path
+
+
+def kd_cfg(run_dir: Path, teacher: Path, **overrides) -> dict:
+    cfg = synthetic_cfg(
+        run_dir,
+        scheme="offline",
+        teacher={"name": "mlp", "args": {"hidden": [32, 32]}, "weights": str(teacher)},
+        objective={
+            "task_weight": 0.5,
+            "terms": [{"loss": "kd", "weight": 0.5, "args": {"temperature": 2.0}}],
+        },
+    )
+    cfg.update(overrides)
+    return cfg

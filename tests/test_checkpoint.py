@@ -1,0 +1,112 @@
+import os
+import pickle
+
+import pytest
+import torch
+from torch import nn
+
+from distill.checkpoint import (
+    atomic_write_bytes,
+    load_checkpoint,
+    load_into,
+    load_weights,
+    save_checkpoint,
+    save_weights,
+)
+from distill.errors import CheckpointError
+
+
+def test_round_trip_of_nested_state(tmp_path):
+    state = {
+        "optimizer": {
+            "state": {0: {"step": torch.tensor(3.0), "exp_avg": torch.randn(2, 3)}},
+            "param_groups": [{"lr": 0.1, "betas": (0.9, 0.99), "params": [0], "fused": None}],
+        },
+        "rng": {"python": (3, tuple(range(5)), None), "bf16": torch.randn(4).bfloat16()},
+        "scalar": torch.tensor(7),
+        "empty": {},
+    }
+    path = tmp_path / "c.safetensors"
+    save_checkpoint(path, state)
+    back = load_checkpoint(path)
+    assert set(back["optimizer"]["state"]) == {0}  # int keys stay ints
+    assert back["optimizer"]["param_groups"][0]["betas"] == (0.9, 0.99)
+    assert back["rng"]["python"] == (3, (0, 1, 2, 3, 4), None)
+    assert torch.equal(
+        back["optimizer"]["state"][0]["exp_avg"], state["optimizer"]["state"][0]["exp_avg"]
+    )
+    assert back["rng"]["bf16"].dtype == torch.bfloat16
+    assert back["scalar"].item() == 7 and back["empty"] == {}
+
+
+def test_checksum_detects_a_flipped_byte(tmp_path):
+    path = tmp_path / "c.safetensors"
+    save_checkpoint(path, {"w": torch.zeros(100)})
+    data = bytearray(path.read_bytes())
+    data[-10] ^= 0xFF  # inside the tensor bytes
+    path.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="checksum"):
+        load_checkpoint(path)
+
+
+def test_truncated_file_is_refused(tmp_path):
+    path = tmp_path / "c.safetensors"
+    save_checkpoint(path, {"w": torch.zeros(100)})
+    path.write_bytes(path.read_bytes()[:50])
+    with pytest.raises(CheckpointError, match="truncated"):
+        load_checkpoint(path)
+
+
+class _Payload:
+    def __reduce__(self):
+        return (os.system, ("touch PWNED",))
+
+
+def test_pickle_payload_is_refused_and_never_runs(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "evil.safetensors"
+    path.write_bytes(pickle.dumps({"w": _Payload()}))
+    with pytest.raises(CheckpointError):
+        load_checkpoint(path)
+    with pytest.raises(CheckpointError):
+        load_weights(path)
+    assert not (tmp_path / "PWNED").exists()
+
+
+def test_failed_write_keeps_the_old_file(tmp_path, monkeypatch):
+    path = tmp_path / "c.safetensors"
+    save_checkpoint(path, {"w": torch.ones(3)})
+    before = path.read_bytes()
+
+    def boom(_fd):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "fsync", boom)
+    with pytest.raises(OSError, match="disk full"):
+        save_checkpoint(path, {"w": torch.zeros(3)})
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["c.safetensors"]  # no temp file left behind
+
+
+def test_atomic_write_gives_normal_permissions(tmp_path):
+    atomic_write_bytes(tmp_path / "f", b"x")
+    mask = os.umask(0)
+    os.umask(mask)
+    assert (tmp_path / "f").stat().st_mode & 0o777 == 0o666 & ~mask
+
+
+def test_weights_round_trip_and_mismatch_message(tmp_path):
+    model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
+    save_weights(tmp_path / "w.safetensors", model, {"model": "mlp"})
+    state, info = load_weights(tmp_path / "w.safetensors")
+    assert info == {"model": "mlp"}
+    other = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
+    load_into(other, state, "student")
+    assert torch.equal(other[0].weight, model[0].weight)
+    wrong = nn.Sequential(nn.Linear(3, 5), nn.ReLU(), nn.Linear(5, 2))
+    with pytest.raises(
+        CheckpointError, match=r"shape mismatch 0.weight: file \(4, 3\) vs model \(5, 3\)"
+    ):
+        load_into(wrong, state, "student")
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_weights(tmp_path / "missing.safetensors")

@@ -1,0 +1,89 @@
+import json
+
+import yaml
+from helpers import make_teacher, synthetic_cfg
+
+from distill.cli import main
+from distill.demo import demo_configs, run_demo
+
+
+def _write(tmp_path, cfg, name="c.yaml"):
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(cfg))
+    return str(path)
+
+
+def test_run_then_resume_through_the_cli(tmp_path, capsys):
+    path = _write(tmp_path, synthetic_cfg(tmp_path / "r", train={"epochs": 2}))
+    assert main(["run", path, "train.max_steps=3"]) == 0
+    first = json.loads(capsys.readouterr().out)
+    assert first["complete"] is False and first["steps"] == 3
+    assert main(["run", path]) == 2  # refuses to overwrite
+    assert "already holds a run" in capsys.readouterr().err
+    assert main(["run", path, "--resume"]) == 0
+    done = json.loads(capsys.readouterr().out)
+    assert done["complete"] and done["epochs"] == 2 and done["test_acc"] > 0.5
+
+
+def test_validate_reports_the_mistyped_layer(tmp_path, capsys):
+    teacher = make_teacher(tmp_path / "t.safetensors")
+    cfg = synthetic_cfg(
+        tmp_path / "r",
+        scheme="offline",
+        teacher={"name": "mlp", "args": {"hidden": [32, 32]}, "weights": str(teacher)},
+        objective={
+            "terms": [
+                {"loss": "mse", "student": "blocks.0", "teacher": "blocks.1", "adapter": "linear"}
+            ]
+        },
+    )
+    path = _write(tmp_path, cfg)
+    assert main(["validate", path]) == 0
+    assert "OK" in capsys.readouterr().out
+    assert main(["validate", path, "objective.terms.0.teacher=block.1"]) == 1
+    err = capsys.readouterr().err
+    assert "unknown layer 'block.1' in teacher mlp; did you mean 'blocks.1'" in err
+    assert main(["validate", path, "objective.terms.0.los=kd"]) == 2
+    assert "did you mean 'loss'" in capsys.readouterr().err
+
+
+def test_methods_json(capsys):
+    assert main(["methods", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert all(set(r) == {"name", "family", "paper"} for r in rows)
+    names = {r["name"] for r in rows}
+    assert {"kd", "soft_ce", "mse", "reverse_kl", "js", "offline", "supervised"} <= names
+    assert main(["methods"]) == 0
+    assert "Hinton" in capsys.readouterr().out
+
+
+def test_layers(capsys):
+    assert main(["layers", "resnet", "--args", '{"widths": [4, 8]}']) == 0
+    out = capsys.readouterr().out
+    assert "layer2" in out and "1x8x20" in out
+    assert main(["layers", "convnet", "--dataset", "digits", "--args", '{"channels": [4]}']) == 0
+    assert "1x4x4x4" in capsys.readouterr().out
+
+
+def test_demo_configs_share_one_recipe(tmp_path):
+    cfgs = demo_configs("mnist1d", tmp_path)
+    scratch, kd = cfgs["student-scratch"], cfgs["student-kd"]
+    assert (
+        scratch["train"] == kd["train"]
+        and scratch["data"] == kd["data"]
+        and scratch["student"] == kd["student"]
+    )
+    assert kd["teacher"]["weights"] == str(tmp_path / "teacher")
+
+
+def test_demo_end_to_end_short(tmp_path):
+    result = run_demo("digits", tmp_path, epochs=2)
+    rows = {r["model"]: r for r in result["rows"]}
+    assert set(rows) == {"teacher", "student-scratch", "student-kd"}
+    assert rows["teacher"]["agreement"] == 1.0
+    assert (
+        rows["student-kd"]["params"]
+        == rows["student-scratch"]["params"]
+        < rows["teacher"]["params"]
+    )
+    assert all(r["latency_ms"] > 0 and r["size_bytes"] > 0 for r in rows.values())

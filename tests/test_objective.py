@@ -1,0 +1,76 @@
+import pytest
+import torch
+import torch.nn.functional as F
+
+from distill.losses import kd_loss, mse_loss
+from distill.objective import ChannelAdapter, Objective, Term, WeightSchedule
+from distill.taps import Knowledge
+
+
+def test_weight_schedule_ramps():
+    w = WeightSchedule(0.8, warmup_steps=10)
+    assert w.at(0) == 0.0
+    assert w.at(5) == pytest.approx(0.4)
+    assert w.at(10) == w.at(1000) == 0.8
+    c = WeightSchedule(1.0, warmup_steps=10, ramp="cosine")
+    assert c.at(5) == pytest.approx(0.5)
+    assert c.at(2) < 0.2  # slow start
+    with pytest.raises(ValueError, match="ramp"):
+        WeightSchedule(1.0, ramp="exp")
+
+
+def test_objective_sums_weighted_terms_and_reports_components():
+    torch.manual_seed(0)
+    s = Knowledge(torch.randn(4, 5, requires_grad=True), {"f": torch.randn(4, 3)})
+    t = Knowledge(torch.randn(4, 5), {"g": torch.randn(4, 3)})
+    y = torch.tensor([0, 1, 2, 3])
+    obj = Objective(
+        [
+            Term("kd", kd_loss, weight=0.9, loss_args={"temperature": 2.0}),
+            Term(
+                "hint",
+                mse_loss,
+                weight=WeightSchedule(2.0, warmup_steps=4),
+                student="f",
+                teacher="g",
+            ),
+        ],
+        task_weight=0.1,
+    )
+    total, parts = obj(s, t, y, step=2)
+    ce = F.cross_entropy(s.logits, y)
+    kd = kd_loss(s.logits, t.logits, temperature=2.0)
+    hint = mse_loss(s.feats["f"], t.feats["g"])
+    assert set(parts) == {"task", "kd", "hint"}
+    assert parts["task"].item() == pytest.approx(ce.item())
+    assert total.item() == pytest.approx((0.1 * ce + 0.9 * kd + 1.0 * hint).item(), rel=1e-6)
+    assert obj.student_layers() == ["f"] and obj.teacher_layers() == ["g"]
+
+
+def test_objective_rejects_duplicate_names_and_missing_teacher():
+    with pytest.raises(ValueError, match="unique"):
+        Objective([Term("kd", kd_loss), Term("kd", kd_loss)])
+    obj = Objective([Term("kd", kd_loss)])
+    with pytest.raises(ValueError, match="needs a teacher"):
+        obj(Knowledge(torch.randn(2, 3)), None, torch.tensor([0, 1]), 0)
+
+
+@pytest.mark.parametrize(
+    "s_shape,t_shape",
+    [
+        ((2, 4), (2, 6)),
+        ((2, 4, 10), (2, 8, 10)),
+        ((2, 4, 10), (2, 8, 5)),
+        ((2, 3, 4, 4), (2, 5, 2, 2)),
+    ],
+)
+def test_channel_adapter_maps_shapes(s_shape, t_shape):
+    adapter = ChannelAdapter(s_shape, t_shape)
+    out = adapter(torch.randn(s_shape))
+    assert out.shape == torch.Size(t_shape)
+    assert sum(p.numel() for p in adapter.parameters()) == s_shape[1] * t_shape[1] + t_shape[1]
+
+
+def test_adapter_rejects_rank_mismatch():
+    with pytest.raises(ValueError, match="same number of dims"):
+        ChannelAdapter((2, 4), (2, 4, 10))

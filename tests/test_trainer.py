@@ -1,0 +1,171 @@
+import json
+
+import pytest
+import torch
+from helpers import kd_cfg, make_teacher, synthetic_cfg
+
+from distill.build import build
+from distill.checkpoint import load_checkpoint
+from distill.config import parse_config
+from distill.errors import ConfigError
+from distill.run import run_experiment
+from distill.settings import ScheduleSettings
+from distill.trainer import Trainer, lr_factor
+
+
+def test_loss_decreases_and_files_are_written(tmp_path):
+    res = run_experiment(parse_config(synthetic_cfg(tmp_path / "r")))
+    rows = [
+        json.loads(line) for line in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()
+    ]
+    assert [r["epoch"] for r in rows] == [1, 2, 3]
+    assert rows[-1]["train_loss"] < rows[0]["train_loss"]
+    assert res["test_acc"] > 0.8  # well-separated clusters
+    for name in (
+        "config.yaml",
+        "metrics.csv",
+        "results.json",
+        "checkpoints/best.safetensors",
+        "checkpoints/last.safetensors",
+    ):
+        assert (tmp_path / "r" / name).is_file()
+    assert (
+        (tmp_path / "r" / "metrics.csv")
+        .read_text()
+        .splitlines()[0]
+        .startswith("epoch,step,lr,train_loss")
+    )
+
+
+def _resume_cfg(tmp_path, run, **train):
+    teacher = make_teacher(tmp_path / "teacher.safetensors")
+    cfg = kd_cfg(tmp_path / run, teacher)
+    cfg["student"] = {
+        "name": "mlp",
+        "args": {"hidden": [16], "dropout": 0.2},
+    }  # dropout uses the RNG
+    cfg["data"]["augment"] = [{"name": "noise", "args": {"std": 0.1}}, {"name": "scale"}]
+    cfg["objective"]["terms"].append(  # a term with an adapter: its weights are trained state too
+        {
+            "loss": "mse",
+            "name": "hint",
+            "weight": 0.1,
+            "student": "blocks.0",
+            "teacher": "blocks.1",
+            "adapter": "linear",
+        }
+    )
+    cfg["train"] = {**cfg["train"], "grad_accum": 2, "clip_grad_norm": 1.0, **train}
+    return cfg
+
+
+@pytest.mark.parametrize("stop_at", [7, 10])  # mid-epoch (5 steps per epoch) and an epoch boundary
+def test_stop_and_resume_is_bit_identical(tmp_path, stop_at):
+    full = run_experiment(parse_config(_resume_cfg(tmp_path, "full")))
+    part = run_experiment(parse_config(_resume_cfg(tmp_path, "part", max_steps=stop_at)))
+    assert not part["complete"] and part["steps"] == stop_at
+    resumed = run_experiment(parse_config(_resume_cfg(tmp_path, "part")), resume=True)
+    assert resumed["complete"] and resumed["steps"] == full["steps"]
+    a = load_checkpoint(tmp_path / "full/checkpoints/last.safetensors")
+    b = load_checkpoint(tmp_path / "part/checkpoints/last.safetensors")
+    for key, value in a["modules"].items():
+        assert torch.equal(value, b["modules"][key]), key
+    assert torch.equal(a["rng"]["torch"], b["rng"]["torch"])
+    rows_a = [json.loads(x) for x in (tmp_path / "full/metrics.jsonl").read_text().splitlines()]
+    rows_b = [json.loads(x) for x in (tmp_path / "part/metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows_b] == [1, 2, 3]
+    assert [r["val_acc"] for r in rows_a] == [r["val_acc"] for r in rows_b]
+    assert resumed["test_acc"] == full["test_acc"]
+
+
+def test_gradient_accumulation_matches_a_big_batch(tmp_path):
+    # 443 samples leave 320 for training after the test/val splits: 5 batches of 64 = 10 of 32.
+    data = {
+        "name": "synthetic",
+        "options": {"num_samples": 443, "num_features": 8, "num_classes": 3},
+    }
+    big = synthetic_cfg(
+        tmp_path / "big", data=data, train={"batch_size": 64, "schedule": {"name": "constant"}}
+    )
+    small = synthetic_cfg(
+        tmp_path / "small",
+        data=data,
+        train={"batch_size": 32, "grad_accum": 2, "schedule": {"name": "constant"}},
+    )
+    run_experiment(parse_config(big))
+    run_experiment(parse_config(small))
+    a = load_checkpoint(tmp_path / "big/checkpoints/last.safetensors")["modules"]
+    b = load_checkpoint(tmp_path / "small/checkpoints/last.safetensors")["modules"]
+    assert len(b) == 4
+    for key in a:
+        assert torch.allclose(a[key], b[key], atol=1e-5), key
+
+
+def test_lr_schedules():
+    cos = ScheduleSettings(name="cosine", warmup_steps=10, min_lr_ratio=0.1)
+    assert lr_factor(0, 110, cos) == pytest.approx(0.1)
+    assert lr_factor(9, 110, cos) == pytest.approx(1.0)
+    assert lr_factor(10, 110, cos) == pytest.approx(1.0)
+    assert lr_factor(60, 110, cos) == pytest.approx(0.55)
+    assert lr_factor(110, 110, cos) == pytest.approx(0.1)
+    step = ScheduleSettings(name="step", milestones=(0.5, 0.75), gamma=0.1)
+    assert [lr_factor(s, 100, step) for s in (0, 49, 50, 74, 75)] == pytest.approx(
+        [1, 1, 0.1, 0.1, 0.01]
+    )
+    assert lr_factor(50, 100, ScheduleSettings(name="constant")) == 1.0
+
+
+def test_teacher_is_frozen_and_in_eval_mode(tmp_path):
+    teacher_path = make_teacher(
+        tmp_path / "teacher.safetensors", {"hidden": [32, 32], "dropout": 0.5}
+    )
+    cfg = kd_cfg(tmp_path / "r", teacher_path)
+    cfg["teacher"]["args"] = {"hidden": [32, 32], "dropout": 0.5}
+    built = build(parse_config(cfg))
+    before = {k: v.clone() for k, v in built.teacher.state_dict().items()}
+    trainer = Trainer(
+        built.scheme, built.data.train, built.data.val, built.cfg.train, run_dir=tmp_path / "r"
+    )
+    trainer.fit()
+    assert not built.teacher.training
+    assert all(not p.requires_grad and p.grad is None for p in built.teacher.parameters())
+    assert all(torch.equal(before[k], v) for k, v in built.teacher.state_dict().items())
+    assert not any(
+        p is q
+        for p in built.teacher.parameters()
+        for g in trainer.optimizer.param_groups
+        for q in g["params"]
+    )
+
+
+def test_existing_run_dir_is_not_overwritten_silently(tmp_path):
+    cfg = parse_config(synthetic_cfg(tmp_path / "r", train={"epochs": 1}))
+    run_experiment(cfg)
+    with pytest.raises(ConfigError, match="already holds a run"):
+        run_experiment(cfg)
+    run_experiment(cfg, overwrite=True)
+    with pytest.raises(ConfigError, match="nothing to resume"):
+        run_experiment(parse_config(synthetic_cfg(tmp_path / "fresh")), resume=True)
+
+
+def test_bf16_autocast_trains(tmp_path):
+    res = run_experiment(parse_config(synthetic_cfg(tmp_path / "r", train={"precision": "bf16"})))
+    assert res["test_acc"] > 0.8
+
+
+def test_non_finite_loss_stops_with_a_clear_error(tmp_path):
+    cfg = synthetic_cfg(
+        tmp_path / "r",
+        train={"epochs": 2, "optimizer": {"name": "sgd", "lr": 1e30, "momentum": 0.0}},
+    )
+    with pytest.raises(FloatingPointError, match="last checkpoint is intact"):
+        run_experiment(parse_config(cfg))
+
+
+def test_early_stopping(tmp_path):
+    cfg = synthetic_cfg(
+        tmp_path / "r",
+        train={"epochs": 50, "early_stop_patience": 2, "optimizer": {"name": "sgd", "lr": 1e-9}},
+    )
+    res = run_experiment(parse_config(cfg))
+    assert res["epochs"] == 3  # epoch 1 sets the best; 2 and 3 do not improve on it
