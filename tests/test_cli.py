@@ -87,3 +87,28 @@ def test_demo_end_to_end_short(tmp_path):
         < rows["teacher"]["params"]
     )
     assert all(r["latency_ms"] > 0 and r["size_bytes"] > 0 for r in rows.values())
+
+
+def test_example_configs_match_the_demo_recipe(tmp_path):
+    # The YAML quick start and the demo must describe the same experiment.
+    from pathlib import Path
+
+    from distill.config import load_config, parse_config
+
+    root = Path(__file__).parent.parent / "configs"
+    demo = demo_configs("mnist1d", tmp_path)
+    pairs = {
+        "mnist1d_teacher.yaml": "teacher",
+        "mnist1d_scratch.yaml": "student-scratch",
+        "mnist1d_kd.yaml": "student-kd",
+    }
+    for filename, key in pairs.items():
+        from_yaml = load_config(root / filename).model_dump()
+        from_demo = parse_config(demo[key]).model_dump()
+        for section in ("data", "student", "objective", "scheme"):
+            assert from_yaml[section] == from_demo[section], (filename, section)
+        assert {k: v for k, v in from_yaml["train"].items() if k not in ("seed", "progress")} == {
+            k: v for k, v in from_demo["train"].items() if k not in ("seed", "progress")
+        }
+        if key == "student-kd":
+            assert from_yaml["teacher"]["args"] == from_demo["teacher"]["args"]

@@ -101,7 +101,7 @@ def test_every_example_config_validates(path, tmp_path):
 
         teacher_only = load_config(path, ["scheme=supervised", "objective.terms=[]"])
         teacher_only = parse_config(
-            {**teacher_only.model_dump(), "student": cfg.teacher.model_dump()}
+            {**teacher_only.model_dump(), "student": {**cfg.teacher.model_dump(), "weights": None}}
         )
         save_weights(tmp_path / "t.safetensors", build(teacher_only).student)
         overrides.append(f"teacher.weights={tmp_path / 't.safetensors'}")
@@ -141,8 +141,13 @@ def test_shape_mismatch_without_adapter_is_reported(tmp_path):
     assert "adapter: linear" in problem
     data["objective"]["terms"][0]["args"] = {"temperature": 2.0}
     data["objective"]["terms"][0]["adapter"] = "linear"
-    [problem] = validate(parse_config(data))
-    assert "loss 'mse' has no argument 'temperature'" in problem
+    data["objective"]["terms"].append({"loss": "kd", "student": "blocks.0", "teacher": "blocks.1"})
+    [problem] = validate(parse_config(data))  # both bad terms reported in one go
+    assert "objective.terms.0.args: loss 'mse' has no argument 'temperature'" in problem
+    assert (
+        "objective.terms.1 (kd: student 'blocks.0' (4, 16) vs teacher 'blocks.1' (4, 32))"
+        in problem
+    )
 
 
 def test_teacher_weights_that_do_not_fit(tmp_path):

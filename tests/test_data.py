@@ -92,3 +92,16 @@ def test_bad_model_args_name_the_valid_ones():
         build_model("resnett", (1, 40), 10)
     with pytest.raises(ConfigError, match="cannot import"):
         build_model("nosuchpkg.mod:Model", (1, 40), 10)
+
+
+def test_unlabeled_transfer_set_keeps_inputs_without_labels():
+    full = load_dataset("digits")
+    semi = load_dataset("digits", train_samples=200, unlabeled=True)
+    assert len(semi.train) == len(full.train)
+    assert torch.equal(semi.train.inputs, full.train.inputs)
+    labelled = semi.train.targets >= 0
+    assert 195 <= int(labelled.sum()) <= 205
+    assert torch.equal(semi.train.targets[labelled], full.train.targets[labelled])
+    assert torch.all(semi.val.targets >= 0) and torch.all(semi.test.targets >= 0)
+    with pytest.raises(ConfigError, match="needs data.train_samples"):
+        load_dataset("digits", unlabeled=True)

@@ -74,3 +74,17 @@ def test_channel_adapter_maps_shapes(s_shape, t_shape):
 def test_adapter_rejects_rank_mismatch():
     with pytest.raises(ValueError, match="same number of dims"):
         ChannelAdapter((2, 4), (2, 4, 10))
+
+
+def test_task_loss_ignores_unlabelled_rows():
+    logits = torch.randn(4, 3, requires_grad=True)
+    targets = torch.tensor([0, -1, 2, -1])
+    obj = Objective()
+    loss = obj.task_loss(logits, targets)
+    assert loss.item() == pytest.approx(
+        F.cross_entropy(logits[[0, 2]], targets[[0, 2]]).item(), rel=1e-6
+    )
+    loss.backward()
+    assert torch.all(logits.grad[[1, 3]] == 0)
+    none = obj.task_loss(logits, torch.tensor([-1, -1, -1, -1]))
+    assert none.item() == 0.0  # finite, so a batch of transfer data alone is fine

@@ -51,7 +51,9 @@ def test_bad_capture_suffix():
 def test_get_layer_and_describe():
     model = ConvNet((1, 40), 10, channels=(4, 8))
     assert get_layer(model, "blocks.1") is model.blocks[1]
-    rows = dict((name, shape) for name, _, shape in describe_layers(model, torch.zeros(1, 1, 40)))
+    rows = {name: shape for name, _, shape, _ in describe_layers(model, torch.zeros(1, 1, 40))}
+    params = {name: n for name, _, _, n in describe_layers(model, torch.zeros(1, 1, 40))}
+    assert params["blocks.0.0"] == 4 * 1 * 5 and params["head"] == 8 * 10 * 10 + 10
     assert rows["blocks.0"] == "1x4x20"
     assert rows["blocks.1"] == "1x8x10"
     assert rows["head"] == "1x10"

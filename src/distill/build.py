@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from distill.checkpoint import load_into, load_weights
-from distill.config import ExperimentConfig, ModelConfig, TermConfig
+from distill.config import DataConfig, ExperimentConfig, ModelConfig, TermConfig
 from distill.data import (
     AUGMENTATIONS,
     DATASETS,
@@ -97,6 +97,17 @@ def name_problems(cfg: ExperimentConfig) -> list[str]:
     return problems
 
 
+def load_data(spec: DataConfig) -> DataSplits:
+    return load_dataset(
+        spec.name,
+        val_fraction=spec.val_fraction,
+        split_seed=spec.split_seed,
+        train_samples=spec.train_samples,
+        unlabeled=spec.unlabeled,
+        **spec.options,
+    )
+
+
 def weights_path(ref: str) -> Path:
     """A weights file, or a run dir whose best weights are used."""
     path = Path(ref)
@@ -147,39 +158,52 @@ def _check_loss_args(fn: Callable, term: TermConfig, where: str) -> None:
 def build_terms(
     cfg: ExperimentConfig, student_k: Knowledge, teacher_k: Knowledge | None
 ) -> list[Term]:
-    """Terms with adapters sized from the tensors of a dry forward pass."""
-    terms = []
+    """Terms with adapters sized from the tensors of a dry forward pass.
+
+    Each term is tried on the dry tensors; every failing term is reported in one error.
+    """
+    terms, problems = [], []
     for i, tc in enumerate(cfg.objective.terms):
-        where = f"objective.terms.{i}"
-        fn = resolve_loss(tc.loss)
-        _check_loss_args(fn, tc, where)
-        s_tensor = student_k.get(tc.student)
-        t_tensor = teacher_k.get(tc.teacher) if teacher_k is not None else None
-        adapter = None
-        if tc.adapter is not None and t_tensor is not None:
-            try:
-                adapter = ADAPTERS[tc.adapter](tuple(s_tensor.shape), tuple(t_tensor.shape))
-            except ValueError as e:
-                raise ConfigError(f"{where}.adapter: {e}") from None
-        term = Term(
-            tc.name or tc.loss,
-            fn,
-            weight=WeightSchedule(tc.weight, tc.warmup_steps, tc.ramp),
-            student=tc.student,
-            teacher=tc.teacher,
-            adapter=adapter,
-            loss_args=tc.args,
-        )
-        if teacher_k is not None:
-            try:
-                term(student_k, teacher_k)
-            except (ValueError, RuntimeError, TypeError) as e:
-                raise ConfigError(
-                    f"{where} ({tc.loss}: student {tc.student!r} {tuple(s_tensor.shape)} vs teacher "
-                    f"{tc.teacher!r} {tuple(t_tensor.shape)}): {e}"
-                ) from None
-        terms.append(term)
+        try:
+            terms.append(_build_term(f"objective.terms.{i}", tc, student_k, teacher_k))
+        except ConfigError as e:
+            problems.append(str(e))
+    if problems:
+        raise ConfigError("\n".join(problems))
     return terms
+
+
+def _build_term(
+    where: str, tc: TermConfig, student_k: Knowledge, teacher_k: Knowledge | None
+) -> Term:
+    fn = resolve_loss(tc.loss)
+    _check_loss_args(fn, tc, where)
+    s_tensor = student_k.get(tc.student)
+    t_tensor = teacher_k.get(tc.teacher) if teacher_k is not None else None
+    adapter = None
+    if tc.adapter is not None and t_tensor is not None:
+        try:
+            adapter = ADAPTERS[tc.adapter](tuple(s_tensor.shape), tuple(t_tensor.shape))
+        except ValueError as e:
+            raise ConfigError(f"{where}.adapter: {e}") from None
+    term = Term(
+        tc.name or tc.loss,
+        fn,
+        weight=WeightSchedule(tc.weight, tc.warmup_steps, tc.ramp),
+        student=tc.student,
+        teacher=tc.teacher,
+        adapter=adapter,
+        loss_args=tc.args,
+    )
+    if teacher_k is not None:
+        try:
+            term(student_k, teacher_k)
+        except (ValueError, RuntimeError, TypeError) as e:
+            raise ConfigError(
+                f"{where} ({tc.loss}: student {tc.student!r} {tuple(s_tensor.shape)} vs teacher "
+                f"{tc.teacher!r} {tuple(t_tensor.shape)}): {e}"
+            ) from None
+    return term
 
 
 def build(cfg: ExperimentConfig) -> Built:
@@ -188,13 +212,7 @@ def build(cfg: ExperimentConfig) -> Built:
     if problems:
         raise ConfigError("config has problems:\n  " + "\n  ".join(problems))
     seed_everything(cfg.train.seed)  # model and adapter init depend on the run seed
-    data = load_dataset(
-        cfg.data.name,
-        val_fraction=cfg.data.val_fraction,
-        split_seed=cfg.data.split_seed,
-        train_samples=cfg.data.train_samples,
-        **cfg.data.options,
-    )
+    data = load_data(cfg.data)
     student = load_model(cfg.student, data, "student")
     teacher = (
         load_model(cfg.teacher, data, "teacher")
@@ -247,13 +265,7 @@ def _layer_problems(cfg: ExperimentConfig) -> list[str]:
     """Check every term's layer names (build stops at the first bad one; users want them all)."""
     problems = []
     try:
-        data = load_dataset(
-            cfg.data.name,
-            val_fraction=cfg.data.val_fraction,
-            split_seed=cfg.data.split_seed,
-            train_samples=cfg.data.train_samples,
-            **cfg.data.options,
-        )
+        data = load_data(cfg.data)
     except ConfigError as e:
         return [str(e)]
     for role in ("student", "teacher"):

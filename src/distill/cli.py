@@ -45,9 +45,9 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 def _cmd_layers(args: argparse.Namespace) -> int:
     import torch
 
-    from distill.build import load_model
     from distill.config import ModelConfig, load_config
     from distill.data import load_dataset
+    from distill.models import build_model
     from distill.table import format_table
     from distill.taps import describe_layers
 
@@ -60,10 +60,12 @@ def _cmd_layers(args: argparse.Namespace) -> int:
     else:
         spec = ModelConfig(name=args.model, args=json.loads(args.args))
         data = load_dataset(args.dataset)
-    model = load_model(spec, data, args.role)
+    model = build_model(
+        spec.name, data.input_shape, data.num_classes, spec.args
+    )  # names need no weights
     rows = describe_layers(model, torch.zeros(1, *data.input_shape))
     print(f"{spec.name} on {data.name} input (1, {', '.join(map(str, data.input_shape))}):")
-    print(format_table(["layer", "type", "output shape"], rows))
+    print(format_table(["layer", "type", "output shape", "params"], rows))
     return 0
 
 

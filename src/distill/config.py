@@ -28,7 +28,8 @@ class DataConfig(Strict):
     name: str = "mnist1d"
     val_fraction: float = Field(0.1, ge=0, lt=1)
     split_seed: int = 0
-    train_samples: int | None = Field(None, ge=1)
+    train_samples: int | None = Field(None, ge=1)  # keep labels on only this many (stratified)
+    unlabeled: bool = False  # keep the other training inputs, without labels, as a transfer set
     options: dict[str, Any] = {}  # passed to the dataset loader, e.g. {num_samples: 8000}
     augment: list[AugmentConfig] = []
 

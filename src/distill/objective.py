@@ -141,11 +141,21 @@ class Objective(nn.Module):
         return list(dict.fromkeys(t.teacher for t in self.terms if t.teacher != "logits"))
 
     def task_loss(self, logits: Tensor, targets: Tensor) -> Tensor:
-        return F.cross_entropy(
+        """Cross-entropy averaged over labelled rows; target -1 marks an unlabelled row.
+
+        A batch with no labelled rows gives 0 (not NaN), so unlabelled transfer data can
+        be mixed into any batch.
+        """
+        targets = targets.reshape(-1)
+        labelled = (targets >= 0).sum()
+        summed = F.cross_entropy(
             logits.float().reshape(-1, logits.shape[-1]),
-            targets.reshape(-1),
+            targets,
+            ignore_index=-1,
+            reduction="sum",
             label_smoothing=self.label_smoothing,
         )
+        return summed / labelled.clamp_min(1)
 
     def forward(
         self, student: Knowledge, teacher: Knowledge | None, targets: Tensor | None, step: int

@@ -136,8 +136,8 @@ def _logits_of(out: object) -> Tensor:
     return _first_tensor(out)
 
 
-def describe_layers(model: nn.Module, sample: Tensor) -> list[tuple[str, str, str]]:
-    """(name, module type, output shape) for every named module, from one forward pass."""
+def describe_layers(model: nn.Module, sample: Tensor) -> list[tuple[str, str, str, int]]:
+    """(name, module type, output shape, parameters) for every named module, from one forward pass."""
     names = layer_names(model)
     shapes: dict[str, str] = {}
     with Tap(model, names) as tap:
@@ -149,4 +149,8 @@ def describe_layers(model: nn.Module, sample: Tensor) -> list[tuple[str, str, st
         for name in names:
             t = tap.feats.get(name)
             shapes[name] = "x".join(str(s) for s in t.shape) if t is not None else "-"
-    return [(n, type(model.get_submodule(n)).__name__, shapes[n]) for n in names]
+    modules = {n: model.get_submodule(n) for n in names}
+    return [
+        (n, type(m).__name__, shapes[n], sum(p.numel() for p in m.parameters()))
+        for n, m in modules.items()
+    ]

@@ -8,6 +8,7 @@ import json
 import os
 import random
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -23,63 +24,70 @@ def cache_dir() -> Path:
     return Path(os.environ.get("DISTILL_CACHE_DIR", Path.home() / ".cache" / "distill"))
 
 
-def _splits(
-    name: str,
-    train: tuple[np.ndarray, np.ndarray],
-    test: tuple[np.ndarray, np.ndarray],
-    input_shape: tuple[int, ...],
-    *,
-    val_fraction: float,
-    split_seed: int,
-    train_samples: int | None,
-) -> DataSplits:
-    """Carve a stratified validation set out of train, optionally keep fewer labelled samples."""
-    if not 0.0 <= val_fraction < 1.0:
-        raise ConfigError(f"data.val_fraction must be in [0, 1), got {val_fraction}")
-    x, y = train
-    fit_idx, val_idx = split_indices(y, val_fraction, split_seed)
-    if train_samples is not None:
-        if train_samples < 1:
-            raise ConfigError(f"data.train_samples must be >= 1, got {train_samples}")
-        fit_idx = fit_idx[stratified_take(y[fit_idx], train_samples, split_seed + 1)]
+@dataclass
+class RawData:
+    """A dataset as arrays, before the validation split: what each loader returns."""
 
-    def make(xs: np.ndarray, ys: np.ndarray) -> ArrayDataset:
-        inputs = torch.as_tensor(xs, dtype=torch.float32).reshape(len(xs), *input_shape)
-        return ArrayDataset(inputs, torch.as_tensor(ys, dtype=torch.long))
-
-    num_classes = int(max(y.max(), test[1].max())) + 1
-    return DataSplits(
-        name=name,
-        train=make(x[fit_idx], y[fit_idx]),
-        val=make(x[val_idx], y[val_idx]),
-        test=make(*test),
-        input_shape=tuple(input_shape),
-        num_classes=num_classes,
-    )
+    name: str
+    train: tuple[np.ndarray, np.ndarray]
+    test: tuple[np.ndarray, np.ndarray]
+    input_shape: tuple[int, ...]
 
 
-def load_digits(
+def make_splits(
+    raw: RawData,
     *,
     val_fraction: float = 0.1,
     split_seed: int = 0,
     train_samples: int | None = None,
-    test_fraction: float = 0.25,
+    unlabeled: bool = False,
 ) -> DataSplits:
+    """Carve a stratified validation set out of train; optionally keep fewer labelled samples.
+
+    With `train_samples`, only that many training samples keep their labels (stratified).
+    The rest are dropped, or with `unlabeled=True` kept as inputs with target -1: the task
+    loss ignores them, but a teacher can still teach on them (a transfer set).
+    """
+    if not 0.0 <= val_fraction < 1.0:
+        raise ConfigError(f"data.val_fraction must be in [0, 1), got {val_fraction}")
+    if unlabeled and train_samples is None:
+        raise ConfigError(
+            "data.unlabeled needs data.train_samples: the number of samples that keep their labels"
+        )
+    x, y = raw.train
+    fit_idx, val_idx = split_indices(y, val_fraction, split_seed)
+    fit_y = y[fit_idx].copy()
+    if train_samples is not None:
+        labelled = stratified_take(fit_y, train_samples, split_seed + 1)
+        if unlabeled:
+            hidden = np.ones(len(fit_idx), dtype=bool)
+            hidden[labelled] = False
+            fit_y[hidden] = -1
+        else:
+            fit_idx, fit_y = fit_idx[labelled], fit_y[labelled]
+
+    def make(xs: np.ndarray, ys: np.ndarray) -> ArrayDataset:
+        inputs = torch.as_tensor(xs, dtype=torch.float32).reshape(len(xs), *raw.input_shape)
+        return ArrayDataset(inputs, torch.as_tensor(ys, dtype=torch.long))
+
+    return DataSplits(
+        name=raw.name,
+        train=make(x[fit_idx], fit_y),
+        val=make(x[val_idx], y[val_idx]),
+        test=make(*raw.test),
+        input_shape=tuple(raw.input_shape),
+        num_classes=int(max(y.max(), raw.test[1].max())) + 1,
+    )
+
+
+def load_digits(*, test_fraction: float = 0.25) -> RawData:
     """scikit-learn's bundled 8x8 handwritten digits (1,797 images), scaled to [0, 1]."""
     from sklearn.datasets import load_digits as sk_digits
 
     bunch = sk_digits()
     x, y = bunch.data.astype(np.float32) / 16.0, bunch.target.astype(np.int64)
-    train_idx, test_idx = split_indices(y, test_fraction, seed=12345)
-    return _splits(
-        "digits",
-        (x[train_idx], y[train_idx]),
-        (x[test_idx], y[test_idx]),
-        (1, 8, 8),
-        val_fraction=val_fraction,
-        split_seed=split_seed,
-        train_samples=train_samples,
-    )
+    train_idx, test_idx = split_indices(y, test_fraction, seed=12345)  # fixed test set
+    return RawData("digits", (x[train_idx], y[train_idx]), (x[test_idx], y[test_idx]), (1, 8, 8))
 
 
 def _make_mnist1d(num_samples: int, seed: int) -> dict[str, np.ndarray]:
@@ -97,14 +105,7 @@ def _make_mnist1d(num_samples: int, seed: int) -> dict[str, np.ndarray]:
     return {k: np.asarray(data[k]) for k in ("x", "y", "x_test", "y_test")}
 
 
-def load_mnist1d(
-    *,
-    val_fraction: float = 0.1,
-    split_seed: int = 0,
-    train_samples: int | None = None,
-    num_samples: int = 5000,
-    seed: int = 42,
-) -> DataSplits:
+def load_mnist1d(*, num_samples: int = 5000, seed: int = 42) -> RawData:
     """MNIST-1D (Greydanus 2020): 40-sample 1-D signals of 10 digit templates, 80/20 train/test.
 
     Generated with `mnist1d.data.make_dataset` and cached as .npz under `cache_dir()`,
@@ -125,56 +126,53 @@ def load_mnist1d(
         np.savez(buf, **data)
         atomic_write_bytes(path, buf.getvalue())
     length = data["x"].shape[-1]
-    return _splits(
-        "mnist1d",
-        (data["x"], data["y"]),
-        (data["x_test"], data["y_test"]),
-        (1, length),
-        val_fraction=val_fraction,
-        split_seed=split_seed,
-        train_samples=train_samples,
-    )
+    return RawData("mnist1d", (data["x"], data["y"]), (data["x_test"], data["y_test"]), (1, length))
 
 
 def load_synthetic(
     *,
-    val_fraction: float = 0.1,
-    split_seed: int = 0,
-    train_samples: int | None = None,
     num_samples: int = 600,
     num_features: int = 16,
     num_classes: int = 4,
     noise: float = 1.0,
     seed: int = 0,
-) -> DataSplits:
+) -> RawData:
     """Gaussian class clusters in `num_features` dims: fast and deterministic, for tests."""
     rng = np.random.default_rng(seed)
     centers = rng.normal(0.0, 2.0, size=(num_classes, num_features))
     y = rng.integers(0, num_classes, size=num_samples)
     x = (centers[y] + noise * rng.normal(size=(num_samples, num_features))).astype(np.float32)
     n_test = num_samples // 5
-    return _splits(
-        "synthetic",
-        (x[n_test:], y[n_test:]),
-        (x[:n_test], y[:n_test]),
-        (num_features,),
-        val_fraction=val_fraction,
-        split_seed=split_seed,
-        train_samples=train_samples,
-    )
+    return RawData("synthetic", (x[n_test:], y[n_test:]), (x[:n_test], y[:n_test]), (num_features,))
 
 
-DATASETS: dict[str, Callable[..., DataSplits]] = {
+DATASETS: dict[str, Callable[..., RawData]] = {
     "digits": load_digits,
     "mnist1d": load_mnist1d,
     "synthetic": load_synthetic,
 }
 
 
-def load_dataset(name: str, **kwargs: object) -> DataSplits:
+def load_dataset(
+    name: str,
+    *,
+    val_fraction: float = 0.1,
+    split_seed: int = 0,
+    train_samples: int | None = None,
+    unlabeled: bool = False,
+    **options: object,
+) -> DataSplits:
+    """A named dataset (options go to its loader), split by `make_splits`."""
     if name not in DATASETS:
         raise ConfigError(unknown_name("dataset", name, DATASETS))
     try:
-        return DATASETS[name](**kwargs)
+        raw = DATASETS[name](**options)
     except TypeError as e:
-        raise ConfigError(f"dataset {name!r}: {e}") from None
+        raise ConfigError(f"dataset {name!r}: {e}; set its options under data.options") from None
+    return make_splits(
+        raw,
+        val_fraction=val_fraction,
+        split_seed=split_seed,
+        train_samples=train_samples,
+        unlabeled=unlabeled,
+    )

@@ -15,6 +15,16 @@ import torch
 from torch import Tensor, nn
 
 
+def _spatial_dims(input_shape: Sequence[int], model: str) -> int:
+    """1 for (C, L) signals, 2 for (C, H, W) images."""
+    dims = len(input_shape) - 1
+    if dims not in (1, 2):
+        raise ValueError(
+            f"{model} takes (C, L) or (C, H, W) inputs, got input_shape {tuple(input_shape)}"
+        )
+    return dims
+
+
 def _conv(dims: int) -> type[nn.Module]:
     return {1: nn.Conv1d, 2: nn.Conv2d}[dims]
 
@@ -69,11 +79,7 @@ class ConvNet(nn.Module):
         dropout: float = 0.0,
     ):
         super().__init__()
-        dims = len(input_shape) - 1
-        if dims not in (1, 2):
-            raise ValueError(
-                f"ConvNet takes (C, L) or (C, H, W) inputs, got input_shape {tuple(input_shape)}"
-            )
+        dims = _spatial_dims(input_shape, "ConvNet")
         conv, norm = _conv(dims), _norm(dims)
         blocks, c_in = [], input_shape[0]
         for c_out in channels:
@@ -141,11 +147,7 @@ class ResNet(nn.Module):
         blocks_per_stage: int = 1,
     ):
         super().__init__()
-        dims = len(input_shape) - 1
-        if dims not in (1, 2):
-            raise ValueError(
-                f"ResNet takes (C, L) or (C, H, W) inputs, got input_shape {tuple(input_shape)}"
-            )
+        dims = _spatial_dims(input_shape, "ResNet")
         conv, norm = _conv(dims), _norm(dims)
         self.stem = nn.Sequential(
             conv(input_shape[0], widths[0], 3, padding=1, bias=False), norm(widths[0]), nn.ReLU()
