@@ -129,6 +129,8 @@ class Trainer:
         self.batches_per_epoch = n // settings.batch_size if self.drop_last else 1
         self.steps_per_epoch = math.ceil(self.batches_per_epoch / settings.grad_accum)
         self.total_steps = self.steps_per_epoch * settings.epochs
+        self._sums: dict[str, torch.Tensor] = {}
+        self._summed = 0
         self.state = {
             "epoch": 0,
             "batch": 0,
@@ -151,6 +153,9 @@ class Trainer:
                 "optimizer": self.optimizer.state_dict(),
                 "scaler": self.scaler.state_dict(),
                 "trainer": dict(self.state),
+                # running loss sums of the unfinished epoch, so its logged means stay exact
+                "epoch_sums": {k: float(v) for k, v in self._sums.items()},
+                "epoch_count": self._summed,
                 "rng": _rng_state(self.aug_gen),
             },
         )
@@ -167,6 +172,8 @@ class Trainer:
         if ckpt["scaler"]:
             self.scaler.load_state_dict(ckpt["scaler"])
         self.state = dict(ckpt["trainer"])
+        self._sums = {k: torch.tensor(v, device=self.device) for k, v in ckpt["epoch_sums"].items()}
+        self._summed = ckpt["epoch_count"]
         _set_rng_state(ckpt["rng"], self.aug_gen)
 
     # ----------------------------------------------------------------- the loop
@@ -234,8 +241,8 @@ class Trainer:
         order = self._epoch_order(st["epoch"])
         bs = s.batch_size
         self.scheme.train(True)
-        sums: dict[str, torch.Tensor] = {}
-        summed = 0
+        if st["batch"] == 0:
+            self._sums, self._summed = {}, 0
         bar = tqdm(
             total=self.batches_per_epoch,
             initial=st["batch"],
@@ -261,8 +268,8 @@ class Trainer:
                 )
             self.scaler.scale(loss / group_size).backward()
             for k, v in losses.items():
-                sums[k] = sums.get(k, 0.0) + v.detach().float()
-            summed += 1
+                self._sums[k] = self._sums.get(k, 0.0) + v.detach().float()
+            self._summed += 1
             st["batch"] += 1
             bar.update(1)
             if st["batch"] % s.grad_accum == 0 or st["batch"] == self.batches_per_epoch:
@@ -274,7 +281,7 @@ class Trainer:
                     self.save()
                     return False
         bar.close()
-        self._epoch_losses = {f"train_{k}": (v / max(summed, 1)).item() for k, v in sums.items()}
+        self._epoch_losses = {f"train_{k}": float(v / max(self._summed, 1)) for k, v in self._sums.items()}
         return True
 
     def _end_epoch(self, log: MetricsLog) -> bool:
@@ -306,6 +313,11 @@ class Trainer:
         st["batch"] = 0
         self.save()
         log.append(row)
+        if s.progress:
+            tqdm.write(
+                f"epoch {row['epoch']}/{s.epochs}  loss {row.get('train_loss', float('nan')):.4f}  "
+                f"val acc {metrics['acc']:.4f}  val nll {metrics['nll']:.4f}" + ("  *best" if improved else "")
+            )
         patience = s.early_stop_patience
         return patience is not None and st["bad_epochs"] >= patience
 
