@@ -281,7 +281,9 @@ class Trainer:
                     self.save()
                     return False
         bar.close()
-        self._epoch_losses = {f"train_{k}": float(v / max(self._summed, 1)) for k, v in self._sums.items()}
+        self._epoch_losses = {
+            f"train_{k}": float(v / max(self._summed, 1)) for k, v in self._sums.items()
+        }
         return True
 
     def _end_epoch(self, log: MetricsLog) -> bool:
@@ -316,7 +318,8 @@ class Trainer:
         if s.progress:
             tqdm.write(
                 f"epoch {row['epoch']}/{s.epochs}  loss {row.get('train_loss', float('nan')):.4f}  "
-                f"val acc {metrics['acc']:.4f}  val nll {metrics['nll']:.4f}" + ("  *best" if improved else "")
+                f"val acc {metrics['acc']:.4f}  val nll {metrics['nll']:.4f}"
+                + ("  *best" if improved else "")
             )
         patience = s.early_stop_patience
         return patience is not None and st["bad_epochs"] >= patience
