@@ -153,15 +153,6 @@ def test_bf16_autocast_trains(tmp_path):
     assert res["test_acc"] > 0.8
 
 
-def test_non_finite_loss_stops_with_a_clear_error(tmp_path):
-    cfg = synthetic_cfg(
-        tmp_path / "r",
-        train={"epochs": 2, "optimizer": {"name": "sgd", "lr": 1e30, "momentum": 0.0}},
-    )
-    with pytest.raises(FloatingPointError, match="last checkpoint is intact"):
-        run_experiment(parse_config(cfg))
-
-
 def test_early_stopping(tmp_path):
     cfg = synthetic_cfg(
         tmp_path / "r",

@@ -25,7 +25,7 @@ from distill.data import (
     load_batch,
     load_dataset,
 )
-from distill.errors import CheckpointError, ConfigError, unknown_name
+from distill.errors import CheckpointError, ConfigError, DataError, LayerError, unknown_name
 from distill.losses import LOSSES
 from distill.models import MODELS, build_model, resolve_reference
 from distill.objective import ADAPTERS, Objective, Term, WeightSchedule
@@ -61,7 +61,7 @@ def name_problems(cfg: ExperimentConfig) -> list[str]:
     problems = []
     if cfg.scheme not in SCHEMES:
         problems.append("scheme: " + unknown_name("scheme", cfg.scheme, SCHEMES))
-    if cfg.data.name not in DATASETS:
+    if ":" not in cfg.data.name and cfg.data.name not in DATASETS:
         problems.append("data.name: " + unknown_name("dataset", cfg.data.name, DATASETS))
     for i, aug in enumerate(cfg.data.augment):
         if aug.name not in AUGMENTATIONS:
@@ -90,6 +90,15 @@ def name_problems(cfg: ExperimentConfig) -> list[str]:
         problems.append(
             "teacher.weights: an offline teacher must be trained; give its .safetensors file or run dir"
         )
+    if cfg.train.device.startswith("cuda") and not torch.cuda.is_available():
+        problems.append(
+            f"train.device: {cfg.train.device!r} but no CUDA device is available; use 'cpu' or 'auto'"
+        )
+    on_cuda = cfg.train.device.startswith("cuda") or (
+        cfg.train.device == "auto" and torch.cuda.is_available()
+    )
+    if cfg.train.precision == "fp16" and not on_cuda:
+        problems.append("train.precision: fp16 needs a CUDA device; on CPU use bf16 or fp32")
     if cfg.scheme == "supervised" and cfg.objective.terms:
         problems.append(
             "objective.terms: the supervised scheme has no teacher; remove the terms or use scheme: offline"
@@ -135,9 +144,33 @@ def _dry_knowledge(
     was_training = model.training
     model.eval()
     with Tap(model, layers, role) as tap:
-        knowledge = tap.run(batch["input"])
-    model.train(was_training)
+        try:
+            knowledge = tap.run(batch["input"])
+        except (RuntimeError, ValueError, TypeError) as e:
+            raise ConfigError(
+                f"the {role} failed on a batch of shape {tuple(batch['input'].shape)}: "
+                f"{str(e).splitlines()[0]}. Check its args against the data (inputs "
+                f"{tuple(batch['input'].shape[1:])} per sample); `distill layers` shows what it expects"
+            ) from None
+        finally:
+            model.train(was_training)
     return knowledge
+
+
+def check_classes(data: DataSplits, student_k: Knowledge, teacher_k: Knowledge | None) -> None:
+    """Student, teacher and data must agree on the number of classes (the last logit dim)."""
+    n_student = student_k.logits.shape[-1]
+    if n_student != data.num_classes:
+        raise ConfigError(
+            f"the student predicts {n_student} classes but the data has {data.num_classes}; "
+            f"build it with num_classes={data.num_classes}"
+        )
+    if teacher_k is not None and teacher_k.logits.shape[-1] != n_student:
+        raise ConfigError(
+            f"the teacher predicts {teacher_k.logits.shape[-1]} classes and the student {n_student}; "
+            f"response losses compare them class by class, so both need the data's "
+            f"{data.num_classes} classes (a teacher trained on other labels cannot teach these)"
+        )
 
 
 def _check_loss_args(fn: Callable, term: TermConfig, where: str) -> None:
@@ -226,6 +259,7 @@ def build(cfg: ExperimentConfig) -> Built:
     teacher_k = None
     if teacher is not None:
         teacher_k = _dry_knowledge(teacher, teacher_layers, batch, f"teacher {cfg.teacher.name}")
+    check_classes(data, student_k, teacher_k)
     terms = build_terms(cfg, student_k, teacher_k)
     objective = Objective(
         terms, task_weight=cfg.objective.task_weight, label_smoothing=cfg.objective.label_smoothing
@@ -237,9 +271,12 @@ def build(cfg: ExperimentConfig) -> Built:
     )
     augment = build_augmentation([(a.name, a.args) for a in cfg.data.augment])
     if augment is not None:
-        augment(
-            batch["input"].clone(), torch.Generator().manual_seed(0)
-        )  # bad augment args fail here
+        try:  # bad augmentation args fail here, not in the first training step
+            augment(batch["input"].clone(), torch.Generator().manual_seed(0))
+        except (TypeError, ValueError, RuntimeError) as e:
+            raise ConfigError(
+                f"data.augment: {str(e).splitlines()[0]}; see distill.data.augment for the args of each"
+            ) from None
     return Built(cfg, data, student, teacher, objective, scheme, augment)
 
 
@@ -256,8 +293,8 @@ def validate(cfg: ExperimentConfig) -> list[str]:
         return problems
     try:
         build(cfg)
-    except (ConfigError, CheckpointError, KeyError, TypeError) as e:
-        problems.append(e.args[0] if e.args else str(e))
+    except (ConfigError, CheckpointError, DataError, LayerError) as e:
+        problems.append(str(e))
     return problems
 
 
@@ -283,8 +320,8 @@ def _layer_problems(cfg: ExperimentConfig) -> list[str]:
                 continue
             try:
                 Tap(model, [layer], f"{role} {spec.name}").remove()
-            except KeyError as e:
-                problems.append(f"objective.terms.{i}.{role}: {e.args[0]}")
+            except LayerError as e:
+                problems.append(f"objective.terms.{i}.{role}: {e}")
     return problems
 
 

@@ -22,6 +22,7 @@ from torch import Tensor
 
 from distill.errors import CheckpointError
 
+FORMAT = "distill-1"  # bump when the layout of a checkpoint changes
 _TENSOR = "__tensor__"
 _TUPLE = "__tuple__"
 
@@ -110,7 +111,7 @@ def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> None:
     """Store a nested dict of tensors and plain values in one safetensors file, atomically."""
     tensors: dict[str, Tensor] = {}
     skeleton = json.dumps(_flatten(state, "", tensors))
-    meta = {"distill": skeleton, "sha256": _digest(tensors, skeleton), "format": "distill-1"}
+    meta = {"distill": skeleton, "sha256": _digest(tensors, skeleton), "format": FORMAT}
     atomic_write_bytes(path, st_save(tensors, metadata=meta))
 
 
@@ -134,7 +135,13 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     if not path.is_file():
         raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
     tensors, meta = _read(path)
-    if meta.get("format") != "distill-1" or "distill" not in meta:
+    fmt = meta.get("format", "")
+    if fmt.startswith("distill-") and fmt != FORMAT:
+        raise CheckpointError(
+            f"{str(path)!r} has checkpoint format {fmt!r}, but this version of distill reads "
+            f"{FORMAT!r}; use the distill version that wrote it, or retrain"
+        )
+    if fmt != FORMAT or "distill" not in meta:
         raise CheckpointError(
             f"{str(path)!r} is a safetensors file but not a distill checkpoint; to load plain "
             f"weights use distill.checkpoint.load_weights"

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 from pathlib import Path
 
-from distill.errors import CheckpointError, ConfigError
+from distill.errors import USER_ERRORS, ConfigError, NonFiniteError
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -24,6 +25,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
     results = run_experiment(cfg, resume=args.resume, overwrite=args.overwrite)
     print(json.dumps(results, indent=2))
+    stopped_by = results.get("stopped_by")
+    if stopped_by in ("SIGINT", "SIGTERM"):
+        print(
+            f"stopped by {stopped_by} at step {results['steps']}; the checkpoint is saved in "
+            f"{results['run_dir']}. Continue with: distill run {args.config} --resume",
+            file=sys.stderr,
+        )
+        return 128 + signal.Signals[stopped_by].value
     return 0
 
 
@@ -58,7 +67,13 @@ def _cmd_layers(args: argparse.Namespace) -> int:
             raise ConfigError(f"{args.model} has no {args.role} section; use --role student")
         data = load_dataset(cfg.data.name, **cfg.data.options)
     else:
-        spec = ModelConfig(name=args.model, args=json.loads(args.args))
+        try:
+            model_args = json.loads(args.args)
+        except json.JSONDecodeError as e:
+            raise ConfigError(
+                f"--args must be a JSON object, e.g. '{{\"channels\": [8, 16]}}': {e}"
+            ) from None
+        spec = ModelConfig(name=args.model, args=model_args)
         data = load_dataset(args.dataset)
     model = build_model(
         spec.name, data.input_shape, data.num_classes, spec.args
@@ -103,6 +118,7 @@ def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="distill", description="Knowledge distillation for PyTorch."
     )
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("run", help="train per a YAML config")
@@ -156,15 +172,25 @@ def make_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = make_parser().parse_args(argv)
+    """Exit codes: 0 done; 1 validate found problems or training diverged; 2 bad input;
+    128+N stopped by signal N (the checkpoint is saved)."""
+    parser = make_parser()
+    # Overrides may come after flags (run CONFIG --resume a.b=1): argparse leaves those over.
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if getattr(args, "overrides", None) is None or any(
+            x.startswith("-") or "=" not in x for x in extra
+        ):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.overrides = [*args.overrides, *extra]
     try:
         return args.fn(args)
-    except (ConfigError, CheckpointError) as e:
+    except USER_ERRORS as e:
+        if args.debug:
+            raise
         print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyError as e:  # layer-name errors carry their suggestion in args[0]
-        print(f"error: {e.args[0] if e.args else e}", file=sys.stderr)
-        return 2
+        print("(run with --debug for the traceback)", file=sys.stderr)
+        return 1 if isinstance(e, NonFiniteError) else 2
 
 
 if __name__ == "__main__":

@@ -135,7 +135,12 @@ def apply_override(data: dict[str, Any], assignment: str) -> None:
         raise ConfigError(
             f"override {assignment!r} must look like key.path=value, e.g. train.epochs=5"
         )
-    value = yaml.safe_load(raw) if raw.strip() else None
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"override {assignment!r}: the value is not valid YAML ({e})") from None
+    if isinstance(value, dict) and not raw.strip().startswith("{"):
+        value = raw  # 'pkg.mod:attr' or 'a: b' without braces is text, not a mapping
     parts = key.split(".")
     node: Any = data
     for i, part in enumerate(parts):
@@ -175,6 +180,11 @@ def load_config(
             data = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as e:
             raise ConfigError(f"{path} is not valid YAML: {e}") from None
+    if data is not None and not isinstance(data, dict):
+        raise ConfigError(
+            f"{path or 'config'}: the top level must be a mapping of keys (student:, data:, ...), "
+            f"got a {type(data).__name__}"
+        )
     data = dict(data or {})
     for assignment in overrides:
         apply_override(data, assignment)

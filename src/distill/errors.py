@@ -14,6 +14,29 @@ class CheckpointError(ValueError):
     """A checkpoint file is missing, truncated, tampered with or does not match the model."""
 
 
+class LayerError(KeyError):
+    """A layer name that the model does not have; the message suggests the closest ones."""
+
+    def __str__(self) -> str:  # KeyError would print the message in quotes
+        return str(self.args[0]) if self.args else ""
+
+
+USER_ERRORS: tuple[
+    type[Exception], ...
+] = ()  # filled below: what the CLI reports without a traceback
+
+
+class DataError(ValueError):
+    """A dataset is empty, mislabelled or holds non-finite values."""
+
+
+class NonFiniteError(FloatingPointError):
+    """A loss or gradient became NaN/inf; the message names the term and the last good checkpoint."""
+
+
+USER_ERRORS = (ConfigError, CheckpointError, DataError, LayerError, NonFiniteError)
+
+
 def closest(name: str, choices: Iterable[str], n: int = 3) -> list[str]:
     """The choices most similar to `name`, best first (may be empty)."""
     choices = list(choices)

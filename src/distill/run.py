@@ -7,6 +7,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from distill.build import build, export_info, weights_path
 from distill.checkpoint import atomic_write_text, load_into, load_weights
 from distill.config import ExperimentConfig, dump_config
@@ -14,27 +16,59 @@ from distill.errors import ConfigError
 from distill.evaluate import agreement, classification_metrics, predict_logits, targets_of
 from distill.trainer import Trainer
 
+# Settings that may change when a run is resumed; anything else must match the saved config.
+RESUMABLE_CHANGES = {
+    "epochs",
+    "max_steps",
+    "progress",
+    "checkpoint_every_steps",
+    "early_stop_patience",
+    "device",
+}
 
-def prepare_run_dir(run_dir: Path, *, resume: bool, overwrite: bool) -> None:
-    """Refuse to silently overwrite a previous run; clear it only when asked."""
+
+def check_run_dir(run_dir: Path, cfg: ExperimentConfig, *, resume: bool, overwrite: bool) -> None:
+    """Refuse to silently overwrite a previous run, or to resume it under a different config."""
+    if resume and overwrite:
+        raise ConfigError("resume continues a run and overwrite deletes it; choose one")
     has_run = (run_dir / "checkpoints").is_dir() or (run_dir / "metrics.jsonl").is_file()
-    if has_run and not resume:
-        if not overwrite:
+    if has_run and not resume and not overwrite:
+        raise ConfigError(
+            f"run dir {str(run_dir)!r} already holds a run; continue it with --resume, "
+            f"replace it with --overwrite, or set run_dir=<new dir>"
+        )
+    saved = run_dir / "config.yaml"
+    if resume and saved.is_file():
+        changed = _changed_keys(yaml.safe_load(saved.read_text()), cfg.model_dump(mode="json"))
+        changed = [
+            k for k in changed if not (k.startswith("train.") and k[6:] in RESUMABLE_CHANGES)
+        ]
+        if changed:
             raise ConfigError(
-                f"run dir {str(run_dir)!r} already holds a run; continue it with --resume, "
-                f"replace it with --overwrite, or set run_dir=<new dir>"
+                f"cannot resume {str(run_dir)!r} with a different config: {', '.join(changed)} "
+                f"changed since the run started (see its config.yaml). Only train."
+                f"{{{', '.join(sorted(RESUMABLE_CHANGES))}}} may change on resume; start a new "
+                f"run_dir for anything else."
             )
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+
+
+def _changed_keys(old: Any, new: Any, prefix: str = "") -> list[str]:
+    if isinstance(old, dict) and isinstance(new, dict):
+        keys = list(dict.fromkeys([*old, *new]))
+        return [c for k in keys for c in _changed_keys(old.get(k), new.get(k), f"{prefix}{k}.")]
+    return [] if old == new else [prefix.rstrip(".")]
 
 
 def run_experiment(
     cfg: ExperimentConfig, *, resume: bool = False, overwrite: bool = False
 ) -> dict[str, Any]:
-    """Train per `cfg`; write config.yaml, checkpoints, metrics and results.json in the run dir."""
+    """Train per `cfg`; write config.yaml, checkpoints, metrics and results.json in the run dir.
+
+    Everything that can fail on bad input (names, data, weights, shapes) fails before the
+    run dir is touched, so a bad config never clobbers or half-writes a run.
+    """
     run_dir = cfg.resolved_run_dir()
-    prepare_run_dir(run_dir, resume=resume, overwrite=overwrite)
-    atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
+    check_run_dir(run_dir, cfg, resume=resume, overwrite=overwrite)
     built = build(cfg)
     trainer = Trainer(
         built.scheme,
@@ -45,6 +79,12 @@ def run_experiment(
         augment=built.augment,
         export_info=export_info(cfg),
     )
+    if resume:
+        trainer.restore()  # a bad checkpoint fails here, before anything is written
+    if overwrite and run_dir.exists():
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
     summary = trainer.fit(resume=resume)
     results: dict[str, Any] = {"name": cfg.name, "run_dir": str(run_dir), **summary}
     if summary["complete"]:

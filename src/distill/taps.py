@@ -13,7 +13,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from distill.errors import did_you_mean
+from distill.errors import LayerError, did_you_mean
 
 Capture = Literal["output", "input"]
 
@@ -48,7 +48,7 @@ def get_layer(model: nn.Module, name: str, model_label: str | None = None) -> nn
         return model.get_submodule(name)
     except AttributeError:
         label = model_label or type(model).__name__
-        raise KeyError(
+        raise LayerError(
             f"unknown layer {name!r} in {label}{did_you_mean(name, layer_names(model))}\n"
             f"list the layers with: distill layers <model>"
         ) from None
@@ -95,7 +95,7 @@ class Tap:
     def _split(name: str) -> tuple[str, Capture]:
         layer, _, what = name.partition(":")
         if what not in ("", "output", "input"):
-            raise KeyError(f"tap {name!r}: the part after ':' must be 'input' or 'output'")
+            raise LayerError(f"tap {name!r}: the part after ':' must be 'input' or 'output'")
         return layer, ("input" if what == "input" else "output")
 
     def _register(self, key: str, module: nn.Module, what: Capture):

@@ -7,6 +7,9 @@ from __future__ import annotations
 import contextlib
 import math
 import random
+import signal
+import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -17,7 +20,7 @@ from tqdm.auto import tqdm
 
 from distill.checkpoint import load_checkpoint, save_checkpoint, save_weights
 from distill.data import Augmentation, load_batch
-from distill.errors import ConfigError
+from distill.errors import CheckpointError, ConfigError, NonFiniteError
 from distill.evaluate import evaluate
 from distill.logs import MetricsLog
 from distill.schemes import Scheme
@@ -131,6 +134,8 @@ class Trainer:
         self.total_steps = self.steps_per_epoch * settings.epochs
         self._sums: dict[str, torch.Tensor] = {}
         self._summed = 0
+        self._stop_signal: str | None = None
+        self._restored = False
         self.state = {
             "epoch": 0,
             "batch": 0,
@@ -167,14 +172,22 @@ class Trainer:
                 f"nothing to resume: {str(path)!r} does not exist; run without --resume"
             )
         ckpt = load_checkpoint(path)
-        self.scheme.modules.load_state_dict(ckpt["modules"])
-        self.optimizer.load_state_dict(ckpt["optimizer"])
+        try:
+            self.scheme.modules.load_state_dict(ckpt["modules"])
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as e:
+            raise CheckpointError(
+                f"{str(path)!r} does not match the models and optimizer this config builds "
+                f"({str(e).splitlines()[0]}); resume with the config the run started with "
+                f"(its config.yaml), or start a new run_dir"
+            ) from None
         if ckpt["scaler"]:
             self.scaler.load_state_dict(ckpt["scaler"])
         self.state = dict(ckpt["trainer"])
         self._sums = {k: torch.tensor(v, device=self.device) for k, v in ckpt["epoch_sums"].items()}
         self._summed = ckpt["epoch_count"]
         _set_rng_state(ckpt["rng"], self.aug_gen)
+        self._restored = True
 
     # ----------------------------------------------------------------- the loop
     def _epoch_order(self, epoch: int) -> torch.Tensor:
@@ -194,49 +207,130 @@ class Trainer:
             batch["input"] = self.augment(batch["input"], self.aug_gen)
         return {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
 
+    def _last_good(self) -> str:
+        path = self.ckpt_dir / "last.safetensors"
+        if path.is_file():
+            return f"the last good checkpoint is {str(path)!r}; continue from it with --resume"
+        return "no checkpoint had been saved yet"
+
+    def _check_losses(self, losses: dict[str, torch.Tensor]) -> None:
+        # One sync for all components; the per-term detail is only built on failure.
+        if bool(torch.stack([v.detach().float() for v in losses.values()]).isfinite().all()):
+            return
+        st = self.state
+        bad = [k for k, v in losses.items() if k != "loss" and not torch.isfinite(v).all()]
+        values = ", ".join(f"{k}={v.item():.4g}" for k, v in losses.items())
+        raise NonFiniteError(
+            f"the loss went non-finite at epoch {st['epoch'] + 1}, step {st['step']}: "
+            f"{'term ' + ', '.join(repr(b) for b in bad) if bad else 'the total'} is not finite "
+            f"({values}). Nothing was updated from this batch; {self._last_good()}. "
+            f"Fix: lower train.optimizer.lr, set train.clip_grad_norm, use precision fp32, "
+            f"or check the inputs for NaN."
+        )
+
+    def _check_gradients(self, params: list[torch.nn.Parameter], norm: torch.Tensor | None) -> None:
+        """A NaN/inf gradient stops the run before the optimizer applies it."""
+        if self.settings.precision == "fp16":
+            return  # the GradScaler skips such steps and lowers its scale by design
+        if norm is None:
+            grads = [p.grad for p in params if p.grad is not None]
+            if not grads:
+                return
+            norm = torch.linalg.vector_norm(
+                torch.stack([torch.linalg.vector_norm(g.float()) for g in grads])
+            )
+        if bool(torch.isfinite(norm)):
+            return
+        names = {id(p): n for n, p in self.scheme.modules.named_parameters()}
+        bad = [
+            names.get(id(p), "?")
+            for p in params
+            if p.grad is not None and not p.grad.isfinite().all()
+        ]
+        raise NonFiniteError(
+            f"non-finite gradient at epoch {self.state['epoch'] + 1}, step {self.state['step']} "
+            f"in {', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''} although the loss was finite. "
+            f"The step was not applied; {self._last_good()}. Fix: lower train.optimizer.lr, set "
+            f"train.clip_grad_norm, or use precision fp32."
+        )
+
     def _optimizer_step(self) -> None:
         for group in self.optimizer.param_groups:
             group["lr"] = group.setdefault("base_lr", group["lr"]) * lr_factor(
                 self.state["step"], self.total_steps, self.settings.schedule
             )
+        params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        norm = None
         if self.settings.clip_grad_norm is not None:
             self.scaler.unscale_(self.optimizer)
-            params = [p for g in self.optimizer.param_groups for p in g["params"]]
-            torch.nn.utils.clip_grad_norm_(params, self.settings.clip_grad_norm)
+            norm = torch.nn.utils.clip_grad_norm_(params, self.settings.clip_grad_norm)
+        self._check_gradients(params, norm)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         self.state["step"] += 1
 
+    @contextlib.contextmanager
+    def _stop_on_signals(self):
+        """SIGINT/SIGTERM ask the loop to save a checkpoint after the current step and return.
+
+        A second signal aborts at once; atomic writes keep the files on disk intact.
+        """
+        self._stop_signal = None
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def handler(signum: int, _frame: object) -> None:
+            if self._stop_signal is not None:
+                raise KeyboardInterrupt
+            self._stop_signal = signal.Signals(signum).name
+            tqdm.write(
+                f"{self._stop_signal}: saving a checkpoint after this step (send again to abort now)",
+                file=sys.stderr,
+            )
+
+        previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for sig, old in previous.items():
+                signal.signal(sig, old)
+
     def fit(self, resume: bool = False) -> dict[str, Any]:
-        """Train to the end (or to `max_steps`), return a summary. `resume` continues from last."""
+        """Train to the end, to `max_steps`, or to a SIGINT/SIGTERM; return a summary.
+
+        `resume` continues from the run dir's last checkpoint.
+        """
         s = self.settings
         self.run_dir.mkdir(parents=True, exist_ok=True)
         previous_det = torch.are_deterministic_algorithms_enabled()
         torch.use_deterministic_algorithms(s.deterministic)
         try:
             if resume:
-                self.restore()
+                if not self._restored:
+                    self.restore()
             else:
                 seed_everything(s.seed)
             log = MetricsLog(self.run_dir)
             log.keep_epochs_before(self.state["epoch"] + 1)
-            return self._run(log)
+            with self._stop_on_signals():
+                return self._run(log)
         finally:
             torch.use_deterministic_algorithms(previous_det)
 
     def _run(self, log: MetricsLog) -> dict[str, Any]:
-        s, st = self.settings, self.state
         started = time.perf_counter()
-        stopped_early = False
-        while st["epoch"] < s.epochs and not stopped_early:
-            finished = self._train_epoch()
-            if not finished:  # max_steps reached mid-epoch: state already saved
-                return self._summary(started, complete=False)
-            stopped_early = self._end_epoch(log)
-        return self._summary(started, complete=True)
+        while self.state["epoch"] < self.settings.epochs:
+            stopped_by = self._train_epoch()
+            if stopped_by is not None:  # the state is already saved
+                return self._summary(started, stopped_by)
+            if self._end_epoch(log):
+                return self._summary(started, None, early_stopped=True)
+        return self._summary(started, None)
 
-    def _train_epoch(self) -> bool:
+    def _train_epoch(self) -> str | None:
+        """Run the rest of the current epoch; returns why it stopped early, or None."""
         s, st = self.settings, self.state
         order = self._epoch_order(st["epoch"])
         bs = s.batch_size
@@ -252,41 +346,44 @@ class Trainer:
             dynamic_ncols=True,
         )
         group_size = 1
-        while st["batch"] < self.batches_per_epoch:
-            b = st["batch"]
-            if b % s.grad_accum == 0:  # the micro-batches of this optimizer step
-                group_size = min(s.grad_accum, self.batches_per_epoch - b)
-            index = order[b * bs : (b + 1) * bs] if self.drop_last else order
-            with self._autocast():
-                losses = self.scheme.step(self._batch(index), st["step"])
-            loss = losses["loss"]
-            if not torch.isfinite(loss):
-                raise FloatingPointError(
-                    f"loss is {loss.item()} at epoch {st['epoch'] + 1}, step {st['step']}: "
-                    + ", ".join(f"{k}={v.item():.4g}" for k, v in losses.items())
-                    + ". The last checkpoint is intact; lower the LR, enable clip_grad_norm, or use fp32."
-                )
-            self.scaler.scale(loss / group_size).backward()
-            for k, v in losses.items():
-                self._sums[k] = self._sums.get(k, 0.0) + v.detach().float()
-            self._summed += 1
-            st["batch"] += 1
-            bar.update(1)
-            if st["batch"] % s.grad_accum == 0 or st["batch"] == self.batches_per_epoch:
+        with bar:
+            while st["batch"] < self.batches_per_epoch:
+                b = st["batch"]
+                if b % s.grad_accum == 0:  # the micro-batches of this optimizer step
+                    group_size = min(s.grad_accum, self.batches_per_epoch - b)
+                index = order[b * bs : (b + 1) * bs] if self.drop_last else order
+                with self._autocast():
+                    losses = self.scheme.step(self._batch(index), st["step"])
+                self._check_losses(losses)
+                self.scaler.scale(losses["loss"] / group_size).backward()
+                for k, v in losses.items():
+                    self._sums[k] = self._sums.get(k, 0.0) + v.detach().float()
+                self._summed += 1
+                st["batch"] += 1
+                bar.update(1)
+                if st["batch"] % s.grad_accum and st["batch"] < self.batches_per_epoch:
+                    continue  # still accumulating
                 self._optimizer_step()
+                stopped_by = self._stop_reason()
+                if stopped_by is not None:
+                    self.save()
+                    return stopped_by
                 if s.checkpoint_every_steps and st["step"] % s.checkpoint_every_steps == 0:
                     self.save()
-                if s.max_steps is not None and st["step"] >= s.max_steps:
-                    bar.close()
-                    self.save()
-                    return False
-        bar.close()
         self._epoch_losses = {
             f"train_{k}": float(v / max(self._summed, 1)) for k, v in self._sums.items()
         }
-        return True
+        return None
+
+    def _stop_reason(self) -> str | None:
+        if self._stop_signal is not None:
+            return self._stop_signal
+        if self.settings.max_steps is not None and self.state["step"] >= self.settings.max_steps:
+            return "max_steps"
+        return None
 
     def _end_epoch(self, log: MetricsLog) -> bool:
+        """Evaluate, log, checkpoint; True when early stopping says to stop."""
         s, st = self.settings, self.state
         metrics = evaluate(
             self.scheme.eval_model(),
@@ -313,21 +410,27 @@ class Trainer:
         }
         st["epoch"] += 1
         st["batch"] = 0
-        self.save()
+        # Log first, then checkpoint: a crash in between leaves a row for an epoch the
+        # checkpoint has not finished, which resume drops and redoes. The other order
+        # would lose the row for good.
         log.append(row)
+        self.save()
         if s.progress:
             tqdm.write(
                 f"epoch {row['epoch']}/{s.epochs}  loss {row.get('train_loss', float('nan')):.4f}  "
                 f"val acc {metrics['acc']:.4f}  val nll {metrics['nll']:.4f}"
-                + ("  *best" if improved else "")
+                + ("  *best" if improved else ""),
+                file=sys.stderr,
             )
-        patience = s.early_stop_patience
-        return patience is not None and st["bad_epochs"] >= patience
+        return s.early_stop_patience is not None and st["bad_epochs"] >= s.early_stop_patience
 
-    def _summary(self, started: float, complete: bool) -> dict[str, Any]:
+    def _summary(
+        self, started: float, stopped_by: str | None, early_stopped: bool = False
+    ) -> dict[str, Any]:
         st = self.state
         return {
-            "complete": complete,
+            "complete": stopped_by is None,
+            "stopped_by": stopped_by or ("early_stop" if early_stopped else None),
             "epochs": st["epoch"],
             "steps": st["step"],
             "best_val_acc": st["best"],

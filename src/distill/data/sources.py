@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import math
 import os
 import random
 from collections.abc import Callable
@@ -16,7 +17,7 @@ import torch
 
 from distill.checkpoint import atomic_write_bytes
 from distill.data.core import ArrayDataset, DataSplits, split_indices, stratified_take
-from distill.errors import ConfigError, unknown_name
+from distill.errors import ConfigError, DataError, unknown_name
 
 
 def cache_dir() -> Path:
@@ -32,6 +33,65 @@ class RawData:
     train: tuple[np.ndarray, np.ndarray]
     test: tuple[np.ndarray, np.ndarray]
     input_shape: tuple[int, ...]
+
+
+def _as_raw(obj: object, name: str) -> RawData:
+    """Accept a RawData or a mapping with x, y, x_test, y_test (from a user loader)."""
+    if isinstance(obj, RawData):
+        return obj
+    if isinstance(obj, dict) and {"x", "y", "x_test", "y_test"} <= set(obj):
+        x = np.asarray(obj["x"])
+        shape = tuple(obj.get("input_shape", x.shape[1:]))
+        return RawData(
+            name,
+            (x, np.asarray(obj["y"])),
+            (np.asarray(obj["x_test"]), np.asarray(obj["y_test"])),
+            shape,
+        )
+    raise DataError(
+        f"dataset {name!r} returned {type(obj).__name__}; a dataset loader must return "
+        f"distill.data.sources.RawData or a dict with keys x, y, x_test, y_test"
+    )
+
+
+def check_raw(raw: RawData, name: str) -> RawData:
+    """Reject data that would train silently wrong: empty, mislabelled or non-finite."""
+    for split, (x, y) in (("train", raw.train), ("test", raw.test)):
+        if len(x) == 0:
+            raise DataError(
+                f"dataset {name!r}: the {split} split is empty; give it at least one sample per class"
+            )
+        if len(x) != len(y):
+            raise DataError(
+                f"dataset {name!r}: {split} has {len(x)} inputs but {len(y)} labels; they must pair up"
+            )
+        if not np.issubdtype(np.asarray(y).dtype, np.integer):
+            raise DataError(
+                f"dataset {name!r}: {split} labels have dtype {np.asarray(y).dtype}; class labels must be "
+                f"integers 0..C-1 (convert with y.astype(int), or map names to indices)"
+            )
+        if y.min() < 0:
+            raise DataError(
+                f"dataset {name!r}: {split} has label {int(y.min())}; labels must be 0..C-1 "
+                f"(hide labels with data.train_samples and data.unlabeled instead of -1)"
+            )
+        bad = ~np.isfinite(np.asarray(x, dtype=np.float64).reshape(len(x), -1)).all(axis=1)
+        if bad.any():
+            raise DataError(
+                f"dataset {name!r}: {int(bad.sum())} {split} input(s) hold NaN or inf (first at index "
+                f"{int(np.flatnonzero(bad)[0])}); clean or drop them before training"
+            )
+        if math.prod(raw.input_shape) != math.prod(x.shape[1:]):
+            raise DataError(
+                f"dataset {name!r}: input_shape {raw.input_shape} does not fit {split} inputs of shape {x.shape[1:]}"
+            )
+    n_train_classes = int(raw.train[1].max()) + 1
+    if int(raw.test[1].max()) >= n_train_classes:
+        raise DataError(
+            f"dataset {name!r}: the test split has label {int(raw.test[1].max())}, never seen in train "
+            f"(labels 0..{n_train_classes - 1}); split so that every class appears in train"
+        )
+    return raw
 
 
 def make_splits(
@@ -65,6 +125,12 @@ def make_splits(
             fit_y[hidden] = -1
         else:
             fit_idx, fit_y = fit_idx[labelled], fit_y[labelled]
+
+    if len(val_idx) == 0:
+        raise DataError(
+            f"dataset {raw.name!r}: data.val_fraction={val_fraction} leaves no validation samples; "
+            f"raise it (e.g. 0.1): the best checkpoint is chosen on the validation split"
+        )
 
     def make(xs: np.ndarray, ys: np.ndarray) -> ArrayDataset:
         inputs = torch.as_tensor(xs, dtype=torch.float32).reshape(len(xs), *raw.input_shape)
@@ -163,12 +229,21 @@ def load_dataset(
     **options: object,
 ) -> DataSplits:
     """A named dataset (options go to its loader), split by `make_splits`."""
-    if name not in DATASETS:
-        raise ConfigError(unknown_name("dataset", name, DATASETS))
+    if ":" in name:
+        from distill.models import resolve_reference  # the one door for user code
+
+        loader = resolve_reference(name, "dataset")
+    elif name in DATASETS:
+        loader = DATASETS[name]
+    else:
+        raise ConfigError(
+            unknown_name("dataset", name, DATASETS, "or give your own as 'package.module:attr'")
+        )
     try:
-        raw = DATASETS[name](**options)
+        raw = loader(**options)
     except TypeError as e:
         raise ConfigError(f"dataset {name!r}: {e}; set its options under data.options") from None
+    raw = check_raw(_as_raw(raw, name), name)
     return make_splits(
         raw,
         val_fraction=val_fraction,
