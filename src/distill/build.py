@@ -27,8 +27,9 @@ from distill.data import (
 )
 from distill.errors import CheckpointError, ConfigError, DataError, LayerError, unknown_name
 from distill.losses import LOSSES
-from distill.models import MODELS, build_model, resolve_reference
+from distill.models import MODELS, build_model
 from distill.objective import ADAPTERS, Objective, Term, WeightSchedule
+from distill.registry import lookup
 from distill.schemes import SCHEMES, OfflineKD, Supervised
 from distill.taps import Knowledge, Tap
 from distill.trainer import seed_everything
@@ -47,13 +48,10 @@ class Built:
 
 def resolve_loss(name: str) -> Callable[..., Tensor]:
     if ":" in name:
-        fn = resolve_reference(name, "loss")
-        if not callable(fn):
-            raise ConfigError(f"loss {name!r} is not callable")
-        return fn
-    if name not in LOSSES:
-        raise ConfigError(unknown_name("loss", name, LOSSES, "list them with: distill methods"))
-    return LOSSES[name].fn
+        return lookup("loss", name, {})
+    return lookup(
+        "loss", name, {k: v.fn for k, v in LOSSES.items()}, "list them with: distill methods"
+    )
 
 
 def name_problems(cfg: ExperimentConfig) -> list[str]:

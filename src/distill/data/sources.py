@@ -17,7 +17,8 @@ import torch
 
 from distill.checkpoint import atomic_write_bytes
 from distill.data.core import ArrayDataset, DataSplits, split_indices, stratified_take
-from distill.errors import ConfigError, DataError, unknown_name
+from distill.errors import ConfigError, DataError
+from distill.registry import lookup
 
 
 def cache_dir() -> Path:
@@ -229,16 +230,7 @@ def load_dataset(
     **options: object,
 ) -> DataSplits:
     """A named dataset (options go to its loader), split by `make_splits`."""
-    if ":" in name:
-        from distill.models import resolve_reference  # the one door for user code
-
-        loader = resolve_reference(name, "dataset")
-    elif name in DATASETS:
-        loader = DATASETS[name]
-    else:
-        raise ConfigError(
-            unknown_name("dataset", name, DATASETS, "or give your own as 'package.module:attr'")
-        )
+    loader = lookup("dataset", name, DATASETS)
     try:
         raw = loader(**options)
     except TypeError as e:

@@ -2,39 +2,20 @@
 
 from __future__ import annotations
 
-import importlib
 import inspect
 from collections.abc import Callable, Sequence
 
 from torch import nn
 
-from distill.errors import ConfigError, unknown_name
+from distill.errors import ConfigError
 from distill.models.zoo import MLP, ConvNet, ResNet
+from distill.registry import lookup, resolve_reference
 
 MODELS: dict[str, Callable[..., nn.Module]] = {
     "mlp": MLP,
     "convnet": ConvNet,
     "resnet": ResNet,
 }
-
-
-def resolve_reference(ref: str, what: str) -> object:
-    """Import 'package.module:attr' (the only way a config reaches user code)."""
-    module_name, _, attr = ref.partition(":")
-    if not module_name or not attr:
-        raise ConfigError(f"{what} reference {ref!r} must look like 'package.module:attr'")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as e:
-        raise ConfigError(
-            f"{what} {ref!r}: cannot import {module_name!r} ({e}); is it on PYTHONPATH?"
-        ) from None
-    obj = module
-    for part in attr.split("."):
-        if not hasattr(obj, part):
-            raise ConfigError(f"{what} {ref!r}: module {module_name!r} has no attribute {attr!r}")
-        obj = getattr(obj, part)
-    return obj
 
 
 def build_model(
@@ -45,16 +26,7 @@ def build_model(
     `input_shape` and `num_classes` are passed when the builder's signature accepts them.
     """
     args = dict(args or {})
-    if ":" in name:
-        fn = resolve_reference(name, "model")
-    elif name in MODELS:
-        fn = MODELS[name]
-    else:
-        raise ConfigError(
-            unknown_name("model", name, MODELS, "or give your own as 'package.module:attr'")
-        )
-    if not callable(fn):
-        raise ConfigError(f"model {name!r} is not callable")
+    fn = lookup("model", name, MODELS)
     try:
         params = inspect.signature(fn).parameters
     except (TypeError, ValueError):
