@@ -3,20 +3,20 @@ import torch
 import torch.nn.functional as F
 
 from distill.losses import kd_loss, mse_loss
-from distill.objective import ChannelAdapter, Objective, Term, WeightSchedule
+from distill.objective import ChannelAdapter, Objective, Schedule, Term
 from distill.taps import Knowledge
 
 
 def test_weight_schedule_ramps():
-    w = WeightSchedule(0.8, warmup_steps=10)
+    w = Schedule(0.8, steps=10)
     assert w.at(0) == 0.0
     assert w.at(5) == pytest.approx(0.4)
     assert w.at(10) == w.at(1000) == 0.8
-    c = WeightSchedule(1.0, warmup_steps=10, ramp="cosine")
+    c = Schedule(1.0, steps=10, ramp="cosine")
     assert c.at(5) == pytest.approx(0.5)
     assert c.at(2) < 0.2  # slow start
     with pytest.raises(ValueError, match="ramp"):
-        WeightSchedule(1.0, ramp="exp")
+        Schedule(1.0, ramp="exp")
 
 
 def test_objective_sums_weighted_terms_and_reports_components():
@@ -30,7 +30,7 @@ def test_objective_sums_weighted_terms_and_reports_components():
             Term(
                 "hint",
                 mse_loss,
-                weight=WeightSchedule(2.0, warmup_steps=4),
+                weight=Schedule(2.0, steps=4),
                 student="f",
                 teacher="g",
             ),

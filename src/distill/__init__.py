@@ -11,7 +11,7 @@ from distill.errors import CheckpointError, ConfigError
 from distill.evaluate import agreement, evaluate
 from distill.losses import LOSSES, js_loss, kd_loss, mse_loss, reverse_kl_loss, soft_cross_entropy
 from distill.models import MODELS, build_model
-from distill.objective import Objective, Term, WeightSchedule
+from distill.objective import Objective, Schedule, Term
 from distill.run import run_experiment
 from distill.schemes import SCHEMES, OfflineKD, Supervised
 from distill.settings import TrainSettings
@@ -37,7 +37,7 @@ __all__ = [
     "Term",
     "TrainSettings",
     "Trainer",
-    "WeightSchedule",
+    "Schedule",
     "agreement",
     "build_model",
     "evaluate",

@@ -28,7 +28,7 @@ from distill.data import (
 from distill.errors import CheckpointError, ConfigError, DataError, LayerError, unknown_name
 from distill.losses import LOSSES
 from distill.models import MODELS, build_model
-from distill.objective import ADAPTERS, Objective, Term, WeightSchedule
+from distill.objective import ADAPTERS, Objective, Schedule, Term, tapped_layers
 from distill.registry import lookup
 from distill.schemes import SCHEMES, OfflineKD, Supervised
 from distill.taps import Knowledge, Tap
@@ -97,9 +97,10 @@ def name_problems(cfg: ExperimentConfig) -> list[str]:
     )
     if cfg.train.precision == "fp16" and not on_cuda:
         problems.append("train.precision: fp16 needs a CUDA device; on CPU use bf16 or fp32")
-    if cfg.scheme == "supervised" and cfg.objective.terms:
+    if cfg.scheme == "supervised" and any(needs_teacher(t.loss) for t in cfg.objective.terms):
         problems.append(
-            "objective.terms: the supervised scheme has no teacher; remove the terms or use scheme: offline"
+            "objective.terms: the supervised scheme has no teacher; keep only teacher-free terms "
+            "(e.g. tf_kd) or use scheme: offline"
         )
     return problems
 
@@ -178,7 +179,7 @@ def _check_loss_args(fn: Callable, term: TermConfig, where: str) -> None:
         return
     if any(p.kind is p.VAR_KEYWORD for p in params.values()):
         return
-    valid = [n for n, p in params.items() if p.kind is p.KEYWORD_ONLY]
+    valid = [n for n, p in params.items() if p.kind is p.KEYWORD_ONLY and n != "targets"]
     for arg in term.args:
         if arg not in valid:
             raise ConfigError(
@@ -187,7 +188,7 @@ def _check_loss_args(fn: Callable, term: TermConfig, where: str) -> None:
 
 
 def build_terms(
-    cfg: ExperimentConfig, student_k: Knowledge, teacher_k: Knowledge | None
+    cfg: ExperimentConfig, student_k: Knowledge, teacher_k: Knowledge | None, targets: Tensor
 ) -> list[Term]:
     """Terms with adapters sized from the tensors of a dry forward pass.
 
@@ -196,7 +197,7 @@ def build_terms(
     terms, problems = [], []
     for i, tc in enumerate(cfg.objective.terms):
         try:
-            terms.append(_build_term(f"objective.terms.{i}", tc, student_k, teacher_k))
+            terms.append(_build_term(f"objective.terms.{i}", tc, student_k, teacher_k, targets))
         except ConfigError as e:
             problems.append(str(e))
     if problems:
@@ -204,14 +205,55 @@ def build_terms(
     return terms
 
 
+def loss_args(where: str, args: dict[str, Any]) -> dict[str, Any]:
+    """Config loss args; a mapping with a 'schedule' key becomes a `Schedule`:
+
+    temperature: {schedule: cosine, start: 8.0, end: 2.0, steps: 5000}
+    """
+    out = {}
+    for key, value in args.items():
+        if isinstance(value, dict) and "schedule" in value:
+            extra = set(value) - {"schedule", "start", "end", "steps"}
+            if extra or "end" not in value or "steps" not in value:
+                raise ConfigError(
+                    f"{where}.args.{key}: a scheduled value needs schedule (linear|cosine), start, "
+                    f"end and steps, got {sorted(value)}"
+                )
+            try:
+                value = Schedule(
+                    float(value["end"]),
+                    int(value["steps"]),
+                    value["schedule"],
+                    float(value.get("start", 0.0)),
+                )
+            except ValueError as e:
+                raise ConfigError(f"{where}.args.{key}: {e}") from None
+        out[key] = value
+    return out
+
+
+def needs_teacher(loss: str) -> bool:
+    return LOSSES[loss].needs_teacher if loss in LOSSES else True
+
+
+def _shape(x: Tensor | tuple[Tensor, ...]) -> str:
+    return (
+        str(tuple(x.shape)) if isinstance(x, Tensor) else ", ".join(str(tuple(t.shape)) for t in x)
+    )
+
+
 def _build_term(
-    where: str, tc: TermConfig, student_k: Knowledge, teacher_k: Knowledge | None
+    where: str, tc: TermConfig, student_k: Knowledge, teacher_k: Knowledge | None, targets: Tensor
 ) -> Term:
     fn = resolve_loss(tc.loss)
     _check_loss_args(fn, tc, where)
     s_tensor = student_k.get(tc.student)
     t_tensor = teacher_k.get(tc.teacher) if teacher_k is not None else None
     adapter = None
+    if tc.adapter is not None and not isinstance(s_tensor, Tensor):
+        raise ConfigError(
+            f"{where}.adapter: an adapter maps one tensor; this term reads a list of layers"
+        )
     if tc.adapter is not None and t_tensor is not None:
         try:
             adapter = ADAPTERS[tc.adapter](tuple(s_tensor.shape), tuple(t_tensor.shape))
@@ -220,20 +262,21 @@ def _build_term(
     term = Term(
         tc.name or tc.loss,
         fn,
-        weight=WeightSchedule(tc.weight, tc.warmup_steps, tc.ramp),
+        weight=Schedule(tc.weight, tc.warmup_steps, tc.ramp),
         student=tc.student,
         teacher=tc.teacher,
         adapter=adapter,
-        loss_args=tc.args,
+        loss_args=loss_args(where, tc.args),
+        needs_teacher=needs_teacher(tc.loss),
     )
-    if teacher_k is not None:
+    if teacher_k is not None or not term.needs_teacher:
         try:
-            term(student_k, teacher_k)
+            term(student_k, teacher_k, targets, 0)
         except (ValueError, RuntimeError, TypeError) as e:
-            raise ConfigError(
-                f"{where} ({tc.loss}: student {tc.student!r} {tuple(s_tensor.shape)} vs teacher "
-                f"{tc.teacher!r} {tuple(t_tensor.shape)}): {e}"
-            ) from None
+            shapes = f"student {tc.student!r} {_shape(s_tensor)}"
+            if t_tensor is not None:
+                shapes += f" vs teacher {tc.teacher!r} {_shape(t_tensor)}"
+            raise ConfigError(f"{where} ({tc.loss}: {shapes}): {e}") from None
     return term
 
 
@@ -251,14 +294,14 @@ def build(cfg: ExperimentConfig) -> Built:
         else None
     )
     batch = _dry_batch(data)
-    student_layers = [t.student for t in cfg.objective.terms if t.student != "logits"]
-    teacher_layers = [t.teacher for t in cfg.objective.terms if t.teacher != "logits"]
+    student_layers = tapped_layers(t.student for t in cfg.objective.terms)
+    teacher_layers = tapped_layers(t.teacher for t in cfg.objective.terms)
     student_k = _dry_knowledge(student, student_layers, batch, f"student {cfg.student.name}")
     teacher_k = None
     if teacher is not None:
         teacher_k = _dry_knowledge(teacher, teacher_layers, batch, f"teacher {cfg.teacher.name}")
     check_classes(data, student_k, teacher_k)
-    terms = build_terms(cfg, student_k, teacher_k)
+    terms = build_terms(cfg, student_k, teacher_k, batch["target"])
     objective = Objective(
         terms, task_weight=cfg.objective.task_weight, label_smoothing=cfg.objective.label_smoothing
     )
@@ -313,13 +356,11 @@ def _layer_problems(cfg: ExperimentConfig) -> list[str]:
             problems.append(f"{role}: {e}")
             continue
         for i, term in enumerate(cfg.objective.terms):
-            layer = getattr(term, role)
-            if layer == "logits":
-                continue
-            try:
-                Tap(model, [layer], f"{role} {spec.name}").remove()
-            except LayerError as e:
-                problems.append(f"objective.terms.{i}.{role}: {e}")
+            for layer in tapped_layers([getattr(term, role)]):
+                try:
+                    Tap(model, [layer], f"{role} {spec.name}").remove()
+                except LayerError as e:
+                    problems.append(f"objective.terms.{i}.{role}: {e}")
     return problems
 
 

@@ -46,8 +46,10 @@ class TermConfig(Strict):
     weight: float = 1.0
     warmup_steps: int = Field(0, ge=0)
     ramp: Literal["linear", "cosine"] = "linear"
-    student: str = "logits"  # 'logits' or a student layer name ('layer:input' for its input)
-    teacher: str = "logits"
+    student: str | list[str] = (
+        "logits"  # 'logits', a layer name ('layer:input': its input), or a list
+    )
+    teacher: str | list[str] = "logits"
     adapter: str | None = None  # 'linear' maps the student tensor to the teacher's shape
     args: dict[str, Any] = {}  # keyword hyperparameters of the loss, e.g. {temperature: 4}
 

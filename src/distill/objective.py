@@ -8,8 +8,9 @@ returns every component by name. The layer names the terms read are the taps a r
 
 from __future__ import annotations
 
+import inspect
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -20,34 +21,37 @@ from distill.taps import Knowledge
 
 
 @dataclass(frozen=True)
-class WeightSchedule:
-    """A loss weight that ramps from 0 to `value` over `warmup_steps` optimizer steps.
+class Schedule:
+    """A value that moves from `start` to `value` over `steps` optimizer steps, then stays.
 
-    `ramp` is 'linear' or 'cosine' (a half-cosine, smooth at both ends). With
-    `warmup_steps=0` the weight is the constant `value`.
+    Used for loss weights (a warm-up: `Schedule(0.9, steps=500)` ramps 0 -> 0.9) and for
+    loss arguments (an annealed temperature: `Schedule(2.0, steps=5000, start=8.0)`).
+    `ramp` is 'linear' or 'cosine' (a half-cosine, smooth at both ends). With `steps=0`
+    it is the constant `value`.
     """
 
     value: float
-    warmup_steps: int = 0
+    steps: int = 0
     ramp: str = "linear"
+    start: float = 0.0
 
     def __post_init__(self) -> None:
         if self.ramp not in ("linear", "cosine"):
-            raise ValueError(f"weight ramp must be 'linear' or 'cosine', got {self.ramp!r}")
-        if self.warmup_steps < 0:
-            raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
+            raise ValueError(f"schedule ramp must be 'linear' or 'cosine', got {self.ramp!r}")
+        if self.steps < 0:
+            raise ValueError(f"schedule steps must be >= 0, got {self.steps}")
 
     def at(self, step: int) -> float:
-        if self.warmup_steps == 0 or step >= self.warmup_steps:
+        if self.steps == 0 or step >= self.steps:
             return self.value
-        frac = max(step, 0) / self.warmup_steps
+        frac = max(step, 0) / self.steps
         if self.ramp == "cosine":
             frac = 0.5 - 0.5 * math.cos(math.pi * frac)
-        return self.value * frac
+        return self.start + (self.value - self.start) * frac
 
 
-def as_schedule(weight: float | WeightSchedule) -> WeightSchedule:
-    return weight if isinstance(weight, WeightSchedule) else WeightSchedule(float(weight))
+def as_schedule(value: float | Schedule) -> Schedule:
+    return value if isinstance(value, Schedule) else Schedule(float(value))
 
 
 class ChannelAdapter(nn.Module):
@@ -83,18 +87,25 @@ ADAPTERS: dict[str, Callable[[Sequence[int], Sequence[int]], nn.Module]] = {
 
 
 class Term(nn.Module):
-    """One weighted loss between a student tensor and a teacher tensor."""
+    """One weighted loss between a student tensor and a teacher tensor.
+
+    `loss_args` are the loss's keyword hyperparameters; a `Schedule` value is evaluated at
+    the current step (e.g. an annealed temperature). A loss with a `targets` keyword gets
+    the batch labels (-1 marks an unlabelled row). `needs_teacher=False` marks losses that
+    read only the student (teacher-free KD), which may run without a teacher.
+    """
 
     def __init__(
         self,
         name: str,
         loss_fn: Callable[..., Tensor],
         *,
-        weight: float | WeightSchedule = 1.0,
-        student: str = "logits",
-        teacher: str = "logits",
+        weight: float | Schedule = 1.0,
+        student: str | Sequence[str] = "logits",
+        teacher: str | Sequence[str] = "logits",
         adapter: nn.Module | None = None,
         loss_args: dict | None = None,
+        needs_teacher: bool = True,
     ):
         super().__init__()
         self.name = name
@@ -104,12 +115,39 @@ class Term(nn.Module):
         self.teacher = teacher
         self.adapter = adapter
         self.loss_args = dict(loss_args or {})
+        self.needs_teacher = needs_teacher
+        try:
+            self.wants_targets = "targets" in inspect.signature(loss_fn).parameters
+        except (TypeError, ValueError):
+            self.wants_targets = False
 
-    def forward(self, student: Knowledge, teacher: Knowledge) -> Tensor:
+    def forward(
+        self,
+        student: Knowledge,
+        teacher: Knowledge | None,
+        targets: Tensor | None = None,
+        step: int = 0,
+    ) -> Tensor:
         s = student.get(self.student)
         if self.adapter is not None:
             s = self.adapter(s)
-        return self.loss_fn(s, teacher.get(self.teacher), **self.loss_args)
+        args = {k: v.at(step) if isinstance(v, Schedule) else v for k, v in self.loss_args.items()}
+        if self.wants_targets:
+            if targets is None:
+                raise ValueError(
+                    f"term {self.name!r} ({getattr(self.loss_fn, '__name__', 'loss')}) needs the labels"
+                )
+            args["targets"] = targets
+        t = teacher.get(self.teacher) if teacher is not None else None
+        return self.loss_fn(s, t, **args)
+
+
+def tapped_layers(wheres: Iterable[str | Sequence[str]]) -> list[str]:
+    """The layer names to tap for terms reading `wheres` ('logits', a name or a list of names)."""
+    names = []
+    for where in wheres:
+        names += [where] if isinstance(where, str) else list(where)
+    return list(dict.fromkeys(n for n in names if n != "logits"))
 
 
 class Objective(nn.Module):
@@ -123,7 +161,7 @@ class Objective(nn.Module):
         self,
         terms: Sequence[Term] = (),
         *,
-        task_weight: float | WeightSchedule = 1.0,
+        task_weight: float | Schedule = 1.0,
         label_smoothing: float = 0.0,
     ):
         super().__init__()
@@ -135,10 +173,10 @@ class Objective(nn.Module):
         self.label_smoothing = label_smoothing
 
     def student_layers(self) -> list[str]:
-        return list(dict.fromkeys(t.student for t in self.terms if t.student != "logits"))
+        return tapped_layers(t.student for t in self.terms)
 
     def teacher_layers(self) -> list[str]:
-        return list(dict.fromkeys(t.teacher for t in self.terms if t.teacher != "logits"))
+        return tapped_layers(t.teacher for t in self.terms)
 
     def task_loss(self, logits: Tensor, targets: Tensor) -> Tensor:
         """Cross-entropy averaged over labelled rows; target -1 marks an unlabelled row.
@@ -167,8 +205,8 @@ class Objective(nn.Module):
             components["task"] = self.task_loss(student.logits, targets)
             total = total + task_w * components["task"]
         for term in self.terms:
-            if teacher is None:
+            if teacher is None and term.needs_teacher:
                 raise ValueError(f"term {term.name!r} needs a teacher, but none was given")
-            components[term.name] = term(student, teacher)
+            components[term.name] = term(student, teacher, targets, step)
             total = total + term.weight.at(step) * components[term.name]
         return total, components

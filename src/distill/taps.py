@@ -6,7 +6,7 @@ loss can read intermediate features without the model being rewritten to return 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -25,8 +25,10 @@ class Knowledge:
     logits: Tensor
     feats: dict[str, Tensor] = field(default_factory=dict)
 
-    def get(self, where: str) -> Tensor:
-        """`'logits'` or a tapped layer name (or 'name:input' for a captured input)."""
+    def get(self, where: str | Sequence[str]) -> Tensor | tuple[Tensor, ...]:
+        """`'logits'` or a tapped layer name ('name:input' for its input); a list gives a tuple."""
+        if not isinstance(where, str):
+            return tuple(self.get(w) for w in where)
         if where == "logits":
             return self.logits
         if where not in self.feats:

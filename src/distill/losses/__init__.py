@@ -11,12 +11,25 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
+from distill.losses.relation import (
+    cc_loss,
+    fsp_loss,
+    graph_loss,
+    rkd_angle_loss,
+    rkd_distance_loss,
+    sp_loss,
+)
 from distill.losses.response import (
+    dist_loss,
+    dkd_loss,
     js_loss,
     kd_loss,
+    ls_kd_loss,
     mse_loss,
     reverse_kl_loss,
     soft_cross_entropy,
+    ttm_loss,
+    virtual_teacher_loss,
 )
 
 
@@ -25,6 +38,7 @@ class LossSpec:
     fn: Callable[..., Tensor]
     family: str
     paper: str
+    needs_teacher: bool = True  # False: reads only the student (teacher-free KD)
 
 
 LOSSES: dict[str, LossSpec] = {
@@ -43,10 +57,61 @@ LOSSES: dict[str, LossSpec] = {
         "response/feature",
         "Ba & Caruana 2014 (logits); Romero et al. 2015, FitNets (features)",
     ),
+    "dkd": LossSpec(dkd_loss, "response", "Zhao et al. 2022, Decoupled Knowledge Distillation"),
+    "ls_kd": LossSpec(
+        ls_kd_loss, "response", "Sun et al. 2024, Logit Standardization in Knowledge Distillation"
+    ),
+    "dist": LossSpec(
+        dist_loss,
+        "response",
+        "Huang et al. 2022, Knowledge Distillation from A Stronger Teacher (DIST)",
+    ),
+    "ttm": LossSpec(
+        ttm_loss,
+        "response",
+        "Zheng & Yang 2024, Knowledge Distillation Based on Transformed Teacher Matching",
+    ),
+    "tf_kd": LossSpec(
+        virtual_teacher_loss,
+        "response",
+        "Yuan et al. 2020, Revisiting KD via Label Smoothing Regularization (Tf-KD)",
+        needs_teacher=False,
+    ),
+    "rkd_distance": LossSpec(
+        rkd_distance_loss,
+        "relation",
+        "Park et al. 2019, Relational Knowledge Distillation (distance)",
+    ),
+    "rkd_angle": LossSpec(
+        rkd_angle_loss, "relation", "Park et al. 2019, Relational Knowledge Distillation (angle)"
+    ),
+    "sp": LossSpec(
+        sp_loss, "relation", "Tung & Mori 2019, Similarity-Preserving Knowledge Distillation"
+    ),
+    "cc": LossSpec(
+        cc_loss, "relation", "Peng et al. 2019, Correlation Congruence for Knowledge Distillation"
+    ),
+    "fsp": LossSpec(
+        fsp_loss, "relation", "Yim et al. 2017, A Gift from Knowledge Distillation (FSP matrices)"
+    ),
+    "graph": LossSpec(
+        graph_loss, "relation", "batch adjacency matching, the surveys' L_graph (Liu et al. 2023)"
+    ),
 }
 
 __all__ = [
     "LOSSES",
+    "cc_loss",
+    "fsp_loss",
+    "graph_loss",
+    "rkd_angle_loss",
+    "rkd_distance_loss",
+    "sp_loss",
+    "dist_loss",
+    "dkd_loss",
+    "ls_kd_loss",
+    "ttm_loss",
+    "virtual_teacher_loss",
     "LossSpec",
     "js_loss",
     "kd_loss",

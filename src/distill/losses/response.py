@@ -128,3 +128,156 @@ def mse_loss(student: Tensor, teacher: Tensor, *, mask: Tensor | None = None) ->
         return per_row.mean()
     per_row = per_row.reshape(*mask.shape, -1).mean(-1)
     return _row_mean(per_row, mask)
+
+
+def _targets_or_teacher_argmax(targets: Tensor | None, teacher_logits: Tensor) -> Tensor:
+    """Labels per row; unlabelled rows (-1) or no labels at all fall back to the teacher's top-1."""
+    guess = teacher_logits.detach().argmax(-1).reshape(-1)
+    if targets is None:
+        return guess
+    targets = targets.reshape(-1)
+    return torch.where(targets >= 0, targets, guess)
+
+
+def dkd_loss(
+    student_logits: Tensor,
+    teacher_logits: Tensor,
+    *,
+    targets: Tensor | None = None,
+    alpha: float = 1.0,
+    beta: float = 8.0,
+    temperature: float = 4.0,
+) -> Tensor:
+    """Decoupled KD (Zhao et al. 2022): T^2 * (alpha * TCKD + beta * NCKD), mean over rows.
+
+    TCKD is the KL between the binary distributions [p_target, 1 - p_target] of teacher and
+    student; NCKD the KL between their distributions over the non-target classes only
+    (softmax with the target class removed). Hinton KD equals TCKD + (1 - p_target^t) * NCKD,
+    which couples the two; DKD weights them freely. Defaults are the paper's CIFAR-100
+    setting (alpha 1, beta 8, T 4; the paper also warms the weight up over 20 epochs). Rows
+    without a label (-1) use the teacher's top-1 class as the target.
+    """
+    _check(student_logits, teacher_logits, temperature)
+    s = student_logits.float().reshape(-1, student_logits.shape[-1]) / temperature
+    t = teacher_logits.detach().float().reshape(-1, teacher_logits.shape[-1]) / temperature
+    gt = F.one_hot(_targets_or_teacher_argmax(targets, teacher_logits), s.shape[-1]).bool()
+    log_ps, log_pt = F.log_softmax(s, -1), F.log_softmax(t, -1)
+    # Binary (target vs rest) log-probabilities: log p_gt and log(1 - p_gt), computed stably.
+    s_gt, t_gt = log_ps[gt], log_pt[gt]
+    s_rest = torch.logsumexp(log_ps.masked_fill(gt, -torch.inf), -1)
+    t_rest = torch.logsumexp(log_pt.masked_fill(gt, -torch.inf), -1)
+    tckd = t_gt.exp() * (t_gt - s_gt) + t_rest.exp() * (t_rest - s_rest)
+    # Non-target distributions: softmax over the other classes (the target masked out).
+    log_qs = F.log_softmax(s.masked_fill(gt, -torch.inf), -1)
+    log_qt = F.log_softmax(t.masked_fill(gt, -torch.inf), -1)
+    nckd = (log_qt.exp() * (log_qt - log_qs)).masked_fill(gt, 0.0).sum(-1)
+    return temperature**2 * (alpha * tckd + beta * nckd).mean()
+
+
+def standardize_logits(logits: Tensor, eps: float = 1e-7) -> Tensor:
+    """Z-score each row: (z - mean) / std (unbiased std, as in Sun et al. 2024's code)."""
+    logits = logits.float()
+    return (logits - logits.mean(-1, keepdim=True)) / (logits.std(-1, keepdim=True) + eps)
+
+
+def ls_kd_loss(
+    student_logits: Tensor,
+    teacher_logits: Tensor,
+    *,
+    temperature: float = 2.0,
+    mask: Tensor | None = None,
+) -> Tensor:
+    """KD on z-scored logits (Sun et al. 2024, logit standardization).
+
+    Standardising each row before the softmax gives every sample its own effective
+    temperature (its logit std) and lets the student match the teacher's logit *relations*
+    without matching their range. Then `kd_loss` at the base `temperature` (T^2 included).
+    """
+    _check(student_logits, teacher_logits, temperature)
+    return kd_loss(
+        standardize_logits(student_logits),
+        standardize_logits(teacher_logits.detach()),
+        temperature=temperature,
+        mask=mask,
+    )
+
+
+def _pearson_distance(a: Tensor, b: Tensor, dim: int, eps: float = 1e-8) -> Tensor:
+    """1 - Pearson correlation of a and b along `dim`, averaged over the other dim."""
+    a = a - a.mean(dim, keepdim=True)
+    b = b - b.mean(dim, keepdim=True)
+    corr = (a * b).sum(dim) / (a.norm(dim=dim) * b.norm(dim=dim) + eps)
+    return (1.0 - corr).mean()
+
+
+def dist_loss(
+    student_logits: Tensor,
+    teacher_logits: Tensor,
+    *,
+    beta: float = 1.0,
+    gamma: float = 1.0,
+    temperature: float = 1.0,
+) -> Tensor:
+    """DIST (Huang et al. 2022): match correlations, not exact probabilities.
+
+    With P = softmax(z / T) of shape (N, C): inter-class loss = mean over rows of
+    1 - pearson(P_s[i], P_t[i]); intra-class loss = mean over classes of
+    1 - pearson(P_s[:, j], P_t[:, j]). Returns T^2 * (beta * inter + gamma * intra).
+    Needs a batch of at least 2 rows for the intra-class term. Defaults from the paper.
+    """
+    _check(student_logits, teacher_logits, temperature)
+    ps = F.softmax(student_logits.float().reshape(-1, student_logits.shape[-1]) / temperature, -1)
+    pt = F.softmax(
+        teacher_logits.detach().float().reshape(-1, teacher_logits.shape[-1]) / temperature, -1
+    )
+    inter = _pearson_distance(ps, pt, dim=1)
+    intra = _pearson_distance(ps, pt, dim=0)
+    return temperature**2 * (beta * inter + gamma * intra)
+
+
+def ttm_loss(
+    student_logits: Tensor,
+    teacher_logits: Tensor,
+    *,
+    temperature: float = 4.0,
+    mask: Tensor | None = None,
+) -> Tensor:
+    """Transformed teacher matching (Zheng & Yang 2024): KL(softmax(z_t / T) || softmax(z_s)).
+
+    Only the teacher is tempered (a power transform of its probabilities); the student is
+    matched at T = 1, which the paper shows adds a Rényi-entropy regulariser on the
+    student. No T^2 factor: the student's logits are not divided by T.
+    """
+    _check(student_logits, teacher_logits, temperature)
+    log_s = F.log_softmax(student_logits.float(), dim=-1)
+    log_t = F.log_softmax(teacher_logits.detach().float() / temperature, dim=-1)
+    per_row = (log_t.exp() * (log_t - log_s)).sum(-1)
+    return _row_mean(per_row, mask)
+
+
+def virtual_teacher_loss(
+    student_logits: Tensor,
+    teacher_logits: Tensor | None = None,
+    *,
+    targets: Tensor,
+    correct_prob: float = 0.9,
+    temperature: float = 20.0,
+) -> Tensor:
+    """Teacher-free KD with a virtual teacher (Yuan et al. 2020, Tf-KD_reg).
+
+    The virtual teacher puts `correct_prob` on the label and spreads the rest evenly; as in
+    the authors' code its distribution is softened as softmax(p_virtual / T), and the
+    student (at T = 1) matches it by KL. No real teacher is read (`teacher_logits` is
+    ignored), so it runs under the supervised scheme. Unlabelled rows (-1) are skipped.
+    """
+    if not 0.0 < correct_prob < 1.0:
+        raise ValueError(f"correct_prob must be in (0, 1), got {correct_prob}")
+    logits = student_logits.float().reshape(-1, student_logits.shape[-1])
+    targets = targets.reshape(-1)
+    labelled = targets >= 0
+    num_classes = logits.shape[-1]
+    virtual = torch.full_like(logits, (1.0 - correct_prob) / (num_classes - 1))
+    virtual[labelled, targets[labelled]] = correct_prob
+    log_v = F.log_softmax(virtual / temperature, dim=-1)
+    per_row = (log_v.exp() * (log_v - F.log_softmax(logits, dim=-1))).sum(-1)
+    return _row_mean(per_row, labelled)

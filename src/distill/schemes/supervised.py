@@ -12,14 +12,14 @@ from distill.taps import Tap
 class Supervised:
     def __init__(self, student: nn.Module, objective: Objective | None = None):
         self.objective = objective if objective is not None else Objective()
-        if len(self.objective.terms):
+        if any(term.needs_teacher for term in self.objective.terms):
             raise ValueError(
-                "the supervised scheme has no teacher, but the objective has distillation "
-                "terms; use scheme: offline with a teacher, or remove the terms"
+                "the supervised scheme has no teacher, but the objective has terms that read "
+                "one; use scheme: offline with a teacher, or keep only teacher-free terms (tf_kd)"
             )
         self.student = student
         self.modules = nn.ModuleDict({"student": student, "objective": self.objective})
-        self._tap = Tap(student, [], "student")
+        self._tap = Tap(student, self.objective.student_layers(), "student")
 
     def step(self, batch: dict[str, Tensor], step: int) -> dict[str, Tensor]:
         knowledge = self._tap.run(batch["input"])

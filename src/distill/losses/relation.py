@@ -1,0 +1,169 @@
+"""Relation-based losses: the student matches how the teacher relates samples to each other.
+
+Inputs are feature tensors of shape (N, ...) for a batch of N samples; each is flattened
+to (N, D). Student and teacher widths may differ (the relations are N x N or N x N x N),
+so no adapter is needed. The teacher side is detached inside.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def _flat(x: Tensor) -> Tensor:
+    return x.float().reshape(x.shape[0], -1)
+
+
+def _same_batch(student: Tensor, teacher: Tensor, name: str) -> None:
+    if student.shape[0] != teacher.shape[0]:
+        raise ValueError(
+            f"{name}: student and teacher batches differ in shape ({student.shape[0]} vs "
+            f"{teacher.shape[0]} samples); relations compare the same samples"
+        )
+    if student.shape[0] < 2:
+        raise ValueError(
+            f"{name}: a relation needs at least 2 samples in the batch, got {student.shape[0]}"
+        )
+
+
+def _normalized_distances(x: Tensor) -> Tensor:
+    """Pairwise Euclidean distances divided by their mean over distinct pairs (RKD's mu)."""
+    d = torch.cdist(x, x)
+    off = ~torch.eye(len(x), dtype=torch.bool, device=x.device)
+    return d / d[off].mean().clamp_min(1e-12)
+
+
+def rkd_distance_loss(student: Tensor, teacher: Tensor) -> Tensor:
+    """RKD distance (Park et al. 2019): Huber loss between mean-normalised pairwise distances.
+
+    psi(x_i, x_j) = ||x_i - x_j|| / mu, mu the mean distance over the batch's distinct pairs;
+    the loss averages smooth-L1 (delta 1) over the ordered distinct pairs. Invariant to a
+    global scale of either embedding. The paper weights it 25 (with angle 50).
+    """
+    _same_batch(student, teacher, "rkd_distance")
+    s, t = _flat(student), _flat(teacher.detach())
+    off = ~torch.eye(len(s), dtype=torch.bool, device=s.device)
+    return F.smooth_l1_loss(_normalized_distances(s)[off], _normalized_distances(t)[off])
+
+
+def _angles(x: Tensor) -> Tensor:
+    """(N, N, N) cosines: [j, i, k] = <unit(x_i - x_j), unit(x_k - x_j)> (angle at x_j)."""
+    diff = F.normalize(x.unsqueeze(0) - x.unsqueeze(1), p=2, dim=2)
+    return torch.bmm(diff, diff.transpose(1, 2))
+
+
+def rkd_angle_loss(student: Tensor, teacher: Tensor) -> Tensor:
+    """RKD angle (Park et al. 2019): Huber loss between the cosines of all triplet angles.
+
+    Averaged over all N^3 (j, i, k) entries as in the authors' code; degenerate triplets
+    (i = j or k = j) are 0 on both sides. Invariant to scale and translation.
+    """
+    _same_batch(student, teacher, "rkd_angle")
+    return F.smooth_l1_loss(_angles(_flat(student)), _angles(_flat(teacher.detach())))
+
+
+def _sp_gram(x: Tensor) -> Tensor:
+    return F.normalize(x @ x.t(), p=2, dim=1)
+
+
+def sp_loss(student: Tensor, teacher: Tensor) -> Tensor:
+    """Similarity-preserving KD (Tung & Mori 2019): ||G_s - G_t||_F^2 / N^2.
+
+    G = row-L2-normalised F F^T (N x N). Independent of the feature widths, so any
+    student layer can match any teacher layer. The paper weights it 3000.
+    """
+    _same_batch(student, teacher, "sp")
+    s, t = _flat(student), _flat(teacher.detach())
+    n = len(s)
+    return (_sp_gram(s) - _sp_gram(t)).pow(2).sum() / (n * n)
+
+
+def _cc_kernel(x: Tensor, gamma: float, order: int) -> Tensor:
+    """Gaussian RBF kernel exp(-gamma ||x_i - x_j||^2) on unit vectors, Taylor-expanded.
+
+    For unit vectors ||x_i - x_j||^2 = 2 - 2 x_i.x_j, so the kernel is
+    exp(-2 gamma) * sum_p (2 gamma)^p / p! (x_i.x_j)^p, truncated at `order` (Peng et al. 2019).
+    """
+    x = F.normalize(x, p=2, dim=1)
+    dot = x @ x.t()
+    return math.exp(-2 * gamma) * sum(
+        (2 * gamma) ** p / math.factorial(p) * dot**p for p in range(order + 1)
+    )
+
+
+def cc_loss(student: Tensor, teacher: Tensor, *, gamma: float = 0.4, order: int = 2) -> Tensor:
+    """Correlation congruence (Peng et al. 2019): ||C_s - C_t||_F^2 / N^2.
+
+    C is the N x N correlation of the batch's embeddings under a Gaussian RBF kernel in its
+    Taylor approximation (`_cc_kernel`; the paper uses order 2, gamma 0.4). The paper
+    weights it 0.02 next to CE and KD.
+    """
+    _same_batch(student, teacher, "cc")
+    s, t = _flat(student), _flat(teacher.detach())
+    n = len(s)
+    return (_cc_kernel(s, gamma, order) - _cc_kernel(t, gamma, order)).pow(2).sum() / (n * n)
+
+
+def _fsp_matrix(first: Tensor, second: Tensor) -> Tensor:
+    """(N, C1, C2) flow matrix: G_ij = sum over positions of F1_i * F2_j / positions."""
+    if first.shape[2:] != second.shape[2:]:
+        raise ValueError(
+            f"fsp: the two layers of a pair must have the same spatial size, got "
+            f"{tuple(first.shape)} and {tuple(second.shape)}; pick two layers of one stage"
+        )
+    a, b = first.float().flatten(2), second.float().flatten(2)
+    return a @ b.transpose(1, 2) / a.shape[-1]
+
+
+def fsp_loss(student: tuple[Tensor, Tensor], teacher: tuple[Tensor, Tensor]) -> Tensor:
+    """FSP / flow of solution procedure (Yim et al. 2017): match Gram matrices between two layers.
+
+    Each side gives two tapped layers (N, C1, *pos) and (N, C2, *pos); the FSP matrix is
+    G = F1 F2^T / positions (N, C1, C2); the loss is the mean over the batch of
+    ||G_s - G_t||_F^2 (a sum over C1 x C2). Channel counts must match between student and
+    teacher (the paper pairs same-width stages), and the two layers of a pair must share
+    their spatial size.
+    """
+    if not (
+        isinstance(student, (tuple, list))
+        and isinstance(teacher, (tuple, list))
+        and len(student) == len(teacher) == 2
+    ):
+        raise ValueError(
+            "fsp reads two layers on each side: set student: [a, b] and teacher: [c, d]"
+        )
+    g_s = _fsp_matrix(*student)
+    g_t = _fsp_matrix(*(x.detach() for x in teacher))
+    if g_s.shape != g_t.shape:
+        raise ValueError(
+            f"fsp: student FSP matrix {tuple(g_s.shape)} and teacher {tuple(g_t.shape)} differ in shape; "
+            f"pick layers with the same channel counts"
+        )
+    return (g_s - g_t).pow(2).sum((1, 2)).mean()
+
+
+def _adjacency(x: Tensor, kernel: str, gamma: float) -> Tensor:
+    if kernel == "cosine":
+        x = F.normalize(x, p=2, dim=1)
+        return x @ x.t()
+    if kernel == "rbf":
+        return torch.exp(-gamma * torch.cdist(x, x).pow(2))
+    raise ValueError(f"graph kernel must be 'cosine' or 'rbf', got {kernel!r}")
+
+
+def graph_loss(
+    student: Tensor, teacher: Tensor, *, kernel: str = "cosine", gamma: float = 1.0
+) -> Tensor:
+    """Graph / adjacency relation loss: (1/N^2) sum_ij (A_t(i,j) - A_s(i,j))^2.
+
+    The batch is a graph whose edge weights A(i, j) are the cosine similarities of the
+    samples' features (or an RBF kernel exp(-gamma ||x_i - x_j||^2)); the student matches
+    the teacher's adjacency (the surveys' L_graph, Liu et al. 2023).
+    """
+    _same_batch(student, teacher, "graph")
+    s, t = _flat(student), _flat(teacher.detach())
+    return (_adjacency(s, kernel, gamma) - _adjacency(t, kernel, gamma)).pow(2).mean()
