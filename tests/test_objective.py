@@ -65,7 +65,7 @@ def test_objective_rejects_duplicate_names_and_missing_teacher():
     ],
 )
 def test_channel_adapter_maps_shapes(s_shape, t_shape):
-    adapter = ChannelAdapter(s_shape, t_shape)
+    adapter = ChannelAdapter(s_shape, t_shape, resize="pool")
     out = adapter(torch.randn(s_shape))
     assert out.shape == torch.Size(t_shape)
     assert sum(p.numel() for p in adapter.parameters()) == s_shape[1] * t_shape[1] + t_shape[1]
@@ -88,3 +88,24 @@ def test_task_loss_ignores_unlabelled_rows():
     assert torch.all(logits.grad[[1, 3]] == 0)
     none = obj.task_loss(logits, torch.tensor([-1, -1, -1, -1]))
     assert none.item() == 0.0  # finite, so a batch of transfer data alone is fine
+
+
+def test_adapter_resize_must_be_chosen_and_both_modes_work():
+    with pytest.raises(ValueError, match="resize: pool or resize: interpolate"):
+        ChannelAdapter((2, 4, 10), (2, 8, 5))
+    x = torch.randn(2, 4, 6, 6)
+    for mode in ("pool", "interpolate"):
+        assert ChannelAdapter((2, 4, 6, 6), (2, 8, 3, 3), resize=mode)(x).shape == (2, 8, 3, 3)
+    up = ChannelAdapter((2, 4, 5), (2, 3, 10), resize="interpolate")
+    assert up(torch.randn(2, 4, 5)).shape == (2, 3, 10)
+
+
+def test_conv3x3_adapter_mixes_neighbours():
+    from distill.objective import ADAPTERS
+
+    adapter = ADAPTERS["conv3x3"]((1, 2, 8), (1, 3, 8))
+    assert isinstance(adapter.proj, torch.nn.Conv1d) and adapter.proj.kernel_size == (3,)
+    x = torch.zeros(1, 2, 8)
+    x[0, :, 4] = 1.0
+    out = adapter(x) - adapter(torch.zeros(1, 2, 8))
+    assert out[0, :, 3].abs().sum() > 0 and out[0, :, 6].abs().sum() == 0  # reach of one position

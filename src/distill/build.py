@@ -47,11 +47,15 @@ class Built:
 
 
 def resolve_loss(name: str) -> Callable[..., Tensor]:
+    """A loss function, or a loss module class (built from the two tensor shapes)."""
     if ":" in name:
         return lookup("loss", name, {})
-    return lookup(
-        "loss", name, {k: v.fn for k, v in LOSSES.items()}, "list them with: distill methods"
-    )
+    table = {k: v.fn for k, v in LOSSES.items()}
+    return lookup("loss", name, table, "list them with: distill methods")
+
+
+def is_module_loss(fn: object) -> bool:
+    return isinstance(fn, type) and issubclass(fn, nn.Module)
 
 
 def name_problems(cfg: ExperimentConfig) -> list[str]:
@@ -236,6 +240,11 @@ def needs_teacher(loss: str) -> bool:
     return LOSSES[loss].needs_teacher if loss in LOSSES else True
 
 
+@torch.no_grad()
+def _adapted(adapter: nn.Module | None, x: Tensor) -> Tensor:
+    return adapter(x) if adapter is not None else x
+
+
 def _shape(x: Tensor | tuple[Tensor, ...]) -> str:
     return (
         str(tuple(x.shape)) if isinstance(x, Tensor) else ", ".join(str(tuple(t.shape)) for t in x)
@@ -256,9 +265,22 @@ def _build_term(
         )
     if tc.adapter is not None and t_tensor is not None:
         try:
-            adapter = ADAPTERS[tc.adapter](tuple(s_tensor.shape), tuple(t_tensor.shape))
+            adapter = ADAPTERS[tc.adapter](
+                tuple(s_tensor.shape), tuple(t_tensor.shape), resize=tc.resize
+            )
         except ValueError as e:
             raise ConfigError(f"{where}.adapter: {e}") from None
+    args = loss_args(where, tc.args)
+    if is_module_loss(fn):  # a loss with parameters, sized from the dry-forward shapes
+        if t_tensor is None:
+            raise ConfigError(
+                f"{where}: loss {tc.loss!r} is built from teacher shapes and needs a teacher"
+            )
+        try:
+            fn = fn(tuple(_adapted(adapter, s_tensor).shape), tuple(t_tensor.shape), **args)
+        except ValueError as e:
+            raise ConfigError(f"{where} ({tc.loss}): {e}") from None
+        args = {}
     term = Term(
         tc.name or tc.loss,
         fn,
@@ -266,7 +288,7 @@ def _build_term(
         student=tc.student,
         teacher=tc.teacher,
         adapter=adapter,
-        loss_args=loss_args(where, tc.args),
+        loss_args=args,
         needs_teacher=needs_teacher(tc.loss),
     )
     if teacher_k is not None or not term.needs_teacher:

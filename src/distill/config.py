@@ -50,7 +50,10 @@ class TermConfig(Strict):
         "logits"  # 'logits', a layer name ('layer:input': its input), or a list
     )
     teacher: str | list[str] = "logits"
-    adapter: str | None = None  # 'linear' maps the student tensor to the teacher's shape
+    adapter: str | None = (
+        None  # 'linear'/'conv1x1'/'conv3x3': maps the student tensor to the teacher's shape
+    )
+    resize: Literal["pool", "interpolate"] | None = None  # how the adapter matches spatial sizes
     args: dict[str, Any] = {}  # keyword hyperparameters of the loss, e.g. {temperature: 4}
 
 

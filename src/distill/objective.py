@@ -8,6 +8,7 @@ returns every component by name. The layer names the terms read are the taps a r
 
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 from collections.abc import Callable, Iterable, Sequence
@@ -57,11 +58,21 @@ def as_schedule(value: float | Schedule) -> Schedule:
 class ChannelAdapter(nn.Module):
     """Maps a student tensor (N, Cs, *spatial) to the teacher's (N, Ct, *spatial_t).
 
-    A learned linear map over the channel dim (a 1x1 convolution for feature maps), then
-    adaptive average pooling when the spatial sizes differ. Its weights join the optimizer.
+    A learned map over channels: linear (= a 1x1 convolution) by default, or a k x k
+    convolution for feature maps (`kernel_size=3`), as in FitNets' regressors. When the
+    spatial sizes differ, `resize` says how to match them: 'pool' (adaptive average
+    pooling) or 'interpolate' (linear/bilinear); it must be chosen explicitly. Its weights
+    join the optimizer.
     """
 
-    def __init__(self, student_shape: Sequence[int], teacher_shape: Sequence[int]):
+    def __init__(
+        self,
+        student_shape: Sequence[int],
+        teacher_shape: Sequence[int],
+        *,
+        kernel_size: int = 1,
+        resize: str | None = None,
+    ):
         super().__init__()
         if len(student_shape) != len(teacher_shape):
             raise ValueError(
@@ -69,20 +80,41 @@ class ChannelAdapter(nn.Module):
                 f"to a {len(teacher_shape)}-d teacher tensor {tuple(teacher_shape)}; tap layers "
                 f"whose outputs have the same number of dims"
             )
-        self.proj = nn.Linear(student_shape[1], teacher_shape[1])
+        if resize not in (None, "pool", "interpolate"):
+            raise ValueError(f"adapter resize must be 'pool' or 'interpolate', got {resize!r}")
+        dims = len(student_shape) - 2
+        self.channels_last = kernel_size == 1 or dims == 0
+        if self.channels_last:
+            self.proj: nn.Module = nn.Linear(student_shape[1], teacher_shape[1])
+        else:
+            conv = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}[dims]
+            self.proj = conv(
+                student_shape[1], teacher_shape[1], kernel_size, padding=kernel_size // 2
+            )
         self.spatial = tuple(teacher_shape[2:])
-        self.resize = tuple(student_shape[2:]) != self.spatial
+        self.resize = resize if tuple(student_shape[2:]) != self.spatial else None
+        if tuple(student_shape[2:]) != self.spatial and resize is None:
+            raise ValueError(
+                f"student {tuple(student_shape)} and teacher {tuple(teacher_shape)} differ in spatial "
+                f"size; choose how to match them with resize: pool or resize: interpolate"
+            )
 
     def forward(self, x: Tensor) -> Tensor:
-        y = self.proj(x.movedim(1, -1)).movedim(-1, 1)  # channel dim last for the Linear
-        if self.resize:
+        # A Linear needs the channel dim last; a convolution takes (N, C, *spatial) as is.
+        y = self.proj(x.movedim(1, -1)).movedim(-1, 1) if self.channels_last else self.proj(x)
+        if self.resize == "pool":
             pool = {1: F.adaptive_avg_pool1d, 2: F.adaptive_avg_pool2d, 3: F.adaptive_avg_pool3d}
             y = pool[len(self.spatial)](y, self.spatial)
+        elif self.resize == "interpolate":
+            mode = {1: "linear", 2: "bilinear", 3: "trilinear"}[len(self.spatial)]
+            y = F.interpolate(y, size=self.spatial, mode=mode, align_corners=False)
         return y
 
 
-ADAPTERS: dict[str, Callable[[Sequence[int], Sequence[int]], nn.Module]] = {
+ADAPTERS: dict[str, Callable[..., nn.Module]] = {
     "linear": ChannelAdapter,
+    "conv1x1": ChannelAdapter,
+    "conv3x3": functools.partial(ChannelAdapter, kernel_size=3),
 }
 
 

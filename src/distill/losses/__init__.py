@@ -11,6 +11,16 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
+from distill.losses.feature import (
+    FactorTransferLoss,
+    VIDLoss,
+    ab_loss,
+    at_loss,
+    attention_kl_loss,
+    cosine_loss,
+    nst_loss,
+    pkt_loss,
+)
 from distill.losses.relation import (
     cc_loss,
     fsp_loss,
@@ -35,7 +45,9 @@ from distill.losses.response import (
 
 @dataclass(frozen=True)
 class LossSpec:
-    fn: Callable[..., Tensor]
+    fn: Callable[
+        ..., Tensor
+    ]  # a function, or an nn.Module class built from (student_shape, teacher_shape)
     family: str
     paper: str
     needs_teacher: bool = True  # False: reads only the student (teacher-free KD)
@@ -97,10 +109,39 @@ LOSSES: dict[str, LossSpec] = {
     "graph": LossSpec(
         graph_loss, "relation", "batch adjacency matching, the surveys' L_graph (Liu et al. 2023)"
     ),
+    "fitnet": LossSpec(
+        mse_loss, "feature", "Romero et al. 2015, FitNets: hints (MSE) through a trained adapter"
+    ),
+    "at": LossSpec(
+        at_loss, "feature", "Zagoruyko & Komodakis 2017, Attention Transfer (activation-based)"
+    ),
+    "nst": LossSpec(nst_loss, "feature", "Huang & Wang 2017, Neuron Selectivity Transfer"),
+    "pkt": LossSpec(pkt_loss, "feature", "Passalis & Tefas 2018, Probabilistic Knowledge Transfer"),
+    "ft": LossSpec(
+        FactorTransferLoss,
+        "feature",
+        "Kim et al. 2018, Paraphrasing Complex Network (Factor Transfer)",
+    ),
+    "vid": LossSpec(VIDLoss, "feature", "Ahn et al. 2019, Variational Information Distillation"),
+    "ab": LossSpec(ab_loss, "feature", "Heo et al. 2019, Activation Boundaries"),
+    "cosine": LossSpec(
+        cosine_loss, "feature", "Sanh et al. 2019, DistilBERT (cosine hidden-state loss)"
+    ),
+    "attention_kl": LossSpec(
+        attention_kl_loss, "feature", "Wang et al. 2020, MiniLM (attention distribution KL)"
+    ),
 }
 
 __all__ = [
     "LOSSES",
+    "FactorTransferLoss",
+    "VIDLoss",
+    "ab_loss",
+    "at_loss",
+    "attention_kl_loss",
+    "cosine_loss",
+    "nst_loss",
+    "pkt_loss",
     "cc_loss",
     "fsp_loss",
     "graph_loss",

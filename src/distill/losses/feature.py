@@ -1,0 +1,244 @@
+"""Feature-based losses: the student matches the teacher's intermediate activations.
+
+Inputs are tapped tensors (N, C, *positions) — positions being L for signals, H x W for
+images, tokens for transformers — or (N, D). Losses that need equal shapes say so and
+suggest an adapter; the teacher side is detached inside. Losses that own parameters
+(FT's paraphraser and translator, VID's regressor) are `nn.Module`s built from the two
+tensor shapes, so their weights join the optimizer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+def _same_positions(student: Tensor, teacher: Tensor, name: str) -> None:
+    if student.shape[0] != teacher.shape[0] or student.shape[2:] != teacher.shape[2:]:
+        raise ValueError(
+            f"{name}: student {tuple(student.shape)} and teacher {tuple(teacher.shape)} differ in shape "
+            f"beyond the channel dim; tap layers with the same spatial size, or add an adapter with "
+            f"resize: pool|interpolate"
+        )
+
+
+def attention_map(features: Tensor, p: float = 2.0) -> Tensor:
+    """Activation-based attention (Zagoruyko & Komodakis 2017): mean_c |A_c|^p, flattened, L2-normalised."""
+    return F.normalize(features.float().abs().pow(p).mean(1).reshape(features.shape[0], -1), dim=1)
+
+
+def at_loss(student: Tensor, teacher: Tensor, *, p: float = 2.0) -> Tensor:
+    """Attention transfer, activation-based (Zagoruyko & Komodakis 2017).
+
+    Mean over batch and positions of (Q_s - Q_t)^2, with Q the normalised spatial attention
+    map of each layer (`attention_map`). Channel counts may differ; positions must match.
+    This is the mean form used by the CRD benchmark, where its weight is 1000.
+    """
+    _same_positions(student, teacher, "at")
+    return (attention_map(student, p) - attention_map(teacher.detach(), p)).pow(2).mean()
+
+
+def _poly_kernel(a: Tensor, b: Tensor) -> Tensor:
+    """(N, Ca, Cb) matrix of (a_i . b_j)^2 between the channel vectors of a and b."""
+    return (a @ b.transpose(1, 2)).pow(2)
+
+
+def nst_loss(student: Tensor, teacher: Tensor) -> Tensor:
+    """Neuron selectivity transfer (Huang & Wang 2017): MMD between channel distributions.
+
+    Each channel's activation over positions is one sample of a distribution (L2-normalised);
+    the squared MMD with the polynomial kernel k(x, y) = (x . y)^2 is
+    mean k(t, t') + mean k(s, s') - 2 mean k(s, t), averaged over the batch. Channel counts
+    may differ; positions must match. CRD benchmark weight: 50.
+    """
+    _same_positions(student, teacher, "nst")
+    s = F.normalize(student.float().flatten(2), dim=2)
+    t = F.normalize(teacher.detach().float().flatten(2), dim=2)
+    return _poly_kernel(t, t).mean() + _poly_kernel(s, s).mean() - 2 * _poly_kernel(s, t).mean()
+
+
+def pkt_loss(student: Tensor, teacher: Tensor, *, eps: float = 1e-7) -> Tensor:
+    """Probabilistic knowledge transfer (Passalis & Tefas 2018).
+
+    Cosine similarities between the batch's embeddings, mapped to [0, 1] and normalised per
+    row into conditional probabilities p(j | i); the loss is KL(p_t || p_s) summed over j,
+    averaged over all N^2 entries as in the authors' code. Widths may differ.
+    CRD benchmark weight: 30000.
+    """
+    if student.shape[0] != teacher.shape[0]:
+        raise ValueError(
+            f"pkt: batches differ in shape ({student.shape[0]} vs {teacher.shape[0]} samples)"
+        )
+
+    def conditional(x: Tensor) -> Tensor:
+        x = F.normalize(x.float().reshape(x.shape[0], -1), dim=1)
+        sim = (x @ x.t() + 1.0) / 2.0
+        return sim / sim.sum(1, keepdim=True)
+
+    p_s, p_t = conditional(student), conditional(teacher.detach())
+    return (p_t * torch.log((p_t + eps) / (p_s + eps))).mean()
+
+
+def ab_loss(student: Tensor, teacher: Tensor, *, margin: float = 1.0) -> Tensor:
+    """Activation boundaries (Heo et al. 2019), on pre-ReLU features of equal shape.
+
+    Where the teacher neuron is active (t > 0) the student is pushed above +margin, where it
+    is inactive below -margin, with a squared hinge: (s - m)^2 [t > 0, s < m] +
+    (s + m)^2 [t <= 0, s > -m], averaged over elements. Tap the layer *before* the ReLU
+    (e.g. the BatchNorm) on both sides and add an adapter if channel counts differ.
+    """
+    if student.shape != teacher.shape:
+        raise ValueError(
+            f"ab: student {tuple(student.shape)} and teacher {tuple(teacher.shape)} differ in shape; "
+            f"add an adapter (adapter: conv1x1) to map the student to the teacher"
+        )
+    s, active = student.float(), teacher.detach() > 0
+    up = (s - margin).pow(2) * (active & (s < margin))
+    down = (s + margin).pow(2) * (~active & (s > -margin))
+    return (up + down).mean()
+
+
+def cosine_loss(student: Tensor, teacher: Tensor, *, mask: Tensor | None = None) -> Tensor:
+    """1 - cos(student, teacher) along the last dim, averaged over rows (Sanh et al. 2019, DistilBERT).
+
+    For hidden states (N, L, D) each token is a row; `mask` (N, L) keeps real tokens.
+    Widths must match (add an adapter otherwise).
+    """
+    if student.shape != teacher.shape:
+        raise ValueError(
+            f"cosine: student {tuple(student.shape)} and teacher {tuple(teacher.shape)} differ in shape; "
+            f"add an adapter (adapter: linear)"
+        )
+    per_row = 1.0 - F.cosine_similarity(student.float(), teacher.detach().float(), dim=-1, eps=1e-8)
+    if mask is None:
+        return per_row.mean()
+    mask = mask.reshape(per_row.shape).to(per_row.dtype)
+    return (per_row * mask).sum() / mask.sum().clamp_min(1.0)
+
+
+def attention_kl_loss(student: Tensor, teacher: Tensor, *, eps: float = 1e-12) -> Tensor:
+    """KL(teacher || student) between attention probabilities, per query row.
+
+    Inputs (N, heads, L, L) with rows summing to 1 (softmax outputs, e.g. a transformer's
+    attention weights; MiniLM, Wang et al. 2020, and TinyBERT distil these). Averaged over
+    batch, heads and queries. Head counts and lengths must match.
+    """
+    if student.shape != teacher.shape:
+        raise ValueError(
+            f"attention_kl: student {tuple(student.shape)} and teacher {tuple(teacher.shape)} differ in "
+            f"shape; pair layers with the same number of heads and tokens"
+        )
+    s, t = student.float().clamp_min(eps), teacher.detach().float().clamp_min(eps)
+    return (t * (t.log() - s.log())).sum(-1).mean()
+
+
+def _conv(channels_in: int, channels_out: int, dims: int, kernel: int = 1) -> nn.Module:
+    if dims == 0:
+        return nn.Linear(channels_in, channels_out)
+    conv = {1: nn.Conv1d, 2: nn.Conv2d}[dims]
+    return conv(channels_in, channels_out, kernel, padding=kernel // 2)
+
+
+class VIDLoss(nn.Module):
+    """Variational information distillation (Ahn et al. 2019).
+
+    A regressor mu(s) (three 1x1 convolutions with ReLUs) predicts the teacher feature from
+    the student's; a learned per-channel variance sigma^2 = softplus(a) + eps makes the loss
+    the Gaussian negative log-likelihood 0.5 * ((t - mu)^2 / sigma^2 + log sigma^2),
+    averaged over elements. Maximising this bound on I(t; s) lets the student ignore
+    teacher channels it cannot predict. CRD benchmark weight: 1.
+    """
+
+    def __init__(
+        self,
+        student_shape: Sequence[int],
+        teacher_shape: Sequence[int],
+        *,
+        init_var: float = 5.0,
+        eps: float = 1e-5,
+    ):
+        super().__init__()
+        if tuple(student_shape[2:]) != tuple(teacher_shape[2:]):
+            raise ValueError(
+                f"vid: student {tuple(student_shape)} and teacher {tuple(teacher_shape)} need the same positions"
+            )
+        dims, c_s, c_t = len(student_shape) - 2, student_shape[1], teacher_shape[1]
+        mid = max(c_s, c_t)
+        self.regressor = nn.Sequential(
+            _conv(c_s, mid, dims),
+            nn.ReLU(),
+            _conv(mid, mid, dims),
+            nn.ReLU(),
+            _conv(mid, c_t, dims),
+        )
+        # softplus(a) + eps = init_var at the start
+        self.log_scale = nn.Parameter(
+            torch.full((c_t,), float(torch.log(torch.expm1(torch.tensor(init_var - eps)))))
+        )
+        self.eps = eps
+
+    def forward(self, student: Tensor, teacher: Tensor) -> Tensor:
+        mean = self.regressor(student.float())
+        var = F.softplus(self.log_scale) + self.eps
+        var = var.reshape((1, -1) + (1,) * (teacher.dim() - 2))
+        return (0.5 * ((mean - teacher.detach().float()).pow(2) / var + var.log())).mean()
+
+
+class FactorTransferLoss(nn.Module):
+    """Factor transfer (Kim et al. 2018): match compressed 'factors' of the two feature maps.
+
+    A paraphraser (encoder + decoder, 3x3 convolutions) learns to reconstruct the teacher
+    feature through a bottleneck of `rate` x teacher channels; its encoder output is the
+    teacher factor. A translator (3x3 convolutions) maps the student feature to a factor of
+    the same size. Loss = mean |F_t/||F_t|| - F_s/||F_s|| | (L1 as in the paper, averaged
+    over elements as in the CRD benchmark, weight 200) +
+    `recon_weight` * the paraphraser's reconstruction MSE. Unlike the paper, which trains
+    the paraphraser first in a separate stage, it is trained jointly here on the detached
+    teacher features; `recon_weight` keeps it a faithful autoencoder.
+    """
+
+    def __init__(
+        self,
+        student_shape: Sequence[int],
+        teacher_shape: Sequence[int],
+        *,
+        rate: float = 0.5,
+        recon_weight: float = 1.0,
+    ):
+        super().__init__()
+        if tuple(student_shape[2:]) != tuple(teacher_shape[2:]):
+            raise ValueError(
+                f"ft: student {tuple(student_shape)} and teacher {tuple(teacher_shape)} need the same positions"
+            )
+        dims, c_s, c_t = len(student_shape) - 2, student_shape[1], teacher_shape[1]
+        factor = max(1, int(round(c_t * rate)))
+        k = 3 if dims else 1
+        self.encoder = nn.Sequential(
+            _conv(c_t, c_t, dims, k),
+            nn.LeakyReLU(0.1),
+            _conv(c_t, factor, dims, k),
+            nn.LeakyReLU(0.1),
+        )
+        self.decoder = nn.Sequential(
+            _conv(factor, c_t, dims, k), nn.LeakyReLU(0.1), _conv(c_t, c_t, dims, k)
+        )
+        self.translator = nn.Sequential(
+            _conv(c_s, c_s, dims, k),
+            nn.LeakyReLU(0.1),
+            _conv(c_s, factor, dims, k),
+            nn.LeakyReLU(0.1),
+        )
+        self.recon_weight = recon_weight
+
+    def forward(self, student: Tensor, teacher: Tensor) -> Tensor:
+        t = teacher.detach().float()
+        factor_t = self.encoder(t)
+        recon = F.mse_loss(self.decoder(factor_t), t)
+        factor_s = self.translator(student.float())
+        # The factor target is detached: the transfer term trains the translator (and student).
+        f_t = F.normalize(factor_t.detach().reshape(len(t), -1), dim=1)
+        f_s = F.normalize(factor_s.reshape(len(t), -1), dim=1)
+        return (f_s - f_t).abs().mean() + self.recon_weight * recon

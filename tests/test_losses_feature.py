@@ -1,0 +1,152 @@
+"""Feature losses against their papers' formulas, computed independently here."""
+
+import math
+
+import pytest
+import torch
+
+from distill.losses import (
+    FactorTransferLoss,
+    VIDLoss,
+    ab_loss,
+    at_loss,
+    attention_kl_loss,
+    cosine_loss,
+    nst_loss,
+    pkt_loss,
+)
+
+torch.manual_seed(0)
+FS = torch.randn(2, 3, 4)  # (N, C_s, L)
+FT = torch.randn(2, 5, 4)  # (N, C_t, L): other channel count, same positions
+
+
+def norm(v):
+    n = math.sqrt(sum(x * x for x in v))
+    return [x / n for x in v]
+
+
+def test_at_golden_and_channel_invariance():
+    def q(f):
+        return [
+            norm([sum(f[n][c][p] ** 2 for c in range(len(f[n]))) / len(f[n]) for p in range(4)])
+            for n in range(2)
+        ]
+
+    qs, qt = q(FS.tolist()), q(FT.tolist())
+    expected = sum((a - b) ** 2 for rs, rt in zip(qs, qt) for a, b in zip(rs, rt)) / 8
+    assert at_loss(FS, FT).item() == pytest.approx(expected, rel=1e-5)
+    doubled = torch.cat([FS, FS], 1)  # same per-position channel mean -> same attention map
+    assert at_loss(doubled, FT).item() == pytest.approx(expected, rel=1e-5)
+    with pytest.raises(ValueError, match="spatial size"):
+        at_loss(FS, torch.randn(2, 5, 6))
+
+
+def test_nst_golden_and_zero():
+    def mmd(s, t):
+        s = [norm(c) for c in s]
+        t = [norm(c) for c in t]
+
+        def k(a, b):
+            return sum(x * y for x, y in zip(a, b)) ** 2
+
+        def mean_k(a, b):
+            return sum(k(x, y) for x in a for y in b) / (len(a) * len(b))
+
+        return mean_k(t, t) + mean_k(s, s) - 2 * mean_k(s, t)
+
+    expected = sum(mmd(s, t) for s, t in zip(FS.tolist(), FT.tolist())) / 2
+    assert nst_loss(FS, FT).item() == pytest.approx(expected, rel=1e-4)
+    assert nst_loss(FT, FT * 3.0).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_pkt_golden_and_zero():
+    s, t = torch.randn(4, 3), torch.randn(4, 6)
+
+    def cond(x):
+        u = [norm(r) for r in x.tolist()]
+        sim = [[(sum(a * b for a, b in zip(p, q)) + 1) / 2 for q in u] for p in u]
+        return [[v / sum(row) for v in row] for row in sim]
+
+    ps, pt = cond(s), cond(t)
+    expected = (
+        sum(b * math.log((b + 1e-7) / (a + 1e-7)) for rs, rt in zip(ps, pt) for a, b in zip(rs, rt))
+        / 16
+    )
+    assert pkt_loss(s, t).item() == pytest.approx(expected, rel=1e-5)
+    assert pkt_loss(t, 2 * t).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_ab_golden_and_margin():
+    s = torch.tensor([[0.5, -2.0, 0.2, 3.0]])
+    t = torch.tensor([[1.0, 1.0, -1.0, -0.5]])
+    # t>0,s<1: (s-1)^2 for 0.5 -> 0.25 and -2 -> 9;  t<=0,s>-1: (s+1)^2 for 0.2 -> 1.44 and 3.0 -> 16
+    assert ab_loss(s, t).item() == pytest.approx((0.25 + 9 + 1.44 + 16) / 4, rel=1e-6)
+    beyond = torch.tensor([[1.5, 2.0, -1.2, -3.0]])
+    assert ab_loss(beyond, t).item() == 0.0  # right side of the boundary by the margin: no loss
+    with pytest.raises(ValueError, match="adapter"):
+        ab_loss(torch.randn(2, 3), torch.randn(2, 4))
+
+
+def test_cosine_golden_and_mask():
+    s, t = torch.tensor([[[1.0, 0.0], [1.0, 1.0]]]), torch.tensor([[[0.0, 1.0], [2.0, 2.0]]])
+    assert cosine_loss(s, t).item() == pytest.approx((1.0 + 0.0) / 2, abs=1e-6)
+    assert cosine_loss(s, t, mask=torch.tensor([[False, True]])).item() == pytest.approx(
+        0.0, abs=1e-6
+    )
+
+
+def test_attention_kl_golden():
+    s = torch.softmax(torch.randn(1, 2, 3, 3), -1)
+    t = torch.softmax(torch.randn(1, 2, 3, 3), -1)
+    expected = (
+        sum(
+            sum(b * math.log(b / a) for a, b in zip(s[0, h, q].tolist(), t[0, h, q].tolist()))
+            for h in range(2)
+            for q in range(3)
+        )
+        / 6
+    )
+    assert attention_kl_loss(s, t).item() == pytest.approx(expected, rel=1e-5)
+    assert attention_kl_loss(t, t.clone()).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_vid_is_the_gaussian_nll_and_trains_its_variance():
+    vid = VIDLoss(FS.shape, FT.shape)
+    s = FS.clone().requires_grad_()
+    t = FT.clone().requires_grad_()
+    loss = vid(s, t)
+    mean = vid.regressor(FS)
+    var = torch.nn.functional.softplus(vid.log_scale).reshape(1, -1, 1) + vid.eps
+    expected = (0.5 * ((mean - FT) ** 2 / var + var.log())).mean()
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    assert var.mean().item() == pytest.approx(5.0, rel=1e-4)  # init_var
+    loss.backward()
+    assert s.grad is not None and t.grad is None and vid.log_scale.grad is not None
+    opt = torch.optim.Adam(vid.parameters(), lr=0.05)
+    first = vid(FS, FT).item()
+    for _ in range(100):
+        opt.zero_grad()
+        vid(FS, FT).backward()
+        opt.step()
+    assert vid(FS, FT).item() < first - 0.5  # the regressor and variance fit
+
+
+def test_ft_transfer_and_reconstruction_terms():
+    ft = FactorTransferLoss(FS.shape, FT.shape, rate=0.4, recon_weight=0.0)
+    s = FS.clone().requires_grad_()
+    loss = ft(s, FT)
+    f_t = torch.nn.functional.normalize(ft.encoder(FT).reshape(2, -1), dim=1)
+    f_s = torch.nn.functional.normalize(ft.translator(FS).reshape(2, -1), dim=1)
+    assert loss.item() == pytest.approx((f_s - f_t).abs().mean().item(), rel=1e-5)
+    assert ft.encoder(FT).shape[1] == 2  # round(5 * 0.4) factor channels
+    loss.backward()
+    assert s.grad is not None and ft.translator[0].weight.grad is not None
+    grad = ft.encoder[0].weight.grad  # the transfer term does not move the paraphraser
+    assert grad is None or torch.all(grad == 0)
+    with_recon = FactorTransferLoss(FS.shape, FT.shape, recon_weight=1.0)
+    with_recon(FS, FT).backward()
+    assert (
+        with_recon.encoder[0].weight.grad is not None
+        and with_recon.decoder[0].weight.grad is not None
+    )
