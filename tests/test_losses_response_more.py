@@ -144,9 +144,9 @@ def test_term_evaluates_a_scheduled_temperature_and_passes_labels():
     term = Term("dkd", dkd_loss, loss_args={"temperature": Schedule(2.0, steps=10, start=6.0)})
     assert term.wants_targets
     y = torch.tensor(Y)
-    at0 = term(Knowledge(s), Knowledge(t), y, step=0)
-    at5 = term(Knowledge(s), Knowledge(t), y, step=5)
-    at20 = term(Knowledge(s), Knowledge(t), y, step=20)
+    at0 = term(Knowledge(s), Knowledge(t), {"target": y}, step=0)
+    at5 = term(Knowledge(s), Knowledge(t), {"target": y}, step=5)
+    at20 = term(Knowledge(s), Knowledge(t), {"target": y}, step=20)
     assert at0.item() == pytest.approx(dkd_loss(s, t, targets=y, temperature=6.0).item())
     assert at5.item() == pytest.approx(dkd_loss(s, t, targets=y, temperature=4.0).item())
     assert at20.item() == pytest.approx(dkd_loss(s, t, targets=y, temperature=2.0).item())

@@ -37,7 +37,7 @@ def test_objective_sums_weighted_terms_and_reports_components():
         ],
         task_weight=0.1,
     )
-    total, parts = obj(s, t, y, step=2)
+    total, parts = obj(s, t, {"target": y}, step=2)
     ce = F.cross_entropy(s.logits, y)
     kd = kd_loss(s.logits, t.logits, temperature=2.0)
     hint = mse_loss(s.feats["f"], t.feats["g"])
@@ -52,7 +52,7 @@ def test_objective_rejects_duplicate_names_and_missing_teacher():
         Objective([Term("kd", kd_loss), Term("kd", kd_loss)])
     obj = Objective([Term("kd", kd_loss)])
     with pytest.raises(ValueError, match="needs a teacher"):
-        obj(Knowledge(torch.randn(2, 3)), None, torch.tensor([0, 1]), 0)
+        obj(Knowledge(torch.randn(2, 3)), None, {"target": torch.tensor([0, 1])}, 0)
 
 
 @pytest.mark.parametrize(

@@ -183,7 +183,9 @@ def _check_loss_args(fn: Callable, term: TermConfig, where: str) -> None:
         return
     if any(p.kind is p.VAR_KEYWORD for p in params.values()):
         return
-    valid = [n for n, p in params.items() if p.kind is p.KEYWORD_ONLY and n != "targets"]
+    valid = [
+        n for n, p in params.items() if p.kind is p.KEYWORD_ONLY and n not in ("targets", "index")
+    ]
     for arg in term.args:
         if arg not in valid:
             raise ConfigError(
@@ -192,7 +194,11 @@ def _check_loss_args(fn: Callable, term: TermConfig, where: str) -> None:
 
 
 def build_terms(
-    cfg: ExperimentConfig, student_k: Knowledge, teacher_k: Knowledge | None, targets: Tensor
+    cfg: ExperimentConfig,
+    student_k: Knowledge,
+    teacher_k: Knowledge | None,
+    batch: dict[str, Tensor],
+    num_samples: int,
 ) -> list[Term]:
     """Terms with adapters sized from the tensors of a dry forward pass.
 
@@ -201,7 +207,9 @@ def build_terms(
     terms, problems = [], []
     for i, tc in enumerate(cfg.objective.terms):
         try:
-            terms.append(_build_term(f"objective.terms.{i}", tc, student_k, teacher_k, targets))
+            terms.append(
+                _build_term(f"objective.terms.{i}", tc, student_k, teacher_k, batch, num_samples)
+            )
         except ConfigError as e:
             problems.append(str(e))
     if problems:
@@ -252,7 +260,12 @@ def _shape(x: Tensor | tuple[Tensor, ...]) -> str:
 
 
 def _build_term(
-    where: str, tc: TermConfig, student_k: Knowledge, teacher_k: Knowledge | None, targets: Tensor
+    where: str,
+    tc: TermConfig,
+    student_k: Knowledge,
+    teacher_k: Knowledge | None,
+    batch: dict[str, Tensor],
+    num_samples: int,
 ) -> Term:
     fn = resolve_loss(tc.loss)
     _check_loss_args(fn, tc, where)
@@ -276,6 +289,10 @@ def _build_term(
             raise ConfigError(
                 f"{where}: loss {tc.loss!r} is built from teacher shapes and needs a teacher"
             )
+        if (
+            "num_samples" in inspect.signature(fn).parameters
+        ):  # memory banks hold one row per sample
+            args.setdefault("num_samples", num_samples)
         try:
             fn = fn(tuple(_adapted(adapter, s_tensor).shape), tuple(t_tensor.shape), **args)
         except ValueError as e:
@@ -293,7 +310,10 @@ def _build_term(
     )
     if teacher_k is not None or not term.needs_teacher:
         try:
-            term(student_k, teacher_k, targets, 0)
+            term.eval()  # a dry call must not update memory banks or queues
+            with torch.no_grad():
+                term(student_k, teacher_k, batch, 0)
+            term.train()
         except (ValueError, RuntimeError, TypeError) as e:
             shapes = f"student {tc.student!r} {_shape(s_tensor)}"
             if t_tensor is not None:
@@ -323,7 +343,7 @@ def build(cfg: ExperimentConfig) -> Built:
     if teacher is not None:
         teacher_k = _dry_knowledge(teacher, teacher_layers, batch, f"teacher {cfg.teacher.name}")
     check_classes(data, student_k, teacher_k)
-    terms = build_terms(cfg, student_k, teacher_k, batch["target"])
+    terms = build_terms(cfg, student_k, teacher_k, batch, len(data.train))
     objective = Objective(
         terms, task_weight=cfg.objective.task_weight, label_smoothing=cfg.objective.label_smoothing
     )

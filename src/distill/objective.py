@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import inspect
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -148,28 +148,36 @@ class Term(nn.Module):
         self.adapter = adapter
         self.loss_args = dict(loss_args or {})
         self.needs_teacher = needs_teacher
+        # Batch fields a loss may ask for by keyword: labels, and dataset indices (memory banks).
         try:
-            self.wants_targets = "targets" in inspect.signature(loss_fn).parameters
+            params = inspect.signature(loss_fn).parameters
         except (TypeError, ValueError):
-            self.wants_targets = False
+            params = {}
+        self.batch_fields = {
+            kw: key for kw, key in (("targets", "target"), ("index", "index")) if kw in params
+        }
+
+    @property
+    def wants_targets(self) -> bool:
+        return "targets" in self.batch_fields
 
     def forward(
         self,
         student: Knowledge,
         teacher: Knowledge | None,
-        targets: Tensor | None = None,
+        batch: Mapping[str, Tensor] | None = None,
         step: int = 0,
     ) -> Tensor:
         s = student.get(self.student)
         if self.adapter is not None:
             s = self.adapter(s)
         args = {k: v.at(step) if isinstance(v, Schedule) else v for k, v in self.loss_args.items()}
-        if self.wants_targets:
-            if targets is None:
+        for keyword, key in self.batch_fields.items():
+            if batch is None or key not in batch:
                 raise ValueError(
-                    f"term {self.name!r} ({getattr(self.loss_fn, '__name__', 'loss')}) needs the labels"
+                    f"term {self.name!r} needs the batch's {key!r}, but none was given"
                 )
-            args["targets"] = targets
+            args[keyword] = batch[key]
         t = teacher.get(self.teacher) if teacher is not None else None
         return self.loss_fn(s, t, **args)
 
@@ -228,17 +236,23 @@ class Objective(nn.Module):
         return summed / labelled.clamp_min(1)
 
     def forward(
-        self, student: Knowledge, teacher: Knowledge | None, targets: Tensor | None, step: int
+        self,
+        student: Knowledge,
+        teacher: Knowledge | None,
+        batch: Mapping[str, Tensor] | None,
+        step: int,
     ) -> tuple[Tensor, dict[str, Tensor]]:
+        """`batch` holds 'target' (labels, -1 = unlabelled) and optionally 'index'."""
         components: dict[str, Tensor] = {}
         total = student.logits.new_zeros((), dtype=torch.float32)
         task_w = self.task_weight.at(step)
+        targets = batch.get("target") if batch is not None else None
         if targets is not None and task_w != 0.0:
             components["task"] = self.task_loss(student.logits, targets)
             total = total + task_w * components["task"]
         for term in self.terms:
             if teacher is None and term.needs_teacher:
                 raise ValueError(f"term {term.name!r} needs a teacher, but none was given")
-            components[term.name] = term(student, teacher, targets, step)
+            components[term.name] = term(student, teacher, batch, step)
             total = total + term.weight.at(step) * components[term.name]
         return total, components

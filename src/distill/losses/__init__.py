@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
+from distill.losses.contrastive import CRDLoss, InfoNCELoss, SEEDLoss
 from distill.losses.feature import (
     FactorTransferLoss,
     VIDLoss,
@@ -130,10 +131,26 @@ LOSSES: dict[str, LossSpec] = {
     "attention_kl": LossSpec(
         attention_kl_loss, "feature", "Wang et al. 2020, MiniLM (attention distribution KL)"
     ),
+    "infonce": LossSpec(
+        InfoNCELoss, "contrastive", "van den Oord et al. 2018, InfoNCE; in-batch variant of CRD"
+    ),
+    "crd": LossSpec(
+        CRDLoss,
+        "contrastive",
+        "Tian et al. 2020, Contrastive Representation Distillation (memory bank + NCE)",
+    ),
+    "seed": LossSpec(
+        SEEDLoss,
+        "contrastive",
+        "Fang et al. 2021, SEED: Self-supervised Distillation (queue similarity)",
+    ),
 }
 
 __all__ = [
     "LOSSES",
+    "CRDLoss",
+    "InfoNCELoss",
+    "SEEDLoss",
     "FactorTransferLoss",
     "VIDLoss",
     "ab_loss",

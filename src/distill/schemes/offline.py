@@ -39,7 +39,7 @@ class OfflineKD:
     def step(self, batch: dict[str, Tensor], step: int) -> dict[str, Tensor]:
         teacher = self.teacher_knowledge(batch)
         student = self._student_tap.run(batch["input"])
-        total, components = self.objective(student, teacher, batch["target"], step)
+        total, components = self.objective(student, teacher, batch, step)
         return {"loss": total, **components}
 
     def eval_model(self) -> nn.Module:

@@ -23,7 +23,7 @@ class Supervised:
 
     def step(self, batch: dict[str, Tensor], step: int) -> dict[str, Tensor]:
         knowledge = self._tap.run(batch["input"])
-        total, components = self.objective(knowledge, None, batch["target"], step)
+        total, components = self.objective(knowledge, None, batch, step)
         return {"loss": total, **components}
 
     def eval_model(self) -> nn.Module:
