@@ -150,3 +150,48 @@ def test_ft_transfer_and_reconstruction_terms():
         with_recon.encoder[0].weight.grad is not None
         and with_recon.decoder[0].weight.grad is not None
     )
+
+
+def test_alp_golden():
+    from distill.losses import LayerAttentionLoss
+
+    torch.manual_seed(0)
+    s_layers = [torch.randn(2, 3, 4), torch.randn(2, 5)]
+    t_layers = [torch.randn(2, 6, 4), torch.randn(2, 6, 2), torch.randn(2, 6)]
+    alp = LayerAttentionLoss([x.shape for x in s_layers], [x.shape for x in t_layers])
+    t = [[(x.mean(-1) if x.dim() > 2 else x)[n].tolist() for x in t_layers] for n in range(2)]
+    total = 0.0
+    for proj, feat in zip(alp.proj, s_layers):
+        s = proj(feat.mean(-1) if feat.dim() > 2 else feat).tolist()
+        per = 0.0
+        for n in range(2):
+            scores = [sum(a * b for a, b in zip(s[n], tj)) / math.sqrt(6) for tj in t[n]]
+            w = [math.exp(v) / sum(math.exp(u) for u in scores) for v in scores]
+            target = [sum(w[j] * t[n][j][d] for j in range(3)) for d in range(6)]
+            per += sum((a - b) ** 2 for a, b in zip(s[n], target))
+        total += per / 12
+    assert alp(s_layers, t_layers).item() == pytest.approx(total / 2, rel=1e-5)
+    with pytest.raises(ValueError, match="share one width"):
+        LayerAttentionLoss([(2, 3)], [(2, 4), (2, 5)])
+
+
+def test_ofa_golden_and_soft_ce_limit():
+    from distill.losses import OFALoss
+
+    torch.manual_seed(0)
+    feats, t, y = torch.randn(2, 4, 3), torch.randn(2, 5), torch.tensor([1, -1])
+    ofa = OFALoss(feats.shape, t.shape, eps=1.5)
+    log_ps = torch.log_softmax(ofa.branch(feats.mean(-1)), -1).tolist()
+    p_t = torch.softmax(t, -1).tolist()
+    labels = [1, int(t[1].argmax())]
+    expected = 0.0
+    for n in range(2):
+        for c in range(5):
+            w = (p_t[n][c] + 1) ** 1.5 - 1 if c == labels[n] else p_t[n][c] ** 1.5
+            expected -= w * log_ps[n][c]
+    assert ofa(feats, t, targets=y).item() == pytest.approx(expected / 2, rel=1e-5)
+    ce = OFALoss(feats.shape, t.shape, eps=1.0)
+    soft = -(torch.softmax(t, -1) * torch.log_softmax(ce.branch(feats.mean(-1)), -1)).sum(-1).mean()
+    assert ce(feats, t, targets=y).item() == pytest.approx(soft.item(), rel=1e-5)
+    with pytest.raises(ValueError, match="teacher: logits"):
+        OFALoss(feats.shape, (2, 4, 3))

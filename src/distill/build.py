@@ -253,6 +253,11 @@ def _adapted(adapter: nn.Module | None, x: Tensor) -> Tensor:
     return adapter(x) if adapter is not None else x
 
 
+def _shapes(x: Tensor | tuple[Tensor, ...]) -> tuple:
+    """A tensor's shape, or a tuple of shapes for a term that reads a list of layers."""
+    return tuple(x.shape) if isinstance(x, Tensor) else tuple(tuple(t.shape) for t in x)
+
+
 def _shape(x: Tensor | tuple[Tensor, ...]) -> str:
     return (
         str(tuple(x.shape)) if isinstance(x, Tensor) else ", ".join(str(tuple(t.shape)) for t in x)
@@ -289,12 +294,10 @@ def _build_term(
             raise ConfigError(
                 f"{where}: loss {tc.loss!r} is built from teacher shapes and needs a teacher"
             )
-        if (
-            "num_samples" in inspect.signature(fn).parameters
-        ):  # memory banks hold one row per sample
+        if "num_samples" in inspect.signature(fn).parameters:  # memory banks: a row per sample
             args.setdefault("num_samples", num_samples)
         try:
-            fn = fn(tuple(_adapted(adapter, s_tensor).shape), tuple(t_tensor.shape), **args)
+            fn = fn(_shapes(_adapted(adapter, s_tensor)), _shapes(t_tensor), **args)
         except ValueError as e:
             raise ConfigError(f"{where} ({tc.loss}): {e}") from None
         args = {}

@@ -150,7 +150,8 @@ class Term(nn.Module):
         self.needs_teacher = needs_teacher
         # Batch fields a loss may ask for by keyword: labels, and dataset indices (memory banks).
         try:
-            params = inspect.signature(loss_fn).parameters
+            target = loss_fn.forward if isinstance(loss_fn, nn.Module) else loss_fn
+            params = inspect.signature(target).parameters
         except (TypeError, ValueError):
             params = {}
         self.batch_fields = {

@@ -14,6 +14,8 @@ from torch import Tensor
 from distill.losses.contrastive import CRDLoss, InfoNCELoss, SEEDLoss
 from distill.losses.feature import (
     FactorTransferLoss,
+    LayerAttentionLoss,
+    OFALoss,
     VIDLoss,
     ab_loss,
     at_loss,
@@ -144,6 +146,16 @@ LOSSES: dict[str, LossSpec] = {
         "contrastive",
         "Fang et al. 2021, SEED: Self-supervised Distillation (queue similarity)",
     ),
+    "alp": LossSpec(
+        LayerAttentionLoss,
+        "feature",
+        "Passban et al. 2021, ALP-KD: attention over all teacher layers",
+    ),
+    "ofa": LossSpec(
+        OFALoss,
+        "feature",
+        "Hao et al. 2023, One-for-All KD: features to logit space for heterogeneous pairs",
+    ),
 }
 
 __all__ = [
@@ -152,6 +164,8 @@ __all__ = [
     "InfoNCELoss",
     "SEEDLoss",
     "FactorTransferLoss",
+    "LayerAttentionLoss",
+    "OFALoss",
     "VIDLoss",
     "ab_loss",
     "at_loss",

@@ -242,3 +242,89 @@ class FactorTransferLoss(nn.Module):
         f_t = F.normalize(factor_t.detach().reshape(len(t), -1), dim=1)
         f_s = F.normalize(factor_s.reshape(len(t), -1), dim=1)
         return (f_s - f_t).abs().mean() + self.recon_weight * recon
+
+
+def _pool(x: Tensor) -> Tensor:
+    """(N, C, *positions) -> (N, C) by averaging positions; (N, D) unchanged."""
+    x = x.float()
+    return x.flatten(2).mean(-1) if x.dim() > 2 else x
+
+
+class LayerAttentionLoss(nn.Module):
+    """Attention over all teacher layers for each student layer (ALP-KD, Passban et al. 2021).
+
+    No hand-picked layer pairs: every student layer i (pooled over positions and projected
+    by a learned linear map to the teacher width) attends over all listed teacher layers
+    j with weights softmax_j(<s_i, t_j> / sqrt(d)) per sample, and is pulled by MSE toward
+    the weighted sum of teacher layers. The teacher layers must share their width after
+    pooling (as transformer layers do); the student's may differ. Reads lists of layers:
+    `student: [a, b]`, `teacher: [c, d, e]`.
+    """
+
+    def __init__(
+        self, student_shape: Sequence[Sequence[int]], teacher_shape: Sequence[Sequence[int]]
+    ):
+        super().__init__()
+        if not (isinstance(student_shape[0], Sequence) and isinstance(teacher_shape[0], Sequence)):
+            raise ValueError(
+                "alp reads lists of layers: set student: [a, b] and teacher: [c, d, e]"
+            )
+        widths = {shape[1] for shape in teacher_shape}
+        if len(widths) != 1:
+            raise ValueError(
+                f"alp: the teacher layers must share one width after pooling, got widths {sorted(widths)}"
+            )
+        self.width = widths.pop()
+        self.proj = nn.ModuleList(nn.Linear(shape[1], self.width) for shape in student_shape)
+
+    def forward(self, student: Sequence[Tensor], teacher: Sequence[Tensor]) -> Tensor:
+        t = torch.stack([_pool(x.detach()) for x in teacher], 1)  # (N, n_teacher, d)
+        losses = []
+        for proj, feature in zip(self.proj, student):
+            s = proj(_pool(feature))  # (N, d)
+            weights = torch.softmax(
+                (t @ s.unsqueeze(-1)).squeeze(-1) / self.width**0.5, dim=1
+            )  # (N, n_teacher)
+            target = (weights.unsqueeze(-1) * t).sum(1)
+            losses.append((s - target).pow(2).mean())
+        return torch.stack(losses).mean()
+
+
+class OFALoss(nn.Module):
+    """One-for-all KD (Hao et al. 2023): intermediate student features taught in logit space.
+
+    For heterogeneous pairs (CNN, MLP, transformer) features are not comparable, logits are.
+    A branch head (position pooling, LayerNorm, linear to the class count) turns a student
+    layer into logits; those match the teacher's logits with the OFA loss
+    -sum_c w_c log p_s,c, where w_c = (p_t,c + 1)^eps - 1 for the target class and p_t,c^eps
+    for the others (eps > 1 stresses the target; eps = 1 is soft-target CE). Reads a
+    student layer and the teacher's logits; needs the labels (unlabelled rows use the
+    teacher's top-1). The branch is training-only and not part of the exported student.
+    """
+
+    def __init__(
+        self,
+        student_shape: Sequence[int],
+        teacher_shape: Sequence[int],
+        *,
+        eps: float = 1.0,
+        temperature: float = 1.0,
+    ):
+        super().__init__()
+        if len(teacher_shape) != 2:
+            raise ValueError(
+                f"ofa: the teacher side must be logits (N, C), got {tuple(teacher_shape)}; set teacher: logits"
+            )
+        self.branch = nn.Sequential(
+            nn.LayerNorm(student_shape[1]), nn.Linear(student_shape[1], teacher_shape[1])
+        )
+        self.eps, self.temperature = eps, temperature
+
+    def forward(self, student: Tensor, teacher: Tensor, *, targets: Tensor) -> Tensor:
+        logits_s = self.branch(_pool(student))
+        t = teacher.detach().float()
+        p_t = F.softmax(t / self.temperature, dim=-1)
+        labels = torch.where(targets >= 0, targets, t.argmax(-1))
+        mask = F.one_hot(labels, t.shape[-1]).float()
+        weight = (p_t + mask).pow(self.eps) - mask
+        return -(weight * F.log_softmax(logits_s / self.temperature, dim=-1)).sum(-1).mean()

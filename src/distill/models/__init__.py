@@ -8,13 +8,14 @@ from collections.abc import Callable, Sequence
 from torch import nn
 
 from distill.errors import ConfigError
-from distill.models.zoo import MLP, ConvNet, ResNet
+from distill.models.zoo import MLP, ConvNet, ResNet, Transformer
 from distill.registry import lookup, resolve_reference
 
 MODELS: dict[str, Callable[..., nn.Module]] = {
     "mlp": MLP,
     "convnet": ConvNet,
     "resnet": ResNet,
+    "transformer": Transformer,
 }
 
 
@@ -44,4 +45,4 @@ def build_model(
     return model
 
 
-__all__ = ["MODELS", "MLP", "ConvNet", "ResNet", "build_model", "resolve_reference"]
+__all__ = ["MODELS", "MLP", "ConvNet", "ResNet", "Transformer", "build_model", "resolve_reference"]

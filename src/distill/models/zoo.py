@@ -170,3 +170,75 @@ class ResNet(nn.Module):
         for i in range(self.num_stages):
             x = getattr(self, f"layer{i + 1}")(x)
         return self.fc(self.pool(x).flatten(1))
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention whose probabilities pass through a named `probs` module,
+    so a tap on `<block>.attn.probs` reads them (N, heads, L, L)."""
+
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"transformer dim {dim} must be divisible by heads {heads}")
+        self.heads = heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.probs = nn.Softmax(dim=-1)
+        self.out = nn.Linear(dim, dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        n, length, dim = x.shape
+        q, k, v = (
+            self.qkv(x).reshape(n, length, 3, self.heads, dim // self.heads).permute(2, 0, 3, 1, 4)
+        )
+        attn = self.probs(q @ k.transpose(-2, -1) / math.sqrt(dim // self.heads))  # (N, H, L, L)
+        return self.out((attn @ v).transpose(1, 2).reshape(n, length, dim))
+
+
+class TransformerBlock(nn.Module):
+    def __init__(self, dim: int, heads: int, mlp_ratio: int = 2):
+        super().__init__()
+        self.norm1, self.attn = nn.LayerNorm(dim), SelfAttention(dim, heads)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = nn.Sequential(
+            nn.Linear(dim, mlp_ratio * dim), nn.GELU(), nn.Linear(mlp_ratio * dim, dim)
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+class Transformer(nn.Module):
+    """A small pre-norm transformer over patches of a 1-D signal or an image (ViT-style).
+
+    Patches of `patch` samples (or patch x patch pixels) become tokens; blocks are
+    `blocks.0`, `blocks.1`, ... with attention probabilities at `blocks.i.attn.probs`;
+    tokens are mean-pooled into `head`.
+    """
+
+    def __init__(
+        self,
+        input_shape: Sequence[int],
+        num_classes: int,
+        *,
+        dim: int = 32,
+        depth: int = 2,
+        heads: int = 2,
+        patch: int = 4,
+    ):
+        super().__init__()
+        dims = _spatial_dims(input_shape, "Transformer")
+        conv = _conv(dims)
+        self.embed = conv(input_shape[0], dim, patch, stride=patch)
+        tokens = math.prod(s // patch for s in input_shape[1:])
+        if tokens < 1:
+            raise ValueError(f"patch {patch} is larger than the input {tuple(input_shape)}")
+        self.pos = nn.Parameter(torch.zeros(1, tokens, dim))
+        nn.init.trunc_normal_(self.pos, std=0.02)
+        self.blocks = nn.Sequential(*[TransformerBlock(dim, heads) for _ in range(depth)])
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        tokens = self.embed(x).flatten(2).transpose(1, 2) + self.pos  # (N, L, dim)
+        return self.head(self.norm(self.blocks(tokens)).mean(1))

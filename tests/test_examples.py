@@ -1,0 +1,49 @@
+"""Every example config validates and trains for a few steps through the config path."""
+
+from pathlib import Path
+
+import pytest
+
+from distill.build import build, validate
+from distill.checkpoint import load_checkpoint, save_weights
+from distill.config import load_config, parse_config
+from distill.losses import LOSSES
+from distill.run import run_experiment
+
+ROOT = Path(__file__).parent.parent
+EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
+
+
+def _with_stand_in_teacher(path: Path, tmp_path: Path) -> list[str]:
+    """Overrides that point the example at an untrained teacher of the configured shape."""
+    cfg = load_config(path)
+    overrides = [f"run_dir={tmp_path / 'run'}", "train.max_steps=3", "train.progress=false"]
+    if cfg.teacher is not None:
+        teacher_only = parse_config(
+            {
+                **cfg.model_dump(),
+                "scheme": "supervised",
+                "objective": {},
+                "teacher": None,
+                "student": {**cfg.teacher.model_dump(), "weights": None},
+            }
+        )
+        save_weights(tmp_path / "teacher.safetensors", build(teacher_only).student)
+        overrides.append(f"teacher.weights={tmp_path / 'teacher.safetensors'}")
+    return overrides
+
+
+def test_every_method_has_an_example():
+    used = {term.loss for path in EXAMPLES for term in load_config(path).objective.terms}
+    assert set(LOSSES) <= used, f"methods without an example: {sorted(set(LOSSES) - used)}"
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=[p.stem for p in EXAMPLES])
+def test_example_validates_and_trains(path, tmp_path):
+    overrides = _with_stand_in_teacher(path, tmp_path)
+    cfg = load_config(path, overrides)
+    assert validate(cfg) == []
+    result = run_experiment(cfg)
+    assert result["steps"] == 3 and not result["complete"]
+    state = load_checkpoint(tmp_path / "run/checkpoints/last.safetensors")
+    assert state["trainer"]["step"] == 3
