@@ -160,3 +160,37 @@ def test_early_stopping(tmp_path):
     )
     res = run_experiment(parse_config(cfg))
     assert res["epochs"] == 3  # epoch 1 sets the best; 2 and 3 do not improve on it
+
+
+def test_resume_keeps_loss_state_memory_banks_and_queues(tmp_path):
+    teacher = make_teacher(tmp_path / "teacher.safetensors")
+
+    def cfg(run, **train):
+        c = kd_cfg(tmp_path / run, teacher)
+        c["objective"]["terms"] += [
+            {
+                "loss": "crd",
+                "weight": 0.5,
+                "student": "blocks.0",
+                "teacher": "blocks.1",
+                "args": {"num_negatives": 16, "dim": 8},
+            },
+            {
+                "loss": "seed",
+                "weight": 0.5,
+                "student": "blocks.0",
+                "teacher": "blocks.1",
+                "args": {"queue_size": 40},
+            },
+        ]
+        c["train"] = {**c["train"], **train}
+        return parse_config(c)
+
+    run_experiment(cfg("full"))
+    run_experiment(cfg("part", max_steps=13))
+    run_experiment(cfg("part"), resume=True)
+    a = load_checkpoint(tmp_path / "full/checkpoints/last.safetensors")["modules"]
+    b = load_checkpoint(tmp_path / "part/checkpoints/last.safetensors")["modules"]
+    assert any("bank_s" in k for k in a) and any("queue" in k for k in a)
+    for key, value in a.items():
+        assert torch.equal(value, b[key]), key
