@@ -106,3 +106,47 @@ def test_seed_golden_and_queue():
     assert torch.allclose(seed.queue[:3], z_t, atol=1e-6) and seed.ptr.item() == 3  # FIFO
     seed(s[:2], t[:2])
     assert seed.ptr.item() == 1 and torch.allclose(seed.queue[3], z_t[0], atol=1e-6)  # wrapped
+
+
+def test_sinkhorn_plan_has_uniform_marginals_and_matches_plain_iterations():
+    from distill.losses.contrastive import sinkhorn_plan
+
+    torch.manual_seed(0)
+    cost = torch.rand(4, 3)
+    plan = sinkhorn_plan(cost, eps=0.5, iters=200)
+    assert torch.allclose(plan.sum(1), torch.full((4,), 0.25), atol=1e-5)
+    assert torch.allclose(plan.sum(0), torch.full((3,), 1 / 3), atol=1e-5)
+    k = [[math.exp(-c / 0.5) for c in row] for row in cost.tolist()]  # textbook u/v scaling
+    u, v = [1.0] * 4, [1.0] * 3
+    for _ in range(200):
+        u = [0.25 / sum(k[i][j] * v[j] for j in range(3)) for i in range(4)]
+        v = [(1 / 3) / sum(k[i][j] * u[i] for i in range(4)) for j in range(3)]
+    expected = torch.tensor([[u[i] * k[i][j] * v[j] for j in range(3)] for i in range(4)])
+    assert torch.allclose(plan, expected, atol=1e-6)
+
+
+def test_wcord_parts():
+    from distill.losses import WCoRDLoss
+    from distill.losses.contrastive import sinkhorn_plan
+
+    torch.manual_seed(0)
+    s, t = torch.randn(5, 6), torch.randn(5, 3)
+    w = WCoRDLoss((5, 6), (5, 3), dim=4, temperature=0.5, gp_weight=0.0, local_weight=0.0)
+    scores = w.critic(s, t)
+    off = ~torch.eye(5, dtype=torch.bool)
+    assert w(s, t).item() == pytest.approx(
+        -(scores.diagonal().mean() - scores[off].mean()).item(), rel=1e-5
+    )
+    w.local_weight = 2.0
+    cost = 1 - scores * 0.5
+    local = (sinkhorn_plan(cost, 0.05, 50) * cost).sum()
+    assert w(s, t).item() == pytest.approx(
+        (-(scores.diagonal().mean() - scores[off].mean()) + 2 * local).item(), rel=1e-5
+    )
+    # The gradient penalty: (||d g(t_i, s_i) / d(s_i, t_i)|| - 1)^2, averaged over the batch.
+    w.local_weight, w.gp_weight = 0.0, 1.0
+    jac_s = torch.autograd.functional.jacobian(lambda x: w.critic(x, t).diagonal().sum(), s)
+    jac_t = torch.autograd.functional.jacobian(lambda x: w.critic(s, x).diagonal().sum(), t)
+    penalty = ((torch.cat([jac_s, jac_t], 1).norm(dim=1) - 1) ** 2).mean()
+    w0 = -(scores.diagonal().mean() - scores[off].mean())
+    assert w(s, t).item() == pytest.approx((w0 + penalty).item(), rel=1e-4)

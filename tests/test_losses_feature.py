@@ -195,3 +195,40 @@ def test_ofa_golden_and_soft_ce_limit():
     assert ce(feats, t, targets=y).item() == pytest.approx(soft.item(), rel=1e-5)
     with pytest.raises(ValueError, match="teacher: logits"):
         OFALoss(feats.shape, (2, 4, 3))
+
+
+def test_grad_at_golden():
+    from distill.losses import grad_at_loss
+
+    s, t = torch.tensor([[3.0, 4.0], [1.0, 0.0]]), torch.tensor([[0.0, 2.0], [0.0, -5.0]])
+    # unit vectors: s -> (0.6, 0.8), (1, 0); t -> (0, 1), (0, -1)
+    expected = (math.sqrt(0.36 + 0.04) + math.sqrt(1 + 1)) / 2
+    assert grad_at_loss(s, t).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_input_gradient_knowledge_is_d_ce_d_input_and_trains_by_double_backprop():
+    from distill.losses import grad_at_loss
+    from distill.objective import Objective, Term
+    from distill.schemes import OfflineKD
+
+    torch.manual_seed(0)
+    student = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3))
+    teacher = torch.nn.Sequential(torch.nn.Linear(4, 16), torch.nn.Tanh(), torch.nn.Linear(16, 3))
+    objective = Objective(
+        [Term("grad_at", grad_at_loss, student="input_grad", teacher="input_grad")], task_weight=0.0
+    )
+    scheme = OfflineKD(student, teacher, objective)
+    x, y = torch.randn(5, 4), torch.tensor([0, 1, 2, -1, 1])
+    losses = scheme.step({"input": x, "target": y, "index": torch.arange(5)}, 0)
+    # Independent check: the teacher's input gradient by hand.
+    labels = torch.where(y >= 0, y, teacher(x).argmax(-1))
+    xt = x.clone().requires_grad_()
+    torch.nn.functional.cross_entropy(teacher(xt), labels, reduction="sum").backward()
+    xs = x.clone().requires_grad_()
+    (g_s,) = torch.autograd.grad(
+        torch.nn.functional.cross_entropy(student(xs), labels, reduction="sum"), xs
+    )
+    assert losses["grad_at"].item() == pytest.approx(grad_at_loss(g_s, xt.grad).item(), rel=1e-5)
+    losses["loss"].backward()
+    assert student[0].weight.grad.abs().sum() > 0  # reached through the gradient (double backprop)
+    assert all(p.grad is None for p in teacher.parameters())

@@ -31,7 +31,7 @@ from distill.models import MODELS, build_model
 from distill.objective import ADAPTERS, Objective, Schedule, Term, tapped_layers
 from distill.registry import lookup
 from distill.schemes import SCHEMES, OfflineKD, Supervised
-from distill.taps import Knowledge, Tap
+from distill.taps import INPUT_GRAD, Knowledge, Tap, with_input_grad
 from distill.trainer import seed_everything
 
 
@@ -101,6 +101,8 @@ def name_problems(cfg: ExperimentConfig) -> list[str]:
     )
     if cfg.train.precision == "fp16" and not on_cuda:
         problems.append("train.precision: fp16 needs a CUDA device; on CPU use bf16 or fp32")
+    if cfg.scheme == "supervised" and _reads_input_grad(cfg):
+        problems.append("objective.terms: input_grad needs a teacher; use scheme: offline")
     if cfg.scheme == "supervised" and any(needs_teacher(t.loss) for t in cfg.objective.terms):
         problems.append(
             "objective.terms: the supervised scheme has no teacher; keep only teacher-free terms "
@@ -158,6 +160,37 @@ def _dry_knowledge(
         finally:
             model.train(was_training)
     return knowledge
+
+
+def _reads_input_grad(cfg: ExperimentConfig) -> bool:
+    return any(
+        INPUT_GRAD in tapped_names
+        for t in cfg.objective.terms
+        for tapped_names in (
+            [t.student] if isinstance(t.student, str) else t.student,
+            [t.teacher] if isinstance(t.teacher, str) else t.teacher,
+        )
+    )
+
+
+def _add_input_grads(
+    student, teacher, student_layers, teacher_layers, batch, student_k, teacher_k
+) -> None:
+    """Give the dry knowledge an input gradient too, so terms reading it can be checked."""
+    with (
+        Tap(teacher, teacher_layers, "teacher") as t_tap,
+        Tap(student, student_layers, "student") as s_tap,
+    ):
+        with torch.no_grad():
+            labels = torch.where(
+                batch["target"] >= 0, batch["target"], teacher(batch["input"]).argmax(-1)
+            )
+        teacher_k.feats[INPUT_GRAD] = with_input_grad(
+            t_tap, batch["input"], labels, create_graph=False
+        ).feats[INPUT_GRAD]
+        student_k.feats[INPUT_GRAD] = with_input_grad(
+            s_tap, batch["input"], labels, create_graph=False
+        ).feats[INPUT_GRAD]
 
 
 def check_classes(data: DataSplits, student_k: Knowledge, teacher_k: Knowledge | None) -> None:
@@ -346,6 +379,10 @@ def build(cfg: ExperimentConfig) -> Built:
     if teacher is not None:
         teacher_k = _dry_knowledge(teacher, teacher_layers, batch, f"teacher {cfg.teacher.name}")
     check_classes(data, student_k, teacher_k)
+    if teacher is not None and _reads_input_grad(cfg):
+        _add_input_grads(
+            student, teacher, student_layers, teacher_layers, batch, student_k, teacher_k
+        )
     terms = build_terms(cfg, student_k, teacher_k, batch, len(data.train))
     objective = Objective(
         terms, task_weight=cfg.objective.task_weight, label_smoothing=cfg.objective.label_smoothing

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from distill.taps import Knowledge
+from distill.taps import INPUT_GRAD, Knowledge
 
 
 @dataclass(frozen=True)
@@ -188,7 +188,7 @@ def tapped_layers(wheres: Iterable[str | Sequence[str]]) -> list[str]:
     names = []
     for where in wheres:
         names += [where] if isinstance(where, str) else list(where)
-    return list(dict.fromkeys(n for n in names if n != "logits"))
+    return list(dict.fromkeys(n for n in names if n not in ("logits", INPUT_GRAD)))
 
 
 class Objective(nn.Module):
@@ -218,6 +218,11 @@ class Objective(nn.Module):
 
     def teacher_layers(self) -> list[str]:
         return tapped_layers(t.teacher for t in self.terms)
+
+    def reads_input_grad(self) -> bool:
+        """True when a term reads the input gradient (the scheme must compute it)."""
+        wheres = [w for t in self.terms for w in (t.student, t.teacher)]
+        return any(w == INPUT_GRAD or (not isinstance(w, str) and INPUT_GRAD in w) for w in wheres)
 
     def task_loss(self, logits: Tensor, targets: Tensor) -> Tensor:
         """Cross-entropy averaged over labelled rows; target -1 marks an unlabelled row.

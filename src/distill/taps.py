@@ -17,6 +17,10 @@ from distill.errors import LayerError, did_you_mean
 
 Capture = Literal["output", "input"]
 
+# Knowledge a scheme computes rather than taps: the gradient of the cross-entropy with
+# respect to the input (gradient-based attention, Zagoruyko & Komodakis 2017).
+INPUT_GRAD = "input_grad"
+
 
 @dataclass
 class Knowledge:
@@ -37,6 +41,23 @@ class Knowledge:
 
     def detach(self) -> Knowledge:
         return Knowledge(self.logits.detach(), {k: v.detach() for k, v in self.feats.items()})
+
+
+def with_input_grad(
+    tap: Tap, model_input: Tensor, labels: Tensor, *, create_graph: bool
+) -> Knowledge:
+    """A forward pass that also records d CE(logits, labels) / d input as feats['input_grad'].
+
+    `create_graph=True` keeps the gradient differentiable (for the student, whose loss then
+    back-propagates through it: double backprop); the teacher's is a constant.
+    """
+    x = model_input.detach().requires_grad_(True)
+    with torch.enable_grad():
+        knowledge = tap.run(x)
+        ce = torch.nn.functional.cross_entropy(knowledge.logits.float(), labels, reduction="sum")
+        (grad,) = torch.autograd.grad(ce, x, create_graph=create_graph)
+    knowledge.feats[INPUT_GRAD] = grad
+    return knowledge
 
 
 def layer_names(model: nn.Module) -> list[str]:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
-from distill.losses.contrastive import CRDLoss, InfoNCELoss, SEEDLoss
+from distill.losses.contrastive import CRDLoss, InfoNCELoss, SEEDLoss, WCoRDLoss
 from distill.losses.feature import (
     FactorTransferLoss,
     LayerAttentionLoss,
@@ -21,6 +21,7 @@ from distill.losses.feature import (
     at_loss,
     attention_kl_loss,
     cosine_loss,
+    grad_at_loss,
     nst_loss,
     pkt_loss,
 )
@@ -118,6 +119,9 @@ LOSSES: dict[str, LossSpec] = {
     "at": LossSpec(
         at_loss, "feature", "Zagoruyko & Komodakis 2017, Attention Transfer (activation-based)"
     ),
+    "grad_at": LossSpec(
+        grad_at_loss, "feature", "Zagoruyko & Komodakis 2017, Attention Transfer (gradient-based)"
+    ),
     "nst": LossSpec(nst_loss, "feature", "Huang & Wang 2017, Neuron Selectivity Transfer"),
     "pkt": LossSpec(pkt_loss, "feature", "Passalis & Tefas 2018, Probabilistic Knowledge Transfer"),
     "ft": LossSpec(
@@ -156,6 +160,11 @@ LOSSES: dict[str, LossSpec] = {
         "feature",
         "Hao et al. 2023, One-for-All KD: features to logit space for heterogeneous pairs",
     ),
+    "wcord": LossSpec(
+        WCoRDLoss,
+        "contrastive",
+        "Chen et al. 2021, Wasserstein Contrastive Representation Distillation",
+    ),
 }
 
 __all__ = [
@@ -163,6 +172,7 @@ __all__ = [
     "CRDLoss",
     "InfoNCELoss",
     "SEEDLoss",
+    "WCoRDLoss",
     "FactorTransferLoss",
     "LayerAttentionLoss",
     "OFALoss",
@@ -171,6 +181,7 @@ __all__ = [
     "at_loss",
     "attention_kl_loss",
     "cosine_loss",
+    "grad_at_loss",
     "nst_loss",
     "pkt_loss",
     "cc_loss",

@@ -41,6 +41,24 @@ def at_loss(student: Tensor, teacher: Tensor, *, p: float = 2.0) -> Tensor:
     return (attention_map(student, p) - attention_map(teacher.detach(), p)).pow(2).mean()
 
 
+def grad_at_loss(student_grad: Tensor, teacher_grad: Tensor) -> Tensor:
+    """Gradient-based attention transfer (Zagoruyko & Komodakis 2017, sec. 3.2).
+
+    The attention is J = d CE / d input; the loss is the mean over samples of
+    ||J_s / ||J_s|| - J_t / ||J_t|| ||_2 (the paper scales it by beta / 2 via the weight).
+    Read it with `student: input_grad, teacher: input_grad`: the offline scheme then
+    computes both input gradients, the student's with double backprop.
+    """
+    if student_grad.shape != teacher_grad.shape:
+        raise ValueError(
+            f"grad_at: input gradients differ in shape {tuple(student_grad.shape)} vs {tuple(teacher_grad.shape)}"
+        )
+    n = student_grad.shape[0]
+    s = F.normalize(student_grad.float().reshape(n, -1), dim=1)
+    t = F.normalize(teacher_grad.detach().float().reshape(n, -1), dim=1)
+    return (s - t).norm(dim=1).mean()
+
+
 def _poly_kernel(a: Tensor, b: Tensor) -> Tensor:
     """(N, Ca, Cb) matrix of (a_i . b_j)^2 between the channel vectors of a and b."""
     return (a @ b.transpose(1, 2)).pow(2)

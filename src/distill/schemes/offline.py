@@ -6,7 +6,7 @@ import torch
 from torch import Tensor, nn
 
 from distill.objective import Objective
-from distill.taps import Knowledge, Tap
+from distill.taps import Knowledge, Tap, with_input_grad
 
 
 def freeze(model: nn.Module) -> nn.Module:
@@ -37,10 +37,24 @@ class OfflineKD:
         return self._teacher_tap.run(batch["input"]).detach()
 
     def step(self, batch: dict[str, Tensor], step: int) -> dict[str, Tensor]:
-        teacher = self.teacher_knowledge(batch)
-        student = self._student_tap.run(batch["input"])
+        if self.objective.reads_input_grad():
+            student, teacher = self._with_input_grads(batch)
+        else:
+            teacher = self.teacher_knowledge(batch)
+            student = self._student_tap.run(batch["input"])
         total, components = self.objective(student, teacher, batch, step)
         return {"loss": total, **components}
+
+    def _with_input_grads(self, batch: dict[str, Tensor]) -> tuple[Knowledge, Knowledge]:
+        """Both models' knowledge plus d CE / d input (unlabelled rows use the teacher's top-1)."""
+        with torch.no_grad():
+            guess = self.teacher(batch["input"]).argmax(-1)
+        labels = torch.where(batch["target"] >= 0, batch["target"], guess)
+        teacher = with_input_grad(
+            self._teacher_tap, batch["input"], labels, create_graph=False
+        ).detach()
+        student = with_input_grad(self._student_tap, batch["input"], labels, create_graph=True)
+        return student, teacher
 
     def eval_model(self) -> nn.Module:
         return self.student
