@@ -232,3 +232,34 @@ def test_input_gradient_knowledge_is_d_ce_d_input_and_trains_by_double_backprop(
     losses["loss"].backward()
     assert student[0].weight.grad.abs().sum() > 0  # reached through the gradient (double backprop)
     assert all(p.grad is None for p in teacher.parameters())
+
+
+def test_afd_golden():
+    from distill.losses import AttentionFeatureLoss
+
+    torch.manual_seed(0)
+    s_layers = [torch.randn(2, 3, 4), torch.randn(2, 5)]
+    t_layers = [torch.randn(2, 6), torch.randn(2, 4, 3)]
+    afd = AttentionFeatureLoss([x.shape for x in s_layers], [x.shape for x in t_layers], dim=8)
+    pool = lambda x: x.mean(-1) if x.dim() > 2 else x  # noqa: E731
+    s_p = [pool(x) for x in s_layers]
+    total = 0.0
+    for j, t in enumerate(t_layers):
+        tn = torch.nn.functional.normalize(pool(t), dim=1)
+        q = afd.query[j](tn)
+        per_sample = 0.0
+        for n in range(2):
+            scores = [float(afd.key[i](s_p[i])[n] @ q[n]) / math.sqrt(8) for i in range(2)]
+            w = [math.exp(v) / sum(math.exp(u) for u in scores) for v in scores]
+            errs = [
+                float(
+                    (
+                        (torch.nn.functional.normalize(afd.proj[j][i](s_p[i]), dim=1)[n] - tn[n])
+                        ** 2
+                    ).mean()
+                )
+                for i in range(2)
+            ]
+            per_sample += sum(a * b for a, b in zip(w, errs))
+        total += per_sample / 2
+    assert afd(s_layers, t_layers).item() == pytest.approx(total / 2, rel=1e-5)

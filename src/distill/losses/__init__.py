@@ -13,6 +13,7 @@ from torch import Tensor
 
 from distill.losses.contrastive import CRDLoss, InfoNCELoss, SEEDLoss, WCoRDLoss
 from distill.losses.feature import (
+    AttentionFeatureLoss,
     FactorTransferLoss,
     LayerAttentionLoss,
     OFALoss,
@@ -155,6 +156,11 @@ LOSSES: dict[str, LossSpec] = {
         "feature",
         "Passban et al. 2021, ALP-KD: attention over all teacher layers",
     ),
+    "afd": LossSpec(
+        AttentionFeatureLoss,
+        "feature",
+        "Ji, Heo & Park 2021, Show, Attend and Distill (attention-based feature linking)",
+    ),
     "ofa": LossSpec(
         OFALoss,
         "feature",
@@ -169,6 +175,7 @@ LOSSES: dict[str, LossSpec] = {
 
 __all__ = [
     "LOSSES",
+    "AttentionFeatureLoss",
     "CRDLoss",
     "InfoNCELoss",
     "SEEDLoss",

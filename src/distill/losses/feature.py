@@ -346,3 +346,54 @@ class OFALoss(nn.Module):
         mask = F.one_hot(labels, t.shape[-1]).float()
         weight = (p_t + mask).pow(self.eps) - mask
         return -(weight * F.log_softmax(logits_s / self.temperature, dim=-1)).sum(-1).mean()
+
+
+class AttentionFeatureLoss(nn.Module):
+    """Attention-based feature distillation, pooled form (AFD; Ji, Heo & Park 2021).
+
+    Every teacher layer j chooses which student layers i should imitate it: a query from
+    the teacher feature and a key from each student feature (learned linear maps to
+    `dim`) give weights alpha_ji = softmax_i(q_j . k_i / sqrt(dim)) per sample; each
+    student feature is mapped to teacher j's width by its own linear map, and the loss is
+    mean_j sum_i alpha_ji * mean((unit(P_ij s_i) - unit(t_j))^2). Features are pooled over
+    positions; layer widths may all differ. Reads lists of layers on both sides. (The
+    paper links full feature maps with spatial resizing; this keeps the attention-based
+    linking and works on pooled features.)
+    """
+
+    def __init__(
+        self,
+        student_shape: Sequence[Sequence[int]],
+        teacher_shape: Sequence[Sequence[int]],
+        *,
+        dim: int = 64,
+    ):
+        super().__init__()
+        if not (isinstance(student_shape[0], Sequence) and isinstance(teacher_shape[0], Sequence)):
+            raise ValueError("afd reads lists of layers: set student: [a, b] and teacher: [c, d]")
+        self.query = nn.ModuleList(nn.Linear(t[1], dim) for t in teacher_shape)
+        self.key = nn.ModuleList(nn.Linear(s[1], dim) for s in student_shape)
+        self.proj = nn.ModuleList(
+            nn.ModuleList(nn.Linear(s[1], t[1]) for s in student_shape) for t in teacher_shape
+        )
+        self.dim = dim
+
+    def forward(self, student: Sequence[Tensor], teacher: Sequence[Tensor]) -> Tensor:
+        s_feats = [_pool(x) for x in student]
+        keys = torch.stack([k(s) for k, s in zip(self.key, s_feats)], 1)  # (N, n_s, dim)
+        losses = []
+        for j, t in enumerate(teacher):
+            t = F.normalize(_pool(t.detach()), dim=1)
+            q = self.query[j](t)  # (N, dim)
+            alpha = torch.softmax(
+                (keys @ q.unsqueeze(-1)).squeeze(-1) / self.dim**0.5, dim=1
+            )  # (N, n_s)
+            errors = torch.stack(
+                [
+                    (F.normalize(p(s), dim=1) - t).pow(2).mean(1)
+                    for p, s in zip(self.proj[j], s_feats)
+                ],
+                1,
+            )  # (N, n_s)
+            losses.append((alpha * errors).sum(1).mean())
+        return torch.stack(losses).mean()
