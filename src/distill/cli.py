@@ -100,6 +100,14 @@ def _cmd_methods(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from distill.assess import assess, format_assessment
+
+    result = assess(args.run_dir, teacher_dir=args.teacher, scratch_dir=args.scratch, eps=args.eps)
+    print(json.dumps(result, indent=2) if args.json else format_assessment(result))
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from distill.demo import format_demo, run_demo
 
@@ -156,6 +164,20 @@ def make_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("methods", help="list the losses and schemes with their papers")
     p.add_argument("--json", action="store_true", help="print a JSON list of {name, family, paper}")
     p.set_defaults(fn=_cmd_methods)
+
+    p = sub.add_parser(
+        "eval", help="metrics, robustness and cost of a finished run (writes eval.json)"
+    )
+    p.add_argument("run_dir")
+    p.add_argument("--teacher", help="teacher run dir (default: the run's own teacher, if any)")
+    p.add_argument(
+        "--scratch", help="a scratch student's run dir: per-class comparison, negative transfer"
+    )
+    p.add_argument(
+        "--eps", type=float, nargs="+", default=[0.01, 0.03, 0.1], help="FGSM/PGD budgets"
+    )
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=_cmd_eval)
 
     p = sub.add_parser(
         "demo", help="teacher, scratch student and distilled student, compared in one table"

@@ -1,14 +1,16 @@
-"""Evaluation of a classifier on a dataset: accuracy, NLL and teacher agreement."""
+"""Evaluation of a classifier on a dataset: predictions, accuracy and NLL."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from distill.data import load_batch
+from distill.metrics import agreement, nll, topk_accuracy
+
+__all__ = ["agreement", "classification_metrics", "evaluate", "predict_logits", "targets_of"]
 
 
 @torch.no_grad()
@@ -35,15 +37,7 @@ def targets_of(dataset: Any) -> Tensor:
 
 
 def classification_metrics(logits: Tensor, targets: Tensor) -> dict[str, float]:
-    return {
-        "acc": (logits.argmax(-1) == targets).float().mean().item(),
-        "nll": F.cross_entropy(logits, targets).item(),
-    }
-
-
-def agreement(student_logits: Tensor, teacher_logits: Tensor) -> float:
-    """Fraction of samples where student and teacher predict the same top-1 class."""
-    return (student_logits.argmax(-1) == teacher_logits.argmax(-1)).float().mean().item()
+    return {"acc": topk_accuracy(logits, targets, 1), "nll": nll(logits, targets)}
 
 
 def evaluate(

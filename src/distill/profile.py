@@ -15,6 +15,24 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+@torch.no_grad()
+def count_flops(model: nn.Module, input_shape: Sequence[int]) -> int:
+    """FLOPs of one forward pass on one sample, from PyTorch's flop counter (a MAC = 2 FLOPs).
+
+    Counts the operators the counter knows (matmuls, convolutions, ...); elementwise ops
+    such as ReLU are not counted, as in most papers' tables.
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    was_training = model.training
+    model.eval()
+    counter = FlopCounterMode(display=False)
+    with counter:
+        model(torch.zeros(1, *input_shape))
+    model.train(was_training)
+    return int(counter.get_total_flops())
+
+
 def file_size(path: str | Path) -> int:
     return Path(path).stat().st_size
 

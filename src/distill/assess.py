@@ -1,0 +1,157 @@
+"""`distill eval`: everything a user needs to decide whether to ship a trained student.
+
+Task quality, fidelity to the teacher, calibration, robustness, per-class accuracy against
+the teacher and a scratch baseline (negative transfer), and cost. Reads a run dir (its
+config.yaml and best weights), writes `eval.json` there.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from distill.build import load_data, weights_path
+from distill.checkpoint import atomic_write_text, load_into, load_weights
+from distill.config import ModelConfig, load_config
+from distill.data import DataSplits
+from distill.errors import ConfigError
+from distill.evaluate import predict_logits, targets_of
+from distill.metrics import classification_report, negative_transfer
+from distill.models import build_model
+from distill.profile import count_flops, count_parameters, file_size, latency_ms
+from distill.robustness import robustness_report
+
+
+def load_run(run_dir: str | Path) -> tuple[nn.Module, DataSplits, Path]:
+    """The best model of a finished run, its data splits, and its weights file."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.yaml").is_file():
+        raise ConfigError(
+            f"{str(run_dir)!r} is not a run dir (no config.yaml); give the dir `distill run` wrote"
+        )
+    cfg = load_config(run_dir / "config.yaml")
+    data = load_data(cfg.data)
+    path = weights_path(str(run_dir))
+    model = _load_model(cfg.student, data, path, "student")
+    return model, data, path
+
+
+def _load_model(spec: ModelConfig, data: DataSplits, path: Path, role: str) -> nn.Module:
+    model = build_model(spec.name, data.input_shape, data.num_classes, spec.args)
+    load_into(model, load_weights(path)[0], f"{role} {spec.name!r}")
+    return model.eval()
+
+
+def _teacher_of(run_dir: Path, data: DataSplits) -> nn.Module | None:
+    cfg = load_config(run_dir / "config.yaml")
+    if cfg.teacher is None or cfg.teacher.weights is None:
+        return None
+    return _load_model(cfg.teacher, data, weights_path(cfg.teacher.weights), "teacher")
+
+
+def activation_bytes(model: nn.Module, input_shape: Sequence[int]) -> int:
+    """Bytes of every leaf module's output for one sample (an upper bound on live activations)."""
+    total = 0
+
+    def hook(_m: nn.Module, _i: object, out: object) -> None:
+        nonlocal total
+        if isinstance(out, torch.Tensor):
+            total += out.numel() * out.element_size()
+
+    leaves = [m for m in model.modules() if not list(m.children())]
+    handles = [m.register_forward_hook(hook) for m in leaves]
+    with torch.no_grad():
+        model(torch.zeros(1, *input_shape))
+    for h in handles:
+        h.remove()
+    return total
+
+
+def cost_report(
+    model: nn.Module, input_shape: Sequence[int], weights_file: Path
+) -> dict[str, float]:
+    single = latency_ms(model, input_shape, batch_size=1)
+    batched = latency_ms(model, input_shape, batch_size=256, warmup=3, repeats=20)
+    return {
+        "params": count_parameters(model),
+        "size_bytes": file_size(weights_file),
+        "flops": count_flops(model, input_shape),
+        "latency_p50_ms": single["p50_ms"],
+        "latency_p95_ms": single["p95_ms"],
+        "throughput_per_s": batched["samples_per_s"],
+        "param_bytes": sum(p.numel() * p.element_size() for p in model.parameters()),
+        "activation_bytes": activation_bytes(model, input_shape),
+    }
+
+
+def assess(
+    run_dir: str | Path,
+    *,
+    teacher_dir: str | Path | None = None,
+    scratch_dir: str | Path | None = None,
+    eps: Sequence[float] = (0.01, 0.03, 0.1),
+    robustness_samples: int = 500,
+) -> dict[str, Any]:
+    """All metrics for the run's best weights on its test split; written to run_dir/eval.json."""
+    run_dir = Path(run_dir)
+    model, data, weights_file = load_run(run_dir)
+    teacher = load_run(teacher_dir)[0] if teacher_dir is not None else _teacher_of(run_dir, data)
+    test, targets = data.test, targets_of(data.test)
+    logits = predict_logits(model, test)
+    teacher_logits = predict_logits(teacher, test) if teacher is not None else None
+    out: dict[str, Any] = {"run_dir": str(run_dir), "test_samples": len(test)}
+    out["metrics"] = classification_report(logits, targets, teacher_logits)
+    if teacher_logits is not None:
+        out["teacher"] = {
+            "top1": classification_report(teacher_logits, targets)["top1"],
+            "per_class": classification_report(teacher_logits, targets)["per_class"],
+        }
+    if scratch_dir is not None:
+        scratch_logits = predict_logits(load_run(scratch_dir)[0], test)
+        scratch_pc = classification_report(scratch_logits, targets)["per_class"]
+        out["scratch"] = {"per_class": scratch_pc}
+        out["negative_transfer"] = negative_transfer(out["metrics"]["per_class"], scratch_pc)
+    n = min(robustness_samples, len(test))
+    x, y = test.inputs[:n], targets[:n]
+    out["robustness"] = robustness_report(model, x, y, eps=eps)
+    out["cost"] = cost_report(model, data.input_shape, weights_file)
+    atomic_write_text(run_dir / "eval.json", json.dumps(out, indent=2))
+    return out
+
+
+def format_assessment(result: dict[str, Any]) -> str:
+    m, c = result["metrics"], result["cost"]
+    lines = [f"{result['run_dir']}: {result['test_samples']} test samples"]
+    lines.append(
+        f"  top-1 {100 * m['top1']:.2f}%  top-5 {100 * m['top5']:.2f}%  NLL {m['nll']:.4f}  "
+        f"Brier {m['brier']:.4f}  ECE {100 * m['ece']:.2f}%"
+    )
+    if "agreement" in m:
+        lines.append(
+            f"  teacher: top-1 {100 * result['teacher']['top1']:.2f}%  agreement {100 * m['agreement']:.2f}%  "
+            f"KL(teacher||student) {m['teacher_kl']:.4f}"
+        )
+    lines.append(
+        "  robustness: " + "  ".join(f"{k} {100 * v:.1f}%" for k, v in result["robustness"].items())
+    )
+    lines.append(
+        f"  cost: {c['params']:,} params  {c['size_bytes'] / 1024:.1f} KiB  {c['flops'] / 1e6:.3f} MFLOPs  "
+        f"latency p50 {1000 * c['latency_p50_ms']:.0f} us / p95 {1000 * c['latency_p95_ms']:.0f} us  "
+        f"{c['throughput_per_s']:,.0f} samples/s at batch 256"
+    )
+    if "negative_transfer" in result:
+        worse = result["negative_transfer"]
+        lines.append(
+            "  negative transfer: "
+            + (
+                ", ".join(f"class {w['class']} {100 * w['change']:+.1f} pts" for w in worse)
+                if worse
+                else "none (no class got worse than scratch)"
+            )
+        )
+    return "\n".join(lines)

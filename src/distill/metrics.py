@@ -1,0 +1,110 @@
+"""Metrics for a classifier and its teacher: task quality, fidelity, calibration, per class.
+
+All functions take logits (N, C) and integer targets (N,) as tensors and return floats or
+small dicts, so they can be tested on cases with known answers and reused by reports.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def topk_accuracy(logits: Tensor, targets: Tensor, k: int = 1) -> float:
+    """Fraction of samples whose target is among the k highest logits."""
+    k = min(k, logits.shape[-1])
+    top = logits.topk(k, dim=-1).indices
+    return (top == targets.unsqueeze(-1)).any(-1).float().mean().item()
+
+
+def nll(logits: Tensor, targets: Tensor) -> float:
+    """Mean negative log-likelihood of the targets (cross-entropy)."""
+    return F.cross_entropy(logits.float(), targets).item()
+
+
+def brier_score(logits: Tensor, targets: Tensor) -> float:
+    """Brier 1950: mean over samples of sum_c (p_c - 1[c = y])^2; 0 is perfect, 2 is worst."""
+    probs = logits.float().softmax(-1)
+    onehot = F.one_hot(targets, probs.shape[-1]).float()
+    return (probs - onehot).pow(2).sum(-1).mean().item()
+
+
+def teacher_kl(student_logits: Tensor, teacher_logits: Tensor, temperature: float = 1.0) -> float:
+    """Mean KL(p_teacher || p_student) at `temperature` (no T^2 factor): fidelity to the teacher."""
+    log_s = F.log_softmax(student_logits.float() / temperature, -1)
+    log_t = F.log_softmax(teacher_logits.float() / temperature, -1)
+    return (log_t.exp() * (log_t - log_s)).sum(-1).mean().item()
+
+
+def agreement(student_logits: Tensor, teacher_logits: Tensor) -> float:
+    """Fraction of samples where student and teacher predict the same top-1 class."""
+    return (student_logits.argmax(-1) == teacher_logits.argmax(-1)).float().mean().item()
+
+
+def reliability(logits: Tensor, targets: Tensor, bins: int = 15) -> dict[str, list[float]]:
+    """Per confidence bin (equal width on [0, 1]): count, mean confidence, accuracy."""
+    probs = logits.float().softmax(-1)
+    confidence, predicted = probs.max(-1)
+    correct = (predicted == targets).float()
+    # bin b holds confidences in (b/bins, (b+1)/bins]; confidence 0 cannot occur for a max prob.
+    index = (confidence * bins).ceil().long().clamp(1, bins) - 1
+    count = torch.bincount(index, minlength=bins).float()
+    conf_sum = torch.zeros(bins).index_add_(0, index, confidence)
+    acc_sum = torch.zeros(bins).index_add_(0, index, correct)
+    safe = count.clamp_min(1)
+    return {
+        "count": count.tolist(),
+        "confidence": (conf_sum / safe).tolist(),
+        "accuracy": (acc_sum / safe).tolist(),
+    }
+
+
+def expected_calibration_error(logits: Tensor, targets: Tensor, bins: int = 15) -> float:
+    """ECE (Naeini et al. 2015; Guo et al. 2017): sum_b |B_b|/N * |acc(B_b) - conf(B_b)|."""
+    r = reliability(logits, targets, bins)
+    n = sum(r["count"])
+    return sum(c / n * abs(a - f) for c, a, f in zip(r["count"], r["accuracy"], r["confidence"]))
+
+
+def per_class_accuracy(
+    logits: Tensor, targets: Tensor, num_classes: int | None = None
+) -> list[float]:
+    """Accuracy within each true class (NaN for a class absent from `targets`)."""
+    num_classes = num_classes or logits.shape[-1]
+    correct = (logits.argmax(-1) == targets).float()
+    totals = torch.bincount(targets, minlength=num_classes).float()
+    hits = torch.zeros(num_classes).index_add_(0, targets, correct)
+    return torch.where(
+        totals > 0, hits / totals.clamp_min(1), torch.full_like(totals, float("nan"))
+    ).tolist()
+
+
+def negative_transfer(
+    distilled: list[float], scratch: list[float], margin: float = 0.0
+) -> list[dict[str, float]]:
+    """Classes where the distilled student is worse than the scratch student by more than `margin`."""
+    return [
+        {"class": c, "distilled": d, "scratch": s, "change": d - s}
+        for c, (d, s) in enumerate(zip(distilled, scratch))
+        if d == d and s == s and d < s - margin  # d == d skips NaN
+    ]
+
+
+def classification_report(
+    logits: Tensor, targets: Tensor, teacher_logits: Tensor | None = None, *, bins: int = 15
+) -> dict:
+    """Every task, calibration and (with a teacher) fidelity metric in one dict."""
+    out = {
+        "top1": topk_accuracy(logits, targets, 1),
+        "top5": topk_accuracy(logits, targets, 5),
+        "nll": nll(logits, targets),
+        "brier": brier_score(logits, targets),
+        "ece": expected_calibration_error(logits, targets, bins),
+        "reliability": reliability(logits, targets, bins),
+        "per_class": per_class_accuracy(logits, targets),
+    }
+    if teacher_logits is not None:
+        out["agreement"] = agreement(logits, teacher_logits)
+        out["teacher_kl"] = teacher_kl(logits, teacher_logits)
+    return out
