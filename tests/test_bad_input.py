@@ -352,6 +352,7 @@ CASES = [
         setup="prior_run",
     ),
     # ---------------------------------------------------------------- CLI misuse
+    Case("eval-not-a-run-dir", ["eval", "nowhere"], ["'nowhere' is not a run dir"]),
     Case(
         "layers-bad-json",
         ["layers", "mlp", "--args", "{hidden: 3"],
