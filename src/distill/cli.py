@@ -108,6 +108,14 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_report(args: argparse.Namespace) -> int:
+    from distill.report import write_report
+
+    paths = write_report(args.run_dirs, args.out)
+    print(f"wrote {paths['markdown']} and {paths['html']}")
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from distill.demo import format_demo, run_demo
 
@@ -178,6 +186,11 @@ def make_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=_cmd_eval)
+
+    p = sub.add_parser("report", help="Markdown + self-contained HTML report comparing runs")
+    p.add_argument("run_dirs", nargs="+")
+    p.add_argument("--out", default="report", help="output dir (report.md, report.html, PNGs)")
+    p.set_defaults(fn=_cmd_report)
 
     p = sub.add_parser(
         "demo", help="teacher, scratch student and distilled student, compared in one table"

@@ -1,0 +1,241 @@
+"""`distill report`: Markdown and self-contained HTML comparing finished runs.
+
+Training curves, a metrics table, reliability diagrams, accuracy against latency and
+against size (with the Pareto front), and per-class accuracy. Plots are PNGs (matplotlib,
+Agg backend) saved next to report.md and embedded as data URIs in report.html, so the
+HTML file is one self-contained page.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+from distill.checkpoint import atomic_write_bytes, atomic_write_text
+from distill.errors import ConfigError
+
+COLUMNS = [
+    ("run", "run"),
+    ("top1", "top-1 %"),
+    ("nll", "NLL"),
+    ("ece", "ECE %"),
+    ("agreement", "agreement %"),
+    ("params", "params"),
+    ("size_kib", "size KiB"),
+    ("flops_m", "MFLOPs"),
+    ("latency_us", "latency p50 us"),
+]
+
+
+def _load_run(run_dir: Path) -> dict[str, Any]:
+    from distill.assess import assess
+
+    if not (run_dir / "config.yaml").is_file():
+        raise ConfigError(f"{str(run_dir)!r} is not a run dir (no config.yaml)")
+    curves = []
+    if (run_dir / "metrics.jsonl").is_file():
+        curves = [
+            json.loads(line)
+            for line in (run_dir / "metrics.jsonl").read_text().splitlines()
+            if line.strip()
+        ]
+    evaluation = (
+        json.loads((run_dir / "eval.json").read_text())
+        if (run_dir / "eval.json").is_file()
+        else assess(run_dir)
+    )
+    return {"name": run_dir.name, "dir": str(run_dir), "curves": curves, "eval": evaluation}
+
+
+def _row(run: dict[str, Any]) -> dict[str, str]:
+    m, c = run["eval"]["metrics"], run["eval"]["cost"]
+    return {
+        "run": run["name"],
+        "top1": f"{100 * m['top1']:.2f}",
+        "nll": f"{m['nll']:.4f}",
+        "ece": f"{100 * m['ece']:.2f}",
+        "agreement": f"{100 * m['agreement']:.2f}" if "agreement" in m else "-",
+        "params": f"{c['params']:,}",
+        "size_kib": f"{c['size_bytes'] / 1024:.1f}",
+        "flops_m": f"{c['flops'] / 1e6:.3f}",
+        "latency_us": f"{1000 * c['latency_p50_ms']:.0f}",
+    }
+
+
+def pareto_front(points: list[tuple[float, float]]) -> list[int]:
+    """Indices of points not dominated in (lower cost x, higher accuracy y), sorted by cost."""
+    order = sorted(range(len(points)), key=lambda i: (points[i][0], -points[i][1]))
+    front, best = [], float("-inf")
+    for i in order:
+        if points[i][1] > best:
+            front.append(i)
+            best = points[i][1]
+    return front
+
+
+def _figures(runs: list[dict[str, Any]]) -> dict[str, bytes]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    def png(fig) -> bytes:
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+        plt.close(fig)
+        return buf.getvalue()
+
+    out: dict[str, bytes] = {}
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.5))
+    for run in runs:
+        epochs = [r["epoch"] for r in run["curves"]]
+        ax1.plot(
+            epochs, [r.get("train_loss", float("nan")) for r in run["curves"]], label=run["name"]
+        )
+        ax2.plot(
+            epochs, [100 * r.get("val_acc", float("nan")) for r in run["curves"]], label=run["name"]
+        )
+    ax1.set(xlabel="epoch", ylabel="train loss", title="Training loss")
+    ax2.set(xlabel="epoch", ylabel="val accuracy %", title="Validation accuracy")
+    ax2.legend(fontsize=8)
+    out["curves"] = png(fig)
+
+    fig, axes = plt.subplots(1, len(runs), figsize=(3.2 * len(runs), 3.2), squeeze=False)
+    for ax, run in zip(axes[0], runs):
+        rel = run["eval"]["metrics"]["reliability"]
+        bins = len(rel["count"])
+        centers = [(b + 0.5) / bins for b in range(bins)]
+        acc = [a if c else 0.0 for a, c in zip(rel["accuracy"], rel["count"])]
+        ax.bar(centers, acc, width=1 / bins, edgecolor="black", alpha=0.7)
+        ax.plot([0, 1], [0, 1], "k--", lw=1)
+        ax.set(
+            xlim=(0, 1),
+            ylim=(0, 1),
+            xlabel="confidence",
+            ylabel="accuracy",
+            title=f"{run['name']}\nECE {100 * run['eval']['metrics']['ece']:.2f}%",
+        )
+    out["reliability"] = png(fig)
+
+    for key, cost, label in (
+        ("pareto_latency", "latency_p50_ms", "latency p50 (ms)"),
+        ("pareto_size", "size_bytes", "size on disk (KiB)"),
+    ):
+        scale = 1 / 1024 if cost == "size_bytes" else 1.0
+        points = [
+            (run["eval"]["cost"][cost] * scale, 100 * run["eval"]["metrics"]["top1"])
+            for run in runs
+        ]
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        for (x, y), run in zip(points, runs):
+            ax.scatter(x, y)
+            ax.annotate(run["name"], (x, y), fontsize=8, xytext=(3, 3), textcoords="offset points")
+        front = pareto_front(points)
+        ax.plot(
+            [points[i][0] for i in front],
+            [points[i][1] for i in front],
+            "k--",
+            lw=1,
+            label="Pareto front",
+        )
+        ax.set(xlabel=label, ylabel="test top-1 %", title=f"Accuracy vs {label.split(' (')[0]}")
+        ax.legend(fontsize=8)
+        out[key] = png(fig)
+
+    fig, ax = plt.subplots(
+        figsize=(max(6, 0.6 * len(runs[0]["eval"]["metrics"]["per_class"])), 3.5)
+    )
+    width = 0.8 / len(runs)
+    for k, run in enumerate(runs):
+        per_class = run["eval"]["metrics"]["per_class"]
+        ax.bar(
+            [c + k * width for c in range(len(per_class))],
+            [100 * v for v in per_class],
+            width,
+            label=run["name"],
+        )
+    ax.set(xlabel="class", ylabel="accuracy %", title="Per-class test accuracy")
+    ax.legend(fontsize=8)
+    out["per_class"] = png(fig)
+    return out
+
+
+TITLES = {
+    "curves": "Training curves",
+    "reliability": "Reliability diagrams",
+    "pareto_latency": "Accuracy vs latency",
+    "pareto_size": "Accuracy vs size",
+    "per_class": "Per-class accuracy",
+}
+
+
+def _markdown(runs: list[dict[str, Any]], rows: list[dict[str, str]]) -> str:
+    lines = [
+        "# distill report",
+        "",
+        "| " + " | ".join(t for _, t in COLUMNS) + " |",
+        "|" + " --- |" * len(COLUMNS),
+    ]
+    lines += ["| " + " | ".join(r[k] for k, _ in COLUMNS) + " |" for r in rows]
+    for key, title in TITLES.items():
+        lines += ["", f"## {title}", "", f"![{title}]({key}.png)"]
+    negative = [
+        (run["name"], run["eval"]["negative_transfer"])
+        for run in runs
+        if run["eval"].get("negative_transfer")
+    ]
+    if negative:
+        lines += ["", "## Negative transfer (classes worse than the scratch student)", ""]
+        lines += [
+            f"- {name}: "
+            + ", ".join(f"class {w['class']} {100 * w['change']:+.1f} pts" for w in worse)
+            for name, worse in negative
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def _html(rows: list[dict[str, str]], figures: dict[str, bytes]) -> str:
+    head = "".join(f"<th>{html.escape(t)}</th>" for _, t in COLUMNS)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(r[k])}</td>" for k, _ in COLUMNS) + "</tr>"
+        for r in rows
+    )
+    plots = "".join(
+        f'<section><h2>{html.escape(TITLES[k])}</h2><img class="plot" alt="{html.escape(TITLES[k])}" '
+        f'src="data:image/png;base64,{base64.b64encode(v).decode()}"></section>'
+        for k, v in figures.items()
+    )
+    # A small self-check the browser test reads: how many plots decoded and are on screen.
+    script = (
+        "<script>window.addEventListener('load',()=>{const imgs=[...document.querySelectorAll('img.plot')];"
+        "document.body.dataset.plotsVisible=imgs.filter(i=>i.naturalWidth>0&&i.getBoundingClientRect().width>0).length;"
+        "document.body.dataset.tables=document.querySelectorAll('table tr').length;});</script>"
+    )
+    style = (
+        "body{font-family:sans-serif;margin:2em;max-width:1100px}table{border-collapse:collapse}"
+        "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}img{max-width:100%}"
+    )
+    return (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>distill report</title><style>{style}</style>"
+        f"</head><body><h1>distill report</h1><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+        f"{plots}{script}</body></html>"
+    )
+
+
+def write_report(run_dirs: list[str | Path], out: str | Path) -> dict[str, Path]:
+    """Write report.md (+ PNGs) and a self-contained report.html into `out`."""
+    if not run_dirs:
+        raise ConfigError("give at least one run dir to report on")
+    runs = [_load_run(Path(d)) for d in run_dirs]
+    rows = [_row(r) for r in runs]
+    figures = _figures(runs)
+    out = Path(out)
+    for key, data in figures.items():
+        atomic_write_bytes(out / f"{key}.png", data)
+    atomic_write_text(out / "report.md", _markdown(runs, rows))
+    atomic_write_text(out / "report.html", _html(rows, figures))
+    return {"markdown": out / "report.md", "html": out / "report.html"}

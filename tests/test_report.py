@@ -1,0 +1,82 @@
+"""distill report: files, contents, and a real render in headless Chromium."""
+
+import os
+import shutil
+import subprocess
+
+import pytest
+from helpers import synthetic_cfg
+
+from distill.cli import main
+from distill.config import parse_config
+from distill.report import pareto_front
+from distill.run import run_experiment
+
+
+def test_pareto_front():
+    points = [(1.0, 80.0), (2.0, 85.0), (1.5, 79.0), (3.0, 84.0), (0.5, 70.0)]
+    assert pareto_front(points) == [4, 0, 1]  # (1.5, 79) and (3, 84) are dominated
+
+
+@pytest.fixture(scope="module")
+def report_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("report")
+    for name, epochs in (("small", 1), ("longer", 3)):
+        run_experiment(parse_config(synthetic_cfg(root / name, train={"epochs": epochs})))
+    assert (
+        main(["report", str(root / "small"), str(root / "longer"), "--out", str(root / "out")]) == 0
+    )
+    return root / "out"
+
+
+def test_report_files(report_dir):
+    md = (report_dir / "report.md").read_text()
+    assert "| run | top-1 % |" in md and "| small |" in md and "| longer |" in md
+    for key in ("curves", "reliability", "pareto_latency", "pareto_size", "per_class"):
+        assert f"({key}.png)" in md
+        assert (report_dir / f"{key}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    page = (report_dir / "report.html").read_text()
+    assert page.count("data:image/png;base64,") == 5 and 'src="http' not in page  # self-contained
+
+
+def _chromium() -> str:
+    """Debian's chromium; the test set-up installs it when missing (CI runs as root)."""
+    path = shutil.which("chromium")
+    if path:
+        return path
+    if os.geteuid() != 0:
+        pytest.fail("the browser test needs Debian's chromium: apt-get install -y chromium")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    subprocess.run(["apt-get", "update", "-qq"], check=True, env=env, capture_output=True)
+    subprocess.run(
+        ["apt-get", "install", "-y", "-qq", "chromium"], check=True, env=env, capture_output=True
+    )
+    return shutil.which("chromium") or pytest.fail("chromium did not install")
+
+
+def test_report_renders_in_a_real_browser(report_dir, tmp_path):
+    flags = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        "--virtual-time-budget=5000",
+    ]
+    page = (report_dir / "report.html").resolve().as_uri()
+    dom = subprocess.run(
+        [_chromium(), *flags, "--dump-dom", page], capture_output=True, text=True, timeout=120
+    ).stdout
+    assert 'data-plots-visible="5"' in dom  # all 5 plots decoded and laid out with a width
+    assert 'data-tables="3"' in dom  # header + 2 runs
+    shot = tmp_path / "shot.png"
+    subprocess.run(
+        [_chromium(), *flags, f"--screenshot={shot}", "--window-size=1200,2400", page],
+        capture_output=True,
+        timeout=120,
+    )
+    assert shot.is_file() and shot.stat().st_size > 20_000  # a rendered page, not a blank one
