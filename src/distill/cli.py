@@ -116,6 +116,18 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from distill.bench import run_bench
+
+    rows = run_bench(args.spec)
+    for r in rows:
+        print(
+            f"{r['pair']:10s} {r['method']:14s} {r['mean']:6.2f} +- {r['std']:.2f}  vs scratch {r['vs_scratch']:+.2f}"
+            f" (p={r['p_scratch']:.3f})  vs KD {r['vs_kd']:+.2f}"
+        )
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from distill.demo import format_demo, run_demo
 
@@ -191,6 +203,10 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dirs", nargs="+")
     p.add_argument("--out", default="report", help="output dir (report.md, report.html, PNGs)")
     p.set_defaults(fn=_cmd_report)
+
+    p = sub.add_parser("bench", help="methods x pairs x seeds under one recipe -> leaderboard")
+    p.add_argument("spec", help="a bench spec YAML (see benchmarks/mnist1d_methods.yaml)")
+    p.set_defaults(fn=_cmd_bench)
 
     p = sub.add_parser(
         "demo", help="teacher, scratch student and distilled student, compared in one table"

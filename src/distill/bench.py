@@ -1,0 +1,267 @@
+"""`distill bench SPEC.yaml`: methods x teacher/student pairs x seeds under one recipe.
+
+A spec names a base config (the shared recipe), the methods (example configs or inline
+objectives), optional teacher/student pairs and the seeds. Runs go to
+`<out>/<pair>/<method>/seed<k>`; a run with a results.json is never redone, so an
+interrupted sweep resumes where it stopped. Results are aggregated into a leaderboard
+(Markdown, CSV, HTML with a plot): mean +- std, a 95% confidence interval, Welch's t-test
+against the scratch student and against plain KD, and a negative-transfer flag.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import statistics
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import Field
+
+from distill.build import name_problems
+from distill.checkpoint import atomic_write_text
+from distill.config import parse_config
+from distill.errors import ConfigError
+from distill.settings import Strict
+
+KD_OBJECTIVE = {
+    "task_weight": 0.1,
+    "terms": [{"loss": "kd", "weight": 0.9, "args": {"temperature": 4.0}}],
+}
+
+
+class PairSpec(Strict):
+    name: str
+    teacher: dict[str, Any]  # name, args, optional weights (trained from the recipe if absent)
+    student: dict[str, Any]
+
+
+class BenchSpec(Strict):
+    name: str = "bench"
+    base: str  # a config file: data, train, and the default teacher/student
+    out: str = "runs/bench"
+    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2])
+    jobs: int = Field(1, ge=1)
+    overrides: dict[str, Any] = {}  # merged into the base, e.g. {train: {epochs: 20}}
+    methods: dict[str, str | dict[str, Any]]  # name -> examples/x.yaml or an inline objective
+    pairs: list[PairSpec] = []
+
+
+def _merge(a: dict, b: dict) -> dict:
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _objective(method: str | dict[str, Any], root: Path) -> tuple[str, dict[str, Any]]:
+    """(scheme, objective) for a method given as a config path or an inline objective."""
+    if isinstance(method, dict):
+        return "offline", method
+    path = (root / method) if not Path(method).is_absolute() else Path(method)
+    if not path.is_file():
+        raise ConfigError(f"bench method file {str(path)!r} does not exist")
+    cfg = yaml.safe_load(path.read_text())
+    return cfg.get("scheme", "offline"), cfg.get("objective", {})
+
+
+def plan(spec: BenchSpec, root: Path) -> tuple[list[dict], list[tuple[str, str, int, dict]]]:
+    """Teacher configs to train, and (pair, method, seed, config) for every run."""
+    base = _merge(yaml.safe_load((root / spec.base).read_text()), spec.overrides)
+    pairs = spec.pairs or [PairSpec(name="pair", teacher=base["teacher"], student=base["student"])]
+    out = Path(spec.out)
+    teachers, runs = [], []
+    methods = {"scratch": {"__scratch__": True}, "kd": KD_OBJECTIVE, **spec.methods}
+    for pair in pairs:
+        teacher = dict(pair.teacher)
+        given = teacher.get("weights")
+        if not given or not (Path(given).is_file() or (Path(given) / "checkpoints").is_dir()):
+            teacher_dir = out / pair.name / "teacher"
+            teachers.append(
+                {
+                    **base,
+                    "name": f"{pair.name}-teacher",
+                    "run_dir": str(teacher_dir),
+                    "scheme": "supervised",
+                    "objective": {},
+                    "teacher": None,
+                    "student": {k: v for k, v in teacher.items() if k != "weights"},
+                    "train": {**base["train"], "seed": 0, "progress": False},
+                }
+            )
+            teacher["weights"] = str(teacher_dir)
+        for method, objective in methods.items():
+            if isinstance(objective, dict) and objective.get("__scratch__"):
+                scheme, objective, with_teacher = "supervised", {}, None
+            else:
+                scheme, objective = _objective(objective, root)
+                with_teacher = teacher if scheme == "offline" else None
+            for seed in spec.seeds:
+                cfg = {
+                    **base,
+                    "name": f"{pair.name}-{method}-{seed}",
+                    "run_dir": str(out / pair.name / method / f"seed{seed}"),
+                    "scheme": scheme,
+                    "objective": objective,
+                    "teacher": with_teacher,
+                    "student": pair.student,
+                    "train": {**base["train"], "seed": seed, "progress": False},
+                }
+                problems = name_problems(
+                    parse_config(cfg)
+                )  # a bad method fails before anything trains
+                if problems:
+                    raise ConfigError(f"bench method {method!r}: " + "; ".join(problems))
+                runs.append((pair.name, method, seed, cfg))
+    return teachers, runs
+
+
+def _run_one(cfg: dict) -> float:
+    import torch
+
+    from distill.run import run_experiment
+
+    torch.set_num_threads(1)  # one core per worker
+    done = Path(cfg["run_dir"]) / "results.json"
+    if done.is_file():  # finished earlier: a resumed sweep does not redo it
+        return json.loads(done.read_text())["test_acc"]
+    return run_experiment(parse_config(cfg), overwrite=True)["test_acc"]
+
+
+def welch_p(a: list[float], b: list[float]) -> float:
+    """Two-sided p-value of Welch's t-test (nan when either side has fewer than 2 values)."""
+    if len(a) < 2 or len(b) < 2:
+        return float("nan")
+    from scipy import stats
+
+    if statistics.pvariance(a) == 0 and statistics.pvariance(b) == 0:
+        return 1.0 if statistics.mean(a) == statistics.mean(b) else 0.0
+    return float(stats.ttest_ind(a, b, equal_var=False).pvalue)
+
+
+def ci95(values: list[float]) -> float:
+    """Half-width of the 95% confidence interval of the mean (Student's t)."""
+    if len(values) < 2:
+        return float("nan")
+    from scipy import stats
+
+    return float(
+        stats.t.ppf(0.975, len(values) - 1) * statistics.stdev(values) / math.sqrt(len(values))
+    )
+
+
+def aggregate(results: dict[tuple[str, str], list[float]]) -> list[dict[str, Any]]:
+    rows = []
+    for (pair, method), accs in results.items():
+        scratch, kd = results.get((pair, "scratch"), []), results.get((pair, "kd"), [])
+        mean = statistics.mean(accs)
+        rows.append(
+            {
+                "pair": pair,
+                "method": method,
+                "n": len(accs),
+                "mean": mean,
+                "std": statistics.stdev(accs) if len(accs) > 1 else 0.0,
+                "ci95": ci95(accs),
+                "vs_scratch": mean - statistics.mean(scratch) if scratch else float("nan"),
+                "p_scratch": welch_p(accs, scratch) if method != "scratch" else float("nan"),
+                "vs_kd": mean - statistics.mean(kd) if kd else float("nan"),
+                "p_kd": welch_p(accs, kd) if method != "kd" else float("nan"),
+                "negative_transfer": bool(scratch)
+                and method != "scratch"
+                and mean < statistics.mean(scratch),
+            }
+        )
+    return sorted(rows, key=lambda r: (r["pair"], -r["mean"]))
+
+
+def write_leaderboard(rows: list[dict[str, Any]], out: Path, title: str, wall_s: float) -> None:
+    fmt = lambda v: "-" if v != v else f"{v:.3f}"  # noqa: E731  (nan -> '-')
+    lines = [
+        f"# {title}",
+        "",
+        f"{len(rows)} entries; wall time {wall_s / 60:.1f} min. Accuracy in %, "
+        "CI = 95% confidence interval of the mean; p = Welch's t-test.",
+        "",
+        "| pair | method | n | mean | std | CI95 | vs scratch | p | vs KD | p | negative transfer |",
+        "|" + " --- |" * 11,
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['pair']} | {r['method']} | {r['n']} | {r['mean']:.2f} | {r['std']:.2f} | ±{fmt(r['ci95'])} | "
+            f"{r['vs_scratch']:+.2f} | {fmt(r['p_scratch'])} | {r['vs_kd']:+.2f} | {fmt(r['p_kd'])} | "
+            f"{'yes' if r['negative_transfer'] else ''} |"
+        )
+    atomic_write_text(out / "leaderboard.md", "\n".join(lines) + "\n")
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(out / "leaderboard.csv", buf.getvalue())
+    atomic_write_text(out / "leaderboard.html", _html(rows, title))
+
+
+def _html(rows: list[dict[str, Any]], title: str) -> str:
+    import base64
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 0.35 * len(rows) + 1))
+    labels = [f"{r['pair']}/{r['method']}" for r in rows]
+    ax.barh(
+        labels,
+        [r["mean"] for r in rows],
+        xerr=[0 if r["ci95"] != r["ci95"] else r["ci95"] for r in rows],
+        color=["tab:red" if r["negative_transfer"] else "tab:blue" for r in rows],
+    )
+    ax.invert_yaxis()
+    lo = min(r["mean"] for r in rows)
+    ax.set(xlim=(max(0, lo - 5), 100), xlabel="test accuracy % (95% CI)", title=title)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    head = "".join(f"<th>{k}</th>" for k in rows[0])
+    body = "".join(
+        "<tr>"
+        + "".join(
+            f"<td>{v:.3f}</td>" if isinstance(v, float) else f"<td>{v}</td>" for v in r.values()
+        )
+        + "</tr>"
+        for r in rows
+    )
+    return (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{title}</title></head><body><h1>{title}</h1>"
+        f"<img class='plot' alt='leaderboard' src='data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}'>"
+        f"<table border='1'><tr>{head}</tr>{body}</table></body></html>"
+    )
+
+
+def run_bench(spec_path: str | Path) -> list[dict[str, Any]]:
+    spec_path = Path(spec_path)
+    if not spec_path.is_file():
+        raise ConfigError(f"bench spec {str(spec_path)!r} does not exist")
+    raw = yaml.safe_load(spec_path.read_text())
+    try:
+        spec = BenchSpec.model_validate(raw)
+    except Exception as e:  # pydantic's message names the field
+        raise ConfigError(f"{spec_path}: {e}") from None
+    root = Path.cwd()
+    started = time.perf_counter()
+    teachers, runs = plan(spec, root)
+    with ProcessPoolExecutor(spec.jobs) as pool:
+        list(pool.map(_run_one, teachers))
+        accs = list(pool.map(_run_one, [cfg for *_, cfg in runs]))
+    results: dict[tuple[str, str], list[float]] = {}
+    for (pair, method, _, _), acc in zip(runs, accs):
+        results.setdefault((pair, method), []).append(100 * acc)
+    rows = aggregate(results)
+    write_leaderboard(rows, Path(spec.out), spec.name, time.perf_counter() - started)
+    return rows
