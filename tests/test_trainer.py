@@ -194,3 +194,24 @@ def test_resume_keeps_loss_state_memory_banks_and_queues(tmp_path):
     assert any("bank_s" in k for k in a) and any("queue" in k for k in a)
     for key, value in a.items():
         assert torch.equal(value, b[key]), key
+
+
+def test_epoch_callbacks_see_each_row_and_can_stop_the_run(tmp_path):
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def callback(row):
+        seen.append(row["epoch"])
+        if row["epoch"] == 2:
+            raise Stop
+
+    with pytest.raises(Stop):
+        run_experiment(
+            parse_config(synthetic_cfg(tmp_path / "r", train={"epochs": 5})), callbacks=[callback]
+        )
+    assert seen == [1, 2]
+    assert (
+        load_checkpoint(tmp_path / "r/checkpoints/last.safetensors")["trainer"]["epoch"] == 2
+    )  # consistent

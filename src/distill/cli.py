@@ -128,6 +128,18 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_tune(args: argparse.Namespace) -> int:
+    from distill.config import load_config
+    from distill.tune import load_space, tune
+
+    cfg = load_config(args.config, args.overrides)
+    result = tune(
+        cfg, trials=args.trials, out=args.out, space=load_space(args.space), seed=args.seed
+    )
+    print(json.dumps(result, indent=2))
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from distill.demo import format_demo, run_demo
 
@@ -207,6 +219,17 @@ def make_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="methods x pairs x seeds under one recipe -> leaderboard")
     p.add_argument("spec", help="a bench spec YAML (see benchmarks/mnist1d_methods.yaml)")
     p.set_defaults(fn=_cmd_bench)
+
+    p = sub.add_parser(
+        "tune", help="Optuna search over temperature, alpha and loss weights (val accuracy)"
+    )
+    p.add_argument("config")
+    p.add_argument("overrides", nargs="*")
+    p.add_argument("--trials", type=int, default=20)
+    p.add_argument("--out", default="runs/tune")
+    p.add_argument("--space", help="YAML mapping dotted keys to [low, high] or [low, high, log]")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(fn=_cmd_tune)
 
     p = sub.add_parser(
         "demo", help="teacher, scratch student and distilled student, compared in one table"

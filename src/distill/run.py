@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -60,7 +61,11 @@ def _changed_keys(old: Any, new: Any, prefix: str = "") -> list[str]:
 
 
 def run_experiment(
-    cfg: ExperimentConfig, *, resume: bool = False, overwrite: bool = False
+    cfg: ExperimentConfig,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    callbacks: Sequence[Callable[[dict[str, Any]], None]] = (),
 ) -> dict[str, Any]:
     """Train per `cfg`; write config.yaml, checkpoints, metrics and results.json in the run dir.
 
@@ -78,6 +83,7 @@ def run_experiment(
         run_dir=run_dir,
         augment=built.augment,
         export_info=export_info(cfg),
+        callbacks=callbacks,
     )
     if resume:
         trainer.restore()  # a bad checkpoint fails here, before anything is written

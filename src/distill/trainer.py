@@ -11,6 +11,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -113,8 +114,12 @@ class Trainer:
         run_dir: str | Path,
         augment: Augmentation | None = None,
         export_info: dict | None = None,
+        callbacks: Sequence[Callable[[dict[str, Any]], None]] = (),
     ):
         self.scheme, self.train_data, self.val_data = scheme, train_data, val_data
+        # Called with each epoch's metrics row after it is logged and checkpointed; a callback
+        # may raise to stop the run (e.g. a tuner pruning a bad trial). State stays consistent.
+        self.callbacks = list(callbacks)
         self.settings = settings
         self.run_dir = Path(run_dir)
         self.augment = augment
@@ -415,6 +420,8 @@ class Trainer:
         # would lose the row for good.
         log.append(row)
         self.save()
+        for callback in self.callbacks:
+            callback(row)
         if s.progress:
             tqdm.write(
                 f"epoch {row['epoch']}/{s.epochs}  loss {row.get('train_loss', float('nan')):.4f}  "
