@@ -50,7 +50,7 @@ def test_crd_nce_golden_with_fixed_negatives(monkeypatch):
         total = 0.0
         for n in range(2):
             rows = [index[n].item(), *negatives[n].tolist()]
-            p = [math.exp(float(bank[r] @ anchor[n]) / 0.5) / z for r in rows]
+            p = [math.exp(float((bank[r] @ anchor[n]).detach()) / 0.5) / z for r in rows]
             total += -math.log(p[0] / (p[0] + noise + 1e-7)) - sum(
                 math.log(noise / (q + noise + 1e-7)) for q in p[1:]
             )
