@@ -94,7 +94,7 @@ def test_seed_golden_and_queue():
     s, t = torch.randn(3, 4), torch.randn(3, 5)
     q = seed.queue.clone()
     z_t = F.normalize(t, dim=1)
-    z_s = F.normalize(seed.proj(s), dim=1)
+    z_s = F.normalize(seed.proj(s), dim=1).detach()
     expected = 0.0
     for i in range(3):
         lt = [float(z_t[i] @ q[k]) / 0.25 for k in range(4)] + [1.0 / 0.25]
