@@ -174,7 +174,13 @@ def _reads_input_grad(cfg: ExperimentConfig) -> bool:
 
 
 def _add_input_grads(
-    student, teacher, student_layers, teacher_layers, batch, student_k, teacher_k
+    student: nn.Module,
+    teacher: nn.Module,
+    student_layers: list[str],
+    teacher_layers: list[str],
+    batch: dict[str, Tensor],
+    student_k: Knowledge,
+    teacher_k: Knowledge,
 ) -> None:
     """Give the dry knowledge an input gradient too, so terms reading it can be checked."""
     with (
