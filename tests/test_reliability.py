@@ -16,7 +16,7 @@ from helpers import kd_cfg, make_teacher, synthetic_cfg
 
 from distill.checkpoint import load_checkpoint
 from distill.config import parse_config
-from distill.errors import NonFiniteError
+from distill.errors import CheckpointError, NonFiniteError
 from distill.run import run_experiment
 
 TESTS = Path(__file__).parent
@@ -73,15 +73,19 @@ def _distill(*args, **kw):
     )
 
 
+def _checkpoint_step(ckpt: Path) -> int:
+    """The step a checkpoint holds; -1 if a read races the writer's rename (os.replace is atomic)."""
+    try:
+        return load_checkpoint(ckpt)["trainer"]["step"]
+    except (OSError, CheckpointError):
+        return -1
+
+
 def _wait_for_step(ckpt: Path, step: int, proc: subprocess.Popen, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and proc.poll() is None:
-        if ckpt.is_file():
-            try:
-                if load_checkpoint(ckpt)["trainer"]["step"] >= step:
-                    return
-            except Exception:
-                pass  # os.replace is atomic, but be tolerant of a read racing a rename
+        if ckpt.is_file() and _checkpoint_step(ckpt) >= step:
+            return
         time.sleep(0.02)
     raise AssertionError(f"the run never reached step {step}: {proc.poll()=}")
 

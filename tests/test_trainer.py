@@ -200,7 +200,7 @@ def test_epoch_callbacks_see_each_row_and_can_stop_the_run(tmp_path):
     seen = []
 
     class Stop(Exception):
-        pass
+        """Raised by the callback to end the run early."""
 
     def callback(row):
         seen.append(row["epoch"])

@@ -28,7 +28,7 @@ from distill.data import (
 from distill.errors import CheckpointError, ConfigError, DataError, LayerError, unknown_name
 from distill.losses import LOSSES
 from distill.models import MODELS, build_model
-from distill.objective import ADAPTERS, Objective, Schedule, Term, tapped_layers
+from distill.objective import ADAPTERS, Objective, Schedule, Term, reads_input_grad, tapped_layers
 from distill.registry import lookup
 from distill.schemes import SCHEMES, OfflineKD, Supervised
 from distill.taps import INPUT_GRAD, Knowledge, Tap, with_input_grad
@@ -163,14 +163,7 @@ def _dry_knowledge(
 
 
 def _reads_input_grad(cfg: ExperimentConfig) -> bool:
-    return any(
-        INPUT_GRAD in tapped_names
-        for t in cfg.objective.terms
-        for tapped_names in (
-            [t.student] if isinstance(t.student, str) else t.student,
-            [t.teacher] if isinstance(t.teacher, str) else t.teacher,
-        )
-    )
+    return reads_input_grad(w for t in cfg.objective.terms for w in (t.student, t.teacher))
 
 
 def _add_input_grads(

@@ -191,6 +191,11 @@ def tapped_layers(wheres: Iterable[str | Sequence[str]]) -> list[str]:
     return list(dict.fromkeys(n for n in names if n not in ("logits", INPUT_GRAD)))
 
 
+def reads_input_grad(wheres: Iterable[str | Sequence[str]]) -> bool:
+    """True when any of `wheres` ('logits', a name or a list of names) is the input gradient."""
+    return INPUT_GRAD in [n for w in wheres for n in ([w] if isinstance(w, str) else w)]
+
+
 class Objective(nn.Module):
     """task_weight * task loss + sum of weighted terms; returns (total, components).
 
@@ -221,8 +226,7 @@ class Objective(nn.Module):
 
     def reads_input_grad(self) -> bool:
         """True when a term reads the input gradient (the scheme must compute it)."""
-        wheres = [w for t in self.terms for w in (t.student, t.teacher)]
-        return any(w == INPUT_GRAD or (not isinstance(w, str) and INPUT_GRAD in w) for w in wheres)
+        return reads_input_grad(w for t in self.terms for w in (t.student, t.teacher))
 
     def task_loss(self, logits: Tensor, targets: Tensor) -> Tensor:
         """Cross-entropy averaged over labelled rows; target -1 marks an unlabelled row.
