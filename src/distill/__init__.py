@@ -13,7 +13,7 @@ from distill.losses import LOSSES, js_loss, kd_loss, mse_loss, reverse_kl_loss, 
 from distill.models import MODELS, build_model
 from distill.objective import Objective, Schedule, Term
 from distill.run import run_experiment
-from distill.schemes import SCHEMES, OfflineKD, Supervised
+from distill.schemes import SCHEMES, OfflineKD, SchemeContext, Supervised, list_schemes
 from distill.settings import TrainSettings
 from distill.taps import Knowledge, Tap
 from distill.trainer import Trainer
@@ -32,6 +32,8 @@ __all__ = [
     "Knowledge",
     "Objective",
     "OfflineKD",
+    "SchemeContext",
+    "list_schemes",
     "Supervised",
     "Tap",
     "Term",

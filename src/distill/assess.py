@@ -25,6 +25,7 @@ from distill.metrics import classification_report, negative_transfer
 from distill.models import build_model
 from distill.profile import count_flops, count_parameters, file_size, latency_ms
 from distill.robustness import robustness_report
+from distill.stages import final_stage_dir
 
 
 def load_run(run_dir: str | Path) -> tuple[nn.Module, DataSplits, Path]:
@@ -34,9 +35,9 @@ def load_run(run_dir: str | Path) -> tuple[nn.Module, DataSplits, Path]:
         raise ConfigError(
             f"{str(run_dir)!r} is not a run dir (no config.yaml); give the dir `distill run` wrote"
         )
-    cfg = load_config(run_dir / "config.yaml")
-    data = load_data(cfg.data)
     path = weights_path(str(run_dir))
+    cfg = load_config(final_stage_dir(run_dir) / "config.yaml")  # a staged run: its last stage
+    data = load_data(cfg.data)
     model = _load_model(cfg.student, data, path, "student")
     return model, data, path
 
@@ -48,7 +49,7 @@ def _load_model(spec: ModelConfig, data: DataSplits, path: Path, role: str) -> n
 
 
 def _teacher_of(run_dir: Path, data: DataSplits) -> nn.Module | None:
-    cfg = load_config(run_dir / "config.yaml")
+    cfg = load_config(final_stage_dir(run_dir) / "config.yaml")
     if cfg.teacher is None or cfg.teacher.weights is None:
         return None
     return _load_model(cfg.teacher, data, weights_path(cfg.teacher.weights), "teacher")

@@ -30,7 +30,7 @@ from distill.losses import LOSSES
 from distill.models import MODELS, build_model
 from distill.objective import ADAPTERS, Objective, Schedule, Term, reads_input_grad, tapped_layers
 from distill.registry import lookup
-from distill.schemes import SCHEMES, OfflineKD, Supervised
+from distill.schemes import SCHEMES, SchemeContext, parse_args
 from distill.taps import INPUT_GRAD, Knowledge, Tap, with_input_grad
 from distill.trainer import seed_everything
 
@@ -61,8 +61,10 @@ def is_module_loss(fn: object) -> bool:
 def name_problems(cfg: ExperimentConfig) -> list[str]:
     """Problems that need no data or model: unknown names and missing pieces."""
     problems = []
-    if cfg.scheme not in SCHEMES:
-        problems.append("scheme: " + unknown_name("scheme", cfg.scheme, SCHEMES))
+    scheme = cfg.scheme.name
+    spec = SCHEMES.get(scheme)
+    if spec is None:
+        problems.append("scheme.name: " + unknown_name("scheme", scheme, SCHEMES))
     if ":" not in cfg.data.name and cfg.data.name not in DATASETS:
         problems.append("data.name: " + unknown_name("dataset", cfg.data.name, DATASETS))
     for i, aug in enumerate(cfg.data.augment):
@@ -70,13 +72,15 @@ def name_problems(cfg: ExperimentConfig) -> list[str]:
             problems.append(
                 f"data.augment.{i}.name: " + unknown_name("augmentation", aug.name, AUGMENTATIONS)
             )
-    for role in ("student", "teacher"):
-        spec = getattr(cfg, role)
-        if spec is not None and ":" not in spec.name and spec.name not in MODELS:
+    models = [("student", cfg.student), ("teacher", cfg.teacher)]
+    models += [(f"teachers.{i}", t) for i, t in enumerate(cfg.teachers)]
+    models += [(f"peers.{i}", p) for i, p in enumerate(cfg.peers)]
+    for role, model in models:
+        if model is not None and ":" not in model.name and model.name not in MODELS:
             problems.append(
                 f"{role}.name: "
                 + unknown_name(
-                    "model", spec.name, MODELS, "or give your own as 'package.module:attr'"
+                    "model", model.name, MODELS, "or give your own as 'package.module:attr'"
                 )
             )
     for i, term in enumerate(cfg.objective.terms):
@@ -86,12 +90,8 @@ def name_problems(cfg: ExperimentConfig) -> list[str]:
             problems.append(
                 f"objective.terms.{i}.adapter: " + unknown_name("adapter", term.adapter, ADAPTERS)
             )
-    if cfg.scheme == "offline" and cfg.teacher is None:
-        problems.append("teacher: the offline scheme needs a teacher section (name, args, weights)")
-    if cfg.scheme == "offline" and cfg.teacher is not None and cfg.teacher.weights is None:
-        problems.append(
-            "teacher.weights: an offline teacher must be trained; give its .safetensors file or run dir"
-        )
+    if spec is not None:
+        problems += _scheme_problems(cfg, spec)
     if cfg.train.device.startswith("cuda") and not torch.cuda.is_available():
         problems.append(
             f"train.device: {cfg.train.device!r} but no CUDA device is available; use 'cpu' or 'auto'"
@@ -101,13 +101,47 @@ def name_problems(cfg: ExperimentConfig) -> list[str]:
     )
     if cfg.train.precision == "fp16" and not on_cuda:
         problems.append("train.precision: fp16 needs a CUDA device; on CPU use bf16 or fp32")
-    if cfg.scheme == "supervised" and _reads_input_grad(cfg):
-        problems.append("objective.terms: input_grad needs a teacher; use scheme: offline")
-    if cfg.scheme == "supervised" and any(needs_teacher(t.loss) for t in cfg.objective.terms):
+    return problems
+
+
+def _scheme_problems(cfg: ExperimentConfig, spec: Any) -> list[str]:
+    """What the chosen scheme needs from the config: teachers, args, teacher-free terms."""
+    problems, name = [], cfg.scheme.name
+    if spec.args is not None:
+        try:
+            parse_args(spec.args, cfg.scheme.args, name)
+        except ConfigError as e:
+            problems.append(str(e))
+    if spec.teacher == "required" and cfg.teacher is None:
+        problems.append(f"teacher: the {name} scheme needs a teacher section (name, args, weights)")
+    if spec.teacher == "required" and cfg.teacher is not None and cfg.teacher.weights is None:
         problems.append(
-            "objective.terms: the supervised scheme has no teacher; keep only teacher-free terms "
-            "(e.g. tf_kd) or use scheme: offline"
+            "teacher.weights: an offline teacher must be trained; give its .safetensors file or run dir"
         )
+    if spec.teacher == "none" and cfg.teacher is not None and name != "supervised":
+        problems.append(f"teacher: the {name} scheme uses no separate teacher; remove this section")
+    if spec.teacher == "teachers":
+        if len(cfg.teachers) < 2:
+            problems.append(f"teachers: the {name} scheme needs two or more trained teachers")
+        problems += [
+            f"teachers.{i}.weights: each teacher must be trained; give its weights or run dir"
+            for i, t in enumerate(cfg.teachers)
+            if t.weights is None
+        ]
+    elif cfg.teachers:
+        problems.append(f"teachers: only multi_teacher uses a teachers list, not {name}")
+    if cfg.peers and name not in ("dml", "okddip", "ffl"):
+        problems.append(f"peers: only the online schemes dml, okddip and ffl use peers, not {name}")
+    if spec.build is not None and name != "offline":
+        if _reads_input_grad(cfg):
+            problems.append("objective.terms: input_grad needs a teacher; use scheme: offline")
+        if any(needs_teacher(t.loss) for t in cfg.objective.terms):
+            why = "has no teacher" if name == "supervised" else "makes its own distillation losses"
+            problems.append(
+                f"objective.terms: the {name} scheme {why}; "
+                f"objective.terms may hold only teacher-free terms (e.g. tf_kd). Terms that "
+                f"read a teacher belong to scheme: offline"
+            )
     return problems
 
 
@@ -130,10 +164,20 @@ def weights_path(ref: str) -> Path:
     return path
 
 
-def load_model(spec: ModelConfig, data: DataSplits, role: str) -> nn.Module:
-    model = build_model(spec.name, data.input_shape, data.num_classes, spec.args)
+def load_model(
+    spec: ModelConfig, data: DataSplits, role: str, *, missing_weights_ok: bool = False
+) -> nn.Module:
+    """Build a model; load its weights when given. A specialist teacher (one with `classes`)
+    is built with that many outputs. `missing_weights_ok` skips weights that do not exist yet
+    (a later stage's teacher, while validating a multi-stage run)."""
+    classes = getattr(spec, "classes", None)
+    num_classes = len(classes) if classes else data.num_classes
+    model = build_model(spec.name, data.input_shape, num_classes, spec.args)
     if spec.weights is not None:
-        state, _info = load_weights(weights_path(spec.weights))
+        path = weights_path(spec.weights)
+        if missing_weights_ok and not path.exists():
+            return model
+        state, _info = load_weights(path)
         load_into(model, state, f"{role} {spec.name!r}")
     return model
 
@@ -357,39 +401,46 @@ def _build_term(
     return term
 
 
-def build(cfg: ExperimentConfig) -> Built:
+def build(cfg: ExperimentConfig, *, missing_weights_ok: bool = False) -> Built:
     """Build everything a run needs. Raises ConfigError/CheckpointError on the first problem."""
     problems = name_problems(cfg)
     if problems:
         raise ConfigError("config has problems:\n  " + "\n  ".join(problems))
+    spec = SCHEMES[cfg.scheme.name]
+    if spec.build is None:
+        raise ConfigError(
+            f"scheme {cfg.scheme.name!r} runs in stages; start it with distill run "
+            f"(or distill.run.run_experiment), which trains each stage in turn"
+        )
     seed_everything(cfg.train.seed)  # model and adapter init depend on the run seed
     data = load_data(cfg.data)
-    student = load_model(cfg.student, data, "student")
-    teacher = (
-        load_model(cfg.teacher, data, "teacher")
-        if cfg.teacher is not None and cfg.scheme != "supervised"
-        else None
-    )
+    ok = missing_weights_ok
+
+    def model(m: ModelConfig, role: str) -> nn.Module:
+        return load_model(m, data, role, missing_weights_ok=ok)
+
+    student = model(cfg.student, "student")
+    teacher = None
+    if cfg.teacher is not None and spec.teacher in ("required", "optional"):
+        teacher = model(cfg.teacher, "teacher")
+    teachers = [model(t, f"teachers.{i}") for i, t in enumerate(cfg.teachers)]
+    peers = [model(p, f"peers.{i}") for i, p in enumerate(cfg.peers)]
     batch = _dry_batch(data)
+    offline = cfg.scheme.name == "offline"
     student_layers = tapped_layers(t.student for t in cfg.objective.terms)
     teacher_layers = tapped_layers(t.teacher for t in cfg.objective.terms)
     student_k = _dry_knowledge(student, student_layers, batch, f"student {cfg.student.name}")
     teacher_k = None
-    if teacher is not None:
+    if teacher is not None and offline:
         teacher_k = _dry_knowledge(teacher, teacher_layers, batch, f"teacher {cfg.teacher.name}")
     check_classes(data, student_k, teacher_k)
-    if teacher is not None and _reads_input_grad(cfg):
+    if teacher_k is not None and _reads_input_grad(cfg):
         _add_input_grads(
             student, teacher, student_layers, teacher_layers, batch, student_k, teacher_k
         )
     terms = build_terms(cfg, student_k, teacher_k, batch, len(data.train))
     objective = Objective(
         terms, task_weight=cfg.objective.task_weight, label_smoothing=cfg.objective.label_smoothing
-    )
-    scheme = (
-        Supervised(student, objective)
-        if cfg.scheme == "supervised"
-        else OfflineKD(student, teacher, objective)
     )
     augment = build_augmentation([(a.name, a.args) for a in cfg.data.augment])
     if augment is not None:
@@ -399,14 +450,46 @@ def build(cfg: ExperimentConfig) -> Built:
             raise ConfigError(
                 f"data.augment: {str(e).splitlines()[0]}; see distill.data.augment for the args of each"
             ) from None
+    ctx = SchemeContext(
+        student=student,
+        objective=objective,
+        data=data,
+        args=dict(cfg.scheme.args),
+        teacher=teacher,
+        teachers=teachers,
+        teacher_classes=[t.classes for t in cfg.teachers],
+        peers=peers,
+        augment=augment,
+        seed=cfg.train.seed,
+    )
+    try:
+        scheme = spec.build(ctx)
+    except (ValueError, RuntimeError, TypeError) as e:
+        raise ConfigError(f"scheme {cfg.scheme.name!r}: {str(e).splitlines()[0]}") from None
     return Built(cfg, data, student, teacher, objective, scheme, augment)
 
 
 def validate(cfg: ExperimentConfig) -> list[str]:
     """Every problem a run would hit: names, then every layer name, then weights and shapes.
 
-    Empty means the config builds and a dry forward through every term works.
+    Empty means the config builds and a dry forward through every term works. A run in
+    stages is checked stage by stage (weights that earlier stages will write are skipped).
     """
+    from distill.stages import expand, is_pipeline, pipeline_problems
+
+    if is_pipeline(cfg):
+        problems = pipeline_problems(cfg)
+        if problems:
+            return problems
+        for i, stage in enumerate(expand(cfg)):
+            found = _layer_problems(stage)
+            if not found:
+                try:
+                    build(stage, missing_weights_ok=True)
+                except (ConfigError, CheckpointError, DataError, LayerError) as e:
+                    found = [str(e)]
+            problems += [f"stage {i} ({stage.name}): {p}" for p in found]
+        return problems
     problems = name_problems(cfg)
     if problems:
         return problems
@@ -429,7 +512,7 @@ def _layer_problems(cfg: ExperimentConfig) -> list[str]:
         return [str(e)]
     for role in ("student", "teacher"):
         spec = getattr(cfg, role)
-        if spec is None or (role == "teacher" and cfg.scheme == "supervised"):
+        if spec is None or (role == "teacher" and cfg.scheme.name != "offline"):
             continue
         try:
             model = build_model(spec.name, data.input_shape, data.num_classes, spec.args)

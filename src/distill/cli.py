@@ -100,6 +100,26 @@ def _cmd_methods(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_schemes(args: argparse.Namespace) -> int:
+    from distill.schemes import list_schemes
+    from distill.table import format_table
+
+    rows = list_schemes()
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        print(
+            format_table(
+                ["name", "family", "teacher", "paper", "args"],
+                [
+                    [r["name"], r["family"], r["teacher"], r["paper"], ", ".join(r["args"])]
+                    for r in rows
+                ],
+            )
+        )
+    return 0
+
+
 def _cmd_eval(args: argparse.Namespace) -> int:
     from distill.assess import assess, format_assessment
 
@@ -196,6 +216,12 @@ def make_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("methods", help="list the losses and schemes with their papers")
     p.add_argument("--json", action="store_true", help="print a JSON list of {name, family, paper}")
     p.set_defaults(fn=_cmd_methods)
+
+    p = sub.add_parser("schemes", help="list the training schemes, their papers and arguments")
+    p.add_argument(
+        "--json", action="store_true", help="print a JSON list of {name, family, paper, ...}"
+    )
+    p.set_defaults(fn=_cmd_schemes)
 
     p = sub.add_parser(
         "eval", help="metrics, robustness and cost of a finished run (writes eval.json)"

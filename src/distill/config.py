@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, field_validator
 
 from distill.errors import ConfigError, did_you_mean
 from distill.settings import Strict, TrainSettings
@@ -40,6 +40,12 @@ class ModelConfig(Strict):
     weights: str | None = None  # a .safetensors file or a run dir (uses its best weights)
 
 
+class TeacherConfig(ModelConfig):
+    """One of several teachers. A specialist predicts only `classes` (its logits in that order)."""
+
+    classes: list[int] | None = None
+
+
 class TermConfig(Strict):
     loss: str  # a LOSSES name or 'package.module:attr'
     name: str | None = None  # for logs; defaults to the loss name
@@ -63,15 +69,50 @@ class ObjectiveConfig(Strict):
     terms: list[TermConfig] = []
 
 
+class SchemeConfig(Strict):
+    """Who teaches whom: a SCHEMES name and its arguments (`distill schemes` lists them)."""
+
+    name: str = "offline"
+    args: dict[str, Any] = {}
+
+
+def _scheme_from_name(value: Any) -> Any:
+    return {"name": value} if isinstance(value, str) else value
+
+
+class StageConfig(Strict):
+    """One stage of a multi-stage run; anything left out comes from the top of the config.
+
+    `train` is merged key by key over the top-level train section; `teacher: previous`
+    makes the previous stage's trained student the teacher; `init: previous` starts the
+    student from the previous stage's best weights (same architecture), `fresh` from scratch.
+    """
+
+    name: str
+    scheme: SchemeConfig | None = None
+    student: ModelConfig | None = None
+    teacher: ModelConfig | Literal["previous"] | None = None
+    objective: ObjectiveConfig | None = None
+    train: dict[str, Any] = {}
+    init: Literal["previous", "fresh"] = "previous"
+
+    _scheme = field_validator("scheme", mode="before")(_scheme_from_name)
+
+
 class ExperimentConfig(Strict):
     name: str = "experiment"
     run_dir: str | None = None  # default: runs/<name>
-    scheme: str = "offline"
+    scheme: SchemeConfig = SchemeConfig()
     data: DataConfig = DataConfig()
     student: ModelConfig
     teacher: ModelConfig | None = None
+    teachers: list[TeacherConfig] = []  # multi_teacher: several frozen teachers
+    peers: list[ModelConfig] = []  # online schemes: the student's peers (trained with it)
     objective: ObjectiveConfig = ObjectiveConfig()
     train: TrainSettings = TrainSettings()
+    stages: list[StageConfig] = []  # a multi-stage run: each stage trains in turn
+
+    _scheme = field_validator("scheme", mode="before")(_scheme_from_name)
 
     def resolved_run_dir(self) -> Path:
         return Path(self.run_dir) if self.run_dir else Path("runs") / self.name

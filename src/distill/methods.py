@@ -5,16 +5,14 @@ from __future__ import annotations
 from distill.losses import LOSSES
 from distill.schemes import SCHEMES
 
-SCHEME_PAPERS = {
-    "supervised": "standard supervised training (no distillation)",
-    "offline": "Hinton, Vinyals & Dean 2015, Distilling the Knowledge in a Neural Network",
-}
-
 
 def list_methods() -> list[dict[str, str]]:
     """[{'name', 'family', 'paper'}] for every loss, then every scheme."""
     rows = [
         {"name": name, "family": spec.family, "paper": spec.paper} for name, spec in LOSSES.items()
     ]
-    rows += [{"name": name, "family": "scheme", "paper": SCHEME_PAPERS[name]} for name in SCHEMES]
+    rows += [
+        {"name": name, "family": f"scheme ({spec.family})", "paper": spec.paper}
+        for name, spec in SCHEMES.items()
+    ]
     return rows

@@ -251,13 +251,18 @@ class Objective(nn.Module):
         teacher: Knowledge | None,
         batch: Mapping[str, Tensor] | None,
         step: int,
+        *,
+        include_task: bool = True,
     ) -> tuple[Tensor, dict[str, Tensor]]:
-        """`batch` holds 'target' (labels, -1 = unlabelled) and optionally 'index'."""
+        """`batch` holds 'target' (labels, -1 = unlabelled) and optionally 'index'.
+
+        `include_task=False` leaves the task loss out, for schemes that replace it.
+        """
         components: dict[str, Tensor] = {}
         total = student.logits.new_zeros((), dtype=torch.float32)
         task_w = self.task_weight.at(step)
         targets = batch.get("target") if batch is not None else None
-        if targets is not None and task_w != 0.0:
+        if targets is not None and task_w != 0.0 and include_task:
             components["task"] = self.task_loss(student.logits, targets)
             total = total + task_w * components["task"]
         for term in self.terms:

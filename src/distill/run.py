@@ -72,6 +72,10 @@ def run_experiment(
     Everything that can fail on bad input (names, data, weights, shapes) fails before the
     run dir is touched, so a bad config never clobbers or half-writes a run.
     """
+    from distill.stages import is_pipeline, run_pipeline
+
+    if is_pipeline(cfg):
+        return run_pipeline(cfg, resume=resume, overwrite=overwrite, callbacks=callbacks)
     run_dir = cfg.resolved_run_dir()
     check_run_dir(run_dir, cfg, resume=resume, overwrite=overwrite)
     built = build(cfg)

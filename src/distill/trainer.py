@@ -209,6 +209,8 @@ class Trainer:
     def _batch(self, index: torch.Tensor) -> dict[str, torch.Tensor]:
         batch = load_batch(self.train_data, index)
         if self.augment is not None:
+            if getattr(self.scheme, "wants_clean", False):
+                batch["clean"] = batch["input"]
             batch["input"] = self.augment(batch["input"], self.aug_gen)
         return {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
 
@@ -273,6 +275,9 @@ class Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
+        hook = getattr(self.scheme, "after_optimizer_step", None)
+        if hook is not None:  # e.g. an EMA teacher follows the updated weights
+            hook(self.state["step"])
         self.state["step"] += 1
 
     @contextlib.contextmanager
@@ -319,6 +324,9 @@ class Trainer:
                 seed_everything(s.seed)
             log = MetricsLog(self.run_dir)
             log.keep_epochs_before(self.state["epoch"] + 1)
+            hook = getattr(self.scheme, "on_fit_start", None)
+            if hook is not None:  # schemes that schedule by epoch learn its length
+                hook(self.total_steps, self.steps_per_epoch)
             with self._stop_on_signals():
                 return self._run(log)
         finally:

@@ -5,17 +5,43 @@ Every scheme offers the same small surface to the `Trainer`:
 - `modules`: an `nn.ModuleDict` of everything it trains (optimised and checkpointed);
 - `step(batch, step)`: the named losses for one batch, 'loss' being the one to minimise;
 - `eval_model()`: the model to evaluate and export (the student);
-- `to(device)` and `train(mode)`, which keep any frozen teacher in eval mode.
+- `to(device)` and `train(mode)`, which keep any frozen teacher in eval mode;
+- optionally `on_fit_start`, `after_optimizer_step` and `wants_clean` (see `schemes.base`).
+
+`SCHEMES` names every scheme for configs. Step schemes are built from a `SchemeContext`;
+pipeline schemes (born-again networks, teacher assistants) expand into a list of stages,
+each an ordinary run (see `distill.stages`).
 """
 
 from __future__ import annotations
 
-from typing import Protocol
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal, Protocol
 
 import torch
 from torch import Tensor, nn
 
+from distill.schemes.base import SchemeBase, SchemeContext, parse_args
+from distill.schemes.multi_teacher import MultiTeacher
 from distill.schemes.offline import OfflineKD
+from distill.schemes.online import (
+    DeepMutualLearning,
+    FeatureFusionLearning,
+    OKDDip,
+    OnTheFlyNativeEnsemble,
+)
+from distill.schemes.self_kd import (
+    BAKE,
+    BYOT,
+    USKD,
+    ClassWiseSelfKD,
+    CleanToAugmented,
+    DualTeacherSelfKD,
+    MeanTeacher,
+    ProgressiveSelfKD,
+    SDDropout,
+)
 from distill.schemes.supervised import Supervised
 
 
@@ -31,9 +57,144 @@ class Scheme(Protocol):
     def train(self, mode: bool = True) -> None: ...
 
 
-SCHEMES: dict[str, tuple[type, str]] = {
-    "supervised": (Supervised, "task loss only; trains teachers and scratch baselines"),
-    "offline": (OfflineKD, "frozen pretrained teacher teaches the student (Hinton et al. 2015)"),
+TeacherUse = Literal["none", "required", "optional", "teachers"]
+
+
+@dataclass(frozen=True)
+class SchemeSpec:
+    """How a config name maps to a scheme. `build` is None for pipeline schemes."""
+
+    family: str
+    paper: str
+    teacher: TeacherUse  # what the config's teacher section means for this scheme
+    build: Callable[[SchemeContext], Scheme] | None = None
+    args: type | None = None  # the typed arguments, for validation and `distill schemes`
+
+
+def _spec(family, paper, teacher, cls=None, builder=None) -> SchemeSpec:
+    return SchemeSpec(family, paper, teacher, builder or cls, getattr(cls, "Args", None))
+
+
+SCHEMES: dict[str, SchemeSpec] = {
+    "supervised": _spec(
+        "baseline",
+        "standard supervised training (no distillation)",
+        "none",
+        builder=Supervised.from_context,
+    ),
+    "offline": _spec(
+        "offline",
+        "Hinton, Vinyals & Dean 2015, Distilling the Knowledge in a Neural Network",
+        "required",
+        builder=OfflineKD.from_context,
+    ),
+    "dml": _spec(
+        "online", "Zhang et al. 2018, Deep Mutual Learning", "optional", DeepMutualLearning
+    ),
+    "one": _spec(
+        "online",
+        "Lan, Zhu & Gong 2018, Knowledge Distillation by On-the-Fly Native Ensemble",
+        "none",
+        OnTheFlyNativeEnsemble,
+    ),
+    "okddip": _spec(
+        "online",
+        "Chen et al. 2020, Online Knowledge Distillation with Diverse Peers",
+        "optional",
+        OKDDip,
+    ),
+    "ffl": _spec(
+        "online",
+        "Kim et al. 2021, Feature Fusion for Online Mutual Knowledge Distillation",
+        "optional",
+        FeatureFusionLearning,
+    ),
+    "byot": _spec("self", "Zhang et al. 2019, Be Your Own Teacher", "none", BYOT),
+    "pskd": _spec(
+        "self",
+        "Kim et al. 2021, Self-Knowledge Distillation with Progressive Refinement of Targets",
+        "none",
+        ProgressiveSelfKD,
+    ),
+    "mean_teacher": _spec(
+        "self",
+        "Tarvainen & Valpola 2017, Mean teachers are better role models (EMA teacher)",
+        "none",
+        MeanTeacher,
+    ),
+    "consistency": _spec(
+        "self",
+        "clean-to-augmented self-distillation (consistency training, Xie et al. 2020)",
+        "none",
+        CleanToAugmented,
+    ),
+    "cskd": _spec(
+        "self",
+        "Yun et al. 2020, Regularizing Class-wise Predictions via Self-knowledge Distillation",
+        "none",
+        ClassWiseSelfKD,
+    ),
+    "bake": _spec(
+        "self", "Ge et al. 2021, Self-Distillation with Batch Knowledge Ensembling", "none", BAKE
+    ),
+    "sd_dropout": _spec(
+        "self", "Lee et al. 2023, Self-Knowledge Distillation via Dropout", "none", SDDropout
+    ),
+    "uskd": _spec(
+        "self",
+        "Yang et al. 2023, From Knowledge Distillation to Self-Knowledge Distillation (USKD)",
+        "none",
+        USKD,
+    ),
+    "dtskd": _spec(
+        "self",
+        "Li et al. 2024, Dual Teachers for Self-Knowledge Distillation",
+        "none",
+        DualTeacherSelfKD,
+    ),
+    "multi_teacher": _spec(
+        "multi-teacher",
+        "Hinton et al. 2015; You et al. 2017; Zhang et al. "
+        "2022 (CA-MKD); Yang et al. 2025 (MTKD-RL)",
+        "teachers",
+        MultiTeacher,
+    ),
+    "ban": SchemeSpec("pipeline", "Furlanello et al. 2018, Born-Again Neural Networks", "optional"),
+    "teacher_assistant": SchemeSpec(
+        "pipeline",
+        "Mirzadeh et al. 2020, Improved Knowledge Distillation via Teacher Assistant",
+        "required",
+    ),
 }
 
-__all__ = ["SCHEMES", "OfflineKD", "Scheme", "Supervised"]
+
+def list_schemes() -> list[dict[str, str]]:
+    """[{'name', 'family', 'paper', 'teacher', 'args'}] for `distill schemes`."""
+    from distill.stages import PIPELINE_ARGS
+
+    rows = []
+    for name, spec in SCHEMES.items():
+        args = spec.args or PIPELINE_ARGS.get(name)
+        rows.append(
+            {
+                "name": name,
+                "family": spec.family,
+                "paper": spec.paper,
+                "teacher": spec.teacher,
+                "args": sorted(args.model_fields) if args is not None else [],
+            }
+        )
+    return rows
+
+
+__all__ = [
+    "SCHEMES",
+    "OfflineKD",
+    "Scheme",
+    "SchemeBase",
+    "SchemeContext",
+    "SchemeSpec",
+    "Supervised",
+    "list_schemes",
+    "parse_args",
+]

@@ -6,15 +6,8 @@ import torch
 from torch import Tensor, nn
 
 from distill.objective import Objective
+from distill.schemes.base import SchemeContext, freeze
 from distill.taps import Knowledge, Tap, with_input_grad
-
-
-def freeze(model: nn.Module) -> nn.Module:
-    """Eval mode and no gradients: dropout off, BatchNorm statistics fixed."""
-    model.eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
-    return model
 
 
 class OfflineKD:
@@ -31,6 +24,10 @@ class OfflineKD:
         self.modules = nn.ModuleDict({"student": student, "objective": objective})
         self._student_tap = Tap(student, objective.student_layers(), "student")
         self._teacher_tap = Tap(teacher, objective.teacher_layers(), "teacher")
+
+    @classmethod
+    def from_context(cls, ctx: SchemeContext) -> OfflineKD:
+        return cls(ctx.student, ctx.teacher, ctx.objective)
 
     @torch.no_grad()
     def teacher_knowledge(self, batch: dict[str, Tensor]) -> Knowledge:

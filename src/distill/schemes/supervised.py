@@ -6,6 +6,7 @@ import torch
 from torch import Tensor, nn
 
 from distill.objective import Objective
+from distill.schemes.base import SchemeContext
 from distill.taps import Tap
 
 
@@ -20,6 +21,10 @@ class Supervised:
         self.student = student
         self.modules = nn.ModuleDict({"student": student, "objective": self.objective})
         self._tap = Tap(student, self.objective.student_layers(), "student")
+
+    @classmethod
+    def from_context(cls, ctx: SchemeContext) -> Supervised:
+        return cls(ctx.student, ctx.objective)
 
     def step(self, batch: dict[str, Tensor], step: int) -> dict[str, Tensor]:
         knowledge = self._tap.run(batch["input"])

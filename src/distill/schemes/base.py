@@ -1,0 +1,204 @@
+"""What every scheme shares: the build context, argument parsing, soft-target losses, heads.
+
+A scheme is built from a `SchemeContext` (the models, objective and data a config names)
+and its own typed arguments; it returns named losses from `step()` and never runs a loop.
+The trainer calls two optional hooks when a scheme defines them:
+
+- `on_fit_start(total_steps, steps_per_epoch)`: before the first step (schedules by epoch);
+- `after_optimizer_step(step)`: after each optimizer update (EMA teachers).
+
+A scheme whose `wants_clean` is True also receives `batch['clean']`, the batch before
+augmentation, when the config augments the data.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from pydantic import ValidationError
+from torch import Tensor, nn
+
+from distill.errors import ConfigError
+from distill.objective import Objective
+from distill.settings import Strict
+
+
+class NoArgs(Strict):
+    pass
+
+
+@dataclass
+class SchemeContext:
+    """Everything a config provides to a scheme. Teachers arrive with weights loaded."""
+
+    student: nn.Module
+    objective: Objective
+    data: Any  # DataSplits
+    args: dict[str, Any] = field(default_factory=dict)
+    teacher: nn.Module | None = None
+    teachers: list[nn.Module] = field(default_factory=list)
+    teacher_classes: list[list[int] | None] = field(default_factory=list)
+    peers: list[nn.Module] = field(default_factory=list)
+    augment: Callable[[Tensor, torch.Generator], Tensor] | None = None
+    seed: int = 0
+
+
+def sample_input(ctx: SchemeContext, n: int = 2) -> Tensor:
+    """A few training inputs, for sizing modules with a dry forward pass."""
+    from distill.data import load_batch
+
+    return load_batch(ctx.data.train, torch.arange(min(n, len(ctx.data.train))))["input"]
+
+
+def parse_args(model: type[Strict], args: dict[str, Any], scheme: str) -> Any:
+    """Typed scheme arguments; unknown or bad ones name the scheme and the valid keys."""
+    try:
+        return model.model_validate(args)
+    except ValidationError as e:
+        problems = []
+        for err in e.errors():
+            where = ".".join(str(p) for p in err["loc"])
+            if err["type"] == "extra_forbidden":
+                problems.append(
+                    f"scheme.args.{where}: scheme {scheme!r} has no argument {where!r}; "
+                    f"its arguments are {sorted(model.model_fields)}"
+                )
+            else:
+                problems.append(f"scheme.args.{where}: {err['msg']} (got {err.get('input')!r})")
+        raise ConfigError("\n".join(problems)) from None
+
+
+def freeze(model: nn.Module) -> nn.Module:
+    """Eval mode and no gradients: dropout off, BatchNorm statistics fixed."""
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+def fresh_copy(model: nn.Module) -> nn.Module:
+    """Same architecture, newly initialised weights (every layer that can reset itself)."""
+    clone = copy.deepcopy(model)
+    for module in clone.modules():
+        if hasattr(module, "reset_parameters"):
+            module.reset_parameters()
+    return clone
+
+
+def as_vector(x: Tensor) -> Tensor:
+    """(N, C, *spatial) -> (N, C) by averaging positions; (N, D) unchanged."""
+    return x.float().flatten(2).mean(-1) if x.dim() > 2 else x.float().flatten(1)
+
+
+def soft_kl(student_logits: Tensor, target_probs: Tensor, temperature: float) -> Tensor:
+    """T^2 * KL(q || softmax(z_s / T)) for a given target distribution q, mean over rows.
+
+    `q` is treated as a constant. With q = softmax(z_t / T) this is Hinton et al.'s KD loss.
+    """
+    q = target_probs.detach().float()
+    log_p = F.log_softmax(student_logits.float() / temperature, dim=-1)
+    per_row = (q * (q.clamp_min(1e-12).log() - log_p)).sum(-1)
+    return temperature**2 * per_row.mean()
+
+
+def soft_probs(logits: Tensor, temperature: float) -> Tensor:
+    return F.softmax(logits.detach().float() / temperature, dim=-1)
+
+
+def soft_target_ce(logits: Tensor, target_probs: Tensor, rows: Tensor | None = None) -> Tensor:
+    """Cross-entropy against a soft target distribution, mean over `rows` (bool) or all rows."""
+    per_row = -(target_probs.detach() * F.log_softmax(logits.float(), dim=-1)).sum(-1)
+    if rows is None:
+        return per_row.mean()
+    return (per_row * rows).sum() / rows.sum().clamp_min(1)
+
+
+def labelled(batch: dict[str, Tensor]) -> Tensor:
+    return batch["target"] >= 0
+
+
+class Head(nn.Module):
+    """An auxiliary classifier on a tapped feature: average positions, then linear layers."""
+
+    def __init__(self, in_dim: int, num_classes: int, hidden: int | None = None):
+        super().__init__()
+        self.bottleneck = (
+            nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU()) if hidden else nn.Identity()
+        )
+        self.fc = nn.Linear(hidden or in_dim, num_classes)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """(logits, bottleneck features)."""
+        h = self.bottleneck(as_vector(x))
+        return self.fc(h), h
+
+
+@torch.no_grad()
+def dry_shapes(model: nn.Module, layers: Sequence[str], sample: Tensor, label: str) -> dict:
+    """Shapes of the tapped tensors (and 'logits') for one small batch, model left as it was."""
+    from distill.taps import Tap
+
+    was = model.training
+    model.eval()
+    try:
+        with Tap(model, layers, label) as tap:
+            k = tap.run(sample)
+    finally:
+        model.train(was)
+    return {"logits": tuple(k.logits.shape), **{n: tuple(t.shape) for n, t in k.feats.items()}}
+
+
+def vector_dim(shape: Sequence[int]) -> int:
+    return int(shape[1]) if len(shape) > 2 else int(math.prod(shape[1:]))
+
+
+class SchemeBase:
+    """Holds the trained modules, the frozen ones, and the task loss from the objective."""
+
+    Args: type[Strict] = NoArgs
+    wants_clean = False
+
+    def __init__(
+        self,
+        student: nn.Module,
+        objective: Objective,
+        trained: dict[str, nn.Module] | None = None,
+        frozen: Sequence[nn.Module] = (),
+    ):
+        self.student = student
+        self.objective = objective
+        self.modules = nn.ModuleDict(
+            {"student": student, **(trained or {}), "objective": objective}
+        )
+        self.frozen = [freeze(m) for m in frozen]
+
+    def task(self, logits: Tensor, batch: dict[str, Tensor], step: int) -> Tensor:
+        """The objective's weighted task loss (labelled rows only) for one model's logits."""
+        weight = self.objective.task_weight.at(step)
+        if weight == 0.0:
+            return logits.new_zeros((), dtype=torch.float32)
+        return weight * self.objective.task_loss(logits, batch["target"])
+
+    def student_objective(self, knowledge: Any, batch: dict[str, Tensor], step: int):
+        """Task loss plus the objective's teacher-free terms (e.g. tf_kd) for the student."""
+        return self.objective(knowledge, None, batch, step)
+
+    def eval_model(self) -> nn.Module:
+        return self.student
+
+    def to(self, device: torch.device) -> SchemeBase:
+        self.modules.to(device)
+        for m in self.frozen:
+            m.to(device)
+        return self
+
+    def train(self, mode: bool = True) -> None:
+        self.modules.train(mode)
+        for m in self.frozen:
+            m.eval()

@@ -1,0 +1,329 @@
+"""Runs made of stages: each stage is an ordinary run in `<run_dir>/stages/NN-name`.
+
+Three things expand into stages:
+
+- `stages:` in a config (multi-stage training: e.g. a hint stage, then a KD stage), each with
+  its own scheme, objective, optimizer and epochs; the student carries over by default;
+- `scheme: ban` — born-again networks (Furlanello et al. 2018): generation k teaches a freshly
+  initialised generation k+1 of the same architecture; optionally the generations' ensemble
+  is tested too;
+- `scheme: teacher_assistant` (Mirzadeh et al. 2020): teacher -> assistant(s) -> student,
+  each trained by offline KD from the one before.
+
+Every stage checkpoints on its own; a finished stage (its results.json) is never retrained,
+and `--resume` continues the stage that was interrupted. The final stage's best weights are
+copied to `<run_dir>/checkpoints/best.safetensors`, so `distill eval` works on the whole run.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+
+from distill.checkpoint import atomic_write_text, load_weights
+from distill.config import ExperimentConfig, ModelConfig, dump_config, parse_config
+from distill.errors import ConfigError
+from distill.schemes import SCHEMES, parse_args
+from distill.settings import Strict
+
+
+class BANArgs(Strict):
+    generations: int = Field(3, ge=1)  # students trained after generation 0
+    ensemble: bool = True  # also test the average of all generations' predictions
+    temperature: float = Field(1.0, gt=0)  # of the default KD term (when objective has none)
+
+
+class TeacherAssistantArgs(Strict):
+    assistants: list[ModelConfig] = Field(min_length=1)  # largest first
+
+
+PIPELINE_ARGS: dict[str, type[Strict]] = {"ban": BANArgs, "teacher_assistant": TeacherAssistantArgs}
+
+
+def is_pipeline(cfg: ExperimentConfig) -> bool:
+    return bool(cfg.stages) or cfg.scheme.name in PIPELINE_ARGS
+
+
+def _merge(a: dict, b: dict) -> dict:
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _stage_dir(run_dir: Path, i: int, name: str) -> Path:
+    return run_dir / "stages" / f"{i:02d}-{name}"
+
+
+def _trained(model: dict[str, Any], run_dir: Path) -> dict[str, Any]:
+    return {"name": model["name"], "args": model.get("args", {}), "weights": str(run_dir)}
+
+
+def expand(cfg: ExperimentConfig) -> list[ExperimentConfig]:
+    """The stage configs of a pipeline, in order; weights of earlier stages are referenced by
+    their run dirs (they exist once those stages have run)."""
+    base = cfg.model_dump(mode="json")
+    base.pop("stages")
+    run_dir = cfg.resolved_run_dir()
+    stages: list[tuple[str, dict[str, Any]]] = []
+    if cfg.stages:
+        stages = _user_stages(cfg, base, run_dir)
+    elif cfg.scheme.name == "ban":
+        stages = _ban_stages(cfg, base, run_dir)
+    else:
+        stages = _assistant_stages(cfg, base, run_dir)
+    out = []
+    for i, (name, data) in enumerate(stages):
+        spec = SCHEMES.get(data["scheme"]["name"])
+        if spec is not None and spec.teacher == "none":
+            data["teacher"] = None  # a teacher-free stage ignores the run's teacher
+        data["name"] = f"{cfg.name}-{name}"
+        data["run_dir"] = str(_stage_dir(run_dir, i, name))
+        out.append(parse_config(data, f"stage {i} ({name})"))
+    return out
+
+
+def _user_stages(cfg: ExperimentConfig, base: dict, run_dir: Path) -> list[tuple[str, dict]]:
+    if cfg.scheme.name in PIPELINE_ARGS:
+        raise ConfigError(
+            f"scheme {cfg.scheme.name!r} makes its own stages; it cannot be combined with stages:"
+        )
+    names = [s.name for s in cfg.stages]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"stages: stage names must be unique, got {names}")
+    out: list[tuple[str, dict]] = []
+    previous: dict[str, Any] | None = None  # the student of the stage before
+    for i, stage in enumerate(cfg.stages):
+        data = dict(base)
+        s = stage.model_dump(mode="json", exclude_unset=True)
+        for key in ("scheme", "objective", "student"):
+            if key in s:
+                data[key] = s[key]
+        data["train"] = _merge(base["train"], stage.train)
+        if stage.teacher == "previous":
+            if previous is None:
+                raise ConfigError("stages.0.teacher: 'previous' needs a stage before it")
+            data["teacher"] = _trained(previous, _stage_dir(run_dir, i - 1, cfg.stages[i - 1].name))
+        elif "teacher" in s:
+            data["teacher"] = s["teacher"]
+        student = dict(data["student"])
+        if stage.init == "previous" and previous is not None:
+            if (student["name"], student.get("args", {})) != (
+                previous["name"],
+                previous.get("args", {}),
+            ):
+                raise ConfigError(
+                    f"stages.{i}.init: 'previous' carries the student's weights over, but this "
+                    f"stage's student differs from the previous one; set init: fresh"
+                )
+            student = _trained(student, _stage_dir(run_dir, i - 1, cfg.stages[i - 1].name))
+        data["student"] = student
+        out.append((stage.name, data))
+        previous = {k: v for k, v in student.items() if k != "weights"}
+    return out
+
+
+def _kd_objective(base: dict, temperature: float) -> dict:
+    objective = dict(base["objective"])
+    if not objective.get("terms"):
+        objective["terms"] = [{"loss": "kd", "args": {"temperature": temperature}}]
+    return objective
+
+
+def _ban_stages(cfg: ExperimentConfig, base: dict, run_dir: Path) -> list[tuple[str, dict]]:
+    args = parse_args(BANArgs, cfg.scheme.args, "ban")
+    out: list[tuple[str, dict]] = []
+    student = {k: v for k, v in base["student"].items() if k != "weights"}
+    if cfg.teacher is not None:
+        teacher = base["teacher"]
+        if cfg.teacher.weights is None:
+            raise ConfigError("teacher.weights: a BAN teacher (generation 0) must be trained")
+    else:
+        out.append(
+            (
+                "gen0",
+                {
+                    **base,
+                    "scheme": {"name": "supervised"},
+                    "teacher": None,
+                    "objective": {**base["objective"], "terms": []},
+                    "student": student,
+                },
+            )
+        )
+        teacher = _trained(student, _stage_dir(run_dir, 0, "gen0"))
+    for g in range(1, args.generations + 1):
+        seed = base["train"]["seed"] + g  # each generation starts from a different init
+        data = {
+            **base,
+            "scheme": {"name": "offline"},
+            "teacher": teacher,
+            "student": student,
+            "objective": _kd_objective(base, args.temperature),
+            "train": {**base["train"], "seed": seed},
+        }
+        out.append((f"gen{g}", data))
+        teacher = _trained(student, _stage_dir(run_dir, len(out) - 1, f"gen{g}"))
+    return out
+
+
+def _assistant_stages(cfg: ExperimentConfig, base: dict, run_dir: Path) -> list[tuple[str, dict]]:
+    args = parse_args(TeacherAssistantArgs, cfg.scheme.args, "teacher_assistant")
+    if cfg.teacher is None or cfg.teacher.weights is None:
+        raise ConfigError("teacher: the teacher_assistant scheme needs a trained teacher (weights)")
+    teacher = base["teacher"]
+    chain = [a.model_dump(mode="json") for a in args.assistants] + [base["student"]]
+    out: list[tuple[str, dict]] = []
+    for i, model in enumerate(chain):
+        name = f"assistant{i}" if i < len(chain) - 1 else "student"
+        data = {
+            **base,
+            "scheme": {"name": "offline"},
+            "teacher": teacher,
+            "student": model,
+            "objective": _kd_objective(base, 4.0),
+        }
+        out.append((name, data))
+        teacher = _trained(model, _stage_dir(run_dir, i, name))
+    return out
+
+
+# ------------------------------------------------------------------------- running
+def pipeline_problems(cfg: ExperimentConfig) -> list[str]:
+    """Problems of every stage that need no trained weights (names, args, stage wiring)."""
+    from distill.build import name_problems
+
+    try:
+        stages = expand(cfg)
+    except ConfigError as e:
+        return [str(e)]
+    problems = []
+    for i, stage in enumerate(stages):
+        problems += [f"stage {i} ({stage.name}): {p}" for p in name_problems(stage)]
+    return problems
+
+
+def run_pipeline(cfg: ExperimentConfig, *, resume: bool, overwrite: bool, callbacks=()) -> dict:
+    """Run every stage in turn; see the module docstring."""
+    from distill.build import build, weights_path
+    from distill.run import run_experiment
+
+    run_dir = cfg.resolved_run_dir()
+    if resume and overwrite:
+        raise ConfigError("resume continues a run and overwrite deletes it; choose one")
+    if (run_dir / "pipeline.json").is_file() and not (resume or overwrite):
+        raise ConfigError(
+            f"run dir {str(run_dir)!r} already holds a run; continue it with --resume, "
+            f"replace it with --overwrite, or set run_dir=<new dir>"
+        )
+    problems = pipeline_problems(cfg)
+    if problems:
+        raise ConfigError("config has problems:\n  " + "\n  ".join(problems))
+    stages = expand(cfg)
+    if resume and (run_dir / "config.yaml").is_file():
+        from distill.run import check_run_dir
+
+        check_run_dir(run_dir, cfg, resume=True, overwrite=False)
+    if overwrite and run_dir.exists():
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
+    atomic_write_text(
+        run_dir / "pipeline.json",
+        json.dumps({"stages": [s.resolved_run_dir().name for s in stages]}, indent=2),
+    )
+    results = []
+    for stage in stages:
+        stage_dir = stage.resolved_run_dir()
+        done = stage_dir / "results.json"
+        if done.is_file():
+            results.append(json.loads(done.read_text()))
+            continue
+        can_resume = (stage_dir / "checkpoints" / "last.safetensors").is_file()
+        r = run_experiment(
+            stage,
+            resume=resume and can_resume,
+            overwrite=not (resume and can_resume) and stage_dir.exists(),
+            callbacks=callbacks,
+        )
+        results.append(r)
+        if not r["complete"]:
+            return {
+                "name": cfg.name,
+                "run_dir": str(run_dir),
+                "complete": False,
+                "stopped_by": r["stopped_by"],
+                "stages": results,
+            }
+    final = stages[-1].resolved_run_dir()
+    (run_dir / "checkpoints").mkdir(exist_ok=True)
+    _copy_atomic(weights_path(str(final)), run_dir / "checkpoints" / "best.safetensors")
+    summary: dict[str, Any] = {
+        "name": cfg.name,
+        "run_dir": str(run_dir),
+        "complete": True,
+        "stopped_by": None,
+        "stages": [
+            {"stage": s.name, **{k: v for k, v in r.items() if k.startswith(("test_", "best_"))}}
+            for s, r in zip(stages, results)
+        ],
+        **{
+            k: v
+            for k, v in results[-1].items()
+            if k.startswith("test_") or k.startswith("teacher_")
+        },
+    }
+    if cfg.scheme.name == "ban" and parse_args(BANArgs, cfg.scheme.args, "ban").ensemble:
+        built = build(stages[-1])
+        summary.update(_ensemble_test(built, [s.resolved_run_dir() for s in stages], cfg))
+    atomic_write_text(run_dir / "results.json", json.dumps(summary, indent=2))
+    return summary
+
+
+def _copy_atomic(src: Path, dst: Path) -> None:
+    tmp = dst.with_name(dst.name + ".tmp")
+    shutil.copyfile(src, tmp)
+    tmp.replace(dst)
+
+
+@torch.no_grad()
+def _ensemble_test(built, stage_dirs: list[Path], cfg: ExperimentConfig) -> dict[str, float]:
+    """Test accuracy of the average of every generation's softmax (the BAN ensemble)."""
+    from distill.build import load_model, weights_path
+    from distill.evaluate import predict_logits, targets_of
+
+    test = built.data.test
+    targets = targets_of(test)
+    probs = 0.0
+    for d in stage_dirs:
+        model = load_model(cfg.student, built.data, "student")
+        state, _ = load_weights(weights_path(str(d)))
+        model.load_state_dict(state)
+        probs = probs + F.softmax(predict_logits(model, test, batch_size=512).float(), -1)
+    acc = float((probs.argmax(-1) == targets).float().mean())
+    return {"ensemble_test_acc": acc, "ensemble_members": len(stage_dirs)}
+
+
+def final_stage_dir(run_dir: Path) -> Path:
+    """The run dir whose config and curves describe a pipeline's final model (else run_dir)."""
+    info = run_dir / "pipeline.json"
+    if not info.is_file():
+        return run_dir
+    names = json.loads(info.read_text())["stages"]
+    return run_dir / "stages" / names[-1]
+
+
+__all__ = [
+    "PIPELINE_ARGS",
+    "expand",
+    "final_stage_dir",
+    "is_pipeline",
+    "pipeline_problems",
+    "run_pipeline",
+]
