@@ -249,7 +249,9 @@ def test_afd_golden():
         q = afd.query[j](tn)
         per_sample = 0.0
         for n in range(2):
-            scores = [float((afd.key[i](s_p[i])[n] @ q[n]).detach()) / math.sqrt(8) for i in range(2)]
+            scores = [
+                float((afd.key[i](s_p[i])[n] @ q[n]).detach()) / math.sqrt(8) for i in range(2)
+            ]
             w = [math.exp(v) / sum(math.exp(u) for u in scores) for v in scores]
             errs = [
                 float(

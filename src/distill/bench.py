@@ -59,15 +59,31 @@ def _merge(a: dict, b: dict) -> dict:
     return out
 
 
-def _objective(method: str | dict[str, Any], root: Path) -> tuple[str, dict[str, Any]]:
-    """(scheme, objective) for a method given as a config path or an inline objective."""
+METHOD_KEYS = ("scheme", "objective", "teachers", "peers", "stages")
+
+
+def _method(method: str | dict[str, Any], root: Path) -> dict[str, Any]:
+    """The parts of a run a method sets: an inline objective, or from a config file its
+    scheme, objective, teachers, peers and stages (the rest comes from the bench base)."""
     if isinstance(method, dict):
-        return "offline", method
+        return {"scheme": "offline", "objective": method}
     path = (root / method) if not Path(method).is_absolute() else Path(method)
     if not path.is_file():
         raise ConfigError(f"bench method file {str(path)!r} does not exist")
     cfg = yaml.safe_load(path.read_text())
-    return cfg.get("scheme", "offline"), cfg.get("objective", {})
+    out = {k: cfg[k] for k in METHOD_KEYS if k in cfg}
+    out.setdefault("scheme", "offline")
+    out.setdefault("objective", {})
+    return out
+
+
+def _uses_pair_teacher(scheme: str | dict[str, Any]) -> bool:
+    """Offline-style schemes get the pair's teacher; online and self schemes train without it."""
+    from distill.schemes import SCHEMES
+
+    name = scheme["name"] if isinstance(scheme, dict) else scheme
+    spec = SCHEMES.get(name)
+    return spec is None or spec.teacher == "required"
 
 
 def plan(spec: BenchSpec, root: Path) -> tuple[list[dict], list[tuple[str, str, int, dict]]]:
@@ -97,17 +113,17 @@ def plan(spec: BenchSpec, root: Path) -> tuple[list[dict], list[tuple[str, str, 
             teacher["weights"] = str(teacher_dir)
         for method, objective in methods.items():
             if isinstance(objective, dict) and objective.get("__scratch__"):
-                scheme, objective, with_teacher = "supervised", {}, None
+                parts, with_teacher = {"scheme": "supervised", "objective": {}}, None
             else:
-                scheme, objective = _objective(objective, root)
-                with_teacher = teacher if scheme == "offline" else None
+                parts = _method(objective, root)
+                uses_teacher = _uses_pair_teacher(parts["scheme"]) or "stages" in parts
+                with_teacher = teacher if uses_teacher else None
             for seed in spec.seeds:
                 cfg = {
                     **base,
                     "name": f"{pair.name}-{method}-{seed}",
                     "run_dir": str(out / pair.name / method / f"seed{seed}"),
-                    "scheme": scheme,
-                    "objective": objective,
+                    **parts,
                     "teacher": with_teacher,
                     "student": pair.student,
                     "train": {**base["train"], "seed": seed, "progress": False},

@@ -152,6 +152,7 @@ def load_data(spec: DataConfig) -> DataSplits:
         split_seed=spec.split_seed,
         train_samples=spec.train_samples,
         unlabeled=spec.unlabeled,
+        classes=spec.classes,
         **spec.options,
     )
 

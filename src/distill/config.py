@@ -31,6 +31,7 @@ class DataConfig(Strict):
     train_samples: int | None = Field(None, ge=1)  # keep labels on only this many (stratified)
     unlabeled: bool = False  # keep the other training inputs, without labels, as a transfer set
     options: dict[str, Any] = {}  # passed to the dataset loader, e.g. {num_samples: 8000}
+    classes: list[int] | None = None  # keep only these classes, relabelled 0..k-1 (specialists)
     augment: list[AugmentConfig] = []
 
 

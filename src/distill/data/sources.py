@@ -95,6 +95,26 @@ def check_raw(raw: RawData, name: str) -> RawData:
     return raw
 
 
+def select_classes(raw: RawData, classes: list[int]) -> RawData:
+    """Keep the samples of `classes` and relabel them by their position in the list."""
+    present = set(np.unique(raw.train[1]).tolist())
+    missing = [c for c in classes if c not in present]
+    if missing or len(set(classes)) != len(classes) or len(classes) < 2:
+        raise ConfigError(
+            f"data.classes: need two or more distinct classes of the dataset "
+            f"(it has {sorted(present)}), got {classes}"
+        )
+    lookup_table = np.full(max(max(present), max(classes)) + 1, -1)
+    lookup_table[classes] = np.arange(len(classes))
+
+    def keep(xy: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        x, y = xy
+        mask = np.isin(y, classes)
+        return x[mask], lookup_table[y[mask]]
+
+    return RawData(raw.name, keep(raw.train), keep(raw.test), raw.input_shape)
+
+
 def make_splits(
     raw: RawData,
     *,
@@ -227,15 +247,22 @@ def load_dataset(
     split_seed: int = 0,
     train_samples: int | None = None,
     unlabeled: bool = False,
+    classes: list[int] | None = None,
     **options: object,
 ) -> DataSplits:
-    """A named dataset (options go to its loader), split by `make_splits`."""
+    """A named dataset (options go to its loader), split by `make_splits`.
+
+    `classes` keeps only those classes, relabelled 0..k-1 in the order given (to train a
+    specialist teacher for multi-teacher distillation).
+    """
     loader = lookup("dataset", name, DATASETS)
     try:
         raw = loader(**options)
     except TypeError as e:
         raise ConfigError(f"dataset {name!r}: {e}; set its options under data.options") from None
     raw = check_raw(_as_raw(raw, name), name)
+    if classes is not None:
+        raw = select_classes(raw, classes)
     return make_splits(
         raw,
         val_fraction=val_fraction,
