@@ -62,7 +62,10 @@ def _script_cfg(tmp_path, run_dir):
 
 
 def _distill(*args, **kw):
-    env = {**os.environ, "PYTHONPATH": str(TESTS)}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]),
+    }
     return subprocess.Popen(
         [sys.executable, "-m", "distill", *args],
         env=env,

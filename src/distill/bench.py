@@ -14,6 +14,7 @@ import csv
 import io
 import json
 import math
+import multiprocessing
 import statistics
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -72,6 +73,8 @@ def _method(method: str | dict[str, Any], root: Path) -> dict[str, Any]:
         raise ConfigError(f"bench method file {str(path)!r} does not exist")
     cfg = yaml.safe_load(path.read_text())
     out = {k: cfg[k] for k in METHOD_KEYS if k in cfg}
+    if cfg.get("teacher") is not None:
+        out["__teacher__"] = True  # e.g. DML with a trainable teacher: the pair's teacher joins
     out.setdefault("scheme", "offline")
     out.setdefault("objective", {})
     return out
@@ -116,7 +119,10 @@ def plan(spec: BenchSpec, root: Path) -> tuple[list[dict], list[tuple[str, str, 
                 parts, with_teacher = {"scheme": "supervised", "objective": {}}, None
             else:
                 parts = _method(objective, root)
-                uses_teacher = _uses_pair_teacher(parts["scheme"]) or "stages" in parts
+                wants_teacher = bool(parts.pop("__teacher__", False))
+                uses_teacher = (
+                    wants_teacher or _uses_pair_teacher(parts["scheme"]) or "stages" in parts
+                )
                 with_teacher = teacher if uses_teacher else None
             for seed in spec.seeds:
                 cfg = {
@@ -272,7 +278,8 @@ def run_bench(spec_path: str | Path) -> list[dict[str, Any]]:
     root = Path.cwd()
     started = time.perf_counter()
     teachers, runs = plan(spec, root)
-    with ProcessPoolExecutor(spec.jobs) as pool:
+    # spawn, not fork: a forked worker cannot use CUDA once the parent has touched it
+    with ProcessPoolExecutor(spec.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
         list(pool.map(_run_one, teachers))
         accs = list(pool.map(_run_one, [cfg for *_, cfg in runs]))
     results: dict[tuple[str, str], list[float]] = {}
