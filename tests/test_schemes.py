@@ -141,7 +141,11 @@ def test_one_branches_share_the_trunk_and_vanish_at_export(tmp_path):
     expected = branch.head(branch.blocks[1](trunk(batch["input"])))
     torch.testing.assert_close(branch(batch["input"]), expected)
     scheme.train(True)
+    calls = []
+    hook = trunk.register_forward_hook(lambda *_: calls.append(1))
     losses = scheme.step(batch, 0)
+    hook.remove()
+    assert len(calls) == 1  # the trunk ran once for all three branches
     losses["loss"].backward()
     assert trunk[0].weight.grad is not None
     keys = set(built.scheme.modules.state_dict())
@@ -295,6 +299,10 @@ def test_scheme_args_are_checked(tmp_path):
         build(parse_config(_cfg(tmp_path, "one", {"shared": ["nope"]})))
     with pytest.raises(ConfigError, match="makes its own distillation losses"):
         build(parse_config(_cfg(tmp_path, "dml", objective={"terms": [{"loss": "kd"}]})))
+    cfg = load_config(EXAMPLES[0], ["scheme=dml", "scheme.args.temperature=2.5"])
+    assert cfg.scheme.args == {"temperature": 2.5}
+    with pytest.raises(ConfigError, match="reads its teachers from teachers"):
+        build(parse_config(_cfg(tmp_path, "multi_teacher", teacher=MLP_T, teachers=_teachers(tmp_path))))
     with pytest.raises(ConfigError, match="uses no separate teacher"):
         build(parse_config(_cfg(tmp_path, "byot", {"heads": ["blocks.0"]}, teacher=MLP_T)))
 
@@ -510,6 +518,17 @@ def test_stages_resume_inside_a_stage(tmp_path):
     assert first_stage.stat().st_mtime_ns == stamp  # the finished stage was not retrained
     rows = (stages[1].resolved_run_dir() / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(r)["epoch"] for r in rows] == [1, 2, 3]
+
+
+def test_schemes_cli_lists_every_scheme(capsys):
+    from distill.cli import main
+
+    assert main(["schemes", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["name"] for r in rows] == list(SCHEMES)
+    assert {"name", "family", "paper", "teacher", "args"} <= set(rows[0])
+    assert main(["methods", "--json"]) == 0
+    assert "dml" in {r["name"] for r in json.loads(capsys.readouterr().out)}
 
 
 def test_stage_config_errors(tmp_path):

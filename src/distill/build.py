@@ -128,6 +128,8 @@ def _scheme_problems(cfg: ExperimentConfig, spec: Any) -> list[str]:
             for i, t in enumerate(cfg.teachers)
             if t.weights is None
         ]
+        if cfg.teacher is not None:
+            problems.append(f"teacher: the {name} scheme reads its teachers from teachers: (a list)")
     elif cfg.teachers:
         problems.append(f"teachers: only multi_teacher uses a teachers list, not {name}")
     if cfg.peers and name not in ("dml", "okddip", "ffl"):

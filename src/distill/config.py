@@ -233,8 +233,11 @@ def load_config(
             f"got a {type(data).__name__}"
         )
     data = dict(data or {})
-    for assignment in overrides:
-        apply_override(data, assignment)
+    for assignment in [None, *overrides]:
+        if assignment is not None:
+            apply_override(data, assignment)
+        if isinstance(data.get("scheme"), str):  # so that scheme.args.x=... overrides work
+            data["scheme"] = {"name": data["scheme"]}
     return parse_config(data, str(path) if path else "config")
 
 

@@ -33,16 +33,14 @@ COLUMNS = [
 
 def _load_run(run_dir: Path) -> dict[str, Any]:
     from distill.assess import assess
+    from distill.stages import final_stage_dir
 
     if not (run_dir / "config.yaml").is_file():
         raise ConfigError(f"{str(run_dir)!r} is not a run dir (no config.yaml)")
     curves = []
-    if (run_dir / "metrics.jsonl").is_file():
-        curves = [
-            json.loads(line)
-            for line in (run_dir / "metrics.jsonl").read_text().splitlines()
-            if line.strip()
-        ]
+    metrics = final_stage_dir(run_dir) / "metrics.jsonl"  # a staged run: its last stage
+    if metrics.is_file():
+        curves = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
     evaluation = (
         json.loads((run_dir / "eval.json").read_text())
         if (run_dir / "eval.json").is_file()
