@@ -19,6 +19,32 @@ def test_weight_schedule_ramps():
         Schedule(1.0, ramp="exp")
 
 
+def test_delayed_schedule_phases_a_term_in():
+    late = Schedule(0.5, steps=10, delay=100)
+    assert late.at(0) == late.at(99) == 0.0
+    assert late.at(105) == pytest.approx(0.25)
+    assert late.at(110) == late.at(10_000) == 0.5
+    step_on = Schedule(1.0, delay=3)  # no ramp: off, then on
+    assert [step_on.at(i) for i in range(5)] == [0.0, 0.0, 0.0, 1.0, 1.0]
+    with pytest.raises(ValueError, match="delay"):
+        Schedule(1.0, delay=-1)
+
+
+def test_start_step_from_config(tmp_path):
+    from helpers import kd_cfg, make_teacher
+
+    from distill.build import build
+    from distill.config import parse_config
+
+    cfg = kd_cfg(tmp_path / "r", make_teacher(tmp_path / "t.safetensors"))
+    cfg["objective"]["terms"].append(
+        {"loss": "sp", "name": "late_sp", "student": "blocks.0", "teacher": "blocks.0",
+         "start_step": 50, "warmup_steps": 10}
+    )
+    term = build(parse_config(cfg)).objective.terms[1]
+    assert term.weight.at(49) == 0.0 and term.weight.at(60) == 1.0
+
+
 def test_objective_sums_weighted_terms_and_reports_components():
     torch.manual_seed(0)
     s = Knowledge(torch.randn(4, 5, requires_grad=True), {"f": torch.randn(4, 3)})

@@ -85,11 +85,15 @@ def test_scheme_example_validates_and_trains(path, tmp_path):
     cfg = load_config(path)
     overrides = [f"run_dir={tmp_path / 'run'}", "train.progress=false"]
     overrides += _stand_in_weights(cfg, tmp_path)
-    if cfg.scheme.name in PIPELINE_ARGS or cfg.stages:
+    if cfg.scheme.name in PIPELINE_ARGS or cfg.stages:  # every stage for one epoch
+        overrides.append("train.epochs=1")
+        overrides += [f"stages.{i}.train.epochs=1" for i in range(len(cfg.stages))]
         cfg = load_config(path, overrides)
         assert validate(cfg) == []
-        assert len(expand(cfg)) >= 2
-        return  # pipelines run end to end on synthetic data below
+        result = run_experiment(cfg)
+        assert result["complete"] and len(result["stages"]) == len(expand(cfg)) >= 2
+        assert (tmp_path / "run/checkpoints/best.safetensors").is_file()
+        return
     cfg = load_config(path, [*overrides, "train.max_steps=3"])
     assert validate(cfg) == []
     result = run_experiment(cfg)
@@ -221,6 +225,20 @@ def test_mean_teacher_ema_arithmetic(tmp_path):
     assert not e0.requires_grad
     assert s.eval_model() is s.ema
     torch.testing.assert_close(e0, 0.1 * (0.9 * before[0] + 0.1 * p0) + 0.9 * p0)
+
+
+def test_temporal_ensembling_average_and_bias_correction(tmp_path):
+    built = build(parse_config(_cfg(tmp_path, "temporal_ensembling", {"momentum": 0.6})))
+    s, batch = built.scheme, _batch(built, 8)
+    first = s.step(batch, 0)
+    assert float(first["temporal"]) == 0.0  # nothing to compare with on the first visit
+    p1 = torch.softmax(built.student(batch["input"]), -1).detach()
+    target, seen = s.targets(batch["index"])
+    assert seen.all()
+    torch.testing.assert_close(target, p1, atol=1e-5, rtol=1e-4)  # (0.4 p1) / (1 - 0.6)
+    s.step(batch, 1)
+    target2, _ = s.targets(batch["index"])
+    torch.testing.assert_close(target2, (0.6 * 0.4 * p1 + 0.4 * p1) / (1 - 0.36), atol=1e-5, rtol=1e-4)
 
 
 def test_consistency_needs_augmentation(tmp_path):
@@ -518,6 +536,22 @@ def test_stages_resume_inside_a_stage(tmp_path):
     assert first_stage.stat().st_mtime_ns == stamp  # the finished stage was not retrained
     rows = (stages[1].resolved_run_dir() / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(r)["epoch"] for r in rows] == [1, 2, 3]
+
+
+def test_scheme_from_python_as_in_the_readme(tmp_path):
+    from distill import Objective, SchemeContext, TrainSettings, Trainer, build_model, load_dataset
+    from distill.schemes.online import DeepMutualLearning
+
+    data = load_dataset("synthetic", num_samples=300, num_features=8, num_classes=3)
+    student = build_model("mlp", data.input_shape, data.num_classes, {"hidden": [16]})
+    peer = build_model("mlp", data.input_shape, data.num_classes, {"hidden": [32]})
+    dml = DeepMutualLearning(
+        SchemeContext(student=student, objective=Objective(), data=data, peers=[peer],
+                      args={"temperature": 3.0})
+    )
+    settings = TrainSettings(epochs=2, batch_size=32, progress=False)
+    summary = Trainer(dml, data.train, data.val, settings, run_dir=tmp_path / "r").fit()
+    assert summary["complete"] and dml.peers == [peer]
 
 
 def test_schemes_cli_lists_every_scheme(capsys):

@@ -129,7 +129,9 @@ def _scheme_problems(cfg: ExperimentConfig, spec: Any) -> list[str]:
             if t.weights is None
         ]
         if cfg.teacher is not None:
-            problems.append(f"teacher: the {name} scheme reads its teachers from teachers: (a list)")
+            problems.append(
+                f"teacher: the {name} scheme reads its teachers from teachers: (a list)"
+            )
     elif cfg.teachers:
         problems.append(f"teachers: only multi_teacher uses a teachers list, not {name}")
     if cfg.peers and name not in ("dml", "okddip", "ffl"):
@@ -383,7 +385,7 @@ def _build_term(
     term = Term(
         tc.name or tc.loss,
         fn,
-        weight=Schedule(tc.weight, tc.warmup_steps, tc.ramp),
+        weight=Schedule(tc.weight, tc.warmup_steps, tc.ramp, delay=tc.start_step),
         student=tc.student,
         teacher=tc.teacher,
         adapter=adapter,

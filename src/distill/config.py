@@ -52,6 +52,7 @@ class TermConfig(Strict):
     name: str | None = None  # for logs; defaults to the loss name
     weight: float = 1.0
     warmup_steps: int = Field(0, ge=0)
+    start_step: int = Field(0, ge=0)  # off until this optimizer step, then warms up
     ramp: Literal["linear", "cosine"] = "linear"
     student: str | list[str] = (
         "logits"  # 'logits', a layer name ('layer:input': its input), or a list

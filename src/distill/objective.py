@@ -35,17 +35,23 @@ class Schedule:
     steps: int = 0
     ramp: str = "linear"
     start: float = 0.0
+    delay: int = 0  # hold `start` for this many steps first (phase a term in later)
 
     def __post_init__(self) -> None:
         if self.ramp not in ("linear", "cosine"):
             raise ValueError(f"schedule ramp must be 'linear' or 'cosine', got {self.ramp!r}")
-        if self.steps < 0:
-            raise ValueError(f"schedule steps must be >= 0, got {self.steps}")
+        if self.steps < 0 or self.delay < 0:
+            raise ValueError(
+                f"schedule steps and delay must be >= 0, got {self.steps} and {self.delay}"
+            )
 
     def at(self, step: int) -> float:
+        step -= self.delay
+        if step < 0:
+            return self.start
         if self.steps == 0 or step >= self.steps:
             return self.value
-        frac = max(step, 0) / self.steps
+        frac = step / self.steps
         if self.ramp == "cosine":
             frac = 0.5 - 0.5 * math.cos(math.pi * frac)
         return self.start + (self.value - self.start) * frac

@@ -41,6 +41,7 @@ from distill.schemes.self_kd import (
     MeanTeacher,
     ProgressiveSelfKD,
     SDDropout,
+    TemporalEnsembling,
 )
 from distill.schemes.supervised import Supervised
 
@@ -121,6 +122,12 @@ SCHEMES: dict[str, SchemeSpec] = {
         "Tarvainen & Valpola 2017, Mean teachers are better role models (EMA teacher)",
         "none",
         MeanTeacher,
+    ),
+    "temporal_ensembling": _spec(
+        "self",
+        "Laine & Aila 2017, Temporal Ensembling for Semi-Supervised Learning",
+        "none",
+        TemporalEnsembling,
     ),
     "consistency": _spec(
         "self",

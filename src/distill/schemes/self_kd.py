@@ -233,6 +233,53 @@ class MeanTeacher(SchemeBase):
         self.ema.eval()
 
 
+# --------------------------------------------------------------------------- temporal ensembling
+class TemporalEnsemblingArgs(Strict):
+    momentum: float = Field(0.6, ge=0, lt=1)  # alpha of the per-sample prediction average
+    weight: float = Field(1.0, ge=0)
+    rampup_steps: int = Field(0, ge=0)
+
+
+class TemporalEnsembling(SchemeBase):
+    """Temporal ensembling (Laine & Aila 2017): each sample's target is the running average
+    of the model's own past predictions for it, Z <- a Z + (1 - a) p, read with the bias
+    correction Z / (1 - a^n) after n visits. loss = task + w(t) * ||p - target||^2 (squared
+    difference of probability vectors), on samples seen before; unlabelled samples count.
+    """
+
+    Args = TemporalEnsemblingArgs
+
+    def __init__(self, ctx: SchemeContext):
+        a = self.args = parse_args(TemporalEnsemblingArgs, ctx.args, "temporal_ensembling")
+        self.memory = _Memory(len(ctx.data.train), ctx.data.num_classes)
+        self.memory.register_buffer("visits", torch.zeros(len(ctx.data.train)))
+        self.weight = Schedule(a.weight, a.rampup_steps, "cosine")
+        super().__init__(ctx.student, ctx.objective, {"memory": self.memory})
+        self._tap = _tap(ctx, [])
+
+    def targets(self, index: Tensor) -> tuple[Tensor, Tensor]:
+        """(bias-corrected ensemble predictions, rows that have one)."""
+        visits = self.memory.visits[index]
+        correction = 1 - self.args.momentum ** visits.clamp_min(1)
+        return self.memory.probs[index] / correction.unsqueeze(1), visits > 0
+
+    def step(self, batch: dict[str, Tensor], step: int) -> dict[str, Tensor]:
+        k = self._tap.run(batch["input"])
+        total, out = self.student_objective(k, batch, step)
+        index = batch["index"]
+        target, seen = self.targets(index)
+        p = F.softmax(k.logits.float(), -1)
+        if seen.any():
+            out["temporal"] = (p[seen] - target[seen]).pow(2).sum(-1).mean()
+        else:
+            out["temporal"] = p.new_zeros(())
+        with torch.no_grad():
+            m = self.args.momentum
+            self.memory.probs[index] = m * self.memory.probs[index] + (1 - m) * p.detach()
+            self.memory.visits[index] += 1
+        return {"loss": total + self.weight.at(step) * out["temporal"], **out}
+
+
 # --------------------------------------------------------------------------- consistency
 class ConsistencyArgs(Strict):
     temperature: float = Field(2.0, gt=0)
@@ -570,6 +617,7 @@ __all__ = [
     "MeanTeacher",
     "ProgressiveSelfKD",
     "SDDropout",
+    "TemporalEnsembling",
     "bake_targets",
     "uskd_losses",
 ]
