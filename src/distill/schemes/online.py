@@ -180,7 +180,8 @@ class OnTheFlyNativeEnsemble(SchemeBase):
         super().__init__(
             student, ctx.objective, {"branches": nn.ModuleList(branches), "gate": self.gate}
         )
-        self._tap = Tap(student, [gate_layer] if gate_layer else [], "student")
+        layers = [*ctx.objective.student_layers(), *([gate_layer] if gate_layer else [])]
+        self._tap = Tap(student, list(dict.fromkeys(layers)), "student")
 
     def _store(self, name: str):
         def hook(_m: nn.Module, inputs: tuple, output: Tensor) -> None:
