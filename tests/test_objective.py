@@ -38,8 +38,14 @@ def test_start_step_from_config(tmp_path):
 
     cfg = kd_cfg(tmp_path / "r", make_teacher(tmp_path / "t.safetensors"))
     cfg["objective"]["terms"].append(
-        {"loss": "sp", "name": "late_sp", "student": "blocks.0", "teacher": "blocks.0",
-         "start_step": 50, "warmup_steps": 10}
+        {
+            "loss": "sp",
+            "name": "late_sp",
+            "student": "blocks.0",
+            "teacher": "blocks.0",
+            "start_step": 50,
+            "warmup_steps": 10,
+        }
     )
     term = build(parse_config(cfg)).objective.terms[1]
     assert term.weight.at(49) == 0.0 and term.weight.at(60) == 1.0

@@ -238,7 +238,9 @@ def test_temporal_ensembling_average_and_bias_correction(tmp_path):
     torch.testing.assert_close(target, p1, atol=1e-5, rtol=1e-4)  # (0.4 p1) / (1 - 0.6)
     s.step(batch, 1)
     target2, _ = s.targets(batch["index"])
-    torch.testing.assert_close(target2, (0.6 * 0.4 * p1 + 0.4 * p1) / (1 - 0.36), atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(
+        target2, (0.6 * 0.4 * p1 + 0.4 * p1) / (1 - 0.36), atol=1e-5, rtol=1e-4
+    )
 
 
 def test_consistency_needs_augmentation(tmp_path):
@@ -320,7 +322,11 @@ def test_scheme_args_are_checked(tmp_path):
     cfg = load_config(EXAMPLES[0], ["scheme=dml", "scheme.args.temperature=2.5"])
     assert cfg.scheme.args == {"temperature": 2.5}
     with pytest.raises(ConfigError, match="reads its teachers from teachers"):
-        build(parse_config(_cfg(tmp_path, "multi_teacher", teacher=MLP_T, teachers=_teachers(tmp_path))))
+        build(
+            parse_config(
+                _cfg(tmp_path, "multi_teacher", teacher=MLP_T, teachers=_teachers(tmp_path))
+            )
+        )
     with pytest.raises(ConfigError, match="uses no separate teacher"):
         build(parse_config(_cfg(tmp_path, "byot", {"heads": ["blocks.0"]}, teacher=MLP_T)))
 
@@ -539,15 +545,20 @@ def test_stages_resume_inside_a_stage(tmp_path):
 
 
 def test_scheme_from_python_as_in_the_readme(tmp_path):
-    from distill import Objective, SchemeContext, TrainSettings, Trainer, build_model, load_dataset
+    from distill import Objective, SchemeContext, Trainer, TrainSettings, build_model, load_dataset
     from distill.schemes.online import DeepMutualLearning
 
     data = load_dataset("synthetic", num_samples=300, num_features=8, num_classes=3)
     student = build_model("mlp", data.input_shape, data.num_classes, {"hidden": [16]})
     peer = build_model("mlp", data.input_shape, data.num_classes, {"hidden": [32]})
     dml = DeepMutualLearning(
-        SchemeContext(student=student, objective=Objective(), data=data, peers=[peer],
-                      args={"temperature": 3.0})
+        SchemeContext(
+            student=student,
+            objective=Objective(),
+            data=data,
+            peers=[peer],
+            args={"temperature": 3.0},
+        )
     )
     settings = TrainSettings(epochs=2, batch_size=32, progress=False)
     summary = Trainer(dml, data.train, data.val, settings, run_dir=tmp_path / "r").fit()
