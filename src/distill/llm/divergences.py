@@ -1,0 +1,174 @@
+"""Token-level divergences between a teacher's and a student's next-token distributions.
+
+Every function takes logits of shape (..., V), an optional boolean `mask` over the leading
+positions (True = a supervised token: not prompt, not padding) and returns the per-token
+divergence summed over supervised tokens. Dividing by the number of supervised tokens of
+the whole (accumulated) batch gives a mean that does not depend on how the batch was split
+into micro-batches: see `token_kd_loss`. The teacher side is always detached; everything
+is computed in float32.
+
+P is the teacher's distribution and Q the student's, both at temperature T.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def _log_probs(student: Tensor, teacher: Tensor, temperature: float) -> tuple[Tensor, Tensor]:
+    if student.shape != teacher.shape:
+        raise ValueError(
+            f"student logits {tuple(student.shape)} and teacher logits {tuple(teacher.shape)} "
+            f"differ; token divergences need the same vocabulary (see distill.llm.vocab)"
+        )
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    log_q = F.log_softmax(student.float() / temperature, dim=-1)
+    log_p = F.log_softmax(teacher.detach().float() / temperature, dim=-1)
+    return log_q, log_p
+
+
+def _kl(log_a: Tensor, log_b: Tensor) -> Tensor:
+    """KL(a || b) per position, from log-probabilities (0 * log 0 taken as 0)."""
+    return (log_a.exp() * (log_a - log_b)).sum(-1)
+
+
+def _masked_sum(per_token: Tensor, mask: Tensor | None) -> Tensor:
+    if mask is None:
+        return per_token.sum()
+    return (per_token * mask.reshape(per_token.shape).to(per_token.dtype)).sum()
+
+
+def forward_kl(
+    student: Tensor, teacher: Tensor, *, mask: Tensor | None = None, temperature: float = 1.0
+) -> Tensor:
+    """KL(P || Q): mean-seeking; the student covers every mode of the teacher."""
+    log_q, log_p = _log_probs(student, teacher, temperature)
+    return _masked_sum(_kl(log_p, log_q), mask)
+
+
+def reverse_kl(
+    student: Tensor, teacher: Tensor, *, mask: Tensor | None = None, temperature: float = 1.0
+) -> Tensor:
+    """KL(Q || P): mode-seeking (Gu et al. 2024, MiniLLM); the surveys' fix for bland text."""
+    log_q, log_p = _log_probs(student, teacher, temperature)
+    return _masked_sum(_kl(log_q, log_p), mask)
+
+
+def _mixture(log_a: Tensor, log_b: Tensor, weight_a: float) -> Tensor:
+    """log(weight_a * a + (1 - weight_a) * b), stably."""
+    return torch.logaddexp(log_a + math.log(weight_a), log_b + math.log1p(-weight_a))
+
+
+def generalized_jsd(
+    student: Tensor,
+    teacher: Tensor,
+    *,
+    beta: float = 0.5,
+    mask: Tensor | None = None,
+    temperature: float = 1.0,
+) -> Tensor:
+    """Generalized Jensen-Shannon divergence (Agarwal et al. 2024, GKD):
+    beta KL(P || M) + (1 - beta) KL(Q || M), M = beta P + (1 - beta) Q.
+
+    beta = 0.5 is the usual JSD. Its limits, JSD/beta -> KL(P || Q) as beta -> 0 and
+    JSD/(1 - beta) -> KL(Q || P) as beta -> 1, are taken as the endpoints: beta = 0 returns
+    the forward KL and beta = 1 the reverse KL (the convention of GKD implementations).
+    """
+    if not 0.0 <= beta <= 1.0:
+        raise ValueError(f"beta must be in [0, 1], got {beta}")
+    if beta == 0.0:
+        return forward_kl(student, teacher, mask=mask, temperature=temperature)
+    if beta == 1.0:
+        return reverse_kl(student, teacher, mask=mask, temperature=temperature)
+    log_q, log_p = _log_probs(student, teacher, temperature)
+    log_m = _mixture(log_p, log_q, beta)
+    per_token = beta * _kl(log_p, log_m) + (1 - beta) * _kl(log_q, log_m)
+    return _masked_sum(per_token, mask)
+
+
+def skew_forward_kl(
+    student: Tensor,
+    teacher: Tensor,
+    *,
+    alpha: float = 0.1,
+    mask: Tensor | None = None,
+    temperature: float = 1.0,
+) -> Tensor:
+    """Skew KL (Ko et al. 2024, DistiLLM): KL(P || alpha P + (1 - alpha) Q).
+
+    Mixing some of the teacher into the student's side keeps the divergence and its
+    gradient bounded where Q is near zero; alpha = 0 is the forward KL.
+    """
+    if not 0.0 <= alpha < 1.0:
+        raise ValueError(f"alpha must be in [0, 1), got {alpha}")
+    log_q, log_p = _log_probs(student, teacher, temperature)
+    log_m = log_q if alpha == 0.0 else _mixture(log_p, log_q, alpha)
+    return _masked_sum(_kl(log_p, log_m), mask)
+
+
+def skew_reverse_kl(
+    student: Tensor,
+    teacher: Tensor,
+    *,
+    alpha: float = 0.1,
+    mask: Tensor | None = None,
+    temperature: float = 1.0,
+) -> Tensor:
+    """Skew reverse KL (Ko et al. 2024, DistiLLM): KL(Q || alpha Q + (1 - alpha) P)."""
+    if not 0.0 <= alpha < 1.0:
+        raise ValueError(f"alpha must be in [0, 1), got {alpha}")
+    log_q, log_p = _log_probs(student, teacher, temperature)
+    log_m = log_p if alpha == 0.0 else _mixture(log_q, log_p, alpha)
+    return _masked_sum(_kl(log_q, log_m), mask)
+
+
+def total_variation(
+    student: Tensor, teacher: Tensor, *, mask: Tensor | None = None, temperature: float = 1.0
+) -> Tensor:
+    """Total variation distance 0.5 * sum_v |P(v) - Q(v)| (Wen et al. 2023, f-divergence KD)."""
+    log_q, log_p = _log_probs(student, teacher, temperature)
+    return _masked_sum(0.5 * (log_p.exp() - log_q.exp()).abs().sum(-1), mask)
+
+
+TOKEN_DIVERGENCES: dict[str, tuple[Callable[..., Tensor], str]] = {
+    "forward_kl": (forward_kl, "Hinton et al. 2015 / Kim & Rush 2016 (token-level KD)"),
+    "reverse_kl": (reverse_kl, "Gu et al. 2024, MiniLLM (reverse KL)"),
+    "jsd": (generalized_jsd, "Agarwal et al. 2024, On-Policy Distillation (GKD), generalized JSD"),
+    "skew_kl": (skew_forward_kl, "Ko et al. 2024, DistiLLM (skew KL)"),
+    "skew_reverse_kl": (skew_reverse_kl, "Ko et al. 2024, DistiLLM (skew reverse KL)"),
+    "tv": (total_variation, "Wen et al. 2023, f-Divergence Minimization (total variation)"),
+}
+
+
+def token_kd_loss(
+    student: Tensor,
+    teacher: Tensor,
+    *,
+    divergence: str = "forward_kl",
+    mask: Tensor | None = None,
+    num_tokens: float | Tensor | None = None,
+    temperature: float = 1.0,
+    **args: float,
+) -> Tensor:
+    """A divergence averaged over supervised tokens.
+
+    `num_tokens` is the number of supervised tokens in the whole batch the optimizer step
+    sees (over every micro-batch of gradient accumulation); each micro-batch's loss is its
+    token sum over that number, so the accumulated gradient equals the full batch's.
+    Without it, the micro-batch's own token count is used.
+    """
+    if divergence not in TOKEN_DIVERGENCES:
+        raise ValueError(
+            f"unknown token divergence {divergence!r}; choose from {sorted(TOKEN_DIVERGENCES)}"
+        )
+    fn = TOKEN_DIVERGENCES[divergence][0]
+    total = fn(student, teacher, mask=mask, temperature=temperature, **args)
+    if num_tokens is None:
+        num_tokens = mask.sum() if mask is not None else student.shape[:-1].numel()
+    return total / torch.as_tensor(num_tokens, dtype=total.dtype).clamp_min(1)
