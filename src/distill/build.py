@@ -241,9 +241,14 @@ def _add_input_grads(
         ).feats[INPUT_GRAD]
 
 
-def check_classes(data: DataSplits, student_k: Knowledge, teacher_k: Knowledge | None) -> None:
-    """Student, teacher and data must agree on the number of classes (the last logit dim)."""
+def check_classes(
+    data: DataSplits, student_k: Knowledge, teacher_k: Knowledge | None, padded: bool = False
+) -> None:
+    """Student, teacher and data must agree on the number of classes (the last logit dim).
+    `padded` (language models) allows more logits than tokens: padding rows are cut off."""
     n_student = student_k.logits.shape[-1]
+    if padded and n_student >= data.num_classes:
+        return
     if n_student != data.num_classes:
         raise ConfigError(
             f"the student predicts {n_student} classes but the data has {data.num_classes}; "
@@ -438,7 +443,7 @@ def build(cfg: ExperimentConfig, *, missing_weights_ok: bool = False) -> Built:
     teacher_k = None
     if teacher is not None and offline:
         teacher_k = _dry_knowledge(teacher, teacher_layers, batch, f"teacher {cfg.teacher.name}")
-    check_classes(data, student_k, teacher_k)
+    check_classes(data, student_k, teacher_k, padded=spec.family == "llm")
     if teacher_k is not None and _reads_input_grad(cfg):
         _add_input_grads(
             student, teacher, student_layers, teacher_layers, batch, student_k, teacher_k

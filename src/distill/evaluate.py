@@ -43,5 +43,13 @@ def classification_metrics(logits: Tensor, targets: Tensor) -> dict[str, float]:
 def evaluate(
     model: nn.Module, dataset: Any, *, batch_size: int = 1024, device: str | torch.device = "cpu"
 ) -> dict[str, float]:
+    """acc and nll of a classifier; of a language model on token data, per supervised token
+    (plus perplexity)."""
+    from distill.llm.text import TokenDataset
+
+    if isinstance(dataset, TokenDataset):
+        from distill.llm.scheme import lm_metrics
+
+        return lm_metrics(model, dataset, batch_size=min(batch_size, 64), device=device)
     logits = predict_logits(model, dataset, batch_size=batch_size, device=device)
     return classification_metrics(logits, targets_of(dataset))

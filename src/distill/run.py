@@ -14,7 +14,13 @@ from distill.build import build, export_info, weights_path
 from distill.checkpoint import atomic_write_text, load_into, load_weights
 from distill.config import ExperimentConfig, dump_config
 from distill.errors import ConfigError
-from distill.evaluate import agreement, classification_metrics, predict_logits, targets_of
+from distill.evaluate import (
+    agreement,
+    classification_metrics,
+    evaluate,
+    predict_logits,
+    targets_of,
+)
 from distill.trainer import Trainer
 
 # Settings that may change when a run is resumed; anything else must match the saved config.
@@ -109,6 +115,11 @@ def test_results(built: Any, run_dir: Path, batch_size: int) -> dict[str, float]
     load_into(built.student, state, "student")
     built.student.to("cpu")
     test = built.data.test
+    scheme_test = getattr(built.scheme, "test_metrics", None)
+    if scheme_test is not None:  # e.g. perplexity and token agreement for language models
+        return scheme_test(test, batch_size=batch_size)
+    if hasattr(test, "supervised"):  # token data without a language-model scheme
+        return {f"test_{k}": v for k, v in evaluate(built.student, test).items()}
     targets = targets_of(test)
     student_logits = predict_logits(built.student, test, batch_size=batch_size)
     out = {f"test_{k}": v for k, v in classification_metrics(student_logits, targets).items()}

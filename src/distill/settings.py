@@ -47,4 +47,5 @@ class TrainSettings(Strict):
     checkpoint_every_steps: int | None = Field(None, ge=1)
     max_steps: int | None = Field(None, ge=1)  # stop (with a checkpoint) after this many steps
     early_stop_patience: int | None = Field(None, ge=1)  # epochs without a better val metric
+    monitor: Literal["acc", "nll"] = "acc"  # the validation metric that picks the best weights
     progress: bool = True

@@ -12,6 +12,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -358,15 +359,23 @@ class Trainer:
             leave=False,
             dynamic_ncols=True,
         )
-        group_size = 1
+        group_size, group_items = 1, None
         with bar:
             while st["batch"] < self.batches_per_epoch:
                 b = st["batch"]
-                if b % s.grad_accum == 0:  # the micro-batches of this optimizer step
-                    group_size = min(s.grad_accum, self.batches_per_epoch - b)
+                if b % s.grad_accum == 0 or group_items is None:  # this step's micro-batches
+                    group_size = min(s.grad_accum, self.batches_per_epoch - b + b % s.grad_accum)
+                    group_items = self._group_items(order, b - b % s.grad_accum, group_size)
                 index = order[b * bs : (b + 1) * bs] if self.drop_last else order
+                batch = self._batch(index)
+                if group_items is not None:
+                    # items (e.g. supervised tokens) per micro-batch on average over the group:
+                    # a scheme dividing its sum by this makes the accumulated loss the group mean
+                    batch["group_items"] = torch.tensor(
+                        group_items / group_size, device=self.device
+                    )
                 with self._autocast():
-                    losses = self.scheme.step(self._batch(index), st["step"])
+                    losses = self.scheme.step(batch, st["step"])
                 self._check_losses(losses)
                 self.scaler.scale(losses["loss"] / group_size).backward()
                 for k, v in losses.items():
@@ -388,6 +397,19 @@ class Trainer:
         }
         return None
 
+    def _group_items(self, order: torch.Tensor, first: int, size: int) -> float | None:
+        """Items the scheme normalises by (its `count_items`) over one optimizer step's
+        micro-batches, or None for schemes that average per micro-batch."""
+        count = getattr(self.scheme, "count_items", None)
+        if count is None:
+            return None
+        bs = self.settings.batch_size
+        total = 0
+        for b in range(first, first + size):
+            index = order[b * bs : (b + 1) * bs] if self.drop_last else order
+            total += int(count(load_batch(self.train_data, index)))
+        return float(total)
+
     def _stop_reason(self) -> str | None:
         if self._stop_signal is not None:
             return self._stop_signal
@@ -398,19 +420,22 @@ class Trainer:
     def _end_epoch(self, log: MetricsLog) -> bool:
         """Evaluate, log, checkpoint; True when early stopping says to stop."""
         s, st = self.settings, self.state
-        metrics = evaluate(
-            self.scheme.eval_model(),
-            self.val_data,
-            batch_size=s.eval_batch_size,
-            device=self.device,
+        scheme_eval = getattr(self.scheme, "evaluate", None)  # e.g. perplexity for LMs
+        metrics = (scheme_eval or partial(evaluate, self.scheme.eval_model()))(
+            self.val_data, batch_size=s.eval_batch_size, device=self.device
         )
-        improved = metrics["acc"] > st["best"]
+        score = metrics["acc"] if s.monitor == "acc" else -metrics["nll"]
+        improved = score > st["best"]
         if improved:
-            st["best"], st["best_epoch"], st["bad_epochs"] = metrics["acc"], st["epoch"] + 1, 0
+            st["best"], st["best_epoch"], st["bad_epochs"] = score, st["epoch"] + 1, 0
             save_weights(
                 self.ckpt_dir / "best.safetensors",
                 self.scheme.eval_model(),
-                {**self.export_info, "epoch": st["epoch"] + 1, "val_acc": metrics["acc"]},
+                {
+                    **self.export_info,
+                    "epoch": st["epoch"] + 1,
+                    **{f"val_{k}": v for k, v in metrics.items()},
+                },
             )
         else:
             st["bad_epochs"] += 1
@@ -448,7 +473,10 @@ class Trainer:
             "stopped_by": stopped_by or ("early_stop" if early_stopped else None),
             "epochs": st["epoch"],
             "steps": st["step"],
-            "best_val_acc": st["best"],
+            # the best validation value of the monitored metric (acc, or nll when monitoring it)
+            f"best_val_{self.settings.monitor}": st["best"]
+            if self.settings.monitor == "acc"
+            else -st["best"],
             "best_epoch": st["best_epoch"],
             "seconds": time.perf_counter() - started,
         }

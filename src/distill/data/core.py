@@ -52,6 +52,7 @@ class DataSplits:
     test: Any
     input_shape: tuple[int, ...]
     num_classes: int
+    tokenizer: Any = None  # text data: encodes and decodes token ids
 
 
 def split_indices(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -11,6 +11,7 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -233,10 +234,18 @@ def load_synthetic(
     return RawData("synthetic", (x[n_test:], y[n_test:]), (x[:n_test], y[:n_test]), (num_features,))
 
 
-DATASETS: dict[str, Callable[..., RawData]] = {
+def load_text(**options: Any) -> DataSplits:
+    """Token blocks of a text corpus for language models (see `distill.llm.text`)."""
+    from distill.llm.text import text_dataset
+
+    return text_dataset(**options)
+
+
+DATASETS: dict[str, Callable[..., RawData | DataSplits]] = {
     "digits": load_digits,
     "mnist1d": load_mnist1d,
     "synthetic": load_synthetic,
+    "text": load_text,
 }
 
 
@@ -260,6 +269,13 @@ def load_dataset(
         raw = loader(**options)
     except TypeError as e:
         raise ConfigError(f"dataset {name!r}: {e}; set its options under data.options") from None
+    if isinstance(raw, DataSplits):  # a loader that splits itself (text corpora)
+        if train_samples is not None or unlabeled or classes is not None:
+            raise ConfigError(
+                f"dataset {name!r} makes its own splits; data.train_samples, data.unlabeled and "
+                f"data.classes do not apply to it (set its options under data.options)"
+            )
+        return raw
     raw = check_raw(_as_raw(raw, name), name)
     if classes is not None:
         raw = select_classes(raw, classes)

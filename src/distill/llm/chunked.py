@@ -21,24 +21,25 @@ def _linear(h: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
     return out if bias is None else out + bias
 
 
-class _ChunkedDivergence(torch.autograd.Function):
+class _ChunkedLoss(torch.autograd.Function):
+    """sum over chunks of loss(z_chunk, start, end), z = h @ w.T + b, without keeping z."""
+
     @staticmethod
-    def forward(ctx, h_s, w_s, b_s, h_t, w_t, b_t, fn, args, chunk_size):  # noqa: D102
+    def forward(ctx, h_s, w_s, b_s, chunk_loss, chunk_size):  # noqa: D102
         total = torch.zeros((), dtype=torch.float32, device=h_s.device)
         grad_h = torch.zeros_like(h_s, dtype=torch.float32)
         grad_w = torch.zeros_like(w_s, dtype=torch.float32)
         grad_b = torch.zeros_like(b_s, dtype=torch.float32) if b_s is not None else None
         for start in range(0, h_s.shape[0], chunk_size):
-            hs = h_s[start : start + chunk_size]
-            with torch.no_grad():
-                z_t = _linear(h_t[start : start + chunk_size], w_t, b_t)
+            end = min(start + chunk_size, h_s.shape[0])
+            hs = h_s[start:end]
             with torch.enable_grad():
                 z_s = _linear(hs, w_s, b_s).detach().requires_grad_(True)
-                value = fn(z_s, z_t, **args)
+                value = chunk_loss(z_s, start, end)
                 (g,) = torch.autograd.grad(value, z_s)
-            total += value.detach()
+            total += value.detach().float()
             g = g.to(hs.dtype)
-            grad_h[start : start + chunk_size] = (g @ w_s).float()
+            grad_h[start:end] = (g @ w_s).float()
             grad_w += (g.t() @ hs).float()
             if grad_b is not None:
                 grad_b += g.float().sum(0)
@@ -51,17 +52,29 @@ class _ChunkedDivergence(torch.autograd.Function):
         grad_h, grad_w, *rest = ctx.saved_tensors
         h_dtype, w_dtype, b_dtype = ctx.dtypes
         gb = (rest[0] * grad_out).to(b_dtype) if rest else None
-        return (
-            (grad_h * grad_out).to(h_dtype),
-            (grad_w * grad_out).to(w_dtype),
-            gb,
-            None,
-            None,
-            None,
-            None,
-            None,
-            None,
-        )
+        return (grad_h * grad_out).to(h_dtype), (grad_w * grad_out).to(w_dtype), gb, None, None
+
+
+def chunked_loss(
+    hidden: Tensor, head: torch.nn.Module | Tensor, chunk_loss, chunk_size: int
+) -> Tensor:
+    """Sum of `chunk_loss(logits_chunk, start, end)` over row chunks of `hidden` (rows, d),
+    with logits = head(hidden) never materialised for more than one chunk."""
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    w, b = _weight_bias(head)
+    return _ChunkedLoss.apply(hidden, w, b, chunk_loss, chunk_size)
+
+
+def chunked_cross_entropy(
+    hidden: Tensor, head: torch.nn.Module | Tensor, targets: Tensor, chunk_size: int = 1024
+) -> Tensor:
+    """Summed cross-entropy of `targets` (rows,) from hidden states (rows, d), chunked."""
+
+    def ce(z: Tensor, start: int, end: int) -> Tensor:
+        return torch.nn.functional.cross_entropy(z.float(), targets[start:end], reduction="sum")
+
+    return chunked_loss(hidden, head, ce, chunk_size)
 
 
 def chunked_token_divergence(
@@ -87,9 +100,7 @@ def chunked_token_divergence(
         raise ValueError(
             f"unknown token divergence {divergence!r}; choose from {sorted(TOKEN_DIVERGENCES)}"
         )
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-    w_s, b_s = _weight_bias(student_head)
+    w_s, _ = _weight_bias(student_head)
     w_t, b_t = _weight_bias(teacher_head)
     if w_s.shape[0] != w_t.shape[0]:
         raise ValueError(
@@ -105,17 +116,14 @@ def chunked_token_divergence(
         num_tokens = h_s.shape[0]
     fn = TOKEN_DIVERGENCES[divergence][0]
     call_args = {"temperature": temperature, **args}
-    total = _ChunkedDivergence.apply(
-        h_s,
-        w_s,
-        b_s,
-        h_t,
-        w_t.detach(),
-        None if b_t is None else b_t.detach(),
-        fn,
-        call_args,
-        chunk_size,
-    )
+    w_t, b_t = w_t.detach(), None if b_t is None else b_t.detach()
+
+    def divergence_of_chunk(z_s: Tensor, start: int, end: int) -> Tensor:
+        with torch.no_grad():
+            z_t = _linear(h_t[start:end], w_t, b_t)
+        return fn(z_s, z_t, **call_args)
+
+    total = chunked_loss(h_s, student_head, divergence_of_chunk, chunk_size)
     return total / torch.as_tensor(num_tokens, dtype=total.dtype).clamp_min(1)
 
 

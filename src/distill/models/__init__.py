@@ -8,6 +8,7 @@ from collections.abc import Callable, Sequence
 from torch import nn
 
 from distill.errors import ConfigError
+from distill.llm.models import hf_causal_lm, hf_pretrained
 from distill.models.zoo import MLP, ConvNet, ResNet, Transformer
 from distill.registry import lookup, resolve_reference
 
@@ -16,6 +17,8 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "convnet": ConvNet,
     "resnet": ResNet,
     "transformer": Transformer,
+    "hf_causal_lm": hf_causal_lm,
+    "hf_pretrained": hf_pretrained,
 }
 
 

@@ -22,6 +22,7 @@ from typing import Literal, Protocol
 import torch
 from torch import Tensor, nn
 
+from distill.llm.scheme import LMDistillation
 from distill.schemes.base import SchemeBase, SchemeContext, parse_args
 from distill.schemes.multi_teacher import MultiTeacher
 from distill.schemes.offline import OfflineKD
@@ -165,6 +166,14 @@ SCHEMES: dict[str, SchemeSpec] = {
         "2022 (CA-MKD); Yang et al. 2025 (MTKD-RL)",
         "teachers",
         MultiTeacher,
+    ),
+    "lm_kd": _spec(
+        "llm",
+        "token-level KD for causal LMs: forward/reverse KL (Gu et al. 2024), "
+        "JSD (Agarwal et al. 2024), skew KL (Ko et al. 2024); sequence-level KD (Kim & "
+        "Rush 2016)",
+        "required",
+        LMDistillation,
     ),
     "ban": SchemeSpec("pipeline", "Furlanello et al. 2018, Born-Again Neural Networks", "optional"),
     "teacher_assistant": SchemeSpec(

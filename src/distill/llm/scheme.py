@@ -1,0 +1,366 @@
+"""`lm_kd`: white-box distillation between causal language models on the one training loop.
+
+Per supervised token (not prompt, not padding) the student matches the teacher's
+next-token distribution with a chosen divergence; optionally hidden states are matched
+across depths through a layer map; optionally a fraction of batches is completed by the
+student itself and scored by the teacher (on-policy, GKD); optionally the training text is
+replaced by the teacher's own continuations (sequence-level KD). Losses are sums over
+tokens divided by the supervised tokens of the whole optimizer step, so gradient
+accumulation does not change them.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+from torch import Tensor, nn
+
+from distill.data import load_batch
+from distill.errors import ConfigError
+from distill.llm.chunked import chunked_cross_entropy, chunked_token_divergence
+from distill.llm.divergences import TOKEN_DIVERGENCES, token_kd_loss
+from distill.schemes.base import SchemeBase, SchemeContext, parse_args
+from distill.settings import Strict
+
+
+class HiddenArgs(Strict):
+    weight: float = Field(1.0, ge=0)
+    map: Literal["uniform", "last_k", "explicit"] = "uniform"
+    pairs: list[tuple[int, int]] = []  # explicit: (student layer, teacher layer), 1-based
+    loss: Literal["mse", "cosine"] = "mse"
+
+
+class OnPolicyArgs(Strict):
+    fraction: float = Field(0.5, ge=0, le=1)  # lambda: share of batches the student completes
+    prompt_tokens: int = Field(16, ge=1)  # each row's first tokens are the prompt
+    temperature: float = Field(1.0, gt=0)  # sampling temperature of the student
+
+
+class SequenceArgs(Strict):
+    prompt_tokens: int = Field(16, ge=2)
+    greedy: bool = True  # the teacher's greedy continuation (Kim & Rush 2016), else sampled
+
+
+class LMKDArgs(Strict):
+    divergence: str = "forward_kl"
+    temperature: float = Field(1.0, gt=0)
+    beta: float = Field(0.5, ge=0, le=1)  # jsd
+    alpha: float = Field(0.1, ge=0, lt=1)  # skew_kl, skew_reverse_kl
+    kd_weight: float = Field(1.0, ge=0)
+    chunk_size: int = Field(0, ge=0)  # 0: full logits; N: the memory-efficient path, N tokens
+    hidden: HiddenArgs | None = None
+    on_policy: OnPolicyArgs | None = None
+    sequence_level: SequenceArgs | None = None
+
+
+def layer_map(
+    n_student: int, n_teacher: int, how: str = "uniform", pairs: list | None = None
+) -> list[tuple[int, int]]:
+    """(student layer, teacher layer) pairs, layers counted from 1 (0 is the embeddings).
+
+    uniform: student layer i <- teacher layer round(i * n_teacher / n_student) (DistilBERT /
+    TinyBERT style); last_k: the last n_student teacher layers; explicit: `pairs` as given.
+    """
+    if how == "uniform":
+        return [(i, max(1, round(i * n_teacher / n_student))) for i in range(1, n_student + 1)]
+    if how == "last_k":
+        k = min(n_student, n_teacher)
+        return [(n_student - k + j, n_teacher - k + j) for j in range(1, k + 1)]
+    pairs = [tuple(p) for p in (pairs or [])]
+    if not pairs:
+        raise ConfigError(
+            "scheme.args.hidden.pairs: map 'explicit' needs [[student, teacher], ...]"
+        )
+    for s, t in pairs:
+        if not (1 <= s <= n_student and 1 <= t <= n_teacher):
+            raise ConfigError(
+                f"scheme.args.hidden.pairs: ({s}, {t}) is outside 1..{n_student} (student) and "
+                f"1..{n_teacher} (teacher)"
+            )
+    return pairs
+
+
+def _num_layers(model: nn.Module) -> int:
+    cfg = getattr(model, "config", None)
+    n = getattr(cfg, "num_hidden_layers", None) or getattr(cfg, "n_layer", None)
+    if n is None:
+        raise ConfigError(
+            "hidden-state matching needs Hugging Face models (config.num_hidden_layers)"
+        )
+    return int(n)
+
+
+def _hidden_size(model: nn.Module) -> int:
+    cfg = model.config
+    return int(getattr(cfg, "hidden_size", None) or cfg.n_embd)
+
+
+def _forward(model: nn.Module, x: Tensor, am: Tensor | None, hidden: bool, base: bool):
+    """The model's output: full (logits) or its base model (final hidden states only)."""
+    target = model.base_model if base else model
+    return target(input_ids=x, attention_mask=am, output_hidden_states=hidden)
+
+
+@torch.no_grad()
+def lm_metrics(
+    model: nn.Module,
+    dataset,
+    *,
+    batch_size: int = 64,
+    device="cpu",
+    vocab: int | None = None,
+    teacher: nn.Module | None = None,
+) -> dict[str, float]:
+    """Next-token accuracy, NLL and perplexity over supervised tokens (and the agreement of
+    top-1 predictions with a teacher, when given)."""
+    was = model.training
+    model.eval()
+    nll_sum, correct, agree, count = 0.0, 0, 0, 0
+    for start in range(0, len(dataset), batch_size):
+        b = load_batch(dataset, torch.arange(start, min(start + batch_size, len(dataset))))
+        x, am, y = (b[k].to(device) for k in ("input", "attention_mask", "target"))
+        logits = model(input_ids=x, attention_mask=am).logits.float()
+        if vocab is not None:
+            logits = logits[..., :vocab]
+        mask = y >= 0
+        z, t = logits[mask], y[mask]
+        nll_sum += float(F.cross_entropy(z, t, reduction="sum"))
+        correct += int((z.argmax(-1) == t).sum())
+        count += int(mask.sum())
+        if teacher is not None:
+            zt = teacher(input_ids=x, attention_mask=am).logits.float()[..., : z.shape[-1]]
+            agree += int((zt[mask].argmax(-1) == z.argmax(-1)).sum())
+    model.train(was)
+    nll = nll_sum / max(count, 1)
+    out = {"acc": correct / max(count, 1), "nll": nll, "ppl": math.exp(min(nll, 50.0))}
+    if teacher is not None:
+        out["agreement"] = agree / max(count, 1)
+    return out
+
+
+class LMDistillation(SchemeBase):
+    """White-box KD between causal LMs (`transformers` models or any model taking
+    input_ids/attention_mask and returning `.logits`). See the module docstring."""
+
+    Args = LMKDArgs
+
+    def __init__(self, ctx: SchemeContext):
+        a = self.args = parse_args(LMKDArgs, ctx.args, "lm_kd")
+        if a.divergence not in TOKEN_DIVERGENCES:
+            raise ConfigError(
+                f"scheme.args.divergence: {a.divergence!r} is not one of "
+                f"{sorted(TOKEN_DIVERGENCES)}"
+            )
+        if ctx.teacher is None:
+            raise ConfigError("scheme lm_kd needs a teacher")
+        self.teacher = ctx.teacher
+        self.vocab = ctx.data.num_classes  # the tokenizer's size: padded rows beyond it are cut
+        self.seed = ctx.seed
+        self.div_args = {"temperature": a.temperature}
+        if a.divergence == "jsd":
+            self.div_args["beta"] = a.beta
+        if a.divergence in ("skew_kl", "skew_reverse_kl"):
+            self.div_args["alpha"] = a.alpha
+        trained: dict[str, nn.Module] = {}
+        self.pairs: list[tuple[int, int]] = []
+        if a.hidden is not None:
+            self.pairs = layer_map(
+                _num_layers(ctx.student), _num_layers(ctx.teacher), a.hidden.map, a.hidden.pairs
+            )
+            d_s, d_t = _hidden_size(ctx.student), _hidden_size(ctx.teacher)
+            self.projections = nn.ModuleList(
+                [nn.Linear(d_s, d_t) if d_s != d_t else nn.Identity() for _ in self.pairs]
+            )
+            trained["projections"] = self.projections
+        if a.chunk_size and not hasattr(ctx.student, "base_model"):
+            raise ConfigError("scheme.args.chunk_size needs Hugging Face models (base_model)")
+        self._sequences: Tensor | None = None
+        super().__init__(ctx.student, ctx.objective, trained, frozen=[ctx.teacher])
+        if a.sequence_level is not None:
+            seqs = teacher_sequences(self.teacher, ctx.data.train, a.sequence_level, self.seed)
+            self.modules["sequences"] = _Buffer(seqs)
+
+    # ---------------------------------------------------------------- trainer hooks
+    def count_items(self, batch: dict[str, Tensor]) -> int:
+        """Supervised tokens of a micro-batch (the trainer sums them over the optimizer step)."""
+        if self.args.sequence_level is not None:  # the teacher's continuation tokens
+            rows, length = batch["target"].shape
+            return rows * (length - self._prompt_targets())
+        return int((batch["target"] >= 0).sum())
+
+    def _prompt_targets(self) -> int:
+        """Target positions inside the prompt (not learned) in sequence-level KD."""
+        return self.args.sequence_level.prompt_tokens - 1
+
+    def evaluate(self, dataset, *, batch_size: int, device) -> dict[str, float]:
+        return lm_metrics(
+            self.student, dataset, batch_size=min(batch_size, 64), device=device, vocab=self.vocab
+        )
+
+    def test_metrics(self, dataset, *, batch_size: int, device="cpu") -> dict[str, float]:
+        self.teacher.to(device)
+        student = lm_metrics(
+            self.student,
+            dataset,
+            batch_size=min(batch_size, 64),
+            device=device,
+            vocab=self.vocab,
+            teacher=self.teacher,
+        )
+        teacher = lm_metrics(
+            self.teacher, dataset, batch_size=min(batch_size, 64), device=device, vocab=self.vocab
+        )
+        out = {f"test_{k}": v for k, v in student.items() if k != "agreement"}
+        out.update({f"teacher_test_{k}": v for k, v in teacher.items()})
+        out["test_agreement"] = student["agreement"]
+        return out
+
+    # ---------------------------------------------------------------- the step
+    def _on_policy_batch(self, batch: dict[str, Tensor], step: int) -> dict[str, Tensor] | None:
+        """With probability lambda, the rows' continuations sampled from the student."""
+        op = self.args.on_policy
+        if op is None or op.fraction == 0.0:
+            return None
+        gen = torch.Generator().manual_seed(self.seed * 7_919 + step)
+        if float(torch.rand((), generator=gen)) >= op.fraction:
+            return None
+        x = batch["input"]
+        p = min(op.prompt_tokens, x.shape[1] - 1)
+        with torch.random.fork_rng(devices=[x.device] if x.is_cuda else []):
+            torch.manual_seed(self.seed * 1_000_003 + step)
+            ids = sample_continuations(
+                self.student, x[:, :p], x.shape[1] + 1 - p, op.temperature, self.vocab
+            )
+        target = ids[:, 1:].clone()
+        target[:, : p - 1] = -1  # the prompt is given, not learned
+        return {
+            **batch,
+            "input": ids[:, :-1],
+            "target": target,
+            "attention_mask": torch.ones_like(ids[:, :-1]),
+        }
+
+    def step(self, batch: dict[str, Tensor], step: int) -> dict[str, Tensor]:
+        a = self.args
+        on_policy = self._on_policy_batch(batch, step)
+        if a.sequence_level is not None:
+            ids = self.modules["sequences"].value[batch["index"]].to(batch["input"].device)
+            target = ids[:, 1:].clone()
+            target[:, : self._prompt_targets()] = -1
+            batch = {
+                **batch,
+                "input": ids[:, :-1],
+                "target": target,
+                "attention_mask": torch.ones_like(ids[:, :-1]),
+            }
+        if on_policy is not None:
+            batch = on_policy
+        x, am, y = batch["input"], batch.get("attention_mask"), batch["target"]
+        mask = y >= 0
+        n = batch.get("group_items")
+        if n is None or on_policy is not None:
+            n = mask.sum()
+        hidden = bool(self.pairs)
+        chunked = a.chunk_size > 0
+        s_out = _forward(self.student, x, am, hidden, base=chunked)
+        with torch.no_grad():
+            t_out = _forward(self.teacher, x, am, hidden, base=chunked)
+        out: dict[str, Tensor] = {}
+        if chunked:
+            h_s, h_t = s_out.last_hidden_state[mask], t_out.last_hidden_state[mask]
+            w_s = self.student.get_output_embeddings().weight[: self.vocab]
+            w_t = self.teacher.get_output_embeddings().weight[: self.vocab]
+            out["kd"] = chunked_token_divergence(
+                h_s,
+                w_s,
+                h_t,
+                w_t,
+                divergence=a.divergence,
+                num_tokens=n,
+                chunk_size=a.chunk_size,
+                **self.div_args,
+            )
+            task = chunked_cross_entropy(h_s, w_s, y[mask], a.chunk_size) / n
+        else:
+            z_s, z_t = s_out.logits[..., : self.vocab], t_out.logits[..., : self.vocab]
+            out["kd"] = token_kd_loss(
+                z_s, z_t, divergence=a.divergence, mask=mask, num_tokens=n, **self.div_args
+            )
+            task = F.cross_entropy(z_s.float()[mask], y[mask], reduction="sum") / n
+        task_w = self.objective.task_weight.at(step)
+        if on_policy is not None:
+            task_w = 0.0  # the student's own samples are not ground truth
+        out["task"] = task
+        total = task_w * task + a.kd_weight * out["kd"]
+        if hidden:
+            out["hidden"] = self._hidden_loss(s_out.hidden_states, t_out.hidden_states, mask)
+            total = total + a.hidden.weight * out["hidden"]
+        return {"loss": total, **out}
+
+    def _hidden_loss(self, hs: tuple, ht: tuple, mask: Tensor) -> Tensor:
+        losses = []
+        for (i, j), proj in zip(self.pairs, self.projections):
+            s, t = proj(hs[i][mask].float()), ht[j][mask].float()
+            if self.args.hidden.loss == "cosine":
+                losses.append((1 - F.cosine_similarity(s, t, dim=-1)).mean())
+            else:
+                losses.append(F.mse_loss(s, t))
+        return torch.stack(losses).mean()
+
+
+class _Buffer(nn.Module):
+    def __init__(self, value: Tensor):
+        super().__init__()
+        self.register_buffer("value", value)
+
+
+@torch.no_grad()
+def sample_continuations(
+    model: nn.Module,
+    prompt: Tensor,
+    new_tokens: int,
+    temperature: float = 1.0,
+    vocab: int | None = None,
+    greedy: bool = False,
+) -> Tensor:
+    """`prompt` (N, P) extended by `new_tokens` sampled (or greedy) tokens: (N, P + new)."""
+    was = model.training
+    model.eval()
+    ids = prompt
+    past = None
+    step_input = ids
+    for _ in range(new_tokens):
+        out = model(input_ids=step_input, past_key_values=past, use_cache=True)
+        past = getattr(out, "past_key_values", None)
+        logits = out.logits[:, -1].float()
+        if vocab is not None:
+            logits = logits[:, :vocab]
+        if greedy:
+            nxt = logits.argmax(-1, keepdim=True)
+        else:
+            nxt = torch.multinomial(F.softmax(logits / temperature, -1), 1)
+        ids = torch.cat([ids, nxt], 1)
+        step_input = nxt if past is not None else ids
+    model.train(was)
+    return ids
+
+
+def teacher_sequences(teacher: nn.Module, train, args: SequenceArgs, seed: int) -> Tensor:
+    """Sequence-level KD (Kim & Rush 2016): each training row's prompt continued by the
+    teacher to the row's length. Returns (N, L + 1) token ids."""
+    ids = train.ids
+    p = min(args.prompt_tokens, ids.shape[1] - 1)
+    out = []
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        for start in range(0, len(ids), 256):
+            prompt = ids[start : start + 256, :p]
+            out.append(sample_continuations(teacher, prompt, ids.shape[1] - p, greedy=args.greedy))
+    return torch.cat(out)
+
+
+__all__ = ["LMDistillation", "layer_map", "lm_metrics", "sample_continuations", "teacher_sequences"]

@@ -1,0 +1,234 @@
+"""Text for language-model distillation, offline: corpora, tokenizers and token datasets.
+
+Built-in corpus `python_docs`: the English prose of the Python documentation's topics that
+ships with CPython (`pydoc_data.topics`, about 460k characters), split by document into
+train/val/test, so no text is shared between splits. Any UTF-8 `.txt` file works too
+(split by blank-line paragraphs).
+
+Tokenizers: `bytes` (the UTF-8 bytes plus BOS/EOS/PAD, 259 tokens, no training), `bpe`
+(a byte-level BPE trained on the training split with Hugging Face `tokenizers`, cached),
+or a path to a `tokenizer.json` of your own.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from torch import Tensor
+
+from distill.checkpoint import atomic_write_text
+from distill.data.core import DataSplits
+from distill.data.sources import cache_dir
+from distill.errors import ConfigError, DataError
+
+
+class Tokenizer(Protocol):
+    vocab_size: int
+    bos_id: int
+    eos_id: int
+    pad_id: int
+
+    def encode(self, text: str) -> list[int]: ...
+
+    def decode(self, ids: list[int]) -> str: ...
+
+
+class ByteTokenizer:
+    """UTF-8 bytes are ids 0..255; 256 = BOS, 257 = EOS, 258 = PAD."""
+
+    vocab_size, bos_id, eos_id, pad_id = 259, 256, 257, 258
+    name = "bytes"
+
+    def encode(self, text: str) -> list[int]:
+        return list(text.encode("utf-8"))
+
+    def decode(self, ids: list[int]) -> str:
+        return bytes(i for i in ids if i < 256).decode("utf-8", errors="replace")
+
+
+class HFTokenizer:
+    """A Hugging Face `tokenizers` tokenizer with <bos>, <eos> and <pad> special tokens."""
+
+    def __init__(self, tok: Any, name: str):
+        self.tok, self.name = tok, name
+        self.vocab_size = tok.get_vocab_size()
+        ids = [tok.token_to_id(t) for t in ("<bos>", "<eos>", "<pad>")]
+        if None in ids:
+            raise ConfigError(
+                f"tokenizer {name!r} has no <bos>/<eos>/<pad> tokens; add them as special tokens"
+            )
+        self.bos_id, self.eos_id, self.pad_id = ids
+
+    def encode(self, text: str) -> list[int]:
+        return self.tok.encode(text).ids
+
+    def decode(self, ids: list[int]) -> str:
+        return self.tok.decode(ids)
+
+
+def _train_bpe(texts: list[str], vocab_size: int, path: Path) -> HFTokenizer:
+    from tokenizers import Tokenizer as HFTok
+    from tokenizers import decoders, models, pre_tokenizers, trainers
+
+    tok = HFTok(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=["<bos>", "<eos>", "<pad>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(texts, trainer)
+    atomic_write_text(path, tok.to_str())
+    return HFTokenizer(tok, str(path))
+
+
+def load_tokenizer(spec: str, train_texts: list[str], vocab_size: int) -> Tokenizer:
+    """'bytes', 'bpe' (trained on `train_texts` and cached), or a tokenizer.json path."""
+    if spec == "bytes":
+        return ByteTokenizer()
+    try:
+        from tokenizers import Tokenizer as HFTok
+    except ImportError:
+        raise ConfigError(
+            f"tokenizer {spec!r} needs the `tokenizers` package: pip install 'distill[llm]', "
+            f"or use tokenizer: bytes"
+        ) from None
+    if spec == "bpe":
+        key = hashlib.sha256(("\x00".join(train_texts) + str(vocab_size)).encode()).hexdigest()
+        path = cache_dir() / f"bpe-{vocab_size}-{key[:16]}.json"
+        if path.is_file():
+            return HFTokenizer(HFTok.from_file(str(path)), str(path))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return _train_bpe(train_texts, vocab_size, path)
+    path = Path(spec)
+    if not path.is_file():
+        raise ConfigError(
+            f"tokenizer {spec!r}: not 'bytes', 'bpe' or an existing tokenizer.json file"
+        )
+    return HFTokenizer(HFTok.from_file(str(path)), str(path))
+
+
+def python_docs() -> list[str]:
+    """The Python documentation topics bundled with CPython, one document per topic."""
+    from pydoc_data.topics import topics
+
+    return [topics[k].strip() for k in sorted(topics) if len(topics[k].strip()) > 200]
+
+
+def read_corpus(spec: str) -> list[str]:
+    if spec == "python_docs":
+        return python_docs()
+    path = Path(spec)
+    if not path.is_file():
+        raise ConfigError(f"corpus {spec!r}: not 'python_docs' or an existing UTF-8 text file")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(f"corpus {spec!r} is not UTF-8 text ({e})") from None
+    docs = [p.strip() for p in text.split("\n\n") if p.strip()]
+    if len(docs) < 10:
+        raise DataError(f"corpus {spec!r} has {len(docs)} paragraphs; need 10 or more to split")
+    return docs
+
+
+@dataclass
+class TokenDataset:
+    """Token rows of length L+1: inputs are ids[:, :-1], targets ids[:, 1:] where `supervised`
+    (else -1: prompt or padding). `attention` marks real (non-pad) input tokens."""
+
+    ids: Tensor  # (N, L + 1) long
+    supervised: Tensor  # (N, L + 1) bool: is this position a training target
+    pad_id: int
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def targets(self) -> Tensor:
+        return torch.where(self.supervised[:, 1:], self.ids[:, 1:], -1)
+
+    def batch(self, index: Tensor) -> dict[str, Tensor]:
+        ids, sup = self.ids[index], self.supervised[index]
+        return {
+            "input": ids[:, :-1],
+            "target": torch.where(sup[:, 1:], ids[:, 1:], -1),
+            "attention_mask": (ids[:, :-1] != self.pad_id).long(),
+            "index": index,
+        }
+
+    def __getitem__(self, i: int) -> tuple[Tensor, Tensor]:
+        b = self.batch(torch.tensor([i]))
+        return b["input"][0], b["target"][0]
+
+
+def _blocks(docs: list[str], tok: Tokenizer, block: int) -> TokenDataset:
+    """Documents joined with EOS and cut into rows of block+1 tokens (every token supervised)."""
+    stream: list[int] = []
+    for d in docs:
+        stream += [tok.bos_id, *tok.encode(d), tok.eos_id]
+    n = len(stream) // (block + 1)
+    if n < 1:
+        raise DataError(f"the split has {len(stream)} tokens, fewer than one block of {block + 1}")
+    ids = torch.tensor(stream[: n * (block + 1)]).view(n, block + 1)
+    return TokenDataset(ids, torch.ones_like(ids, dtype=torch.bool), tok.pad_id)
+
+
+def text_dataset(
+    corpus: str = "python_docs",
+    tokenizer: str = "bpe",
+    vocab_size: int = 2048,
+    block_size: int = 64,
+    split_seed: int = 0,
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.1,
+    max_train_blocks: int | None = None,
+) -> DataSplits:
+    """Token blocks of a corpus, split by document; `num_classes` is the vocabulary size."""
+    if block_size < 2:
+        raise ConfigError(f"data.options.block_size must be >= 2, got {block_size}")
+    docs = read_corpus(corpus)
+    order = list(range(len(docs)))
+    random.Random(split_seed).shuffle(order)
+    n_val = max(1, int(len(docs) * val_fraction))
+    n_test = max(1, int(len(docs) * test_fraction))
+    val = [docs[i] for i in order[:n_val]]
+    test = [docs[i] for i in order[n_val : n_val + n_test]]
+    train = [docs[i] for i in order[n_val + n_test :]]
+    tok = load_tokenizer(tokenizer, train, vocab_size)
+    train_set = _blocks(train, tok, block_size)
+    if max_train_blocks is not None:
+        train_set = TokenDataset(
+            train_set.ids[:max_train_blocks], train_set.supervised[:max_train_blocks], tok.pad_id
+        )
+    splits = DataSplits(
+        name=f"text:{corpus}",
+        train=train_set,
+        val=_blocks(val, tok, block_size),
+        test=_blocks(test, tok, block_size),
+        input_shape=(block_size,),
+        num_classes=tok.vocab_size,
+        tokenizer=tok,
+    )
+    return splits
+
+
+def prompt_dataset(pairs: list[tuple[str, str]], tok: Tokenizer, length: int) -> TokenDataset:
+    """(prompt, response) pairs as rows of `length`+1 tokens: only response tokens (and the
+    final EOS) are supervised; rows are right-padded with PAD (masked)."""
+    rows, sups = [], []
+    for prompt, response in pairs:
+        p = [tok.bos_id, *tok.encode(prompt)]
+        r = [*tok.encode(response), tok.eos_id]
+        ids = (p + r)[: length + 1]
+        sup = ([False] * len(p) + [True] * len(r))[: length + 1]
+        pad = length + 1 - len(ids)
+        rows.append(ids + [tok.pad_id] * pad)
+        sups.append(sup + [False] * pad)
+    return TokenDataset(torch.tensor(rows), torch.tensor(sups), tok.pad_id)
