@@ -1,0 +1,194 @@
+"""Language-model distillation on tiny random-init GPT-2 / Llama models (no hub access)."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+import torch
+
+pytest.importorskip("transformers")
+
+from distill.build import build  # noqa: E402
+from distill.config import parse_config  # noqa: E402
+from distill.data import load_batch  # noqa: E402
+from distill.errors import ConfigError  # noqa: E402
+from distill.llm.scheme import layer_map, sample_continuations  # noqa: E402
+from distill.llm.text import ByteTokenizer, prompt_dataset  # noqa: E402
+from distill.run import run_experiment  # noqa: E402
+
+DATA = {
+    "name": "text",
+    "options": {
+        "corpus": "python_docs",
+        "tokenizer": "bpe",
+        "vocab_size": 300,
+        "block_size": 24,
+        "max_train_blocks": 96,
+    },
+}
+GPT2 = {"name": "hf_causal_lm", "args": {"arch": "gpt2", "n_embd": 32, "n_layer": 2, "n_head": 2}}
+LLAMA = {
+    "name": "hf_causal_lm",
+    "args": {
+        "arch": "llama",
+        "hidden_size": 16,
+        "intermediate_size": 32,
+        "num_hidden_layers": 1,
+        "num_attention_heads": 2,
+        "num_key_value_heads": 1,
+    },
+}
+TRAIN = {
+    "epochs": 1,
+    "batch_size": 16,
+    "monitor": "nll",
+    "progress": False,
+    "optimizer": {"name": "adamw", "lr": 0.003},
+}
+
+
+@pytest.fixture(scope="module")
+def teacher_dir(tmp_path_factory):
+    run = tmp_path_factory.mktemp("lm") / "teacher"
+    cfg = {
+        "name": "t",
+        "run_dir": str(run),
+        "scheme": "supervised",
+        "data": DATA,
+        "student": GPT2,
+        "train": TRAIN,
+    }
+    result = run_experiment(parse_config(cfg))
+    assert result["complete"] and result["test_ppl"] > 1
+    return run
+
+
+def _kd(tmp_path, teacher_dir, args: dict, **extra) -> dict:
+    return {
+        "name": "kd",
+        "run_dir": str(tmp_path / "kd"),
+        "scheme": {"name": "lm_kd", "args": args},
+        "data": DATA,
+        "teacher": {**GPT2, "weights": str(teacher_dir)},
+        "student": extra.pop("student", LLAMA),
+        "train": {**TRAIN, **extra.pop("train", {})},
+        **extra,
+    }
+
+
+def test_import_distill_does_not_import_transformers():
+    import subprocess
+
+    code = "import distill, sys; assert 'transformers' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize(
+    "divergence", ["forward_kl", "reverse_kl", "jsd", "skew_kl", "skew_reverse_kl", "tv"]
+)
+def test_chunked_step_equals_naive_step(tmp_path, teacher_dir, divergence):
+    naive = build(parse_config(_kd(tmp_path, teacher_dir, {"divergence": divergence})))
+    chunked = build(
+        parse_config(_kd(tmp_path, teacher_dir, {"divergence": divergence, "chunk_size": 7}))
+    )
+    chunked.student.load_state_dict(naive.student.state_dict())
+    batch = load_batch(naive.data.train, torch.arange(8))
+    a, b = naive.scheme.step(batch, 0), chunked.scheme.step(batch, 0)
+    for key in ("kd", "task", "loss"):
+        assert float(a[key].detach()) == pytest.approx(float(b[key].detach()), rel=1e-4)
+    ga = torch.autograd.grad(a["loss"], list(naive.student.parameters()))
+    gb = torch.autograd.grad(b["loss"], list(chunked.student.parameters()))
+    for x, y in zip(ga, gb):
+        torch.testing.assert_close(x, y, atol=1e-5, rtol=1e-3)
+
+
+def test_lm_kd_end_to_end_with_hidden_map_and_padded_vocab(tmp_path, teacher_dir):
+    student = {**LLAMA, "args": {**LLAMA["args"], "vocab_size": 320}}  # padded past 300
+    cfg = _kd(
+        tmp_path,
+        teacher_dir,
+        {"divergence": "jsd", "beta": 0.3, "hidden": {"map": "uniform"}},
+        student=student,
+        train={"grad_accum": 2},
+    )
+    result = run_experiment(parse_config(cfg))
+    assert result["complete"]
+    assert {"test_ppl", "teacher_test_ppl", "test_agreement"} <= set(result)
+    built = build(parse_config(cfg))
+    assert built.scheme.pairs == [(1, 2)]  # 1 student layer <- the teacher's 2nd
+
+
+def test_accumulated_micro_batches_give_the_full_batch_gradient(tmp_path, teacher_dir):
+    built = build(parse_config(_kd(tmp_path, teacher_dir, {"divergence": "forward_kl"})))
+    s = built.scheme
+    pairs = [(a, t) for a, t in zip(["I", "am", "a"], ["x", "a b c d", "yz"])]
+    tok = built.data.tokenizer
+    data = prompt_dataset(pairs + pairs[:1], tok, 24)  # rows with unequal supervised tokens
+    full = load_batch(data, torch.arange(4))
+    total = s.count_items(full)
+    g_full = torch.autograd.grad(s.step(full, 0)["loss"], list(built.student.parameters()))
+    grads = None
+    for half in (torch.arange(0, 2), torch.arange(2, 4)):
+        b = load_batch(data, half)
+        b["group_items"] = torch.tensor(total / 2)  # what the trainer passes
+        loss = s.step(b, 0)["loss"] / 2  # the trainer divides by the group size
+        g = torch.autograd.grad(loss, list(built.student.parameters()))
+        grads = g if grads is None else [x + y for x, y in zip(grads, g)]
+    for x, y in zip(grads, g_full):
+        torch.testing.assert_close(x, y, atol=1e-6, rtol=1e-4)
+
+
+def test_prompt_and_padding_are_not_supervised():
+    tok = ByteTokenizer()
+    data = prompt_dataset([("ab", "cd"), ("abcdef", "g")], tok, 10)
+    b = load_batch(data, torch.arange(2))
+    # row 0: BOS a b | c d EOS | pad...; targets are the next tokens where supervised
+    assert b["target"][0].tolist()[:6] == [-1, -1, ord("c"), ord("d"), tok.eos_id, -1]
+    assert (b["attention_mask"][0, 6:] == 0).all()
+    assert int((b["target"] >= 0).sum()) == 3 + 2
+
+
+def test_on_policy_batches_are_student_samples(tmp_path, teacher_dir):
+    args = {"divergence": "reverse_kl", "on_policy": {"fraction": 1.0, "prompt_tokens": 5}}
+    built = build(parse_config(_kd(tmp_path, teacher_dir, args)))
+    batch = load_batch(built.data.train, torch.arange(4))
+    op = built.scheme._on_policy_batch(batch, 3)
+    assert torch.equal(op["input"][:, :5], batch["input"][:, :5])  # the prompt is kept
+    assert (op["target"][:, :4] == -1).all() and (op["target"][:, 4:] >= 0).all()
+    assert not torch.equal(op["input"], batch["input"])  # the rest was sampled
+    assert torch.equal(built.scheme._on_policy_batch(batch, 3)["input"], op["input"])
+    losses = built.scheme.step(batch, 3)
+    assert torch.isfinite(losses["loss"]) and float(losses["task"]) >= 0
+    off = build(parse_config(_kd(tmp_path, teacher_dir, {"on_policy": {"fraction": 0.0}})))
+    assert off.scheme._on_policy_batch(batch, 3) is None  # lambda = 0: supervised KD
+
+
+def test_sequence_level_kd_trains_on_teacher_continuations(tmp_path, teacher_dir):
+    args = {"sequence_level": {"prompt_tokens": 6}, "kd_weight": 0.0}
+    built = build(parse_config(_kd(tmp_path, teacher_dir, args)))
+    seqs = built.scheme.modules["sequences"].value
+    train = built.data.train.ids
+    assert seqs.shape == train.shape
+    assert torch.equal(seqs[:, :6], train[:, :6])
+    greedy = sample_continuations(built.teacher, train[:2, :6], train.shape[1] - 6, greedy=True)
+    assert torch.equal(seqs[:2], greedy)
+    result = run_experiment(parse_config(_kd(tmp_path, teacher_dir, args)))
+    assert result["complete"]
+
+
+def test_layer_maps():
+    assert layer_map(2, 6) == [(1, 3), (2, 6)]
+    assert layer_map(2, 6, "last_k") == [(1, 5), (2, 6)]
+    assert layer_map(2, 6, "explicit", [[1, 2], [2, 4]]) == [(1, 2), (2, 4)]
+    with pytest.raises(ConfigError, match="outside"):
+        layer_map(2, 6, "explicit", [[3, 1]])
+
+
+def test_bad_lm_configs(tmp_path, teacher_dir):
+    with pytest.raises(ConfigError, match="not one of"):
+        build(parse_config(_kd(tmp_path, teacher_dir, {"divergence": "kl"})))
+    cfg = _kd(tmp_path, teacher_dir, {})
+    cfg["student"] = {**LLAMA, "args": {**LLAMA["args"], "vocab_size": 100}}
+    with pytest.raises(ConfigError, match="smaller than the data"):
+        build(parse_config(cfg))
