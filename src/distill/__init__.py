@@ -56,3 +56,12 @@ __all__ = [
     "save_weights",
     "soft_cross_entropy",
 ]
+
+
+def __getattr__(name: str):
+    """`distill.DistillationTrainer` imports transformers only when it is first used."""
+    if name == "DistillationTrainer":
+        from distill.llm.hf_trainer import DistillationTrainer
+
+        return DistillationTrainer
+    raise AttributeError(f"module 'distill' has no attribute {name!r}")
