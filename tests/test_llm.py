@@ -275,3 +275,53 @@ def test_distillation_trainer_loss_is_accumulation_invariant(tmp_path):
         for i in (0, 2)
     )
     assert float(halves.detach()) == pytest.approx(float(full.detach()), rel=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["topk", "sample"])
+def test_teacher_cache_round_trip_and_training(tmp_path, teacher_dir, mode):
+    from distill.cli import main
+    from distill.llm.cache import TeacherCache, sparse_teacher
+
+    cfg = _kd(tmp_path, teacher_dir, {})
+    (tmp_path / "kd.yaml").write_text(__import__("yaml").safe_dump(cfg))
+    out = tmp_path / "cache"
+    assert (
+        main(["lm-cache", str(tmp_path / "kd.yaml"), "--out", str(out), "--mode", mode, "--k", "8"])
+        == 0
+    )
+    cache = TeacherCache.open(out)
+    built = build(parse_config(cfg))
+    assert len(cache) == len(built.data.train)
+    ids, values, extra = cache.rows(torch.tensor([3, 1]))
+    logits = built.teacher(
+        input_ids=load_batch(built.data.train, torch.tensor([3, 1]))["input"]
+    ).logits
+    if mode == "topk":
+        ref_ids, ref_values, ref_tail = sparse_teacher(logits.detach()[..., :300], "topk", 8)
+        assert torch.equal(ids, ref_ids)
+        torch.testing.assert_close(values, ref_values, atol=2e-3, rtol=1e-3)  # stored in fp16
+        mass = values.exp().sum(-1) + extra.exp()
+        torch.testing.assert_close(mass, torch.ones_like(mass), atol=5e-3, rtol=0)
+    else:
+        torch.testing.assert_close(values.sum(-1), torch.ones(2, values.shape[1]))
+    assert cache.bytes_per_token() == pytest.approx(8 * 6 + (2 if mode == "topk" else 16))
+    cached = _kd(tmp_path, teacher_dir, {"teacher_cache": str(out)})
+    cached["run_dir"] = str(tmp_path / "cached")
+    assert run_experiment(parse_config(cached))["complete"]
+    bad = _kd(tmp_path, teacher_dir, {"teacher_cache": str(out), "chunk_size": 8})
+    with pytest.raises(ConfigError, match="cannot be combined"):
+        build(parse_config(bad))
+
+
+def test_sparse_kl_estimates():
+    from distill.llm.cache import cache_kl_error
+
+    torch.manual_seed(0)
+    t, s = torch.randn(64, 500) * 3, torch.randn(64, 500)
+    exact_topk = cache_kl_error(t, s, "topk", 500)
+    assert exact_topk["abs_error"] < 1e-4  # k = V: the bucketed KL is the KL
+    small = cache_kl_error(t, s, "topk", 16)
+    assert small["cached_kl"] <= small["dense_kl"] + 1e-6  # a coarser partition: lower bound
+    errors = [cache_kl_error(t, s, "sample", 64, seed=i)["cached_kl"] for i in range(20)]
+    dense = cache_kl_error(t, s, "sample", 64)["dense_kl"]
+    assert abs(sum(errors) / 20 - dense) < 0.05 * dense  # unbiased: the mean converges

@@ -120,6 +120,33 @@ def _cmd_schemes(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_lm_cache(args: argparse.Namespace) -> int:
+    from distill.build import build
+    from distill.config import load_config
+    from distill.llm.cache import build_cache
+
+    cfg = load_config(args.config, args.overrides)
+    built = build(cfg)
+    if built.teacher is None:
+        print("error: the config has no teacher to cache", file=sys.stderr)
+        return 2
+    cache = build_cache(
+        built.teacher,
+        built.data.train,
+        args.out,
+        mode=args.mode,
+        k=args.k,
+        temperature=args.temperature,
+        vocab=built.data.num_classes,
+        seed=cfg.train.seed,
+    )
+    print(
+        f"wrote {args.out}: {len(cache)} rows, {cache.bytes_per_token():.0f} bytes per token "
+        f"({args.mode}, k={args.k}; dense fp16 logits would take {2 * cache.vocab} bytes)"
+    )
+    return 0
+
+
 def _cmd_eval(args: argparse.Namespace) -> int:
     from distill.assess import assess, format_assessment
 
@@ -216,6 +243,18 @@ def make_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("methods", help="list the losses and schemes with their papers")
     p.add_argument("--json", action="store_true", help="print a JSON list of {name, family, paper}")
     p.set_defaults(fn=_cmd_methods)
+
+    p = sub.add_parser(
+        "lm-cache",
+        help="store a language-model teacher's top-k or sampled logits on the training data",
+    )
+    p.add_argument("config")
+    p.add_argument("overrides", nargs="*")
+    p.add_argument("--out", required=True, help="cache folder (replaced atomically)")
+    p.add_argument("--mode", choices=["topk", "sample"], default="topk")
+    p.add_argument("--k", type=int, default=32)
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.set_defaults(fn=_cmd_lm_cache)
 
     p = sub.add_parser("schemes", help="list the training schemes, their papers and arguments")
     p.add_argument(

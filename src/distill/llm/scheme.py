@@ -55,6 +55,7 @@ class LMKDArgs(Strict):
     hidden: HiddenArgs | None = None
     on_policy: OnPolicyArgs | None = None
     sequence_level: SequenceArgs | None = None
+    teacher_cache: str | None = None  # a cache from `distill lm-cache`: the teacher is not run
 
 
 def layer_map(
@@ -178,11 +179,36 @@ class LMDistillation(SchemeBase):
             trained["projections"] = self.projections
         if a.chunk_size and not hasattr(ctx.student, "base_model"):
             raise ConfigError("scheme.args.chunk_size needs Hugging Face models (base_model)")
-        self._sequences: Tensor | None = None
+        self.cache = self._open_cache(ctx) if a.teacher_cache else None
         super().__init__(ctx.student, ctx.objective, trained, frozen=[ctx.teacher])
         if a.sequence_level is not None:
             seqs = teacher_sequences(self.teacher, ctx.data.train, a.sequence_level, self.seed)
             self.modules["sequences"] = _Buffer(seqs)
+
+    def _open_cache(self, ctx: SchemeContext):
+        from distill.llm.cache import TeacherCache
+
+        a = self.args
+        if a.on_policy or a.sequence_level or a.hidden or a.chunk_size:
+            raise ConfigError(
+                "scheme.args.teacher_cache replaces the teacher's logits on the training data; "
+                "it cannot be combined with on_policy, sequence_level, hidden or chunk_size"
+            )
+        cache = TeacherCache.open(a.teacher_cache)
+        rows, length = ctx.data.train.ids.shape[0], ctx.data.train.ids.shape[1] - 1
+        if cache.ids.shape[:2] != (rows, length) or cache.vocab != self.vocab:
+            raise ConfigError(
+                f"scheme.args.teacher_cache: the cache holds {cache.ids.shape[0]} rows of "
+                f"{cache.ids.shape[1]} tokens over {cache.vocab} tokens, the training data "
+                f"{rows} rows of {length} over {self.vocab}; rebuild it for this data with "
+                f"distill lm-cache"
+            )
+        if cache.temperature != a.temperature:
+            raise ConfigError(
+                f"scheme.args.temperature is {a.temperature} but the cache was built at "
+                f"{cache.temperature}; use that, or rebuild the cache"
+            )
+        return cache
 
     # ---------------------------------------------------------------- trainer hooks
     def count_items(self, batch: dict[str, Tensor]) -> int:
@@ -264,6 +290,8 @@ class LMDistillation(SchemeBase):
         n = batch.get("group_items")
         if n is None or on_policy is not None:
             n = mask.sum()
+        if self.cache is not None:
+            return self._cached_step(batch, step, mask, n)
         hidden = bool(self.pairs)
         chunked = a.chunk_size > 0
         s_out = _forward(self.student, x, am, hidden, base=chunked)
@@ -300,6 +328,27 @@ class LMDistillation(SchemeBase):
             out["hidden"] = self._hidden_loss(s_out.hidden_states, t_out.hidden_states, mask)
             total = total + a.hidden.weight * out["hidden"]
         return {"loss": total, **out}
+
+    def _cached_step(self, batch, step: int, mask: Tensor, n) -> dict[str, Tensor]:
+        from distill.llm.cache import sparse_kd_loss
+
+        z_s = self.student(
+            input_ids=batch["input"], attention_mask=batch.get("attention_mask")
+        ).logits[..., : self.vocab]
+        ids, values, extra = (t.to(z_s.device) for t in self.cache.rows(batch["index"]))
+        kd = sparse_kd_loss(
+            z_s,
+            ids,
+            values,
+            extra,
+            self.cache.mode,
+            mask=mask,
+            temperature=self.cache.temperature,
+            num_tokens=n,
+        )
+        task = F.cross_entropy(z_s.float()[mask], batch["target"][mask], reduction="sum") / n
+        total = self.objective.task_weight.at(step) * task + self.args.kd_weight * kd
+        return {"loss": total, "kd": kd, "task": task}
 
     def _hidden_loss(self, hs: tuple, ht: tuple, mask: Tensor) -> Tensor:
         losses = []
