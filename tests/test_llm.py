@@ -325,3 +325,64 @@ def test_sparse_kl_estimates():
     errors = [cache_kl_error(t, s, "sample", 64, seed=i)["cached_kl"] for i in range(20)]
     dense = cache_kl_error(t, s, "sample", 64)["dense_kl"]
     assert abs(sum(errors) / 20 - dense) < 0.05 * dense  # unbiased: the mean converges
+
+
+def test_tokenizer_checks_and_padded_alignment():
+    from distill.llm.text import load_tokenizer
+    from distill.llm.vocab import VocabMismatchError, align_padded, check_tokenizers
+
+    texts = ["the quick brown fox jumps over the lazy dog " * 20] * 5
+    bpe = load_tokenizer("bpe", texts, 300)
+    assert check_tokenizers(bpe, load_tokenizer("bpe", texts, 300)) == "identical"
+    with pytest.raises(VocabMismatchError, match="sequence-level KD.*uld.*dskd"):
+        check_tokenizers(ByteTokenizer(), bpe)
+    s, t = align_padded(torch.randn(2, 320), torch.randn(2, 384), 300)
+    assert s.shape == t.shape == (2, 300)
+    with pytest.raises(VocabMismatchError, match="fewer than"):
+        align_padded(torch.randn(2, 200), torch.randn(2, 384), 300)
+
+
+def test_uld_ignores_token_identity():
+    from distill.llm.vocab import uld_loss
+
+    p = torch.tensor([[[2.0, 0.0, -1.0]]])
+    permuted = p[..., [2, 0, 1]]
+    mask = torch.ones(1, 1, dtype=torch.bool)
+    assert float(uld_loss(p, permuted, mask, mask)) == pytest.approx(0.0, abs=1e-7)
+    wider = torch.tensor([[[2.0, 0.0, -1.0, -30.0]]])  # another vocabulary size
+    assert float(uld_loss(p, wider, mask, mask)) == pytest.approx(0.0, abs=1e-6)
+    q = torch.tensor([[[0.0, 0.0, 0.0]]])
+    ps = torch.softmax(p[0, 0], -1).sort(descending=True).values
+    expected = float((ps - torch.full((3,), 1 / 3)).abs().sum())
+    assert float(uld_loss(p, q, mask, mask)) == pytest.approx(expected, rel=1e-5)
+
+
+@pytest.mark.parametrize("method", ["uld", "dskd"])
+def test_cross_tokenizer_kd_end_to_end(tmp_path, method):
+    from distill.checkpoint import save_weights
+    from distill.models import build_model
+
+    teacher = build_model("hf_causal_lm", (48,), 259, GPT2["args"])  # a byte-level teacher
+    save_weights(tmp_path / "bytes_teacher.safetensors", teacher)
+    data = {
+        **DATA,
+        "options": {**DATA["options"], "teacher_tokenizer": "bytes", "teacher_block_size": 48},
+    }
+    cfg = {
+        "name": "x",
+        "run_dir": str(tmp_path / method),
+        "data": data,
+        "scheme": {"name": "lm_kd", "args": {"cross_tokenizer": method}},
+        "teacher": {
+            **GPT2,
+            "args": {**GPT2["args"], "vocab_size": 259},
+            "weights": str(tmp_path / "bytes_teacher.safetensors"),
+        },
+        "student": LLAMA,
+        "train": TRAIN,
+    }
+    result = run_experiment(parse_config(cfg))
+    assert result["complete"] and result["test_ppl"] > 1
+    plain = {**cfg, "scheme": {"name": "lm_kd"}}
+    with pytest.raises(ConfigError, match="tokenizers differ"):
+        build(parse_config(plain))

@@ -177,6 +177,8 @@ def load_model(
     (a later stage's teacher, while validating a multi-stage run)."""
     classes = getattr(spec, "classes", None)
     num_classes = len(classes) if classes else data.num_classes
+    if role == "teacher" and data.teacher_tokenizer is not None:  # cross-tokenizer LM KD
+        num_classes = data.teacher_tokenizer.vocab_size
     model = build_model(spec.name, data.input_shape, num_classes, spec.args)
     if spec.weights is not None:
         path = weights_path(spec.weights)

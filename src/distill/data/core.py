@@ -53,6 +53,7 @@ class DataSplits:
     input_shape: tuple[int, ...]
     num_classes: int
     tokenizer: Any = None  # text data: encodes and decodes token ids
+    teacher_tokenizer: Any = None  # text data for cross-tokenizer KD: the teacher's tokenizer
 
 
 def split_indices(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -23,6 +23,7 @@ from distill.data import load_batch
 from distill.errors import ConfigError
 from distill.llm.chunked import chunked_cross_entropy, chunked_token_divergence
 from distill.llm.divergences import TOKEN_DIVERGENCES, token_kd_loss
+from distill.llm.vocab import DualSpaceKD, check_tokenizers, uld_loss
 from distill.schemes.base import SchemeBase, SchemeContext, parse_args
 from distill.settings import Strict
 
@@ -56,6 +57,7 @@ class LMKDArgs(Strict):
     on_policy: OnPolicyArgs | None = None
     sequence_level: SequenceArgs | None = None
     teacher_cache: str | None = None  # a cache from `distill lm-cache`: the teacher is not run
+    cross_tokenizer: Literal["uld", "dskd"] | None = None  # teacher with another tokenizer
 
 
 def layer_map(
@@ -180,10 +182,88 @@ class LMDistillation(SchemeBase):
         if a.chunk_size and not hasattr(ctx.student, "base_model"):
             raise ConfigError("scheme.args.chunk_size needs Hugging Face models (base_model)")
         self.cache = self._open_cache(ctx) if a.teacher_cache else None
+        self.dskd = None
+        if ctx.data.teacher_tokenizer is not None or a.cross_tokenizer is not None:
+            self._check_cross(ctx)
+            if a.cross_tokenizer == "dskd":
+                self.dskd = DualSpaceKD(
+                    _hidden_size(ctx.student),
+                    _hidden_size(ctx.teacher),
+                    ctx.student.get_input_embeddings().embedding_dim,
+                    ctx.teacher.get_input_embeddings().embedding_dim,
+                )
+                trained["dskd"] = self.dskd
         super().__init__(ctx.student, ctx.objective, trained, frozen=[ctx.teacher])
         if a.sequence_level is not None:
             seqs = teacher_sequences(self.teacher, ctx.data.train, a.sequence_level, self.seed)
             self.modules["sequences"] = _Buffer(seqs)
+
+    def _check_cross(self, ctx: SchemeContext) -> None:
+        a = self.args
+        if ctx.data.teacher_tokenizer is None:
+            raise ConfigError(
+                f"scheme.args.cross_tokenizer {a.cross_tokenizer!r} needs the text in the "
+                f"teacher's tokens too: set data.options.teacher_tokenizer"
+            )
+        if a.cross_tokenizer is None:
+            check_tokenizers(ctx.data.tokenizer, ctx.data.teacher_tokenizer)  # raises if different
+            raise ConfigError(
+                "data.options.teacher_tokenizer is the student's own tokenizer; remove it"
+            )
+        if a.on_policy or a.sequence_level or a.hidden or a.chunk_size or a.teacher_cache:
+            raise ConfigError(
+                "scheme.args.cross_tokenizer cannot be combined with on_policy, sequence_level, "
+                "hidden, chunk_size or teacher_cache"
+            )
+
+    def _cross_step(self, batch, step: int, n) -> dict[str, Tensor]:
+        """ULD or DSKD between models that tokenize the text differently."""
+        a = self.args
+        x, y = batch["input"], batch["target"]
+        want_hidden = self.dskd is not None
+        s_out = self.student(
+            input_ids=x,
+            attention_mask=batch.get("attention_mask"),
+            output_hidden_states=want_hidden,
+        )
+        tx, t_am = batch["teacher_input"], batch["teacher_attention_mask"]
+        with torch.no_grad():
+            t_out = self.teacher(
+                input_ids=tx, attention_mask=t_am, output_hidden_states=want_hidden
+            )
+        z_s = s_out.logits[..., : self.vocab]
+        mask = y >= 0
+        out = {"task": F.cross_entropy(z_s.float()[mask], y[mask], reduction="sum") / n}
+        if self.dskd is None:
+            out["kd"] = uld_loss(
+                z_s, t_out.logits, mask, batch["teacher_target"] >= 0, temperature=a.temperature
+            )
+            extra = 0.0
+        else:
+            w_s = self.student.get_output_embeddings().weight[: self.vocab]
+            w_t = self.teacher.get_output_embeddings().weight
+            with torch.no_grad():
+                e_t = self.teacher.get_input_embeddings()(tx)
+            kl_s, kl_t, align_ce = self.dskd(
+                s_out.hidden_states[-1],
+                self.student.get_input_embeddings()(x),
+                w_s,
+                t_out.hidden_states[-1],
+                e_t,
+                w_t,
+                t_am,
+                y,
+                temperature=a.temperature,
+            )
+            out.update(
+                kd=kl_s + kl_t,
+                dskd_student_space=kl_s,
+                dskd_teacher_space=kl_t,
+                dskd_align=align_ce,
+            )
+            extra = align_ce
+        total = self.objective.task_weight.at(step) * out["task"] + a.kd_weight * out["kd"]
+        return {"loss": total + extra, **out}
 
     def _open_cache(self, ctx: SchemeContext):
         from distill.llm.cache import TeacherCache
@@ -229,6 +309,15 @@ class LMDistillation(SchemeBase):
 
     def test_metrics(self, dataset, *, batch_size: int, device="cpu") -> dict[str, float]:
         self.teacher.to(device)
+        if self.args.cross_tokenizer is not None:  # the teacher reads other tokens
+            student = lm_metrics(
+                self.student,
+                dataset,
+                batch_size=min(batch_size, 64),
+                device=device,
+                vocab=self.vocab,
+            )
+            return {f"test_{k}": v for k, v in student.items()}
         student = lm_metrics(
             self.student,
             dataset,
@@ -292,6 +381,8 @@ class LMDistillation(SchemeBase):
             n = mask.sum()
         if self.cache is not None:
             return self._cached_step(batch, step, mask, n)
+        if self.args.cross_tokenizer is not None:
+            return self._cross_step(batch, step, n)
         hidden = bool(self.pairs)
         chunked = a.chunk_size > 0
         s_out = _forward(self.student, x, am, hidden, base=chunked)

@@ -54,15 +54,26 @@ class ByteTokenizer:
 class HFTokenizer:
     """A Hugging Face `tokenizers` tokenizer with <bos>, <eos> and <pad> special tokens."""
 
+    SPECIALS = {
+        "bos": ("<bos>", "<s>", "<|begin_of_text|>", "<|endoftext|>"),
+        "eos": ("<eos>", "</s>", "<|end_of_text|>", "<|endoftext|>"),
+        "pad": ("<pad>", "<|pad|>", "<unk>"),
+    }
+
     def __init__(self, tok: Any, name: str):
         self.tok, self.name = tok, name
         self.vocab_size = tok.get_vocab_size()
-        ids = [tok.token_to_id(t) for t in ("<bos>", "<eos>", "<pad>")]
-        if None in ids:
+        found = {}
+        for role, names in self.SPECIALS.items():
+            ids = [tok.token_to_id(t) for t in names if tok.token_to_id(t) is not None]
+            found[role] = ids[0] if ids else None
+        if found["bos"] is None or found["eos"] is None:
             raise ConfigError(
-                f"tokenizer {name!r} has no <bos>/<eos>/<pad> tokens; add them as special tokens"
+                f"tokenizer {name!r} has no beginning/end-of-text token (looked for "
+                f"{self.SPECIALS['bos']} and {self.SPECIALS['eos']}); add them as special tokens"
             )
-        self.bos_id, self.eos_id, self.pad_id = ids
+        self.bos_id, self.eos_id = found["bos"], found["eos"]
+        self.pad_id = found["pad"] if found["pad"] is not None else self.eos_id
 
     def encode(self, text: str) -> list[int]:
         return self.tok.encode(text).ids
@@ -146,6 +157,10 @@ class TokenDataset:
     ids: Tensor  # (N, L + 1) long
     supervised: Tensor  # (N, L + 1) bool: is this position a training target
     pad_id: int
+    # the same text in the teacher's tokens, when its tokenizer differs (cross-tokenizer KD)
+    teacher_ids: Tensor | None = None
+    teacher_supervised: Tensor | None = None
+    teacher_pad_id: int = 0
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -156,12 +171,18 @@ class TokenDataset:
 
     def batch(self, index: Tensor) -> dict[str, Tensor]:
         ids, sup = self.ids[index], self.supervised[index]
-        return {
+        out = {
             "input": ids[:, :-1],
             "target": torch.where(sup[:, 1:], ids[:, 1:], -1),
             "attention_mask": (ids[:, :-1] != self.pad_id).long(),
             "index": index,
         }
+        if self.teacher_ids is not None:
+            t, ts = self.teacher_ids[index], self.teacher_supervised[index]
+            out["teacher_input"] = t[:, :-1]
+            out["teacher_target"] = torch.where(ts[:, 1:], t[:, 1:], -1)
+            out["teacher_attention_mask"] = (t[:, :-1] != self.teacher_pad_id).long()
+        return out
 
     def __getitem__(self, i: int) -> tuple[Tensor, Tensor]:
         b = self.batch(torch.tensor([i]))
@@ -180,6 +201,26 @@ def _blocks(docs: list[str], tok: Tokenizer, block: int) -> TokenDataset:
     return TokenDataset(ids, torch.ones_like(ids, dtype=torch.bool), tok.pad_id)
 
 
+def with_teacher_tokens(
+    data: TokenDataset, tok: Tokenizer, teacher_tok: Tokenizer, length: int
+) -> TokenDataset:
+    """Each row's text re-tokenized by the teacher's tokenizer, `length`+1 tokens, padded."""
+    rows, sups = [], []
+    for row in data.ids.tolist():
+        ids = teacher_tok.encode(tok.decode(row))[: length + 1]
+        pad = length + 1 - len(ids)
+        rows.append(ids + [teacher_tok.pad_id] * pad)
+        sups.append([True] * len(ids) + [False] * pad)
+    return TokenDataset(
+        data.ids,
+        data.supervised,
+        data.pad_id,
+        torch.tensor(rows),
+        torch.tensor(sups),
+        teacher_tok.pad_id,
+    )
+
+
 def text_dataset(
     corpus: str = "python_docs",
     tokenizer: str = "bpe",
@@ -189,8 +230,14 @@ def text_dataset(
     val_fraction: float = 0.1,
     test_fraction: float = 0.1,
     max_train_blocks: int | None = None,
+    teacher_tokenizer: str | None = None,
+    teacher_vocab_size: int = 2048,
+    teacher_block_size: int | None = None,
 ) -> DataSplits:
-    """Token blocks of a corpus, split by document; `num_classes` is the vocabulary size."""
+    """Token blocks of a corpus, split by document; `num_classes` is the vocabulary size.
+
+    `teacher_tokenizer` (for cross-tokenizer KD) adds each block's text in the teacher's
+    tokens (`teacher_block_size`, default twice `block_size`)."""
     if block_size < 2:
         raise ConfigError(f"data.options.block_size must be >= 2, got {block_size}")
     docs = read_corpus(corpus)
@@ -207,14 +254,23 @@ def text_dataset(
         train_set = TokenDataset(
             train_set.ids[:max_train_blocks], train_set.supervised[:max_train_blocks], tok.pad_id
         )
+    val_set, test_set = _blocks(val, tok, block_size), _blocks(test, tok, block_size)
+    teacher_tok = None
+    if teacher_tokenizer is not None:
+        teacher_tok = load_tokenizer(teacher_tokenizer, train, teacher_vocab_size)
+        length = teacher_block_size or 2 * block_size
+        train_set, val_set, test_set = (
+            with_teacher_tokens(d, tok, teacher_tok, length) for d in (train_set, val_set, test_set)
+        )
     splits = DataSplits(
         name=f"text:{corpus}",
         train=train_set,
-        val=_blocks(val, tok, block_size),
-        test=_blocks(test, tok, block_size),
+        val=val_set,
+        test=test_set,
         input_shape=(block_size,),
         num_classes=tok.vocab_size,
         tokenizer=tok,
+        teacher_tokenizer=teacher_tok,
     )
     return splits
 
