@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -159,7 +160,7 @@ def test_on_policy_batches_are_student_samples(tmp_path, teacher_dir):
     assert not torch.equal(op["input"], batch["input"])  # the rest was sampled
     assert torch.equal(built.scheme._on_policy_batch(batch, 3)["input"], op["input"])
     losses = built.scheme.step(batch, 3)
-    assert torch.isfinite(losses["loss"]) and float(losses["task"]) >= 0
+    assert torch.isfinite(losses["loss"]) and float(losses["task"].detach()) >= 0
     off = build(parse_config(_kd(tmp_path, teacher_dir, {"on_policy": {"fraction": 0.0}})))
     assert off.scheme._on_policy_batch(batch, 3) is None  # lambda = 0: supervised KD
 
@@ -386,3 +387,47 @@ def test_cross_tokenizer_kd_end_to_end(tmp_path, method):
     plain = {**cfg, "scheme": {"name": "lm_kd"}}
     with pytest.raises(ConfigError, match="tokenizers differ"):
         build(parse_config(plain))
+
+
+LLM_EXAMPLES = sorted((Path(__file__).parent.parent / "examples" / "llm").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", LLM_EXAMPLES, ids=[p.stem for p in LLM_EXAMPLES])
+def test_llm_example_validates_and_trains(path, tmp_path):
+    from distill.build import validate
+    from distill.checkpoint import save_weights
+    from distill.cli import main
+    from distill.config import load_config
+    from distill.models import build_model
+
+    overrides = [
+        f"run_dir={tmp_path / 'run'}",
+        "train.max_steps=2",
+        "train.progress=false",
+        "data.options.max_train_blocks=64",
+    ]
+    cfg = load_config(path, overrides)
+    if cfg.teacher is not None:
+        vocab = cfg.teacher.args.get("vocab_size", 2048)
+        teacher = build_model(cfg.teacher.name, (64,), vocab, cfg.teacher.args)
+        save_weights(tmp_path / "teacher.safetensors", teacher)
+        overrides.append(f"teacher.weights={tmp_path / 'teacher.safetensors'}")
+    if cfg.scheme.args.get("teacher_cache"):
+        overrides.append(f"scheme.args.teacher_cache={tmp_path / 'cache'}")
+        assert (
+            main(["lm-cache", str(path), *overrides, "--out", str(tmp_path / "cache"), "--k", "4"])
+            == 0
+        )
+    cfg = load_config(path, overrides)
+    assert validate(cfg) == []
+    result = run_experiment(cfg)
+    assert result["steps"] == 2
+
+
+def test_rouge_l():
+    from distill.llm.demo import rouge_l
+
+    assert rouge_l([1, 2, 3], [1, 2, 3]) == 1.0
+    assert rouge_l([1, 2, 3], [4, 5]) == 0.0
+    # LCS of (1 2 3 4) and (1 3 4 5) is (1 3 4): P = R = 3/4
+    assert rouge_l([1, 2, 3, 4], [1, 3, 4, 5]) == pytest.approx(0.75)

@@ -122,11 +122,13 @@ def _cmd_schemes(args: argparse.Namespace) -> int:
 
 def _cmd_lm_cache(args: argparse.Namespace) -> int:
     from distill.build import build
-    from distill.config import load_config
+    from distill.config import load_config, parse_config
     from distill.llm.cache import build_cache
 
     cfg = load_config(args.config, args.overrides)
-    built = build(cfg)
+    data = cfg.model_dump(mode="json")
+    data["scheme"]["args"].pop("teacher_cache", None)  # the cache being built is not read
+    built = build(parse_config(data))
     if built.teacher is None:
         print("error: the config has no teacher to cache", file=sys.stderr)
         return 2
@@ -144,6 +146,20 @@ def _cmd_lm_cache(args: argparse.Namespace) -> int:
         f"wrote {args.out}: {len(cache)} rows, {cache.bytes_per_token():.0f} bytes per token "
         f"({args.mode}, k={args.k}; dense fp16 logits would take {2 * cache.vocab} bytes)"
     )
+    return 0
+
+
+def _cmd_lm_demo(args: argparse.Namespace) -> int:
+    from distill.llm.demo import format_rows, run_lm_demo
+
+    rows = run_lm_demo(
+        args.out,
+        epochs=args.epochs,
+        teacher_epochs=args.teacher_epochs,
+        seed=args.seed,
+        progress=not args.json,
+    )
+    print(json.dumps(rows, indent=2) if args.json else format_rows(rows))
     return 0
 
 
@@ -255,6 +271,16 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--k", type=int, default=32)
     p.add_argument("--temperature", type=float, default=1.0)
     p.set_defaults(fn=_cmd_lm_cache)
+
+    p = sub.add_parser(
+        "lm-demo", help="a small GPT-2 teacher, then students by each divergence and on-policy KD"
+    )
+    p.add_argument("--out", default="runs/lm-demo")
+    p.add_argument("--epochs", type=int, default=6, help="epochs per student")
+    p.add_argument("--teacher-epochs", type=int, default=12)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=_cmd_lm_demo)
 
     p = sub.add_parser("schemes", help="list the training schemes, their papers and arguments")
     p.add_argument(
