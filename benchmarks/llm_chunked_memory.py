@@ -18,8 +18,9 @@ import sys
 import time
 
 
-def measure(path: str, device: str, tokens: int, vocab: int, d_s: int, d_t: int,
-            chunk: int) -> dict:
+def measure(
+    path: str, device: str, tokens: int, vocab: int, d_s: int, d_t: int, chunk: int
+) -> dict:
     import resource
 
     import torch
@@ -37,8 +38,9 @@ def measure(path: str, device: str, tokens: int, vocab: int, d_s: int, d_t: int,
         if path == "naive":
             loss = token_kd_loss(h_s @ w_s.t(), h_t @ w_t.t(), divergence="forward_kl")
         else:
-            loss = chunked_token_divergence(h_s, w_s, h_t, w_t, divergence="forward_kl",
-                                            chunk_size=chunk)
+            loss = chunked_token_divergence(
+                h_s, w_s, h_t, w_t, divergence="forward_kl", chunk_size=chunk
+            )
         loss.backward()
         return float(loss)
 
@@ -64,8 +66,13 @@ def measure(path: str, device: str, tokens: int, vocab: int, d_s: int, d_t: int,
         if dev.type == "cuda":
             torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
-    return {"path": path, "peak_mib": peak / 2**20, "first_s": first,
-            "seconds": sorted(times)[1], "loss": value}
+    return {
+        "path": path,
+        "peak_mib": peak / 2**20,
+        "first_s": first,
+        "seconds": sorted(times)[1],
+        "loss": value,
+    }
 
 
 def main() -> None:
@@ -86,11 +93,27 @@ def main() -> None:
     rows = []
     for _ in range(a.repeats):
         for path in ("naive", "chunked"):
-            cmd = [sys.executable, __file__, "--worker", path, "--device", a.device,
-                   "--tokens", str(a.tokens), "--vocab", str(a.vocab), "--d-student",
-                   str(a.d_student), "--d-teacher", str(a.d_teacher), "--chunk", str(a.chunk)]
-            rows.append(json.loads(subprocess.run(cmd, capture_output=True, text=True,
-                                                  check=True).stdout))
+            cmd = [
+                sys.executable,
+                __file__,
+                "--worker",
+                path,
+                "--device",
+                a.device,
+                "--tokens",
+                str(a.tokens),
+                "--vocab",
+                str(a.vocab),
+                "--d-student",
+                str(a.d_student),
+                "--d-teacher",
+                str(a.d_teacher),
+                "--chunk",
+                str(a.chunk),
+            ]
+            rows.append(
+                json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout)
+            )
     summary = {}
     for path in ("naive", "chunked"):
         mine = [r for r in rows if r["path"] == path]
@@ -100,14 +123,20 @@ def main() -> None:
             "loss": mine[0]["loss"],
         }
     n, c = summary["naive"], summary["chunked"]
-    print(f"{a.tokens} tokens, vocab {a.vocab}, d {a.d_student}/{a.d_teacher}, chunk {a.chunk}, "
-          f"{a.device}")
+    print(
+        f"{a.tokens} tokens, vocab {a.vocab}, d {a.d_student}/{a.d_teacher}, chunk {a.chunk}, "
+        f"{a.device}"
+    )
     for path in ("naive", "chunked"):
         s = summary[path]
-        print(f"  {path:8s} peak {s['peak_mib']:8.1f} MiB   {s['seconds'] * 1000:8.1f} ms   "
-              f"loss {s['loss']:.6f}")
-    print(f"  memory ratio naive/chunked {n['peak_mib'] / max(c['peak_mib'], 1e-9):.1f}x, "
-          f"time ratio chunked/naive {c['seconds'] / n['seconds']:.2f}x")
+        print(
+            f"  {path:8s} peak {s['peak_mib']:8.1f} MiB   {s['seconds'] * 1000:8.1f} ms   "
+            f"loss {s['loss']:.6f}"
+        )
+    print(
+        f"  memory ratio naive/chunked {n['peak_mib'] / max(c['peak_mib'], 1e-9):.1f}x, "
+        f"time ratio chunked/naive {c['seconds'] / n['seconds']:.2f}x"
+    )
 
 
 if __name__ == "__main__":

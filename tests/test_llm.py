@@ -431,3 +431,15 @@ def test_rouge_l():
     assert rouge_l([1, 2, 3], [4, 5]) == 0.0
     # LCS of (1 2 3 4) and (1 3 4 5) is (1 3 4): P = R = 3/4
     assert rouge_l([1, 2, 3, 4], [1, 3, 4, 5]) == pytest.approx(0.75)
+
+
+def test_methods_list_the_token_divergences(capsys):
+    import json
+
+    from distill.cli import main
+    from distill.llm import TOKEN_DIVERGENCES
+
+    assert main(["methods", "--json"]) == 0
+    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
+    assert set(TOKEN_DIVERGENCES) <= set(rows)
+    assert rows["jsd"]["family"] == "token divergence (lm_kd)" and "GKD" in rows["jsd"]["paper"]

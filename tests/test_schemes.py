@@ -42,7 +42,8 @@ def _batch(built, n: int = 16) -> dict:
 
 # ----------------------------------------------------------------------------- catalogue
 def test_every_scheme_has_an_example_and_is_listed():
-    used = {load_config(p).scheme.name for p in EXAMPLES}
+    llm = sorted((ROOT / "examples" / "llm").glob("*.yaml"))
+    used = {load_config(p).scheme.name for p in [*EXAMPLES, *llm]}
     missing = set(SCHEMES) - used - {"supervised", "offline"}
     assert not missing, f"schemes without an example: {sorted(missing)}"
     names = [r["name"] for r in list_schemes()]
