@@ -255,10 +255,9 @@ def test_afd_golden():
             w = [math.exp(v) / sum(math.exp(u) for u in scores) for v in scores]
             errs = [
                 float(
-                    (
-                        (torch.nn.functional.normalize(afd.proj[j][i](s_p[i]), dim=1)[n] - tn[n])
-                        ** 2
-                    ).mean()
+                    ((torch.nn.functional.normalize(afd.proj[j][i](s_p[i]), dim=1)[n] - tn[n]) ** 2)
+                    .mean()
+                    .detach()
                 )
                 for i in range(2)
             ]
