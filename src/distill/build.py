@@ -58,6 +58,10 @@ def is_module_loss(fn: object) -> bool:
     return isinstance(fn, type) and issubclass(fn, nn.Module)
 
 
+# Builders that load trained weights themselves (a teacher needs no weights: file then)
+PRETRAINED_MODELS = {"hf_pretrained", "minilm_teacher", "pretrained_encoder"}
+
+
 def name_problems(cfg: ExperimentConfig) -> list[str]:
     """Problems that need no data or model: unknown names and missing pieces."""
     problems = []
@@ -114,7 +118,12 @@ def _scheme_problems(cfg: ExperimentConfig, spec: Any) -> list[str]:
             problems.append(str(e))
     if spec.teacher == "required" and cfg.teacher is None:
         problems.append(f"teacher: the {name} scheme needs a teacher section (name, args, weights)")
-    if spec.teacher == "required" and cfg.teacher is not None and cfg.teacher.weights is None:
+    if (
+        spec.teacher == "required"
+        and cfg.teacher is not None
+        and cfg.teacher.weights is None
+        and cfg.teacher.name not in PRETRAINED_MODELS
+    ):
         problems.append(
             "teacher.weights: an offline teacher must be trained; give its .safetensors file or run dir"
         )
@@ -445,7 +454,8 @@ def build(cfg: ExperimentConfig, *, missing_weights_ok: bool = False) -> Built:
     teacher_k = None
     if teacher is not None and offline:
         teacher_k = _dry_knowledge(teacher, teacher_layers, batch, f"teacher {cfg.teacher.name}")
-    check_classes(data, student_k, teacher_k, padded=spec.family == "llm")
+    if spec.family != "embedding":  # sentence encoders output embeddings, not classes
+        check_classes(data, student_k, teacher_k, padded=spec.family == "llm")
     if teacher_k is not None and _reads_input_grad(cfg):
         _add_input_grads(
             student, teacher, student_layers, teacher_layers, batch, student_k, teacher_k

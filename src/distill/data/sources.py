@@ -241,11 +241,19 @@ def load_text(**options: Any) -> DataSplits:
     return text_dataset(**options)
 
 
+def load_sentences(**options: Any) -> DataSplits:
+    """Sentences for embedding distillation (see `distill.embed`)."""
+    from distill.embed import sentences_dataset
+
+    return sentences_dataset(**options)
+
+
 DATASETS: dict[str, Callable[..., RawData | DataSplits]] = {
     "digits": load_digits,
     "mnist1d": load_mnist1d,
     "synthetic": load_synthetic,
     "text": load_text,
+    "sentences": load_sentences,
 }
 
 

@@ -9,6 +9,7 @@ from torch import nn
 
 from distill.errors import ConfigError
 from distill.llm.models import hf_causal_lm, hf_pretrained
+from distill.models.encoders import minilm_teacher, pretrained_encoder, sentence_encoder
 from distill.models.zoo import MLP, ConvNet, ResNet, Transformer
 from distill.registry import lookup, resolve_reference
 
@@ -19,6 +20,9 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "transformer": Transformer,
     "hf_causal_lm": hf_causal_lm,
     "hf_pretrained": hf_pretrained,
+    "minilm_teacher": minilm_teacher,
+    "sentence_encoder": sentence_encoder,
+    "pretrained_encoder": pretrained_encoder,
 }
 
 

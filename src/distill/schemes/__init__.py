@@ -22,6 +22,7 @@ from typing import Literal, Protocol
 import torch
 from torch import Tensor, nn
 
+from distill.embed import EmbeddingDistillation
 from distill.llm.scheme import LMDistillation
 from distill.schemes.base import SchemeBase, SchemeContext, parse_args
 from distill.schemes.multi_teacher import MultiTeacher
@@ -174,6 +175,13 @@ SCHEMES: dict[str, SchemeSpec] = {
         "Rush 2016)",
         "required",
         LMDistillation,
+    ),
+    "embed_kd": _spec(
+        "embedding",
+        "Reimers & Gurevych 2020 (embedding MSE); Sanh et al. 2019 "
+        "(DistilBERT init, cosine); Park et al. 2019 (relations)",
+        "required",
+        EmbeddingDistillation,
     ),
     "ban": SchemeSpec("pipeline", "Furlanello et al. 2018, Born-Again Neural Networks", "optional"),
     "teacher_assistant": SchemeSpec(
