@@ -25,8 +25,14 @@ def tiny_bert_dir(tmp_path_factory):
     from transformers import BertConfig, BertModel
 
     torch.manual_seed(0)
-    cfg = BertConfig(vocab_size=120, hidden_size=32, num_hidden_layers=4, num_attention_heads=2,
-                     intermediate_size=64, max_position_embeddings=32)
+    cfg = BertConfig(
+        vocab_size=120,
+        hidden_size=32,
+        num_hidden_layers=4,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=32,
+    )
     path = tmp_path_factory.mktemp("bert")
     BertModel(cfg).save_pretrained(path, safe_serialization=True)
     return path
@@ -48,8 +54,10 @@ def test_distilbert_init_copies_every_other_layer(tiny_bert_dir):
         t_layer = teacher.backbone.encoder.layer[t_index]
         for a, b in zip(s_layer.parameters(), t_layer.parameters()):
             assert torch.equal(a, b)
-    torch.testing.assert_close(student.backbone.embeddings.word_embeddings.weight,
-                               teacher.backbone.embeddings.word_embeddings.weight)
+    torch.testing.assert_close(
+        student.backbone.embeddings.word_embeddings.weight,
+        teacher.backbone.embeddings.word_embeddings.weight,
+    )
     narrow = sentence_encoder(config_from=str(tiny_bert_dir), hidden_size=16, num_hidden_layers=1)
     data = _sentences(4)
     assert narrow(data.ids, data.mask).shape == (4, 32)  # projected to the teacher's width
@@ -82,20 +90,22 @@ def test_agreement_metrics():
 
 
 def test_embed_kd_trains_a_student_towards_the_teacher(tiny_bert_dir, tmp_path):
-    from distill import TrainSettings, Trainer
+    from distill import Trainer, TrainSettings
     from distill.data.core import DataSplits
 
     teacher = encoder_from_dir(tiny_bert_dir)
     student = sentence_encoder(config_from=str(tiny_bert_dir), hidden_size=16, num_hidden_layers=1)
     train, val = _sentences(96), _sentences(32)
     data = DataSplits("toy", train, val, val, (12,), 0)
-    scheme = EmbeddingDistillation(SchemeContext(student=student, objective=Objective(),
-                                                 data=data, teacher=teacher))
+    scheme = EmbeddingDistillation(
+        SchemeContext(student=student, objective=Objective(), data=data, teacher=teacher)
+    )
     before = scheme.evaluate(val, batch_size=32, device="cpu")
     losses = scheme.step(train.batch(torch.arange(8)), 0)
     assert {"mse", "cosine", "relation"} <= set(losses)
-    settings = TrainSettings(epochs=8, batch_size=16, progress=False,
-                             optimizer={"name": "adamw", "lr": 0.005})
+    settings = TrainSettings(
+        epochs=8, batch_size=16, progress=False, optimizer={"name": "adamw", "lr": 0.005}
+    )
     Trainer(scheme, train, val, settings, run_dir=tmp_path / "r").fit()
     after = scheme.evaluate(val, batch_size=32, device="cpu")
     assert after["nll"] < before["nll"]  # embedding MSE to the teacher fell
@@ -108,6 +118,8 @@ def test_embed_kd_trains_a_student_towards_the_teacher(tiny_bert_dir, tmp_path):
 
 
 def test_split_sentences_keeps_prose():
-    docs = ["Intro text here is fine. Another full sentence ends here!\n\n>>> code = 1\n\n"
-            "* a list item that is long enough to count\n\nshort."]
+    docs = [
+        "Intro text here is fine. Another full sentence ends here!\n\n>>> code = 1\n\n"
+        "* a list item that is long enough to count\n\nshort."
+    ]
     assert split_sentences(docs) == ["Intro text here is fine.", "Another full sentence ends here!"]

@@ -163,6 +163,16 @@ def _cmd_lm_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_generate(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from distill.blackbox import run_generation
+
+    report = run_generation(args.spec)
+    print(json.dumps(asdict(report), indent=2))
+    return 0
+
+
 def _cmd_eval(args: argparse.Namespace) -> int:
     from distill.assess import assess, format_assessment
 
@@ -281,6 +291,12 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=_cmd_lm_demo)
+
+    p = sub.add_parser(
+        "generate", help="ask a black-box teacher (HTTP or local) for responses -> JSONL"
+    )
+    p.add_argument("spec", help="YAML: teacher, prompts, out, filter, augment")
+    p.set_defaults(fn=_cmd_generate)
 
     p = sub.add_parser("schemes", help="list the training schemes, their papers and arguments")
     p.add_argument(

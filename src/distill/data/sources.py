@@ -248,12 +248,20 @@ def load_sentences(**options: Any) -> DataSplits:
     return sentences_dataset(**options)
 
 
+def load_jsonl(**options: Any) -> DataSplits:
+    """(prompt, response) JSONL, e.g. from `distill generate` (see `distill.blackbox`)."""
+    from distill.blackbox import jsonl_dataset
+
+    return jsonl_dataset(**options)
+
+
 DATASETS: dict[str, Callable[..., RawData | DataSplits]] = {
     "digits": load_digits,
     "mnist1d": load_mnist1d,
     "synthetic": load_synthetic,
     "text": load_text,
     "sentences": load_sentences,
+    "jsonl": load_jsonl,
 }
 
 
