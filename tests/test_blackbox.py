@@ -160,3 +160,48 @@ def test_generate_cli_reports_bad_specs(tmp_path, capsys):
     assert main(["generate", str(spec)]) == 2
     assert "teacher.kind" in capsys.readouterr().err
     assert Path(spec).is_file()
+
+
+def test_local_teacher_from_a_language_model_run(tmp_path):
+    pytest.importorskip("transformers")
+    from distill.blackbox import GenerateSpec, make_teacher
+    from distill.config import parse_config
+    from distill.run import run_experiment
+
+    run = tmp_path / "lm"
+    cfg = {
+        "name": "lm",
+        "run_dir": str(run),
+        "scheme": "supervised",
+        "data": {
+            "name": "text",
+            "options": {"tokenizer": "bytes", "block_size": 32, "max_train_blocks": 64},
+        },
+        "student": {
+            "name": "hf_causal_lm",
+            "args": {"arch": "gpt2", "n_embd": 32, "n_layer": 1, "n_head": 2},
+        },
+        "train": {"epochs": 1, "batch_size": 16, "monitor": "nll", "progress": False},
+    }
+    run_experiment(parse_config(cfg))
+    spec = GenerateSpec.model_validate(
+        {
+            "teacher": {"kind": "local", "run_dir": str(run), "max_tokens": 8},
+            "prompts": "unused",
+            "out": "unused",
+        }
+    )
+    teacher = make_teacher(spec.teacher)
+    report = generate_dataset(teacher, ["The with", "A class"], tmp_path / "o.jsonl")
+    assert report.written + report.filtered == 2
+    assert teacher.complete("The with") == teacher.complete("The with")  # greedy
+
+
+def test_example_generation_spec_parses():
+    import yaml
+
+    from distill.blackbox import GenerateSpec
+
+    root = Path(__file__).parent.parent / "examples" / "blackbox"
+    spec = GenerateSpec.model_validate(yaml.safe_load((root / "generate.yaml").read_text()))
+    assert spec.teacher.kind == "local" and (Path(__file__).parent.parent / spec.prompts).is_file()
