@@ -173,6 +173,21 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_reasoning_demo(args: argparse.Namespace) -> int:
+    from distill.reasoning import format_rows, run_reasoning_demo
+
+    rows = run_reasoning_demo(
+        args.out,
+        digits=args.digits,
+        teacher_epochs=args.teacher_epochs,
+        student_epochs=args.epochs,
+        seed=args.seed,
+        progress=not args.json,
+    )
+    print(json.dumps(rows, indent=2) if args.json else format_rows(rows))
+    return 0
+
+
 def _cmd_eval(args: argparse.Namespace) -> int:
     from distill.assess import assess, format_assessment
 
@@ -297,6 +312,18 @@ def make_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("spec", help="YAML: teacher, prompts, out, filter, augment")
     p.set_defaults(fn=_cmd_generate)
+
+    p = sub.add_parser(
+        "reasoning-demo",
+        help="chain-of-thought distillation on program-checked addition: with/without rationales",
+    )
+    p.add_argument("--out", default="runs/reasoning-demo")
+    p.add_argument("--digits", type=int, default=3)
+    p.add_argument("--epochs", type=int, default=12, help="epochs per student")
+    p.add_argument("--teacher-epochs", type=int, default=12)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=_cmd_reasoning_demo)
 
     p = sub.add_parser("schemes", help="list the training schemes, their papers and arguments")
     p.add_argument(
