@@ -21,9 +21,48 @@ def test_rationales_follow_the_columns():
 def test_tiny_reasoning_demo_runs(tmp_path):
     from distill.reasoning import run_reasoning_demo
 
-    rows = run_reasoning_demo(tmp_path, digits=1, n_train=60, n_test=20, teacher_epochs=1,
-                              student_epochs=1, progress=False)
+    rows = run_reasoning_demo(
+        tmp_path,
+        digits=1,
+        n_train=60,
+        n_test=20,
+        teacher_epochs=1,
+        student_epochs=1,
+        progress=False,
+    )
     names = [r["model"] for r in rows]
     assert any("answer only" in n for n in names) and any("step-by-step" in n for n in names)
     assert all(0.0 <= r["test_acc"] <= 1.0 for r in rows)
     assert (tmp_path / "teacher_outputs.jsonl").is_file()
+
+
+def test_self_improvement_loop_keeps_only_verified_outputs():
+    from distill.reasoning import self_improvement_loop
+
+    trained_on = []
+
+    def generate(model, qs):
+        return [q.upper() if i % 2 else q for i, q in enumerate(qs)]
+
+    def train(model, pairs):
+        trained_on.append(list(pairs))
+        return model + 1
+
+    model, history = self_improvement_loop(
+        0,
+        ["a", "b", "c", "d"],
+        generate,
+        lambda q, o: float(o == q.upper()),
+        train,
+        rounds=2,
+        seed_pairs=[("s", "S")],
+    )
+    assert model == 2 and [h["kept"] for h in history] == [2, 2]
+    assert trained_on[0] == [("s", "S"), ("b", "B"), ("d", "D")]
+
+
+def test_tiny_self_improvement_run(tmp_path):
+    from distill.reasoning import run_self_improvement
+
+    rows = run_self_improvement(tmp_path, digits=1, labelled=20, unlabelled=30, rounds=1, epochs=1)
+    assert [r["round"] for r in rows] == [0, 1] and 0 <= rows[1]["kept"] <= 30

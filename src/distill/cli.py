@@ -176,6 +176,26 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 def _cmd_reasoning_demo(args: argparse.Namespace) -> int:
     from distill.reasoning import format_rows, run_reasoning_demo
 
+    if args.self_improve:
+        from distill.reasoning import run_self_improvement
+        from distill.table import format_table
+
+        rounds = run_self_improvement(
+            f"{args.out}-self-improve",
+            digits=args.digits,
+            rounds=args.self_improve,
+            epochs=args.epochs,
+            seed=args.seed,
+        )
+        print(
+            json.dumps(rounds, indent=2)
+            if args.json
+            else format_table(
+                ["round", "verified answers kept", "test answer accuracy"],
+                [[r["round"], r["kept"], f"{100 * r['test_acc']:.1f}%"] for r in rounds],
+            )
+        )
+        return 0
     rows = run_reasoning_demo(
         args.out,
         digits=args.digits,
@@ -322,6 +342,13 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=12, help="epochs per student")
     p.add_argument("--teacher-epochs", type=int, default=12)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--self-improve",
+        type=int,
+        default=0,
+        metavar="ROUNDS",
+        help="instead: a student from 300 labelled rationales improves on its verified answers",
+    )
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=_cmd_reasoning_demo)
 

@@ -264,3 +264,80 @@ def format_rows(rows: list[dict[str, Any]]) -> str:
             for r in rows
         ],
     )
+
+
+# ----------------------------------------------------------------------------- self-improvement
+def self_improvement_loop(
+    model,
+    questions: list[str],
+    generate,
+    score,
+    train,
+    rounds: int,
+    threshold: float = 1.0,
+    seed_pairs: list[tuple[str, str]] = (),
+):
+    """Generate -> keep what `score(question, output) >= threshold` -> fine-tune, `rounds`
+    times (STaR / rejection-sampling fine-tuning, Zelikman et al. 2022). `generate(model,
+    questions) -> outputs`, `train(model, pairs) -> model`; `seed_pairs` are always kept.
+    Returns the model and, per round, how many outputs were kept."""
+    history = []
+    for r in range(rounds):
+        outputs = generate(model, questions)
+        kept = [(q, o) for q, o in zip(questions, outputs) if score(q, o) >= threshold]
+        history.append({"round": r + 1, "kept": len(kept), "of": len(questions)})
+        model = train(model, [*seed_pairs, *kept])
+    return model, history
+
+
+def run_self_improvement(
+    out: str | Path = "runs/self-improve",
+    digits: int = 3,
+    labelled: int = 300,
+    unlabelled: int = 3000,
+    rounds: int = 3,
+    epochs: int = 8,
+    seed: int = 0,
+    progress: bool = False,
+):
+    """A student starts from few labelled rationales; each round it answers unlabelled
+    questions, the program keeps the verified ones, and it is fine-tuned on them."""
+    out = Path(out)
+    length = 12 * digits + 24
+    seed_probs = problems(labelled, digits, seed + 10)
+    pool = problems(unlabelled, digits, seed + 11)
+    test = problems(500, digits, seed + 1)
+    seed_pairs = [(question(a, b, digits), solution(a, b, digits, "long")) for a, b in seed_probs]
+    answers = {question(a, b, digits): a + b for a, b in pool}
+    val = [(question(a, b, digits), solution(a, b, digits, "long")) for a, b in test[:100]]
+    val_set = rows_to_dataset(val, length)
+    counter = {"round": 0}
+
+    def train(_model, pairs):
+        counter["round"] += 1
+        data = _splits(rows_to_dataset(pairs, length), val_set, length)
+        model, _ = _train(
+            f"round{counter['round']}", out, data, STUDENT_ARGS, epochs, seed, progress
+        )
+        return model
+
+    def generate(model, qs):
+        return answer_questions(model, qs, "long", 9 * digits + digits + 6)
+
+    def score(q, o):
+        return float(parse_answer(o) == answers[q])
+
+    model = train(None, seed_pairs)
+    rows = [{"round": 0, "kept": 0, "test_acc": accuracy(model, test, digits, "long")}]
+    for r in range(rounds):
+        model, hist = self_improvement_loop(
+            model, list(answers), generate, score, train, 1, seed_pairs=seed_pairs
+        )
+        rows.append(
+            {
+                "round": r + 1,
+                "kept": hist[0]["kept"],
+                "test_acc": accuracy(model, test, digits, "long"),
+            }
+        )
+    return rows
