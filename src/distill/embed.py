@@ -44,9 +44,11 @@ class SentenceDataset:  # noqa: D101
         return torch.full((len(self.ids),), -1)
 
     def batch(self, index: Tensor) -> dict[str, Tensor]:
+        mask = self.mask[index]
+        width = max(int(mask.sum(1).max()), 1)  # drop columns that are padding in every row
         return {
-            "input": self.ids[index],
-            "attention_mask": self.mask[index],
+            "input": self.ids[index][:, :width],
+            "attention_mask": mask[:, :width],
             "target": torch.full((len(index),), -1),
             "index": index,
         }
@@ -124,12 +126,10 @@ def _spearman(a: Tensor, b: Tensor) -> float:
 def encode(model: nn.Module, data: SentenceDataset, batch_size: int = 128, device="cpu") -> Tensor:
     was = model.training
     model.eval()
-    out = [
-        model(data.ids[i : i + batch_size].to(device), data.mask[i : i + batch_size].to(device))
-        .float()
-        .cpu()
-        for i in range(0, len(data), batch_size)
-    ]
+    out = []
+    for i in range(0, len(data), batch_size):
+        b = data.batch(torch.arange(i, min(i + batch_size, len(data))))
+        out.append(model(b["input"].to(device), b["attention_mask"].to(device)).float().cpu())
     model.train(was)
     return torch.cat(out)
 
