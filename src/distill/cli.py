@@ -339,8 +339,8 @@ def make_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", default="runs/reasoning-demo")
     p.add_argument("--digits", type=int, default=3)
-    p.add_argument("--epochs", type=int, default=8, help="epochs per student")
-    p.add_argument("--teacher-epochs", type=int, default=8)
+    p.add_argument("--epochs", type=int, default=12, help="epochs per student")
+    p.add_argument("--teacher-epochs", type=int, default=12)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--self-improve",

@@ -146,10 +146,10 @@ STUDENT_ARGS = {"arch": "gpt2", "n_embd": 64, "n_layer": 2, "n_head": 2}
 def run_reasoning_demo(
     out: str | Path = "runs/reasoning-demo",
     digits: int = 3,
-    n_train: int = 3000,
+    n_train: int = 6000,
     n_test: int = 500,
-    teacher_epochs: int = 8,
-    student_epochs: int = 8,
+    teacher_epochs: int = 12,
+    student_epochs: int = 12,
     seed: int = 0,
     progress: bool = True,
 ) -> list[dict[str, Any]]:
