@@ -66,3 +66,19 @@ def test_tiny_self_improvement_run(tmp_path):
 
     rows = run_self_improvement(tmp_path, digits=1, labelled=20, unlabelled=30, rounds=1, epochs=1)
     assert [r["round"] for r in rows] == [0, 1] and 0 <= rows[1]["kept"] <= 30
+
+
+def test_a_signal_stops_a_multi_run_command(monkeypatch):
+    import distill.reasoning as reasoning
+    from distill.cli import main
+    from distill.errors import RunStopped, ensure_complete
+
+    assert ensure_complete({"stopped_by": None}, "x") == {"stopped_by": None}
+    with pytest.raises(RunStopped, match="SIGTERM"):
+        ensure_complete({"stopped_by": "SIGTERM"}, "teacher")
+
+    def stopped(*args, **kwargs):
+        raise RunStopped("SIGTERM", "teacher")
+
+    monkeypatch.setattr(reasoning, "run_reasoning_demo", stopped)
+    assert main(["reasoning-demo"]) == 128 + 15  # the demo stops, it does not go on

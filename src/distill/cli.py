@@ -15,7 +15,7 @@ import signal
 import sys
 from pathlib import Path
 
-from distill.errors import USER_ERRORS, ConfigError, NonFiniteError
+from distill.errors import USER_ERRORS, ConfigError, NonFiniteError, RunStopped
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -420,6 +420,9 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides = [*args.overrides, *extra]
     try:
         return args.fn(args)
+    except RunStopped as e:
+        print(f"{e}", file=sys.stderr)
+        return 128 + signal.Signals[e.signal_name].value
     except USER_ERRORS as e:
         if args.debug:
             raise

@@ -15,6 +15,7 @@ from typing import Any
 from distill.build import build, weights_path
 from distill.checkpoint import load_into, load_weights
 from distill.config import parse_config
+from distill.errors import ensure_complete
 from distill.evaluate import agreement, predict_logits
 from distill.profile import count_parameters, file_size, latency_ms
 from distill.run import run_experiment
@@ -119,7 +120,10 @@ def run_demo(
 ) -> dict[str, Any]:
     """Train the three models, then measure each one's best weights on the test set."""
     configs = demo_configs(dataset, Path(out), seed, epochs, progress)
-    results = {name: run_experiment(parse_config(c), overwrite=True) for name, c in configs.items()}
+    results = {
+        name: ensure_complete(run_experiment(parse_config(c), overwrite=True), name)
+        for name, c in configs.items()
+    }
     profiled = {name: _profile(cfg) for name, cfg in configs.items()}
     test = profiled["teacher"][0].data.test
     logits = {name: predict_logits(built.student, test) for name, (built, _) in profiled.items()}

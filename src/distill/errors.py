@@ -62,3 +62,22 @@ def unknown_name(kind: str, name: str, table: Iterable[str], fix: str = "") -> s
     if fix:
         msg += f"\n{fix}"
     return msg
+
+
+class RunStopped(Exception):
+    """SIGINT/SIGTERM stopped one training run of a command that runs several (demos): the
+    run's checkpoint is saved, and the command stops instead of going on without it."""
+
+    def __init__(self, signal_name: str, where: str):
+        self.signal_name = signal_name
+        super().__init__(
+            f"stopped by {signal_name} while training {where}; its checkpoint is saved"
+        )
+
+
+def ensure_complete(summary: dict, where: str) -> dict:
+    """Raise RunStopped when a signal stopped the run that produced `summary`."""
+    stopped = summary.get("stopped_by")
+    if stopped in ("SIGINT", "SIGTERM"):
+        raise RunStopped(stopped, where)
+    return summary

@@ -26,6 +26,7 @@ from typing import Any
 import torch
 
 from distill.data.core import DataSplits
+from distill.errors import ensure_complete
 from distill.llm.scheme import sample_continuations
 from distill.llm.text import ByteTokenizer, TokenDataset
 
@@ -131,7 +132,8 @@ def _train(
         }
     )
     start = time.perf_counter()
-    Trainer(Supervised(model), data.train, data.val, settings, run_dir=out / name).fit()
+    summary = Trainer(Supervised(model), data.train, data.val, settings, run_dir=out / name).fit()
+    ensure_complete(summary, name)
     from distill.build import weights_path
     from distill.checkpoint import load_into, load_weights
 

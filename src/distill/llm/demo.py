@@ -15,6 +15,7 @@ import torch
 
 from distill.build import build
 from distill.config import parse_config
+from distill.errors import ensure_complete
 from distill.run import run_experiment
 
 DATA = {
@@ -74,7 +75,7 @@ def generation_overlap(
 
 def _train(cfg: dict) -> tuple[dict, float]:
     start = time.perf_counter()
-    result = run_experiment(parse_config(cfg), overwrite=True)
+    result = ensure_complete(run_experiment(parse_config(cfg), overwrite=True), cfg["name"])
     return result, time.perf_counter() - start
 
 
