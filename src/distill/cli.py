@@ -184,6 +184,7 @@ def _cmd_reasoning_demo(args: argparse.Namespace) -> int:
             f"{args.out}-self-improve",
             digits=args.digits,
             rounds=args.self_improve,
+            labelled=args.labelled,
             epochs=args.epochs,
             seed=args.seed,
         )
@@ -347,8 +348,9 @@ def make_parser() -> argparse.ArgumentParser:
         type=int,
         default=0,
         metavar="ROUNDS",
-        help="instead: a student from 300 labelled rationales improves on its verified answers",
+        help="instead: a student from --labelled rationales improves on its verified answers",
     )
+    p.add_argument("--labelled", type=int, default=2000, help="with --self-improve")
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=_cmd_reasoning_demo)
 

@@ -295,7 +295,7 @@ def self_improvement_loop(
 def run_self_improvement(
     out: str | Path = "runs/self-improve",
     digits: int = 3,
-    labelled: int = 300,
+    labelled: int = 2000,
     unlabelled: int = 3000,
     rounds: int = 3,
     epochs: int = 8,

@@ -470,7 +470,8 @@ def sample_continuations(
     """`prompt` (N, P) extended by `new_tokens` sampled (or greedy) tokens: (N, P + new)."""
     was = model.training
     model.eval()
-    ids = prompt
+    home = prompt.device  # results go back where the prompt came from
+    ids = prompt.to(next(model.parameters()).device)
     past = None
     step_input = ids
     for _ in range(new_tokens):
@@ -486,7 +487,7 @@ def sample_continuations(
         ids = torch.cat([ids, nxt], 1)
         step_input = nxt if past is not None else ids
     model.train(was)
-    return ids
+    return ids.to(home)
 
 
 def teacher_sequences(teacher: nn.Module, train, args: SequenceArgs, seed: int) -> Tensor:
