@@ -61,7 +61,7 @@ def test_self_improvement_loop_keeps_only_verified_outputs():
     assert trained_on[0] == [("s", "S"), ("b", "B"), ("d", "D")]
 
 
-def test_tiny_self_improvement_run(tmp_path):  # noqa: D103
+def test_tiny_self_improvement_run(tmp_path):
     from distill.reasoning import run_self_improvement
 
     rows = run_self_improvement(tmp_path, digits=1, labelled=20, unlabelled=30, rounds=1, epochs=1)
