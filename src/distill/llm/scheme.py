@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from distill.data import load_batch
 from distill.errors import ConfigError
 from distill.llm.chunked import chunked_cross_entropy, chunked_token_divergence
-from distill.llm.divergences import TOKEN_DIVERGENCES, token_kd_loss
+from distill.llm.divergences import TOKEN_DIVERGENCES, divergence_args, token_kd_loss
 from distill.llm.vocab import DualSpaceKD, check_tokenizers, uld_loss
 from distill.schemes.base import SchemeBase, SchemeContext, parse_args
 from distill.settings import Strict
@@ -163,11 +163,7 @@ class LMDistillation(SchemeBase):
         self.teacher = ctx.teacher
         self.vocab = ctx.data.num_classes  # the tokenizer's size: padded rows beyond it are cut
         self.seed = ctx.seed
-        self.div_args = {"temperature": a.temperature}
-        if a.divergence == "jsd":
-            self.div_args["beta"] = a.beta
-        if a.divergence in ("skew_kl", "skew_reverse_kl"):
-            self.div_args["alpha"] = a.alpha
+        self.div_args = divergence_args(a.divergence, a.temperature, a.beta, a.alpha)
         trained: dict[str, nn.Module] = {}
         self.pairs: list[tuple[int, int]] = []
         if a.hidden is not None:
@@ -309,29 +305,14 @@ class LMDistillation(SchemeBase):
 
     def test_metrics(self, dataset, *, batch_size: int, device="cpu") -> dict[str, float]:
         self.teacher.to(device)
-        if self.args.cross_tokenizer is not None:  # the teacher reads other tokens
-            student = lm_metrics(
-                self.student,
-                dataset,
-                batch_size=min(batch_size, 64),
-                device=device,
-                vocab=self.vocab,
-            )
-            return {f"test_{k}": v for k, v in student.items()}
-        student = lm_metrics(
-            self.student,
-            dataset,
-            batch_size=min(batch_size, 64),
-            device=device,
-            vocab=self.vocab,
-            teacher=self.teacher,
-        )
-        teacher = lm_metrics(
-            self.teacher, dataset, batch_size=min(batch_size, 64), device=device, vocab=self.vocab
-        )
+        cross = self.args.cross_tokenizer is not None  # then the teacher reads other tokens
+        kw = {"batch_size": min(batch_size, 64), "device": device, "vocab": self.vocab}
+        student = lm_metrics(self.student, dataset, teacher=None if cross else self.teacher, **kw)
         out = {f"test_{k}": v for k, v in student.items() if k != "agreement"}
-        out.update({f"teacher_test_{k}": v for k, v in teacher.items()})
-        out["test_agreement"] = student["agreement"]
+        if not cross:
+            teacher = lm_metrics(self.teacher, dataset, **kw)
+            out.update({f"teacher_test_{k}": v for k, v in teacher.items()})
+            out["test_agreement"] = student["agreement"]
         return out
 
     # ---------------------------------------------------------------- the step

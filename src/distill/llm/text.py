@@ -218,6 +218,7 @@ def python_docstrings() -> list[str]:
     functions: about 1.5M characters of English prose for this Python version."""
     import importlib
     import inspect
+    import warnings
 
     docs: list[str] = []
     for name in DOCSTRING_MODULES:
@@ -225,16 +226,18 @@ def python_docstrings() -> list[str]:
             module = importlib.import_module(name)
         except ImportError:
             continue
-        objects = [module] + [o for _, o in inspect.getmembers(module)]
-        for obj in list(objects):
-            if inspect.isclass(obj) and getattr(obj, "__module__", "") == module.__name__:
-                objects += [o for _, o in inspect.getmembers(obj) if callable(o)]
-        for obj in objects:
-            if isinstance(obj, (int, float, str, bytes, tuple, list, dict, set)):
-                continue
-            doc = inspect.getdoc(obj)
-            if doc and len(doc) > 200:
-                docs.append(doc)
+        with warnings.catch_warnings():  # typing.io / typing.re warn when touched
+            warnings.simplefilter("ignore", DeprecationWarning)
+            objects = [module] + [o for _, o in inspect.getmembers(module)]
+            for obj in list(objects):
+                if inspect.isclass(obj) and getattr(obj, "__module__", "") == module.__name__:
+                    objects += [o for _, o in inspect.getmembers(obj) if callable(o)]
+            for obj in objects:
+                if isinstance(obj, (int, float, str, bytes, tuple, list, dict, set)):
+                    continue
+                doc = inspect.getdoc(obj)
+                if doc and len(doc) > 200:
+                    docs.append(doc)
     return list(dict.fromkeys(docs))
 
 
