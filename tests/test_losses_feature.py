@@ -264,3 +264,28 @@ def test_afd_golden():
             per_sample += sum(a * b for a, b in zip(w, errs))
         total += per_sample / 2
     assert afd(s_layers, t_layers).item() == pytest.approx(total / 2, rel=1e-5)
+
+
+def test_mgd_regenerates_from_masked_tokens_on_their_grid():
+    from distill.losses.feature import MGDLoss
+    from distill.objective import TokenAdapter
+
+    torch.manual_seed(0)
+    loss = MGDLoss((1, 16, 6), (1, 16, 10), ratio=0.5, tokens=True)
+    s, t = torch.randn(3, 16, 6), torch.randn(3, 16, 10)
+    torch.manual_seed(7)
+    value = loss(s, t)
+    torch.manual_seed(7)  # the same mask, recomputed by hand
+    grid_s = s.transpose(1, 2).reshape(3, 6, 4, 4)
+    grid_t = t.transpose(1, 2).reshape(3, 10, 4, 4)
+    keep = (torch.rand(3, 1, 4, 4) >= 0.5).float()
+    expected = ((loss.generate(loss.align(grid_s) * keep) - grid_t) ** 2).mean()
+    assert float(value.detach()) == pytest.approx(float(expected.detach()), rel=1e-6)
+    assert 0.2 < 1 - keep.mean() < 0.8  # about half the positions are dropped, all channels
+    value.backward()
+    assert loss.generate[0].weight.grad is not None
+    with pytest.raises(ValueError, match="positions"):
+        MGDLoss((1, 8, 10), (1, 8, 12))
+    assert TokenAdapter((1, 16, 6), (1, 16, 10))(s).shape == (3, 16, 10)
+    with pytest.raises(ValueError, match="same patch grid"):
+        TokenAdapter((1, 16, 6), (1, 9, 10))

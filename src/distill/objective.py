@@ -117,10 +117,39 @@ class ChannelAdapter(nn.Module):
         return y
 
 
+class TokenAdapter(nn.Module):
+    """Maps transformer tokens (N, L, Ds) to the teacher's width (N, L, Dt): a linear map of
+    the last dim (the `linear` adapter maps dim 1, the channels of feature maps)."""
+
+    def __init__(
+        self,
+        student_shape: Sequence[int],
+        teacher_shape: Sequence[int],
+        *,
+        resize: str | None = None,
+    ):
+        super().__init__()
+        if len(student_shape) != 3 or len(teacher_shape) != 3:
+            raise ValueError(
+                f"the tokens adapter maps (N, L, D) tensors, got student {tuple(student_shape)} "
+                f"and teacher {tuple(teacher_shape)}"
+            )
+        if student_shape[1] != teacher_shape[1]:
+            raise ValueError(
+                f"student has {student_shape[1]} tokens and teacher {teacher_shape[1]}; the "
+                f"tokens adapter needs the same patch grid"
+            )
+        self.proj = nn.Linear(student_shape[2], teacher_shape[2])
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.proj(x)
+
+
 ADAPTERS: dict[str, Callable[..., nn.Module]] = {
     "linear": ChannelAdapter,
     "conv1x1": ChannelAdapter,
     "conv3x3": functools.partial(ChannelAdapter, kernel_size=3),
+    "tokens": TokenAdapter,
 }
 
 

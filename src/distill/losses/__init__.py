@@ -16,6 +16,7 @@ from distill.losses.feature import (
     AttentionFeatureLoss,
     FactorTransferLoss,
     LayerAttentionLoss,
+    MGDLoss,
     OFALoss,
     VIDLoss,
     ab_loss,
@@ -161,6 +162,7 @@ LOSSES: dict[str, LossSpec] = {
         "feature",
         "Ji, Heo & Park 2021, Show, Attend and Distill (attention-based feature linking)",
     ),
+    "mgd": LossSpec(MGDLoss, "feature", "Yang et al. 2022, Masked Generative Distillation"),
     "ofa": LossSpec(
         OFALoss,
         "feature",

@@ -9,6 +9,7 @@ tensor shapes, so their weights join the optimizer.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -397,3 +398,60 @@ class AttentionFeatureLoss(nn.Module):
             )  # (N, n_s)
             losses.append((alpha * errors).sum(1).mean())
         return torch.stack(losses).mean()
+
+
+def _as_grid(x: Tensor, tokens: bool = False) -> Tensor:
+    """Feature maps (N, C, *spatial) unchanged; with `tokens`, transformer tokens (N, L, D)
+    -> (N, D, h, w) when L is a square number of patches, else (N, D, L)."""
+    if not tokens or x.dim() != 3:
+        return x
+    n, length, d = x.shape
+    side = math.isqrt(length)
+    grid = x.transpose(1, 2)
+    return grid.reshape(n, d, side, side) if side * side == length else grid
+
+
+class MGDLoss(nn.Module):
+    """Masked generative distillation (Yang et al. 2022): the student does not copy the
+    teacher's feature, it regenerates it from a masked version of its own.
+
+    Random positions of the (channel-aligned) student feature are zeroed with probability
+    `ratio`; a small generator (3x3 conv, ReLU, 3x3 conv, so neighbours fill the holes)
+    reconstructs the teacher's full feature, matched by MSE. Works on CNN maps (N, C, L) /
+    (N, C, H, W) and, with `tokens: true`, on ViT tokens (N, L, D), laid out on their patch
+    grid; the surveys' layer-specific recipe for vision transformers mimics shallow layers
+    directly (`fitnet`) and regenerates deep ones with this loss.
+    """
+
+    def __init__(
+        self,
+        student_shape: Sequence[int],
+        teacher_shape: Sequence[int],
+        *,
+        ratio: float = 0.5,
+        tokens: bool = False,
+    ):
+        super().__init__()
+        if not 0.0 <= ratio < 1.0:
+            raise ValueError(f"mgd: ratio must be in [0, 1), got {ratio}")
+        self.tokens = tokens
+        s = _as_grid(torch.zeros(1, *student_shape[1:]), tokens)
+        t = _as_grid(torch.zeros(1, *teacher_shape[1:]), tokens)
+        if s.shape[2:] != t.shape[2:]:
+            raise ValueError(
+                f"mgd: student positions {tuple(s.shape[2:])} and teacher positions "
+                f"{tuple(t.shape[2:])} differ; tap layers of the same resolution"
+            )
+        dims = t.dim() - 2
+        c_s, c_t = s.shape[1], t.shape[1]
+        self.align = _conv(c_s, c_t, dims) if c_s != c_t else nn.Identity()
+        self.generate = nn.Sequential(_conv(c_t, c_t, dims, 3), nn.ReLU(), _conv(c_t, c_t, dims, 3))
+        self.ratio = ratio
+
+    def forward(self, student: Tensor, teacher: Tensor) -> Tensor:
+        s = self.align(_as_grid(student, self.tokens).float())
+        t = _as_grid(teacher.detach(), self.tokens).float()
+        # the same positions are dropped in every channel (a vector drops single features)
+        shape = (s.shape[0], 1, *s.shape[2:]) if s.dim() > 2 else s.shape
+        keep = (torch.rand(shape, device=s.device) >= self.ratio).to(s.dtype)
+        return F.mse_loss(self.generate(s * keep), t)
