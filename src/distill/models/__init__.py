@@ -23,7 +23,16 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "minilm_teacher": minilm_teacher,
     "sentence_encoder": sentence_encoder,
     "pretrained_encoder": pretrained_encoder,
+    "hf_masked_lm": lambda input_shape, num_classes, **args: _masked_lm(
+        input_shape, num_classes, **args
+    ),
 }
+
+
+def _masked_lm(input_shape, num_classes, **args):
+    from distill.mlm import hf_masked_lm  # imports the scheme machinery: load on use
+
+    return hf_masked_lm(input_shape, num_classes, **args)
 
 
 def build_model(

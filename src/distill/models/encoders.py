@@ -65,6 +65,14 @@ def minilm_teacher(input_shape: Sequence[int] = (), num_classes: int = 0) -> nn.
     return encoder_from_dir(minilm_dir())
 
 
+def share_config(layers: nn.Module, config) -> None:
+    """Deep-copied layers carry copies of the config; point them back at the model's, so
+    later changes (e.g. the attention implementation) reach every layer."""
+    for module in layers.modules():
+        if hasattr(module, "config"):
+            module.config = config
+
+
 def _encoder_dir(spec: str) -> Path:
     """'minilm' (the packaged teacher) or a folder written by `save_pretrained`."""
     if spec == "minilm":
@@ -89,6 +97,7 @@ def encoder_from_dir(path: str | Path, layers: list[int] | None = None) -> nn.Mo
             raise ConfigError(f"sentence_encoder: layers must be ids in 0..{n - 1}, got {layers}")
         backbone.encoder.layer = nn.ModuleList([copy.deepcopy(blocks[i]) for i in layers])
         backbone.config.num_hidden_layers = len(layers)
+        share_config(backbone.encoder.layer, backbone.config)
     return SentenceEncoder(backbone)
 
 

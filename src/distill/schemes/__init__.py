@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from distill.embed import EmbeddingDistillation
 from distill.llm.scheme import LMDistillation
+from distill.mlm import MaskedLMDistillation
 from distill.schemes.base import SchemeBase, SchemeContext, parse_args
 from distill.schemes.multi_teacher import MultiTeacher
 from distill.schemes.offline import OfflineKD
@@ -182,6 +183,12 @@ SCHEMES: dict[str, SchemeSpec] = {
         "(DistilBERT init, cosine); Park et al. 2019 (relations)",
         "required",
         EmbeddingDistillation,
+    ),
+    "mlm_kd": _spec(
+        "embedding",
+        "Sanh et al. 2019, DistilBERT (triple loss); Wang et al. 2020, MiniLM (attention transfer)",
+        "optional",
+        MaskedLMDistillation,
     ),
     "ban": SchemeSpec("pipeline", "Furlanello et al. 2018, Born-Again Neural Networks", "optional"),
     "teacher_assistant": SchemeSpec(

@@ -1,0 +1,240 @@
+"""The DistilBERT recipe for masked-language-model encoders (Sanh et al. 2019).
+
+`mlm_kd` masks 15 % of the real tokens (80 % [MASK], 10 % a random token, 10 % unchanged,
+drawn with a generator seeded by (seed, step), so a resumed run masks the same tokens) and
+trains the student with the triple loss: soft-target KD on the masked positions
+(T^2 KL(p_t^T || p_s^T)), the masked-LM cross-entropy, and the cosine between the last
+hidden states of student and teacher on every real token. Optionally the last layers'
+self-attention distributions are matched (MiniLM, Wang et al. 2020: heads averaged, so the
+two models may differ in depth and head count).
+
+Students start from the teacher: `hf_masked_lm` with `init_from` (a save_pretrained folder,
+or `minilm` for the encoder of the offline all-MiniLM-L6-v2 package) and `layers` keeps
+that subset of layers (DistilBERT took every other one).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+from torch import Tensor, nn
+
+from distill.data import load_batch
+from distill.errors import ConfigError
+from distill.schemes.base import SchemeBase, SchemeContext, parse_args
+from distill.settings import Strict
+
+
+def hf_masked_lm(
+    input_shape: Sequence[int] = (),
+    num_classes: int = 0,
+    *,
+    init_from: str | None = None,
+    layers: list[int] | None = None,
+    arch: str = "bert",
+    **config: Any,
+) -> nn.Module:
+    """A masked LM: from a pretrained encoder folder (its weights; a fresh MLM head if the
+    folder has none), optionally keeping only `layers`, or random-init from a config."""
+    from distill.models.encoders import _automodel, _encoder_dir, share_config
+
+    _automodel()  # a clear error when transformers is missing
+    from transformers import AutoConfig, AutoModelForMaskedLM
+
+    if init_from is None:
+        try:
+            cfg = AutoConfig.for_model(arch, **config)
+        except ValueError as e:
+            raise ConfigError(f"hf_masked_lm: {e}") from None
+        return AutoModelForMaskedLM.from_config(cfg)
+    model = AutoModelForMaskedLM.from_pretrained(
+        _encoder_dir(init_from), local_files_only=True, use_safetensors=True
+    )
+    if layers is not None:
+        encoder = model.base_model.encoder
+        n = len(encoder.layer)
+        if not layers or any(not 0 <= i < n for i in layers):
+            raise ConfigError(f"hf_masked_lm: layers must be ids in 0..{n - 1}, got {layers}")
+        encoder.layer = nn.ModuleList([copy.deepcopy(encoder.layer[i]) for i in layers])
+        model.config.num_hidden_layers = len(layers)
+        share_config(encoder.layer, model.config)
+    return model
+
+
+def mask_tokens(
+    ids: Tensor,
+    attention_mask: Tensor,
+    *,
+    mask_id: int,
+    vocab: int,
+    special: Tensor,
+    prob: float,
+    generator: torch.Generator,
+) -> tuple[Tensor, Tensor]:
+    """(inputs, labels): BERT masking of real, non-special tokens; labels -100 elsewhere."""
+    real = attention_mask.bool() & ~torch.isin(ids, special)
+    u = torch.rand(ids.shape, generator=generator)
+    chosen = real & (u < prob)
+    labels = torch.where(chosen, ids, torch.full_like(ids, -100))
+    kind = torch.rand(ids.shape, generator=generator)
+    inputs = ids.clone()
+    inputs[chosen & (kind < 0.8)] = mask_id
+    swap = chosen & (kind >= 0.8) & (kind < 0.9)
+    inputs[swap] = torch.randint(vocab, ids.shape, generator=generator)[swap]
+    return inputs, labels
+
+
+class MLMArgs(Strict):
+    mask_prob: float = Field(0.15, gt=0, lt=1)
+    temperature: float = Field(2.0, gt=0)
+    kd_weight: float = Field(5.0, ge=0)  # DistilBERT's alpha_ce
+    mlm_weight: float = Field(2.0, ge=0)  # alpha_mlm
+    cosine_weight: float = Field(1.0, ge=0)  # alpha_cos
+    attention_weight: float = Field(0.0, ge=0)  # MiniLM last-layer attention KL
+    mask_token_id: int | None = None  # default: the data tokenizer's [MASK]
+
+
+class MaskedLMDistillation(SchemeBase):
+    """`mlm_kd`: the DistilBERT triple loss (see the module docstring)."""
+
+    Args = MLMArgs
+
+    def __init__(self, ctx: SchemeContext):
+        a = self.args = parse_args(MLMArgs, ctx.args, "mlm_kd")
+        if ctx.teacher is None and (a.kd_weight or a.cosine_weight or a.attention_weight):
+            raise ConfigError(
+                "scheme mlm_kd needs a masked-LM teacher; without one, set kd_weight, "
+                "cosine_weight and attention_weight to 0 (plain masked-LM training)"
+            )
+        tok = ctx.data.tokenizer
+        self.mask_id = (
+            a.mask_token_id if a.mask_token_id is not None else getattr(tok, "mask_token_id", None)
+        )
+        if self.mask_id is None:
+            raise ConfigError("scheme.args.mask_token_id: the data has no tokenizer with [MASK]")
+        special = getattr(tok, "all_special_ids", []) if tok is not None else []
+        self.special = torch.tensor(sorted(set(special) | {self.mask_id}))
+        self.vocab = ctx.student.config.vocab_size
+        if ctx.teacher is not None and ctx.teacher.config.vocab_size != self.vocab:
+            raise ConfigError(
+                f"mlm_kd: teacher and student vocabularies differ ({ctx.teacher.config.vocab_size}"
+                f" vs {self.vocab}); DistilBERT distils over one vocabulary"
+            )
+        self.teacher, self.seed = ctx.teacher, ctx.seed
+        trained: dict[str, nn.Module] = {}
+        teacher_cfg = (ctx.teacher or ctx.student).config
+        d_s, d_t = ctx.student.config.hidden_size, teacher_cfg.hidden_size
+        self.project = nn.Linear(d_s, d_t) if d_s != d_t else nn.Identity()
+        trained["project"] = self.project
+        if a.attention_weight > 0:  # attention probabilities need the eager kernels
+            for model in (ctx.student, ctx.teacher):
+                if model is not None:
+                    model.set_attn_implementation("eager")
+        frozen = [ctx.teacher] if ctx.teacher is not None else []
+        super().__init__(ctx.student, ctx.objective, trained, frozen=frozen)
+
+    def _masked(self, batch: dict[str, Tensor], seed: int) -> tuple[Tensor, Tensor]:
+        gen = torch.Generator().manual_seed(seed)
+        ids, am = batch["input"].cpu(), batch["attention_mask"].cpu()
+        inputs, labels = mask_tokens(
+            ids,
+            am,
+            mask_id=self.mask_id,
+            vocab=self.vocab,
+            special=self.special,
+            prob=self.args.mask_prob,
+            generator=gen,
+        )
+        device = batch["input"].device
+        return inputs.to(device), labels.to(device)
+
+    def step(self, batch: dict[str, Tensor], step: int) -> dict[str, Tensor]:
+        a = self.args
+        inputs, labels = self._masked(batch, self.seed * 1_000_003 + step)
+        am = batch["attention_mask"]
+        want_attn = a.attention_weight > 0
+        s = self.student(
+            input_ids=inputs,
+            attention_mask=am,
+            output_hidden_states=True,
+            output_attentions=want_attn,
+        )
+        m = labels != -100
+        out: dict[str, Tensor] = {}
+        if self.teacher is None:  # plain masked-LM training (e.g. a teacher's own head)
+            mlm = F.cross_entropy(s.logits[m].float(), labels[m]) if m.any() else s.logits.sum() * 0
+            return {"loss": a.mlm_weight * mlm, "mlm": mlm}
+        with torch.no_grad():
+            t = self.teacher(
+                input_ids=inputs,
+                attention_mask=am,
+                output_hidden_states=True,
+                output_attentions=want_attn,
+            )
+        if m.any():
+            log_s = F.log_softmax(s.logits[m].float() / a.temperature, -1)
+            log_t = F.log_softmax(t.logits[m].float() / a.temperature, -1)
+            out["kd"] = a.temperature**2 * (log_t.exp() * (log_t - log_s)).sum(-1).mean()
+            out["mlm"] = F.cross_entropy(s.logits[m].float(), labels[m])
+        else:
+            out["kd"] = out["mlm"] = s.logits.new_zeros((), dtype=torch.float32)
+        real = am.bool()
+        h_s = self.project(s.hidden_states[-1][real].float())
+        h_t = t.hidden_states[-1][real].float()
+        out["cosine"] = (1 - F.cosine_similarity(h_s, h_t, dim=-1)).mean()
+        total = (
+            a.kd_weight * out["kd"] + a.mlm_weight * out["mlm"] + a.cosine_weight * out["cosine"]
+        )
+        if want_attn:
+            att_s = s.attentions[-1].float().mean(1)  # (N, L, L), heads averaged
+            att_t = t.attentions[-1].float().mean(1)
+            rows = real  # queries at real tokens
+            kl = (att_t * (att_t.clamp_min(1e-12).log() - att_s.clamp_min(1e-12).log())).sum(-1)
+            out["attention"] = kl[rows].mean()
+            total = total + a.attention_weight * out["attention"]
+        return {"loss": total, **out}
+
+    @torch.no_grad()
+    def evaluate(self, dataset, *, batch_size: int, device) -> dict[str, float]:
+        """Masked-token accuracy and NLL on `dataset`, with a fixed masking (seed 0)."""
+        was = self.student.training
+        self.student.eval()
+        correct = count = 0
+        nll = 0.0
+        for start in range(0, len(dataset), 64):
+            b = load_batch(dataset, torch.arange(start, min(start + 64, len(dataset))))
+            b = {k: v.to(device) for k, v in b.items()}
+            inputs, labels = self._masked(b, start)
+            logits = self.student(input_ids=inputs, attention_mask=b["attention_mask"]).logits
+            m = labels != -100
+            if m.any():
+                z = logits[m].float()
+                nll += float(F.cross_entropy(z, labels[m], reduction="sum"))
+                correct += int((z.argmax(-1) == labels[m]).sum())
+                count += int(m.sum())
+        self.student.train(was)
+        return {"acc": correct / max(count, 1), "nll": nll / max(count, 1)}
+
+    def test_metrics(self, dataset, *, batch_size: int, device="cpu") -> dict[str, Any]:
+        student = self.evaluate(dataset, batch_size=batch_size, device=device)
+        if self.teacher is None:
+            return {"test_masked_acc": student["acc"], "test_masked_nll": student["nll"]}
+        self.teacher.to(device)
+        keep, self.student = self.student, self.teacher
+        try:
+            teacher = self.evaluate(dataset, batch_size=batch_size, device=device)
+        finally:
+            self.student = keep
+        return {
+            "test_masked_acc": student["acc"],
+            "test_masked_nll": student["nll"],
+            "teacher_test_masked_acc": teacher["acc"],
+            "teacher_test_masked_nll": teacher["nll"],
+            "student_params": sum(p.numel() for p in keep.parameters()),
+            "teacher_params": sum(p.numel() for p in self.teacher.parameters()),
+        }
