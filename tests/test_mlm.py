@@ -92,3 +92,15 @@ def test_plain_mlm_without_a_teacher_and_errors(teacher_dir):
                                            args={"mask_token_id": 3}))
     with pytest.raises(ConfigError, match="layers must be"):
         hf_masked_lm(init_from=str(teacher_dir), layers=[7])
+
+
+def test_head_on_masked_positions_equals_full_logits(teacher_dir):
+    model = hf_masked_lm(init_from=str(teacher_dir)).eval()
+    ids = torch.randint(5, 60, (3, 10))
+    am = torch.ones_like(ids)
+    m = torch.rand(3, 10) < 0.3
+    m[0, 0] = True
+    z, h, _ = MaskedLMDistillation._forward(model, ids, am, m, False)
+    full = model(input_ids=ids, attention_mask=am, output_hidden_states=True)
+    torch.testing.assert_close(z, full.logits[m], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(h, full.hidden_states[-1], atol=1e-5, rtol=1e-4)

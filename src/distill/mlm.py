@@ -153,49 +153,49 @@ class MaskedLMDistillation(SchemeBase):
         device = batch["input"].device
         return inputs.to(device), labels.to(device)
 
+    @staticmethod
+    def _forward(model: nn.Module, inputs: Tensor, am: Tensor, m: Tensor, attn: bool):
+        """(logits at masked positions, last hidden states, attentions). BERT-style models
+        (an encoder plus a `cls` head) apply the head to the masked positions only, which
+        saves most of the vocabulary-sized work; others run whole."""
+        head = getattr(model, "cls", None)
+        if head is not None:
+            out = model.base_model(input_ids=inputs, attention_mask=am, output_attentions=attn)
+            return head(out.last_hidden_state[m]), out.last_hidden_state, out.attentions
+        out = model(
+            input_ids=inputs, attention_mask=am, output_hidden_states=True, output_attentions=attn
+        )
+        return out.logits[m], out.hidden_states[-1], out.attentions
+
     def step(self, batch: dict[str, Tensor], step: int) -> dict[str, Tensor]:
         a = self.args
         inputs, labels = self._masked(batch, self.seed * 1_000_003 + step)
         am = batch["attention_mask"]
         want_attn = a.attention_weight > 0
-        s = self.student(
-            input_ids=inputs,
-            attention_mask=am,
-            output_hidden_states=True,
-            output_attentions=want_attn,
-        )
         m = labels != -100
-        out: dict[str, Tensor] = {}
+        z_s, h_s, att_s = self._forward(self.student, inputs, am, m, want_attn)
+        zero = h_s.new_zeros((), dtype=torch.float32)
+        mlm = F.cross_entropy(z_s.float(), labels[m]) if m.any() else zero
         if self.teacher is None:  # plain masked-LM training (e.g. a teacher's own head)
-            mlm = F.cross_entropy(s.logits[m].float(), labels[m]) if m.any() else s.logits.sum() * 0
             return {"loss": a.mlm_weight * mlm, "mlm": mlm}
         with torch.no_grad():
-            t = self.teacher(
-                input_ids=inputs,
-                attention_mask=am,
-                output_hidden_states=True,
-                output_attentions=want_attn,
-            )
+            z_t, h_t, att_t = self._forward(self.teacher, inputs, am, m, want_attn)
+        out: dict[str, Tensor] = {"mlm": mlm, "kd": zero}
         if m.any():
-            log_s = F.log_softmax(s.logits[m].float() / a.temperature, -1)
-            log_t = F.log_softmax(t.logits[m].float() / a.temperature, -1)
+            log_s = F.log_softmax(z_s.float() / a.temperature, -1)
+            log_t = F.log_softmax(z_t.float() / a.temperature, -1)
             out["kd"] = a.temperature**2 * (log_t.exp() * (log_t - log_s)).sum(-1).mean()
-            out["mlm"] = F.cross_entropy(s.logits[m].float(), labels[m])
-        else:
-            out["kd"] = out["mlm"] = s.logits.new_zeros((), dtype=torch.float32)
         real = am.bool()
-        h_s = self.project(s.hidden_states[-1][real].float())
-        h_t = t.hidden_states[-1][real].float()
-        out["cosine"] = (1 - F.cosine_similarity(h_s, h_t, dim=-1)).mean()
+        hs = self.project(h_s[real].float())
+        out["cosine"] = (1 - F.cosine_similarity(hs, h_t[real].float(), dim=-1)).mean()
         total = (
             a.kd_weight * out["kd"] + a.mlm_weight * out["mlm"] + a.cosine_weight * out["cosine"]
         )
         if want_attn:
-            att_s = s.attentions[-1].float().mean(1)  # (N, L, L), heads averaged
-            att_t = t.attentions[-1].float().mean(1)
-            rows = real  # queries at real tokens
-            kl = (att_t * (att_t.clamp_min(1e-12).log() - att_s.clamp_min(1e-12).log())).sum(-1)
-            out["attention"] = kl[rows].mean()
+            p_s = att_s[-1].float().mean(1)  # (N, L, L), heads averaged
+            p_t = att_t[-1].float().mean(1)
+            kl = (p_t * (p_t.clamp_min(1e-12).log() - p_s.clamp_min(1e-12).log())).sum(-1)
+            out["attention"] = kl[real].mean()  # queries at real tokens
             total = total + a.attention_weight * out["attention"]
         return {"loss": total, **out}
 
@@ -210,10 +210,9 @@ class MaskedLMDistillation(SchemeBase):
             b = load_batch(dataset, torch.arange(start, min(start + 64, len(dataset))))
             b = {k: v.to(device) for k, v in b.items()}
             inputs, labels = self._masked(b, start)
-            logits = self.student(input_ids=inputs, attention_mask=b["attention_mask"]).logits
             m = labels != -100
             if m.any():
-                z = logits[m].float()
+                z = self._forward(self.student, inputs, b["attention_mask"], m, False)[0].float()
                 nll += float(F.cross_entropy(z, labels[m], reduction="sum"))
                 correct += int((z.argmax(-1) == labels[m]).sum())
                 count += int(m.sum())
