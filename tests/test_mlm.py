@@ -14,8 +14,14 @@ from distill.mlm import MaskedLMDistillation, hf_masked_lm, mask_tokens  # noqa:
 from distill.objective import Objective  # noqa: E402
 from distill.schemes import SchemeContext  # noqa: E402
 
-BERT = {"vocab_size": 60, "hidden_size": 32, "num_hidden_layers": 4, "num_attention_heads": 2,
-        "intermediate_size": 64, "max_position_embeddings": 32}
+BERT = {
+    "vocab_size": 60,
+    "hidden_size": 32,
+    "num_hidden_layers": 4,
+    "num_attention_heads": 2,
+    "intermediate_size": 64,
+    "max_position_embeddings": 32,
+}
 
 
 @pytest.fixture(scope="module")
@@ -42,8 +48,15 @@ def test_bert_masking_rules():
     am = torch.ones_like(ids)
     am[:, 15:] = 0
     ids[:, 0] = 1  # a special token (e.g. [CLS]) is never masked
-    inputs, labels = mask_tokens(ids, am, mask_id=3, vocab=100, special=torch.tensor([1, 3]),
-                                 prob=0.15, generator=torch.Generator().manual_seed(1))
+    inputs, labels = mask_tokens(
+        ids,
+        am,
+        mask_id=3,
+        vocab=100,
+        special=torch.tensor([1, 3]),
+        prob=0.15,
+        generator=torch.Generator().manual_seed(1),
+    )
     chosen = labels != -100
     assert not chosen[:, 0].any() and not chosen[:, 15:].any()
     assert torch.equal(labels[chosen], ids[chosen])
@@ -55,17 +68,24 @@ def test_bert_masking_rules():
 
 
 def test_distilbert_student_init_and_triple_loss(teacher_dir, tmp_path):
-    from distill import TrainSettings, Trainer
+    from distill import Trainer, TrainSettings
 
     teacher = hf_masked_lm(init_from=str(teacher_dir))
     student = hf_masked_lm(init_from=str(teacher_dir), layers=[0, 2])
     assert student.config.num_hidden_layers == 2
-    for a, b in zip(student.base_model.encoder.layer[1].parameters(),
-                    teacher.base_model.encoder.layer[2].parameters()):
+    for a, b in zip(
+        student.base_model.encoder.layer[1].parameters(),
+        teacher.base_model.encoder.layer[2].parameters(),
+    ):
         assert torch.equal(a, b)
     data = _data()
-    ctx = SchemeContext(student=student, objective=Objective(), data=data, teacher=teacher,
-                        args={"mask_token_id": 3, "attention_weight": 1.0})
+    ctx = SchemeContext(
+        student=student,
+        objective=Objective(),
+        data=data,
+        teacher=teacher,
+        args={"mask_token_id": 3, "attention_weight": 1.0},
+    )
     scheme = MaskedLMDistillation(ctx)
     batch = data.train.batch(torch.arange(16))
     losses = scheme.step(batch, 0)
@@ -73,8 +93,13 @@ def test_distilbert_student_init_and_triple_loss(teacher_dir, tmp_path):
     again = scheme.step(batch, 0)
     assert float(again["mlm"].detach()) == pytest.approx(float(losses["mlm"].detach()))  # same mask
     before = scheme.evaluate(data.val, batch_size=64, device="cpu")
-    settings = TrainSettings(epochs=4, batch_size=16, progress=False, monitor="nll",
-                             optimizer={"name": "adamw", "lr": 0.003})
+    settings = TrainSettings(
+        epochs=4,
+        batch_size=16,
+        progress=False,
+        monitor="nll",
+        optimizer={"name": "adamw", "lr": 0.003},
+    )
     Trainer(scheme, data.train, data.val, settings, run_dir=tmp_path / "r").fit()
     metrics = scheme.test_metrics(data.test, batch_size=64)
     assert metrics["student_params"] < metrics["teacher_params"]
@@ -83,13 +108,21 @@ def test_distilbert_student_init_and_triple_loss(teacher_dir, tmp_path):
 
 def test_plain_mlm_without_a_teacher_and_errors(teacher_dir):
     student = hf_masked_lm(**BERT)
-    ok = MaskedLMDistillation(SchemeContext(
-        student=student, objective=Objective(), data=_data(),
-        args={"mask_token_id": 3, "kd_weight": 0, "cosine_weight": 0}))
+    ok = MaskedLMDistillation(
+        SchemeContext(
+            student=student,
+            objective=Objective(),
+            data=_data(),
+            args={"mask_token_id": 3, "kd_weight": 0, "cosine_weight": 0},
+        )
+    )
     assert set(ok.step(_data().train.batch(torch.arange(8)), 0)) == {"loss", "mlm"}
     with pytest.raises(ConfigError, match="needs a masked-LM teacher"):
-        MaskedLMDistillation(SchemeContext(student=student, objective=Objective(), data=_data(),
-                                           args={"mask_token_id": 3}))
+        MaskedLMDistillation(
+            SchemeContext(
+                student=student, objective=Objective(), data=_data(), args={"mask_token_id": 3}
+            )
+        )
     with pytest.raises(ConfigError, match="layers must be"):
         hf_masked_lm(init_from=str(teacher_dir), layers=[7])
 
