@@ -28,8 +28,8 @@ class _Server:
         server = self
 
         class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):  # quiet
-                pass
+            def log_message(self, *args):
+                """Quiet: no request lines in the test output."""
 
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))

@@ -137,3 +137,36 @@ def test_head_on_masked_positions_equals_full_logits(teacher_dir):
     full = model(input_ids=ids, attention_mask=am, output_hidden_states=True)
     torch.testing.assert_close(z, full.logits[m], atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(h, full.hidden_states[-1], atol=1e-5, rtol=1e-4)
+
+
+def test_triple_loss_against_its_formula(teacher_dir):
+    import torch.nn.functional as F
+
+    teacher = hf_masked_lm(init_from=str(teacher_dir)).eval()
+    student = hf_masked_lm(init_from=str(teacher_dir), layers=[1, 3]).eval()
+    data = _data()
+    scheme = MaskedLMDistillation(
+        SchemeContext(
+            student=student,
+            objective=Objective(),
+            data=data,
+            teacher=teacher,
+            args={"mask_token_id": 3},
+        )
+    )
+    batch = data.train.batch(torch.arange(8))
+    got = scheme.step(batch, 5)
+    inputs, labels = scheme._masked(batch, scheme.seed * 1_000_003 + 5)  # the step's mask
+    am, m = batch["attention_mask"], labels != -100
+    s = student(input_ids=inputs, attention_mask=am, output_hidden_states=True)
+    t = teacher(input_ids=inputs, attention_mask=am, output_hidden_states=True)
+    p_t = F.softmax(t.logits[m] / 2.0, -1)
+    kd = 4.0 * (p_t * (p_t.log() - F.log_softmax(s.logits[m] / 2.0, -1))).sum(-1).mean()
+    mlm = F.cross_entropy(s.logits[m], labels[m])
+    real = am.bool()
+    cos = (1 - F.cosine_similarity(s.hidden_states[-1][real], t.hidden_states[-1][real])).mean()
+    for key, want in (("kd", kd), ("mlm", mlm), ("cosine", cos)):
+        assert float(got[key].detach()) == pytest.approx(float(want.detach()), rel=1e-4, abs=1e-6)
+    assert float(got["loss"].detach()) == pytest.approx(
+        float((5 * kd + 2 * mlm + cos).detach()), rel=1e-4
+    )

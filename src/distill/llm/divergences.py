@@ -92,6 +92,24 @@ def generalized_jsd(
     return _masked_sum(per_token, mask)
 
 
+def _skew(
+    student: Tensor,
+    teacher: Tensor,
+    alpha: float,
+    mask: Tensor | None,
+    temperature: float,
+    *,
+    reverse: bool,
+) -> Tensor:
+    """KL(A || alpha A + (1 - alpha) B) with (A, B) = (P, Q), or (Q, P) when `reverse`."""
+    if not 0.0 <= alpha < 1.0:
+        raise ValueError(f"alpha must be in [0, 1), got {alpha}")
+    log_q, log_p = _log_probs(student, teacher, temperature)
+    log_a, log_b = (log_q, log_p) if reverse else (log_p, log_q)
+    log_m = log_b if alpha == 0.0 else _mixture(log_a, log_b, alpha)
+    return _masked_sum(_kl(log_a, log_m), mask)
+
+
 def skew_forward_kl(
     student: Tensor,
     teacher: Tensor,
@@ -105,11 +123,7 @@ def skew_forward_kl(
     Mixing some of the teacher into the student's side keeps the divergence and its
     gradient bounded where Q is near zero; alpha = 0 is the forward KL.
     """
-    if not 0.0 <= alpha < 1.0:
-        raise ValueError(f"alpha must be in [0, 1), got {alpha}")
-    log_q, log_p = _log_probs(student, teacher, temperature)
-    log_m = log_q if alpha == 0.0 else _mixture(log_p, log_q, alpha)
-    return _masked_sum(_kl(log_p, log_m), mask)
+    return _skew(student, teacher, alpha, mask, temperature, reverse=False)
 
 
 def skew_reverse_kl(
@@ -121,11 +135,7 @@ def skew_reverse_kl(
     temperature: float = 1.0,
 ) -> Tensor:
     """Skew reverse KL (Ko et al. 2024, DistiLLM): KL(Q || alpha Q + (1 - alpha) P)."""
-    if not 0.0 <= alpha < 1.0:
-        raise ValueError(f"alpha must be in [0, 1), got {alpha}")
-    log_q, log_p = _log_probs(student, teacher, temperature)
-    log_m = log_p if alpha == 0.0 else _mixture(log_q, log_p, alpha)
-    return _masked_sum(_kl(log_q, log_m), mask)
+    return _skew(student, teacher, alpha, mask, temperature, reverse=True)
 
 
 def total_variation(

@@ -30,7 +30,7 @@ from distill.settings import Strict
 
 
 class NoArgs(Strict):
-    pass
+    """Arguments of a scheme that takes none: any key is an error."""
 
 
 @dataclass
