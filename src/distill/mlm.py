@@ -11,13 +11,19 @@ two models may differ in depth and head count).
 Students start from the teacher: `hf_masked_lm` with `init_from` (a save_pretrained folder,
 or `minilm` for the encoder of the offline all-MiniLM-L6-v2 package) and `layers` keeps
 that subset of layers (DistilBERT took every other one).
+
+Self-attention relation transfer (MiniLM's value relation, Wang et al. 2020; MiniLMv2's
+Q-Q, K-K and V-V relations, Wang et al. 2021) reads the query/key/value projections of one
+student layer and one teacher layer through forward hooks and matches their relation
+matrices (`distill.losses.minilm_relation_loss`); with `relation_heads` set, the two models
+may differ in width, head count and depth.
 """
 
 from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -26,8 +32,51 @@ from torch import Tensor, nn
 
 from distill.data import load_batch
 from distill.errors import ConfigError
+from distill.losses import minilm_relation_loss
 from distill.schemes.base import SchemeBase, SchemeContext, parse_args
 from distill.settings import Strict
+from distill.taps import Tap
+
+# Names of the query/key/value projections inside one encoder layer, per model family.
+_QKV_SUFFIXES = (
+    ("query", "key", "value"),  # BERT, RoBERTa, MiniLM
+    ("q_lin", "k_lin", "v_lin"),  # DistilBERT
+    ("q_proj", "k_proj", "v_proj"),  # most decoder-style and newer encoders
+)
+
+
+def encoder_layers(model: nn.Module) -> nn.ModuleList:
+    """The list of transformer blocks of an HF encoder (BERT-like or DistilBERT-like)."""
+    base = getattr(model, "base_model", model)
+    for path in ("encoder.layer", "transformer.layer", "encoder.layers", "layers"):
+        try:
+            found = base.get_submodule(path)
+        except AttributeError:
+            continue
+        if isinstance(found, nn.ModuleList):
+            return found
+    raise ConfigError(
+        f"{type(model).__name__}: found no list of encoder layers (looked for encoder.layer, "
+        "transformer.layer, encoder.layers, layers); relation transfer needs a BERT-like model"
+    )
+
+
+def qkv_module_names(model: nn.Module, layer: int) -> dict[str, str]:
+    """{'q': name, 'k': name, 'v': name}: full module names of layer `layer`'s projections."""
+    blocks = encoder_layers(model)
+    if not -len(blocks) <= layer < len(blocks):
+        raise ConfigError(f"relation layer {layer}: the model has {len(blocks)} layers")
+    block = blocks[layer]
+    prefix = next(n for n, m in model.named_modules() if m is block)
+    inner = [n for n, _ in block.named_modules()]
+    for suffixes in _QKV_SUFFIXES:
+        found = [next((n for n in inner if n.split(".")[-1] == s), None) for s in suffixes]
+        if all(found):
+            return {k: f"{prefix}.{n}" for k, n in zip("qkv", found, strict=True)}
+    raise ConfigError(
+        f"{type(model).__name__} layer {layer}: no query/key/value projections named "
+        f"{' / '.join('+'.join(s) for s in _QKV_SUFFIXES)}"
+    )
 
 
 def hf_masked_lm(
@@ -96,6 +145,11 @@ class MLMArgs(Strict):
     mlm_weight: float = Field(2.0, ge=0)  # alpha_mlm
     cosine_weight: float = Field(1.0, ge=0)  # alpha_cos
     attention_weight: float = Field(0.0, ge=0)  # MiniLM last-layer attention KL
+    relation_weight: float = Field(0.0, ge=0)  # MiniLM(v2) self-attention relation transfer
+    relations: list[Literal["qq", "kk", "vv"]] = Field(default_factory=lambda: ["vv"], min_length=1)
+    relation_heads: int | None = Field(None, ge=1)  # default: the models' (equal) head count
+    student_relation_layer: int = -1
+    teacher_relation_layer: int = -1  # MiniLMv2 suggests an upper-middle layer of large models
     mask_token_id: int | None = None  # default: the data tokenizer's [MASK]
 
 
@@ -135,8 +189,50 @@ class MaskedLMDistillation(SchemeBase):
             for model in (ctx.student, ctx.teacher):
                 if model is not None:
                     model.set_attn_implementation("eager")
+        self.taps: tuple[Tap, Tap] | None = None
+        if a.relation_weight > 0 and ctx.teacher is not None:
+            self.relation_heads = self._relation_heads(ctx.student, ctx.teacher)
+            kinds = sorted({r[0] for r in a.relations})
+            s_names = qkv_module_names(ctx.student, a.student_relation_layer)
+            t_names = qkv_module_names(ctx.teacher, a.teacher_relation_layer)
+            self.taps = (
+                Tap(ctx.student, [s_names[k] for k in kinds]),
+                Tap(ctx.teacher, [t_names[k] for k in kinds]),
+            )
+            self.tap_names = (s_names, t_names)
         frozen = [ctx.teacher] if ctx.teacher is not None else []
         super().__init__(ctx.student, ctx.objective, trained, frozen=frozen)
+
+    def _relation_heads(self, student: nn.Module, teacher: nn.Module) -> int:
+        if self.args.relation_heads is not None:
+            heads = self.args.relation_heads
+            for label, model in (("student", student), ("teacher", teacher)):
+                if model.config.hidden_size % heads:
+                    raise ConfigError(
+                        f"scheme.args.relation_heads {heads} does not divide the {label}'s "
+                        f"hidden size {model.config.hidden_size}"
+                    )
+            return heads
+        h_s, h_t = student.config.num_attention_heads, teacher.config.num_attention_heads
+        if h_s != h_t:
+            raise ConfigError(
+                f"mlm_kd relation transfer: student has {h_s} attention heads, teacher {h_t}; "
+                "set scheme.args.relation_heads to a number dividing both hidden sizes (MiniLMv2)"
+            )
+        return h_s
+
+    def _relation_loss(self, am: Tensor) -> Tensor:
+        """Mean over the chosen relations of KL(R_t || R_s), read from the taps' last pass."""
+        s_tap, t_tap = self.taps
+        (s_names, t_names) = self.tap_names
+        losses = []
+        for rel in self.args.relations:
+            kind = rel[0]
+            x_s, x_t = s_tap.feats[s_names[kind]], t_tap.feats[t_names[kind]]
+            losses.append(minilm_relation_loss(x_s, x_t, heads=self.relation_heads, mask=am))
+        s_tap.clear()
+        t_tap.clear()
+        return torch.stack(losses).mean()
 
     def _masked(self, batch: dict[str, Tensor], seed: int) -> tuple[Tensor, Tensor]:
         gen = torch.Generator().manual_seed(seed)
@@ -197,6 +293,9 @@ class MaskedLMDistillation(SchemeBase):
             kl = (p_t * (p_t.clamp_min(1e-12).log() - p_s.clamp_min(1e-12).log())).sum(-1)
             out["attention"] = kl[real].mean()  # queries at real tokens
             total = total + a.attention_weight * out["attention"]
+        if self.taps is not None:
+            out["relation"] = self._relation_loss(am)
+            total = total + a.relation_weight * out["relation"]
         return {"loss": total, **out}
 
     @torch.no_grad()

@@ -145,11 +145,58 @@ class TokenAdapter(nn.Module):
         return self.proj(x)
 
 
+def _token_grid(tokens: int, map_shape: Sequence[int]) -> tuple[int, ...]:
+    """The spatial grid of `tokens` patch tokens for a feature map of spatial size map_shape."""
+    if len(map_shape) == 1:
+        return (tokens,)
+    if math.prod(map_shape) == tokens:
+        return tuple(map_shape)
+    side = math.isqrt(tokens)
+    if len(map_shape) == 2 and side * side == tokens:
+        return (side, side)
+    raise ValueError(
+        f"cannot tell the patch grid of {tokens} tokens for a {tuple(map_shape)} feature map; "
+        "the teacher's tokens must form a square grid or match the map's size"
+    )
+
+
+class FeatureToTokens(nn.Module):
+    """Maps a CNN feature map (N, C, *spatial) onto a transformer's patch tokens (N, L, D).
+
+    For a CNN student of a vision-transformer teacher: the map is resized to the teacher's
+    patch grid (square, or the map's own size; `resize` pool or interpolate, chosen
+    explicitly when the sizes differ), a 1x1 convolution maps C to D channels, and the grid
+    is flattened row-major, the order patch embeddings use.
+    """
+
+    def __init__(
+        self,
+        student_shape: Sequence[int],
+        teacher_shape: Sequence[int],
+        *,
+        resize: str | None = None,
+    ):
+        super().__init__()
+        if len(student_shape) not in (3, 4) or len(teacher_shape) != 3:
+            raise ValueError(
+                f"the feature_to_tokens adapter maps a feature map (N, C, H[, W]) to tokens "
+                f"(N, L, D), got student {tuple(student_shape)} and teacher {tuple(teacher_shape)}"
+            )
+        self.grid = _token_grid(teacher_shape[1], student_shape[2:])
+        self.adapter = ChannelAdapter(
+            student_shape, (student_shape[0], teacher_shape[2], *self.grid), resize=resize
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.adapter(x).flatten(2).transpose(1, 2)
+
+
 ADAPTERS: dict[str, Callable[..., nn.Module]] = {
     "linear": ChannelAdapter,
     "conv1x1": ChannelAdapter,
     "conv3x3": functools.partial(ChannelAdapter, kernel_size=3),
     "tokens": TokenAdapter,
+    "feature_to_tokens": FeatureToTokens,
 }
 
 
@@ -252,6 +299,9 @@ class Objective(nn.Module):
         self.terms = nn.ModuleList(terms)
         self.task_weight = as_schedule(task_weight)
         self.label_smoothing = label_smoothing
+        # True when every training target is a label (no -1 rows): the task loss may then
+        # take the plain mean. `distill.build` sets it after checking the data.
+        self.all_labelled = False
 
     def student_layers(self) -> list[str]:
         return tapped_layers(t.student for t in self.terms)
@@ -270,6 +320,12 @@ class Objective(nn.Module):
         be mixed into any batch.
         """
         targets = targets.reshape(-1)
+        if self.all_labelled:  # known at build time: the plain mean, one kernel
+            return F.cross_entropy(
+                logits.float().reshape(-1, logits.shape[-1]),
+                targets,
+                label_smoothing=self.label_smoothing,
+            )
         labelled = (targets >= 0).sum()
         summed = F.cross_entropy(
             logits.float().reshape(-1, logits.shape[-1]),
@@ -294,15 +350,19 @@ class Objective(nn.Module):
         `include_task=False` leaves the task loss out, for schemes that replace it.
         """
         components: dict[str, Tensor] = {}
-        total = student.logits.new_zeros((), dtype=torch.float32)
+        parts: list[Tensor] = []
         task_w = self.task_weight.at(step)
         targets = batch.get("target") if batch is not None else None
         if targets is not None and task_w != 0.0 and include_task:
             components["task"] = self.task_loss(student.logits, targets)
-            total = total + task_w * components["task"]
+            parts.append(components["task"] if task_w == 1.0 else task_w * components["task"])
         for term in self.terms:
             if teacher is None and term.needs_teacher:
                 raise ValueError(f"term {term.name!r} needs a teacher, but none was given")
-            components[term.name] = term(student, teacher, batch, step)
-            total = total + term.weight.at(step) * components[term.name]
-        return total, components
+            value = components[term.name] = term(student, teacher, batch, step)
+            weight = term.weight.at(step)
+            parts.append(value if weight == 1.0 else weight * value)
+        total = student.logits.new_zeros((), dtype=torch.float32) if not parts else parts[0]
+        for part in parts[1:]:
+            total = total + part
+        return total.float(), components

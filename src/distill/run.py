@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from distill import distributed
 from distill.build import build, export_info, weights_path
 from distill.checkpoint import atomic_write_text, load_into, load_weights
 from distill.config import ExperimentConfig, dump_config
@@ -85,6 +87,8 @@ def run_experiment(
     run_dir = cfg.resolved_run_dir()
     check_run_dir(run_dir, cfg, resume=resume, overwrite=overwrite)
     built = build(cfg)
+    if cfg.train.progress and built.cache_plan is not None and cfg.teacher is not None:
+        print(f"teacher: {built.cache_plan.reason}", file=sys.stderr)
     trainer = Trainer(
         built.scheme,
         built.data.train,
@@ -97,13 +101,22 @@ def run_experiment(
     )
     if resume:
         trainer.restore()  # a bad checkpoint fails here, before anything is written
-    if overwrite and run_dir.exists():
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
+    distributed.barrier()  # under torchrun: every rank has checked the run dir before rank 0 writes
+    main = distributed.is_main()
+    if main:
+        if overwrite and run_dir.exists():
+            shutil.rmtree(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
+    distributed.barrier()
     summary = trainer.fit(resume=resume)
     results: dict[str, Any] = {"name": cfg.name, "run_dir": str(run_dir), **summary}
-    if summary["complete"]:
+    if distributed.world_size() > 1:
+        results["world_size"] = distributed.world_size()
+    if built.cache_plan is not None and cfg.teacher is not None:
+        results["teacher_cache"] = built.cache_plan.reason
+    distributed.barrier()  # rank 0's last checkpoint and best weights are on disk
+    if summary["complete"] and main:
         results.update(test_results(built, run_dir, trainer.settings.eval_batch_size))
         atomic_write_text(run_dir / "results.json", json.dumps(results, indent=2))
     return results

@@ -32,6 +32,18 @@ class ScheduleSettings(Strict):
     gamma: float = Field(0.1, gt=0)
 
 
+class CacheSettings(Strict):
+    """`train.cache`: whether and how a frozen teacher's outputs are cached."""
+
+    mode: Literal["auto", "on", "off"] = "auto"  # auto: whenever the cached run is exact
+    dir: str | None = None  # default: teacher/ in $DISTILL_CACHE_DIR (~/.cache/distill)
+    views: int | None = None  # with augmentation: cache this many augmented views per sample
+    topk: int | None = None  # keep only the top-k logits + the tail's mass (approximate)
+    dtype: Literal["fp32", "fp16"] = "fp32"
+    memory_mb: float = 2048  # entries up to this size are loaded into memory
+    verify: bool = True  # checksum every array when an entry is opened
+
+
 class TrainSettings(Strict):
     epochs: int = Field(10, ge=1)
     batch_size: int = Field(128, ge=1)
@@ -49,3 +61,4 @@ class TrainSettings(Strict):
     early_stop_patience: int | None = Field(None, ge=1)  # epochs without a better val metric
     monitor: Literal["acc", "nll"] = "acc"  # the validation metric that picks the best weights
     progress: bool = True
+    cache: CacheSettings = CacheSettings()  # the teacher-output cache (distill.cache)

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from distill import distributed
 from distill.checkpoint import load_checkpoint, save_checkpoint, save_weights
 from distill.data import Augmentation, load_batch
 from distill.errors import CheckpointError, ConfigError, NonFiniteError
@@ -125,7 +126,9 @@ class Trainer:
         self.run_dir = Path(run_dir)
         self.augment = augment
         self.export_info = export_info or {}
-        self.device = resolve_device(settings.device)
+        # Under torchrun (WORLD_SIZE > 1) each process joins the group and trains its slice
+        # of every global batch; see distill.distributed.
+        self.device = distributed.init_from_env(settings.device) or resolve_device(settings.device)
         if settings.precision == "fp16" and self.device.type != "cuda":
             raise ConfigError("train.precision fp16 needs a CUDA device; on CPU use bf16 or fp32")
         self.scheme.to(self.device)
@@ -138,8 +141,10 @@ class Trainer:
         self.batches_per_epoch = n // settings.batch_size if self.drop_last else 1
         self.steps_per_epoch = math.ceil(self.batches_per_epoch / settings.grad_accum)
         self.total_steps = self.steps_per_epoch * settings.epochs
-        self._sums: dict[str, torch.Tensor] = {}
+        self._sums: dict[str, float] = {}
         self._summed = 0
+        self._pending: list[dict[str, torch.Tensor]] = []  # losses not yet added to _sums
+        self._step_losses: list[dict[str, torch.Tensor]] = []  # this optimizer step's
         self._stop_signal: str | None = None
         self._restored = False
         self.state = {
@@ -157,6 +162,9 @@ class Trainer:
 
     # ----------------------------------------------------------------- checkpoints
     def save(self) -> None:
+        if not distributed.is_main():  # every rank holds the same state; one writes it
+            self._fold()
+            return
         save_checkpoint(
             self.ckpt_dir / "last.safetensors",
             {
@@ -165,7 +173,7 @@ class Trainer:
                 "scaler": self.scaler.state_dict(),
                 "trainer": dict(self.state),
                 # running loss sums of the unfinished epoch, so its logged means stay exact
-                "epoch_sums": {k: float(v) for k, v in self._sums.items()},
+                "epoch_sums": {k: float(v) for k, v in self._epoch_sums().items()},
                 "epoch_count": self._summed,
                 "rng": _rng_state(self.aug_gen),
             },
@@ -190,7 +198,7 @@ class Trainer:
         if ckpt["scaler"]:
             self.scaler.load_state_dict(ckpt["scaler"])
         self.state = dict(ckpt["trainer"])
-        self._sums = {k: torch.tensor(v, device=self.device) for k, v in ckpt["epoch_sums"].items()}
+        self._sums = {k: float(v) for k, v in ckpt["epoch_sums"].items()}
         self._summed = ckpt["epoch_count"]
         _set_rng_state(ckpt["rng"], self.aug_gen)
         self._restored = True
@@ -208,11 +216,24 @@ class Trainer:
         return torch.autocast(self.device.type, dtype=dtype)
 
     def _batch(self, index: torch.Tensor) -> dict[str, torch.Tensor]:
-        batch = load_batch(self.train_data, index)
-        if self.augment is not None:
+        """This process's part of the global batch `index`, augmented, on the device.
+
+        Random draws (views, augmentation) are made for the whole global batch on every
+        rank before it is sliced, so any number of processes sees the same views."""
+        cache = getattr(self.scheme, "teacher_cache", None)
+        views = cache is not None and cache.views
+        random_draws = views or self.augment is not None
+        batch = load_batch(self.train_data, index if random_draws else distributed.shard(index))
+        if views:  # the student sees exactly the cached views
+            view = torch.randint(cache.views, (len(index),), generator=self.aug_gen)
+            batch["view"] = view
+            batch["input"] = cache.view_inputs(batch["index"], view)
+        elif self.augment is not None:
             if getattr(self.scheme, "wants_clean", False):
                 batch["clean"] = batch["input"]
             batch["input"] = self.augment(batch["input"], self.aug_gen)
+        if random_draws and distributed.active():
+            batch = {k: distributed.shard(v) for k, v in batch.items()}
         return {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
 
     def _last_good(self) -> str:
@@ -221,9 +242,34 @@ class Trainer:
             return f"the last good checkpoint is {str(path)!r}; continue from it with --resume"
         return "no checkpoint had been saved yet"
 
+    def _check_step(self, params: list[torch.nn.Parameter], norm: torch.Tensor | None) -> None:
+        """Stop before the update when a loss of this step or a gradient is NaN/inf.
+
+        One host sync per step: the step's total losses and the per-tensor gradient norms
+        are summed into a single number that is finite exactly when all of them are (a
+        weighted non-finite term makes the total non-finite too). The detail (which term,
+        which parameters) is only worked out on failure. Under fp16 the GradScaler skips
+        steps with inf/NaN gradients by design, so only the losses are checked.
+        """
+        totals = [losses["loss"].detach().float().reshape(()) for losses in self._step_losses]
+        parts = totals
+        check_grads = self.settings.precision != "fp16"
+        if check_grads:
+            if norm is not None:
+                parts = [*totals, norm.detach().float().reshape(())]
+            else:
+                grads = [p.grad for p in params if p.grad is not None]
+                if grads:
+                    parts = [*totals, *(n.float() for n in torch._foreach_norm(grads))]
+        if not parts or bool(torch.isfinite(torch.stack(parts).sum())):
+            return
+        for losses in self._step_losses:
+            self._check_losses(losses)
+        if check_grads:
+            self._check_gradients(params, norm)
+
     def _check_losses(self, losses: dict[str, torch.Tensor]) -> None:
-        # One sync for all components; the per-term detail is only built on failure.
-        if bool(torch.stack([v.detach().float() for v in losses.values()]).isfinite().all()):
+        if bool(torch.isfinite(losses["loss"].detach())):
             return
         st = self.state
         bad = [k for k, v in losses.items() if k != "loss" and not torch.isfinite(v).all()]
@@ -238,15 +284,11 @@ class Trainer:
 
     def _check_gradients(self, params: list[torch.nn.Parameter], norm: torch.Tensor | None) -> None:
         """A NaN/inf gradient stops the run before the optimizer applies it."""
-        if self.settings.precision == "fp16":
-            return  # the GradScaler skips such steps and lowers its scale by design
         if norm is None:
             grads = [p.grad for p in params if p.grad is not None]
             if not grads:
                 return
-            norm = torch.linalg.vector_norm(
-                torch.stack([torch.linalg.vector_norm(g.float()) for g in grads])
-            )
+            norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)).float())
         if bool(torch.isfinite(norm)):
             return
         names = {id(p): n for n, p in self.scheme.modules.named_parameters()}
@@ -263,16 +305,19 @@ class Trainer:
         )
 
     def _optimizer_step(self) -> None:
-        for group in self.optimizer.param_groups:
-            group["lr"] = group.setdefault("base_lr", group["lr"]) * lr_factor(
-                self.state["step"], self.total_steps, self.settings.schedule
-            )
+        factor = lr_factor(self.state["step"], self.total_steps, self.settings.schedule)
+        if factor != getattr(self, "_lr_factor", None):  # constant stretches cost nothing
+            for group in self.optimizer.param_groups:
+                group["lr"] = group.setdefault("base_lr", group["lr"]) * factor
+            self._lr_factor = factor
         params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        distributed.average_gradients(params)
         norm = None
         if self.settings.clip_grad_norm is not None:
             self.scaler.unscale_(self.optimizer)
             norm = torch.nn.utils.clip_grad_norm_(params, self.settings.clip_grad_norm)
-        self._check_gradients(params, norm)
+        self._check_step(params, norm)
+        self._step_losses = []
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
@@ -324,7 +369,14 @@ class Trainer:
             else:
                 seed_everything(s.seed)
             log = MetricsLog(self.run_dir)
-            log.keep_epochs_before(self.state["epoch"] + 1)
+            if distributed.is_main():
+                log.keep_epochs_before(self.state["epoch"] + 1)
+            cache = getattr(self.scheme, "teacher_cache", None)
+            if cache is not None:  # built (or checked) once, before the first step
+                if distributed.is_main():  # under torchrun rank 0 builds, the others open it
+                    cache.ensure()
+                distributed.barrier()
+                cache.ensure()
             hook = getattr(self.scheme, "on_fit_start", None)
             if hook is not None:  # schemes that schedule by epoch learn its length
                 hook(self.total_steps, self.steps_per_epoch)
@@ -350,7 +402,7 @@ class Trainer:
         bs = s.batch_size
         self.scheme.train(True)
         if st["batch"] == 0:
-            self._sums, self._summed = {}, 0
+            self._sums, self._summed, self._pending = {}, 0, []
         bar = tqdm(
             total=self.batches_per_epoch,
             initial=st["batch"],
@@ -372,15 +424,14 @@ class Trainer:
                     # items (e.g. supervised tokens) per micro-batch on average over the group:
                     # a scheme dividing its sum by this makes the accumulated loss the group mean
                     batch["group_items"] = torch.tensor(
-                        group_items / group_size, device=self.device
+                        group_items / group_size / distributed.world_size(), device=self.device
                     )
                 with self._autocast():
                     losses = self.scheme.step(batch, st["step"])
-                self._check_losses(losses)
-                self.scaler.scale(losses["loss"] / group_size).backward()
-                for k, v in losses.items():
-                    self._sums[k] = self._sums.get(k, 0.0) + v.detach().float()
-                self._summed += 1
+                self._step_losses.append(losses)  # checked before the update (_check_step)
+                loss = losses["loss"] if group_size == 1 else losses["loss"] / group_size
+                self.scaler.scale(loss).backward()
+                self._accumulate(losses)
                 st["batch"] += 1
                 bar.update(1)
                 if st["batch"] % s.grad_accum and st["batch"] < self.batches_per_epoch:
@@ -392,10 +443,33 @@ class Trainer:
                     return stopped_by
                 if s.checkpoint_every_steps and st["step"] % s.checkpoint_every_steps == 0:
                     self.save()
-        self._epoch_losses = {
-            f"train_{k}": float(v / max(self._summed, 1)) for k, v in self._sums.items()
-        }
+        self._epoch_losses = distributed.mean_over_ranks(
+            {f"train_{k}": float(v / max(self._summed, 1)) for k, v in self._epoch_sums().items()}
+        )
         return None
+
+    def _accumulate(self, losses: dict[str, torch.Tensor]) -> None:
+        """Running sums of the logged losses. Steps only queue their detached values; the
+        queue is summed every 256 steps and whenever the sums are read."""
+        self._pending.append({k: v.detach() for k, v in losses.items()})
+        self._summed += 1
+        if len(self._pending) >= 256:
+            self._fold()
+
+    def _fold(self) -> None:
+        # Summed one value at a time in float64, so the result does not depend on where the
+        # queue was cut (a resumed epoch logs exactly what an uninterrupted one does).
+        for k in dict.fromkeys(k for losses in self._pending for k in losses):
+            values = [losses[k].float().reshape(()) for losses in self._pending if k in losses]
+            total = self._sums.get(k, 0.0)
+            for x in torch.stack(values).tolist():
+                total += x
+            self._sums[k] = total
+        self._pending = []
+
+    def _epoch_sums(self) -> dict[str, float]:
+        self._fold()
+        return self._sums
 
     def _group_items(self, order: torch.Tensor, first: int, size: int) -> float | None:
         """Items the scheme normalises by (its `count_items`) over one optimizer step's
@@ -411,7 +485,10 @@ class Trainer:
         return float(total)
 
     def _stop_reason(self) -> str | None:
-        if self._stop_signal is not None:
+        if distributed.active():  # ranks must stop at the same step
+            if distributed.any_rank(self._stop_signal is not None):
+                return self._stop_signal or "SIGTERM"
+        elif self._stop_signal is not None:
             return self._stop_signal
         if self.settings.max_steps is not None and self.state["step"] >= self.settings.max_steps:
             return "max_steps"
@@ -428,15 +505,16 @@ class Trainer:
         improved = score > st["best"]
         if improved:
             st["best"], st["best_epoch"], st["bad_epochs"] = score, st["epoch"] + 1, 0
-            save_weights(
-                self.ckpt_dir / "best.safetensors",
-                self.scheme.eval_model(),
-                {
-                    **self.export_info,
-                    "epoch": st["epoch"] + 1,
-                    **{f"val_{k}": v for k, v in metrics.items()},
-                },
-            )
+            if distributed.is_main():
+                save_weights(
+                    self.ckpt_dir / "best.safetensors",
+                    self.scheme.eval_model(),
+                    {
+                        **self.export_info,
+                        "epoch": st["epoch"] + 1,
+                        **{f"val_{k}": v for k, v in metrics.items()},
+                    },
+                )
         else:
             st["bad_epochs"] += 1
         row = {
@@ -451,11 +529,12 @@ class Trainer:
         # Log first, then checkpoint: a crash in between leaves a row for an epoch the
         # checkpoint has not finished, which resume drops and redoes. The other order
         # would lose the row for good.
-        log.append(row)
+        if distributed.is_main():
+            log.append(row)
         self.save()
         for callback in self.callbacks:
             callback(row)
-        if s.progress:
+        if s.progress and distributed.is_main():
             tqdm.write(
                 f"epoch {row['epoch']}/{s.epochs}  loss {row.get('train_loss', float('nan')):.4f}  "
                 f"val acc {metrics['acc']:.4f}  val nll {metrics['nll']:.4f}"

@@ -24,6 +24,7 @@ from distill.losses.feature import (
     attention_kl_loss,
     cosine_loss,
     grad_at_loss,
+    minilm_relation_loss,
     nst_loss,
     pkt_loss,
 )
@@ -139,6 +140,11 @@ LOSSES: dict[str, LossSpec] = {
     "attention_kl": LossSpec(
         attention_kl_loss, "feature", "Wang et al. 2020, MiniLM (attention distribution KL)"
     ),
+    "minilm_relation": LossSpec(
+        minilm_relation_loss,
+        "feature",
+        "Wang et al. 2020/2021, MiniLM and MiniLMv2 (self-attention relation transfer)",
+    ),
     "infonce": LossSpec(
         InfoNCELoss, "contrastive", "van den Oord et al. 2018, InfoNCE; in-batch variant of CRD"
     ),
@@ -189,6 +195,7 @@ __all__ = [
     "ab_loss",
     "at_loss",
     "attention_kl_loss",
+    "minilm_relation_loss",
     "cosine_loss",
     "grad_at_loss",
     "nst_loss",

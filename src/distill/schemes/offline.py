@@ -14,7 +14,8 @@ class OfflineKD:
     """The teacher runs in eval mode under `no_grad` on the same (augmented) batch as the student.
 
     Taps on both models are derived from the objective's terms, so a layer name is written
-    once, in the term that reads it.
+    once, in the term that reads it. With a `teacher_cache` (`distill.cache.TeacherCache`)
+    the teacher's outputs are read from it by sample index (and view) instead.
     """
 
     def __init__(self, student: nn.Module, teacher: nn.Module, objective: Objective):
@@ -24,6 +25,7 @@ class OfflineKD:
         self.modules = nn.ModuleDict({"student": student, "objective": objective})
         self._student_tap = Tap(student, objective.student_layers(), "student")
         self._teacher_tap = Tap(teacher, objective.teacher_layers(), "teacher")
+        self.teacher_cache = None  # set by distill.build when the cache is exact
 
     @classmethod
     def from_context(cls, ctx: SchemeContext) -> OfflineKD:
@@ -31,6 +33,8 @@ class OfflineKD:
 
     @torch.no_grad()
     def teacher_knowledge(self, batch: dict[str, Tensor]) -> Knowledge:
+        if self.teacher_cache is not None and "index" in batch:
+            return self.teacher_cache.lookup(batch["index"], batch.get("view"))
         return self._teacher_tap.run(batch["input"]).detach()
 
     def step(self, batch: dict[str, Tensor], step: int) -> dict[str, Tensor]:

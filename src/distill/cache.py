@@ -1,0 +1,377 @@
+"""Teacher-output cache: a frozen teacher's outputs computed once, reused across epochs and runs.
+
+A cache entry holds, for every training sample (and, with augmentation, every stored view of
+it), what the objective reads from the teacher: its logits and any tapped layers. Arrays are
+`.npy` files written through memory maps, so they may exceed memory; small caches are loaded
+into memory (on the run's device) for speed.
+
+Correctness rules:
+
+- The entry's name is a fingerprint of the teacher's weights, the training inputs, the
+  augmentation, the number of views, the tapped layers and the storage layout. Anything that
+  changes the teacher's outputs changes the name, so a stale entry is never found.
+- `meta.json` records each array's shape, dtype and checksum; a missing, truncated or
+  altered file is detected on open, reported, and the entry is rebuilt.
+- An entry is built in a temporary folder and renamed into place when complete, so an
+  interrupted build leaves nothing that looks valid.
+- With random augmentation, a student view must meet the teacher output of the same view
+  (Beyer et al. 2022, "consistent teaching"). The cache then stores `views` augmented copies
+  of each input next to the teacher's outputs for them, and the student is fed exactly those
+  views. Without `views`, an augmented run uses the live teacher (`plan_cache` says why).
+
+Large label spaces may keep only the top-k logits per row plus the mass of the rest
+(`topk`): the teacher's distribution at temperature 1 is then exact on the top k classes and
+spreads the remaining probability evenly over the others. This is an approximation and is
+only used when asked for.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from distill.data import load_batch
+from distill.errors import ConfigError
+from distill.settings import CacheSettings
+
+FORMAT_VERSION = 1
+_DTYPES = {"fp32": np.float32, "fp16": np.float16}
+
+
+def default_cache_dir() -> Path:
+    """`teacher/` under the folder generated datasets use ($DISTILL_CACHE_DIR, ~/.cache/distill)."""
+    from distill.data.sources import cache_dir
+
+    return cache_dir() / "teacher"
+
+
+@dataclass(frozen=True)
+class CachePlan:
+    """What `plan_cache` decided: use a cache or not, and why (logged at the run's start)."""
+
+    use: bool
+    reason: str
+
+
+def plan_cache(
+    settings: CacheSettings,
+    *,
+    scheme: str,
+    augmented: bool,
+    reads_input_grad: bool,
+) -> CachePlan:
+    """Whether a run should cache its teacher. `on` raises when the cache would not be exact."""
+    problems = []
+    if scheme != "offline":
+        problems.append(f"scheme {scheme!r} runs its teachers itself (the cache serves 'offline')")
+    if reads_input_grad:
+        problems.append("a term reads the gradient of the teacher's loss w.r.t. its input")
+    if augmented and not settings.views:
+        problems.append(
+            "data.augment draws a new view every step; set train.cache.views to cache that "
+            "many views per sample (the student then sees only those views)"
+        )
+    if settings.mode == "off":
+        return CachePlan(False, "train.cache.mode is off")
+    if problems:
+        if settings.mode == "on":
+            raise ConfigError(
+                "train.cache.mode on, but the cache cannot be used: " + "; ".join(problems)
+            )
+        return CachePlan(False, "live teacher: " + "; ".join(problems))
+    if settings.views and not augmented:
+        raise ConfigError(
+            "train.cache.views is set but data.augment is empty: every view would be the same "
+            "input; remove views"
+        )
+    how = f"{settings.views} augmented views per sample" if settings.views else "exact"
+    return CachePlan(True, f"teacher outputs cached ({how})")
+
+
+def _hash_tensor(h: Any, t: Tensor) -> None:
+    t = t.detach().cpu().contiguous()
+    h.update(f"{t.dtype}{tuple(t.shape)}".encode())
+    h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+
+
+def weights_fingerprint(model: nn.Module) -> str:
+    """A hash of the model's class, parameter and buffer names, shapes, dtypes and values."""
+    h = hashlib.sha256(type(model).__qualname__.encode())
+    for name, tensor in model.state_dict().items():
+        h.update(name.encode())
+        _hash_tensor(h, tensor)
+    return h.hexdigest()
+
+
+def data_fingerprint(dataset: Any, batch_size: int = 4096) -> str:
+    """A hash of every training input (and the dataset's length)."""
+    h = hashlib.sha256(str(len(dataset)).encode())
+    for start in range(0, len(dataset), batch_size):
+        index = torch.arange(start, min(start + batch_size, len(dataset)))
+        _hash_tensor(h, load_batch(dataset, index)["input"])
+    return h.hexdigest()
+
+
+def _file_checksum(path: Path) -> str:
+    h = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def topk_compress(logits: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:
+    """(values, indices, tail): the top-k logits of each row and logsumexp of the others."""
+    values, indices = logits.float().topk(k, dim=-1)
+    rest = logits.float().scatter(-1, indices, float("-inf"))
+    tail = torch.logsumexp(rest, dim=-1)
+    return values, indices, tail
+
+
+def topk_expand(values: Tensor, indices: Tensor, tail: Tensor, num_classes: int) -> Tensor:
+    """Logits whose softmax keeps the top-k probabilities and spreads the tail evenly."""
+    rest = num_classes - values.shape[-1]
+    fill = (tail - math.log(rest)) if rest > 0 else torch.full_like(tail, float("-inf"))
+    out = fill.unsqueeze(-1).expand(*values.shape[:-1], num_classes).clone()
+    return out.scatter(-1, indices.long(), values.float())
+
+
+class TeacherCache:
+    """The cached outputs of `teacher` on `dataset` (see the module docstring).
+
+    `layers` are the teacher's tapped layer names the objective reads; `augment` and `views`
+    store that many augmented views per sample (views are drawn with generators seeded from
+    `seed` and the view number, so a rebuilt entry holds the same views).
+    """
+
+    def __init__(
+        self,
+        teacher: nn.Module,
+        dataset: Any,
+        layers: Sequence[str] = (),
+        *,
+        settings: CacheSettings | None = None,
+        augment: Callable[[Tensor, torch.Generator], Tensor] | None = None,
+        augment_spec: Any = None,
+        seed: int = 0,
+        batch_size: int = 512,
+        log: Callable[[str], None] = print,
+    ):
+        settings = settings or CacheSettings()
+        if settings.views and augment is None:
+            raise ConfigError("train.cache.views needs data.augment (views of what?)")
+        self.teacher, self.dataset, self.layers = teacher, dataset, list(layers)
+        self.settings, self.augment, self.seed = settings, augment, seed
+        self.augment_spec = augment_spec
+        self.views = settings.views or 0
+        self.batch_size, self.log = batch_size, log
+        self.root = Path(settings.dir) if settings.dir else default_cache_dir()
+        self.arrays: dict[str, Tensor | np.ndarray] = {}
+        self.path: Path | None = None
+        self.num_classes: int | None = None
+
+    # ----------------------------------------------------------------- identity
+    def fingerprint(self) -> str:
+        s = self.settings
+        parts = {
+            "version": FORMAT_VERSION,
+            "teacher": weights_fingerprint(self.teacher),
+            "data": data_fingerprint(self.dataset),
+            "augment": self.augment_spec if self.views else None,
+            "views": self.views,
+            "seed": self.seed if self.views else None,
+            "layers": self.layers,
+            "topk": s.topk,
+            "dtype": s.dtype,
+        }
+        return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+    # ----------------------------------------------------------------- build / open
+    def ensure(self) -> TeacherCache:
+        """Open the matching entry, building (or rebuilding) it when missing or damaged."""
+        if self.path is not None:
+            return self
+        key = self.fingerprint()
+        path = self.root / key[:24]
+        problem = self._check(path, key) if path.exists() else "missing"
+        if problem is not None:
+            if problem != "missing":
+                self.log(f"teacher cache {path}: {problem}; rebuilding it")
+            self._build(path, key)
+            problem = self._check(path, key)
+            if problem is not None:
+                raise ConfigError(
+                    f"teacher cache {path} is unusable right after building: {problem}"
+                )
+        else:
+            self.log(f"teacher cache: reusing {path}")
+        self._open(path)
+        return self
+
+    def _check(self, path: Path, key: str) -> str | None:
+        """None when the entry at `path` is complete and intact; else what is wrong."""
+        try:
+            meta = json.loads((path / "meta.json").read_text())
+        except (OSError, ValueError) as e:
+            return f"meta.json is missing or unreadable ({type(e).__name__})"
+        if meta.get("fingerprint") != key or meta.get("version") != FORMAT_VERSION:
+            return "its fingerprint does not match this teacher, data and settings"
+        for name, info in meta["arrays"].items():
+            file = path / info["file"]
+            if not file.is_file() or file.stat().st_size != info["bytes"]:
+                return f"array {name!r} is missing or has the wrong size (truncated?)"
+            if self.settings.verify and _file_checksum(file) != info["checksum"]:
+                return f"array {name!r} fails its checksum (corrupt)"
+        return None
+
+    def _open(self, path: Path) -> None:
+        meta = json.loads((path / "meta.json").read_text())
+        total = sum(info["bytes"] for info in meta["arrays"].values())
+        in_memory = total <= self.settings.memory_mb * 2**20
+        device = next(self.teacher.parameters(), torch.empty(0)).device
+        for name, info in meta["arrays"].items():
+            arr = np.load(path / info["file"], mmap_mode="r")
+            self.arrays[name] = torch.from_numpy(np.array(arr)).to(device) if in_memory else arr
+        self.num_classes = meta.get("num_classes")
+        self.path = path
+        self.in_memory = in_memory
+
+    def _view_generator(self, view: int) -> torch.Generator:
+        return torch.Generator().manual_seed(self.seed * 1_000_003 + 7 * view + 1)
+
+    @torch.no_grad()
+    def _build(self, path: Path, key: str) -> None:
+        from distill.taps import Tap
+
+        self.root.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=self.root))
+        try:
+            n, views = len(self.dataset), max(self.views, 1)
+            device = next(self.teacher.parameters(), torch.empty(0)).device
+            was_training = self.teacher.training
+            self.teacher.eval()
+            writers: dict[str, np.memmap] = {}
+            num_classes = None
+            self.log(f"teacher cache: computing teacher outputs for {n} samples x {views} view(s)")
+            with Tap(self.teacher, self.layers, "teacher") as tap:
+                for view in range(views):
+                    gen = self._view_generator(view) if self.views else None
+                    for start in range(0, n, self.batch_size):
+                        index = torch.arange(start, min(start + self.batch_size, n))
+                        x = load_batch(self.dataset, index)["input"]
+                        if gen is not None:
+                            x = self.augment(x, gen)
+                        k = tap.run(x.to(device))
+                        out = self._to_store(k.logits, k.feats)
+                        if gen is not None:
+                            out["input"] = x
+                        num_classes = k.logits.shape[-1]
+                        for name, value in out.items():
+                            if name not in writers:
+                                writers[name] = np.lib.format.open_memmap(
+                                    tmp / f"{name}.npy",
+                                    mode="w+",
+                                    dtype=value.numpy().dtype,
+                                    shape=(views, n, *value.shape[1:]),
+                                )
+                            writers[name][view, start : start + len(index)] = value.numpy()
+            self.teacher.train(was_training)
+            arrays = {}
+            for name, w in writers.items():
+                w.flush()
+                del w
+                file = tmp / f"{name}.npy"
+                arrays[name] = {
+                    "file": file.name,
+                    "bytes": file.stat().st_size,
+                    "checksum": _file_checksum(file),
+                }
+            writers.clear()
+            meta = {
+                "version": FORMAT_VERSION,
+                "fingerprint": key,
+                "samples": n,
+                "views": self.views,
+                "num_classes": num_classes,
+                "layers": self.layers,
+                "arrays": arrays,
+            }
+            (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
+            if path.exists():  # a damaged entry: move it aside, then drop it
+                trash = Path(tempfile.mkdtemp(prefix=".trash.", dir=self.root))
+                os.replace(path, trash / "old")
+                shutil.rmtree(trash, ignore_errors=True)
+            try:
+                os.replace(tmp, path)
+            except OSError:  # another process finished the same entry first: keep theirs
+                if self._check(path, key) is not None:
+                    raise
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    def _to_store(self, logits: Tensor, feats: dict[str, Tensor]) -> dict[str, Tensor]:
+        s, dtype = self.settings, _DTYPES[self.settings.dtype]
+        torch_dtype = torch.from_numpy(np.zeros(0, dtype)).dtype
+        out: dict[str, Tensor] = {}
+        if s.topk is not None and s.topk < logits.shape[-1]:
+            values, indices, tail = topk_compress(logits, s.topk)
+            index_dtype = torch.int16 if logits.shape[-1] <= 2**15 else torch.int32
+            out["logits.values"] = values.to(torch_dtype).cpu()
+            out["logits.indices"] = indices.to(index_dtype).cpu()
+            out["logits.tail"] = tail.float().cpu()
+        else:
+            out["logits"] = logits.to(torch_dtype).cpu()
+        for name, value in feats.items():
+            out[f"feat.{name}"] = value.to(torch_dtype).cpu()
+        return out
+
+    # ----------------------------------------------------------------- use
+    def _take(self, name: str, index: Tensor, view: Tensor | None, device: torch.device) -> Tensor:
+        arr = self.arrays[name]
+        if view is None and isinstance(arr, Tensor):  # one view: a single gather
+            return arr[0].index_select(0, index.to(arr.device)).to(device, non_blocking=True)
+        v = view if view is not None else torch.zeros_like(index)
+        if isinstance(arr, Tensor):
+            flat = arr.flatten(0, 1)
+            rows = (v.to(arr.device) * arr.shape[1] + index.to(arr.device)).long()
+            return flat.index_select(0, rows).to(device, non_blocking=True)
+        return torch.from_numpy(arr[v.cpu().numpy(), index.cpu().numpy()]).to(device)
+
+    def lookup(self, index: Tensor, view: Tensor | None = None):
+        """The teacher's `Knowledge` for samples `index` (and their `view`s), in fp32."""
+        from distill.taps import Knowledge
+
+        if self.path is None:
+            self.ensure()
+        device = index.device
+        if "logits" in self.arrays:
+            logits = self._take("logits", index, view, device).float()
+        else:
+            logits = topk_expand(
+                self._take("logits.values", index, view, device),
+                self._take("logits.indices", index, view, device),
+                self._take("logits.tail", index, view, device),
+                self.num_classes,
+            )
+        feats = {
+            name: self._take(f"feat.{name}", index, view, device).float() for name in self.layers
+        }
+        return Knowledge(logits, feats)
+
+    def view_inputs(self, index: Tensor, view: Tensor) -> Tensor:
+        """The stored augmented inputs of samples `index`, views `view`."""
+        if self.path is None:
+            self.ensure()
+        return self._take("input", index, view, index.device)

@@ -1,0 +1,71 @@
+"""torchrun data parallelism on CPU (gloo): the same weights as one process, clean exits."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import yaml
+
+from distill.checkpoint import load_checkpoint
+from helpers import kd_cfg, make_teacher
+
+pytestmark = pytest.mark.skipif(
+    not torch.distributed.is_available(), reason="torch.distributed is not built"
+)
+
+
+def _launch(config, nproc: int, *extra: str) -> subprocess.CompletedProcess:
+    if nproc == 1:
+        cmd = [sys.executable, "-m", "distill", "run", str(config), *extra]
+    else:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1",
+               f"--nproc_per_node={nproc}", "-m", "distill", "run", str(config), *extra]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+
+
+def _config(tmp_path, name: str, **train) -> str:
+    teacher = tmp_path / "teacher.safetensors"
+    if not teacher.exists():
+        make_teacher(teacher)
+    cfg = kd_cfg(tmp_path / name, teacher)
+    cfg["train"] = {**cfg["train"], "epochs": 2, "device": "cpu",
+                    "cache": {"dir": str(tmp_path / "cache")}, **train}
+    cfg["data"]["augment"] = [{"name": "noise", "args": {"std": 0.2}}]
+    cfg["train"]["cache"]["views"] = 2  # random views, drawn for the global batch
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def _modules(run_dir) -> dict[str, torch.Tensor]:
+    return load_checkpoint(run_dir / "checkpoints" / "last.safetensors")["modules"]
+
+
+def _assert_same(a: dict, b: dict, tol: float = 1e-6) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=tol, atol=tol, msg=k)
+
+
+def test_two_gloo_ranks_train_the_same_weights_as_one_process(tmp_path):
+    one = _launch(_config(tmp_path, "one"), 1)
+    assert one.returncode == 0, one.stderr[-2000:]
+    two = _launch(_config(tmp_path, "two"), 2)
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert "terminate called" not in two.stderr
+    _assert_same(_modules(tmp_path / "one"), _modules(tmp_path / "two"))
+    results = yaml.safe_load((tmp_path / "two" / "results.json").read_text())
+    assert results["world_size"] == 2 and results["complete"]
+    rows = (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()
+    assert len(rows) == 2  # rank 0 alone logs
+    # a run stopped on 2 processes resumes on 1 and ends where the uninterrupted run did
+    part = _launch(_config(tmp_path, "part", max_steps=5), 2)
+    assert part.returncode == 0, part.stderr[-2000:]
+    rest = _launch(_config(tmp_path, "part"), 1, "--resume")
+    assert rest.returncode == 0, rest.stderr[-2000:]
+    _assert_same(_modules(tmp_path / "one"), _modules(tmp_path / "part"))
