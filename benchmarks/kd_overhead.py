@@ -51,8 +51,10 @@ def config(kind: str, epochs: int, run_dir: Path, teacher_weights: Path | None) 
             "device": "cpu",
             "optimizer": {"name": "adam", "lr": 0.003},
             "schedule": {"name": "constant"},
-            "cache": {"mode": "on" if kind == "distill_cached" else "off",
-                      "dir": str(run_dir.parent / "cache")},
+            "cache": {
+                "mode": "on" if kind == "distill_cached" else "off",
+                "dir": str(run_dir.parent / "cache"),
+            },
         },
     }
     if kind == "distill_student":
@@ -70,8 +72,9 @@ def config(kind: str, epochs: int, run_dir: Path, teacher_weights: Path | None) 
 def time_distill(kind: str, epochs: int, work: Path, teacher_weights: Path) -> float:
     run_dir = work / f"{kind}-{time.perf_counter_ns()}"
     built = build(parse_config(config(kind, epochs, run_dir, teacher_weights)))
-    trainer = Trainer(built.scheme, built.data.train, built.data.val, built.cfg.train,
-                      run_dir=run_dir)
+    trainer = Trainer(
+        built.scheme, built.data.train, built.data.val, built.cfg.train, run_dir=run_dir
+    )
     cache = getattr(built.scheme, "teacher_cache", None)
     if cache is not None:
         cache.ensure()  # built once, before the timed loop (reused across runs)
@@ -140,8 +143,14 @@ def main() -> None:
     teacher = load_model(base.teacher.model_copy(update={"weights": None}), data, "teacher")
     save_weights(work / "teacher.safetensors", teacher)  # random init: speed does not care
     teacher.eval()
-    kinds = ["hand_student", "hand_live", "hand_cached",
-             "distill_student", "distill_live", "distill_cached"]
+    kinds = [
+        "hand_student",
+        "hand_live",
+        "hand_cached",
+        "distill_student",
+        "distill_live",
+        "distill_cached",
+    ]
     times: dict[str, list[float]] = {k: [] for k in kinds}
     for r in range(args.rounds):
         for kind in kinds if r % 2 == 0 else reversed(kinds):
@@ -150,9 +159,13 @@ def main() -> None:
                 student = load_model(base.student, data, "student")
                 times[kind].append(time_hand(kind, args.epochs, data, student, teacher))
             else:
-                times[kind].append(time_distill(kind, args.epochs, work, work / "teacher.safetensors"))
-        print(f"round {r + 1}: " + ", ".join(f"{k} {v[-1]:.2f}s" for k, v in times.items()),
-              flush=True)
+                times[kind].append(
+                    time_distill(kind, args.epochs, work, work / "teacher.safetensors")
+                )
+        print(
+            f"round {r + 1}: " + ", ".join(f"{k} {v[-1]:.2f}s" for k, v in times.items()),
+            flush=True,
+        )
 
     def ratio(a: str, b: str) -> float:
         return statistics.median(x / y for x, y in zip(times[a], times[b], strict=True))
@@ -171,9 +184,13 @@ def main() -> None:
         "teacher_params": sum(p.numel() for p in teacher.parameters()),
         "student_params": sum(p.numel() for p in load_model(base.student, data, "s").parameters()),
     }
-    print(f"framework overhead (live KD, distill / hand): {result['framework_overhead_live_kd']:.3f}")
-    print(f"cached KD / student-only (distill): {result['cached_kd_vs_student_only']:.3f}; "
-          f"live KD / student-only: {result['live_kd_vs_student_only']:.3f}")
+    print(
+        f"framework overhead (live KD, distill / hand): {result['framework_overhead_live_kd']:.3f}"
+    )
+    print(
+        f"cached KD / student-only (distill): {result['cached_kd_vs_student_only']:.3f}; "
+        f"live KD / student-only: {result['live_kd_vs_student_only']:.3f}"
+    )
     print(json.dumps(result))
 
 

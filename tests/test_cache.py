@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import kd_cfg, make_teacher
 
 from distill.build import build
 from distill.cache import TeacherCache, plan_cache, topk_compress, topk_expand
@@ -15,10 +16,14 @@ from distill.config import parse_config
 from distill.errors import ConfigError
 from distill.settings import CacheSettings
 from distill.trainer import Trainer
-from helpers import kd_cfg, make_teacher
 
-FEATURE_TERM = {"loss": "fitnet", "weight": 0.3, "student": "blocks.0", "teacher": "blocks.1",
-                "adapter": "linear"}
+FEATURE_TERM = {
+    "loss": "fitnet",
+    "weight": 0.3,
+    "student": "blocks.0",
+    "teacher": "blocks.1",
+    "adapter": "linear",
+}
 
 
 def _cfg(tmp_path, cache: dict | None = None, **train):
@@ -27,8 +32,11 @@ def _cfg(tmp_path, cache: dict | None = None, **train):
         make_teacher(teacher)
     cfg = kd_cfg(tmp_path / "run", teacher)
     cfg["objective"]["terms"] = [*cfg["objective"]["terms"], FEATURE_TERM]
-    cfg["train"] = {**cfg["train"], "cache": {"dir": str(tmp_path / "cache"), **(cache or {})},
-                    **train}
+    cfg["train"] = {
+        **cfg["train"],
+        "cache": {"dir": str(tmp_path / "cache"), **(cache or {})},
+        **train,
+    }
     return cfg
 
 
@@ -50,8 +58,9 @@ def test_cached_and_live_teacher_give_the_same_losses_and_weights(tmp_path):
     runs = {}
     for name, cfg in (("cached", _cfg(tmp_path)), ("live", _cfg(tmp_path, {"mode": "off"}))):
         built = build(parse_config(cfg))
-        trainer = Trainer(built.scheme, built.data.train, built.data.val, built.cfg.train,
-                          run_dir=tmp_path / name)
+        trainer = Trainer(
+            built.scheme, built.data.train, built.data.val, built.cfg.train, run_dir=tmp_path / name
+        )
         trainer.fit()
         runs[name] = built.student.state_dict()
     for key, value in runs["cached"].items():
@@ -73,8 +82,9 @@ def test_entry_is_reused_and_fingerprinted_by_teacher_and_data(tmp_path):
     changed = TeacherCache(teacher, data, ["blocks.1"], settings=settings, log=log).ensure()
     assert changed.path != first.path
     subset = data.subset(torch.arange(100))
-    assert TeacherCache(teacher, subset, ["blocks.1"], settings=settings, log=log).ensure().path not in (
-        first.path, changed.path)
+    assert TeacherCache(
+        teacher, subset, ["blocks.1"], settings=settings, log=log
+    ).ensure().path not in (first.path, changed.path)
     k = changed.lookup(torch.tensor([3, 1]))
     with torch.no_grad():
         live = teacher(data.inputs[[3, 1]])
@@ -117,8 +127,13 @@ def test_interrupted_build_leaves_no_entry(tmp_path):
             raise KeyboardInterrupt
 
     handle = built.teacher.register_forward_hook(fail_on_second_batch)
-    cache = TeacherCache(built.teacher, built.data.train, log=lambda m: None, batch_size=64,
-                         settings=CacheSettings(dir=str(tmp_path / "c")))
+    cache = TeacherCache(
+        built.teacher,
+        built.data.train,
+        log=lambda m: None,
+        batch_size=64,
+        settings=CacheSettings(dir=str(tmp_path / "c")),
+    )
     with pytest.raises(KeyboardInterrupt):
         cache.ensure()
     handle.remove()
@@ -131,8 +146,9 @@ def test_augmented_views_pair_student_inputs_with_their_teacher_outputs(tmp_path
     cfg["data"]["augment"] = [{"name": "noise", "args": {"std": 0.3}}]
     built = build(parse_config(cfg))
     assert "3 augmented views" in built.cache_plan.reason
-    trainer = Trainer(built.scheme, built.data.train, built.data.val, built.cfg.train,
-                      run_dir=tmp_path / "r")
+    trainer = Trainer(
+        built.scheme, built.data.train, built.data.val, built.cfg.train, run_dir=tmp_path / "r"
+    )
     cache = built.scheme.teacher_cache.ensure()
     batch = trainer._batch(torch.arange(64))
     assert set(batch["view"].tolist()) == {0, 1, 2}
@@ -153,13 +169,16 @@ def test_plan_cache_rules():
     assert not plan_cache(s, scheme="dml", augmented=False, reads_input_grad=False).use
     assert not plan_cache(s, scheme="offline", augmented=False, reads_input_grad=True).use
     with pytest.raises(ConfigError, match="cannot be used"):
-        plan_cache(CacheSettings(mode="on"), scheme="offline", augmented=True,
-                   reads_input_grad=False)
+        plan_cache(
+            CacheSettings(mode="on"), scheme="offline", augmented=True, reads_input_grad=False
+        )
     with pytest.raises(ConfigError, match="data.augment is empty"):
-        plan_cache(CacheSettings(views=2), scheme="offline", augmented=False,
-                   reads_input_grad=False)
-    off = plan_cache(CacheSettings(mode="off"), scheme="offline", augmented=False,
-                     reads_input_grad=False)
+        plan_cache(
+            CacheSettings(views=2), scheme="offline", augmented=False, reads_input_grad=False
+        )
+    off = plan_cache(
+        CacheSettings(mode="off"), scheme="offline", augmented=False, reads_input_grad=False
+    )
     assert not off.use
 
 

@@ -9,9 +9,9 @@ import sys
 import pytest
 import torch
 import yaml
+from helpers import kd_cfg, make_teacher
 
 from distill.checkpoint import load_checkpoint
-from helpers import kd_cfg, make_teacher
 
 pytestmark = pytest.mark.skipif(
     not torch.distributed.is_available(), reason="torch.distributed is not built"
@@ -22,8 +22,19 @@ def _launch(config, nproc: int, *extra: str) -> subprocess.CompletedProcess:
     if nproc == 1:
         cmd = [sys.executable, "-m", "distill", "run", str(config), *extra]
     else:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1",
-               f"--nproc_per_node={nproc}", "-m", "distill", "run", str(config), *extra]
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nnodes=1",
+            f"--nproc_per_node={nproc}",
+            "-m",
+            "distill",
+            "run",
+            str(config),
+            *extra,
+        ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
 
@@ -33,8 +44,13 @@ def _config(tmp_path, name: str, **train) -> str:
     if not teacher.exists():
         make_teacher(teacher)
     cfg = kd_cfg(tmp_path / name, teacher)
-    cfg["train"] = {**cfg["train"], "epochs": 2, "device": "cpu",
-                    "cache": {"dir": str(tmp_path / "cache")}, **train}
+    cfg["train"] = {
+        **cfg["train"],
+        "epochs": 2,
+        "device": "cpu",
+        "cache": {"dir": str(tmp_path / "cache")},
+        **train,
+    }
     cfg["data"]["augment"] = [{"name": "noise", "args": {"std": 0.2}}]
     cfg["train"]["cache"]["views"] = 2  # random views, drawn for the global batch
     path = tmp_path / f"{name}.yaml"
