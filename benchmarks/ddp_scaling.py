@@ -17,7 +17,6 @@ import json
 import os
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -28,6 +27,7 @@ import yaml
 from distill.build import build, load_data, load_model
 from distill.checkpoint import load_checkpoint, save_weights
 from distill.config import parse_config
+from distill.distributed import run_command
 
 
 def write_config(work: Path, name: str, epochs: int) -> Path:
@@ -62,22 +62,7 @@ def write_config(work: Path, name: str, epochs: int) -> Path:
 
 def launch(config: Path, nproc: int, threads: int) -> tuple[float, float]:
     env = {**os.environ, "OMP_NUM_THREADS": str(max(threads // nproc, 1))}
-    if nproc == 1:
-        cmd = [sys.executable, "-m", "distill", "run", str(config), "--overwrite"]
-    else:
-        cmd = [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            "--nnodes=1",
-            f"--nproc_per_node={nproc}",
-            "-m",
-            "distill",
-            "run",
-            str(config),
-            "--overwrite",
-        ]
+    cmd = run_command(str(config), nproc, "--overwrite")
     start = time.perf_counter()
     done = subprocess.run(cmd, capture_output=True, text=True, env=env)
     wall = time.perf_counter() - start

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 
 import pytest
 import torch
@@ -12,6 +11,7 @@ import yaml
 from helpers import kd_cfg, make_teacher
 
 from distill.checkpoint import load_checkpoint
+from distill.distributed import run_command
 
 pytestmark = pytest.mark.skipif(
     not torch.distributed.is_available(), reason="torch.distributed is not built"
@@ -19,22 +19,7 @@ pytestmark = pytest.mark.skipif(
 
 
 def _launch(config, nproc: int, *extra: str) -> subprocess.CompletedProcess:
-    if nproc == 1:
-        cmd = [sys.executable, "-m", "distill", "run", str(config), *extra]
-    else:
-        cmd = [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            "--nnodes=1",
-            f"--nproc_per_node={nproc}",
-            "-m",
-            "distill",
-            "run",
-            str(config),
-            *extra,
-        ]
+    cmd = run_command(str(config), nproc, *extra)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
 

@@ -29,6 +29,15 @@ import torch
 import torch.distributed as dist
 
 
+def run_command(config: str, nproc: int, *extra: str) -> list[str]:
+    """The command line of `distill run CONFIG` on `nproc` local processes (torchrun for > 1)."""
+    cli = ["-m", "distill", "run", str(config), *extra]
+    if nproc == 1:
+        return [sys.executable, *cli]
+    launcher = ["-m", "torch.distributed.run", "--standalone", "--nnodes=1"]
+    return [sys.executable, *launcher, f"--nproc_per_node={nproc}", *cli]
+
+
 def env_world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 

@@ -245,15 +245,15 @@ class Trainer:
     def _check_step(self, params: list[torch.nn.Parameter], norm: torch.Tensor | None) -> None:
         """Stop before the update when a loss of this step or a gradient is NaN/inf.
 
-        One host sync per step: the step's total losses and the per-tensor gradient norms
-        are summed into a single number that is finite exactly when all of them are (a
-        weighted non-finite term makes the total non-finite too). The detail (which term,
-        which parameters) is only worked out on failure. Under fp16 the GradScaler skips
-        steps with inf/NaN gradients by design, so only the losses are checked.
+        One fused check and one host sync per step over the step's total losses and every
+        gradient (a weighted non-finite term makes the total non-finite too). The detail
+        (which term, which parameters) is only worked out on failure. Under fp16 the
+        GradScaler skips steps with inf/NaN gradients by design, so only the losses are
+        checked.
         """
-        check_grads = self.settings.precision != "fp16"
         if not self._step_losses:
             return
+        check_grads = self.settings.precision != "fp16"
         tensors = [torch.stack([losses["loss"].detach().float() for losses in self._step_losses])]
         if check_grads:
             if norm is not None:
