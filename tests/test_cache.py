@@ -205,3 +205,43 @@ def test_topk_cache_end_to_end(tmp_path):
         live = built.teacher(built.data.train.inputs[:10])
     assert torch.equal(k.logits.argmax(-1), live.argmax(-1))
     assert k.logits.shape == live.shape
+
+
+def test_kd_reads_soft_targets_prepared_once_and_falls_back_when_it_cannot(tmp_path):
+    """The cache serves KD's soft targets (computed once at T) and the term uses them; a
+    scheduled temperature or an entry read from disk keeps the per-step path. All three
+    give the live teacher's losses."""
+    live = build(parse_config(_cfg(tmp_path, {"mode": "off"})))
+    batch = live.data.train.batch(torch.arange(8, 40))
+    expected = live.scheme.step(batch, 0)
+
+    cached = build(parse_config(_cfg(tmp_path)))
+    cache = cached.scheme.teacher_cache.ensure()
+    term = cached.objective.terms[0]
+    knowledge = cache.lookup(batch["index"])
+    probs, const = knowledge.feats[term.prepared_key]
+    p = F.softmax(live.teacher(batch["input"]) / 2.0, -1).detach()
+    torch.testing.assert_close(probs, p)
+    torch.testing.assert_close(const, (p * p.log()).sum(-1))
+    got = cached.scheme.step(batch, 0)
+    for key in expected:  # float32 sums in another order: a few ulps apart
+        torch.testing.assert_close(got[key], expected[key], rtol=1e-5, atol=1e-6)
+
+    on_disk = build(parse_config(_cfg(tmp_path, {"memory_mb": 0})))
+    cache = on_disk.scheme.teacher_cache.ensure()
+    assert not cache.in_memory
+    assert term.prepared_key not in cache.lookup(batch["index"]).feats
+    torch.testing.assert_close(
+        on_disk.scheme.step(batch, 0)["kd"], expected["kd"], rtol=1e-5, atol=1e-6
+    )
+
+    cfg = _cfg(tmp_path)
+    cfg["objective"]["terms"][0]["args"] = {
+        "temperature": {"schedule": "linear", "start": 2.0, "end": 2.0, "steps": 10}
+    }
+    scheduled = build(parse_config(cfg))
+    assert scheduled.objective.terms[0].prepared is None
+    assert scheduled.objective.prepared_teacher() == {}
+    torch.testing.assert_close(
+        scheduled.scheme.step(batch, 0)["kd"], expected["kd"], rtol=1e-5, atol=1e-6
+    )

@@ -146,3 +146,40 @@ def test_bf16_logits_are_handled_in_float32():
     low = kd_loss(s.bfloat16(), t.bfloat16())
     assert low.dtype == torch.float32
     assert low.item() == pytest.approx(ref.item(), rel=0.05)
+
+
+@pytest.mark.parametrize(
+    "prepared_fn, reference",
+    [("kd_from_soft_targets", kd_loss), ("soft_ce_from_soft_targets", soft_cross_entropy)],
+)
+@pytest.mark.parametrize("temperature", [1.0, 4.0])
+@pytest.mark.parametrize("masked", [False, True])
+def test_prepared_soft_targets_match_the_loss_on_logits(
+    prepared_fn, reference, temperature, masked
+):
+    """KD on (p, sum p log p) stored once equals KD on the teacher's logits: value and gradient,
+    on (N, C) and masked (N, L, C) logits."""
+    from distill.losses import response
+
+    g = torch.Generator().manual_seed(3)
+    shape = (3, 5, 7) if masked else (6, 7)
+    student = (torch.randn(shape, generator=g) * 2).requires_grad_(True)
+    teacher = torch.randn(shape, generator=g) * 3
+    mask = torch.rand(shape[:-1], generator=g) > 0.4 if masked else None
+    prepared = response.soft_targets(teacher, temperature=temperature)
+    got = getattr(response, prepared_fn)(student, prepared, temperature=temperature, mask=mask)
+    want = reference(student, teacher, temperature=temperature, mask=mask)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    (g_got,) = torch.autograd.grad(got, student)
+    (g_want,) = torch.autograd.grad(want, student)
+    torch.testing.assert_close(g_got, g_want, rtol=1e-5, atol=1e-7)
+
+
+def test_prepared_soft_targets_reject_a_mismatch():
+    from distill.losses.response import kd_from_soft_targets, soft_targets
+
+    prepared = soft_targets(torch.randn(4, 5), temperature=2.0)
+    with pytest.raises(ValueError, match="do not fit"):
+        kd_from_soft_targets(torch.randn(4, 6), prepared, temperature=2.0)
+    with pytest.raises(ValueError, match="temperature"):
+        soft_targets(torch.randn(4, 5), temperature=0.0)

@@ -215,3 +215,33 @@ def test_epoch_callbacks_see_each_row_and_can_stop_the_run(tmp_path):
     assert (
         load_checkpoint(tmp_path / "r/checkpoints/last.safetensors")["trainer"]["epoch"] == 2
     )  # consistent
+
+
+@pytest.mark.parametrize("name", ["adam", "adamw"])
+def test_optimizer_kernels_take_the_same_steps(name):
+    """impl auto picks the fused kernel for float CPU parameters; every kernel computes the
+    same update (to float32 rounding)."""
+    from distill.settings import TrainSettings
+    from distill.trainer import make_optimizer
+
+    results = {}
+    for impl in ("auto", "fused", "foreach", "loop"):
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(5, 4), torch.nn.Tanh(), torch.nn.Linear(4, 3))
+        settings = TrainSettings(
+            optimizer={"name": name, "lr": 0.01, "weight_decay": 0.1, "impl": impl}
+        )
+        opt = make_optimizer(list(model.parameters()), settings)
+        if impl in ("auto", "fused"):
+            assert opt.defaults["fused"] is True
+        else:
+            assert not opt.defaults.get("fused")
+            assert opt.defaults["foreach"] is (impl == "foreach")
+        x = torch.randn(16, 5, generator=torch.Generator().manual_seed(1))
+        for _ in range(5):
+            opt.zero_grad()
+            model(x).square().mean().backward()
+            opt.step()
+        results[impl] = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    for impl, flat in results.items():
+        torch.testing.assert_close(flat, results["loop"], rtol=1e-5, atol=1e-6, msg=impl)

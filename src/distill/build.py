@@ -410,6 +410,7 @@ def _build_term(
         adapter=adapter,
         loss_args=args,
         needs_teacher=needs_teacher(tc.loss),
+        prepared=LOSSES[tc.loss].prepared if tc.loss in LOSSES else None,
     )
     if teacher_k is not None or not term.needs_teacher:
         try:
@@ -511,6 +512,9 @@ def build(cfg: ExperimentConfig, *, missing_weights_ok: bool = False) -> Built:
             seed=cfg.train.seed,
             log=_log if cfg.train.progress else lambda _m: None,
         )
+        if objective is not None:  # e.g. KD's soft targets, computed once per sample
+            for key, fn in objective.prepared_teacher().items():
+                scheme.teacher_cache.derive(key, fn)
     return Built(cfg, data, student, teacher, objective, scheme, augment, plan)
 
 

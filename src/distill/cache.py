@@ -181,6 +181,40 @@ class TeacherCache:
         self.arrays: dict[str, Tensor | np.ndarray] = {}
         self.path: Path | None = None
         self.num_classes: int | None = None
+        self.derived: dict[str, Callable[[Tensor], tuple[Tensor, ...]]] = {}
+        self.in_memory = False
+        self._parts: dict[str, int] = {}  # derived key -> how many arrays it has
+
+    def derive(self, key: str, fn: Callable[[Tensor], tuple[Tensor, ...]]) -> None:
+        """Also serve `fn(teacher logits)` under `key` in every lookup's knowledge.
+
+        Computed once over the whole in-memory table when the entry is opened (e.g. a KD
+        term's soft targets at its temperature: `distill.losses.PreparedTeacher`), so a step
+        only gathers rows; `fn` returns a tuple of tensors with the logits' leading dims,
+        served as a tuple. Entries too large for `memory_mb` (read from disk per batch) skip
+        it and the term prepares from the logits per step, as without a cache."""
+        self.derived[key] = fn
+        if self.path is not None:
+            self._derive()
+
+    def _derive(self) -> None:
+        if not self.in_memory:
+            return
+        for key, fn in self.derived.items():
+            if f"{key}.0" in self.arrays:
+                continue
+            if "logits" in self.arrays:
+                logits = self.arrays["logits"].float()
+            else:
+                logits = topk_expand(
+                    self.arrays["logits.values"],
+                    self.arrays["logits.indices"],
+                    self.arrays["logits.tail"],
+                    self.num_classes,
+                )
+            for i, part in enumerate(fn(logits)):
+                self.arrays[f"{key}.{i}"] = part.contiguous()
+            self._parts[key] = i + 1
 
     # ----------------------------------------------------------------- identity
     def fingerprint(self) -> str:
@@ -247,6 +281,7 @@ class TeacherCache:
         self.num_classes = meta.get("num_classes")
         self.path = path
         self.in_memory = in_memory
+        self._derive()
 
     def _view_generator(self, view: int) -> torch.Generator:
         return torch.Generator().manual_seed(self.seed * 1_000_003 + 7 * view + 1)
@@ -340,14 +375,16 @@ class TeacherCache:
     # ----------------------------------------------------------------- use
     def _take(self, name: str, index: Tensor, view: Tensor | None, device: torch.device) -> Tensor:
         arr = self.arrays[name]
-        if view is None and isinstance(arr, Tensor):  # one view: a single gather
-            return arr[0].index_select(0, index.to(arr.device)).to(device, non_blocking=True)
-        v = view if view is not None else torch.zeros_like(index)
-        if isinstance(arr, Tensor):
-            flat = arr.flatten(0, 1)
-            rows = (v.to(arr.device) * arr.shape[1] + index.to(arr.device)).long()
-            return flat.index_select(0, rows).to(device, non_blocking=True)
-        return torch.from_numpy(arr[v.cpu().numpy(), index.cpu().numpy()]).to(device)
+        if not isinstance(arr, Tensor):  # memory-mapped: read just these rows from disk
+            v = view if view is not None else torch.zeros_like(index)
+            return torch.from_numpy(arr[v.cpu().numpy(), index.cpu().numpy()]).to(device)
+        flat = arr.flatten(0, 1)  # (views * samples, ...): a view, no copy
+        if index.device != flat.device:
+            index = index.to(flat.device)
+        if view is not None:  # view-major rows
+            index = view.to(flat.device) * arr.shape[1] + index
+        out = flat.index_select(0, index)
+        return out if out.device == device else out.to(device, non_blocking=True)
 
     def lookup(self, index: Tensor, view: Tensor | None = None):
         """The teacher's `Knowledge` for samples `index` (and their `view`s), in fp32."""
@@ -368,6 +405,8 @@ class TeacherCache:
         feats = {
             name: self._take(f"feat.{name}", index, view, device).float() for name in self.layers
         }
+        for key, parts in self._parts.items():
+            feats[key] = tuple(self._take(f"{key}.{i}", index, view, device) for i in range(parts))
         return Knowledge(logits, feats)
 
     def view_inputs(self, index: Tensor, view: Tensor) -> Tensor:

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from distill.losses.response import PreparedTeacher
 from distill.taps import INPUT_GRAD, Knowledge
 
 
@@ -207,6 +208,11 @@ class Term(nn.Module):
     the current step (e.g. an annealed temperature). A loss with a `targets` keyword gets
     the batch labels (-1 marks an unlabelled row). `needs_teacher=False` marks losses that
     read only the student (teacher-free KD), which may run without a teacher.
+
+    `prepared` (a `distill.losses.PreparedTeacher`) lets a cached teacher hand this term
+    its teacher-side values computed once per sample: when the teacher's knowledge holds
+    `prepared_key`, the term reads that instead of the logits. Only for terms that read
+    the teacher's logits with the preparation's arguments constant.
     """
 
     def __init__(
@@ -220,6 +226,7 @@ class Term(nn.Module):
         adapter: nn.Module | None = None,
         loss_args: dict | None = None,
         needs_teacher: bool = True,
+        prepared: PreparedTeacher | None = None,
     ):
         super().__init__()
         self.name = name
@@ -239,6 +246,25 @@ class Term(nn.Module):
         self.batch_fields = {
             kw: key for kw, key in (("targets", "target"), ("index", "index")) if kw in params
         }
+        fixed = {}
+        if prepared is not None and teacher == "logits" and not self.batch_fields:
+            for arg in prepared.args:
+                value = self.loss_args.get(arg, params[arg].default if arg in params else None)
+                if value is None or value is inspect.Parameter.empty or isinstance(value, Schedule):
+                    prepared = None  # a scheduled or unknown argument: prepare per step
+                    break
+                fixed[arg] = value
+        else:
+            prepared = None
+        self.prepared = prepared
+        self._prepared_args = fixed
+        self.prepared_key = f"{name}@prepared"
+
+    def prepare_teacher(self) -> Callable[[Tensor], tuple[Tensor, ...]] | None:
+        """Maps the teacher's logits to what this term reads of them, or None."""
+        if self.prepared is None:
+            return None
+        return functools.partial(self.prepared.prepare, **self._prepared_args)
 
     @property
     def wants_targets(self) -> bool:
@@ -261,6 +287,10 @@ class Term(nn.Module):
                     f"term {self.name!r} needs the batch's {key!r}, but none was given"
                 )
             args[keyword] = batch[key]
+        if self.prepared is not None and teacher is not None:
+            ready = teacher.feats.get(self.prepared_key)
+            if ready is not None:
+                return self.prepared.loss(s, ready, **args)
         t = teacher.get(self.teacher) if teacher is not None else None
         return self.loss_fn(s, t, **args)
 
@@ -308,6 +338,15 @@ class Objective(nn.Module):
 
     def teacher_layers(self) -> list[str]:
         return tapped_layers(t.teacher for t in self.terms)
+
+    def prepared_teacher(self) -> dict[str, Callable[[Tensor], tuple[Tensor, ...]]]:
+        """{knowledge key: map from teacher logits} for terms a cached teacher can prepare."""
+        out = {}
+        for term in self.terms:
+            fn = term.prepare_teacher()
+            if fn is not None:
+                out[term.prepared_key] = fn
+        return out
 
     def reads_input_grad(self) -> bool:
         """True when a term reads the input gradient (the scheme must compute it)."""

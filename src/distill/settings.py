@@ -20,6 +20,8 @@ class OptimizerSettings(Strict):
     momentum: float = Field(0.9, ge=0, lt=1)  # sgd only
     nesterov: bool = False  # sgd only
     betas: tuple[float, float] = (0.9, 0.999)  # adam/adamw only
+    # kernels: auto = fused where supported (float params on CPU/CUDA), else PyTorch's default
+    impl: Literal["auto", "fused", "foreach", "loop"] = "auto"
 
 
 class ScheduleSettings(Strict):

@@ -68,7 +68,32 @@ def make_optimizer(
             weight_decay=opt.weight_decay,
         )
     cls = torch.optim.AdamW if opt.name == "adamw" else torch.optim.Adam
-    return cls(params, lr=opt.lr, betas=opt.betas, weight_decay=opt.weight_decay)
+    return cls(
+        params,
+        lr=opt.lr,
+        betas=opt.betas,
+        weight_decay=opt.weight_decay,
+        **_kernel(params, opt.impl),
+    )
+
+
+def _kernel(params: list[torch.nn.Parameter], impl: str) -> dict[str, bool]:
+    """Keyword arguments choosing the optimizer's kernels.
+
+    'auto' takes the fused kernel (one per parameter for the whole update; on CPU about 4x
+    faster than the per-tensor loop PyTorch defaults to there) when every parameter is a
+    floating-point tensor on a CPU or CUDA device, else PyTorch's default."""
+    if impl == "fused" or (
+        impl == "auto"
+        and params
+        and all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
+    ):
+        return {"fused": True}
+    if impl == "foreach":
+        return {"foreach": True}
+    if impl == "loop":
+        return {"foreach": False}
+    return {}
 
 
 def _rng_state(aug_gen: torch.Generator) -> dict[str, Any]:
@@ -145,6 +170,7 @@ class Trainer:
         self._summed = 0
         self._pending: list[dict[str, torch.Tensor]] = []  # losses not yet added to _sums
         self._step_losses: list[dict[str, torch.Tensor]] = []  # this optimizer step's
+        self._finite_flags: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
         self._stop_signal: str | None = None
         self._restored = False
         self.state = {
@@ -234,7 +260,11 @@ class Trainer:
             batch["input"] = self.augment(batch["input"], self.aug_gen)
         if random_draws and distributed.active():
             batch = {k: distributed.shard(v) for k, v in batch.items()}
-        return {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+        device = self.device
+        return {
+            k: v if v.device == device else v.to(device, non_blocking=True)
+            for k, v in batch.items()
+        }
 
     def _last_good(self) -> str:
         path = self.ckpt_dir / "last.safetensors"
@@ -254,10 +284,10 @@ class Trainer:
         if not self._step_losses:
             return
         check_grads = self.settings.precision != "fp16"
-        tensors = [torch.stack([losses["loss"].detach().float() for losses in self._step_losses])]
+        tensors = [losses["loss"].detach() for losses in self._step_losses]
         if check_grads:
             if norm is not None:
-                tensors.append(norm.detach().float().reshape(1))
+                tensors.append(norm.detach())
             else:
                 tensors += [p.grad for p in params if p.grad is not None]
         if self._all_finite(tensors):
@@ -267,25 +297,29 @@ class Trainer:
         if check_grads:
             self._check_gradients(params, norm)
 
-    @staticmethod
-    def _all_finite(tensors: list[torch.Tensor]) -> bool:
+    def _all_finite(self, tensors: list[torch.Tensor]) -> bool:
         """True when no element of `tensors` is NaN/inf, with one fused pass and one sync.
 
-        Uses the kernel GradScaler checks gradients with (multiplying by 1 changes nothing);
-        where a device lacks it, falls back to per-tensor norms."""
-        first = tensors[0]
-        by_device: dict[tuple, list[torch.Tensor]] = {}
+        Uses the kernel GradScaler checks gradients with (multiplying by 1 changes nothing),
+        once per (device, dtype) group, with its flag tensors kept between steps; where a
+        device lacks it, falls back to per-tensor norms."""
+        groups: dict[tuple, list[torch.Tensor]] = {}
         for t in tensors:
-            by_device.setdefault((t.device, t.dtype), []).append(t)
+            groups.setdefault((t.device, t.dtype), []).append(t)
         try:
-            flags = []
-            for (device, _dtype), group in by_device.items():
-                found = torch.zeros(1, device=device)
-                torch._amp_foreach_non_finite_check_and_unscale_(
-                    group, found, torch.ones(1, device=device)
-                )
-                flags.append(found.to(first.device))
-            return not bool(torch.cat(flags).any())
+            bad = False
+            for (device, _dtype), group in groups.items():
+                flags = self._finite_flags.get(device)
+                if flags is None:
+                    flags = self._finite_flags[device] = (
+                        torch.zeros(1, device=device),
+                        torch.ones(1, device=device),
+                    )
+                found, one = flags
+                found.zero_()
+                torch._amp_foreach_non_finite_check_and_unscale_(group, found, one)
+                bad = bad or bool(found)
+            return not bad
         except (RuntimeError, NotImplementedError):
             norms = [n.float().reshape(()) for n in torch._foreach_norm(tensors)]
             return bool(torch.isfinite(torch.stack(norms).sum()))

@@ -37,6 +37,9 @@ from distill.losses.relation import (
     sp_loss,
 )
 from distill.losses.response import (
+    KD_PREPARED,
+    SOFT_CE_PREPARED,
+    PreparedTeacher,
     dist_loss,
     dkd_loss,
     js_loss,
@@ -58,6 +61,8 @@ class LossSpec:
     family: str
     paper: str
     needs_teacher: bool = True  # False: reads only the student (teacher-free KD)
+    # teacher-side work a cached teacher can do once per sample (distill.cache)
+    prepared: PreparedTeacher | None = None
 
 
 LOSSES: dict[str, LossSpec] = {
@@ -65,9 +70,13 @@ LOSSES: dict[str, LossSpec] = {
         kd_loss,
         "response",
         "Hinton, Vinyals & Dean 2015, Distilling the Knowledge in a Neural Network",
+        prepared=KD_PREPARED,
     ),
     "soft_ce": LossSpec(
-        soft_cross_entropy, "response", "Hinton, Vinyals & Dean 2015 (cross-entropy form)"
+        soft_cross_entropy,
+        "response",
+        "Hinton, Vinyals & Dean 2015 (cross-entropy form)",
+        prepared=SOFT_CE_PREPARED,
     ),
     "reverse_kl": LossSpec(reverse_kl_loss, "response", "Gu et al. 2024, MiniLLM (reverse KL)"),
     "js": LossSpec(js_loss, "response", "Lin 1991 (Jensen-Shannon); Agarwal et al. 2024, GKD"),
@@ -212,6 +221,7 @@ __all__ = [
     "ttm_loss",
     "virtual_teacher_loss",
     "LossSpec",
+    "PreparedTeacher",
     "js_loss",
     "kd_loss",
     "mse_loss",

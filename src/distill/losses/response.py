@@ -8,6 +8,9 @@ is detached inside, so no gradient ever reaches a frozen teacher.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -72,6 +75,93 @@ def soft_cross_entropy(
     log_s, log_t = _log_probs(student_logits, teacher_logits, temperature)
     per_row = -(log_t.exp() * log_s).sum(-1)
     return temperature**2 * _row_mean(per_row, mask)
+
+
+# ------------------------------------------------------------ soft targets, prepared once
+#
+# With a cached teacher, what KD reads of the teacher is fixed per sample: its probabilities
+# at T and their sum p log p. Computing them once, when the cache is opened, leaves the step
+# the student's side only: one soft-target cross-entropy (a single fused call) plus the
+# stored constant. At small batch sizes each tensor operation costs microseconds of dispatch,
+# so the count of operations is what a step pays for.
+
+
+@dataclass(frozen=True)
+class PreparedTeacher:
+    """Teacher-side work of a loss done once per sample instead of every step.
+
+    `prepare(teacher_logits, **fixed)` maps teacher logits (..., C) to a tuple of tensors
+    with the same leading dims, which `loss(student_logits, prepared, **fixed, mask=None)`
+    reads in their place; `args` names the loss's keyword arguments the preparation depends
+    on, which must be constant over the run (a scheduled temperature keeps the per-step
+    path). Used by `distill.cache.TeacherCache`.
+    """
+
+    prepare: Callable[..., tuple[Tensor, ...]]
+    loss: Callable[..., Tensor]
+    args: tuple[str, ...] = ("temperature",)
+
+
+def soft_targets(teacher_logits: Tensor, *, temperature: float = 4.0) -> tuple[Tensor, Tensor]:
+    """(p, c): the teacher's probabilities softmax(teacher / T), (..., C), and c = sum p log p,
+    (...,), the constant that makes the cross-entropy a KL divergence."""
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    log_p = F.log_softmax(teacher_logits.detach().float() / temperature, dim=-1)
+    p = log_p.exp()
+    return p, (p * log_p).sum(-1)
+
+
+def _soft_target_loss(
+    student_logits: Tensor,
+    prepared: tuple[Tensor, Tensor],
+    temperature: float,
+    mask: Tensor | None,
+    with_const: bool,
+) -> Tensor:
+    probs, const = prepared
+    if probs.shape != student_logits.shape or const.shape != student_logits.shape[:-1]:
+        raise ValueError(
+            f"prepared soft targets {tuple(probs.shape)} / {tuple(const.shape)} do not fit "
+            f"student logits {tuple(student_logits.shape)}"
+        )
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    log_s = F.log_softmax(student_logits.float() / temperature, dim=-1)
+    if mask is None:  # the fewest tensor operations: sums over the whole batch, one scale
+        cross = log_s.mul(probs).sum()
+        total = const.sum() - cross if with_const else -cross
+        return total * (temperature**2 / max(const.numel(), 1))
+    per_row = -(probs * log_s).sum(-1)
+    if with_const:
+        per_row = per_row + const
+    return temperature**2 * _row_mean(per_row, mask)
+
+
+def kd_from_soft_targets(
+    student_logits: Tensor,
+    prepared: tuple[Tensor, Tensor],
+    *,
+    temperature: float = 4.0,
+    mask: Tensor | None = None,
+) -> Tensor:
+    """`kd_loss` on prepared targets (`soft_targets` of the teacher logits at the same T)."""
+    return _soft_target_loss(student_logits, prepared, temperature, mask, with_const=True)
+
+
+def soft_ce_from_soft_targets(
+    student_logits: Tensor,
+    prepared: tuple[Tensor, Tensor],
+    *,
+    temperature: float = 4.0,
+    mask: Tensor | None = None,
+) -> Tensor:
+    """`soft_cross_entropy` on prepared targets (`soft_targets` at the same T)."""
+    return _soft_target_loss(student_logits, prepared, temperature, mask, with_const=False)
+
+
+KD_PREPARED = PreparedTeacher(soft_targets, kd_from_soft_targets)
+SOFT_CE_PREPARED = PreparedTeacher(soft_targets, soft_ce_from_soft_targets)
 
 
 def reverse_kl_loss(

@@ -31,11 +31,11 @@ class OfflineKD:
     def from_context(cls, ctx: SchemeContext) -> OfflineKD:
         return cls(ctx.student, ctx.teacher, ctx.objective)
 
-    @torch.no_grad()
     def teacher_knowledge(self, batch: dict[str, Tensor]) -> Knowledge:
         if self.teacher_cache is not None and "index" in batch:
             return self.teacher_cache.lookup(batch["index"], batch.get("view"))
-        return self._teacher_tap.run(batch["input"]).detach()
+        with torch.no_grad():
+            return self._teacher_tap.run(batch["input"]).detach()
 
     def step(self, batch: dict[str, Tensor], step: int) -> dict[str, Tensor]:
         if self.objective.reads_input_grad():
