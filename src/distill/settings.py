@@ -63,4 +63,7 @@ class TrainSettings(Strict):
     early_stop_patience: int | None = Field(None, ge=1)  # epochs without a better val metric
     monitor: Literal["acc", "nll"] = "acc"  # the validation metric that picks the best weights
     progress: bool = True
+    # DataLoader worker processes collating batches ahead of the loop, for datasets without
+    # a .batch() method (those are collated sample by sample); 0: in the loop's process
+    workers: int = Field(0, ge=0)
     cache: CacheSettings = CacheSettings()  # the teacher-output cache (distill.cache)

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.utils.data import default_collate
 from tqdm.auto import tqdm
 
 from distill import distributed
@@ -123,6 +124,24 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+class _Indexed(torch.utils.data.Dataset):
+    """A map-style dataset's (input, target) items, each with its index."""
+
+    def __init__(self, dataset: Any):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int) -> tuple[Any, int]:
+        return self.dataset[i], i
+
+
+def _collate_indexed(items: list[tuple[Any, int]]) -> dict[str, torch.Tensor]:
+    inputs, targets = default_collate([x for x, _ in items])
+    return {"input": inputs, "target": targets, "index": torch.tensor([i for _, i in items])}
+
+
 class Trainer:
     """Trains `scheme.modules` on `train_data`, evaluating `scheme.eval_model()` on `val_data`.
 
@@ -171,6 +190,7 @@ class Trainer:
         self._pending: list[dict[str, torch.Tensor]] = []  # losses not yet added to _sums
         self._step_losses: list[dict[str, torch.Tensor]] = []  # this optimizer step's
         self._finite_flags: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._stream = None  # this epoch's prefetched batches (train.workers > 0)
         self._stop_signal: str | None = None
         self._restored = False
         self.state = {
@@ -249,7 +269,14 @@ class Trainer:
         cache = getattr(self.scheme, "teacher_cache", None)
         views = cache is not None and cache.views
         random_draws = views or self.augment is not None
-        batch = load_batch(self.train_data, index if random_draws else distributed.shard(index))
+        wanted = self._load_index(index)
+        batch = None
+        if self._stream is not None:  # collated ahead by DataLoader workers
+            batch = next(self._stream, None)
+            if batch is None or not torch.equal(batch["index"], wanted):
+                raise RuntimeError("the prefetched batches went out of step with the loop")
+        if batch is None:
+            batch = load_batch(self.train_data, wanted)
         if views:  # the student sees exactly the cached views
             view = torch.randint(cache.views, (len(index),), generator=self.aug_gen)
             batch["view"] = view
@@ -265,6 +292,38 @@ class Trainer:
             k: v if v.device == device else v.to(device, non_blocking=True)
             for k, v in batch.items()
         }
+
+    def _load_index(self, index: torch.Tensor) -> torch.Tensor:
+        """The samples this process loads for global batch `index`: its slice, or the whole
+        batch when random draws are made for the global batch first."""
+        cache = getattr(self.scheme, "teacher_cache", None)
+        if (cache is not None and cache.views) or self.augment is not None:
+            return index
+        return distributed.shard(index)
+
+    def _start_stream(self, order: torch.Tensor) -> None:
+        """With `train.workers` > 0 and a dataset that is collated sample by sample (no
+        `.batch()`), DataLoader worker processes load the rest of this epoch's batches ahead
+        of the loop, in the loop's exact order (pinned for a CUDA device)."""
+        self._stream = None
+        workers = self.settings.workers
+        if workers == 0 or hasattr(self.train_data, "batch"):
+            return
+        from torch.utils.data import DataLoader
+
+        bs, first = self.settings.batch_size, self.state["batch"]
+        batches = [
+            self._load_index(order[b * bs : (b + 1) * bs] if self.drop_last else order).tolist()
+            for b in range(first, self.batches_per_epoch)
+        ]
+        loader = DataLoader(
+            _Indexed(self.train_data),
+            batch_sampler=batches,
+            collate_fn=_collate_indexed,
+            num_workers=workers,
+            pin_memory=self.device.type == "cuda",
+        )
+        self._stream = iter(loader)
 
     def _last_good(self) -> str:
         path = self.ckpt_dir / "last.safetensors"
@@ -459,6 +518,7 @@ class Trainer:
         self.scheme.train(True)
         if st["batch"] == 0:
             self._sums, self._summed, self._pending = {}, 0, []
+        self._start_stream(order)
         bar = tqdm(
             total=self.batches_per_epoch,
             initial=st["batch"],
@@ -495,10 +555,12 @@ class Trainer:
                 self._optimizer_step()
                 stopped_by = self._stop_reason()
                 if stopped_by is not None:
+                    self._stream = None  # lets the workers go
                     self.save()
                     return stopped_by
                 if s.checkpoint_every_steps and st["step"] % s.checkpoint_every_steps == 0:
                     self.save()
+        self._stream = None
         self._epoch_losses = distributed.mean_over_ranks(
             {f"train_{k}": float(v / max(self._summed, 1)) for k, v in self._epoch_sums().items()}
         )
