@@ -290,7 +290,7 @@ class Term(nn.Module):
         if self.prepared is not None and teacher is not None:
             ready = teacher.feats.get(self.prepared_key)
             if ready is not None:
-                return self.prepared.loss(s, ready, **args)
+                return self.prepared.loss(s, ready, **{**self._prepared_args, **args})
         t = teacher.get(self.teacher) if teacher is not None else None
         return self.loss_fn(s, t, **args)
 

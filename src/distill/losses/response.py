@@ -81,9 +81,9 @@ def soft_cross_entropy(
 #
 # With a cached teacher, what KD reads of the teacher is fixed per sample: its probabilities
 # at T and their sum p log p. Computing them once, when the cache is opened, leaves the step
-# the student's side only: one soft-target cross-entropy (a single fused call) plus the
-# stored constant. At small batch sizes each tensor operation costs microseconds of dispatch,
-# so the count of operations is what a step pays for.
+# the student's side only: a log-softmax, one product with the stored probabilities, two
+# sums and one scale. At small batch sizes each tensor operation costs microseconds of
+# dispatch, so the count of operations is what a step pays for.
 
 
 @dataclass(frozen=True)
