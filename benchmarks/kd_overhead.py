@@ -29,6 +29,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from paired import median_ratio
 
 from distill.build import build
 from distill.config import parse_config
@@ -196,7 +197,7 @@ def main() -> None:
         )
 
     def ratio(a: str, b: str) -> float:
-        return statistics.median(x / y for x, y in zip(times[a], times[b], strict=True))
+        return median_ratio(times, a, b)
 
     result = {
         "benchmark": "kd_overhead",

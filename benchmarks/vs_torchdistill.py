@@ -42,6 +42,7 @@ import time
 from pathlib import Path
 
 import torch
+from paired import median_ratio
 from torch.utils.data import DataLoader, RandomSampler, TensorDataset
 
 from distill.build import build, load_model, weights_path
@@ -236,7 +237,7 @@ def main() -> None:
         )
 
     def ratio(a: str, b: str) -> float:
-        return statistics.median(x / y for x, y in zip(times[a], times[b], strict=True))
+        return median_ratio(times, a, b)
 
     result = {
         "benchmark": "vs_torchdistill",
