@@ -29,12 +29,9 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from paired import median_ratio
+from paired import EpochRunner, median_ratio
 
-from distill.build import build
 from distill.config import parse_config
-from distill.logs import MetricsLog
-from distill.trainer import Trainer
 
 TEACHER = {"name": "convnet", "args": {"channels": [32, 64, 64]}}
 STUDENT = {"name": "convnet", "args": {"channels": [8, 16, 16]}}
@@ -72,30 +69,13 @@ def config(kind: str, epochs: int, run_dir: Path, teacher_weights: Path | None) 
     return cfg
 
 
-class DistillRunner:
-    """One `distill` run, advanced an epoch at a time (what `Trainer.fit` does, unrolled)."""
+class DistillRunner(EpochRunner):
+    """One `distill` run of the given kind."""
 
     def __init__(self, kind: str, epochs: int, work: Path, teacher_weights: Path, seed: int):
-        run_dir = work / f"{kind}-{time.perf_counter_ns()}"
-        cfg = config(kind, epochs, run_dir, teacher_weights)
+        cfg = config(kind, epochs, work / f"{kind}-{time.perf_counter_ns()}", teacher_weights)
         cfg["train"]["seed"] = seed
-        built = build(parse_config(cfg))
-        self.trainer = Trainer(
-            built.scheme, built.data.train, built.data.val, built.cfg.train, run_dir=run_dir
-        )
-        cache = getattr(built.scheme, "teacher_cache", None)
-        if cache is not None:
-            cache.ensure()  # built once, before the timed loop (reused across runs)
-        run_dir.mkdir(parents=True)
-        self.log = MetricsLog(run_dir)
-
-    def epoch(self) -> float:
-        """Train one epoch (timed), then evaluate and checkpoint it (not timed)."""
-        start = time.perf_counter()
-        self.trainer._train_epoch()
-        spent = time.perf_counter() - start
-        self.trainer._end_epoch(self.log)
-        return spent
+        super().__init__(cfg)
 
 
 class HandRunner:

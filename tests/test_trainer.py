@@ -287,3 +287,53 @@ def test_dataloader_workers_feed_the_same_batches(tmp_path):
     for name in ("workers", "resumed"):
         for key, value in weights["inline"].items():
             torch.testing.assert_close(weights[name][key], value, rtol=0, atol=0)
+
+
+def test_compiled_models_train_the_same_weights(tmp_path):
+    """train.compile runs student and teacher through torch.compile (here its aot_eager
+    backend: graph capture of forward and backward without code generation, which keeps
+    the test fast); feature taps still work and the weights equal an eager run."""
+    teacher = make_teacher(tmp_path / "teacher.safetensors")
+    hint = {"loss": "mse", "weight": 0.1, "student": "blocks.0", "teacher": "blocks.1"}
+    hint["adapter"] = "linear"
+    weights = {}
+    for name, compile_ in (("eager", False), ("compiled", True)):
+        cfg = kd_cfg(tmp_path / name, teacher)
+        cfg["objective"]["terms"].append(hint)
+        cfg["train"].update(epochs=2, cache={"mode": "off"})
+        cfg["train"]["compile"] = {"enabled": compile_, "backend": "aot_eager"}
+        built = build(parse_config(cfg))
+        Trainer(
+            built.scheme, built.data.train, built.data.val, built.cfg.train, run_dir=tmp_path / name
+        ).fit()
+        assert (getattr(built.student, "_compiled_call_impl", None) is not None) == compile_
+        assert (getattr(built.teacher, "_compiled_call_impl", None) is not None) == compile_
+        weights[name] = built.scheme.modules.state_dict()
+    assert weights["eager"].keys() == weights["compiled"].keys()  # no wrapper prefixes
+    for key, value in weights["eager"].items():
+        torch.testing.assert_close(weights["compiled"][key], value, rtol=1e-5, atol=1e-6)
+
+
+def test_channels_last_trains_image_models_alike(tmp_path):
+    """train.channels_last stores 2-D conv weights and image batches as NHWC; training
+    follows the default layout's run (to float rounding)."""
+    weights = {}
+    for name, nhwc in (("nchw", False), ("nhwc", True)):
+        cfg = synthetic_cfg(
+            tmp_path / name,
+            data={"name": "digits", "options": {}},
+            student={"name": "convnet", "args": {"channels": [4, 8], "kernel_size": 3}},
+            train={"epochs": 1, "channels_last": nhwc},
+        )
+        built = build(parse_config(cfg))
+        trainer = Trainer(
+            built.scheme, built.data.train, built.data.val, built.cfg.train, run_dir=tmp_path / name
+        )
+        convs = [m for m in built.student.modules() if isinstance(m, torch.nn.Conv2d)]
+        conv = convs[-1]  # 8 x 4 x 3 x 3: one layout or the other, never both
+        assert conv.weight.is_contiguous(memory_format=torch.channels_last) == nhwc
+        assert conv.weight.is_contiguous() != nhwc
+        trainer.fit()
+        weights[name] = {k: v.contiguous() for k, v in built.student.state_dict().items()}
+    for key, value in weights["nchw"].items():
+        torch.testing.assert_close(weights["nhwc"][key], value, rtol=1e-4, atol=1e-5)

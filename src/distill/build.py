@@ -27,6 +27,7 @@ from distill.data import (
     load_batch,
     load_dataset,
 )
+from distill.distributed import env_world_size
 from distill.errors import CheckpointError, ConfigError, DataError, LayerError, unknown_name
 from distill.losses import LOSSES
 from distill.models import MODELS, build_model
@@ -500,6 +501,7 @@ def build(cfg: ExperimentConfig, *, missing_weights_ok: bool = False) -> Built:
         scheme=cfg.scheme.name,
         augmented=augment is not None,
         reads_input_grad=_reads_input_grad(cfg),
+        sharded_teacher=cfg.train.distributed.teacher == "shard" and env_world_size() > 1,
     )
     if plan.use:
         scheme.teacher_cache = TeacherCache(

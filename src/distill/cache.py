@@ -71,9 +71,15 @@ def plan_cache(
     scheme: str,
     augmented: bool,
     reads_input_grad: bool,
+    sharded_teacher: bool = False,
 ) -> CachePlan:
     """Whether a run should cache its teacher. `on` raises when the cache would not be exact."""
     problems = []
+    if sharded_teacher:
+        problems.append(
+            "the teacher is sharded across ranks (train.distributed.teacher: shard), and the "
+            "cache is built by rank 0 alone; use teacher: replicate to cache its outputs"
+        )
     if scheme != "offline":
         problems.append(f"scheme {scheme!r} runs its teachers itself (the cache serves 'offline')")
     if reads_input_grad:

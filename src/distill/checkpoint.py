@@ -154,10 +154,14 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def save_weights(
-    path: str | os.PathLike, module: torch.nn.Module, info: dict | None = None
+    path: str | os.PathLike,
+    weights: torch.nn.Module | dict[str, Tensor],
+    info: dict | None = None,
 ) -> None:
-    """A model's weights as a plain safetensors file (for deployment), with JSON `info`."""
-    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in module.state_dict().items()}
+    """A model's weights (the module or its state dict) as a plain safetensors file (for
+    deployment), with JSON `info`."""
+    state = weights.state_dict() if isinstance(weights, torch.nn.Module) else weights
+    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in state.items()}
     meta = {"distill_info": json.dumps(info or {})}
     atomic_write_bytes(path, st_save(tensors, metadata=meta))
 
@@ -195,4 +199,6 @@ def load_into(module: torch.nn.Module, state: dict[str, Tensor], label: str) -> 
             f"weights do not fit the {label}: " + "; ".join(parts) + ". Check that the model "
             "name and its args in the config are the ones the weights were trained with."
         )
-    module.load_state_dict(state)
+    from distill.distributed import load_full_state  # (may cut them into a sharded model)
+
+    load_full_state(module, state)

@@ -18,15 +18,33 @@ trunk) directly, so there is no single forward for DDP's hooks to wrap.
 Only rank 0 writes files (config, metrics, checkpoints, results); every rank evaluates the
 validation set, so early stopping and best-epoch decisions agree without communication.
 Checkpoints count global batches, so a run resumes on a different number of processes.
+
+Sharding (`train.distributed.student: shard` / `teacher: shard`) uses PyTorch's FSDP2
+(`fully_shard`) instead: each rank keeps 1/N of every parameter, gradient and optimizer
+moment (sharded along dim 0), and a module's full weights exist only while it runs. Every
+module that owns parameters is its own unit (all-gathered just before its forward, freed
+after it and again after its backward), so a scheme may call any part of a model directly.
+Gradients are reduce-scattered as averages, which gives the same update as the replicated
+path. Checkpoints and best weights are gathered to full tensors before rank 0 writes them:
+the files are the same whatever the strategy or world size, so any run resumes on any.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+from typing import Any
 
 import torch
 import torch.distributed as dist
+from torch import nn
+
+try:  # FSDP2 and DTensor (torch >= 2.6)
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import FSDPModule, fully_shard
+    from torch.distributed.tensor import DTensor, distribute_tensor
+except ImportError:  # a torch built without distributed support
+    DTensor = FSDPModule = fully_shard = None  # type: ignore[assignment,misc]
 
 
 def run_command(config: str, nproc: int, *extra: str) -> list[str]:
@@ -95,8 +113,10 @@ def average_gradients(params: list[torch.nn.Parameter]) -> None:
     """Replace every gradient by its mean over ranks (one flattened all-reduce).
 
     A parameter without a gradient on this rank contributes zeros, so the flattened
-    buffers line up on every rank.
+    buffers line up on every rank. Sharded parameters are skipped: FSDP has already
+    averaged their gradients with a reduce-scatter.
     """
+    params = [p for p in params if not is_dtensor(p)]
     if not active() or not params:
         return
     grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
@@ -118,6 +138,118 @@ def mean_over_ranks(values: dict[str, float]) -> dict[str, float]:
     t = torch.tensor([values[k] for k in keys], dtype=torch.float64)
     dist.all_reduce(t)
     return {k: float(v) / world_size() for k, v in zip(keys, t, strict=True)}
+
+
+# --------------------------------------------------------------------------- sharding (FSDP2)
+_MESH: dict[str, Any] = {}
+
+
+def is_dtensor(t: Any) -> bool:
+    return DTensor is not None and isinstance(t, DTensor)
+
+
+def is_sharded(module: nn.Module) -> bool:
+    return FSDPModule is not None and any(isinstance(m, FSDPModule) for m in module.modules())
+
+
+def local(t: torch.Tensor) -> torch.Tensor:
+    """This rank's part of a sharded tensor (the tensor itself when it is not sharded)."""
+    return t.to_local() if is_dtensor(t) else t
+
+
+def _mesh(device: torch.device):
+    if device.type not in _MESH:
+        _MESH[device.type] = init_device_mesh(device.type, (world_size(),))
+    return _MESH[device.type]
+
+
+def shard_module(module: nn.Module, device: torch.device) -> None:
+    """Shard `module`'s parameters across the ranks with FSDP2, in place.
+
+    Each submodule that owns parameters becomes one unit (modules that share a parameter,
+    e.g. tied embeddings, become one unit together), applied bottom-up, and each model
+    becomes the root of its units (the models of a ModuleDict/ModuleList each root their
+    own, as FSDP needs a root with a forward). Every unit frees its full weights after its
+    forward. Roots are initialised here, before any forward, so that calling a part of a
+    model first (as schemes do) cannot make that part a root of its own.
+    """
+    if fully_shard is None or not active():
+        raise RuntimeError("sharding needs torch.distributed with more than one process")
+    if isinstance(module, (nn.ModuleDict, nn.ModuleList)):
+        for child in module.children():
+            shard_module(child, device)
+        return
+    if not any(True for _ in module.parameters()):
+        return
+    mesh = _mesh(device)
+    order = {id(m): i for i, m in enumerate(module.modules())}
+    groups: list[list[nn.Module]] = []  # modules that own parameters; tied ones together
+    for m in module.modules():
+        mine = {id(p) for p in m.parameters(recurse=False)}
+        if m is module or not mine:
+            continue
+        merged, rest = [m], []
+        for g in groups:
+            if any(id(p) in mine for x in g for p in x.parameters(recurse=False)):
+                merged = g + merged
+            else:
+                rest.append(g)
+        groups = [*rest, merged]
+    # children before their parents: a unit takes the parameters no inner unit has taken
+    for group in sorted(groups, key=lambda g: -max(order[id(m)] for m in g)):
+        fully_shard(group if len(group) > 1 else group[0], mesh=mesh, reshard_after_forward=True)
+    fully_shard(module, mesh=mesh, reshard_after_forward=True)
+    # FSDP2 picks its root lazily, at the first forward it sees; schemes call parts of a
+    # model directly, so set the root now. (A private hook: tested in test_distributed.py.)
+    module._get_fsdp_state()._lazy_init()
+
+
+def gather_state(obj: Any) -> Any:
+    """`obj` (a nested state dict) with every sharded tensor gathered in full.
+
+    A collective: every rank calls it on the same structure. Without sharded tensors it
+    returns `obj` itself and communicates nothing.
+    """
+    if is_dtensor(obj):
+        return obj.full_tensor()
+    if isinstance(obj, dict):
+        out = {k: gather_state(v) for k, v in obj.items()}
+        return obj if all(out[k] is obj[k] for k in obj) else out
+    if isinstance(obj, list):
+        out_list = [gather_state(v) for v in obj]
+        return obj if all(a is b for a, b in zip(out_list, obj, strict=True)) else out_list
+    return obj
+
+
+def shard_like(own: torch.Tensor, full: torch.Tensor) -> torch.Tensor:
+    """`full` laid out like `own`: cut into this rank's shard when `own` is sharded.
+
+    Every rank holds the whole of `full` (all of them read the file), so the cut needs no
+    communication."""
+    if not is_dtensor(own) or is_dtensor(full) or full.shape != own.shape:
+        return full
+    full = full.to(device=own.device, dtype=own.dtype)
+    return distribute_tensor(full, own.device_mesh, own.placements, src_data_rank=None)
+
+
+def load_full_state(module: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """`module.load_state_dict(state)` where `state` holds full tensors and `module` may be
+    sharded (strict, as `load_state_dict` is)."""
+    own = module.state_dict()
+    module.load_state_dict({k: shard_like(own[k], v) if k in own else v for k, v in state.items()})
+
+
+def load_full_optimizer_state(optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+    """`optimizer.load_state_dict(state)` for a state saved with full tensors, when the
+    optimizer's parameters may be sharded: each moment the shape of its parameter is cut to
+    this rank's shard."""
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    per_param = {
+        i: {k: shard_like(params[i], v) if isinstance(v, torch.Tensor) else v for k, v in s.items()}
+        for i, s in state["state"].items()
+        if isinstance(i, int) and i < len(params)
+    }
+    optimizer.load_state_dict({**state, "state": {**state["state"], **per_param}})
 
 
 def barrier() -> None:

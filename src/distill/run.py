@@ -9,6 +9,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 
 from distill import distributed
@@ -33,6 +34,8 @@ RESUMABLE_CHANGES = {
     "checkpoint_every_steps",
     "early_stop_patience",
     "device",
+    "workers",
+    "distributed",  # placement on the ranks; checkpoints hold full tensors either way
 }
 
 
@@ -50,7 +53,9 @@ def check_run_dir(run_dir: Path, cfg: ExperimentConfig, *, resume: bool, overwri
     if resume and saved.is_file():
         changed = _changed_keys(yaml.safe_load(saved.read_text()), cfg.model_dump(mode="json"))
         changed = [
-            k for k in changed if not (k.startswith("train.") and k[6:] in RESUMABLE_CHANGES)
+            k
+            for k in changed
+            if not (k.startswith("train.") and k[6:].split(".")[0] in RESUMABLE_CHANGES)
         ]
         if changed:
             raise ConfigError(
@@ -111,34 +116,47 @@ def run_experiment(
     distributed.barrier()
     summary = trainer.fit(resume=resume)
     results: dict[str, Any] = {"name": cfg.name, "run_dir": str(run_dir), **summary}
+    models = {"student": built.student, "teacher": built.teacher}
+    sharded = [k for k, m in models.items() if m is not None and distributed.is_sharded(m)]
     if distributed.world_size() > 1:
         results["world_size"] = distributed.world_size()
+        results["sharded"] = sharded  # models split across the ranks with FSDP
     if built.cache_plan is not None and cfg.teacher is not None:
         results["teacher_cache"] = built.cache_plan.reason
     distributed.barrier()  # rank 0's last checkpoint and best weights are on disk
-    if summary["complete"] and main:
-        results.update(test_results(built, run_dir, trainer.settings.eval_batch_size))
-        atomic_write_text(run_dir / "results.json", json.dumps(results, indent=2))
+    # A sharded model runs only with every rank taking part, so then all ranks test.
+    if summary["complete"] and (main or sharded):
+        device = trainer.device if sharded else torch.device("cpu")
+        tested = test_results(built, run_dir, trainer.settings.eval_batch_size, device)
+        if main:
+            results.update(tested)
+            atomic_write_text(run_dir / "results.json", json.dumps(results, indent=2))
     return results
 
 
-def test_results(built: Any, run_dir: Path, batch_size: int) -> dict[str, float]:
-    """Test metrics of the best student weights, and of the teacher and their agreement."""
+def test_results(
+    built: Any, run_dir: Path, batch_size: int, device: torch.device | None = None
+) -> dict[str, float]:
+    """Test metrics of the best student weights, and of the teacher and their agreement.
+
+    Models run on `device` (CPU by default); a sharded model stays where it is."""
+    device = device or torch.device("cpu")
     state, _ = load_weights(weights_path(str(run_dir)))
     load_into(built.student, state, "student")
-    built.student.to("cpu")
+    for model in (built.student, built.teacher):
+        if model is not None and not distributed.is_sharded(model):
+            model.to(device)
     test = built.data.test
     scheme_test = getattr(built.scheme, "test_metrics", None)
     if scheme_test is not None:  # e.g. perplexity and token agreement for language models
         return scheme_test(test, batch_size=batch_size)
     if hasattr(test, "supervised"):  # token data without a language-model scheme
-        return {f"test_{k}": v for k, v in evaluate(built.student, test).items()}
+        return {f"test_{k}": v for k, v in evaluate(built.student, test, device=device).items()}
     targets = targets_of(test)
-    student_logits = predict_logits(built.student, test, batch_size=batch_size)
+    student_logits = predict_logits(built.student, test, batch_size=batch_size, device=device)
     out = {f"test_{k}": v for k, v in classification_metrics(student_logits, targets).items()}
     if built.teacher is not None:
-        built.teacher.to("cpu")
-        teacher_logits = predict_logits(built.teacher, test, batch_size=batch_size)
+        teacher_logits = predict_logits(built.teacher, test, batch_size=batch_size, device=device)
         out.update(
             {
                 f"teacher_test_{k}": v

@@ -46,6 +46,34 @@ class CacheSettings(Strict):
     verify: bool = True  # checksum every array when an entry is opened
 
 
+class CompileSettings(Strict):
+    """`train.compile`: run the models' forward passes through `torch.compile`.
+
+    Compiles the student, the other trained models and the frozen teachers in place (their
+    weights and checkpoints are unchanged). The first steps pay for compilation (seconds to
+    a minute); it pays off on long runs, above all on GPUs.
+    """
+
+    enabled: bool = False
+    backend: str = "inductor"  # any torch.compile backend; 'eager'/'aot_eager' for debugging
+    mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = (
+        "default"
+    )
+    dynamic: bool | None = None  # None: PyTorch decides (recompiles once on a new batch size)
+
+
+class DistributedSettings(Strict):
+    """`train.distributed`: how models are placed on the ranks of a torchrun launch.
+
+    replicate: every rank holds the whole model (data parallel, gradients all-reduced).
+    shard: FSDP; each rank holds 1/N of the parameters, gradients and optimizer state,
+    for models too large for one device. Ignored in a single process.
+    """
+
+    student: Literal["replicate", "shard"] = "replicate"  # every trained module
+    teacher: Literal["replicate", "shard"] = "replicate"  # every frozen model (teachers, EMA)
+
+
 class TrainSettings(Strict):
     epochs: int = Field(10, ge=1)
     batch_size: int = Field(128, ge=1)
@@ -67,3 +95,8 @@ class TrainSettings(Strict):
     # a .batch() method (those are collated sample by sample); 0: in the loop's process
     workers: int = Field(0, ge=0)
     cache: CacheSettings = CacheSettings()  # the teacher-output cache (distill.cache)
+    distributed: DistributedSettings = DistributedSettings()  # under torchrun
+    compile: CompileSettings = CompileSettings()
+    # 4-D (image) models and inputs in NHWC memory layout: faster convolutions on GPUs with
+    # tensor cores and on CPUs with oneDNN; a no-op for models without 4-D weights
+    channels_last: bool = False

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 from torch.utils.data import default_collate
 from tqdm.auto import tqdm
 
@@ -176,6 +177,8 @@ class Trainer:
         if settings.precision == "fp16" and self.device.type != "cuda":
             raise ConfigError("train.precision fp16 needs a CUDA device; on CPU use bf16 or fp32")
         self.scheme.to(self.device)
+        self._shard_models()
+        self._speed_up_models()
         params = [p for p in scheme.modules.parameters() if p.requires_grad]
         self.optimizer = make_optimizer(params, settings)
         self.scaler = torch.amp.GradScaler("cuda", enabled=settings.precision == "fp16")
@@ -202,20 +205,88 @@ class Trainer:
             "bad_epochs": 0,
         }
 
+    def _shard_models(self) -> None:
+        """Under torchrun, shard the trained and/or frozen models with FSDP when asked to."""
+        placement = self.settings.distributed
+        self.sharded = distributed.active() and placement.student == "shard"
+        shard_frozen = distributed.active() and placement.teacher == "shard"
+        if not (self.sharded or shard_frozen):
+            return
+        if self.sharded and self.settings.precision == "fp16":
+            raise ConfigError(
+                "train.distributed.student shard with precision fp16 is not supported (the "
+                "loss scaler does not handle sharded gradients); use precision bf16"
+            )
+        frozen = list(getattr(self.scheme, "frozen", []))
+        if (
+            getattr(self.scheme, "after_optimizer_step", None) is not None
+            and frozen
+            and placement.student != placement.teacher
+        ):
+            raise ConfigError(
+                "this scheme updates a frozen copy of the student from its weights after every "
+                "step (an EMA teacher), so both must be laid out alike: set "
+                "train.distributed.student and train.distributed.teacher to the same value"
+            )
+        trained = {id(p) for p in self.scheme.modules.parameters()}
+        if shard_frozen and any(id(p) in trained for m in frozen for p in m.parameters()):
+            raise ConfigError(
+                "a frozen model shares parameters with a trained one, so it cannot be sharded "
+                "on its own; set train.distributed.teacher to replicate"
+            )
+        if self.sharded:
+            distributed.shard_module(self.scheme.modules, self.device)
+        if shard_frozen:
+            for m in frozen:
+                if any(True for _ in m.parameters()):
+                    distributed.shard_module(m, self.device)
+
+    def _models(self) -> list[nn.Module]:
+        """The trained models (not the objective's loss modules) and the frozen ones."""
+        trained = [m for k, m in self.scheme.modules.items() if k != "objective"]
+        return [*trained, *getattr(self.scheme, "frozen", [])]
+
+    def _speed_up_models(self) -> None:
+        """channels_last memory layout and torch.compile, when the config asks for them."""
+        s = self.settings
+        if s.channels_last:
+            for m in self._models():
+                if any(p.dim() == 4 for p in m.parameters()):
+                    m.to(memory_format=torch.channels_last)
+        c = s.compile
+        if not c.enabled:
+            return
+        if self.sharded:
+            raise ConfigError(
+                "train.compile with train.distributed.student shard is not supported; turn "
+                "one of them off"
+            )
+        for m in self._models():
+            if any(True for _ in m.parameters()):
+                m.compile(
+                    backend=c.backend,
+                    mode=None if c.mode == "default" else c.mode,
+                    dynamic=c.dynamic,
+                )
+
     @property
     def ckpt_dir(self) -> Path:
         return self.run_dir / "checkpoints"
 
     # ----------------------------------------------------------------- checkpoints
     def save(self) -> None:
+        # Sharded tensors are gathered in full on every rank (a collective), so the file is
+        # the same whatever the strategy and world size; then one rank writes it.
+        modules = distributed.gather_state(self.scheme.modules.state_dict())
+        optimizer = distributed.gather_state(self.optimizer.state_dict())
         if not distributed.is_main():  # every rank holds the same state; one writes it
             self._fold()
             return
         save_checkpoint(
             self.ckpt_dir / "last.safetensors",
             {
-                "modules": self.scheme.modules.state_dict(),
-                "optimizer": self.optimizer.state_dict(),
+                "modules": modules,
+                "optimizer": optimizer,
                 "scaler": self.scaler.state_dict(),
                 "trainer": dict(self.state),
                 # running loss sums of the unfinished epoch, so its logged means stay exact
@@ -233,8 +304,8 @@ class Trainer:
             )
         ckpt = load_checkpoint(path)
         try:
-            self.scheme.modules.load_state_dict(ckpt["modules"])
-            self.optimizer.load_state_dict(ckpt["optimizer"])
+            distributed.load_full_state(self.scheme.modules, ckpt["modules"])
+            distributed.load_full_optimizer_state(self.optimizer, ckpt["optimizer"])
         except (RuntimeError, ValueError, KeyError) as e:
             raise CheckpointError(
                 f"{str(path)!r} does not match the models and optimizer this config builds "
@@ -288,10 +359,13 @@ class Trainer:
         if random_draws and distributed.active():
             batch = {k: distributed.shard(v) for k, v in batch.items()}
         device = self.device
-        return {
+        batch = {
             k: v if v.device == device else v.to(device, non_blocking=True)
             for k, v in batch.items()
         }
+        if self.settings.channels_last and batch["input"].dim() == 4:
+            batch["input"] = batch["input"].contiguous(memory_format=torch.channels_last)
+        return batch
 
     def _load_index(self, index: torch.Tensor) -> torch.Tensor:
         """The samples this process loads for global batch `index`: its slice, or the whole
@@ -346,15 +420,27 @@ class Trainer:
         tensors = [losses["loss"].detach() for losses in self._step_losses]
         if check_grads:
             if norm is not None:
-                tensors.append(norm.detach())
+                tensors.append(distributed.local(norm.detach()))
             else:
-                tensors += [p.grad for p in params if p.grad is not None]
-        if self._all_finite(tensors):
+                tensors += [distributed.local(p.grad) for p in params if p.grad is not None]
+        finite = self._all_finite(tensors)
+        if self.sharded:  # each rank saw its own shards: all stop, or none
+            finite = not distributed.any_rank(not finite)
+        if finite:
             return
         for losses in self._step_losses:
             self._check_losses(losses)
         if check_grads:
             self._check_gradients(params, norm)
+        if not self.sharded:
+            return
+        # the bad shard or loss is on another rank, which raised with the detail
+        raise NonFiniteError(
+            f"a loss or gradient went non-finite on another rank at epoch "
+            f"{self.state['epoch'] + 1}, step {self.state['step']}; the step was not applied; "
+            f"{self._last_good()}. Fix: lower train.optimizer.lr, set train.clip_grad_norm, "
+            f"or use precision fp32."
+        )
 
     def _all_finite(self, tensors: list[torch.Tensor]) -> bool:
         """True when no element of `tensors` is NaN/inf, with one fused pass and one sync.
@@ -403,14 +489,15 @@ class Trainer:
             grads = [p.grad for p in params if p.grad is not None]
             if not grads:
                 return
-            norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)).float())
-        if bool(torch.isfinite(norm)):
+            local = [distributed.local(g) for g in grads]
+            norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(local)).float())
+        if bool(torch.isfinite(distributed.local(norm))):
             return
         names = {id(p): n for n, p in self.scheme.modules.named_parameters()}
         bad = [
             names.get(id(p), "?")
             for p in params
-            if p.grad is not None and not p.grad.isfinite().all()
+            if p.grad is not None and not distributed.local(p.grad).isfinite().all()
         ]
         raise NonFiniteError(
             f"non-finite gradient at epoch {self.state['epoch'] + 1}, step {self.state['step']} "
@@ -623,10 +710,11 @@ class Trainer:
         improved = score > st["best"]
         if improved:
             st["best"], st["best_epoch"], st["bad_epochs"] = score, st["epoch"] + 1, 0
+            weights = distributed.gather_state(self.scheme.eval_model().state_dict())
             if distributed.is_main():
                 save_weights(
                     self.ckpt_dir / "best.safetensors",
-                    self.scheme.eval_model(),
+                    weights,
                     {
                         **self.export_info,
                         "epoch": st["epoch"] + 1,

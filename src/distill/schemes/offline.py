@@ -21,6 +21,7 @@ class OfflineKD:
     def __init__(self, student: nn.Module, teacher: nn.Module, objective: Objective):
         self.student = student
         self.teacher = freeze(teacher)
+        self.frozen = [self.teacher]  # what the trainer may shard or compile
         self.objective = objective
         self.modules = nn.ModuleDict({"student": student, "objective": objective})
         self._student_tap = Tap(student, objective.student_layers(), "student")
