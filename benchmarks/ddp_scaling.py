@@ -1,9 +1,11 @@
 """Data parallelism: the same KD run on 1 process and on N torchrun processes (gloo on CPU).
 
 MNIST-1D, the 34k-parameter ConvNet teacher (random init: speed only), the 2.9k-parameter
-student, global batch 100, 10 epochs, cached teacher. Each launch is timed by its own
-training loop (`seconds` in results.json) and end to end; the final weights of the two
-runs are compared. 1 process uses all `--threads`; N processes split them.
+student, global batch 100, 10 epochs, cached teacher. Three launches a round: 1 process,
+N processes with the student replicated (data parallel), and N processes with it sharded
+(`train.distributed.student: shard`, FSDP). Each launch is timed by its own training loop
+(`seconds` in results.json) and end to end; the final weights of the N-process runs are
+compared with the 1-process run. 1 process uses all `--threads`; N processes split them.
 
     python benchmarks/ddp_scaling.py [--nproc 2] [--threads 2] [--epochs 10] [--rounds 2]
 
@@ -30,7 +32,7 @@ from distill.config import parse_config
 from distill.distributed import run_command
 
 
-def write_config(work: Path, name: str, epochs: int) -> Path:
+def write_config(work: Path, name: str, epochs: int, student: str = "replicate") -> Path:
     cfg = {
         "name": name,
         "run_dir": str(work / name),
@@ -53,6 +55,7 @@ def write_config(work: Path, name: str, epochs: int) -> Path:
             "device": "cpu",
             "optimizer": {"name": "adam", "lr": 0.003},
             "cache": {"dir": str(work / "cache")},
+            "distributed": {"student": student},
         },
     }
     path = work / f"{name}.yaml"
@@ -80,8 +83,12 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2)
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="ddp-scaling-"))
-    one_cfg, many_cfg = (write_config(work, n, args.epochs) for n in ("one", "many"))
-    base = parse_config(yaml.safe_load(one_cfg.read_text()))
+    configs = {
+        "one": write_config(work, "one", args.epochs),
+        "many": write_config(work, "many", args.epochs),
+        "sharded": write_config(work, "sharded", args.epochs, student="shard"),
+    }
+    base = parse_config(yaml.safe_load(configs["one"].read_text()))
     data = load_data(base.data)
     torch.manual_seed(0)
     save_weights(
@@ -89,19 +96,25 @@ def main() -> None:
         load_model(base.teacher.model_copy(update={"weights": None}), data, "t"),
     )
     build(base).scheme.teacher_cache.ensure()  # built once, outside the timings
-    times: dict[str, list[tuple[float, float]]] = {"one": [], "many": []}
+    times: dict[str, list[tuple[float, float]]] = {k: [] for k in configs}
     for r in range(args.rounds):
-        order = [("one", 1), ("many", args.nproc)]
+        order = [("one", 1), ("many", args.nproc), ("sharded", args.nproc)]
         for name, n in order if r % 2 == 0 else reversed(order):
-            times[name].append(launch(one_cfg if name == "one" else many_cfg, n, args.threads))
+            times[name].append(launch(configs[name], n, args.threads))
             print(
                 f"round {r + 1} {name} ({n} proc): loop {times[name][-1][0]:.2f}s, "
                 f"launch {times[name][-1][1]:.2f}s",
                 flush=True,
             )
-    a = load_checkpoint(work / "one" / "checkpoints" / "last.safetensors")["modules"]
-    b = load_checkpoint(work / "many" / "checkpoints" / "last.safetensors")["modules"]
-    diff = max(float((a[k].float() - b[k].float()).abs().max()) for k in a)
+
+    def weights(name: str) -> dict[str, torch.Tensor]:
+        return load_checkpoint(work / name / "checkpoints" / "last.safetensors")["modules"]
+
+    a = weights("one")
+    diffs = {
+        name: max(float((a[k].float() - b[k].float()).abs().max()) for k in a)
+        for name, b in ((n, weights(n)) for n in ("many", "sharded"))
+    }
     loop = {k: statistics.median(t for t, _ in v) for k, v in times.items()}
     wall = {k: statistics.median(w for _, w in v) for k, v in times.items()}
     result = {
@@ -113,12 +126,16 @@ def main() -> None:
         "launch_speedup": wall["one"] / wall["many"],
         "loop_seconds": loop,
         "launch_seconds": wall,
+        "sharded_vs_replicated_loop": loop["sharded"] / loop["many"],
         "samples_per_second": {k: args.epochs * len(data.train) / v for k, v in loop.items()},
-        "max_abs_weight_difference": diff,
+        "max_abs_weight_difference": diffs["many"],
+        "max_abs_weight_difference_sharded": diffs["sharded"],
     }
     print(
         f"{args.nproc} processes vs 1: loop x{result['loop_speedup']:.2f}, "
-        f"launch x{result['launch_speedup']:.2f}; final weights differ by at most {diff:.2e}"
+        f"launch x{result['launch_speedup']:.2f}; final weights differ by at most "
+        f"{diffs['many']:.2e}; sharded / replicated loop time "
+        f"{result['sharded_vs_replicated_loop']:.2f} (weights differ by {diffs['sharded']:.2e})"
     )
     print(json.dumps(result))
 

@@ -4,6 +4,7 @@ The model has what breaks naive sharding: a parameter owned by a parent module, 
 tied between two modules, and a part of it called directly before the whole model runs.
 Every rank also trains an unsharded copy on the whole batch; after a few steps the gathered
 sharded weights must equal it, and optimizer state must survive a gather and reload.
+Last, the epoch-end agreement helpers (buffers and metrics from rank 0).
 """
 
 from __future__ import annotations
@@ -77,6 +78,12 @@ def main() -> None:
     b = distributed.gather_state(again.state_dict())
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
+    # epoch-end agreement: rank 0's BatchNorm statistics and validation metrics everywhere
+    bn = nn.BatchNorm1d(3)
+    bn.running_mean.fill_(float(dist.get_rank() + 1))
+    distributed.broadcast_buffers(bn)
+    assert torch.equal(bn.running_mean, torch.ones(3))
+    assert distributed.from_rank0({"acc": float(dist.get_rank())}) == {"acc": 0.0}
     if dist.get_rank() == 0:
         print("FSDP-WORKER-OK", flush=True)
     distributed.shutdown()

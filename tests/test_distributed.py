@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 import yaml
-from helpers import kd_cfg, make_teacher
+from helpers import kd_cfg, make_teacher, synthetic_cfg
 
 from distill.checkpoint import load_checkpoint
 from distill.distributed import run_command
@@ -120,3 +120,28 @@ def test_sharded_runs_match_one_process_and_resume_under_any_placement(tmp_path)
     bad = _launch(_config(tmp_path, "bad", distributed=shard, compile={"enabled": True}), 2)
     assert bad.returncode != 0 and "turn one of them off" in bad.stderr
     assert not (tmp_path / "bad").exists()
+
+
+def test_batchnorm_ranks_agree_on_best_epochs_when_sharded(tmp_path):
+    """Each rank's BatchNorm statistics come from its own slice; at every epoch's end all
+    ranks take rank 0's, and rank 0's validation metrics, so the best-weights gathers and
+    early stopping happen on every rank at once (diverging, they deadlocked)."""
+    cfg = synthetic_cfg(
+        tmp_path / "bn",
+        data={"name": "digits", "options": {}},
+        student={"name": "convnet", "args": {"channels": [4, 8], "kernel_size": 3}},
+        train={
+            "epochs": 4,
+            "device": "cpu",
+            "early_stop_patience": 1,
+            "distributed": {"student": "shard"},
+        },
+    )
+    path = tmp_path / "bn.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    out = _launch(path, 2)
+    assert out.returncode == 0, out.stderr[-3000:]
+    results = yaml.safe_load((tmp_path / "bn" / "results.json").read_text())
+    assert results["sharded"] == ["student"] and results["complete"]
+    state = _modules(tmp_path / "bn")
+    assert any("running_mean" in k for k in state)

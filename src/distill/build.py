@@ -152,7 +152,8 @@ def _scheme_problems(cfg: ExperimentConfig, spec: Any) -> list[str]:
     if spec.build is not None and name != "offline":
         if _reads_input_grad(cfg):
             problems.append("objective.terms: input_grad needs a teacher; use scheme: offline")
-        if any(needs_teacher(t.loss) for t in cfg.objective.terms):
+        # adversarial runs the objective on its teacher's outputs, as offline does
+        if name != "adversarial" and any(needs_teacher(t.loss) for t in cfg.objective.terms):
             why = "has no teacher" if name == "supervised" else "makes its own distillation losses"
             problems.append(
                 f"objective.terms: the {name} scheme {why}; "

@@ -252,6 +252,24 @@ def load_full_optimizer_state(optimizer: torch.optim.Optimizer, state: dict[str,
     optimizer.load_state_dict({**state, "state": {**state["state"], **per_param}})
 
 
+def broadcast_buffers(module: nn.Module) -> None:
+    """Give every rank rank 0's buffers (e.g. BatchNorm running statistics)."""
+    if not active():
+        return
+    for buffer in module.buffers():
+        dist.broadcast(buffer, src=0)
+
+
+def from_rank0(values: dict[str, float]) -> dict[str, float]:
+    """Rank 0's value of each entry on every rank (the keys must agree)."""
+    if not active() or not values:
+        return values
+    keys = sorted(values)
+    t = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64)
+    dist.broadcast(t, src=0)
+    return {k: float(v) for k, v in zip(keys, t, strict=True)}
+
+
 def barrier() -> None:
     if active():
         dist.barrier()

@@ -14,10 +14,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 
-def _grad_sign(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
+def _grad_sign(
+    model: nn.Module, x: Tensor, y: Tensor, loss_fn: Callable[[Tensor], Tensor] | None = None
+) -> Tensor:
+    """Sign of the gradient w.r.t. the input of `loss_fn(model(x))` (default: label CE)."""
     x = x.detach().requires_grad_(True)
     with torch.enable_grad():
-        loss = F.cross_entropy(model(x), y)
+        logits = model(x)
+        loss = loss_fn(logits) if loss_fn is not None else F.cross_entropy(logits, y)
         (grad,) = torch.autograd.grad(loss, x)
     return grad.sign()
 
@@ -36,14 +40,24 @@ def pgd(
     steps: int = 10,
     step_size: float | None = None,
     generator: torch.Generator | None = None,
+    loss_fn: Callable[[Tensor], Tensor] | None = None,
+    clamp: tuple[float, float] | None = None,
 ) -> Tensor:
-    """Projected gradient descent in the L-inf ball of radius eps, from a random start."""
+    """Projected gradient ascent in the L-inf ball of radius eps around x, from a random start
+    (Madry et al. 2018), on `loss_fn(logits)` (default: cross-entropy with labels y).
+
+    Every iterate is projected back into the ball (and into `clamp`, the valid input range,
+    when given), so the result never leaves it."""
     step_size = step_size if step_size is not None else 2.5 * eps / steps
+
+    def project(adv: Tensor) -> Tensor:
+        adv = x + (adv - x).clamp(-eps, eps)
+        return adv.clamp(*clamp) if clamp is not None else adv
+
     noise = torch.rand(x.shape, generator=generator).to(x.device) * 2 - 1
-    adv = x + eps * noise
+    adv = project(x + eps * noise).detach()
     for _ in range(steps):
-        adv = adv + step_size * _grad_sign(model, adv, y)
-        adv = (x + (adv - x).clamp(-eps, eps)).detach()
+        adv = project(adv + step_size * _grad_sign(model, adv, y, loss_fn)).detach()
     return adv
 
 

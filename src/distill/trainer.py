@@ -702,10 +702,15 @@ class Trainer:
     def _end_epoch(self, log: MetricsLog) -> bool:
         """Evaluate, log, checkpoint; True when early stopping says to stop."""
         s, st = self.settings, self.state
+        # Ranks normalised their own slices, so their BatchNorm statistics differ: all take
+        # rank 0's (the ones its checkpoint saves, and what DDP's broadcast_buffers keeps).
+        distributed.broadcast_buffers(self.scheme.modules)
         scheme_eval = getattr(self.scheme, "evaluate", None)  # e.g. perplexity for LMs
         metrics = (scheme_eval or partial(evaluate, self.scheme.eval_model()))(
             self.val_data, batch_size=s.eval_batch_size, device=self.device
         )
+        # best-epoch and early-stopping decisions (and the collectives behind them) must agree
+        metrics = distributed.from_rank0(metrics)
         score = metrics["acc"] if s.monitor == "acc" else -metrics["nll"]
         improved = score > st["best"]
         if improved:

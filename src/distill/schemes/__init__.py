@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from distill.embed import EmbeddingDistillation
 from distill.llm.scheme import LMDistillation
 from distill.mlm import MaskedLMDistillation
+from distill.schemes.adversarial import AdversarialKD, RobustDistillation
 from distill.schemes.base import SchemeBase, SchemeContext, parse_args
 from distill.schemes.multi_teacher import MultiTeacher
 from distill.schemes.offline import OfflineKD
@@ -189,6 +190,27 @@ SCHEMES: dict[str, SchemeSpec] = {
         "Sanh et al. 2019, DistilBERT (triple loss); Wang et al. 2020, MiniLM (attention transfer)",
         "optional",
         MaskedLMDistillation,
+    ),
+    "adversarial": _spec(
+        "adversarial",
+        "Wang et al. 2018 (KDGAN), Xu et al. 2018: a discriminator between teacher and "
+        "student outputs (logits or features)",
+        "required",
+        AdversarialKD,
+    ),
+    "ard": SchemeSpec(
+        "adversarial",
+        "Goldblum et al. 2020, Adversarially Robust Distillation (PGD, Madry et al. 2018)",
+        "required",
+        lambda ctx: RobustDistillation(ctx, "ard"),
+        RobustDistillation.Args,
+    ),
+    "pgd_at": SchemeSpec(
+        "adversarial",
+        "Madry et al. 2018, PGD adversarial training (the student alone; ARD's baseline)",
+        "none",
+        lambda ctx: RobustDistillation(ctx, "pgd_at"),
+        RobustDistillation.Args,
     ),
     "ban": SchemeSpec("pipeline", "Furlanello et al. 2018, Born-Again Neural Networks", "optional"),
     "teacher_assistant": SchemeSpec(
