@@ -57,10 +57,39 @@ def lr_factor(step: int, total_steps: int, schedule: ScheduleSettings) -> float:
     return schedule.min_lr_ratio + (1.0 - schedule.min_lr_ratio) * cosine
 
 
+def _lr_groups(scheme: Any, params: list[torch.nn.Parameter]) -> list[dict] | None:
+    """Parameter groups for a scheme's `lr_scales` ({module name in scheme.modules: factor of
+    the learning rate}, e.g. a generator that must move slower than the student); None when
+    it has none. Parameters keep their order, so checkpoints line up."""
+    scales = getattr(scheme, "lr_scales", None) or {}
+    if not scales:
+        return None
+    unknown = set(scales) - set(scheme.modules.keys())
+    if unknown:
+        raise ConfigError(f"lr_scales names modules the scheme does not train: {sorted(unknown)}")
+    scale_of = {
+        id(p): scales[k] for k, m in scheme.modules.items() if k in scales for p in m.parameters()
+    }
+    groups: list[dict] = []
+    for p in params:
+        scale = scale_of.get(id(p), 1.0)
+        if not groups or groups[-1]["scale"] != scale:
+            groups.append({"scale": scale, "params": []})
+        groups[-1]["params"].append(p)
+    return groups
+
+
 def make_optimizer(
-    params: list[torch.nn.Parameter], settings: TrainSettings
+    params: list[torch.nn.Parameter],
+    settings: TrainSettings,
+    groups: list[dict] | None = None,
 ) -> torch.optim.Optimizer:
+    """The configured optimizer over `params`; `groups` ([{"scale": f, "params": [...]}])
+    give parts of them the learning rate times f."""
     opt = settings.optimizer
+    if groups is not None:
+        params = [{"params": g["params"], "lr": opt.lr * g["scale"]} for g in groups]
+    flat = [p for g in groups for p in g["params"]] if groups is not None else params
     if opt.name == "sgd":
         return torch.optim.SGD(
             params,
@@ -75,7 +104,7 @@ def make_optimizer(
         lr=opt.lr,
         betas=opt.betas,
         weight_decay=opt.weight_decay,
-        **_kernel(params, opt.impl),
+        **_kernel(flat, opt.impl),
     )
 
 
@@ -180,7 +209,7 @@ class Trainer:
         self._shard_models()
         self._speed_up_models()
         params = [p for p in scheme.modules.parameters() if p.requires_grad]
-        self.optimizer = make_optimizer(params, settings)
+        self.optimizer = make_optimizer(params, settings, _lr_groups(scheme, params))
         self.scaler = torch.amp.GradScaler("cuda", enabled=settings.precision == "fp16")
         self.aug_gen = torch.Generator().manual_seed(settings.seed + 7919)
         n = len(train_data)

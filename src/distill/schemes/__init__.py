@@ -27,6 +27,7 @@ from distill.llm.scheme import LMDistillation
 from distill.mlm import MaskedLMDistillation
 from distill.schemes.adversarial import AdversarialKD, RobustDistillation
 from distill.schemes.base import SchemeBase, SchemeContext, parse_args
+from distill.schemes.data_free import DAFL, DFAD, DeepInversion
 from distill.schemes.multi_teacher import MultiTeacher
 from distill.schemes.offline import OfflineKD
 from distill.schemes.online import (
@@ -211,6 +212,26 @@ SCHEMES: dict[str, SchemeSpec] = {
         "none",
         lambda ctx: RobustDistillation(ctx, "pgd_at"),
         RobustDistillation.Args,
+    ),
+    "dafl": _spec(
+        "data-free",
+        "Chen et al. 2019, Data-Free Learning of Student Networks (generator, teacher as "
+        "discriminator)",
+        "required",
+        DAFL,
+    ),
+    "deep_inversion": _spec(
+        "data-free",
+        "Yin et al. 2020, Dreaming to Distill (DeepInversion: BatchNorm-statistic inversion)",
+        "required",
+        DeepInversion,
+    ),
+    "dfad": _spec(
+        "data-free",
+        "Micaelli & Storkey 2019 (ZSKT), Fang et al. 2019 (DFAD): a generator seeks "
+        "teacher-student disagreement",
+        "required",
+        DFAD,
     ),
     "ban": SchemeSpec("pipeline", "Furlanello et al. 2018, Born-Again Neural Networks", "optional"),
     "teacher_assistant": SchemeSpec(
