@@ -26,6 +26,7 @@ from distill.data import (
     build_augmentation,
     load_batch,
     load_dataset,
+    teacher_input,
 )
 from distill.distributed import env_world_size
 from distill.errors import CheckpointError, ConfigError, DataError, LayerError, unknown_name
@@ -147,6 +148,18 @@ def _scheme_problems(cfg: ExperimentConfig, spec: Any) -> list[str]:
             )
     elif cfg.teachers:
         problems.append(f"teachers: only multi_teacher uses a teachers list, not {name}")
+    if cfg.data.paired is not None and name not in ("offline", "dml", "supervised"):
+        problems.append(
+            f"data.paired: cross-modal data (the teacher reads the paired modality) works with "
+            f"schemes offline and dml, not {name}"
+        )
+    if cfg.data.paired is not None and _reads_input_grad(cfg):
+        problems.append("data.paired: input-gradient terms need one input for both models")
+    if cfg.data.paired is not None and cfg.train.cache.views:
+        problems.append(
+            "train.cache.views: with data.paired the teacher reads the paired input, which "
+            "augmentation leaves alone, so the cache is exact without views; remove views"
+        )
     if cfg.peers and name not in ("dml", "okddip", "ffl"):
         problems.append(f"peers: only the online schemes dml, okddip and ffl use peers, not {name}")
     if spec.build is not None and name != "offline":
@@ -171,6 +184,8 @@ def load_data(spec: DataConfig) -> DataSplits:
         train_samples=spec.train_samples,
         unlabeled=spec.unlabeled,
         classes=spec.classes,
+        view=spec.view,
+        paired=spec.paired,
         **spec.options,
     )
 
@@ -193,7 +208,10 @@ def load_model(
     num_classes = len(classes) if classes else data.num_classes
     if role == "teacher" and data.teacher_tokenizer is not None:  # cross-tokenizer LM KD
         num_classes = data.teacher_tokenizer.vocab_size
-    model = build_model(spec.name, data.input_shape, num_classes, spec.args)
+    shape = data.input_shape
+    if role.startswith("teacher") and data.paired_shape is not None:  # cross-modal
+        shape = data.paired_shape
+    model = build_model(spec.name, shape, num_classes, spec.args)
     if spec.weights is not None:
         path = weights_path(spec.weights)
         if missing_weights_ok and not path.exists():
@@ -459,7 +477,10 @@ def build(cfg: ExperimentConfig, *, missing_weights_ok: bool = False) -> Built:
     student_k = _dry_knowledge(student, student_layers, batch, f"student {cfg.student.name}")
     teacher_k = None
     if teacher is not None and offline:
-        teacher_k = _dry_knowledge(teacher, teacher_layers, batch, f"teacher {cfg.teacher.name}")
+        teacher_batch = {**batch, "input": teacher_input(batch)}
+        teacher_k = _dry_knowledge(
+            teacher, teacher_layers, teacher_batch, f"teacher {cfg.teacher.name}"
+        )
     if spec.family != "embedding":  # sentence encoders output embeddings, not classes
         check_classes(data, student_k, teacher_k, padded=spec.family == "llm")
     if teacher_k is not None and _reads_input_grad(cfg):
@@ -500,7 +521,8 @@ def build(cfg: ExperimentConfig, *, missing_weights_ok: bool = False) -> Built:
     plan = plan_cache(
         cfg.train.cache,
         scheme=cfg.scheme.name,
-        augmented=augment is not None,
+        # the teacher reads the paired modality, which augmentation does not touch
+        augmented=augment is not None and cfg.data.paired is None,
         reads_input_grad=_reads_input_grad(cfg),
         sharded_teacher=cfg.train.distributed.teacher == "shard" and env_world_size() > 1,
     )

@@ -42,7 +42,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from distill.data import load_batch
+from distill.data import load_batch, teacher_input
 from distill.errors import ConfigError
 from distill.settings import CacheSettings
 
@@ -122,11 +122,12 @@ def weights_fingerprint(model: nn.Module) -> str:
 
 
 def data_fingerprint(dataset: Any, batch_size: int = 4096) -> str:
-    """A hash of every training input (and the dataset's length)."""
+    """A hash of every input the teacher reads (the paired modality when there is one) and
+    the dataset's length."""
     h = hashlib.sha256(str(len(dataset)).encode())
     for start in range(0, len(dataset), batch_size):
         index = torch.arange(start, min(start + batch_size, len(dataset)))
-        _hash_tensor(h, load_batch(dataset, index)["input"])
+        _hash_tensor(h, teacher_input(load_batch(dataset, index)))
     return h.hexdigest()
 
 
@@ -311,7 +312,7 @@ class TeacherCache:
                     gen = self._view_generator(view) if self.views else None
                     for start in range(0, n, self.batch_size):
                         index = torch.arange(start, min(start + self.batch_size, n))
-                        x = load_batch(self.dataset, index)["input"]
+                        x = teacher_input(load_batch(self.dataset, index))
                         if gen is not None:
                             x = self.augment(x, gen)
                         k = tap.run(x.to(device))

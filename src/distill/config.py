@@ -32,6 +32,10 @@ class DataConfig(Strict):
     unlabeled: bool = False  # keep the other training inputs, without labels, as a transfer set
     options: dict[str, Any] = {}  # passed to the dataset loader, e.g. {num_samples: 8000}
     classes: list[int] | None = None  # keep only these classes, relabelled 0..k-1 (specialists)
+    # cross-modal: the student's modality (a view of each input) and a second modality of the
+    # same samples for the teacher (distill.data.views: raw, spectrogram, flatten, profiles)
+    view: str | None = None
+    paired: str | None = None
     augment: list[AugmentConfig] = []
 
 

@@ -156,7 +156,10 @@ def test_results(
     student_logits = predict_logits(built.student, test, batch_size=batch_size, device=device)
     out = {f"test_{k}": v for k, v in classification_metrics(student_logits, targets).items()}
     if built.teacher is not None:
-        teacher_logits = predict_logits(built.teacher, test, batch_size=batch_size, device=device)
+        teacher_test = test.paired_view() if hasattr(test, "paired_view") else test
+        teacher_logits = predict_logits(
+            built.teacher, teacher_test, batch_size=batch_size, device=device
+        )
         out.update(
             {
                 f"teacher_test_{k}": v

@@ -7,7 +7,7 @@ locally: scikit-learn's bundled digits, MNIST-1D generated with `mnist1d.make_da
 """
 
 from distill.data.augment import AUGMENTATIONS, Augmentation, build_augmentation
-from distill.data.core import ArrayDataset, DataSplits, load_batch, split_indices
+from distill.data.core import ArrayDataset, DataSplits, load_batch, split_indices, teacher_input
 from distill.data.sources import DATASETS, load_dataset
 
 __all__ = [
@@ -20,4 +20,5 @@ __all__ = [
     "load_batch",
     "load_dataset",
     "split_indices",
+    "teacher_input",
 ]

@@ -12,13 +12,18 @@ from torch.utils.data import default_collate
 
 
 class ArrayDataset:
-    """Inputs and integer targets held as tensors; batches are one indexing op, not N calls."""
+    """Inputs and integer targets held as tensors; batches are one indexing op, not N calls.
 
-    def __init__(self, inputs: Tensor, targets: Tensor):
+    `paired`, when given, is a second modality of the same samples (batch key 'paired')."""
+
+    def __init__(self, inputs: Tensor, targets: Tensor, paired: Tensor | None = None):
         if len(inputs) != len(targets):
             raise ValueError(f"{len(inputs)} inputs but {len(targets)} targets")
+        if paired is not None and len(paired) != len(inputs):
+            raise ValueError(f"{len(inputs)} inputs but {len(paired)} paired inputs")
         self.inputs = inputs
         self.targets = targets
+        self.paired = paired
 
     def __len__(self) -> int:
         return len(self.inputs)
@@ -27,11 +32,26 @@ class ArrayDataset:
         return self.inputs[i], self.targets[i]
 
     def batch(self, index: Tensor) -> dict[str, Tensor]:
-        return {"input": self.inputs[index], "target": self.targets[index], "index": index}
+        out = {"input": self.inputs[index], "target": self.targets[index], "index": index}
+        if self.paired is not None:
+            out["paired"] = self.paired[index]
+        return out
 
     def subset(self, index: np.ndarray | Tensor) -> ArrayDataset:
         index = torch.as_tensor(index, dtype=torch.long)
-        return ArrayDataset(self.inputs[index], self.targets[index])
+        paired = self.paired[index] if self.paired is not None else None
+        return ArrayDataset(self.inputs[index], self.targets[index], paired)
+
+    def paired_view(self) -> ArrayDataset:
+        """The same samples in the paired modality (itself when there is none)."""
+        if self.paired is None:
+            return self
+        return ArrayDataset(self.paired, self.targets)
+
+
+def teacher_input(batch: dict[str, Tensor]) -> Tensor:
+    """What a teacher reads from a batch: the paired modality when the data has one."""
+    return batch["paired"] if "paired" in batch else batch["input"]
 
 
 def load_batch(dataset: Any, index: Tensor) -> dict[str, Tensor]:
@@ -52,6 +72,7 @@ class DataSplits:
     test: Any
     input_shape: tuple[int, ...]
     num_classes: int
+    paired_shape: tuple[int, ...] | None = None  # data.paired: the teacher's modality
     tokenizer: Any = None  # text data: encodes and decodes token ids
     teacher_tokenizer: Any = None  # text data for cross-tokenizer KD: the teacher's tokenizer
 

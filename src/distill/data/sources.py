@@ -35,6 +35,9 @@ class RawData:
     train: tuple[np.ndarray, np.ndarray]
     test: tuple[np.ndarray, np.ndarray]
     input_shape: tuple[int, ...]
+    # a second modality of the same samples (train, test) and its shape (data.paired)
+    paired: tuple[np.ndarray, np.ndarray] | None = None
+    paired_shape: tuple[int, ...] | None = None
 
 
 def _as_raw(obj: object, name: str) -> RawData:
@@ -116,6 +119,25 @@ def select_classes(raw: RawData, classes: list[int]) -> RawData:
     return RawData(raw.name, keep(raw.train), keep(raw.test), raw.input_shape)
 
 
+def with_views(raw: RawData, view: str | None, paired: str | None) -> RawData:
+    """`raw` with its inputs in modality `view` and modality `paired` kept beside them."""
+    from distill.data.views import make_view
+
+    if isinstance(raw.train[0], np.ndarray) is False or len(raw.input_shape) < 1:
+        raise ConfigError(f"dataset {raw.name!r} has no array inputs to take views of")
+
+    def shaped(x: np.ndarray) -> np.ndarray:
+        return np.asarray(x, dtype=np.float32).reshape(len(x), *raw.input_shape)
+
+    base = shaped(raw.train[0]), shaped(raw.test[0])
+    train, test, shape = make_view(view or "raw", *base)
+    out = RawData(raw.name, (train, raw.train[1]), (test, raw.test[1]), shape)
+    if paired is not None:
+        p_train, p_test, p_shape = make_view(paired, *base)
+        out.paired, out.paired_shape = (p_train, p_test), p_shape
+    return out
+
+
 def make_splits(
     raw: RawData,
     *,
@@ -154,17 +176,25 @@ def make_splits(
             f"raise it (e.g. 0.1): the best checkpoint is chosen on the validation split"
         )
 
-    def make(xs: np.ndarray, ys: np.ndarray) -> ArrayDataset:
+    def make(xs: np.ndarray, ys: np.ndarray, ps: np.ndarray | None = None) -> ArrayDataset:
         inputs = torch.as_tensor(xs, dtype=torch.float32).reshape(len(xs), *raw.input_shape)
-        return ArrayDataset(inputs, torch.as_tensor(ys, dtype=torch.long))
+        if ps is not None:
+            ps = torch.as_tensor(ps, dtype=torch.float32).reshape(len(ps), *raw.paired_shape)
+        return ArrayDataset(inputs, torch.as_tensor(ys, dtype=torch.long), paired=ps)
+
+    p_train, p_test = raw.paired if raw.paired is not None else (None, None)
+
+    def rows(p: np.ndarray | None, idx: np.ndarray) -> np.ndarray | None:
+        return None if p is None else p[idx]
 
     return DataSplits(
         name=raw.name,
-        train=make(x[fit_idx], fit_y),
-        val=make(x[val_idx], y[val_idx]),
-        test=make(*raw.test),
+        train=make(x[fit_idx], fit_y, rows(p_train, fit_idx)),
+        val=make(x[val_idx], y[val_idx], rows(p_train, val_idx)),
+        test=make(*raw.test, p_test),
         input_shape=tuple(raw.input_shape),
         num_classes=int(max(y.max(), raw.test[1].max())) + 1,
+        paired_shape=raw.paired_shape,
     )
 
 
@@ -273,12 +303,15 @@ def load_dataset(
     train_samples: int | None = None,
     unlabeled: bool = False,
     classes: list[int] | None = None,
+    view: str | None = None,
+    paired: str | None = None,
     **options: object,
 ) -> DataSplits:
     """A named dataset (options go to its loader), split by `make_splits`.
 
     `classes` keeps only those classes, relabelled 0..k-1 in the order given (to train a
-    specialist teacher for multi-teacher distillation).
+    specialist teacher for multi-teacher distillation). `view` turns the inputs into another
+    modality and `paired` keeps a second modality beside them (see `distill.data.views`).
     """
     loader = lookup("dataset", name, DATASETS)
     try:
@@ -295,6 +328,8 @@ def load_dataset(
     raw = check_raw(_as_raw(raw, name), name)
     if classes is not None:
         raw = select_classes(raw, classes)
+    if view is not None or paired is not None:
+        raw = with_views(raw, view, paired)
     return make_splits(
         raw,
         val_fraction=val_fraction,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from distill.data import teacher_input
 from distill.objective import Objective
 from distill.schemes.base import SchemeContext, freeze
 from distill.taps import Knowledge, Tap, with_input_grad
@@ -36,7 +37,7 @@ class OfflineKD:
         if self.teacher_cache is not None and "index" in batch:
             return self.teacher_cache.lookup(batch["index"], batch.get("view"))
         with torch.no_grad():
-            return self._teacher_tap.run(batch["input"]).detach()
+            return self._teacher_tap.run(teacher_input(batch)).detach()
 
     def step(self, batch: dict[str, Tensor], step: int) -> dict[str, Tensor]:
         if self.objective.reads_input_grad():

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
 
+from distill.data import teacher_input
 from distill.errors import ConfigError
 from distill.schemes.base import (
     SchemeBase,
@@ -62,7 +63,9 @@ class DeepMutualLearning(SchemeBase):
     Model i minimises task(z_i) + w * mean_{j != i} T^2 KL(p_j^T || p_i^T) with p_j detached
     (`target: pairwise`, the paper's form), or T^2 KL(mean_{j != i} p_j^T || p_i^T) with
     `target: ensemble` (the detached peer ensemble as teacher). Peers may be any architectures;
-    a `teacher` in the config joins as a trainable peer (bidirectional teacher-student).
+    a `teacher` in the config joins as a trainable peer (bidirectional teacher-student);
+    with cross-modal data (`data.paired`) it reads the paired modality, so both modalities'
+    models learn from each other (bidirectional cross-modal distillation).
     """
 
     Args = DMLArgs
@@ -70,14 +73,21 @@ class DeepMutualLearning(SchemeBase):
     def __init__(self, ctx: SchemeContext):
         args = self.args = parse_args(DMLArgs, ctx.args, "dml")
         self.peers = _peer_models(ctx, args.num_peers)
-        _check_classes(self.peers, ctx)
+        # cross-modal data: a configured teacher (the first peer) reads the paired modality
+        self._paired_peer = ctx.teacher is not None and ctx.data.paired_shape is not None
+        if not self._paired_peer:
+            _check_classes(self.peers, ctx)
         super().__init__(ctx.student, ctx.objective, {"peers": nn.ModuleList(self.peers)})
         self._tap = Tap(ctx.student, ctx.objective.student_layers(), "student")
 
     def step(self, batch: dict[str, Tensor], step: int) -> dict[str, Tensor]:
         x, a = batch["input"], self.args
         knowledge = self._tap.run(x)
-        logits = [knowledge.logits] + [p(x) for p in self.peers]
+        inputs = [
+            teacher_input(batch) if i == 0 and self._paired_peer else x
+            for i in range(len(self.peers))
+        ]
+        logits = [knowledge.logits] + [p(v) for p, v in zip(self.peers, inputs, strict=True)]
         probs = [soft_probs(z, a.temperature) for z in logits]
         total, out = self.student_objective(knowledge, batch, step)
         kd_total = logits[0].new_zeros((), dtype=torch.float32)
