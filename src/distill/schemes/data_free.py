@@ -180,6 +180,41 @@ def _no_objective_terms(ctx: SchemeContext, name: str) -> None:
         raise ConfigError(f"scheme {name!r} builds its own losses; remove objective.terms")
 
 
+class _GeneratorScheme(SchemeBase):
+    """What DAFL and DFAD share: a generator trained alongside the student (at its own
+    learning rate, see `lr_scales`) and latent draws seeded by (seed, step)."""
+
+    Args: type[Strict]
+
+    def __init__(self, ctx: SchemeContext, name: str):
+        a = self.args = parse_args(self.Args, ctx.args, name)
+        _no_objective_terms(ctx, name)
+        shape = tuple(sample_input(ctx).shape[1:])
+        self.generator = Generator(shape, a.latent, a.hidden)
+        self.teacher, self.seed = ctx.teacher, ctx.seed
+        super().__init__(
+            ctx.student, ctx.objective, {"generator": self.generator}, frozen=[ctx.teacher]
+        )
+        self.lr_scales = {"generator": a.generator_lr}
+
+    def _device(self) -> torch.device:
+        return next(self.student.parameters()).device
+
+    def draw(self, batch: dict[str, Tensor], step: int) -> Tensor:
+        """This step's generated inputs, as many as the batch has rows."""
+        seed = self.seed * 1_000_003 + step
+        return self.generator.sample(len(batch["index"]), seed, self._device())
+
+    def samples(self, n: int, seed: int = 0) -> Tensor:
+        """n inputs from the generator (eval mode), for plots."""
+        was = self.generator.training
+        self.generator.eval()
+        with torch.no_grad():
+            x = self.generator.sample(n, seed, self._device())
+        self.generator.train(was)
+        return x
+
+
 # --------------------------------------------------------------------------- DAFL
 class DAFLArgs(Strict):
     latent: int = Field(64, ge=1)
@@ -193,7 +228,7 @@ class DAFLArgs(Strict):
     generator_every: int = Field(1, ge=1)  # the generator learns on every k-th step
 
 
-class DAFL(SchemeBase):
+class DAFL(_GeneratorScheme):
     """Data-free learning (Chen et al. 2019): the generator minimises
     one_hot + a * activation + b * info_entropy of the frozen teacher on its samples (the
     gradient passes through the teacher into the generator only), while the student
@@ -204,20 +239,13 @@ class DAFL(SchemeBase):
     Args = DAFLArgs
 
     def __init__(self, ctx: SchemeContext):
-        a = self.args = parse_args(DAFLArgs, ctx.args, "dafl")
-        _no_objective_terms(ctx, "dafl")
-        shape = tuple(sample_input(ctx).shape[1:])
-        self.generator = Generator(shape, a.latent, a.hidden)
-        self.teacher, self.seed = ctx.teacher, ctx.seed
-        super().__init__(
-            ctx.student, ctx.objective, {"generator": self.generator}, frozen=[ctx.teacher]
-        )
-        self._tap = Tap(ctx.teacher, [a.layer] if a.layer else [], "teacher")
-        self.lr_scales = {"generator": a.generator_lr}
+        super().__init__(ctx, "dafl")
+        layer = self.args.layer
+        self._tap = Tap(ctx.teacher, [layer] if layer else [], "teacher")
 
     def step(self, batch: dict[str, Tensor], step: int) -> dict[str, Tensor]:
         a = self.args
-        x = self.generator.sample(len(batch["index"]), self.seed * 1_000_003 + step, _device(self))
+        x = self.draw(batch, step)
         k = self._tap.run(x)  # teacher frozen: gradients reach the generator only
         out = dafl_losses(k.logits, k.feats[a.layer] if a.layer else None)
         gen = (
@@ -229,19 +257,6 @@ class DAFL(SchemeBase):
         if step % a.generator_every:
             gen = gen.detach()  # a student-only step: the generator gets no gradient
         return {"loss": gen + out["kd"], **out}
-
-    def samples(self, n: int, seed: int = 0) -> Tensor:
-        """n inputs from the generator (eval mode), for plots."""
-        was = self.generator.training
-        self.generator.eval()
-        with torch.no_grad():
-            x = self.generator.sample(n, seed, _device(self))
-        self.generator.train(was)
-        return x
-
-
-def _device(scheme: SchemeBase) -> torch.device:
-    return next(scheme.student.parameters()).device
 
 
 # --------------------------------------------------------------------------- DFAD / ZSKT
@@ -264,7 +279,7 @@ def disagreement(student_logits: Tensor, teacher_logits: Tensor, kind: str, t: f
     return t * t * (log_q.exp() * (log_q - log_p)).sum(-1).mean()
 
 
-class DFAD(SchemeBase):
+class DFAD(_GeneratorScheme):
     """Adversarial data-free KD (Micaelli & Storkey 2019; Fang et al. 2019): the generator
     maximises the teacher-student disagreement on its samples, the student minimises it.
 
@@ -279,19 +294,11 @@ class DFAD(SchemeBase):
     Args = DFADArgs
 
     def __init__(self, ctx: SchemeContext):
-        a = self.args = parse_args(DFADArgs, ctx.args, "dfad")
-        _no_objective_terms(ctx, "dfad")
-        shape = tuple(sample_input(ctx).shape[1:])
-        self.generator = Generator(shape, a.latent, a.hidden)
-        self.teacher, self.seed = ctx.teacher, ctx.seed
-        super().__init__(
-            ctx.student, ctx.objective, {"generator": self.generator}, frozen=[ctx.teacher]
-        )
-        self.lr_scales = {"generator": a.generator_lr}
+        super().__init__(ctx, "dfad")
 
     def step(self, batch: dict[str, Tensor], step: int) -> dict[str, Tensor]:
         a = self.args
-        x = self.generator.sample(len(batch["index"]), self.seed * 1_000_003 + step, _device(self))
+        x = self.draw(batch, step)
         if step % a.generator_every:
             x = x.detach()  # a student-only step
         t_logits = self.teacher(x)
@@ -304,8 +311,6 @@ class DFAD(SchemeBase):
         )
         out = {"generator": gen, "disagreement": student}
         return {"loss": gen + student, **out}
-
-    samples = DAFL.samples
 
 
 # --------------------------------------------------------------------------- DeepInversion
