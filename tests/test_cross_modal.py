@@ -165,3 +165,36 @@ def test_cross_modal_example_validates_and_trains(path, tmp_path):
     cfg = load_config(path, overrides)
     assert validate(cfg) == []
     assert run_experiment(cfg)["steps"] == 3
+
+
+# ----------------------------------------------------------------------------- cross-task
+def test_label_map_makes_a_related_task():
+    plain = load_dataset("mnist1d", num_samples=600)
+    parity = load_dataset("mnist1d", num_samples=600, label_map=[0, 1] * 5)
+    assert parity.num_classes == 2
+    # the test split is fixed (the validation split is stratified by the new labels)
+    assert torch.equal(parity.test.targets, plain.test.targets % 2)
+    assert torch.equal(parity.test.inputs, plain.test.inputs)
+    for bad in ([0, 1] * 4, [0, 2] * 5):
+        with pytest.raises(ConfigError, match="label_map"):
+            load_dataset("mnist1d", num_samples=600, label_map=bad)
+
+
+def test_cross_task_teacher_teaches_through_features_not_logits(tmp_path):
+    parity_t = {"name": "mlp", "args": {"hidden": [32, 32]}}
+    data = {"name": "synthetic", "options": {"num_samples": 400, "num_classes": 4}}
+    one = parse_config(
+        synthetic_cfg(tmp_path / "t", data={**data, "label_map": [0, 1, 0, 1]}, student=parity_t)
+    )
+    weights = tmp_path / "parity.safetensors"
+    save_weights(weights, build(one).student)
+    cfg = synthetic_cfg(tmp_path / "run", data=data, scheme="offline")
+    cfg["teacher"] = {**parity_t, "weights": str(weights), "num_classes": 2}
+    hint = {"loss": "mse", "student": "blocks.0", "teacher": "blocks.1", "adapter": "linear"}
+    cfg["objective"] = {"terms": [hint]}
+    cfg["train"]["epochs"] = 1
+    result = run_experiment(parse_config(cfg))  # a 2-class teacher, a 4-class student
+    assert result["complete"] and "teacher_test_acc" not in result
+    cfg["objective"] = {"terms": [hint, {"loss": "kd"}]}  # logits cannot be compared
+    with pytest.raises(ConfigError, match="cross-task"):
+        build(parse_config(cfg))

@@ -4,10 +4,11 @@ from pathlib import Path
 
 import pytest
 
-from distill.build import build, validate
+from distill.build import build, load_data, validate
 from distill.checkpoint import load_checkpoint, save_weights
 from distill.config import load_config, parse_config
 from distill.losses import LOSSES
+from distill.models import build_model
 from distill.run import run_experiment
 
 ROOT = Path(__file__).parent.parent
@@ -18,7 +19,13 @@ def _with_stand_in_teacher(path: Path, tmp_path: Path) -> list[str]:
     """Overrides that point the example at an untrained teacher of the configured shape."""
     cfg = load_config(path)
     overrides = [f"run_dir={tmp_path / 'run'}", "train.max_steps=3", "train.progress=false"]
-    if cfg.teacher is not None:
+    if cfg.teacher is not None and cfg.teacher.num_classes is not None:  # cross-task
+        data = load_data(cfg.data)
+        spec = cfg.teacher
+        teacher = build_model(spec.name, data.input_shape, spec.num_classes, spec.args)
+        save_weights(tmp_path / "teacher.safetensors", teacher)
+        overrides.append(f"teacher.weights={tmp_path / 'teacher.safetensors'}")
+    elif cfg.teacher is not None:
         teacher_only = parse_config(
             {
                 **cfg.model_dump(),

@@ -184,6 +184,7 @@ def load_data(spec: DataConfig) -> DataSplits:
         train_samples=spec.train_samples,
         unlabeled=spec.unlabeled,
         classes=spec.classes,
+        label_map=spec.label_map,
         view=spec.view,
         paired=spec.paired,
         **spec.options,
@@ -205,7 +206,7 @@ def load_model(
     is built with that many outputs. `missing_weights_ok` skips weights that do not exist yet
     (a later stage's teacher, while validating a multi-stage run)."""
     classes = getattr(spec, "classes", None)
-    num_classes = len(classes) if classes else data.num_classes
+    num_classes = len(classes) if classes else spec.num_classes or data.num_classes
     if role == "teacher" and data.teacher_tokenizer is not None:  # cross-tokenizer LM KD
         num_classes = data.teacher_tokenizer.vocab_size
     shape = data.input_shape
@@ -276,10 +277,16 @@ def _add_input_grads(
 
 
 def check_classes(
-    data: DataSplits, student_k: Knowledge, teacher_k: Knowledge | None, padded: bool = False
+    data: DataSplits,
+    student_k: Knowledge,
+    teacher_k: Knowledge | None,
+    padded: bool = False,
+    teacher_logits_read: bool = True,
 ) -> None:
     """Student, teacher and data must agree on the number of classes (the last logit dim).
-    `padded` (language models) allows more logits than tokens: padding rows are cut off."""
+    `padded` (language models) allows more logits than tokens: padding rows are cut off.
+    A teacher whose logits no term reads (cross-task: it teaches through its features) may
+    predict another label space."""
     n_student = student_k.logits.shape[-1]
     if padded and n_student >= data.num_classes:
         return
@@ -288,11 +295,12 @@ def check_classes(
             f"the student predicts {n_student} classes but the data has {data.num_classes}; "
             f"build it with num_classes={data.num_classes}"
         )
-    if teacher_k is not None and teacher_k.logits.shape[-1] != n_student:
+    if teacher_k is not None and teacher_k.logits.shape[-1] != n_student and teacher_logits_read:
         raise ConfigError(
             f"the teacher predicts {teacher_k.logits.shape[-1]} classes and the student {n_student}; "
             f"response losses compare them class by class, so both need the data's "
-            f"{data.num_classes} classes (a teacher trained on other labels cannot teach these)"
+            f"{data.num_classes} classes. A teacher trained on another label space (cross-task) "
+            f"can teach through its features: give every term a teacher layer and an adapter"
         )
 
 
@@ -482,7 +490,18 @@ def build(cfg: ExperimentConfig, *, missing_weights_ok: bool = False) -> Built:
             teacher, teacher_layers, teacher_batch, f"teacher {cfg.teacher.name}"
         )
     if spec.family != "embedding":  # sentence encoders output embeddings, not classes
-        check_classes(data, student_k, teacher_k, padded=spec.family == "llm")
+        logits_read = not offline or any(
+            needs_teacher(t.loss)
+            and "logits" in ([t.teacher] if isinstance(t.teacher, str) else t.teacher)
+            for t in cfg.objective.terms
+        )
+        check_classes(
+            data,
+            student_k,
+            teacher_k,
+            padded=spec.family == "llm",
+            teacher_logits_read=logits_read,
+        )
     if teacher_k is not None and _reads_input_grad(cfg):
         _add_input_grads(
             student, teacher, student_layers, teacher_layers, batch, student_k, teacher_k

@@ -32,6 +32,9 @@ class DataConfig(Strict):
     unlabeled: bool = False  # keep the other training inputs, without labels, as a transfer set
     options: dict[str, Any] = {}  # passed to the dataset loader, e.g. {num_samples: 8000}
     classes: list[int] | None = None  # keep only these classes, relabelled 0..k-1 (specialists)
+    # a related task with another label space: class c becomes label_map[c] (e.g. parity
+    # [0, 1, 0, 1, ...]), to train a cross-task teacher
+    label_map: list[int] | None = None
     # cross-modal: the student's modality (a view of each input) and a second modality of the
     # same samples for the teacher (distill.data.views: raw, spectrogram, flatten, profiles)
     view: str | None = None
@@ -43,6 +46,8 @@ class ModelConfig(Strict):
     name: str  # a table name ('convnet') or your own 'package.module:attr'
     args: dict[str, Any] = {}
     weights: str | None = None  # a .safetensors file or a run dir (uses its best weights)
+    # outputs, when not the data's classes: a cross-task teacher predicts its own task's
+    num_classes: int | None = Field(None, ge=1)
 
 
 class TeacherConfig(ModelConfig):

@@ -155,11 +155,13 @@ def test_results(
     targets = targets_of(test)
     student_logits = predict_logits(built.student, test, batch_size=batch_size, device=device)
     out = {f"test_{k}": v for k, v in classification_metrics(student_logits, targets).items()}
-    if built.teacher is not None:
+    if built.teacher is not None:  # (a cross-task teacher, with other labels, is skipped)
         teacher_test = test.paired_view() if hasattr(test, "paired_view") else test
         teacher_logits = predict_logits(
             built.teacher, teacher_test, batch_size=batch_size, device=device
         )
+        if teacher_logits.shape[-1] != student_logits.shape[-1]:
+            return out
         out.update(
             {
                 f"teacher_test_{k}": v

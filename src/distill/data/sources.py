@@ -119,6 +119,28 @@ def select_classes(raw: RawData, classes: list[int]) -> RawData:
     return RawData(raw.name, keep(raw.train), keep(raw.test), raw.input_shape)
 
 
+def map_labels(raw: RawData, label_map: list[int]) -> RawData:
+    """Relabel class c as label_map[c]: a related task with another label space."""
+    n = int(max(raw.train[1].max(), raw.test[1].max())) + 1
+    if len(label_map) != n or min(label_map) < 0:
+        raise ConfigError(
+            f"data.label_map: give one new label (>= 0) for each of the {n} classes, got "
+            f"{len(label_map)} entries"
+        )
+    if sorted(set(label_map)) != list(range(max(label_map) + 1)):
+        raise ConfigError(
+            f"data.label_map: the new labels must be 0..k-1 with none unused, got "
+            f"{sorted(set(label_map))}"
+        )
+    table = np.asarray(label_map)
+    return RawData(
+        raw.name,
+        (raw.train[0], table[raw.train[1]]),
+        (raw.test[0], table[raw.test[1]]),
+        raw.input_shape,
+    )
+
+
 def with_views(raw: RawData, view: str | None, paired: str | None) -> RawData:
     """`raw` with its inputs in modality `view` and modality `paired` kept beside them."""
     from distill.data.views import make_view
@@ -303,6 +325,7 @@ def load_dataset(
     train_samples: int | None = None,
     unlabeled: bool = False,
     classes: list[int] | None = None,
+    label_map: list[int] | None = None,
     view: str | None = None,
     paired: str | None = None,
     **options: object,
@@ -328,6 +351,8 @@ def load_dataset(
     raw = check_raw(_as_raw(raw, name), name)
     if classes is not None:
         raw = select_classes(raw, classes)
+    if label_map is not None:
+        raw = map_labels(raw, label_map)
     if view is not None or paired is not None:
         raw = with_views(raw, view, paired)
     return make_splits(
