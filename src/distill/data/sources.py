@@ -145,7 +145,7 @@ def with_views(raw: RawData, view: str | None, paired: str | None) -> RawData:
     """`raw` with its inputs in modality `view` and modality `paired` kept beside them."""
     from distill.data.views import make_view
 
-    if isinstance(raw.train[0], np.ndarray) is False or len(raw.input_shape) < 1:
+    if not isinstance(raw.train[0], np.ndarray) or len(raw.input_shape) < 1:
         raise ConfigError(f"dataset {raw.name!r} has no array inputs to take views of")
 
     def shaped(x: np.ndarray) -> np.ndarray:
