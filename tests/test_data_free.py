@@ -180,3 +180,31 @@ def test_schemes_that_need_batchnorm_or_a_teacher_say_so(tmp_path):
     cfg["objective"] = {"terms": [{"loss": "kd", "weight": 1.0}]}
     with pytest.raises(ConfigError, match="objective.terms"):
         build(parse_config(cfg))
+
+
+def test_dfad_disagreement_follows_its_two_forms():
+    from distill.schemes.data_free import disagreement
+
+    torch.manual_seed(0)
+    s, t = torch.randn(5, 4), torch.randn(5, 4)
+    torch.testing.assert_close(disagreement(s, t, "l1", 1.0), (s - t).abs().mean())
+    q, log_p = (t / 2).softmax(-1), (s / 2).log_softmax(-1)
+    expected = 4.0 * (q * (q.log() - log_p)).sum(-1).mean()  # T^2 KL(teacher || student)
+    torch.testing.assert_close(disagreement(s, t, "kl", 2.0), expected)
+    assert float(disagreement(t, t, "kl", 2.0)) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_deep_inversion_loss_is_its_weighted_sum(tmp_path):
+    args = {"bank": 8, "bn_weight": 0.5, "tv_weight": 0.2, "l2_weight": 0.3}
+    built, _ = _digits(tmp_path, "deep_inversion", args)
+    s, teacher = built.scheme, built.teacher
+    x = torch.randn(8, 1, 8, 8, generator=torch.Generator().manual_seed(3))
+    y = torch.arange(8) % 10
+    out = s.inversion_loss(x, y)
+    with BatchNormStatistics(teacher) as stats:
+        logits = teacher(x)
+    bn = stats.pop()
+    ce = torch.nn.functional.cross_entropy(logits, y)
+    expected = ce + 0.5 * bn + 0.2 * total_variation(x) + 0.3 * x.pow(2).mean()
+    torch.testing.assert_close(out["loss"], expected)
+    torch.testing.assert_close(out["bn"], bn)
