@@ -1,4 +1,5 @@
-"""Run by test_distributed.py under torchrun (2 gloo ranks): sharding checked against one copy.
+"""Run under torchrun: sharding checked against one copy. test_distributed.py runs it on 2
+gloo ranks; test_gpu.py on one NCCL rank with CUDA tensors (FSDP_WORKER_DEVICE=cuda).
 
 The model has what breaks naive sharding: a parameter owned by a parent module, weights
 tied between two modules, and a part of it called directly before the whole model runs.
@@ -10,6 +11,7 @@ Last, the epoch-end agreement helpers (buffers and metrics from rank 0).
 from __future__ import annotations
 
 import copy
+import os
 
 import torch
 import torch.distributed as dist
@@ -32,18 +34,25 @@ class Tied(nn.Module):
         return self.out(self.body(self.embed(x) * self.scale))
 
 
+DEVICE = torch.device(os.environ.get("FSDP_WORKER_DEVICE", "cpu"))
+if DEVICE.type == "cuda":
+    DEVICE = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+
+
 def loss_of(model: Tied, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     # a part first (schemes call parts of models directly), then the whole model
-    side = model.body(torch.ones(len(x), 6)).pow(2).mean()
+    side = model.body(torch.ones(len(x), 6, device=DEVICE)).pow(2).mean()
     return F.cross_entropy(model(x), y) + 0.1 * side
 
 
 def main() -> None:
-    dist.init_process_group("gloo")
+    if DEVICE.type == "cuda":
+        torch.cuda.set_device(DEVICE)
+    dist.init_process_group("nccl" if DEVICE.type == "cuda" else "gloo")
     torch.manual_seed(0)
-    ref = Tied()
+    ref = Tied().to(DEVICE)
     sharded = copy.deepcopy(ref)
-    distributed.shard_module(sharded, torch.device("cpu"))
+    distributed.shard_module(sharded, DEVICE)
     assert distributed.is_sharded(sharded) and not distributed.is_sharded(ref)
     assert distributed.is_dtensor(sharded.body[0].weight)
     assert sharded.out.weight is sharded.embed.weight  # still tied
@@ -52,6 +61,7 @@ def main() -> None:
     gen = torch.Generator().manual_seed(1)
     for _ in range(3):
         x, y = torch.randint(0, 10, (8,), generator=gen), torch.randint(0, 10, (8,), generator=gen)
+        x, y = x.to(DEVICE), y.to(DEVICE)
         loss_of(ref, x, y).backward()
         opt_ref.step()
         opt_ref.zero_grad()
@@ -66,11 +76,11 @@ def main() -> None:
     saved = copy.deepcopy(distributed.gather_state(opt.state_dict()))  # as if from a file
     assert all(not distributed.is_dtensor(t) for s in saved["state"].values() for t in s.values())
     again = copy.deepcopy(ref)
-    distributed.shard_module(again, torch.device("cpu"))
+    distributed.shard_module(again, DEVICE)
     distributed.load_full_state(again, full)
     opt_again = torch.optim.AdamW(again.parameters(), lr=0.05, fused=True)
     distributed.load_full_optimizer_state(opt_again, saved)
-    x, y = torch.arange(8), torch.arange(8).flip(0)
+    x, y = torch.arange(8, device=DEVICE), torch.arange(8, device=DEVICE).flip(0)
     for model, optimizer in ((sharded, opt), (again, opt_again)):
         loss_of(model, x[part], y[part]).backward()
         optimizer.step()
@@ -79,10 +89,10 @@ def main() -> None:
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
     # epoch-end agreement: rank 0's BatchNorm statistics and validation metrics everywhere
-    bn = nn.BatchNorm1d(3)
+    bn = nn.BatchNorm1d(3).to(DEVICE)
     bn.running_mean.fill_(float(dist.get_rank() + 1))
     distributed.broadcast_buffers(bn)
-    assert torch.equal(bn.running_mean, torch.ones(3))
+    assert torch.equal(bn.running_mean.cpu(), torch.ones(3))
     assert distributed.from_rank0({"acc": float(dist.get_rank())}) == {"acc": 0.0}
     if dist.get_rank() == 0:
         print("FSDP-WORKER-OK", flush=True)

@@ -83,3 +83,93 @@ def test_scheme_on_cuda(tmp_path, scheme, args, data, precision):
     assert all(t.is_cuda for t in tensors)
     result = run_experiment(parse_config(cfg))
     assert result["complete"] and result["test_acc"] > 0.4
+
+
+CONV = {"name": "convnet", "args": {"channels": [4, 8], "kernel_size": 3}}
+DIGITS = {"name": "digits", "options": {}}
+PLAYERS = [
+    ("adversarial", {"compare": "logits"}),
+    (
+        "adversarial",
+        {"compare": "features", "student_layer": "blocks.1", "teacher_layer": "blocks.1"},
+    ),
+    ("ard", {"steps": 2}),
+    ("pgd_at", {"steps": 2}),
+    ("dafl", {}),
+    ("dfad", {}),
+    ("deep_inversion", {"bank": 64, "iterations": 5}),
+]
+
+
+@pytest.mark.parametrize(
+    "scheme,args", PLAYERS, ids=[f"{s}-{a.get('compare', '')}" for s, a in PLAYERS]
+)
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_generator_and_discriminator_schemes_on_cuda(tmp_path, scheme, args, precision):
+    """Second players (discriminators, generators, attacks, the synthesised bank) live on
+    the run's device and train under autocast."""
+    one = parse_config(synthetic_cfg(tmp_path / "t", data=DIGITS, student=CONV))
+    weights = tmp_path / "teacher.safetensors"
+    from distill.checkpoint import save_weights
+
+    save_weights(weights, build(one).student)
+    cfg = synthetic_cfg(tmp_path / "run", data=DIGITS, student=CONV)
+    cfg["scheme"] = {"name": scheme, "args": args}
+    if scheme != "pgd_at":
+        cfg["teacher"] = {**CONV, "weights": str(weights)}
+    data_free = scheme in ("dafl", "dfad", "deep_inversion")
+    terms = [] if data_free else [{"loss": "kd", "weight": 0.5}]
+    if scheme == "ard":
+        terms = []
+    cfg["objective"] = {"task_weight": 0.0 if data_free else 0.5, "terms": terms}
+    if scheme == "pgd_at":
+        cfg["objective"] = {"task_weight": 1.0}
+    cfg["train"] = {**cfg["train"], "epochs": 1, "device": "cuda", "precision": precision}
+    result = run_experiment(parse_config(cfg))
+    assert result["complete"]
+    state = load_checkpoint(tmp_path / "run/checkpoints/last.safetensors")
+    assert all(torch.isfinite(v).all() for v in state["modules"].values() if v.is_floating_point())
+
+
+def test_inductor_compile_and_channels_last_on_cuda(tmp_path):
+    """torch.compile with its default (inductor) backend generates CUDA kernels; the trained
+    weights follow eager's to kernel rounding, with and without channels_last."""
+    weights = {}
+    for name, compile_, nhwc in (
+        ("eager", False, False),
+        ("inductor", True, False),
+        ("nhwc", False, True),
+    ):
+        cfg = synthetic_cfg(tmp_path / name, data=DIGITS, student=CONV)
+        cfg["train"] = {
+            **cfg["train"],
+            "epochs": 2,
+            "device": "cuda",
+            "deterministic": True,
+            "compile": {"enabled": compile_},
+            "channels_last": nhwc,
+        }
+        result = run_experiment(parse_config(cfg))
+        assert result["complete"]
+        weights[name] = load_checkpoint(tmp_path / name / "checkpoints/last.safetensors")
+    for other in ("inductor", "nhwc"):
+        for key, value in weights["eager"]["modules"].items():
+            torch.testing.assert_close(
+                weights[other]["modules"][key], value, rtol=1e-3, atol=1e-4, msg=key
+            )
+
+
+def test_fsdp_units_on_cuda_with_nccl():
+    """FSDP2 on CUDA under an NCCL process group (one rank: this machine's one GPU): the
+    tied-weight, parent-parameter model of fsdp_worker.py trains like its unsharded copy,
+    and gathered optimizer state reloads bit for bit."""
+    import os
+    import subprocess
+    import sys
+
+    worker = os.path.join(os.path.dirname(__file__), "fsdp_worker.py")
+    launcher = ["-m", "torch.distributed.run", "--standalone", "--nnodes=1"]
+    cmd = [sys.executable, *launcher, "--nproc_per_node=1", worker]
+    env = {**os.environ, "FSDP_WORKER_DEVICE": "cuda"}
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert out.returncode == 0 and "FSDP-WORKER-OK" in out.stdout, out.stderr[-3000:]

@@ -173,8 +173,8 @@ def shard_module(module: nn.Module, device: torch.device) -> None:
     forward. Roots are initialised here, before any forward, so that calling a part of a
     model first (as schemes do) cannot make that part a root of its own.
     """
-    if fully_shard is None or not active():
-        raise RuntimeError("sharding needs torch.distributed with more than one process")
+    if fully_shard is None or not (dist.is_available() and dist.is_initialized()):
+        raise RuntimeError("sharding needs an initialised torch.distributed process group")
     if isinstance(module, (nn.ModuleDict, nn.ModuleList)):
         for child in module.children():
             shard_module(child, device)
