@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from distill.build import load_data, weights_path
-from distill.checkpoint import atomic_write_text, load_into, load_weights
+from distill.checkpoint import atomic_write_text, restore_weights
 from distill.config import ModelConfig, load_config
 from distill.data import DataSplits
 from distill.errors import ConfigError
@@ -44,7 +44,7 @@ def load_run(run_dir: str | Path) -> tuple[nn.Module, DataSplits, Path]:
 
 def _load_model(spec: ModelConfig, data: DataSplits, path: Path, role: str) -> nn.Module:
     model = build_model(spec.name, data.input_shape, data.num_classes, spec.args)
-    load_into(model, load_weights(path)[0], f"{role} {spec.name!r}")
+    restore_weights(model, path, f"{role} {spec.name!r}")
     return model.eval()
 
 

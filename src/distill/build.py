@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from distill.cache import CachePlan, TeacherCache, plan_cache
-from distill.checkpoint import load_into, load_weights
+from distill.checkpoint import restore_weights
 from distill.config import DataConfig, ExperimentConfig, ModelConfig, TermConfig
 from distill.data import (
     AUGMENTATIONS,
@@ -217,8 +217,15 @@ def load_model(
         path = weights_path(spec.weights)
         if missing_weights_ok and not path.exists():
             return model
-        state, _info = load_weights(path)
-        load_into(model, state, f"{role} {spec.name!r}")
+        restore_weights(model, path, f"{role} {spec.name!r}")
+    if getattr(spec, "quantize", None) is not None:
+        from distill.compress.quant import is_quantized, prepare_qat
+
+        if not is_quantized(model):  # (weights saved from QAT come back quantized already)
+            try:
+                prepare_qat(model, spec.quantize)
+            except ValueError as e:
+                raise ConfigError(f"{role}.quantize: {e}") from None
     return model
 
 
@@ -537,6 +544,18 @@ def build(cfg: ExperimentConfig, *, missing_weights_ok: bool = False) -> Built:
         scheme = spec.build(ctx)
     except (ValueError, RuntimeError, TypeError) as e:
         raise ConfigError(f"scheme {cfg.scheme.name!r}: {str(e).splitlines()[0]}") from None
+    if cfg.student.sparsity is not None:
+        from distill.compress.prune import SparsityKeeper
+
+        if cfg.train.distributed.student == "shard":
+            raise ConfigError(
+                "student.sparsity prunes whole weight tensors and cannot run on a sharded "
+                "student; set train.distributed.student: replicate"
+            )
+        scheme.step_hooks = [
+            *getattr(scheme, "step_hooks", []),
+            SparsityKeeper(student, cfg.student.sparsity),
+        ]
     plan = plan_cache(
         cfg.train.cache,
         scheme=cfg.scheme.name,

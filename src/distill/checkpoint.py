@@ -160,9 +160,15 @@ def save_weights(
 ) -> None:
     """A model's weights (the module or its state dict) as a plain safetensors file (for
     deployment), with JSON `info`."""
+    info = dict(info or {})
+    if isinstance(weights, torch.nn.Module):
+        from distill.compress.structure import structure_of
+
+        if structure_of(weights):  # how to rebuild a pruned/factorised/quantized model
+            info.setdefault("structure", structure_of(weights))
     state = weights.state_dict() if isinstance(weights, torch.nn.Module) else weights
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in state.items()}
-    meta = {"distill_info": json.dumps(info or {})}
+    meta = {"distill_info": json.dumps(info)}
     atomic_write_bytes(path, st_save(tensors, metadata=meta))
 
 
@@ -173,6 +179,18 @@ def load_weights(path: str | os.PathLike) -> tuple[dict[str, Tensor], dict]:
         raise CheckpointError(f"weights file {str(path)!r} does not exist")
     tensors, meta = _read(path)
     return tensors, json.loads(meta.get("distill_info", "{}"))
+
+
+def restore_weights(module: torch.nn.Module, path: str | os.PathLike, label: str) -> dict:
+    """Load a weights file into a freshly built `module`: first replay the compression the
+    file records (pruned widths, low-rank layers, quantizers), then the tensors. Returns
+    the file's info."""
+    from distill.compress.structure import apply_structure
+
+    state, info = load_weights(path)
+    apply_structure(module, info.get("structure"))
+    load_into(module, state, label)
+    return info
 
 
 def load_into(module: torch.nn.Module, state: dict[str, Tensor], label: str) -> None:

@@ -16,7 +16,7 @@ import yaml
 from pydantic import Field, ValidationError, field_validator
 
 from distill.errors import ConfigError, did_you_mean
-from distill.settings import Strict, TrainSettings
+from distill.settings import QuantSettings, SparsitySettings, Strict, TrainSettings
 
 
 class AugmentConfig(Strict):
@@ -48,6 +48,9 @@ class ModelConfig(Strict):
     weights: str | None = None  # a .safetensors file or a run dir (uses its best weights)
     # outputs, when not the data's classes: a cross-task teacher predicts its own task's
     num_classes: int | None = Field(None, ge=1)
+    # compression while training: fake-quantized (QAT) and/or magnitude-pruned weights
+    quantize: QuantSettings | None = None
+    sparsity: SparsitySettings | None = None
 
 
 class TeacherConfig(ModelConfig):

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from distill.build import build, weights_path
-from distill.checkpoint import load_into, load_weights
+from distill.checkpoint import restore_weights
 from distill.config import parse_config
 from distill.errors import ensure_complete
 from distill.evaluate import agreement, predict_logits
@@ -101,7 +101,7 @@ def _profile(cfg_dict: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
     cfg = parse_config({**cfg_dict, "scheme": "supervised", "objective": {}, "teacher": None})
     built = build(cfg)
     path = weights_path(cfg_dict["run_dir"])
-    load_into(built.student, load_weights(path)[0], cfg_dict["name"])
+    restore_weights(built.student, path, cfg_dict["name"])
     lat = latency_ms(built.student, built.data.input_shape, batch_size=1)
     cost = {
         "params": count_parameters(built.student),

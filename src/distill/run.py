@@ -14,7 +14,7 @@ import yaml
 
 from distill import distributed
 from distill.build import build, export_info, weights_path
-from distill.checkpoint import atomic_write_text, load_into, load_weights
+from distill.checkpoint import atomic_write_text, restore_weights
 from distill.config import ExperimentConfig, dump_config
 from distill.errors import ConfigError
 from distill.evaluate import (
@@ -141,8 +141,7 @@ def test_results(
 
     Models run on `device` (CPU by default); a sharded model stays where it is."""
     device = device or torch.device("cpu")
-    state, _ = load_weights(weights_path(str(run_dir)))
-    load_into(built.student, state, "student")
+    restore_weights(built.student, weights_path(str(run_dir)), "student")
     for model in (built.student, built.teacher):
         if model is not None and not distributed.is_sharded(model):
             model.to(device)

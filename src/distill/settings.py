@@ -100,3 +100,24 @@ class TrainSettings(Strict):
     # 4-D (image) models and inputs in NHWC memory layout: faster convolutions on GPUs with
     # tensor cores and on CPUs with oneDNN; a no-op for models without 4-D weights
     channels_last: bool = False
+
+
+class QuantSettings(Strict):
+    """Quantization-aware training of a model (`student.quantize`; distill.compress.quant)."""
+
+    bits: int = Field(8, ge=2, le=8)  # weights
+    act_bits: int | None = Field(8, ge=2, le=8)  # activations entering each layer; None: float
+    momentum: float = Field(0.01, gt=0, le=1)  # EMA of the activation range
+    skip: list[str] = []  # layers left in full precision
+
+
+class SparsitySettings(Strict):
+    """Unstructured magnitude pruning while a model trains (`student.sparsity`;
+    distill.compress.prune)."""
+
+    amount: float = Field(..., ge=0.0, lt=1.0)  # final fraction of zero weights
+    scope: Literal["global", "layer"] = "global"
+    start_step: int = Field(0, ge=0)  # first pruning step
+    end_step: int | None = Field(None, ge=0)  # target reached here (None: at start_step)
+    every: int = Field(50, ge=1)  # steps between pruning rounds on the way
+    skip: list[str] = []  # modules never pruned (e.g. the classifier head)

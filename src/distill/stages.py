@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from distill.checkpoint import atomic_write_text, load_weights
+from distill.checkpoint import atomic_write_text, restore_weights
 from distill.config import ExperimentConfig, ModelConfig, dump_config, parse_config
 from distill.errors import ConfigError
 from distill.schemes import SCHEMES, parse_args
@@ -303,8 +303,7 @@ def _ensemble_test(built, stage_dirs: list[Path], cfg: ExperimentConfig) -> dict
     probs = 0.0
     for d in stage_dirs:
         model = load_model(cfg.student, built.data, "student")
-        state, _ = load_weights(weights_path(str(d)))
-        model.load_state_dict(state)
+        restore_weights(model, weights_path(str(d)), "student")
         probs = probs + F.softmax(predict_logits(model, test, batch_size=512).float(), -1)
     acc = float((probs.argmax(-1) == targets).float().mean())
     return {"ensemble_test_acc": acc, "ensemble_members": len(stage_dirs)}

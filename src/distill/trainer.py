@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 
 from distill import distributed
 from distill.checkpoint import load_checkpoint, save_checkpoint, save_weights
+from distill.compress.structure import structure_of
 from distill.data import Augmentation, load_batch
 from distill.errors import CheckpointError, ConfigError, NonFiniteError
 from distill.evaluate import evaluate
@@ -555,6 +556,8 @@ class Trainer:
         hook = getattr(self.scheme, "after_optimizer_step", None)
         if hook is not None:  # e.g. an EMA teacher follows the updated weights
             hook(self.state["step"])
+        for step_hook in getattr(self.scheme, "step_hooks", ()):  # e.g. pruning masks
+            step_hook(self.state["step"])
         self.state["step"] += 1
 
     @contextlib.contextmanager
@@ -745,12 +748,14 @@ class Trainer:
         if improved:
             st["best"], st["best_epoch"], st["bad_epochs"] = score, st["epoch"] + 1, 0
             weights = distributed.gather_state(self.scheme.eval_model().state_dict())
+            structure = structure_of(self.scheme.eval_model())
             if distributed.is_main():
                 save_weights(
                     self.ckpt_dir / "best.safetensors",
                     weights,
                     {
                         **self.export_info,
+                        **({"structure": structure} if structure else {}),
                         "epoch": st["epoch"] + 1,
                         **{f"val_{k}": v for k, v in metrics.items()},
                     },
