@@ -56,3 +56,17 @@ def kd_cfg(run_dir: Path, teacher: Path, **overrides) -> dict:
     )
     cfg.update(overrides)
     return cfg
+
+
+def run_fsdp_worker(nproc: int, **env: str) -> None:
+    """Run tests/fsdp_worker.py under torchrun with `nproc` ranks; fail with its stderr."""
+    import os
+    import subprocess
+    import sys
+
+    worker = os.path.join(os.path.dirname(__file__), "fsdp_worker.py")
+    launcher = ["-m", "torch.distributed.run", "--standalone", "--nnodes=1"]
+    cmd = [sys.executable, *launcher, f"--nproc_per_node={nproc}", worker]
+    full_env = {**os.environ, "OMP_NUM_THREADS": "1", **env}
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=full_env)
+    assert out.returncode == 0 and "FSDP-WORKER-OK" in out.stdout, out.stderr[-3000:]

@@ -8,7 +8,9 @@ from distill.config import apply_override, load_config, parse_config
 from distill.errors import ConfigError
 
 SYNTH = {"name": "synthetic", "options": {"num_samples": 400, "num_features": 8, "num_classes": 3}}
-CONFIGS = sorted((Path(__file__).parent.parent / "configs").glob("*.yaml"))
+ALL_CONFIGS = sorted((Path(__file__).parent.parent / "configs").glob("*.yaml"))
+COMPRESS = [p for p in ALL_CONFIGS if p.name.startswith("compress_")]
+CONFIGS = [p for p in ALL_CONFIGS if p not in COMPRESS]
 
 
 def test_unknown_keys_suggest_the_nearest_and_all_problems_are_reported():
@@ -161,3 +163,19 @@ def test_teacher_weights_that_do_not_fit(tmp_path):
     }
     [problem] = validate(parse_config(data))
     assert "weights do not fit the teacher 'mlp'" in problem
+
+
+@pytest.mark.parametrize("path", COMPRESS, ids=[p.name for p in COMPRESS])
+def test_compression_configs_validate(path, tmp_path):
+    """The compression configs load, and every stage's experiment is a valid run config."""
+    from distill.compress.pipeline import Compressor, load_compress_config
+
+    cfg = load_compress_config(path, [f"run_dir={tmp_path}"])
+    compressor = Compressor(cfg, progress=False)
+    spec = {"name": "mlp", "args": {}, "weights": str(tmp_path / "w.safetensors")}
+    for stage in cfg.stages:
+        teacher = spec if stage.teacher else None
+        exp = compressor._experiment(
+            stage.model.model_dump() if stage.model else None, teacher, tmp_path / stage.name, stage
+        )
+        parse_config(exp, stage.name)

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 
 import pytest
 import torch
 import yaml
-from helpers import kd_cfg, make_teacher, synthetic_cfg
+from helpers import kd_cfg, make_teacher, run_fsdp_worker, synthetic_cfg
 
 from distill.checkpoint import load_checkpoint
 from distill.distributed import run_command
@@ -76,12 +75,7 @@ def test_two_gloo_ranks_train_the_same_weights_as_one_process(tmp_path):
 def test_sharding_keeps_tied_weights_parts_and_optimizer_state_exact():
     """FSDP units on a model with a parent-owned parameter, tied weights and a part called
     before the whole; gathered weights equal an unsharded copy (see fsdp_worker.py)."""
-    worker = os.path.join(os.path.dirname(__file__), "fsdp_worker.py")
-    launcher = ["-m", "torch.distributed.run", "--standalone", "--nnodes=1"]
-    cmd = [sys.executable, *launcher, "--nproc_per_node=2", worker]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
-    assert out.returncode == 0 and "FSDP-WORKER-OK" in out.stdout, out.stderr[-3000:]
+    run_fsdp_worker(2)
 
 
 def test_sharded_runs_match_one_process_and_resume_under_any_placement(tmp_path):

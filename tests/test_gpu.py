@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import kd_cfg, make_teacher, synthetic_cfg
+from helpers import kd_cfg, make_teacher, run_fsdp_worker, synthetic_cfg
 
 from distill.build import build
 from distill.checkpoint import load_checkpoint
@@ -163,13 +163,37 @@ def test_fsdp_units_on_cuda_with_nccl():
     """FSDP2 on CUDA under an NCCL process group (one rank: this machine's one GPU): the
     tied-weight, parent-parameter model of fsdp_worker.py trains like its unsharded copy,
     and gathered optimizer state reloads bit for bit."""
-    import os
-    import subprocess
-    import sys
+    run_fsdp_worker(1, FSDP_WORKER_DEVICE="cuda")
 
-    worker = os.path.join(os.path.dirname(__file__), "fsdp_worker.py")
-    launcher = ["-m", "torch.distributed.run", "--standalone", "--nnodes=1"]
-    cmd = [sys.executable, *launcher, "--nproc_per_node=1", worker]
-    env = {**os.environ, "FSDP_WORKER_DEVICE": "cuda"}
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
-    assert out.returncode == 0 and "FSDP-WORKER-OK" in out.stdout, out.stderr[-3000:]
+
+@pytest.mark.parametrize(
+    "student,scheme",
+    [
+        ({"quantize": {"bits": 4, "act_bits": 4}}, "offline"),
+        ({"quantize": {"bits": 4, "act_bits": 4}}, "speq"),
+        ({"quantize": {"bits": 8}}, "qkd"),
+        ({"sparsity": {"amount": 0.5, "end_step": 10, "every": 2}}, "offline"),
+    ],
+    ids=["qat-kd", "speq", "qkd", "sparsity"],
+)
+def test_compression_while_training_on_cuda(tmp_path, student, scheme):
+    """Fake quantizers, their observers, SPEQ's stochastic teacher, QKD's phases and the
+    pruning masks all run on the GPU; the saved weights reload on the CPU."""
+    from distill.assess import load_run
+
+    teacher = make_teacher(tmp_path / "t.safetensors")
+    cfg = kd_cfg(tmp_path / "run", teacher)
+    cfg["student"] = {**cfg["student"], **student}
+    if scheme == "speq":
+        cfg["teacher"], cfg["objective"]["terms"] = None, []
+    if scheme == "qkd":
+        cfg["objective"]["terms"] = []
+    cfg["scheme"] = {
+        "name": scheme,
+        "args": {"self_study": 5, "co_study": 5} if scheme == "qkd" else {},
+    }
+    cfg["train"] = {**cfg["train"], "device": "cuda"}
+    result = run_experiment(parse_config(cfg))
+    assert result["complete"] and result["test_acc"] > 0.4
+    model, _data, _path = load_run(tmp_path / "run")
+    assert next(model.parameters()).device.type == "cpu"

@@ -231,6 +231,16 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_compress(args: argparse.Namespace) -> int:
+    from distill.compress.pipeline import load_compress_config, markdown, run_compress
+
+    cfg = load_compress_config(args.config, args.overrides)
+    result = run_compress(cfg, overwrite=args.overwrite)
+    print(markdown(cfg.name, result["rows"]))
+    print(f"results.json, report.md and pareto.png are in {result['run_dir']}", file=sys.stderr)
+    return 0
+
+
 def _cmd_bench(args: argparse.Namespace) -> int:
     from distill.bench import run_bench
 
@@ -384,6 +394,15 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dirs", nargs="+")
     p.add_argument("--out", default="report", help="output dir (report.md, report.html, PNGs)")
     p.set_defaults(fn=_cmd_report)
+
+    p = sub.add_parser(
+        "compress",
+        help="prune -> distill -> quantize -> export stages from one config, with a table",
+    )
+    p.add_argument("config", help="a compression config (see configs/compress_mnist1d.yaml)")
+    p.add_argument("overrides", nargs="*", help="key.path=value overrides")
+    p.add_argument("--overwrite", action="store_true", help="delete the run dir and start again")
+    p.set_defaults(fn=_cmd_compress)
 
     p = sub.add_parser("bench", help="methods x pairs x seeds under one recipe -> leaderboard")
     p.add_argument("spec", help="a bench spec YAML (see benchmarks/mnist1d_methods.yaml)")

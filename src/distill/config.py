@@ -177,9 +177,15 @@ def parse_config(data: dict[str, Any], source: str = "config") -> ExperimentConf
         raise ConfigError(
             f"{source}: the top level must be a mapping of keys, got {type(data).__name__}"
         )
-    problems = unknown_keys(data, ExperimentConfig)
+    return validated(data, ExperimentConfig, source)
+
+
+def validated(data: dict[str, Any], model: type[Strict], source: str):
+    """`model` validated from `data`, or one ConfigError listing every problem (unknown keys
+    with suggestions, then pydantic's)."""
+    problems = unknown_keys(data, model)
     try:
-        cfg = ExperimentConfig.model_validate(data)
+        cfg = model.model_validate(data)
     except ValidationError as e:
         problems += [p for p in _format_validation(e) if "Extra inputs are not permitted" not in p]
         cfg = None
@@ -228,18 +234,23 @@ def apply_override(data: dict[str, Any], assignment: str) -> None:
             node = node[part]
 
 
+def read_yaml(path: Path, what: str) -> Any:
+    """A YAML file's contents, read safely (no tags that build objects); {} when empty."""
+    if not path.is_file():
+        raise ConfigError(f"{what} {str(path)!r} does not exist")
+    try:
+        return yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path} is not valid YAML: {e}") from None
+
+
 def load_config(
     path: str | Path | None = None, overrides: list[str] = (), data: dict | None = None
 ) -> ExperimentConfig:
     """Read YAML (safely: no tags that build objects), apply overrides, validate."""
     if path is not None:
         path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {str(path)!r} does not exist")
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path} is not valid YAML: {e}") from None
+        data = read_yaml(path, "config file")
     if data is not None and not isinstance(data, dict):
         raise ConfigError(
             f"{path or 'config'}: the top level must be a mapping of keys (student:, data:, ...), "

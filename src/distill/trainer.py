@@ -744,9 +744,18 @@ class Trainer:
         # best-epoch and early-stopping decisions (and the collectives behind them) must agree
         metrics = distributed.from_rank0(metrics)
         score = metrics["acc"] if s.monitor == "acc" else -metrics["nll"]
-        improved = score > st["best"]
+        # a model still being compressed (pruning on its way to its target sparsity) is not
+        # yet the model the run promises: each such epoch is kept as "best" provisionally
+        # and the first settled epoch replaces it
+        settled = all(
+            getattr(h, "settled", lambda _s: True)(st["step"])
+            for h in getattr(self.scheme, "step_hooks", ())
+        )
+        improved = score > st["best"] or not settled
         if improved:
             st["best"], st["best_epoch"], st["bad_epochs"] = score, st["epoch"] + 1, 0
+            if not settled:
+                st["best"] = -math.inf
             weights = distributed.gather_state(self.scheme.eval_model().state_dict())
             structure = structure_of(self.scheme.eval_model())
             if distributed.is_main():

@@ -72,6 +72,7 @@ def factorize(
         if after >= before:
             continue
         new = LowRankLinear(layer.in_features, r, layer.out_features, layer.bias is not None)
+        new.train(layer.training)
         root = s[:r].sqrt()
         new.down.weight.copy_((root[:, None] * vh[:r]).to(layer.weight.dtype))
         new.up.weight.copy_((u[:, :r] * root).to(layer.weight.dtype))

@@ -7,7 +7,7 @@ structured channel/neuron pruning that really removes channels.
   2017), so a student can be pruned while it is distilled.
 - Channel pruning ranks a layer's output channels by the L1 norm of their filters (Li et
   al. 2017, "Pruning Filters for Efficient ConvNets") or by the |scale| of the BatchNorm
-  that follows (Liu et al. 2017, network slimming), keeps the best ones and rebuilds that
+  that follows (Liu et al. 2017, network slimming; L1 where no BatchNorm follows), keeps the best ones and rebuilds that
   layer, its BatchNorm and every layer that reads it narrower. The graph is read with
   torch.fx, so it works on any traceable model; a layer whose output reaches anything the
   analysis does not understand (a residual add, a reshape, the model's output) is left whole.
@@ -111,6 +111,10 @@ class SparsityKeeper:
         self.model, self.settings = model, settings
         self.masks: dict[str, Tensor] | None = None
         self.amount = -1.0
+
+    def settled(self, step: int) -> bool:
+        """Whether the weights after `step` optimizer steps are at the final sparsity."""
+        return scheduled_amount(step, self.settings) >= self.settings.amount
 
     @torch.no_grad()
     def __call__(self, step: int) -> None:
@@ -266,11 +270,9 @@ def channel_groups(model: nn.Module, example: Tensor, skip: Sequence[str] = ()) 
 
 def channel_scores(model: nn.Module, name: str, norms: list[str], criterion: str) -> Tensor:
     layer = model.get_submodule(name)
-    if criterion == "bn":
-        if not norms:
-            raise ValueError(f"criterion 'bn' needs a BatchNorm after {name!r}; use 'l1'")
+    if criterion == "bn" and norms:  # layers without a BatchNorm after them fall back to L1
         return model.get_submodule(norms[0]).weight.detach().abs()
-    if criterion != "l1":
+    if criterion not in ("l1", "bn"):
         raise ValueError(f"channel criterion must be 'l1' or 'bn', got {criterion!r}")
     return layer.weight.detach().abs().flatten(1).sum(1)
 

@@ -126,7 +126,8 @@ def prepare_qat(model: nn.Module, settings: QuantSettings, *, fresh: bool = True
     if not targets:
         raise ValueError("the model has no Conv or Linear layer to quantize")
     for name in targets:
-        model.set_submodule(name, QuantLayer(model.get_submodule(name), settings))
+        layer = model.get_submodule(name)
+        model.set_submodule(name, QuantLayer(layer, settings).train(layer.training))
     record(model, {"op": "quantize", "settings": settings.model_dump()})
     return model
 
@@ -154,7 +155,7 @@ def stochastic_precision(
     quants = act_quantizers(model)
     draws = torch.rand(len(quants), generator=generator)
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    saved = [{k: v.clone() for k, v in m.state_dict().items()} for m in norms]
+    saved = [{k: b.clone() for k, b in m.named_buffers() if b is not None} for m in norms]
     for q, d in zip(quants, draws):
         q.full_precision, q.observe = bool(d < prob), False
     try:
@@ -162,8 +163,10 @@ def stochastic_precision(
     finally:
         for q in quants:
             q.full_precision, q.observe = False, True
-        for m, s in zip(norms, saved):
-            m.load_state_dict(s)
+        with torch.no_grad():
+            for m, s in zip(norms, saved):
+                for k, b in m.named_buffers():
+                    b.copy_(s[k])
 
 
 @contextlib.contextmanager

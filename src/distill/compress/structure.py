@@ -66,6 +66,7 @@ def resized(module: nn.Module, *, inputs: int | None = None, outputs: int | None
         )
     else:
         raise ValueError(f"cannot resize a {type(module).__name__}")
+    new.train(module.training)
     ref = next(module.parameters(), None)
     return new if ref is None else new.to(ref.device)
 

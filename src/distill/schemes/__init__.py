@@ -36,6 +36,7 @@ from distill.schemes.online import (
     OKDDip,
     OnTheFlyNativeEnsemble,
 )
+from distill.schemes.quantized import QKD, SPEQ
 from distill.schemes.self_kd import (
     BAKE,
     BYOT,
@@ -148,6 +149,19 @@ SCHEMES: dict[str, SchemeSpec] = {
     ),
     "bake": _spec(
         "self", "Ge et al. 2021, Self-Distillation with Batch Knowledge Ensembling", "none", BAKE
+    ),
+    "speq": _spec(
+        "quantized",
+        "Boo et al. 2021, Stochastic Precision Ensemble: Self-Knowledge Distillation for "
+        "Quantized Deep Neural Networks",
+        "none",
+        SPEQ,
+    ),
+    "qkd": _spec(
+        "quantized",
+        "Kim et al. 2019, QKD: Quantization-aware Knowledge Distillation",
+        "required",
+        QKD,
     ),
     "sd_dropout": _spec(
         "self", "Lee et al. 2023, Self-Knowledge Distillation via Dropout", "none", SDDropout
