@@ -197,3 +197,29 @@ def test_compression_while_training_on_cuda(tmp_path, student, scheme):
     assert result["complete"] and result["test_acc"] > 0.4
     model, _data, _path = load_run(tmp_path / "run")
     assert next(model.parameters()).device.type == "cpu"
+
+
+@pytest.mark.parametrize("scheme", ["ddpm", "progressive", "dkdm"])
+def test_diffusion_schemes_on_cuda(tmp_path, scheme):
+    """Denoisers, DDIM sampling, progressive targets and the data-free pool on the GPU,
+    under bf16 autocast; sample quality is measured at the end."""
+    from distill.checkpoint import save_weights
+    from distill.models import build_model
+
+    denoiser = {"name": "mlp_denoiser", "args": {"width": 32, "depth": 1}}
+    cfg = synthetic_cfg(tmp_path / "run", data={"name": "digits_2d", "options": {}})
+    args = {"rescale": False, "eval_samples": 50}
+    if scheme == "progressive":
+        args["teacher_steps"] = 8
+    if scheme == "dkdm":
+        args.update(teacher_steps=4, pool=16, student_steps=4)
+    cfg["scheme"] = {"name": scheme, "args": args}
+    cfg["student"] = denoiser
+    if scheme != "ddpm":
+        save_weights(
+            tmp_path / "t.safetensors", build_model("mlp_denoiser", (2,), 10, denoiser["args"])
+        )
+        cfg["teacher"] = {**denoiser, "weights": str(tmp_path / "t.safetensors")}
+    cfg["train"] = {**cfg["train"], "device": "cuda", "precision": "bf16", "monitor": "nll"}
+    result = run_experiment(parse_config(cfg))
+    assert result["complete"] and "test_mmd" in result

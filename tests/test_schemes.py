@@ -42,7 +42,11 @@ def _batch(built, n: int = 16) -> dict:
 
 # ----------------------------------------------------------------------------- catalogue
 def test_every_scheme_has_an_example_and_is_listed():
-    more = [p for d in ("llm", "embed") for p in sorted((ROOT / "examples" / d).glob("*.yaml"))]
+    more = [
+        p
+        for d in ("llm", "embed", "diffusion")
+        for p in sorted((ROOT / "examples" / d).glob("*.yaml"))
+    ]
     used = {load_config(p).scheme.name for p in [*EXAMPLES, *more]}
     missing = set(SCHEMES) - used - {"supervised", "offline"}
     assert not missing, f"schemes without an example: {sorted(missing)}"

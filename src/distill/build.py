@@ -472,6 +472,11 @@ def build(cfg: ExperimentConfig, *, missing_weights_ok: bool = False) -> Built:
             f"scheme {cfg.scheme.name!r} runs in stages; start it with distill run "
             f"(or distill.run.run_experiment), which trains each stage in turn"
         )
+    if spec.family == "diffusion" and cfg.train.monitor == "acc":
+        raise ConfigError(
+            f"scheme {cfg.scheme.name!r} trains a denoiser, which has no accuracy; set "
+            "train.monitor: nll (its validation loss picks the best epoch)"
+        )
     seed_everything(cfg.train.seed)  # model and adapter init depend on the run seed
     data = load_data(cfg.data)
     ok = missing_weights_ok
@@ -496,7 +501,8 @@ def build(cfg: ExperimentConfig, *, missing_weights_ok: bool = False) -> Built:
         teacher_k = _dry_knowledge(
             teacher, teacher_layers, teacher_batch, f"teacher {cfg.teacher.name}"
         )
-    if spec.family != "embedding":  # sentence encoders output embeddings, not classes
+    # sentence encoders output embeddings and denoisers images, not classes
+    if spec.family not in ("embedding", "diffusion"):
         logits_read = not offline or any(
             needs_teacher(t.loss)
             and "logits" in ([t.teacher] if isinstance(t.teacher, str) else t.teacher)

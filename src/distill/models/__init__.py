@@ -7,6 +7,7 @@ from collections.abc import Callable, Sequence
 
 from torch import nn
 
+from distill.diffusion.core import ConvDenoiser, MLPDenoiser
 from distill.errors import ConfigError
 from distill.llm.models import hf_causal_lm, hf_pretrained
 from distill.models.encoders import minilm_teacher, pretrained_encoder, sentence_encoder
@@ -18,6 +19,8 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "convnet": ConvNet,
     "resnet": ResNet,
     "transformer": Transformer,
+    "mlp_denoiser": MLPDenoiser,
+    "conv_denoiser": ConvDenoiser,
     "hf_causal_lm": hf_causal_lm,
     "hf_pretrained": hf_pretrained,
     "minilm_teacher": minilm_teacher,

@@ -28,6 +28,7 @@ from distill.mlm import MaskedLMDistillation
 from distill.schemes.adversarial import AdversarialKD, RobustDistillation
 from distill.schemes.base import SchemeBase, SchemeContext, parse_args
 from distill.schemes.data_free import DAFL, DFAD, DeepInversion
+from distill.schemes.diffusion import DDPM, DKDM, Progressive
 from distill.schemes.multi_teacher import MultiTeacher
 from distill.schemes.offline import OfflineKD
 from distill.schemes.online import (
@@ -162,6 +163,24 @@ SCHEMES: dict[str, SchemeSpec] = {
         "Kim et al. 2019, QKD: Quantization-aware Knowledge Distillation",
         "required",
         QKD,
+    ),
+    "ddpm": _spec(
+        "diffusion",
+        "Ho et al. 2020, Denoising Diffusion Probabilistic Models (v-prediction, Salimans & Ho 2022)",
+        "none",
+        DDPM,
+    ),
+    "progressive": _spec(
+        "diffusion",
+        "Salimans & Ho 2022, Progressive Distillation for Fast Sampling of Diffusion Models",
+        "required",
+        Progressive,
+    ),
+    "dkdm": _spec(
+        "diffusion",
+        "Xiang et al. 2024, DKDM: Data-Free Knowledge Distillation for Diffusion Models",
+        "required",
+        DKDM,
     ),
     "sd_dropout": _spec(
         "self", "Lee et al. 2023, Self-Knowledge Distillation via Dropout", "none", SDDropout
