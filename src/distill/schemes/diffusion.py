@@ -85,7 +85,7 @@ class _DiffusionBase(SchemeBase):
         from distill.diffusion.metrics import digits_features, frechet_distance, mmd
 
         model = model.to(device)
-        n = min(self.args.eval_samples, len(dataset)) if len(dataset) > 1 else 2
+        n = max(2, min(self.args.eval_samples, len(dataset)))
         gen = torch.Generator().manual_seed(2024)
         fake = sample(model, n, self.shape, steps, generator=gen, device=device).cpu()
         real = _clean(load_batch(dataset, torch.arange(len(dataset))), self.args.rescale)
