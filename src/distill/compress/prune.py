@@ -174,7 +174,7 @@ _PASS_METHODS = {"relu", "sigmoid", "tanh", "contiguous"}
 
 
 class _Blocked(Exception):
-    pass
+    """A layer's output reaches an operation the channel analysis does not follow."""
 
 
 def _trace(model: nn.Module, example: Tensor):

@@ -26,7 +26,14 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
 
-from distill.diffusion.core import alpha_sigma, diffuse, predict_x, progressive_target, sample
+from distill.diffusion.core import (
+    alpha_sigma,
+    ddim_step,
+    diffuse,
+    predict_x,
+    progressive_target,
+    sample,
+)
 from distill.errors import ConfigError
 from distill.schemes.base import SchemeBase, SchemeContext, parse_args
 from distill.settings import Strict
@@ -113,7 +120,7 @@ class _DiffusionBase(SchemeBase):
 
 
 class DDPMArgs(_DiffusionArgs):
-    pass
+    """The shared diffusion arguments; `sample_steps` sets the test-time DDIM steps."""
 
 
 class DDPM(_DiffusionBase):
@@ -255,8 +262,6 @@ class DKDM(_DiffusionBase):
         steps = self.args.teacher_steps
         t = index.float() / steps
         s = (index.float() - 1) / steps
-        from distill.diffusion.core import ddim_step
-
         moved = ddim_step(self.teacher, self.pool.z[rows], t[rows], s[rows])
         self.pool.z[rows] = moved.to(self.pool.z.dtype)
 
@@ -283,7 +288,7 @@ class DKDM(_DiffusionBase):
 
     @torch.no_grad()
     def evaluate(self, dataset, *, batch_size: int, device) -> dict[str, float]:
-        """Student-to-teacher v-MSE on fixed synthetic points (pure noise diffused along
+        """Student-to-teacher v-MSE on fixed synthetic points (Gaussian z at random times
         t ~ U(0, 1)): no real data is read, not even to validate."""
         del dataset
         gen = torch.Generator().manual_seed(777)
