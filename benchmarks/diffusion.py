@@ -29,7 +29,7 @@ from distill.checkpoint import atomic_write_bytes, atomic_write_text, restore_we
 from distill.config import load_config  # noqa: E402
 from distill.data import load_batch  # noqa: E402
 from distill.diffusion.core import sample  # noqa: E402
-from distill.diffusion.metrics import digits_features, frechet_distance, mmd  # noqa: E402
+from distill.diffusion.metrics import sample_quality  # noqa: E402
 from distill.models import build_model  # noqa: E402
 from distill.run import run_experiment  # noqa: E402
 
@@ -69,9 +69,7 @@ def main() -> None:
     n = min(args.samples, len(real))
 
     def quality(x: torch.Tensor) -> float:
-        if images:
-            return frechet_distance(digits_features(x), digits_features(real))
-        return mmd(x[:n], real[:n])
+        return next(iter(sample_quality(x[:n], real).values()))
 
     metric = "FD (digits features)" if images else "MMD^2"
     teacher = _model(t_cfg.student, data, weights_path(str(teacher_dir)))

@@ -95,3 +95,11 @@ def _fit(model: nn.Module, opt, x: Tensor, y: Tensor, gen: torch.Generator) -> N
 def digits_features(images: Tensor) -> Tensor:
     """Features of 8x8 images in [-1, 1] (any leading shape (N, 1, 8, 8) or (N, 64))."""
     return digits_classifier().features(images.float().reshape(len(images), 64).clamp(-1, 1))
+
+
+def sample_quality(fake: Tensor, real: Tensor) -> dict[str, float]:
+    """{'fd': ...} for 8x8 images (Fréchet distance in digits-classifier features), else
+    {'mmd': ...} (squared MMD on as many real samples as there are fakes)."""
+    if tuple(fake.shape[1:]) == (1, 8, 8):
+        return {"fd": frechet_distance(digits_features(fake), digits_features(real))}
+    return {"mmd": mmd(fake, real[: len(fake)])}

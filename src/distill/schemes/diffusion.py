@@ -89,16 +89,14 @@ class _DiffusionBase(SchemeBase):
 
     def quality(self, model: nn.Module, dataset, steps: int, device="cpu") -> dict[str, float]:
         from distill.data import load_batch
-        from distill.diffusion.metrics import digits_features, frechet_distance, mmd
+        from distill.diffusion.metrics import sample_quality
 
         model = model.to(device)
         n = max(2, min(self.args.eval_samples, len(dataset)))
         gen = torch.Generator().manual_seed(2024)
         fake = sample(model, n, self.shape, steps, generator=gen, device=device).cpu()
         real = _clean(load_batch(dataset, torch.arange(len(dataset))), self.args.rescale)
-        if self.shape == (1, 8, 8):
-            return {"fd": frechet_distance(digits_features(fake), digits_features(real))}
-        return {"mmd": mmd(fake, real[:n])}
+        return sample_quality(fake, real)
 
     def test_metrics(self, dataset, *, batch_size: int, device="cpu") -> dict[str, float]:
         out = {
