@@ -70,3 +70,28 @@ def run_fsdp_worker(nproc: int, **env: str) -> None:
     full_env = {**os.environ, "OMP_NUM_THREADS": "1", **env}
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=full_env)
     assert out.returncode == 0 and "FSDP-WORKER-OK" in out.stdout, out.stderr[-3000:]
+
+
+def stand_in_weights(cfg, tmp_path: Path) -> list[str]:
+    """Overrides pointing every configured teacher at untrained weights of its shape."""
+    overrides = []
+    entries = [("teacher", cfg.teacher)] + [
+        (f"teachers.{i}", t) for i, t in enumerate(cfg.teachers)
+    ]
+    for role, spec in entries:
+        if spec is None or spec.weights is None:
+            continue
+        data = cfg.data.model_dump()
+        if getattr(spec, "classes", None):
+            data["classes"] = spec.classes
+        one = parse_config(
+            {
+                "scheme": "supervised",
+                "data": data,
+                "student": {"name": spec.name, "args": spec.args},
+            }
+        )
+        path = tmp_path / f"{role}.safetensors"
+        save_weights(path, build(one).student)
+        overrides.append(f"{role}.weights={path}")
+    return overrides

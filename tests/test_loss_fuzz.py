@@ -11,7 +11,9 @@ from distill.losses import LOSSES
 
 NAMES = [n for n, spec in LOSSES.items() if spec.family.startswith("response")]
 WITH_TEACHER = [n for n in NAMES if LOSSES[n].needs_teacher]
-RELATION = [n for n, spec in LOSSES.items() if spec.family == "relation" and n != "fsp"]
+RELATION = [  # fsp and lsp read other shapes (tested in test_losses and test_paradigms)
+    n for n, spec in LOSSES.items() if spec.family == "relation" and n not in ("fsp", "lsp")
+]
 DIVERGENCES = ["kd", "soft_ce", "reverse_kl", "js"]
 
 

@@ -177,6 +177,18 @@ def _scheme_problems(cfg: ExperimentConfig, spec: Any) -> list[str]:
 
 
 def load_data(spec: DataConfig) -> DataSplits:
+    data = _load_data(spec)
+    if spec.condense is not None:
+        from distill.paradigms.condense import condense
+
+        if data.paired_shape is not None:
+            raise ConfigError("data.condense does not apply to paired (cross-modal) data")
+        plain = spec.model_dump(mode="json", exclude={"condense", "augment"})
+        data = condense(data, spec.condense, plain)
+    return data
+
+
+def _load_data(spec: DataConfig) -> DataSplits:
     return load_dataset(
         spec.name,
         val_fraction=spec.val_fraction,
@@ -184,6 +196,7 @@ def load_data(spec: DataConfig) -> DataSplits:
         train_samples=spec.train_samples,
         unlabeled=spec.unlabeled,
         classes=spec.classes,
+        task_classes=spec.task_classes,
         label_map=spec.label_map,
         view=spec.view,
         paired=spec.paired,

@@ -241,6 +241,26 @@ def _cmd_compress(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_interpret(args: argparse.Namespace) -> int:
+    from distill.paradigms.interpret import load_interpret_config, markdown, run_interpret
+
+    cfg = load_interpret_config(args.config, args.overrides)
+    result = run_interpret(cfg)
+    print(markdown(cfg.name, result["rows"]))
+    print(f"results.json, report.md and rules.txt are in {result['run_dir']}", file=sys.stderr)
+    return 0
+
+
+def _cmd_federated(args: argparse.Namespace) -> int:
+    from distill.paradigms.federated import load_federated_config, markdown, run_federated
+
+    cfg = load_federated_config(args.config, args.overrides)
+    result = run_federated(cfg, overwrite=args.overwrite)
+    print(markdown(cfg.name, result))
+    print(f"results.json and report.md are in {result['run_dir']}", file=sys.stderr)
+    return 0
+
+
 def _cmd_bench(args: argparse.Namespace) -> int:
     from distill.bench import run_bench
 
@@ -403,6 +423,23 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="key.path=value overrides")
     p.add_argument("--overwrite", action="store_true", help="delete the run dir and start again")
     p.set_defaults(fn=_cmd_compress)
+
+    p = sub.add_parser(
+        "interpret",
+        help="decision-tree and sparse-linear students of a trained teacher, with fidelity",
+    )
+    p.add_argument("config", help="see examples/paradigms/interpret.yaml")
+    p.add_argument("overrides", nargs="*", help="key.path=value overrides")
+    p.set_defaults(fn=_cmd_interpret)
+
+    p = sub.add_parser(
+        "federated",
+        help="clients share predictions on a public set; a server model is distilled from them",
+    )
+    p.add_argument("config", help="see examples/paradigms/federated.yaml")
+    p.add_argument("overrides", nargs="*", help="key.path=value overrides")
+    p.add_argument("--overwrite", action="store_true", help="delete the run dir and start again")
+    p.set_defaults(fn=_cmd_federated)
 
     p = sub.add_parser("bench", help="methods x pairs x seeds under one recipe -> leaderboard")
     p.add_argument("spec", help="a bench spec YAML (see benchmarks/mnist1d_methods.yaml)")

@@ -16,6 +16,7 @@ import yaml
 from pydantic import Field, ValidationError, field_validator
 
 from distill.errors import ConfigError, did_you_mean
+from distill.paradigms.condense import CondenseSettings
 from distill.settings import QuantSettings, SparsitySettings, Strict, TrainSettings
 
 
@@ -32,6 +33,9 @@ class DataConfig(Strict):
     unlabeled: bool = False  # keep the other training inputs, without labels, as a transfer set
     options: dict[str, Any] = {}  # passed to the dataset loader, e.g. {num_samples: 8000}
     classes: list[int] | None = None  # keep only these classes, relabelled 0..k-1 (specialists)
+    # keep only these classes' samples, labels unchanged, the model still has every class's
+    # output: one task of a class-incremental sequence (scheme: lifelong)
+    task_classes: list[int] | None = None
     # a related task with another label space: class c becomes label_map[c] (e.g. parity
     # [0, 1, 0, 1, ...]), to train a cross-task teacher
     label_map: list[int] | None = None
@@ -40,6 +44,8 @@ class DataConfig(Strict):
     view: str | None = None
     paired: str | None = None
     augment: list[AugmentConfig] = []
+    # dataset distillation: train on a few synthetic (or random real) samples per class
+    condense: CondenseSettings | None = None
 
 
 class ModelConfig(Strict):
@@ -242,6 +248,27 @@ def read_yaml(path: Path, what: str) -> Any:
         return yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"{path} is not valid YAML: {e}") from None
+
+
+def load_command_config(path: str | Path, overrides: list[str], model: type[Strict], what: str):
+    """A command's own YAML config (federated, interpret, ...): read safely, overrides
+    applied, validated against `model`."""
+    data = read_yaml(Path(path), what)
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level of a {what} must be a mapping of keys")
+    for assignment in overrides:
+        apply_override(data, assignment)
+    return validated(data, model, str(path))
+
+
+class RunDirMixin:
+    """`run_dir` if set, else runs/<name>."""
+
+    name: str
+    run_dir: str | None
+
+    def resolved_run_dir(self) -> Path:
+        return Path(self.run_dir) if self.run_dir else Path("runs") / self.name
 
 
 def load_config(

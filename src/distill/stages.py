@@ -1,6 +1,6 @@
 """Runs made of stages: each stage is an ordinary run in `<run_dir>/stages/NN-name`.
 
-Three things expand into stages:
+Four things expand into stages:
 
 - `stages:` in a config (multi-stage training: e.g. a hint stage, then a KD stage), each with
   its own scheme, objective, optimizer and epochs; the student carries over by default;
@@ -8,7 +8,10 @@ Three things expand into stages:
   initialised generation k+1 of the same architecture; optionally the generations' ensemble
   is tested too;
 - `scheme: teacher_assistant` (Mirzadeh et al. 2020): teacher -> assistant(s) -> student,
-  each trained by offline KD from the one before.
+  each trained by offline KD from the one before;
+- `scheme: lifelong` — one stage per task of a class-incremental sequence, each distilling
+  from the previous stage's model (LwF) and/or anchored to it by EWC
+  (distill.paradigms.lifelong).
 
 Every stage checkpoints on its own; a finished stage (its results.json) is never retrained,
 and `--resume` continues the stage that was interrupted. The final stage's best weights are
@@ -29,6 +32,7 @@ from pydantic import Field
 from distill.checkpoint import atomic_write_text, restore_weights
 from distill.config import ExperimentConfig, ModelConfig, dump_config, parse_config
 from distill.errors import ConfigError
+from distill.paradigms import lifelong
 from distill.schemes import SCHEMES, parse_args
 from distill.settings import Strict
 
@@ -43,7 +47,11 @@ class TeacherAssistantArgs(Strict):
     assistants: list[ModelConfig] = Field(min_length=1)  # largest first
 
 
-PIPELINE_ARGS: dict[str, type[Strict]] = {"ban": BANArgs, "teacher_assistant": TeacherAssistantArgs}
+PIPELINE_ARGS: dict[str, type[Strict]] = {
+    "ban": BANArgs,
+    "teacher_assistant": TeacherAssistantArgs,
+    "lifelong": lifelong.LifelongArgs,
+}
 
 
 def is_pipeline(cfg: ExperimentConfig) -> bool:
@@ -76,6 +84,10 @@ def expand(cfg: ExperimentConfig) -> list[ExperimentConfig]:
         stages = _user_stages(cfg, base, run_dir)
     elif cfg.scheme.name == "ban":
         stages = _ban_stages(cfg, base, run_dir)
+    elif cfg.scheme.name == "lifelong":
+        stages = lifelong.stage_configs(
+            cfg, base, lambda i, name: _stage_dir(run_dir, i, name), _trained
+        )
     else:
         stages = _assistant_stages(cfg, base, run_dir)
     out = []
@@ -239,11 +251,13 @@ def run_pipeline(cfg: ExperimentConfig, *, resume: bool, overwrite: bool, callba
         json.dumps({"stages": [s.resolved_run_dir().name for s in stages]}, indent=2),
     )
     results = []
-    for stage in stages:
+    for i, stage in enumerate(stages):
         stage_dir = stage.resolved_run_dir()
         done = stage_dir / "results.json"
         if done.is_file():
             results.append(json.loads(done.read_text()))
+            if cfg.scheme.name == "lifelong":
+                lifelong.after_stage(cfg, i, stage)
             continue
         can_resume = (stage_dir / "checkpoints" / "last.safetensors").is_file()
         r = run_experiment(
@@ -261,6 +275,8 @@ def run_pipeline(cfg: ExperimentConfig, *, resume: bool, overwrite: bool, callba
                 "stopped_by": r["stopped_by"],
                 "stages": results,
             }
+        if cfg.scheme.name == "lifelong":
+            lifelong.after_stage(cfg, i, stage)
     final = stages[-1].resolved_run_dir()
     (run_dir / "checkpoints").mkdir(exist_ok=True)
     _copy_atomic(weights_path(str(final)), run_dir / "checkpoints" / "best.safetensors")
@@ -282,6 +298,8 @@ def run_pipeline(cfg: ExperimentConfig, *, resume: bool, overwrite: bool, callba
     if cfg.scheme.name == "ban" and parse_args(BANArgs, cfg.scheme.args, "ban").ensemble:
         built = build(stages[-1])
         summary.update(_ensemble_test(built, [s.resolved_run_dir() for s in stages], cfg))
+    if cfg.scheme.name == "lifelong":
+        summary["lifelong"] = lifelong.task_accuracies(cfg, stages)
     atomic_write_text(run_dir / "results.json", json.dumps(summary, indent=2))
     return summary
 

@@ -119,6 +119,23 @@ def select_classes(raw: RawData, classes: list[int]) -> RawData:
     return RawData(raw.name, keep(raw.train), keep(raw.test), raw.input_shape)
 
 
+def keep_task(raw: RawData, classes: list[int]) -> RawData:
+    """Keep the samples of `classes` with their labels (one task of a class sequence)."""
+    present = set(np.unique(raw.train[1]).tolist())
+    missing = [c for c in classes if c not in present]
+    if missing or len(set(classes)) != len(classes) or not classes:
+        raise ConfigError(
+            f"data.task_classes: need distinct classes of the dataset (it has {sorted(present)}), "
+            f"got {classes}"
+        )
+
+    def keep(xy: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        mask = np.isin(xy[1], classes)
+        return xy[0][mask], xy[1][mask]
+
+    return RawData(raw.name, keep(raw.train), keep(raw.test), raw.input_shape)
+
+
 def map_labels(raw: RawData, label_map: list[int]) -> RawData:
     """Relabel class c as label_map[c]: a related task with another label space."""
     n = int(max(raw.train[1].max(), raw.test[1].max())) + 1
@@ -167,6 +184,7 @@ def make_splits(
     split_seed: int = 0,
     train_samples: int | None = None,
     unlabeled: bool = False,
+    num_classes: int | None = None,
 ) -> DataSplits:
     """Carve a stratified validation set out of train; optionally keep fewer labelled samples.
 
@@ -215,7 +233,7 @@ def make_splits(
         val=make(x[val_idx], y[val_idx], rows(p_train, val_idx)),
         test=make(*raw.test, p_test),
         input_shape=tuple(raw.input_shape),
-        num_classes=int(max(y.max(), raw.test[1].max())) + 1,
+        num_classes=num_classes or int(max(y.max(), raw.test[1].max())) + 1,
         paired_shape=raw.paired_shape,
     )
 
@@ -300,6 +318,13 @@ def load_synthetic(
     return RawData("synthetic", (x[n_test:], y[n_test:]), (x[:n_test], y[:n_test]), (num_features,))
 
 
+def load_graph(**options: Any) -> RawData:
+    """A kNN graph over a dataset's samples, nodes as two-hop trees (distill.paradigms.graph)."""
+    from distill.paradigms.graph import load_graph as make_graph
+
+    return make_graph(**options)
+
+
 def load_text(**options: Any) -> DataSplits:
     """Token blocks of a text corpus for language models (see `distill.llm.text`)."""
     from distill.llm.text import text_dataset
@@ -326,6 +351,7 @@ DATASETS: dict[str, Callable[..., RawData | DataSplits]] = {
     "digits_2d": load_digits_2d,
     "mnist1d": load_mnist1d,
     "synthetic": load_synthetic,
+    "graph": load_graph,
     "text": load_text,
     "sentences": load_sentences,
     "jsonl": load_jsonl,
@@ -340,6 +366,7 @@ def load_dataset(
     train_samples: int | None = None,
     unlabeled: bool = False,
     classes: list[int] | None = None,
+    task_classes: list[int] | None = None,
     label_map: list[int] | None = None,
     view: str | None = None,
     paired: str | None = None,
@@ -348,7 +375,9 @@ def load_dataset(
     """A named dataset (options go to its loader), split by `make_splits`.
 
     `classes` keeps only those classes, relabelled 0..k-1 in the order given (to train a
-    specialist teacher for multi-teacher distillation). `view` turns the inputs into another
+    specialist teacher for multi-teacher distillation); `task_classes` keeps those classes'
+    samples with their labels and the full class count (one task of a class-incremental
+    sequence). `view` turns the inputs into another
     modality and `paired` keeps a second modality beside them (see `distill.data.views`).
     """
     loader = lookup("dataset", name, DATASETS)
@@ -357,7 +386,7 @@ def load_dataset(
     except TypeError as e:
         raise ConfigError(f"dataset {name!r}: {e}; set its options under data.options") from None
     if isinstance(raw, DataSplits):  # a loader that splits itself (text corpora)
-        if train_samples is not None or unlabeled or classes is not None:
+        if train_samples is not None or unlabeled or classes is not None or task_classes:
             raise ConfigError(
                 f"dataset {name!r} makes its own splits; data.train_samples, data.unlabeled and "
                 f"data.classes do not apply to it (set its options under data.options)"
@@ -366,6 +395,10 @@ def load_dataset(
     raw = check_raw(_as_raw(raw, name), name)
     if classes is not None:
         raw = select_classes(raw, classes)
+    num_classes = None
+    if task_classes is not None:
+        num_classes = int(max(raw.train[1].max(), raw.test[1].max())) + 1
+        raw = keep_task(raw, task_classes)
     if label_map is not None:
         raw = map_labels(raw, label_map)
     if view is not None or paired is not None:
@@ -376,4 +409,5 @@ def load_dataset(
         split_seed=split_seed,
         train_samples=train_samples,
         unlabeled=unlabeled,
+        num_classes=num_classes,
     )

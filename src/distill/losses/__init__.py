@@ -32,6 +32,7 @@ from distill.losses.relation import (
     cc_loss,
     fsp_loss,
     graph_loss,
+    lsp_loss,
     rkd_angle_loss,
     rkd_distance_loss,
     sp_loss,
@@ -125,6 +126,12 @@ LOSSES: dict[str, LossSpec] = {
     "graph": LossSpec(
         graph_loss, "relation", "batch adjacency matching, the surveys' L_graph (Liu et al. 2023)"
     ),
+    "lsp": LossSpec(
+        lsp_loss,
+        "relation",
+        "Yang et al. 2020, Distilling Knowledge from Graph Convolutional Networks (local "
+        "structure preserving)",
+    ),
     "fitnet": LossSpec(
         mse_loss, "feature", "Romero et al. 2015, FitNets: hints (MSE) through a trained adapter"
     ),
@@ -212,6 +219,7 @@ __all__ = [
     "cc_loss",
     "fsp_loss",
     "graph_loss",
+    "lsp_loss",
     "rkd_angle_loss",
     "rkd_distance_loss",
     "sp_loss",

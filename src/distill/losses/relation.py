@@ -167,3 +167,46 @@ def graph_loss(
     _same_batch(student, teacher, "graph")
     s, t = _flat(student), _flat(teacher.detach())
     return (_adjacency(s, kernel, gamma) - _adjacency(t, kernel, gamma)).pow(2).mean()
+
+
+def _local_structure(x: Tensor, kernel: str, sigma: float) -> Tensor:
+    """log LS_i: each node's softmax over its neighbours of SIM(z_i, z_j). (B, 1+k, H) -> (B, k).
+
+    Row 0 is the node, rows 1..k its graph neighbours (distill.paradigms.graph's layout)."""
+    centre, nbrs = x[:, :1].float(), x[:, 1:].float()
+    if kernel == "rbf":
+        sim = torch.exp(-(centre - nbrs).pow(2).sum(-1) / (2 * sigma**2))
+    elif kernel == "distance":
+        sim = -(centre - nbrs).pow(2).sum(-1) / (2 * sigma**2)
+    elif kernel == "linear":
+        sim = (centre * nbrs).sum(-1)
+    else:
+        raise ValueError(f"lsp kernel must be 'rbf', 'distance' or 'linear', got {kernel!r}")
+    return F.log_softmax(sim, dim=-1)
+
+
+def lsp_loss(
+    student: Tensor, teacher: Tensor, *, kernel: str = "distance", sigma: float = 1.0
+) -> Tensor:
+    """Local structure preserving loss (Yang et al. 2020, Distilling Knowledge from GCNs).
+
+    For node i with neighbours N(i), LS_ij = exp(SIM(z_i, z_j)) / sum_{l in N(i)} exp(SIM(z_i, z_l));
+    the loss is (1/N) sum_i KL(LS^s_i || LS^t_i), the paper's direction. Inputs are
+    (B, 1 + k, H): each node's embedding in row 0 and its k neighbours' in rows 1..k, so the
+    student and teacher may have different widths. SIM is an RBF kernel
+    exp(-||z_i - z_j||^2 / 2 sigma^2), its log ('distance'), or the dot product ('linear').
+    """
+    if student.dim() != 3 or teacher.dim() != 3:
+        raise ValueError(
+            f"lsp reads (batch, 1 + neighbours, features) node embeddings; got student "
+            f"{tuple(student.shape)}, teacher {tuple(teacher.shape)} (tap a layer of a graph "
+            f"model that keeps the neighbour rows, e.g. 'embed')"
+        )
+    if student.shape[:2] != teacher.shape[:2] or student.shape[1] < 3:
+        raise ValueError(
+            f"lsp: student {tuple(student.shape)} and teacher {tuple(teacher.shape)} must cover "
+            f"the same nodes and at least two neighbours"
+        )
+    log_s = _local_structure(student, kernel, sigma)
+    log_t = _local_structure(teacher.detach(), kernel, sigma)
+    return (log_s.exp() * (log_s - log_t)).sum(-1).mean()

@@ -12,6 +12,7 @@ from distill.errors import ConfigError
 from distill.llm.models import hf_causal_lm, hf_pretrained
 from distill.models.encoders import minilm_teacher, pretrained_encoder, sentence_encoder
 from distill.models.zoo import MLP, ConvNet, ResNet, Transformer
+from distill.paradigms.graph import GNN, NodeMLP
 from distill.registry import lookup, resolve_reference
 
 MODELS: dict[str, Callable[..., nn.Module]] = {
@@ -19,6 +20,8 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "convnet": ConvNet,
     "resnet": ResNet,
     "transformer": Transformer,
+    "gnn": GNN,
+    "node_mlp": NodeMLP,
     "mlp_denoiser": MLPDenoiser,
     "conv_denoiser": ConvDenoiser,
     "hf_causal_lm": hf_causal_lm,

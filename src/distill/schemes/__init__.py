@@ -25,6 +25,8 @@ from torch import Tensor, nn
 from distill.embed import EmbeddingDistillation
 from distill.llm.scheme import LMDistillation
 from distill.mlm import MaskedLMDistillation
+from distill.paradigms.ensemble import EnsembleKD
+from distill.paradigms.lifelong import LwF
 from distill.schemes.adversarial import AdversarialKD, RobustDistillation
 from distill.schemes.base import SchemeBase, SchemeContext, parse_args
 from distill.schemes.data_free import DAFL, DFAD, DeepInversion
@@ -265,6 +267,26 @@ SCHEMES: dict[str, SchemeSpec] = {
         "teacher-student disagreement",
         "required",
         DFAD,
+    ),
+    "ensemble_kd": _spec(
+        "ensemble",
+        "Bucilă, Caruana & Niculescu-Mizil 2006, Model Compression (MUNGE transfer data); "
+        "Malinin et al. 2020, Ensemble Distribution Distillation",
+        "teachers",
+        EnsembleKD,
+    ),
+    "lwf": _spec(
+        "lifelong",
+        "Li & Hoiem 2016, Learning without Forgetting; Kirkpatrick et al. 2017, Elastic Weight "
+        "Consolidation (one task of scheme: lifelong)",
+        "optional",
+        LwF,
+    ),
+    "lifelong": SchemeSpec(
+        "pipeline",
+        "class-incremental tasks in sequence: LwF (Li & Hoiem 2016) and EWC (Kirkpatrick et "
+        "al. 2017), against fine-tuning and joint training",
+        "none",
     ),
     "ban": SchemeSpec("pipeline", "Furlanello et al. 2018, Born-Again Neural Networks", "optional"),
     "teacher_assistant": SchemeSpec(
