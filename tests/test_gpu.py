@@ -223,3 +223,69 @@ def test_diffusion_schemes_on_cuda(tmp_path, scheme):
     cfg["train"] = {**cfg["train"], "device": "cuda", "precision": "bf16", "monitor": "nll"}
     result = run_experiment(parse_config(cfg))
     assert result["complete"] and "test_mmd" in result
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_graph_lifelong_and_ensemble_schemes_on_cuda(tmp_path, precision):
+    """LSP through the GNN taps, LwF + EWC anchors and MUNGE batches, all on the GPU."""
+    train = {"device": "cuda", "precision": precision, "epochs": 2}
+    graph_data = {
+        "name": "graph",
+        "options": {"base": "synthetic", "k": 3, "num_samples": 400, "num_classes": 3},
+    }
+    gnn = {"name": "gnn", "args": {"hidden": 16}}
+    teacher = run_experiment(
+        parse_config(synthetic_cfg(tmp_path / "gt", data=graph_data, student=gnn, train=train))
+    )
+    cfg = synthetic_cfg(
+        tmp_path / "glnn",
+        data=graph_data,
+        student={"name": "node_mlp", "args": {"hidden": 8}},
+        train=train,
+    )
+    cfg["scheme"] = "offline"
+    cfg["teacher"] = {**gnn, "weights": teacher["run_dir"]}
+    cfg["objective"] = {
+        "terms": [{"loss": "kd"}, {"loss": "lsp", "student": "embed", "teacher": "embed"}]
+    }
+    assert run_experiment(parse_config(cfg))["complete"]
+
+    life = synthetic_cfg(tmp_path / "life", train=train)
+    life["scheme"] = {"name": "lifelong", "args": {"tasks": [[0], [1, 2]], "ewc_weight": 10.0}}
+    result = run_experiment(parse_config(life))
+    assert result["complete"] and len(result["lifelong"]["acc_class_il"]) == 2
+
+    members = []
+    for s in range(2):
+        r = run_experiment(
+            parse_config(synthetic_cfg(tmp_path / f"m{s}", train={**train, "seed": s}))
+        )
+        members.append({"name": "mlp", "args": {"hidden": [16]}, "weights": r["run_dir"]})
+    ens = synthetic_cfg(tmp_path / "ens", train=train)
+    ens["scheme"] = {"name": "ensemble_kd", "args": {"target": "dirichlet"}}
+    ens["teachers"] = members
+    result = run_experiment(parse_config(ens))
+    assert result["complete"] and "test_knowledge_uncertainty_rank_corr" in result
+
+
+def test_federated_round_on_cuda(tmp_path):
+    """Clients and server train on the GPU; predictions and tests run on the CPU after."""
+    import yaml
+
+    from distill.paradigms.federated import load_federated_config, run_federated
+
+    local = {"epochs": 1, "batch_size": 32, "device": "cuda"}
+    raw = {
+        "run_dir": str(tmp_path / "fed"),
+        "data": synthetic_cfg(tmp_path)["data"],
+        "client": {"name": "mlp", "args": {"hidden": [8]}},
+        "clients": 2,
+        "rounds": 1,
+        "local": local,
+        "digest": local,
+        "revisit": local,
+        "server_train": local,
+    }
+    (tmp_path / "fed.yaml").write_text(yaml.safe_dump(raw))
+    result = run_federated(load_federated_config(tmp_path / "fed.yaml"), progress=False)
+    assert 0 <= result["history"][-1]["server_test_acc"] <= 1

@@ -132,7 +132,8 @@ def _fit(scheme: Any, train: Any, val: Any, settings: TrainSettings, run_dir: Pa
     if run_dir.exists():
         shutil.rmtree(run_dir)
     Trainer(scheme, train, val, settings, run_dir=run_dir).fit()
-    restore_weights(scheme.eval_model(), weights_path(str(run_dir)), "model")
+    model = scheme.eval_model().cpu()  # (the trainer may have moved it to a GPU)
+    restore_weights(model, weights_path(str(run_dir)), "model")
 
 
 class Client:
