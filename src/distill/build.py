@@ -162,7 +162,7 @@ def _scheme_problems(cfg: ExperimentConfig, spec: Any) -> list[str]:
         )
     if cfg.peers and name not in ("dml", "okddip", "ffl"):
         problems.append(f"peers: only the online schemes dml, okddip and ffl use peers, not {name}")
-    if spec.build is not None and name != "offline":
+    if spec.build is not None and name not in ("offline", "dense"):
         if _reads_input_grad(cfg):
             problems.append("objective.terms: input_grad needs a teacher; use scheme: offline")
         # adversarial runs the objective on its teacher's outputs, as offline does
@@ -485,6 +485,11 @@ def build(cfg: ExperimentConfig, *, missing_weights_ok: bool = False) -> Built:
             f"scheme {cfg.scheme.name!r} runs in stages; start it with distill run "
             f"(or distill.run.run_experiment), which trains each stage in turn"
         )
+    if spec.family == "dense" and cfg.train.monitor not in ("map", "miou"):
+        raise ConfigError(
+            "scheme 'dense' picks the best epoch by its task's metric; set train.monitor: map "
+            "(detection) or miou (segmentation)"
+        )
     if spec.family == "diffusion" and cfg.train.monitor == "acc":
         raise ConfigError(
             f"scheme {cfg.scheme.name!r} trains a denoiser, which has no accuracy; set "
@@ -504,7 +509,7 @@ def build(cfg: ExperimentConfig, *, missing_weights_ok: bool = False) -> Built:
     teachers = [model(t, f"teachers.{i}") for i, t in enumerate(cfg.teachers)]
     peers = [model(p, f"peers.{i}") for i, p in enumerate(cfg.peers)]
     batch = _dry_batch(data)
-    offline = cfg.scheme.name == "offline"
+    offline = cfg.scheme.name in ("offline", "dense")  # schemes whose terms read a teacher
     student_layers = tapped_layers(t.student for t in cfg.objective.terms)
     teacher_layers = tapped_layers(t.teacher for t in cfg.objective.terms)
     student_k = _dry_knowledge(student, student_layers, batch, f"student {cfg.student.name}")
@@ -514,8 +519,8 @@ def build(cfg: ExperimentConfig, *, missing_weights_ok: bool = False) -> Built:
         teacher_k = _dry_knowledge(
             teacher, teacher_layers, teacher_batch, f"teacher {cfg.teacher.name}"
         )
-    # sentence encoders output embeddings and denoisers images, not classes
-    if spec.family not in ("embedding", "diffusion"):
+    # sentence encoders output embeddings, denoisers images, detectors boxes: not classes
+    if spec.family not in ("embedding", "diffusion", "dense"):
         logits_read = not offline or any(
             needs_teacher(t.loss)
             and "logits" in ([t.teacher] if isinstance(t.teacher, str) else t.teacher)
@@ -647,7 +652,7 @@ def _layer_problems(cfg: ExperimentConfig) -> list[str]:
         return [str(e)]
     for role in ("student", "teacher"):
         spec = getattr(cfg, role)
-        if spec is None or (role == "teacher" and cfg.scheme.name != "offline"):
+        if spec is None or (role == "teacher" and cfg.scheme.name not in ("offline", "dense")):
             continue
         try:
             model = build_model(spec.name, data.input_shape, data.num_classes, spec.args)

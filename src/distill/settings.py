@@ -89,7 +89,9 @@ class TrainSettings(Strict):
     checkpoint_every_steps: int | None = Field(None, ge=1)
     max_steps: int | None = Field(None, ge=1)  # stop (with a checkpoint) after this many steps
     early_stop_patience: int | None = Field(None, ge=1)  # epochs without a better val metric
-    monitor: Literal["acc", "nll"] = "acc"  # the validation metric that picks the best weights
+    # the validation metric that picks the best weights (higher is better, nll: lower);
+    # map / miou for detection / segmentation (scheme: dense)
+    monitor: Literal["acc", "nll", "map", "miou"] = "acc"
     progress: bool = True
     # DataLoader worker processes collating batches ahead of the loop, for datasets without
     # a .batch() method (those are collated sample by sample); 0: in the loop's process

@@ -743,7 +743,7 @@ class Trainer:
         )
         # best-epoch and early-stopping decisions (and the collectives behind them) must agree
         metrics = distributed.from_rank0(metrics)
-        score = metrics["acc"] if s.monitor == "acc" else -metrics["nll"]
+        score = -metrics["nll"] if s.monitor == "nll" else metrics[s.monitor]
         # a model still being compressed (pruning on its way to its target sparsity) is not
         # yet the model the run promises: each such epoch is kept as "best" provisionally
         # and the first settled epoch replaces it
@@ -791,7 +791,7 @@ class Trainer:
         if s.progress and distributed.is_main():
             tqdm.write(
                 f"epoch {row['epoch']}/{s.epochs}  loss {row.get('train_loss', float('nan')):.4f}  "
-                f"val acc {metrics['acc']:.4f}  val nll {metrics['nll']:.4f}"
+                + "  ".join(f"val {k} {v:.4f}" for k, v in metrics.items())
                 + ("  *best" if improved else ""),
                 file=sys.stderr,
             )
@@ -806,10 +806,10 @@ class Trainer:
             "stopped_by": stopped_by or ("early_stop" if early_stopped else None),
             "epochs": st["epoch"],
             "steps": st["step"],
-            # the best validation value of the monitored metric (acc, or nll when monitoring it)
-            f"best_val_{self.settings.monitor}": st["best"]
-            if self.settings.monitor == "acc"
-            else -st["best"],
+            # the best validation value of the monitored metric (nll is stored negated)
+            f"best_val_{self.settings.monitor}": -st["best"]
+            if self.settings.monitor == "nll"
+            else st["best"],
             "best_epoch": st["best_epoch"],
             "seconds": time.perf_counter() - started,
         }

@@ -325,6 +325,13 @@ def load_graph(**options: Any) -> RawData:
     return make_graph(**options)
 
 
+def load_scenes(**options: Any) -> DataSplits:
+    """Digit scenes with boxes or masks, for detection and segmentation (distill.dense)."""
+    from distill.dense.scenes import load_scenes as make_scenes
+
+    return make_scenes(**options)
+
+
 def load_text(**options: Any) -> DataSplits:
     """Token blocks of a text corpus for language models (see `distill.llm.text`)."""
     from distill.llm.text import text_dataset
@@ -352,6 +359,7 @@ DATASETS: dict[str, Callable[..., RawData | DataSplits]] = {
     "mnist1d": load_mnist1d,
     "synthetic": load_synthetic,
     "graph": load_graph,
+    "scenes": load_scenes,
     "text": load_text,
     "sentences": load_sentences,
     "jsonl": load_jsonl,

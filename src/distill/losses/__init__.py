@@ -12,6 +12,17 @@ from dataclasses import dataclass
 from torch import Tensor
 
 from distill.losses.contrastive import CRDLoss, InfoNCELoss, SEEDLoss, WCoRDLoss
+from distill.losses.dense import (
+    AdaptiveLevelImitation,
+    CIRKDLoss,
+    cwd_loss,
+    det_box_kd,
+    det_cls_kd,
+    det_obj_kd,
+    fg_imitation,
+    pairwise_affinity,
+    pixel_kd,
+)
 from distill.losses.feature import (
     AttentionFeatureLoss,
     FactorTransferLoss,
@@ -185,6 +196,50 @@ LOSSES: dict[str, LossSpec] = {
         "Ji, Heo & Park 2021, Show, Attend and Distill (attention-based feature linking)",
     ),
     "mgd": LossSpec(MGDLoss, "feature", "Yang et al. 2022, Masked Generative Distillation"),
+    "cwd": LossSpec(
+        cwd_loss,
+        "feature",
+        "Shu et al. 2021, Channel-wise Knowledge Distillation for Dense Prediction",
+    ),
+    "det_cls_kd": LossSpec(
+        det_cls_kd,
+        "detection",
+        "classification-head KD for sigmoid detectors (binary KL at temperature T; Hinton et "
+        "al. 2015, Chen et al. 2017)",
+    ),
+    "det_box_kd": LossSpec(
+        det_box_kd,
+        "detection",
+        "box-regression distillation to the teacher's boxes (GIoU, Rezatofighi et al. 2019, or "
+        "L1), where the teacher sees an object",
+    ),
+    "det_obj_kd": LossSpec(
+        det_obj_kd, "detection", "objectness / centerness KD (binary KL; Chen et al. 2017)"
+    ),
+    "fg_imitation": LossSpec(
+        fg_imitation,
+        "detection",
+        "Wang et al. 2019, Distilling Object Detectors with Fine-grained Feature Imitation",
+    ),
+    "adaptive_levels": LossSpec(
+        AdaptiveLevelImitation,
+        "detection",
+        "multi-level feature distillation with learnt level weights (MSFAD-style; Kendall et "
+        "al. 2018 uncertainty weighting)",
+    ),
+    "pixel_kd": LossSpec(
+        pixel_kd, "segmentation", "pixel-wise KD (Liu et al. 2019, Structured KD for Segmentation)"
+    ),
+    "pairwise_affinity": LossSpec(
+        pairwise_affinity,
+        "segmentation",
+        "Liu et al. 2019, Structured Knowledge Distillation for Semantic Segmentation (pair-wise)",
+    ),
+    "cirkd": LossSpec(
+        CIRKDLoss,
+        "segmentation",
+        "Yang et al. 2022, Cross-Image Relational Knowledge Distillation for Semantic Segmentation",
+    ),
     "ofa": LossSpec(
         OFALoss,
         "feature",
@@ -199,6 +254,15 @@ LOSSES: dict[str, LossSpec] = {
 
 __all__ = [
     "LOSSES",
+    "AdaptiveLevelImitation",
+    "CIRKDLoss",
+    "cwd_loss",
+    "det_box_kd",
+    "det_cls_kd",
+    "det_obj_kd",
+    "fg_imitation",
+    "pairwise_affinity",
+    "pixel_kd",
     "AttentionFeatureLoss",
     "CRDLoss",
     "InfoNCELoss",

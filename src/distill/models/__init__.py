@@ -7,6 +7,7 @@ from collections.abc import Callable, Sequence
 
 from torch import nn
 
+from distill.dense.models import Detector, SegNet
 from distill.diffusion.core import ConvDenoiser, MLPDenoiser
 from distill.errors import ConfigError
 from distill.llm.models import hf_causal_lm, hf_pretrained
@@ -20,6 +21,8 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "convnet": ConvNet,
     "resnet": ResNet,
     "transformer": Transformer,
+    "detector": Detector,
+    "segnet": SegNet,
     "gnn": GNN,
     "node_mlp": NodeMLP,
     "mlp_denoiser": MLPDenoiser,

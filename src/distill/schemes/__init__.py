@@ -30,6 +30,7 @@ from distill.paradigms.lifelong import LwF
 from distill.schemes.adversarial import AdversarialKD, RobustDistillation
 from distill.schemes.base import SchemeBase, SchemeContext, parse_args
 from distill.schemes.data_free import DAFL, DFAD, DeepInversion
+from distill.schemes.dense import Dense
 from distill.schemes.diffusion import DDPM, DKDM, Progressive
 from distill.schemes.multi_teacher import MultiTeacher
 from distill.schemes.offline import OfflineKD
@@ -267,6 +268,13 @@ SCHEMES: dict[str, SchemeSpec] = {
         "teacher-student disagreement",
         "required",
         DFAD,
+    ),
+    "dense": _spec(
+        "dense",
+        "object detection (FCOS, Tian et al. 2019) or segmentation, alone or distilled from a "
+        "teacher through objective.terms (detection and segmentation KD losses)",
+        "optional",
+        Dense,
     ),
     "ensemble_kd": _spec(
         "ensemble",
