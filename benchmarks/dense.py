@@ -63,16 +63,17 @@ def table(
     metric = ("test_map", "test_map50") if task == "detection" else ("test_miou", "test_pixel_acc")
     head = ("mAP 0.5:0.95", "mAP 0.5") if task == "detection" else ("mIoU", "pixel acc")
     lines = [
-        f"| model | {head[0]} | {head[1]} | params | CPU latency, 32 scenes (ms) |",
-        "| --- | ---: | ---: | ---: | ---: |",
+        f"| model | {head[0]} | {head[1]} | params | weights (KiB) | CPU latency, 32 scenes (ms) |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
     ]
     results = {}
     for label, name in rows:
         r = run(name, out, seed, None if name.endswith("teacher") else epochs)
         results[name] = r
+        size = (out / name / "checkpoints" / "best.safetensors").stat().st_size / 1024
         lines.append(
             f"| {label} | {100 * r[metric[0]]:.1f} | {100 * r[metric[1]]:.1f} | "
-            f"{int(r['params']):,} | {r['latency_ms_b32_cpu']:.1f} |"
+            f"{int(r['params']):,} | {size:.0f} | {r['latency_ms_b32_cpu']:.1f} |"
         )
     return "\n".join(lines), results
 

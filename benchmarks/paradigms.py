@@ -2,6 +2,7 @@
 
     python benchmarks/paradigms.py [--only graph lifelong ensemble federated condense interpret]
                                    [--out runs/paradigms] [--seed 0]
+    python benchmarks/paradigms.py --aggregate runs/paradigms runs/paradigms-seed1 ...
 
 Runs the example configs in examples/paradigms (teachers first), reusing finished runs, and
 writes `<out>/paradigms.md` and `<out>/paradigms.json`. About 8 minutes on 2 CPU cores.
@@ -248,12 +249,69 @@ PARADIGMS = {
 }
 
 
+def headline(results: dict) -> dict[str, float]:
+    """The numbers worth comparing across seeds, from one run's paradigms.json."""
+    out: dict[str, float] = {}
+    for label, r in results.get("graph", {}).items():
+        out[f"graph | {label} | test acc"] = r["test_acc"]
+    for label, r in results.get("lifelong", {}).items():
+        out[f"lifelong | {label} | class-IL avg acc"] = r["avg_acc_class_il"]
+        out[f"lifelong | {label} | task-IL avg acc"] = r["avg_acc_task_il"]
+    ens = results.get("ensemble", {})
+    if ens:
+        out["ensemble | ensemble of 5 | test acc"] = ens["mean_munge"]["ensemble_test_acc"]
+        out["ensemble | mean member | test acc"] = ens["mean_munge"]["member_test_acc_mean"]
+        for key, r in ens.items():
+            out[f"ensemble | student {key} | test acc"] = r["test_acc"]
+            out[f"ensemble | student {key} | ECE"] = r["test_ece"]
+    fed = results.get("federated")
+    if fed:
+        first, last = fed["history"][0], fed["history"][-1]
+        out["federated | clients alone, mean | test acc"] = sum(first["clients_test_acc"]) / len(
+            first["clients_test_acc"]
+        )
+        out["federated | server, last round | test acc"] = last["server_test_acc"]
+        out["federated | centralised | test acc"] = fed["centralised_test_acc"]
+    for key, acc in results.get("condense", {}).items():
+        out[f"condense | {key} | test acc"] = acc
+    for row in results.get("interpret", {}).get("rows", []):
+        out[f"interpret | {row['model']} | test acc"] = row["test_acc"]
+        out[f"interpret | {row['model']} | fidelity"] = row["fidelity"]
+    return out
+
+
+def aggregate(dirs: list[Path]) -> str:
+    """Mean and standard deviation over seeds (one out dir per seed) of `headline`."""
+    import statistics
+
+    runs = [headline(json.loads((d / "paradigms.json").read_text())) for d in dirs]
+    keys = [k for k in runs[0] if all(k in r for r in runs)]
+    lines = [
+        f"| paradigm | model | metric | mean ± std over {len(runs)} seeds |",
+        "| --- | --- | --- | ---: |",
+    ]
+    for k in keys:
+        values = [100 * r[k] for r in runs]
+        sd = statistics.stdev(values) if len(values) > 1 else 0.0
+        lines.append(f"| {k} | {statistics.mean(values):.1f} ± {sd:.1f} |")
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--only", nargs="*", choices=list(PARADIGMS), default=list(PARADIGMS))
     p.add_argument("--out", default="runs/paradigms")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--aggregate", nargs="+", type=Path, help="out dirs of finished seeds: mean ± std table"
+    )
     args = p.parse_args()
+    if args.aggregate:
+        text = aggregate(args.aggregate)
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        (Path(args.out) / "paradigms_seeds.md").write_text(text)
+        print(text)
+        return
     out = Path(args.out)
     sections, results = [], {}
     for name in args.only:

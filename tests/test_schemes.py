@@ -44,7 +44,7 @@ def _batch(built, n: int = 16) -> dict:
 def test_every_scheme_has_an_example_and_is_listed():
     more = [
         p
-        for d in ("llm", "embed", "diffusion", "paradigms")
+        for d in ("llm", "embed", "diffusion", "paradigms", "dense")
         for p in sorted((ROOT / "examples" / d).glob("*.yaml"))
         if p.stem not in ("federated", "interpret")  # configs of their own commands
     ]

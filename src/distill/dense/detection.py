@@ -225,23 +225,31 @@ def mean_average_precision(
     """{'map' (mean over IoU 0.5:0.95), 'map50', 'map75'}: per class, detections sorted by
     score greedily match unmatched ground truth of their image at IoU >= threshold; AP is
     averaged over classes that have ground truth."""
+    # per class and image: scores (sorted) and the IoU of each detection with each GT box
+    pairs: dict[int, list[tuple[Tensor, Tensor]]] = {c: [] for c in range(num_classes)}
+    n_gt = [0] * num_classes
+    for (boxes, scores, classes), tgt in zip(detections, targets):
+        for c in range(num_classes):
+            gt = tgt[tgt[:, 0] == c][:, 1:]
+            n_gt[c] += len(gt)
+            mine = classes == c
+            s = scores[mine]
+            order = s.argsort(descending=True)
+            b = boxes[mine][order]
+            ious = box_iou(b, gt) if len(gt) and len(b) else torch.zeros(len(b), len(gt))
+            pairs[c].append((s[order], ious))
     per_threshold = []
     for thr in thresholds:
         aps = []
         for c in range(num_classes):
-            tp_all, sc_all, n_gt = [], [], 0
-            for (boxes, scores, classes), tgt in zip(detections, targets):
-                gt = tgt[tgt[:, 0] == c][:, 1:]
-                n_gt += len(gt)
-                mine = classes == c
-                b, s = boxes[mine], scores[mine]
-                order = s.argsort(descending=True)
-                b, s = b[order], s[order]
-                tp = torch.zeros(len(b), dtype=torch.bool)
-                if len(gt) and len(b):
-                    ious = box_iou(b, gt)
-                    used = torch.zeros(len(gt), dtype=torch.bool)
-                    for i in range(len(b)):
+            if n_gt[c] == 0:
+                continue
+            tp_all, sc_all = [], []
+            for s, ious in pairs[c]:
+                tp = torch.zeros(len(s), dtype=torch.bool)
+                if ious.numel():
+                    used = torch.zeros(ious.shape[1], dtype=torch.bool)
+                    for i in range(len(s)):
                         cand = ious[i].masked_fill(used, -1.0)
                         j = int(cand.argmax())
                         if cand[j] >= thr:
@@ -249,9 +257,7 @@ def mean_average_precision(
                             tp[i] = True
                 tp_all.append(tp)
                 sc_all.append(s)
-            ap = average_precision(torch.cat(tp_all), torch.cat(sc_all), n_gt)
-            if ap == ap:  # not NaN: the class has ground truth
-                aps.append(ap)
+            aps.append(average_precision(torch.cat(tp_all), torch.cat(sc_all), n_gt[c]))
         per_threshold.append(sum(aps) / max(1, len(aps)))
     out = {"map": sum(per_threshold) / len(per_threshold)}
     named = {0.5: "map50", 0.75: "map75"}
