@@ -311,6 +311,12 @@ def test_dense_needs_its_metric_and_a_detector(tmp_path):
     cfg = _dense_cfg(tmp_path, "detection", {"name": "segnet"})
     with pytest.raises(ConfigError, match="needs a detector"):
         build(parse_config(cfg))
+    from helpers import synthetic_cfg
+
+    plain = synthetic_cfg(tmp_path)
+    plain["train"]["monitor"] = "map"
+    with pytest.raises(ConfigError, match="detection/segmentation metric"):
+        build(parse_config(plain))
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=[p.stem for p in EXAMPLES])

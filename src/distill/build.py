@@ -490,6 +490,11 @@ def build(cfg: ExperimentConfig, *, missing_weights_ok: bool = False) -> Built:
             "scheme 'dense' picks the best epoch by its task's metric; set train.monitor: map "
             "(detection) or miou (segmentation)"
         )
+    if spec.family != "dense" and cfg.train.monitor in ("map", "miou"):
+        raise ConfigError(
+            f"train.monitor: {cfg.train.monitor} is a detection/segmentation metric (scheme "
+            f"dense); scheme {cfg.scheme.name!r} reports acc and nll"
+        )
     if spec.family == "diffusion" and cfg.train.monitor == "acc":
         raise ConfigError(
             f"scheme {cfg.scheme.name!r} trains a denoiser, which has no accuracy; set "
