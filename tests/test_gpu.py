@@ -289,3 +289,53 @@ def test_federated_round_on_cuda(tmp_path):
     (tmp_path / "fed.yaml").write_text(yaml.safe_dump(raw))
     result = run_federated(load_federated_config(tmp_path / "fed.yaml"), progress=False)
     assert 0 <= result["history"][-1]["server_test_acc"] <= 1
+
+
+@pytest.mark.parametrize("task", ["detection", "segmentation"])
+def test_dense_scheme_on_cuda(tmp_path, task):
+    """Detector/segnet training, dense KD terms (with a memory bank) and mAP/mIoU on the GPU."""
+    small = {"num_train": 48, "num_val": 16, "num_test": 16}
+    if task == "detection":
+        big = {"name": "detector", "args": {"widths": [8, 16, 16], "fpn": 16}}
+        small_model = {"name": "detector", "args": {"widths": [4, 8, 8], "fpn": 8}}
+        terms = [
+            {"loss": "det_cls_kd"},
+            {"loss": "det_box_kd", "args": {"threshold": 0.0}},
+            {
+                "loss": "adaptive_levels",
+                "student": ["fpn.0", "fpn.1"],
+                "teacher": ["fpn.0", "fpn.1"],
+            },
+        ]
+    else:
+        big = {"name": "segnet", "args": {"widths": [8, 16]}}
+        small_model = {"name": "segnet", "args": {"widths": [4, 8]}}
+        terms = [{"loss": "pixel_kd"}, {"loss": "cirkd", "student": "dec", "teacher": "dec"}]
+    monitor = "map" if task == "detection" else "miou"
+
+    def cfg(run_dir, model, **kw):
+        return {
+            "run_dir": str(run_dir),
+            "scheme": {"name": "dense", "args": {"task": task}},
+            "data": {"name": "scenes", "options": {"task": task, **small}},
+            "student": model,
+            "train": {
+                "epochs": 1,
+                "batch_size": 16,
+                "monitor": monitor,
+                "progress": False,
+                "device": "cuda",
+                "precision": "bf16",
+            },
+            **kw,
+        }
+
+    teacher = run_experiment(parse_config(cfg(tmp_path / "t", big)))
+    student = cfg(
+        tmp_path / "s",
+        small_model,
+        teacher={**big, "weights": teacher["run_dir"]},
+        objective={"terms": terms},
+    )
+    result = run_experiment(parse_config(student))
+    assert result["complete"] and 0 <= result[f"test_{monitor}"] <= 1
