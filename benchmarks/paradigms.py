@@ -34,18 +34,12 @@ def run(name: str, out: Path, *overrides: str, fresh: bool = False) -> dict:
     return run_experiment(cfg, overwrite=True)
 
 
-def latency_us(model: torch.nn.Module, x: torch.Tensor, repeats: int = 200) -> float:
-    """Median wall time of one forward pass on `x` (microseconds)."""
-    model.eval()
-    times = []
-    with torch.no_grad():
-        for _ in range(20):
-            model(x)
-        for _ in range(repeats):
-            t = time.perf_counter()
-            model(x)
-            times.append(time.perf_counter() - t)
-    return 1e6 * sorted(times)[len(times) // 2]
+def latency_us(model: torch.nn.Module, x: torch.Tensor) -> float:
+    """Median wall time of one forward pass on a batch shaped like `x` (microseconds)."""
+    from distill.profile import latency_ms
+
+    timing = latency_ms(model, tuple(x.shape[1:]), batch_size=len(x), threads=None)
+    return 1000 * timing["p50_ms"]
 
 
 def graph(out: Path, seed: int) -> tuple[str, dict]:

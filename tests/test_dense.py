@@ -192,6 +192,9 @@ def test_detection_response_losses():
     d_s, d_t = F.softplus(s[..., 10:14]), F.softplus(t[..., 10:14])
     torch.testing.assert_close(loss, (w * (d_s - d_t).abs().sum(-1)).sum() / w.sum())
     assert float(dl.det_box_kd(s, t, threshold=1.0).detach()) == 0.0  # the teacher sees nothing
+    c_t, c_s = torch.sigmoid(t[..., 14] / 3.0), torch.sigmoid(s[..., 14] / 3.0)
+    obj = (c_t * (c_t / c_s).log() + (1 - c_t) * ((1 - c_t) / (1 - c_s)).log()).mean()
+    torch.testing.assert_close(dl.det_obj_kd(s, t, temperature=3.0), 9 * obj)
     (dl.det_cls_kd(s, t) + loss + dl.det_obj_kd(s, t)).backward()
     assert s.grad.abs().sum() > 0
     with pytest.raises(ValueError, match="packed"):
@@ -211,6 +214,13 @@ def test_cwd_pixel_kd_and_affinity_formulas():
     assert float(dl.pairwise_affinity(wide, t, grid=2)) == pytest.approx(0.0, abs=1e-6)
     assert float(dl.pairwise_affinity(s, t, grid=2)) > 0
 
+    def affinity(x):  # 2x2 nodes by average pooling, cosine similarity of every pair
+        nodes = F.normalize(F.adaptive_avg_pool2d(x, 2).flatten(2), dim=1)
+        return nodes.transpose(1, 2) @ nodes
+
+    expected = (affinity(s) - affinity(t)).pow(2).mean()
+    torch.testing.assert_close(dl.pairwise_affinity(s, t, grid=2), expected)
+
 
 def test_adaptive_level_weights_are_learnt():
     loss = dl.AdaptiveLevelImitation([(2, 4, 16, 16), (2, 4, 8, 8)], [(2, 6, 16, 16), (2, 6, 8, 8)])
@@ -225,6 +235,28 @@ def test_adaptive_level_weights_are_learnt():
     torch.testing.assert_close(value, expected)
     value.backward()
     assert loss.log_var.grad.abs().sum() > 0
+
+
+def test_cirkd_relations_follow_their_formula():
+    """With an empty memory and every pixel sampled, the loss is the mean KL of the teacher's
+    over the student's relation distributions to the batch's pixels, plus the same to the
+    batch's class regions."""
+    torch.manual_seed(0)
+    loss = dl.CIRKDLoss((1, 3, 4, 4), (1, 5, 4, 4), pixels=16, tau=0.5, region_tau=0.2).eval()
+    s, t = torch.randn(1, 3, 4, 4), torch.randn(1, 5, 4, 4)
+    masks = torch.zeros(1, 4, 4, dtype=torch.long)
+    masks[:, 2:] = 1
+    zs = F.normalize(loss.project(s), dim=1)[0].flatten(1).t()  # (16, 5)
+    zt = F.normalize(t, dim=1)[0].flatten(1).t()
+
+    def relation(contrast, tau):
+        log_s = F.log_softmax(zs @ contrast.t() / tau, -1)
+        log_t = F.log_softmax(zt @ contrast.t() / tau, -1)
+        return (log_t.exp() * (log_t - log_s)).sum(-1).mean()
+
+    regions = torch.stack([F.normalize(zt[masks.flatten() == c].mean(0), dim=0) for c in (0, 1)])
+    expected = relation(zt, 0.5) + relation(regions, 0.2)
+    torch.testing.assert_close(loss(s, t, targets=masks), expected, atol=1e-5, rtol=1e-5)
 
 
 def test_cirkd_memory_and_gradients():

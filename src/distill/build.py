@@ -51,6 +51,10 @@ class Built:
     cache_plan: CachePlan | None = None
 
 
+# Schemes that run the frozen teacher through taps so that objective.terms can read it
+# (their terms are sized from a dry forward of both models).
+TEACHER_TERM_SCHEMES = ("offline", "dense")
+
 def resolve_loss(name: str) -> Callable[..., Tensor]:
     """A loss function, or a loss module class (built from the two tensor shapes)."""
     if ":" in name:
@@ -162,7 +166,7 @@ def _scheme_problems(cfg: ExperimentConfig, spec: Any) -> list[str]:
         )
     if cfg.peers and name not in ("dml", "okddip", "ffl"):
         problems.append(f"peers: only the online schemes dml, okddip and ffl use peers, not {name}")
-    if spec.build is not None and name not in ("offline", "dense"):
+    if spec.build is not None and name not in TEACHER_TERM_SCHEMES:
         if _reads_input_grad(cfg):
             problems.append("objective.terms: input_grad needs a teacher; use scheme: offline")
         # adversarial runs the objective on its teacher's outputs, as offline does
@@ -514,7 +518,7 @@ def build(cfg: ExperimentConfig, *, missing_weights_ok: bool = False) -> Built:
     teachers = [model(t, f"teachers.{i}") for i, t in enumerate(cfg.teachers)]
     peers = [model(p, f"peers.{i}") for i, p in enumerate(cfg.peers)]
     batch = _dry_batch(data)
-    offline = cfg.scheme.name in ("offline", "dense")  # schemes whose terms read a teacher
+    offline = cfg.scheme.name in TEACHER_TERM_SCHEMES
     student_layers = tapped_layers(t.student for t in cfg.objective.terms)
     teacher_layers = tapped_layers(t.teacher for t in cfg.objective.terms)
     student_k = _dry_knowledge(student, student_layers, batch, f"student {cfg.student.name}")
@@ -657,7 +661,7 @@ def _layer_problems(cfg: ExperimentConfig) -> list[str]:
         return [str(e)]
     for role in ("student", "teacher"):
         spec = getattr(cfg, role)
-        if spec is None or (role == "teacher" and cfg.scheme.name not in ("offline", "dense")):
+        if spec is None or (role == "teacher" and cfg.scheme.name not in TEACHER_TERM_SCHEMES):
             continue
         try:
             model = build_model(spec.name, data.input_shape, data.num_classes, spec.args)

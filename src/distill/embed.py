@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from distill.data.core import DataSplits
 from distill.errors import ConfigError
+from distill.metrics import spearman
 from distill.models.encoders import SentenceEncoder, minilm_dir, minilm_teacher, sentence_encoder
 from distill.schemes.base import SchemeBase, SchemeContext, parse_args
 from distill.settings import Strict
@@ -115,13 +116,6 @@ def sentences_dataset(
 
 
 # ----------------------------------------------------------------------------- metrics
-def _spearman(a: Tensor, b: Tensor) -> float:
-    ra = a.argsort().argsort().double()
-    rb = b.argsort().argsort().double()
-    ra, rb = ra - ra.mean(), rb - rb.mean()
-    return float((ra @ rb) / (ra.norm() * rb.norm()).clamp_min(1e-12))
-
-
 @torch.no_grad()
 def encode(model: nn.Module, data: SentenceDataset, batch_size: int = 128, device="cpu") -> Tensor:
     was = model.training
@@ -138,7 +132,7 @@ def similarity_agreement(student: Tensor, teacher: Tensor) -> float:
     """Spearman correlation of all pairwise cosine similarities (upper triangle)."""
     s, t = F.normalize(student, dim=-1), F.normalize(teacher, dim=-1)
     iu = torch.triu_indices(len(s), len(s), 1)
-    return _spearman((s @ s.t())[iu[0], iu[1]], (t @ t.t())[iu[0], iu[1]])
+    return spearman((s @ s.t())[iu[0], iu[1]], (t @ t.t())[iu[0], iu[1]])
 
 
 def retrieval_overlap(student: Tensor, teacher: Tensor, k: int = 10) -> float:

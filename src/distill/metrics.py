@@ -11,6 +11,14 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
+def spearman(a: Tensor, b: Tensor) -> float:
+    """Spearman's rank correlation of two 1-D tensors (ties broken by order)."""
+    ra = a.argsort().argsort().double()
+    rb = b.argsort().argsort().double()
+    ra, rb = ra - ra.mean(), rb - rb.mean()
+    return float((ra @ rb) / (ra.norm() * rb.norm()).clamp_min(1e-12))
+
+
 def topk_accuracy(logits: Tensor, targets: Tensor, k: int = 1) -> float:
     """Fraction of samples whose target is among the k highest logits."""
     k = min(k, logits.shape[-1])

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +47,12 @@ class BANArgs(Strict):
 class TeacherAssistantArgs(Strict):
     assistants: list[ModelConfig] = Field(min_length=1)  # largest first
 
+
+# work a pipeline does between its stages: (config, stage index, stage config) -> None,
+# run once a stage has finished (also when it finished in an earlier invocation)
+AFTER_STAGE: dict[str, Callable[[ExperimentConfig, int, ExperimentConfig], None]] = {
+    "lifelong": lifelong.after_stage,  # saves the finished task's EWC anchor
+}
 
 PIPELINE_ARGS: dict[str, type[Strict]] = {
     "ban": BANArgs,
@@ -254,10 +261,11 @@ def run_pipeline(cfg: ExperimentConfig, *, resume: bool, overwrite: bool, callba
     for i, stage in enumerate(stages):
         stage_dir = stage.resolved_run_dir()
         done = stage_dir / "results.json"
+        after = AFTER_STAGE.get(cfg.scheme.name)
         if done.is_file():
             results.append(json.loads(done.read_text()))
-            if cfg.scheme.name == "lifelong":
-                lifelong.after_stage(cfg, i, stage)
+            if after is not None:
+                after(cfg, i, stage)
             continue
         can_resume = (stage_dir / "checkpoints" / "last.safetensors").is_file()
         r = run_experiment(
@@ -275,8 +283,8 @@ def run_pipeline(cfg: ExperimentConfig, *, resume: bool, overwrite: bool, callba
                 "stopped_by": r["stopped_by"],
                 "stages": results,
             }
-        if cfg.scheme.name == "lifelong":
-            lifelong.after_stage(cfg, i, stage)
+        if after is not None:
+            after(cfg, i, stage)
     final = stages[-1].resolved_run_dir()
     (run_dir / "checkpoints").mkdir(exist_ok=True)
     _copy_atomic(weights_path(str(final)), run_dir / "checkpoints" / "best.safetensors")

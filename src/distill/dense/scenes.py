@@ -25,17 +25,10 @@ import torch.nn.functional as F
 from distill.checkpoint import atomic_write_bytes
 from distill.data.core import ArrayDataset, DataSplits, split_indices
 from distill.data.sources import cache_dir
+from distill.dense.detection import box_iou
 from distill.errors import ConfigError
 
 INK = 0.25  # a pixel belongs to a digit (box and mask) above this intensity
-
-
-def _box_iou(a: np.ndarray, b: np.ndarray) -> float:
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
 
 
 def compose(
@@ -72,7 +65,11 @@ def compose(
                     [x0 + xs.min(), y0 + ys.min(), x0 + xs.max() + 1, y0 + ys.max() + 1],
                     np.float32,
                 )
-                if any(_box_iou(box, p) > 0.1 for p in placed):
+                if (
+                    placed
+                    and box_iou(torch.as_tensor(box)[None], torch.as_tensor(np.stack(placed))).max()
+                    > 0.1
+                ):
                     continue
                 region = scenes[i, 0, y0 : y0 + size, x0 : x0 + size]
                 np.maximum(region, digit, out=region)

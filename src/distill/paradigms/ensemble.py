@@ -31,21 +31,16 @@ from pydantic import Field
 from torch import Tensor
 
 from distill.errors import ConfigError
-from distill.schemes.base import SchemeBase, SchemeContext, parse_args
+from distill.metrics import spearman
+from distill.paradigms.graph import nearest
+from distill.schemes.base import SchemeBase, SchemeContext, parse_args, soft_kl
 from distill.settings import Strict
 
 
 # ------------------------------------------------------------------------ MUNGE
 def nearest_neighbours(x: Tensor, chunk: int = 2048) -> Tensor:
     """(N,) index of each row's nearest other row (Euclidean on flattened inputs)."""
-    flat = x.reshape(len(x), -1).float()
-    out = torch.empty(len(x), dtype=torch.long)
-    for start in range(0, len(x), chunk):
-        d = torch.cdist(flat[start : start + chunk], flat)
-        rows = torch.arange(start, min(start + chunk, len(x)))
-        d[torch.arange(len(rows)), rows] = float("inf")
-        out[rows] = d.argmin(1)
-    return out
+    return nearest(x, 1, "euclidean", chunk)[:, 0]
 
 
 def munge(
@@ -112,14 +107,6 @@ def dirichlet_uncertainty(logits: Tensor) -> dict[str, Tensor]:
     return {"total": total, "data": data, "knowledge": total - data}
 
 
-def rank_correlation(a: Tensor, b: Tensor) -> float:
-    """Spearman's rho (ties broken by order)."""
-    ra = a.argsort().argsort().float()
-    rb = b.argsort().argsort().float()
-    ra, rb = ra - ra.mean(), rb - rb.mean()
-    return float((ra * rb).sum() / (ra.norm() * rb.norm()).clamp_min(1e-12))
-
-
 # -------------------------------------------------------------------- the scheme
 class EnsembleArgs(Strict):
     target: Literal["mean", "dirichlet"] = "mean"
@@ -181,9 +168,9 @@ class EnsembleKD(SchemeBase):
         return self.args.anneal_from + (1.0 - self.args.anneal_from) * done
 
     @torch.no_grad()
-    def member_probs(self, x: Tensor) -> Tensor:
-        """(M, B, C) each member's softmax at temperature 1."""
-        return torch.stack([F.softmax(t(x).float(), -1) for t in self.teachers])
+    def member_logits(self, x: Tensor) -> Tensor:
+        """(M, B, C) every member's logits."""
+        return torch.stack([t(x).float() for t in self.teachers])
 
     def step(self, batch: dict[str, Tensor], step: int) -> dict[str, Tensor]:
         x = batch["input"]
@@ -197,17 +184,13 @@ class EnsembleKD(SchemeBase):
             ]
             x = torch.cat([x, *made])
         logits = self.student(x)
-        probs = self.member_probs(x)
+        members = self.member_logits(x)
         if self.args.target == "mean":
             t = self.args.temperature
-            tempered = torch.stack([F.softmax(p.clamp_min(1e-12).log() / t, -1) for p in probs])
-            q = tempered.mean(0)
-            log_p = F.log_softmax(logits.float() / t, -1)
-            kd = t**2 * (q * (q.clamp_min(1e-12).log() - log_p)).sum(-1).mean()
+            kd = soft_kl(logits, F.softmax(members / t, -1).mean(0), t)
         else:
             t = self.target_temperature(step)
-            if t != 1.0:
-                probs = F.softmax(probs.clamp_min(1e-12).log() / t, -1)
+            probs = F.softmax(members / t, -1)
             kd = dirichlet_nll(logits, probs, smoothing=self.args.smoothing)
         task = self.task(logits[:n_real], batch, step)
         return {"loss": task + self.args.kd_weight * kd, "task": task, "kd": kd}
@@ -243,10 +226,10 @@ class EnsembleKD(SchemeBase):
         out["test_agreement"] = float((z.argmax(-1) == ens_log.argmax(-1)).float().mean())
         ens_u = ensemble_uncertainty(members)
         stu_total = entropy(F.softmax(z.float(), -1))
-        out["test_total_uncertainty_rank_corr"] = rank_correlation(stu_total, ens_u["total"])
+        out["test_total_uncertainty_rank_corr"] = spearman(stu_total, ens_u["total"])
         if self.args.target == "dirichlet":
             stu_u = dirichlet_uncertainty(z)
-            out["test_knowledge_uncertainty_rank_corr"] = rank_correlation(
+            out["test_knowledge_uncertainty_rank_corr"] = spearman(
                 stu_u["knowledge"], ens_u["knowledge"]
             )
         out["ensemble_members"] = float(len(self.teachers))

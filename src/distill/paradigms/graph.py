@@ -36,20 +36,29 @@ from torch import Tensor, nn
 from distill.errors import ConfigError
 
 
-def knn_graph(x: np.ndarray, k: int, metric: str = "cosine") -> np.ndarray:
-    """(N, k) indices of each row's k nearest other rows (self excluded), nearest first."""
+def nearest(x: Tensor, k: int, metric: str = "euclidean", chunk: int = 2048) -> Tensor:
+    """(N, k) indices of each row's k nearest other rows (self excluded), nearest first,
+    on flattened rows; distances are computed `chunk` rows at a time."""
     if not 1 <= k < len(x):
-        raise ConfigError(f"graph k must be in [1, {len(x) - 1}] for {len(x)} nodes, got {k}")
-    z = torch.as_tensor(np.asarray(x, dtype=np.float32).reshape(len(x), -1))
+        raise ConfigError(f"k nearest neighbours needs 1 <= k < {len(x)} rows, got k={k}")
+    z = x.reshape(len(x), -1).float()
     if metric == "cosine":
         z = F.normalize(z - z.mean(0), dim=1)
-        dist = -(z @ z.t())
-    elif metric == "euclidean":
-        dist = torch.cdist(z, z)
-    else:
-        raise ConfigError(f"graph metric must be 'cosine' or 'euclidean', got {metric!r}")
-    dist.fill_diagonal_(float("inf"))
-    return dist.topk(k, dim=1, largest=False).indices.numpy()
+    elif metric != "euclidean":
+        raise ConfigError(f"neighbour metric must be 'cosine' or 'euclidean', got {metric!r}")
+    out = torch.empty(len(z), k, dtype=torch.long)
+    for start in range(0, len(z), chunk):
+        rows = torch.arange(start, min(start + chunk, len(z)))
+        block = z[rows]
+        dist = -(block @ z.t()) if metric == "cosine" else torch.cdist(block, z)
+        dist[torch.arange(len(rows)), rows] = float("inf")
+        out[rows] = dist.topk(k, dim=1, largest=False).indices
+    return out
+
+
+def knn_graph(x: np.ndarray, k: int, metric: str = "cosine") -> np.ndarray:
+    """(N, k) neighbour indices of a kNN graph over the rows of `x` (see `nearest`)."""
+    return nearest(torch.as_tensor(np.asarray(x, dtype=np.float32)), k, metric).numpy()
 
 
 def ego_trees(x: np.ndarray, neighbours: np.ndarray) -> np.ndarray:
@@ -189,4 +198,4 @@ class NodeMLP(nn.Module):
         return self.head(self.hidden(h))
 
 
-__all__ = ["GNN", "NodeMLP", "ego_trees", "fanout", "knn_graph", "load_graph"]
+__all__ = ["GNN", "NodeMLP", "ego_trees", "fanout", "knn_graph", "load_graph", "nearest"]

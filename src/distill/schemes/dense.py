@@ -14,7 +14,6 @@ teacher's, the parameter counts and the CPU latency of one batch.
 
 from __future__ import annotations
 
-import time
 from typing import Literal
 
 import torch
@@ -142,22 +141,24 @@ class Dense(SchemeBase):
         return out
 
 
-@torch.no_grad()
 def cpu_latency_ms(model: nn.Module, x: Tensor, repeats: int = 20) -> float:
-    """Median CPU time of one forward pass on batch `x` (the raw network, no NMS)."""
+    """Median CPU time of one forward pass on a batch shaped like `x` (the raw network, no
+    NMS), with the process's threads (distill.profile.latency_ms)."""
+    from distill.profile import latency_ms
+
     device = next(model.parameters()).device
-    was = model.training
-    model.eval().cpu()
-    for _ in range(3):
-        model(x)
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        model(x)
-        times.append(time.perf_counter() - t)
-    model.train(was)
-    model.to(device)
-    return 1000 * sorted(times)[len(times) // 2]
+    try:
+        timing = latency_ms(
+            model.cpu(),
+            tuple(x.shape[1:]),
+            batch_size=len(x),
+            warmup=3,
+            repeats=repeats,
+            threads=None,
+        )
+    finally:
+        model.to(device)
+    return timing["p50_ms"]
 
 
 __all__ = ["Dense", "DenseArgs", "cpu_latency_ms"]
