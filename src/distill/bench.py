@@ -21,12 +21,11 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import Field
 
 from distill.build import name_problems
 from distill.checkpoint import atomic_write_text
-from distill.config import parse_config
+from distill.config import parse_config, read_yaml
 from distill.errors import ConfigError
 from distill.settings import Strict
 
@@ -71,7 +70,7 @@ def _method(method: str | dict[str, Any], root: Path) -> dict[str, Any]:
     path = (root / method) if not Path(method).is_absolute() else Path(method)
     if not path.is_file():
         raise ConfigError(f"bench method file {str(path)!r} does not exist")
-    cfg = yaml.safe_load(path.read_text())
+    cfg = read_yaml(path, "bench method file")
     out = {k: cfg[k] for k in METHOD_KEYS if k in cfg}
     if cfg.get("teacher") is not None:
         out["__teacher__"] = True  # e.g. DML with a trainable teacher: the pair's teacher joins
@@ -91,7 +90,7 @@ def _uses_pair_teacher(scheme: str | dict[str, Any]) -> bool:
 
 def plan(spec: BenchSpec, root: Path) -> tuple[list[dict], list[tuple[str, str, int, dict]]]:
     """Teacher configs to train, and (pair, method, seed, config) for every run."""
-    base = _merge(yaml.safe_load((root / spec.base).read_text()), spec.overrides)
+    base = _merge(read_yaml(root / spec.base, "bench base config"), spec.overrides)
     pairs = spec.pairs or [PairSpec(name="pair", teacher=base["teacher"], student=base["student"])]
     out = Path(spec.out)
     teachers, runs = [], []
@@ -270,7 +269,7 @@ def run_bench(spec_path: str | Path) -> list[dict[str, Any]]:
     spec_path = Path(spec_path)
     if not spec_path.is_file():
         raise ConfigError(f"bench spec {str(spec_path)!r} does not exist")
-    raw = yaml.safe_load(spec_path.read_text())
+    raw = read_yaml(spec_path, "bench spec")
     try:
         spec = BenchSpec.model_validate(raw)
     except Exception as e:  # pydantic's message names the field

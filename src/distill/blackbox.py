@@ -31,6 +31,7 @@ from typing import Any, Literal, Protocol
 import torch
 from pydantic import Field
 
+from distill.config import read_yaml
 from distill.errors import ConfigError, DataError
 from distill.settings import Strict
 
@@ -333,7 +334,6 @@ class GenerateSpec(Strict):
 
 def run_generation(spec_path: str | Path) -> GenerationReport:
     """`distill generate SPEC.yaml`: teacher, prompts, output, filters (see GenerateSpec)."""
-    import yaml
     from pydantic import ValidationError
 
     from distill.registry import resolve_reference
@@ -342,7 +342,7 @@ def run_generation(spec_path: str | Path) -> GenerationReport:
     if not spec_path.is_file():
         raise ConfigError(f"generation spec {str(spec_path)!r} does not exist")
     try:
-        spec = GenerateSpec.model_validate(yaml.safe_load(spec_path.read_text()) or {})
+        spec = GenerateSpec.model_validate(read_yaml(spec_path, "generation spec"))
     except ValidationError as e:
         raise ConfigError(
             f"{spec_path}: "

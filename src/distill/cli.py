@@ -10,12 +10,20 @@ distill demo [--dataset mnist1d|digits] [--seeds N] [--json]
 from __future__ import annotations
 
 import argparse
+import errno
 import json
+import shlex
 import signal
 import sys
 from pathlib import Path
 
 from distill.errors import USER_ERRORS, ConfigError, NonFiniteError, RunStopped
+
+
+def _resume_command(args: argparse.Namespace, *extra: str) -> str:
+    """The exact command that continues this run: its config, its overrides, then `extra`."""
+    words = ["distill", "run", args.config, *args.overrides, *extra, "--resume"]
+    return shlex.join(words)
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -24,7 +32,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from distill.run import run_experiment
 
     cfg = load_config(args.config, args.overrides)
-    results = run_experiment(cfg, resume=args.resume, overwrite=args.overwrite)
+    try:
+        results = run_experiment(
+            cfg, resume=args.resume, overwrite=args.overwrite, allow_changes=args.allow_change
+        )
+    except NonFiniteError as e:
+        raise NonFiniteError(f"{e}\n{_after_divergence(args, cfg)}") from None
     main = distributed.is_main()
     if main:
         print(json.dumps(results, indent=2))
@@ -34,12 +47,26 @@ def _cmd_run(args: argparse.Namespace) -> int:
         if main:
             print(
                 f"stopped by {stopped_by} at step {results['steps']}; the checkpoint is saved "
-                f"in {results['run_dir']}. Continue with: distill run {args.config} --resume",
+                f"in {results['run_dir']}. Continue with: {_resume_command(args)}",
                 file=sys.stderr,
             )
         code = 128 + signal.Signals[stopped_by].value
     distributed.shutdown(code)  # under torchrun: leave the group and exit; else a no-op
     return code
+
+
+def _after_divergence(args: argparse.Namespace, cfg) -> str:
+    """A command that works after a divergence: resume from the last good checkpoint with a
+    tenth of the learning rate (or start again with it when no checkpoint was written)."""
+    lower = f"train.optimizer.lr={cfg.train.optimizer.lr / 10:g}"
+    others = [o for o in args.overrides if not o.startswith("train.optimizer.lr=")]
+    last = cfg.resolved_run_dir() / "checkpoints" / "last.safetensors"
+    if last.is_file():
+        words = ["distill", "run", args.config, *others, lower, "--resume"]
+        words += ["--allow-change", "train.optimizer.lr"]
+        return f"To resume from it with a tenth of the learning rate: {shlex.join(words)}"
+    words = ["distill", "run", args.config, *others, lower, "--overwrite"]
+    return f"To start again with a tenth of the learning rate: {shlex.join(words)}"
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
@@ -235,7 +262,7 @@ def _cmd_compress(args: argparse.Namespace) -> int:
     from distill.compress.pipeline import load_compress_config, markdown, run_compress
 
     cfg = load_compress_config(args.config, args.overrides)
-    result = run_compress(cfg, overwrite=args.overwrite)
+    result = run_compress(cfg, overwrite=args.overwrite, source=Path(args.config))
     print(markdown(cfg.name, result["rows"]))
     print(f"results.json, report.md and pareto.png are in {result['run_dir']}", file=sys.stderr)
     return 0
@@ -255,7 +282,7 @@ def _cmd_federated(args: argparse.Namespace) -> int:
     from distill.paradigms.federated import load_federated_config, markdown, run_federated
 
     cfg = load_federated_config(args.config, args.overrides)
-    result = run_federated(cfg, overwrite=args.overwrite)
+    result = run_federated(cfg, overwrite=args.overwrite, source=Path(args.config))
     print(markdown(cfg.name, result))
     print(f"results.json and report.md are in {result['run_dir']}", file=sys.stderr)
     return 0
@@ -293,10 +320,32 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         out=Path(args.out),
         seed=args.seed,
         epochs=args.epochs,
-        progress=not args.json and sys.stderr.isatty(),
+        progress=True,  # a line per epoch on stderr, with or without a terminal
     )
     print(json.dumps(result, indent=2) if args.json else format_demo(result))
     return 0
+
+
+# What to do about the file-system errors a user can meet, by errno
+_OS_FIXES = {
+    errno.ENOSPC: "free space on that disk, or point run_dir (or $DISTILL_CACHE_DIR) elsewhere",
+    errno.EDQUOT: "free space within your quota, or point run_dir elsewhere",
+    errno.EROFS: "that file system is read-only; set run_dir=<a writable folder>",
+    errno.EACCES: "you may not write there; set run_dir=<a folder you own> or fix its permissions",
+    errno.EPERM: "you may not write there; set run_dir=<a folder you own> or fix its permissions",
+    errno.ENOTDIR: "a part of that path is a file, not a folder; choose another path",
+    errno.EISDIR: "that path is a folder where a file was expected; choose another path",
+    errno.ENAMETOOLONG: "choose a shorter path",
+}
+
+
+def os_error_message(e: OSError) -> str:
+    """One line: the path, the system's words for the errno, and the fix."""
+    path = e.filename if e.filename is not None else "?"
+    what = e.strerror or str(e)
+    code = errno.errorcode.get(e.errno, str(e.errno)) if e.errno is not None else "?"
+    fix = _OS_FIXES.get(e.errno, "check the path and the file system")
+    return f"cannot use {str(path)!r}: {what} ({code}); {fix}"
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -313,7 +362,17 @@ def make_parser() -> argparse.ArgumentParser:
         "--resume", action="store_true", help="continue from the run dir's last checkpoint"
     )
     p.add_argument(
-        "--overwrite", action="store_true", help="replace an existing run in the run dir"
+        "--overwrite",
+        action="store_true",
+        help="replace an earlier run in the run dir (removes only the files a run wrote)",
+    )
+    p.add_argument(
+        "--allow-change",
+        action="append",
+        default=[],
+        metavar="KEY",
+        help="with --resume: let this setting differ from the saved config (train.optimizer.lr, "
+        "train.clip_grad_norm, objective.task_weight, objective.terms.N.weight); repeatable",
     )
     p.set_defaults(fn=_cmd_run)
 
@@ -493,6 +552,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         print("(run with --debug for the traceback)", file=sys.stderr)
         return 1 if isinstance(e, NonFiniteError) else 2
+    except OSError as e:  # the file system said no: name the path and what it said
+        if args.debug:
+            raise
+        print(f"error: {os_error_message(e)}", file=sys.stderr)
+        print("(run with --debug for the traceback)", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, PrivateAttr, ValidationError, field_validator
 
 from distill.errors import ConfigError, did_you_mean
 from distill.paradigms.condense import CondenseSettings
@@ -68,7 +68,7 @@ class TeacherConfig(ModelConfig):
 class TermConfig(Strict):
     loss: str  # a LOSSES name or 'package.module:attr'
     name: str | None = None  # for logs; defaults to the loss name
-    weight: float = 1.0
+    weight: float = Field(1.0, ge=0)  # a negative weight would reward the student for diverging
     warmup_steps: int = Field(0, ge=0)
     start_step: int = Field(0, ge=0)  # off until this optimizer step, then warms up
     ramp: Literal["linear", "cosine"] = "linear"
@@ -84,7 +84,7 @@ class TermConfig(Strict):
 
 
 class ObjectiveConfig(Strict):
-    task_weight: float = 1.0
+    task_weight: float = Field(1.0, ge=0)
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     terms: list[TermConfig] = []
 
@@ -133,6 +133,9 @@ class ExperimentConfig(Strict):
     stages: list[StageConfig] = []  # a multi-stage run: each stage trains in turn
 
     _scheme = field_validator("scheme", mode="before")(_scheme_from_name)
+    # the YAML file this config was read from (None when built in Python): --overwrite never
+    # clears the folder holding it
+    _source: Path | None = PrivateAttr(default=None)
 
     def resolved_run_dir(self) -> Path:
         return Path(self.run_dir) if self.run_dir else Path("runs") / self.name
@@ -240,12 +243,40 @@ def apply_override(data: dict[str, Any], assignment: str) -> None:
             node = node[part]
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses a key given twice in one mapping (plain YAML keeps the
+    last one, so a second `train:` would silently replace the first)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: dict[Any, yaml.Node] = {}
+        for key_node, _value in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    "while reading a mapping",
+                    node.start_mark,
+                    f"found the key {key!r} twice (first at line {seen[key].start_mark.line + 1}); "
+                    f"YAML would keep only the last one, so merge them into one",
+                    key_node.start_mark,
+                )
+            seen[key] = key_node
+        return super().construct_mapping(node, deep=deep)
+
+
+def safe_load_unique(text: str) -> Any:
+    """yaml.safe_load, but a mapping with a repeated key is an error."""
+    return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader subclass)
+
+
 def read_yaml(path: Path, what: str) -> Any:
-    """A YAML file's contents, read safely (no tags that build objects); {} when empty."""
+    """A YAML file's contents, read safely (no tags that build objects, no repeated keys);
+    {} when empty."""
+    if path.is_dir():
+        raise ConfigError(f"{what} {str(path)!r} is a folder; give the path of a YAML file in it")
     if not path.is_file():
         raise ConfigError(f"{what} {str(path)!r} does not exist")
     try:
-        return yaml.safe_load(path.read_text()) or {}
+        return safe_load_unique(path.read_text()) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"{path} is not valid YAML: {e}") from None
 
@@ -289,7 +320,9 @@ def load_config(
             apply_override(data, assignment)
         if isinstance(data.get("scheme"), str):  # so that scheme.args.x=... overrides work
             data["scheme"] = {"name": data["scheme"]}
-    return parse_config(data, str(path) if path else "config")
+    cfg = parse_config(data, str(path) if path else "config")
+    cfg._source = path
+    return cfg
 
 
 def dump_config(cfg: ExperimentConfig) -> str:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import fnmatch
 import json
-import shutil
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -12,7 +13,7 @@ from typing import Any
 import torch
 import yaml
 
-from distill import distributed
+from distill import distributed, rundir
 from distill.build import build, export_info, weights_path
 from distill.checkpoint import atomic_write_text, restore_weights
 from distill.config import ExperimentConfig, dump_config
@@ -37,39 +38,110 @@ RESUMABLE_CHANGES = {
     "workers",
     "distributed",  # placement on the ranks; checkpoints hold full tensors either way
 }
+# Settings that may change on resume when the user names them with --allow-change: the
+# usual mends after a divergence. (A changed lr applies from the resumed step on.)
+CHANGEABLE_ON_REQUEST = (
+    "train.optimizer.lr",
+    "train.clip_grad_norm",
+    "objective.task_weight",
+    "objective.terms.*.weight",
+)
 
 
-def check_run_dir(run_dir: Path, cfg: ExperimentConfig, *, resume: bool, overwrite: bool) -> None:
-    """Refuse to silently overwrite a previous run, or to resume it under a different config."""
+def _allowed(key: str, allow: Sequence[str]) -> bool:
+    if key.startswith("train.") and key[6:].split(".")[0] in RESUMABLE_CHANGES:
+        return True
+    return any(fnmatch.fnmatchcase(key, pattern) for pattern in allow)
+
+
+def check_allow(allow: Sequence[str]) -> None:
+    for key in allow:
+        if not any(fnmatch.fnmatchcase(key, p) for p in CHANGEABLE_ON_REQUEST):
+            raise ConfigError(
+                f"--allow-change {key!r}: only {', '.join(CHANGEABLE_ON_REQUEST)} may change when "
+                f"a run resumes (* is a term's index); start a new run_dir for anything else"
+            )
+
+
+def check_run_dir(
+    run_dir: Path,
+    cfg: ExperimentConfig,
+    *,
+    resume: bool,
+    overwrite: bool,
+    allow: Sequence[str] = (),
+) -> list[str]:
+    """Refuse to overwrite a previous run or files distill did not write, or to resume a run
+    under a different config. Returns the allowed changes a resume makes, as log lines."""
     if resume and overwrite:
         raise ConfigError("resume continues a run and overwrite deletes it; choose one")
-    has_run = (run_dir / "checkpoints").is_dir() or (run_dir / "metrics.jsonl").is_file()
+    check_allow(allow)
+    rundir.check_location(run_dir)
+    if overwrite:
+        rundir.check_clearable(run_dir, cfg._source)
+    has_run = rundir.holds_run(run_dir)
     if has_run and not resume and not overwrite:
         raise ConfigError(
             f"run dir {str(run_dir)!r} already holds a run; continue it with --resume, "
             f"replace it with --overwrite, or set run_dir=<new dir>"
         )
+    if not resume and not overwrite:
+        rundir.check_fresh(run_dir)
     saved = run_dir / "config.yaml"
-    if resume and saved.is_file():
-        changed = _changed_keys(yaml.safe_load(saved.read_text()), cfg.model_dump(mode="json"))
-        changed = [
-            k
-            for k in changed
-            if not (k.startswith("train.") and k[6:].split(".")[0] in RESUMABLE_CHANGES)
-        ]
-        if changed:
-            raise ConfigError(
-                f"cannot resume {str(run_dir)!r} with a different config: {', '.join(changed)} "
-                f"changed since the run started (see its config.yaml). Only train."
-                f"{{{', '.join(sorted(RESUMABLE_CHANGES))}}} may change on resume; start a new "
-                f"run_dir for anything else."
-            )
+    if not (resume and saved.is_file()):
+        return []
+    old = yaml.safe_load(saved.read_text())
+    new = cfg.model_dump(mode="json")
+    # a run dir is known by its marker, not its path: a moved one still resumes
+    old = _moved(old, str(old.get("run_dir") or ""), str(new.get("run_dir") or ""))
+    changed = [k for k in _changed_keys(old, new) if k != "run_dir"]
+    refused = [k for k in changed if not _allowed(k, allow)]
+    if refused:
+        raise ConfigError(
+            f"cannot resume {str(run_dir)!r} with a different config: {', '.join(refused)} "
+            f"changed since the run started (see its config.yaml). Only train."
+            f"{{{', '.join(sorted(RESUMABLE_CHANGES))}}} may change on resume, and "
+            f"{', '.join(CHANGEABLE_ON_REQUEST)} when named with --allow-change KEY; start a new "
+            f"run_dir for anything else."
+        )
+    return [
+        f"resume: {k} changed from {_at(old, k)!r} to {_at(new, k)!r}"
+        for k in changed
+        if any(fnmatch.fnmatchcase(k, p) for p in allow)
+    ]
+
+
+def _moved(value: Any, old_dir: str, new_dir: str) -> Any:
+    """`value` with paths under the run dir's old location moved to its new one."""
+    if not old_dir or old_dir == new_dir:
+        return value
+    if isinstance(value, dict):
+        return {k: _moved(v, old_dir, new_dir) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_moved(v, old_dir, new_dir) for v in value]
+    if isinstance(value, str) and (value == old_dir or value.startswith(old_dir + "/")):
+        return new_dir + value[len(old_dir) :]
+    return value
+
+
+def _at(tree: Any, key: str) -> Any:
+    for part in key.split("."):
+        tree = tree[int(part)] if isinstance(tree, list) else (tree or {}).get(part)
+    return tree
 
 
 def _changed_keys(old: Any, new: Any, prefix: str = "") -> list[str]:
     if isinstance(old, dict) and isinstance(new, dict):
         keys = list(dict.fromkeys([*old, *new]))
         return [c for k in keys for c in _changed_keys(old.get(k), new.get(k), f"{prefix}{k}.")]
+    if (  # lists of sections (terms, stages, teachers) by index; lists of values whole
+        isinstance(old, list)
+        and isinstance(new, list)
+        and len(old) == len(new)
+        and all(isinstance(v, dict) for v in [*old, *new])
+    ):
+        pairs = enumerate(zip(old, new))
+        return [c for i, (a, b) in pairs for c in _changed_keys(a, b, f"{prefix}{i}.")]
     return [] if old == new else [prefix.rstrip(".")]
 
 
@@ -79,18 +151,28 @@ def run_experiment(
     resume: bool = False,
     overwrite: bool = False,
     callbacks: Sequence[Callable[[dict[str, Any]], None]] = (),
+    allow_changes: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Train per `cfg`; write config.yaml, checkpoints, metrics and results.json in the run dir.
 
     Everything that can fail on bad input (names, data, weights, shapes) fails before the
-    run dir is touched, so a bad config never clobbers or half-writes a run.
+    run dir is touched, so a bad config never clobbers or half-writes a run. The run dir is
+    locked for the whole run (a second writer is refused); `overwrite` removes only what an
+    earlier run wrote (see distill.rundir). `allow_changes` names the settings that may
+    differ from the saved config on resume (`CHANGEABLE_ON_REQUEST`).
     """
     from distill.stages import is_pipeline, run_pipeline
 
     if is_pipeline(cfg):
-        return run_pipeline(cfg, resume=resume, overwrite=overwrite, callbacks=callbacks)
+        return run_pipeline(
+            cfg,
+            resume=resume,
+            overwrite=overwrite,
+            callbacks=callbacks,
+            allow_changes=allow_changes,
+        )
     run_dir = cfg.resolved_run_dir()
-    check_run_dir(run_dir, cfg, resume=resume, overwrite=overwrite)
+    check_run_dir(run_dir, cfg, resume=resume, overwrite=overwrite, allow=allow_changes)
     built = build(cfg)
     if cfg.train.progress and built.cache_plan is not None and cfg.teacher is not None:
         print(f"teacher: {built.cache_plan.reason}", file=sys.stderr)
@@ -106,12 +188,35 @@ def run_experiment(
     )
     if resume:
         trainer.restore()  # a bad checkpoint fails here, before anything is written
+    main = distributed.is_main()
+    with rundir.RunLock(run_dir) if main else contextlib.nullcontext():
+        # checked again under the lock: another process may have started here meanwhile
+        changes = check_run_dir(
+            run_dir, cfg, resume=resume, overwrite=overwrite, allow=allow_changes
+        )
+        return _train(cfg, built, trainer, resume, overwrite, changes)
+
+
+def _train(cfg, built, trainer: Trainer, resume: bool, overwrite: bool, changes) -> dict:
+    """Write the run dir's config and marker, train, then test (under the run dir's lock)."""
+    run_dir = trainer.run_dir
     distributed.barrier()  # under torchrun: every rank has checked the run dir before rank 0 writes
     main = distributed.is_main()
     if main:
-        if overwrite and run_dir.exists():
-            shutil.rmtree(run_dir)
+        if overwrite:
+            rundir.clear(run_dir, cfg._source)
         run_dir.mkdir(parents=True, exist_ok=True)
+        removed = rundir.remove_temp_files(run_dir)
+        if removed:
+            print(
+                f"removed {removed} temporary file(s) a killed run left in {run_dir}",
+                file=sys.stderr,
+            )
+        if resume:
+            print(_resume_line(trainer, run_dir / "config.yaml"), file=sys.stderr)
+        for line in changes:
+            print(line, file=sys.stderr)
+        rundir.write_marker(run_dir)
         atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
     distributed.barrier()
     summary = trainer.fit(resume=resume)
@@ -132,6 +237,17 @@ def run_experiment(
             results.update(tested)
             atomic_write_text(run_dir / "results.json", json.dumps(results, indent=2))
     return results
+
+
+def _resume_line(trainer: Trainer, saved: Path) -> str:
+    """'resuming at epoch k of N', with the earlier length when train.epochs changed."""
+    epochs = trainer.settings.epochs
+    line = f"resuming {trainer.run_dir} at epoch {trainer.state['epoch'] + 1} of {epochs}"
+    if saved.is_file():
+        was = (yaml.safe_load(saved.read_text()) or {}).get("train", {}).get("epochs")
+        if was is not None and was != epochs:
+            line += f" (was {was})"
+    return line + f", step {trainer.state['step']}"
 
 
 def test_results(

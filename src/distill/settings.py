@@ -2,15 +2,46 @@
 
 from __future__ import annotations
 
-from typing import Literal
+import types
+import typing
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+def _numeric(annotation: Any) -> bool:
+    """True when a field takes numbers (int/float, maybe in a tuple, list or Optional) but no
+    booleans: there a YAML `true` is a slip, which pydantic would quietly read as 1."""
+    args = typing.get_args(annotation)
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType, tuple, list):
+        kinds = [a for a in args if a is not type(None) and a is not Ellipsis]
+        return any(_numeric(a) for a in kinds) and bool not in kinds
+    return annotation in (int, float)
 
 
 class Strict(BaseModel):
-    """Base for every settings model: unknown keys are errors and values are frozen."""
+    """Base for every settings model: unknown keys are errors, values are frozen, numbers
+    are read strictly (a boolean, inf or NaN where a number goes is an error)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_booleans_for_numbers(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        for name, value in data.items():
+            field = cls.model_fields.get(name)
+            if field is None or not _numeric(field.annotation):
+                continue
+            items = value if isinstance(value, (list, tuple)) else [value]
+            if any(isinstance(v, bool) for v in items):
+                raise ValueError(
+                    f"{name} must be a number, got {value!r}: YAML reads true/false/yes/no/on/off "
+                    f"as booleans; write a number"
+                )
+        return data
 
 
 class OptimizerSettings(Strict):

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
+from distill import rundir
 from distill.checkpoint import atomic_write_text, restore_weights
 from distill.config import ExperimentConfig, ModelConfig, dump_config, parse_config
 from distill.errors import ConfigError
@@ -228,30 +230,37 @@ def pipeline_problems(cfg: ExperimentConfig) -> list[str]:
     return problems
 
 
-def run_pipeline(cfg: ExperimentConfig, *, resume: bool, overwrite: bool, callbacks=()) -> dict:
+def run_pipeline(
+    cfg: ExperimentConfig, *, resume: bool, overwrite: bool, callbacks=(), allow_changes=()
+) -> dict:
     """Run every stage in turn; see the module docstring."""
-    from distill.build import build, weights_path
-    from distill.run import run_experiment
+    from distill.run import check_run_dir
 
     run_dir = cfg.resolved_run_dir()
-    if resume and overwrite:
-        raise ConfigError("resume continues a run and overwrite deletes it; choose one")
-    if (run_dir / "pipeline.json").is_file() and not (resume or overwrite):
-        raise ConfigError(
-            f"run dir {str(run_dir)!r} already holds a run; continue it with --resume, "
-            f"replace it with --overwrite, or set run_dir=<new dir>"
-        )
     problems = pipeline_problems(cfg)
     if problems:
         raise ConfigError("config has problems:\n  " + "\n  ".join(problems))
-    stages = expand(cfg)
-    if resume and (run_dir / "config.yaml").is_file():
-        from distill.run import check_run_dir
+    check_run_dir(run_dir, cfg, resume=resume, overwrite=overwrite, allow=allow_changes)
+    with rundir.RunLock(run_dir):
+        changes = check_run_dir(
+            run_dir, cfg, resume=resume, overwrite=overwrite, allow=allow_changes
+        )
+        for line in changes:
+            print(line, file=sys.stderr)
+        if overwrite:
+            rundir.clear(run_dir, cfg._source)
+        rundir.remove_temp_files(run_dir)
+        rundir.write_marker(run_dir, "pipeline")
+        return _run_stages(cfg, run_dir, resume, callbacks, allow_changes)
 
-        check_run_dir(run_dir, cfg, resume=True, overwrite=False)
-    if overwrite and run_dir.exists():
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+
+def _run_stages(
+    cfg: ExperimentConfig, run_dir: Path, resume: bool, callbacks, allow_changes
+) -> dict:
+    from distill.build import build, weights_path
+    from distill.run import run_experiment
+
+    stages = expand(cfg)
     atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
     atomic_write_text(
         run_dir / "pipeline.json",
@@ -273,6 +282,7 @@ def run_pipeline(cfg: ExperimentConfig, *, resume: bool, overwrite: bool, callba
             resume=resume and can_resume,
             overwrite=not (resume and can_resume) and stage_dir.exists(),
             callbacks=callbacks,
+            allow_changes=allow_changes if resume and can_resume else (),
         )
         results.append(r)
         if not r["complete"]:

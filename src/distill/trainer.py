@@ -149,6 +149,24 @@ def _set_rng_state(state: dict[str, Any], aug_gen: torch.Generator) -> None:
     aug_gen.set_state(state["augment"])
 
 
+def _non_finite_keys(state: dict[str, Any], prefix: str = "") -> list[str]:
+    """Dotted keys of the floating-point tensors in a nested state that hold NaN or inf."""
+    bad = []
+    for key, value in state.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            bad += _non_finite_keys(value, name + ".")
+        elif isinstance(value, (list, tuple)):
+            bad += _non_finite_keys(dict(enumerate(value)), name + ".")
+        elif (
+            isinstance(value, torch.Tensor)
+            and value.is_floating_point()
+            and not bool(torch.isfinite(value).all())
+        ):
+            bad.append(name)
+    return bad
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -312,6 +330,16 @@ class Trainer:
         if not distributed.is_main():  # every rank holds the same state; one writes it
             self._fold()
             return
+        bad = _non_finite_keys({"modules": modules, "optimizer": optimizer})
+        if bad:  # keep the last good checkpoint: a resume must start from finite values
+            self._fold()
+            shown = ", ".join(bad[:3]) + (" ..." if len(bad) > 3 else "")
+            print(
+                f"checkpoint at step {self.state['step']} not written: non-finite values in "
+                f"{shown}; {self._last_good()}",
+                file=sys.stderr,
+            )
+            return
         save_checkpoint(
             self.ckpt_dir / "last.safetensors",
             {
@@ -333,6 +361,7 @@ class Trainer:
                 f"nothing to resume: {str(path)!r} does not exist; run without --resume"
             )
         ckpt = load_checkpoint(path)
+        configured_lr = [g["lr"] for g in self.optimizer.param_groups]
         try:
             distributed.load_full_state(self.scheme.modules, ckpt["modules"])
             distributed.load_full_optimizer_state(self.optimizer, ckpt["optimizer"])
@@ -342,6 +371,11 @@ class Trainer:
                 f"({str(e).splitlines()[0]}); resume with the config the run started with "
                 f"(its config.yaml), or start a new run_dir"
             ) from None
+        # The schedule scales each group's base lr; it comes from this config, not the
+        # checkpoint, so a resume with --allow-change train.optimizer.lr takes the new one
+        # (unchanged, it is the same number).
+        for group, lr in zip(self.optimizer.param_groups, configured_lr):
+            group["base_lr"] = lr
         if ckpt["scaler"]:
             self.scaler.load_state_dict(ckpt["scaler"])
         self.state = dict(ckpt["trainer"])
@@ -432,7 +466,11 @@ class Trainer:
     def _last_good(self) -> str:
         path = self.ckpt_dir / "last.safetensors"
         if path.is_file():
-            return f"the last good checkpoint is {str(path)!r}; continue from it with --resume"
+            try:
+                step = load_checkpoint(path)["trainer"]["step"]
+            except CheckpointError:
+                return f"{str(path)!r} is unreadable"
+            return f"the last good checkpoint is {str(path)!r} (step {step}); continue from it with --resume"
         return "no checkpoint had been saved yet"
 
     def _check_step(self, params: list[torch.nn.Parameter], norm: torch.Tensor | None) -> None:
@@ -647,6 +685,8 @@ class Trainer:
             dynamic_ncols=True,
         )
         group_size, group_items = 1, None
+        # without a terminal there is no bar: a line every 30 s shows the run is alive
+        quiet_since = time.monotonic() if s.progress and bar.disable else None
         with bar:
             while st["batch"] < self.batches_per_epoch:
                 b = st["batch"]
@@ -669,6 +709,14 @@ class Trainer:
                 self._accumulate(losses)
                 st["batch"] += 1
                 bar.update(1)
+                if quiet_since is not None and time.monotonic() - quiet_since > 30:
+                    quiet_since = time.monotonic()
+                    print(
+                        f"epoch {st['epoch'] + 1}/{s.epochs}: batch {st['batch']}/"
+                        f"{self.batches_per_epoch}, step {st['step']}",
+                        file=sys.stderr,
+                        flush=True,
+                    )
                 if st["batch"] % s.grad_accum and st["batch"] < self.batches_per_epoch:
                     continue  # still accumulating
                 self._optimizer_step()
@@ -789,7 +837,7 @@ class Trainer:
         for callback in self.callbacks:
             callback(row)
         if s.progress and distributed.is_main():
-            tqdm.write(
+            tqdm.write(  # (printed with or without a terminal)
                 f"epoch {row['epoch']}/{s.epochs}  loss {row.get('train_loss', float('nan')):.4f}  "
                 + "  ".join(f"val {k} {v:.4f}" for k, v in metrics.items())
                 + ("  *best" if improved else ""),

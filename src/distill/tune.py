@@ -16,10 +16,14 @@ import json
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from distill.checkpoint import atomic_write_text
-from distill.config import ExperimentConfig, apply_override, dump_config, parse_config
+from distill.config import (
+    ExperimentConfig,
+    apply_override,
+    dump_config,
+    parse_config,
+    read_yaml,
+)
 from distill.errors import ConfigError
 
 
@@ -109,7 +113,7 @@ def tune(
 def load_space(path: str | Path | None) -> dict[str, list] | None:
     if path is None:
         return None
-    data = yaml.safe_load(Path(path).read_text())
+    data = read_yaml(Path(path), "tune space")
     if not isinstance(data, dict):
         raise ConfigError(
             f"{path}: a tune space is a mapping of dotted keys to [low, high] or [low, high, 'log']"

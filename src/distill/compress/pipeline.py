@@ -26,7 +26,6 @@ from __future__ import annotations
 import copy
 import json
 import re
-import shutil
 import sys
 from pathlib import Path
 from typing import Any, Literal
@@ -35,6 +34,7 @@ import torch
 import yaml
 from pydantic import Field, model_validator
 
+from distill import rundir
 from distill.build import load_data, needs_teacher, weights_path
 from distill.checkpoint import atomic_write_bytes, atomic_write_text, restore_weights, save_weights
 from distill.config import (
@@ -566,10 +566,19 @@ def pareto_png(rows: list[dict[str, Any]]) -> bytes:
     return buf.getvalue()
 
 
-def run_compress(cfg: CompressConfig, *, overwrite: bool = False, progress: bool = True) -> dict:
+def run_compress(
+    cfg: CompressConfig,
+    *,
+    overwrite: bool = False,
+    progress: bool = True,
+    source: Path | None = None,
+) -> dict:
+    """Run (or continue) the stages; `overwrite` clears what an earlier run wrote (never a
+    folder holding other files, nor `source`'s folder: see distill.rundir)."""
     run_dir = cfg.resolved_run_dir()
-    if overwrite and run_dir.exists():
-        shutil.rmtree(run_dir)
+    rundir.check_location(run_dir)
+    if overwrite:
+        rundir.check_clearable(run_dir, source)
     elif (run_dir / "compress.yaml").is_file():
         # stages may be added to a finished run; what the done stages were made from may not
         # change (each stage also checks its own config)
@@ -581,4 +590,12 @@ def run_compress(cfg: CompressConfig, *, overwrite: bool = False, progress: bool
                     f"{str(run_dir)!r} holds a compression run with another {key}; pass "
                     "--overwrite to start again, or set run_dir=<new dir>"
                 )
-    return Compressor(cfg, progress=progress).run()
+    else:
+        rundir.check_fresh(run_dir)
+    compressor = Compressor(cfg, progress=progress)  # bad data fails before anything is removed
+    with rundir.RunLock(run_dir):
+        if overwrite:
+            rundir.clear(run_dir, source)
+        rundir.remove_temp_files(run_dir)
+        rundir.write_marker(run_dir, "compress")
+        return compressor.run()

@@ -21,7 +21,6 @@ pooled private data (the upper bound that federated learning gives up).
 from __future__ import annotations
 
 import json
-import shutil
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -125,12 +124,12 @@ class Channel:
 
 
 def _fit(scheme: Any, train: Any, val: Any, settings: TrainSettings, run_dir: Path) -> None:
+    from distill import rundir
     from distill.build import weights_path
     from distill.checkpoint import restore_weights
     from distill.trainer import Trainer
 
-    if run_dir.exists():
-        shutil.rmtree(run_dir)
+    rundir.clear(run_dir)  # a round's run dir, inside the locked federated run dir
     Trainer(scheme, train, val, settings, run_dir=run_dir).fit()
     model = scheme.eval_model().cpu()  # (the trainer may have moved it to a GPU)
     restore_weights(model, weights_path(str(run_dir)), "model")
@@ -175,19 +174,41 @@ def consensus(messages: list[Tensor], temperature: float) -> Tensor:
 
 
 # ------------------------------------------------------------------------- running
-def run_federated(cfg: FederatedConfig, *, overwrite: bool = False, progress: bool = True) -> dict:
-    """Simulate the protocol of the module docstring; write results.json and report.md."""
+def run_federated(
+    cfg: FederatedConfig,
+    *,
+    overwrite: bool = False,
+    progress: bool = True,
+    source: Path | None = None,
+) -> dict:
+    """Simulate the protocol of the module docstring; write results.json and report.md.
+    `overwrite` clears what an earlier run wrote (see distill.rundir)."""
+    from distill import rundir
+
+    run_dir = cfg.resolved_run_dir()
+    rundir.check_location(run_dir)
+    if overwrite:
+        rundir.check_clearable(run_dir, source)
+    elif (run_dir / "results.json").is_file():
+        raise ConfigError(
+            f"run dir {str(run_dir)!r} already holds a federated run; pass --overwrite or set "
+            f"run_dir=<new dir>"
+        )
+    else:
+        rundir.check_fresh(run_dir)
+    with rundir.RunLock(run_dir):
+        return _run_federated(cfg, run_dir, progress, overwrite, source)
+
+
+def _run_federated(
+    cfg: FederatedConfig, run_dir: Path, progress: bool, overwrite: bool, source: Path | None
+) -> dict:
+    from distill import rundir
     from distill.build import load_data, load_model
     from distill.checkpoint import atomic_write_text
     from distill.evaluate import predict_logits
     from distill.schemes.supervised import Supervised
 
-    run_dir = cfg.resolved_run_dir()
-    if (run_dir / "results.json").is_file() and not overwrite:
-        raise ConfigError(
-            f"run dir {str(run_dir)!r} already holds a federated run; pass --overwrite or set "
-            f"run_dir=<new dir>"
-        )
     data = load_data(cfg.data)
     train = data.train
     if not hasattr(train, "inputs"):
@@ -200,9 +221,10 @@ def run_federated(cfg: FederatedConfig, *, overwrite: bool = False, progress: bo
     public_x = train.inputs[public_rows]  # labels of these rows are never read
     y_private = train.targets.numpy()[private_rows]
     splits = dirichlet_split(y_private, cfg.clients, cfg.alpha, cfg.seed)
-    if overwrite and run_dir.exists():
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    if overwrite:  # (after the data loaded: a bad config removes nothing)
+        rundir.clear(run_dir, source)
+    rundir.remove_temp_files(run_dir)
+    rundir.write_marker(run_dir, "federated")
     test_y = data.test.targets
 
     def test_acc(model: nn.Module) -> float:
