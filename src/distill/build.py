@@ -55,6 +55,7 @@ class Built:
 # (their terms are sized from a dry forward of both models).
 TEACHER_TERM_SCHEMES = ("offline", "dense")
 
+
 def resolve_loss(name: str) -> Callable[..., Tensor]:
     """A loss function, or a loss module class (built from the two tensor shapes)."""
     if ":" in name:

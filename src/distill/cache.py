@@ -32,6 +32,7 @@ import json
 import math
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -248,8 +249,8 @@ class TeacherCache:
         path = self.root / key[:24]
         problem = self._check(path, key) if path.exists() else "missing"
         if problem is not None:
-            if problem != "missing":
-                self.log(f"teacher cache {path}: {problem}; rebuilding it")
+            if problem != "missing":  # said whatever the progress setting: damage is news
+                print(f"teacher cache {path}: {problem}; rebuilding it", file=sys.stderr)
             self._build(path, key)
             problem = self._check(path, key)
             if problem is not None:

@@ -11,7 +11,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
+import sys
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -159,7 +162,7 @@ def save_weights(
     info: dict | None = None,
 ) -> None:
     """A model's weights (the module or its state dict) as a plain safetensors file (for
-    deployment), with JSON `info`."""
+    deployment), with JSON `info` and a SHA-256 of the tensors checked on every load."""
     info = dict(info or {})
     if isinstance(weights, torch.nn.Module):
         from distill.compress.structure import structure_of
@@ -168,26 +171,121 @@ def save_weights(
             info.setdefault("structure", structure_of(weights))
     state = weights.state_dict() if isinstance(weights, torch.nn.Module) else weights
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in state.items()}
-    meta = {"distill_info": json.dumps(info)}
+    info_json = json.dumps(info)
+    meta = {"distill_info": info_json, "sha256": _digest(tensors, info_json)}
     atomic_write_bytes(path, st_save(tensors, metadata=meta))
 
 
+def _is_torch_file(head: bytes) -> bool:
+    """True for a torch.save file: a zip archive (PyTorch >= 1.6) or a bare pickle stream
+    (protocol 2-5). A safetensors file starts with its header's length, then '{'."""
+    if head[8:9] == b"{":
+        return False
+    return head.startswith(b"PK\x03\x04") or (
+        head[:1] == b"\x80" and head[1:2] in b"\x02\x03\x04\x05"
+    )
+
+
+# where training scripts commonly nest the state dict inside a saved dict
+_NESTED_STATE_KEYS = ("state_dict", "model_state_dict", "model", "module", "student", "net")
+
+
 def load_weights(path: str | os.PathLike) -> tuple[dict[str, Tensor], dict]:
-    """(state_dict, info) from a weights file or from a full checkpoint's model weights."""
+    """(state_dict, info) from a weights file or from a full checkpoint's model weights.
+
+    Files distill wrote are checked against their SHA-256. A weights file from elsewhere
+    loads with a note: safetensors without a checksum, or a `torch.save` state dict, which
+    is read with `torch.load(weights_only=True)` so that no code can run."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"weights file {str(path)!r} does not exist")
+    with open(path, "rb") as f:
+        head = f.read(9)
+    if _is_torch_file(head):
+        return _load_torch_state(path), {}
     tensors, meta = _read(path)
+    if "distill" in meta:  # a full checkpoint
+        expected, skeleton = meta.get("sha256"), meta["distill"]
+    else:
+        expected, skeleton = meta.get("sha256"), meta.get("distill_info", "{}")
+    if expected is None:
+        print(
+            f"note: {str(path)!r} carries no checksum (not written by distill); loading it "
+            f"unverified",
+            file=sys.stderr,
+        )
+    elif _digest(tensors, skeleton) != expected:
+        raise CheckpointError(
+            f"checksum mismatch in {str(path)!r}: the file is corrupt or was edited. Use an "
+            f"earlier copy, or retrain"
+        )
     return tensors, json.loads(meta.get("distill_info", "{}"))
+
+
+def _load_torch_state(path: Path) -> dict[str, Tensor]:
+    """A plain state dict from a `torch.save` file, refusing anything that needs objects."""
+    import pickle
+
+    try:
+        with warnings.catch_warnings():  # (protocol notes of the weights-only unpickler)
+            warnings.simplefilter("ignore")
+            with open(path, "rb") as f:  # (a file object: torch.load guesses by suffix)
+                obj = torch.load(f, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(e))
+        what = f"it needs the Python object {found.group(1)}" if found else "it needs objects"
+        raise CheckpointError(
+            f"{str(path)!r} is not a readable safetensors file but a torch.save (pickle) file "
+            f"that holds Python objects, not only tensors ({what}; refused, nothing ran). "
+            f"distill reads torch.save files with weights_only=True so that no code runs; save "
+            f"the state dict instead: torch.save(model.state_dict(), path), or as safetensors"
+        ) from None
+    except Exception as e:  # a truncated zip, a broken pickle stream
+        raise CheckpointError(
+            f"{str(path)!r} looks like a torch.save file but cannot be read "
+            f"({type(e).__name__}: {str(e).splitlines()[0][:160]}); it may be truncated"
+        ) from None
+    state, where = obj, ""
+    if isinstance(obj, dict) and not _is_state(obj):
+        for key in _NESTED_STATE_KEYS:
+            if isinstance(obj.get(key), dict) and _is_state(obj[key]):
+                state, where = obj[key], f" under its key {key!r}"
+                break
+    if not isinstance(state, dict) or not _is_state(state):
+        keys = list(obj)[:8] if isinstance(obj, dict) else []
+        raise CheckpointError(
+            f"{str(path)!r} is a torch.save file holding a {type(obj).__name__}"
+            f"{' with keys ' + str(keys) if keys else ''}, not a state dict (names -> tensors); "
+            f"save model.state_dict() instead"
+        )
+    if state and all(k.startswith("module.") for k in state):  # saved from DDP
+        state, where = {k[len("module.") :]: v for k, v in state.items()}, where + ", 'module.' cut"
+    print(
+        f"note: {str(path)!r} is a torch.save file; loaded its state dict{where} with "
+        f"torch.load(weights_only=True) (no code ran)",
+        file=sys.stderr,
+    )
+    return dict(state)
+
+
+def _is_state(obj: dict) -> bool:
+    return bool(obj) and all(isinstance(k, str) and isinstance(v, Tensor) for k, v in obj.items())
 
 
 def restore_weights(module: torch.nn.Module, path: str | os.PathLike, label: str) -> dict:
     """Load a weights file into a freshly built `module`: first replay the compression the
-    file records (pruned widths, low-rank layers, quantizers), then the tensors. Returns
-    the file's info."""
+    file records (pruned widths, low-rank layers, quantizers), then the tensors. Weights
+    holding NaN or inf are refused. Returns the file's info."""
     from distill.compress.structure import apply_structure
 
     state, info = load_weights(path)
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(v.isfinite().all())]
+    if bad:
+        raise CheckpointError(
+            f"the {label} weights in {str(path)!r} hold NaN or inf (in {', '.join(bad[:4])}"
+            f"{' ...' if len(bad) > 4 else ''}): the run that wrote them diverged. Use weights "
+            f"from before that, or retrain that model"
+        )
     apply_structure(module, info.get("structure"))
     load_into(module, state, label)
     return info

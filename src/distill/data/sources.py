@@ -8,6 +8,9 @@ import json
 import math
 import os
 import random
+import sys
+import zipfile
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +41,9 @@ class RawData:
     # a second modality of the same samples (train, test) and its shape (data.paired)
     paired: tuple[np.ndarray, np.ndarray] | None = None
     paired_shape: tuple[int, ...] | None = None
+    # the class count when the loader fixes it (labels must then lie in 0..C-1); None: the
+    # largest label + 1, and then no label in 0..C-1 may be missing from train
+    num_classes: int | None = None
 
 
 def _as_raw(obj: object, name: str) -> RawData:
@@ -52,10 +58,12 @@ def _as_raw(obj: object, name: str) -> RawData:
             (x, np.asarray(obj["y"])),
             (np.asarray(obj["x_test"]), np.asarray(obj["y_test"])),
             shape,
+            num_classes=obj.get("num_classes"),
         )
     raise DataError(
         f"dataset {name!r} returned {type(obj).__name__}; a dataset loader must return "
-        f"distill.data.sources.RawData or a dict with keys x, y, x_test, y_test"
+        f"distill.data.sources.RawData or a dict with keys x, y, x_test, y_test (and "
+        f"optionally num_classes, input_shape)"
     )
 
 
@@ -90,6 +98,7 @@ def check_raw(raw: RawData, name: str) -> RawData:
             raise DataError(
                 f"dataset {name!r}: input_shape {raw.input_shape} does not fit {split} inputs of shape {x.shape[1:]}"
             )
+    _check_label_range(raw, name)
     n_train_classes = int(raw.train[1].max()) + 1
     if int(raw.test[1].max()) >= n_train_classes:
         raise DataError(
@@ -97,6 +106,33 @@ def check_raw(raw: RawData, name: str) -> RawData:
             f"(labels 0..{n_train_classes - 1}); split so that every class appears in train"
         )
     return raw
+
+
+def _check_label_range(raw: RawData, name: str) -> None:
+    """Labels must be 0..C-1: below a fixed C, and with no class id left unused when C is
+    inferred (labels 1..3 would build a phantom class 0; a stray 50 a 51-way head)."""
+    y = np.asarray(raw.train[1])
+    if raw.num_classes is not None:
+        for split, labels in (("train", y), ("test", np.asarray(raw.test[1]))):
+            if int(labels.max()) >= raw.num_classes:
+                first = int(np.flatnonzero(labels >= raw.num_classes)[0])
+                raise DataError(
+                    f"dataset {name!r}: {split} label {int(labels[first])} at index {first} is "
+                    f"outside 0..{raw.num_classes - 1} (the loader says num_classes="
+                    f"{raw.num_classes}); fix the label, or the class count"
+                )
+        return
+    present = np.unique(y)
+    if len(present) < int(y.max()) + 1:
+        missing = sorted(set(range(int(y.max()) + 1)) - set(present.tolist()))
+        shown = ", ".join(map(str, missing[:6])) + (" ..." if len(missing) > 6 else "")
+        raise DataError(
+            f"dataset {name!r}: train labels run {int(y.min())}..{int(y.max())} but never use "
+            f"{shown}; the class count is the largest label + 1 = {int(y.max()) + 1}, so "
+            f"those would be classes with no samples. Relabel to 0..C-1 (e.g. "
+            f"np.unique(y, return_inverse=True)[1]; labels 1..C: y - 1), or return "
+            f"num_classes from the loader if those classes are real"
+        )
 
 
 def select_classes(raw: RawData, classes: list[int]) -> RawData:
@@ -170,7 +206,9 @@ def with_views(raw: RawData, view: str | None, paired: str | None) -> RawData:
 
     base = shaped(raw.train[0]), shaped(raw.test[0])
     train, test, shape = make_view(view or "raw", *base)
-    out = RawData(raw.name, (train, raw.train[1]), (test, raw.test[1]), shape)
+    out = RawData(
+        raw.name, (train, raw.train[1]), (test, raw.test[1]), shape, num_classes=raw.num_classes
+    )
     if paired is not None:
         p_train, p_test, p_shape = make_view(paired, *base)
         out.paired, out.paired_shape = (p_train, p_test), p_shape
@@ -201,6 +239,12 @@ def make_splits(
     x, y = raw.train
     fit_idx, val_idx = split_indices(y, val_fraction, split_seed)
     fit_y = y[fit_idx].copy()
+    if train_samples is not None and train_samples > len(fit_idx):
+        raise DataError(
+            f"dataset {raw.name!r}: data.train_samples={train_samples} but the training split "
+            f"has only {len(fit_idx)} samples (after {len(val_idx)} went to validation); lower "
+            f"it, or leave it out to keep every label"
+        )
     if train_samples is not None:
         labelled = stratified_take(fit_y, train_samples, split_seed + 1)
         if unlabeled:
@@ -277,6 +321,44 @@ def _make_mnist1d(num_samples: int, seed: int) -> dict[str, np.ndarray]:
     return {k: np.asarray(data[k]) for k in ("x", "y", "x_test", "y_test")}
 
 
+def _digest(arrays: dict[str, np.ndarray]) -> str:
+    h = hashlib.sha256()
+    for key in sorted(arrays):
+        a = np.ascontiguousarray(arrays[key])
+        h.update(f"{key}:{a.dtype.str}:{a.shape}".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def cached_arrays(
+    path: Path, make: Callable[[], dict[str, np.ndarray]], *, compressed: bool = False
+) -> dict[str, np.ndarray]:
+    """The arrays `make()` returns, kept at `path` (.npz) with a SHA-256 of their contents.
+
+    A cache file that is truncated, unreadable or fails its checksum is reported in one line
+    on stderr (always: a rebuild costs time the user should know about) and made again."""
+    if path.is_file():
+        try:
+            with np.load(path) as f:
+                data = {k: f[k] for k in f.files}
+            stored = str(data.pop("__sha256__", ""))
+            problem = None if stored == _digest(data) else "its checksum does not match"
+            if not stored:
+                problem = "it has no checksum (an older distill wrote it)"
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error) as e:
+            problem = f"it is unreadable ({type(e).__name__}: {e})"
+        if problem is None:
+            return data
+        print(
+            f"dataset cache {str(path)!r} is damaged: {problem}; making it again", file=sys.stderr
+        )
+    data = make()
+    buf = io.BytesIO()
+    (np.savez_compressed if compressed else np.savez)(buf, **data, __sha256__=_digest(data))
+    atomic_write_bytes(path, buf.getvalue())
+    return data
+
+
 def load_mnist1d(*, num_samples: int = 5000, seed: int = 42) -> RawData:
     """MNIST-1D (Greydanus 2020): 40-sample 1-D signals of 10 digit templates, 80/20 train/test.
 
@@ -285,18 +367,7 @@ def load_mnist1d(*, num_samples: int = 5000, seed: int = 42) -> RawData:
     """
     key = hashlib.sha256(json.dumps([num_samples, seed, "v1"]).encode()).hexdigest()[:12]
     path = cache_dir() / f"mnist1d-{num_samples}-{seed}-{key}.npz"
-    data = None
-    if path.is_file():
-        try:
-            with np.load(path) as f:
-                data = {k: f[k] for k in ("x", "y", "x_test", "y_test")}
-        except (OSError, ValueError, KeyError):
-            data = None  # unreadable cache: regenerate and overwrite it
-    if data is None:
-        data = _make_mnist1d(num_samples, seed)
-        buf = io.BytesIO()
-        np.savez(buf, **data)
-        atomic_write_bytes(path, buf.getvalue())
+    data = cached_arrays(path, lambda: _make_mnist1d(num_samples, seed))
     length = data["x"].shape[-1]
     return RawData("mnist1d", (data["x"], data["y"]), (data["x_test"], data["y_test"]), (1, length))
 
@@ -401,14 +472,20 @@ def load_dataset(
             )
         return raw
     raw = check_raw(_as_raw(raw, name), name)
-    if classes is not None:
-        raw = select_classes(raw, classes)
-    num_classes = None
+    if ":" in name and raw.num_classes is None:  # the user's loader: say what was inferred
+        n = int(max(raw.train[1].max(), raw.test[1].max())) + 1
+        print(
+            f"dataset {name!r}: {n} classes (labels 0..{n - 1}), inferred from its labels",
+            file=sys.stderr,
+        )
+    num_classes = raw.num_classes
+    if classes is not None:  # (a new label space: 0..k-1)
+        raw, num_classes = select_classes(raw, classes), None
     if task_classes is not None:
-        num_classes = int(max(raw.train[1].max(), raw.test[1].max())) + 1
+        num_classes = num_classes or int(max(raw.train[1].max(), raw.test[1].max())) + 1
         raw = keep_task(raw, task_classes)
     if label_map is not None:
-        raw = map_labels(raw, label_map)
+        raw, num_classes = map_labels(raw, label_map), None
     if view is not None or paired is not None:
         raw = with_views(raw, view, paired)
     return make_splits(

@@ -15,16 +15,14 @@ Targets:
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from distill.checkpoint import atomic_write_bytes
 from distill.data.core import ArrayDataset, DataSplits, split_indices
-from distill.data.sources import cache_dir
+from distill.data.sources import cache_dir, cached_arrays
 from distill.dense.detection import box_iou
 from distill.errors import ConfigError
 
@@ -110,28 +108,20 @@ def load_scenes(
     sizes = {"train": num_train, "val": num_val, "test": num_test}
     key = hashlib.sha256(json.dumps([opts, sizes, seed, "v1"], sort_keys=True).encode())
     path = cache_dir() / f"scenes-{key.hexdigest()[:16]}.npz"
-    parts = None
-    if path.is_file():
-        try:
-            with np.load(path) as f:
-                parts = {k: (f[f"{k}_x"], f[f"{k}_boxes"], f[f"{k}_masks"]) for k in sizes}
-        except (OSError, ValueError, KeyError):
-            parts = None  # unreadable cache: make the scenes again
-    if parts is None:
+
+    def make() -> dict[str, np.ndarray]:
         bunch = load_digits()
         x, y = bunch.data.astype(np.float32) / 16.0, bunch.target.astype(np.int64)
         train_idx, test_idx = split_indices(y, 0.25, seed=12345)  # the digits' own test split
         source = {"train": train_idx, "val": train_idx, "test": test_idx}
-        parts = {
-            k: compose(x[source[k]], y[source[k]], n, seed=seed + i, **opts)
-            for i, (k, n) in enumerate(sizes.items())
-        }
-        buf = io.BytesIO()
         arrays = {}
-        for k, (sx, sb, sm) in parts.items():
+        for i, (k, n) in enumerate(sizes.items()):
+            sx, sb, sm = compose(x[source[k]], y[source[k]], n, seed=seed + i, **opts)
             arrays.update({f"{k}_x": sx, f"{k}_boxes": sb, f"{k}_masks": sm})
-        np.savez_compressed(buf, **arrays)
-        atomic_write_bytes(path, buf.getvalue())
+        return arrays
+
+    arrays = cached_arrays(path, make, compressed=True)
+    parts = {k: (arrays[f"{k}_x"], arrays[f"{k}_boxes"], arrays[f"{k}_masks"]) for k in sizes}
 
     def dataset(part: tuple[np.ndarray, np.ndarray, np.ndarray]) -> ArrayDataset:
         scenes, boxes, masks = part
