@@ -23,6 +23,7 @@ from distill.data import (
     AUGMENTATIONS,
     DATASETS,
     DataSplits,
+    augmentation_problem,
     build_augmentation,
     load_batch,
     load_dataset,
@@ -562,6 +563,10 @@ def build(cfg: ExperimentConfig, *, missing_weights_ok: bool = False) -> Built:
             raise ConfigError(
                 f"data.augment: {str(e).splitlines()[0]}; see distill.data.augment for the args of each"
             ) from None
+    for i, aug in enumerate(cfg.data.augment):
+        problem = augmentation_problem(aug.name, data.input_shape)
+        if problem is not None:
+            raise ConfigError(f"data.augment.{i}: {problem}")
     ctx = SchemeContext(
         student=student,
         objective=objective,
@@ -608,6 +613,7 @@ def build(cfg: ExperimentConfig, *, missing_weights_ok: bool = False) -> Built:
             augment_spec=[a.model_dump(mode="json") for a in cfg.data.augment],
             seed=cfg.train.seed,
             log=_log if cfg.train.progress else lambda _m: None,
+            warn=_log,  # a damaged cache is said whatever train.progress is
         )
         if objective is not None:  # e.g. KD's soft targets, computed once per sample
             for key, fn in objective.prepared_teacher().items():

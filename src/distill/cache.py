@@ -140,6 +140,10 @@ def _file_checksum(path: Path) -> str:
     return h.hexdigest()
 
 
+def _to_stderr(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
 def topk_compress(logits: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:
     """(values, indices, tail): the top-k logits of each row and logsumexp of the others."""
     values, indices = logits.float().topk(k, dim=-1)
@@ -176,6 +180,7 @@ class TeacherCache:
         seed: int = 0,
         batch_size: int = 512,
         log: Callable[[str], None] = print,
+        warn: Callable[[str], None] | None = None,
     ):
         settings = settings or CacheSettings()
         if settings.views and augment is None:
@@ -185,6 +190,8 @@ class TeacherCache:
         self.augment_spec = augment_spec
         self.views = settings.views or 0
         self.batch_size, self.log = batch_size, log
+        # damage and rebuilds: to `warn` (default: stderr) when given, else to `log`
+        self.warn = warn or (log if log is not print else _to_stderr)
         self.root = Path(settings.dir) if settings.dir else default_cache_dir()
         self.arrays: dict[str, Tensor | np.ndarray] = {}
         self.path: Path | None = None
@@ -249,8 +256,8 @@ class TeacherCache:
         path = self.root / key[:24]
         problem = self._check(path, key) if path.exists() else "missing"
         if problem is not None:
-            if problem != "missing":  # said whatever the progress setting: damage is news
-                print(f"teacher cache {path}: {problem}; rebuilding it", file=sys.stderr)
+            if problem != "missing":  # said even when `log` is quiet: damage is news
+                self.warn(f"teacher cache {path}: {problem}; rebuilding it")
             self._build(path, key)
             problem = self._check(path, key)
             if problem is not None:

@@ -9,6 +9,7 @@ from torch import Tensor, nn
 
 from distill.data import load_batch
 from distill.metrics import agreement, nll, topk_accuracy
+from distill.taps import logits_of
 
 __all__ = ["agreement", "classification_metrics", "evaluate", "predict_logits", "targets_of"]
 
@@ -25,7 +26,7 @@ def predict_logits(
         index = torch.arange(start, min(start + batch_size, len(dataset)))
         batch = load_batch(dataset, index)
         out = model(batch["input"].to(device))
-        outs.append((out if isinstance(out, Tensor) else out.logits).float().cpu())
+        outs.append(logits_of(out).float().cpu())
     model.train(was_training)
     return torch.cat(outs)
 

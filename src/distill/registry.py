@@ -3,10 +3,59 @@
 from __future__ import annotations
 
 import importlib
+import sys
+import types
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from distill.errors import ConfigError, unknown_name
+
+
+def _top(module_name: str | None) -> str:
+    return (module_name or "").split(".")[0]
+
+
+def check_user_callable(obj: object, ref: str, what: str) -> None:
+    """Refuse what a config must never call: built-in and standard-library callables (so
+    `student.name: os:system` fails before anything runs), objects imported into the named
+    module from elsewhere, and, for a model, anything but an nn.Module class or a function.
+
+    Allowed: a class, or a plain Python function defined in the referenced package."""
+    module_name = ref.partition(":")[0]
+    if _top(module_name) in sys.stdlib_module_names or _top(module_name) == "builtins":
+        raise ConfigError(
+            f"{what} {ref!r}: {module_name!r} is part of Python's standard library; a config may "
+            f"only name your own code (a model class or a function in your module)"
+        )
+    if isinstance(obj, type):
+        home = obj.__module__
+        if what == "model":
+            import torch.nn
+
+            if not issubclass(obj, torch.nn.Module):
+                raise ConfigError(
+                    f"model {ref!r} is the class {obj.__name__}, not a torch.nn.Module subclass; "
+                    f"name an nn.Module class or a function that returns one"
+                )
+    elif isinstance(obj, types.FunctionType):
+        home = obj.__module__
+    else:
+        raise ConfigError(
+            f"{what} {ref!r} is a {type(obj).__name__}, not a class or a Python function defined "
+            f"in {module_name!r}; built-in and other callables are refused. Wrap it in a "
+            f"function of your own"
+        )
+    if _top(home) in sys.stdlib_module_names or _top(home) == "builtins":
+        raise ConfigError(
+            f"{what} {ref!r} is {home}.{getattr(obj, '__qualname__', '?')}, from Python's standard "
+            f"library; a config may only name your own code"
+        )
+    if _top(home) != _top(module_name):
+        raise ConfigError(
+            f"{what} {ref!r} is defined in {home!r}, not in {module_name!r}; name it where it is "
+            f"defined ({home}:{getattr(obj, '__qualname__', '?')}) or wrap it in a function of "
+            f"your own"
+        )
 
 
 def resolve_reference(ref: str, what: str) -> object:
@@ -32,6 +81,7 @@ def lookup(kind: str, name: str, table: Mapping[str, Any], fix: str = "") -> Cal
     """`table[name]`, or the user's callable for a 'package.module:attr' name."""
     if ":" in name:
         obj = resolve_reference(name, kind)
+        check_user_callable(obj, name, kind)
     elif name in table:
         obj = table[name]
     else:

@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from distill.taps import logits_of
+
 
 def _grad_sign(
     model: nn.Module, x: Tensor, y: Tensor, loss_fn: Callable[[Tensor], Tensor] | None = None
@@ -20,7 +22,7 @@ def _grad_sign(
     """Sign of the gradient w.r.t. the input of `loss_fn(model(x))` (default: label CE)."""
     x = x.detach().requires_grad_(True)
     with torch.enable_grad():
-        logits = model(x)
+        logits = logits_of(model(x))
         loss = loss_fn(logits) if loss_fn is not None else F.cross_entropy(logits, y)
         (grad,) = torch.autograd.grad(loss, x)
     return grad.sign()
@@ -100,7 +102,7 @@ def corruptions(
 
 @torch.no_grad()
 def _accuracy(model: nn.Module, x: Tensor, y: Tensor) -> float:
-    return (model(x).argmax(-1) == y).float().mean().item()
+    return (logits_of(model(x)).argmax(-1) == y).float().mean().item()
 
 
 def robustness_report(

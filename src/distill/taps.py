@@ -147,16 +147,31 @@ class Tap:
         out = (
             self.model(**model_input) if isinstance(model_input, dict) else self.model(model_input)
         )
-        logits = out if isinstance(out, Tensor) else _logits_of(out)
+        logits = logits_of(out)
         feats, self.feats = self.feats, {}
         return Knowledge(logits, feats)
 
 
-def _logits_of(out: object) -> Tensor:
-    """Logits from a model output that is not a bare tensor (HF outputs, tuples)."""
-    if hasattr(out, "logits"):
+def logits_of(out: object) -> Tensor:
+    """What distill takes as a model's logits, in training, evaluation, the teacher cache and
+    export alike: the output itself when it is a tensor; else its `logits` (Hugging Face
+    outputs, a dict); else the first item of a tuple or list (the `return_dict=False`
+    convention: logits first); else the first tensor it holds."""
+    if isinstance(out, Tensor):
+        return out
+    if isinstance(out, dict) and isinstance(out.get("logits"), Tensor):
+        return out["logits"]
+    if isinstance(getattr(out, "logits", None), Tensor):
         return out.logits
-    return _first_tensor(out)
+    if isinstance(out, (tuple, list)) and out and isinstance(out[0], Tensor):
+        return out[0]
+    try:
+        return _first_tensor(out)
+    except TypeError:
+        raise TypeError(
+            f"the model returned {type(out).__name__}, which holds no tensor; its forward must "
+            f"return the logits: a tensor, an output with .logits, or a tuple with logits first"
+        ) from None
 
 
 def describe_layers(model: nn.Module, sample: Tensor) -> list[tuple[str, str, str, int]]:

@@ -6,7 +6,12 @@ locally: scikit-learn's bundled digits, MNIST-1D generated with `mnist1d.make_da
 (never its download path) and cached on disk, and a synthetic set for tests.
 """
 
-from distill.data.augment import AUGMENTATIONS, Augmentation, build_augmentation
+from distill.data.augment import (
+    AUGMENTATIONS,
+    Augmentation,
+    augmentation_problem,
+    build_augmentation,
+)
 from distill.data.core import ArrayDataset, DataSplits, load_batch, split_indices, teacher_input
 from distill.data.sources import DATASETS, load_dataset
 
@@ -16,6 +21,7 @@ __all__ = [
     "ArrayDataset",
     "Augmentation",
     "DataSplits",
+    "augmentation_problem",
     "build_augmentation",
     "load_batch",
     "load_dataset",

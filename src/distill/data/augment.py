@@ -45,6 +45,26 @@ AUGMENTATIONS: dict[str, Callable[..., Tensor]] = {
 }
 
 
+# The per-sample input ranks each augmentation makes sense for (None: any). A shift moves
+# along the last axis of a signal (C, L) or an image (C, H, W); on tabular features (D,) it
+# would slide values into other columns.
+INPUT_RANKS: dict[str, tuple[int, ...] | None] = {"shift": (2, 3), "noise": None, "scale": None}
+
+
+def augmentation_problem(name: str, input_shape: tuple[int, ...]) -> str | None:
+    """Why augmentation `name` does not fit inputs of `input_shape` (per sample), or None."""
+    ranks = INPUT_RANKS.get(name)
+    if ranks is None or len(input_shape) in ranks:
+        return None
+    shapes = " or ".join(
+        {2: "(C, L) signals", 3: "(C, H, W) images"}.get(r, f"rank {r}") for r in ranks
+    )
+    return (
+        f"{name!r} applies to {shapes}, but each input here has shape {tuple(input_shape)}; "
+        f"use {', '.join(k for k, v in INPUT_RANKS.items() if v is None)} instead, or remove it"
+    )
+
+
 def build_augmentation(steps: Sequence[tuple[str, dict]]) -> Augmentation | None:
     """Chain named augmentations [(name, kwargs), ...] into one function (None if empty)."""
     if not steps:
