@@ -21,9 +21,9 @@ from distill.config import ModelConfig, load_config
 from distill.data import DataSplits
 from distill.errors import ConfigError
 from distill.evaluate import predict_logits, targets_of
-from distill.metrics import classification_report, negative_transfer
+from distill.metrics import classification_report, significant_drops
 from distill.models import build_model
-from distill.profile import count_flops, count_parameters, file_size, latency_ms
+from distill.profile import count_flops, count_parameters, file_sha256, file_size, latency_ms
 from distill.robustness import robustness_report
 from distill.stages import final_stage_dir
 
@@ -97,15 +97,26 @@ def assess(
     scratch_dir: str | Path | None = None,
     eps: Sequence[float] = (0.01, 0.03, 0.1),
     robustness_samples: int = 500,
+    alpha: float = 0.05,
+    margin: float = 0.0,
 ) -> dict[str, Any]:
-    """All metrics for the run's best weights on its test split; written to run_dir/eval.json."""
+    """All metrics for the run's best weights on its test split; written to run_dir/eval.json.
+
+    Negative transfer (with `scratch_dir`) flags a class only when the distilled student is
+    significantly worse there (see `distill.metrics.significant_drops`: `alpha`, `margin`).
+    `eval.json` records the SHA-256 of the weights it describes, so that `distill report`
+    can tell a stale evaluation from a current one."""
     run_dir = Path(run_dir)
     model, data, weights_file = load_run(run_dir)
     teacher = load_run(teacher_dir)[0] if teacher_dir is not None else _teacher_of(run_dir, data)
     test, targets = data.test, targets_of(data.test)
     logits = predict_logits(model, test)
     teacher_logits = predict_logits(teacher, test) if teacher is not None else None
-    out: dict[str, Any] = {"run_dir": str(run_dir), "test_samples": len(test)}
+    out: dict[str, Any] = {
+        "run_dir": str(run_dir),
+        "weights_sha256": file_sha256(weights_file),
+        "test_samples": len(test),
+    }
     out["metrics"] = classification_report(logits, targets, teacher_logits)
     if teacher_logits is not None:
         out["teacher"] = {
@@ -116,10 +127,23 @@ def assess(
         scratch_logits = predict_logits(load_run(scratch_dir)[0], test)
         scratch_pc = classification_report(scratch_logits, targets)["per_class"]
         out["scratch"] = {"per_class": scratch_pc}
-        out["negative_transfer"] = negative_transfer(out["metrics"]["per_class"], scratch_pc)
+        out["negative_transfer"] = significant_drops(
+            logits.argmax(-1) == targets,
+            scratch_logits.argmax(-1) == targets,
+            targets,
+            alpha=alpha,
+            margin=margin,
+        )
+        out["negative_transfer_test"] = {
+            "test": "exact McNemar, Holm",
+            "alpha": alpha,
+            "margin": margin,
+        }
     n = min(robustness_samples, len(test))
     x, y = test.inputs[:n], targets[:n]
-    out["robustness"] = robustness_report(model, x, y, eps=eps)
+    out["robustness"] = robustness_report(model, x, y, eps=eps, clamp=data.input_range)
+    out["robustness_samples"] = n
+    out["robustness_clamp"] = list(data.input_range) if data.input_range else None
     out["cost"] = cost_report(model, data.input_shape, weights_file)
     atomic_write_text(run_dir / "eval.json", json.dumps(out, indent=2))
     return out
@@ -137,8 +161,13 @@ def format_assessment(result: dict[str, Any]) -> str:
             f"  teacher: top-1 {100 * result['teacher']['top1']:.2f}%  agreement {100 * m['agreement']:.2f}%  "
             f"KL(teacher||student) {m['teacher_kl']:.4f}"
         )
+    used = result.get("robustness_samples", result["test_samples"])
+    clamp = result.get("robustness_clamp")
     lines.append(
-        "  robustness: " + "  ".join(f"{k} {100 * v:.1f}%" for k, v in result["robustness"].items())
+        f"  robustness ({used} of {result['test_samples']} test samples"
+        + (f", attacks clipped to [{clamp[0]:g}, {clamp[1]:g}]" if clamp else "")
+        + "): "
+        + "  ".join(f"{k} {100 * v:.1f}%" for k, v in result["robustness"].items())
     )
     lines.append(
         f"  cost: {c['params']:,} params  {c['size_bytes'] / 1024:.1f} KiB  {c['flops'] / 1e6:.3f} MFLOPs  "
@@ -147,12 +176,20 @@ def format_assessment(result: dict[str, Any]) -> str:
     )
     if "negative_transfer" in result:
         worse = result["negative_transfer"]
+        test = result.get("negative_transfer_test", {})
+        rule = f"McNemar p < {test.get('alpha', 0.05):g} after Holm"
+        if test.get("margin"):
+            rule += f", drop > {100 * test['margin']:g} pts"
         lines.append(
             "  negative transfer: "
             + (
-                ", ".join(f"class {w['class']} {100 * w['change']:+.1f} pts" for w in worse)
+                ", ".join(
+                    f"class {w['class']} {100 * w['change']:+.1f} pts (p={w['p_value']:.3g})"
+                    for w in worse
+                )
                 if worse
-                else "none (no class got worse than scratch)"
+                else "none"
             )
+            + f" ({rule})"
         )
     return "\n".join(lines)

@@ -245,7 +245,14 @@ def _cmd_reasoning_demo(args: argparse.Namespace) -> int:
 def _cmd_eval(args: argparse.Namespace) -> int:
     from distill.assess import assess, format_assessment
 
-    result = assess(args.run_dir, teacher_dir=args.teacher, scratch_dir=args.scratch, eps=args.eps)
+    result = assess(
+        args.run_dir,
+        teacher_dir=args.teacher,
+        scratch_dir=args.scratch,
+        eps=args.eps,
+        alpha=args.alpha,
+        margin=args.margin / 100,
+    )
     print(json.dumps(result, indent=2) if args.json else format_assessment(result))
     return 0
 
@@ -465,6 +472,20 @@ def make_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--eps", type=float, nargs="+", default=[0.01, 0.03, 0.1], help="FGSM/PGD budgets"
+    )
+    p.add_argument(
+        "--alpha",
+        type=float,
+        default=0.05,
+        help="negative transfer: flag a class when an exact McNemar test against the scratch "
+        "student gives p below this, after Holm's correction over classes (default 0.05)",
+    )
+    p.add_argument(
+        "--margin",
+        type=float,
+        default=0.0,
+        help="negative transfer: and only when the class lost more than this many accuracy "
+        "points (default 0)",
     )
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=_cmd_eval)

@@ -99,6 +99,51 @@ def negative_transfer(
     ]
 
 
+def significant_drops(
+    student_correct: Tensor,
+    scratch_correct: Tensor,
+    targets: Tensor,
+    *,
+    alpha: float = 0.05,
+    margin: float = 0.0,
+) -> list[dict[str, float]]:
+    """Classes where the distilled student is significantly worse than the scratch student.
+
+    Both models are scored on the same test samples, so each class is a paired comparison:
+    an exact one-sided McNemar test on the samples where they disagree (b: only scratch
+    right, c: only the student right; p = P(Binomial(b + c, 1/2) >= b)), with Holm's
+    correction over the classes at family-wise level `alpha` (McNemar 1947; Holm 1979).
+    A class is flagged only when its drop is also larger than `margin` (accuracy, 0..1):
+    one or two samples of a hundred are noise, not negative transfer."""
+    from scipy.stats import binomtest
+
+    rows = []
+    for c in torch.unique(targets).tolist():
+        mask = targets == c
+        s, r = student_correct[mask].bool(), scratch_correct[mask].bool()
+        only_scratch, only_student = int((r & ~s).sum()), int((s & ~r).sum())
+        n = only_scratch + only_student
+        p = binomtest(only_scratch, n, 0.5, alternative="greater").pvalue if n else 1.0
+        d, sc = float(s.float().mean()), float(r.float().mean())
+        rows.append(
+            {
+                "class": int(c),
+                "distilled": d,
+                "scratch": sc,
+                "change": d - sc,
+                "samples": int(mask.sum()),
+                "p_value": float(p),
+            }
+        )
+    flagged, m = [], len(rows)
+    for rank, row in enumerate(sorted(rows, key=lambda r: r["p_value"])):
+        if row["p_value"] > alpha / (m - rank):  # Holm: stop at the first non-rejection
+            break
+        if row["change"] < -margin:
+            flagged.append(row)
+    return sorted(flagged, key=lambda r: r["class"])
+
+
 def classification_report(
     logits: Tensor, targets: Tensor, teacher_logits: Tensor | None = None, *, bins: int = 15
 ) -> dict:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import statistics
 import time
 from collections.abc import Sequence
@@ -35,6 +36,15 @@ def count_flops(model: nn.Module, input_shape: Sequence[int]) -> int:
 
 def file_size(path: str | Path) -> int:
     return Path(path).stat().st_size
+
+
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 of a file's bytes (read in 1 MiB blocks)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 @torch.no_grad()

@@ -12,6 +12,7 @@ import base64
 import html
 import io
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -41,12 +42,28 @@ def _load_run(run_dir: Path) -> dict[str, Any]:
     metrics = final_stage_dir(run_dir) / "metrics.jsonl"  # a staged run: its last stage
     if metrics.is_file():
         curves = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
-    evaluation = (
-        json.loads((run_dir / "eval.json").read_text())
-        if (run_dir / "eval.json").is_file()
-        else assess(run_dir)
-    )
+    evaluation = _current_eval(run_dir)
+    if evaluation is None:  # none yet, or it describes weights that have changed since
+        evaluation = assess(run_dir)
     return {"name": run_dir.name, "dir": str(run_dir), "curves": curves, "eval": evaluation}
+
+
+def _current_eval(run_dir: Path) -> dict[str, Any] | None:
+    """The run's eval.json when it describes the weights the run holds now, else None."""
+    from distill.build import weights_path
+    from distill.profile import file_sha256
+
+    path, weights = run_dir / "eval.json", weights_path(str(run_dir))
+    if not path.is_file() or not weights.is_file():
+        return None
+    try:
+        evaluation = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return None
+    if evaluation.get("weights_sha256") != file_sha256(weights):
+        print(f"{path}: older than the weights it describes; evaluating again", file=sys.stderr)
+        return None
+    return evaluation
 
 
 def _row(run: dict[str, Any]) -> dict[str, str]:

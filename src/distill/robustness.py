@@ -28,9 +28,13 @@ def _grad_sign(
     return grad.sign()
 
 
-def fgsm(model: nn.Module, x: Tensor, y: Tensor, eps: float) -> Tensor:
-    """One signed-gradient step of size eps that increases the loss."""
-    return (x + eps * _grad_sign(model, x, y)).detach()
+def fgsm(
+    model: nn.Module, x: Tensor, y: Tensor, eps: float, *, clamp: tuple[float, float] | None = None
+) -> Tensor:
+    """One signed-gradient step of size eps that increases the loss, kept inside `clamp` (the
+    data's valid input range, e.g. (0, 1) for images) when given."""
+    adv = (x + eps * _grad_sign(model, x, y)).detach()
+    return adv.clamp(*clamp) if clamp is not None else adv
 
 
 def pgd(
@@ -113,15 +117,19 @@ def robustness_report(
     eps: Sequence[float] = (0.01, 0.03, 0.1),
     pgd_steps: int = 10,
     seed: int = 0,
+    clamp: tuple[float, float] | None = None,
 ) -> dict[str, float]:
-    """Accuracy when clean, under FGSM and PGD at each eps, and under each corruption."""
+    """Accuracy when clean, under FGSM and PGD at each eps, and under each corruption.
+    Attacks stay inside `clamp`, the data's valid input range, when it has one (images in
+    [0, 1]), as in the literature's robustness numbers."""
     was_training = model.training
     model.eval()
     gen = torch.Generator().manual_seed(seed)
     out = {"clean": _accuracy(model, x, y)}
     for e in eps:
-        out[f"fgsm {e}"] = _accuracy(model, fgsm(model, x, y, e), y)
-        out[f"pgd {e}"] = _accuracy(model, pgd(model, x, y, e, steps=pgd_steps, generator=gen), y)
+        out[f"fgsm {e}"] = _accuracy(model, fgsm(model, x, y, e, clamp=clamp), y)
+        adv = pgd(model, x, y, e, steps=pgd_steps, generator=gen, clamp=clamp)
+        out[f"pgd {e}"] = _accuracy(model, adv, y)
     for name, corrupt in corruptions(tuple(x.shape[1:])).items():
         out[name] = _accuracy(model, corrupt(x, gen), y)
     model.train(was_training)

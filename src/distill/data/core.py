@@ -75,6 +75,9 @@ class DataSplits:
     paired_shape: tuple[int, ...] | None = None  # data.paired: the teacher's modality
     tokenizer: Any = None  # text data: encodes and decodes token ids
     teacher_tokenizer: Any = None  # text data for cross-tokenizer KD: the teacher's tokenizer
+    # the valid range of the inputs when they have one (images in [0, 1]); adversarial
+    # inputs in `distill eval` are clipped to it
+    input_range: tuple[float, float] | None = None
 
 
 def split_indices(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

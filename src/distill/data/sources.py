@@ -44,6 +44,7 @@ class RawData:
     # the class count when the loader fixes it (labels must then lie in 0..C-1); None: the
     # largest label + 1, and then no label in 0..C-1 may be missing from train
     num_classes: int | None = None
+    input_range: tuple[float, float] | None = None  # e.g. (0, 1) for images scaled to [0, 1]
 
 
 def _as_raw(obj: object, name: str) -> RawData:
@@ -59,6 +60,7 @@ def _as_raw(obj: object, name: str) -> RawData:
             (np.asarray(obj["x_test"]), np.asarray(obj["y_test"])),
             shape,
             num_classes=obj.get("num_classes"),
+            input_range=tuple(obj["input_range"]) if obj.get("input_range") else None,
         )
     raise DataError(
         f"dataset {name!r} returned {type(obj).__name__}; a dataset loader must return "
@@ -152,7 +154,9 @@ def select_classes(raw: RawData, classes: list[int]) -> RawData:
         mask = np.isin(y, classes)
         return x[mask], lookup_table[y[mask]]
 
-    return RawData(raw.name, keep(raw.train), keep(raw.test), raw.input_shape)
+    return RawData(
+        raw.name, keep(raw.train), keep(raw.test), raw.input_shape, input_range=raw.input_range
+    )
 
 
 def keep_task(raw: RawData, classes: list[int]) -> RawData:
@@ -169,7 +173,9 @@ def keep_task(raw: RawData, classes: list[int]) -> RawData:
         mask = np.isin(xy[1], classes)
         return xy[0][mask], xy[1][mask]
 
-    return RawData(raw.name, keep(raw.train), keep(raw.test), raw.input_shape)
+    return RawData(
+        raw.name, keep(raw.train), keep(raw.test), raw.input_shape, input_range=raw.input_range
+    )
 
 
 def map_labels(raw: RawData, label_map: list[int]) -> RawData:
@@ -191,6 +197,7 @@ def map_labels(raw: RawData, label_map: list[int]) -> RawData:
         (raw.train[0], table[raw.train[1]]),
         (raw.test[0], table[raw.test[1]]),
         raw.input_shape,
+        input_range=raw.input_range,
     )
 
 
@@ -279,6 +286,7 @@ def make_splits(
         input_shape=tuple(raw.input_shape),
         num_classes=num_classes or int(max(y.max(), raw.test[1].max())) + 1,
         paired_shape=raw.paired_shape,
+        input_range=raw.input_range,
     )
 
 
@@ -289,7 +297,8 @@ def load_digits(*, test_fraction: float = 0.25) -> RawData:
     bunch = sk_digits()
     x, y = bunch.data.astype(np.float32) / 16.0, bunch.target.astype(np.int64)
     train_idx, test_idx = split_indices(y, test_fraction, seed=12345)  # fixed test set
-    return RawData("digits", (x[train_idx], y[train_idx]), (x[test_idx], y[test_idx]), (1, 8, 8))
+    train, test = (x[train_idx], y[train_idx]), (x[test_idx], y[test_idx])
+    return RawData("digits", train, test, (1, 8, 8), input_range=(0.0, 1.0))
 
 
 def load_digits_2d(*, test_fraction: float = 0.25) -> RawData:
@@ -463,7 +472,10 @@ def load_dataset(
     try:
         raw = loader(**options)
     except TypeError as e:
-        raise ConfigError(f"dataset {name!r}: {e}; set its options under data.options") from None
+        raise ConfigError(
+            f"dataset {name!r}: {e}; its loader is called with the entries of data.options as "
+            f"keyword arguments (options: {{n: 500}} calls it with n=500): set them there"
+        ) from None
     if isinstance(raw, DataSplits):  # a loader that splits itself (text corpora)
         if train_samples is not None or unlabeled or classes is not None or task_classes:
             raise ConfigError(
