@@ -1,6 +1,7 @@
 """distill report: files, contents, and a real render in headless Chromium."""
 
 import os
+import re
 import shutil
 import subprocess
 
@@ -9,7 +10,7 @@ from helpers import synthetic_cfg
 
 from distill.cli import main
 from distill.config import parse_config
-from distill.report import pareto_front
+from distill.report import _per_class_figure, pareto_front
 from distill.run import run_experiment
 
 
@@ -73,6 +74,14 @@ def test_report_renders_in_a_real_browser(report_dir, tmp_path):
     ).stdout
     assert 'data-plots-visible="5"' in dom  # all 5 plots decoded and laid out with a width
     assert 'data-tables="3"' in dom  # header + 2 runs
+    wide = subprocess.run(
+        [_chromium(), *flags, "--window-size=1400,2400", "--dump-dom", page],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    ).stdout
+    pct = int(re.search(r'data-plot-width-pct="(\d+)"', wide).group(1))
+    assert pct >= 85, pct  # the full-width plots span the page, not 40 % of it
     shot = tmp_path / "shot.png"
     subprocess.run(
         [_chromium(), *flags, f"--screenshot={shot}", "--window-size=1200,2400", page],
@@ -80,3 +89,32 @@ def test_report_renders_in_a_real_browser(report_dir, tmp_path):
         timeout=120,
     )
     assert shot.is_file() and shot.stat().st_size > 20_000  # a rendered page, not a blank one
+
+
+@pytest.mark.parametrize("classes", [3, 10])
+def test_per_class_bars_sit_on_their_class_ticks_and_the_legend_is_outside(classes):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = [
+        {
+            "name": f"run{k}",
+            "eval": {"metrics": {"per_class": [0.5 + 0.04 * c for c in range(classes)]}},
+        }
+        for k in range(3)
+    ]
+    fig = _per_class_figure(plt, runs)
+    ax = fig.axes[0]
+    assert list(ax.get_xticks()) == list(range(classes))
+    assert [t.get_text() for t in ax.get_xticklabels()] == [str(c) for c in range(classes)]
+    centers = sorted(p.get_x() + p.get_width() / 2 for p in ax.patches)
+    for c in range(classes):  # each class's group of 3 bars is centred on its tick
+        group = centers[3 * c : 3 * c + 3]
+        assert sum(group) / 3 == pytest.approx(c)
+    fig.canvas.draw()
+    legend = ax.get_legend().get_window_extent()
+    axes_box = ax.get_window_extent()
+    assert legend.y0 >= axes_box.y1 - 1  # above the plotting area: it covers no bar
+    plt.close(fig)

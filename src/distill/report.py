@@ -97,10 +97,11 @@ def _figures(runs: list[dict[str, Any]]) -> dict[str, bytes]:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     def png(fig) -> bytes:
         buf = io.BytesIO()
-        fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+        fig.savefig(buf, format="png", dpi=130, bbox_inches="tight")
         plt.close(fig)
         return buf.getvalue()
 
@@ -114,13 +115,22 @@ def _figures(runs: list[dict[str, Any]]) -> dict[str, bytes]:
         ax2.plot(
             epochs, [100 * r.get("val_acc", float("nan")) for r in run["curves"]], label=run["name"]
         )
+    for ax in (ax1, ax2):  # epochs are whole numbers
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax1.set(xlabel="epoch", ylabel="train loss", title="Training loss")
     ax2.set(xlabel="epoch", ylabel="val accuracy %", title="Validation accuracy")
     ax2.legend(fontsize=8)
     out["curves"] = png(fig)
 
-    fig, axes = plt.subplots(1, len(runs), figsize=(3.2 * len(runs), 3.2), squeeze=False)
-    for ax, run in zip(axes[0], runs):
+    fig, axes = plt.subplots(
+        1,
+        len(runs),
+        figsize=(max(3.4 * len(runs), 6), 3.4),
+        squeeze=False,
+        sharey=True,
+        layout="constrained",  # titles and labels never run into the panel beside them
+    )
+    for i, (ax, run) in enumerate(zip(axes[0], runs)):
         rel = run["eval"]["metrics"]["reliability"]
         bins = len(rel["count"])
         centers = [(b + 0.5) / bins for b in range(bins)]
@@ -131,7 +141,7 @@ def _figures(runs: list[dict[str, Any]]) -> dict[str, bytes]:
             xlim=(0, 1),
             ylim=(0, 1),
             xlabel="confidence",
-            ylabel="accuracy",
+            ylabel="accuracy" if i == 0 else None,
             title=f"{run['name']}\nECE {100 * run['eval']['metrics']['ece']:.2f}%",
         )
     out["reliability"] = png(fig)
@@ -161,22 +171,29 @@ def _figures(runs: list[dict[str, Any]]) -> dict[str, bytes]:
         ax.legend(fontsize=8)
         out[key] = png(fig)
 
-    fig, ax = plt.subplots(
-        figsize=(max(6, 0.6 * len(runs[0]["eval"]["metrics"]["per_class"])), 3.5)
-    )
+    out["per_class"] = png(_per_class_figure(plt, runs))
+    return out
+
+
+def _per_class_figure(plt: Any, runs: list[dict[str, Any]]) -> Any:
+    """Grouped bars: one group per class, centred on its tick, the legend above the axes."""
+    classes = len(runs[0]["eval"]["metrics"]["per_class"])
+    fig, ax = plt.subplots(figsize=(max(8, 0.7 * classes), 3.8), layout="constrained")
     width = 0.8 / len(runs)
     for k, run in enumerate(runs):
         per_class = run["eval"]["metrics"]["per_class"]
+        offset = (k - (len(runs) - 1) / 2) * width  # the group is centred on class c
         ax.bar(
-            [c + k * width for c in range(len(per_class))],
+            [c + offset for c in range(len(per_class))],
             [100 * v for v in per_class],
             width,
             label=run["name"],
         )
-    ax.set(xlabel="class", ylabel="accuracy %", title="Per-class test accuracy")
-    ax.legend(fontsize=8)
-    out["per_class"] = png(fig)
-    return out
+    ax.set_xticks(range(classes), [str(c) for c in range(classes)])
+    ax.set(xlim=(-0.6, classes - 0.4), ylim=(0, 105), xlabel="class", ylabel="accuracy %")
+    ax.set_title("Per-class test accuracy", pad=28)
+    ax.legend(fontsize=8, ncol=min(len(runs), 4), loc="lower center", bbox_to_anchor=(0.5, 1.0))
+    return fig
 
 
 TITLES = {
@@ -219,20 +236,32 @@ def _html(rows: list[dict[str, str]], figures: dict[str, bytes]) -> str:
         "<tr>" + "".join(f"<td>{html.escape(r[k])}</td>" for k, _ in COLUMNS) + "</tr>"
         for r in rows
     )
-    plots = "".join(
-        f'<section><h2>{html.escape(TITLES[k])}</h2><img class="plot" alt="{html.escape(TITLES[k])}" '
-        f'src="data:image/png;base64,{base64.b64encode(v).decode()}"></section>'
-        for k, v in figures.items()
-    )
+
+    def section(key: str) -> str:
+        data = base64.b64encode(figures[key]).decode()
+        return (
+            f'<section><h2>{html.escape(TITLES[key])}</h2><img class="plot" '
+            f'alt="{html.escape(TITLES[key])}" src="data:image/png;base64,{data}"></section>'
+        )
+
+    side_by_side = [k for k in ("pareto_latency", "pareto_size") if k in figures]
+    plots = "".join(section(k) for k in figures if k not in side_by_side and k != "per_class")
+    plots += '<div class="pair">' + "".join(section(k) for k in side_by_side) + "</div>"
+    plots += section("per_class") if "per_class" in figures else ""
     # A small self-check the browser test reads: how many plots decoded and are on screen.
     script = (
         "<script>window.addEventListener('load',()=>{const imgs=[...document.querySelectorAll('img.plot')];"
         "document.body.dataset.plotsVisible=imgs.filter(i=>i.naturalWidth>0&&i.getBoundingClientRect().width>0).length;"
-        "document.body.dataset.tables=document.querySelectorAll('table tr').length;});</script>"
+        "document.body.dataset.tables=document.querySelectorAll('table tr').length;"
+        "const wide=imgs.filter(i=>!i.closest('.pair')).map(i=>i.getBoundingClientRect().width);"
+        "document.body.dataset.plotWidthPct=Math.round(100*Math.min(...wide)/window.innerWidth);"
+        "});</script>"
     )
-    style = (
-        "body{font-family:sans-serif;margin:2em;max-width:1100px}table{border-collapse:collapse}"
-        "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}img{max-width:100%}"
+    style = (  # plots span the page (two side by side for the Pareto pair)
+        "body{font-family:sans-serif;margin:2em auto;padding:0 2em;max-width:1400px}"
+        "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:4px 8px;"
+        "text-align:right}img.plot{width:100%;height:auto}"
+        ".pair{display:grid;grid-template-columns:1fr 1fr;gap:2em}"
     )
     return (
         f"<!doctype html><html><head><meta charset='utf-8'><title>distill report</title><style>{style}</style>"
