@@ -65,6 +65,22 @@ def not_a_module():
 
 def wrong_input():
     return nn.Linear(3, 3)
+
+def labels_one_to_c():  # like scikit-learn's wine file: classes 1..3
+    x, y = _xy(200)
+    return {"x": x, "y": y + 1, "x_test": x[:20], "y_test": y[:20] + 1}
+
+def stray_label():
+    x, y = _xy(200)
+    y[11] = 50
+    return {"x": x, "y": y, "x_test": x[:20], "y_test": y[:20]}
+
+def fixed_classes_out_of_range():
+    x, y = _xy(200)
+    y[4] = 5
+    return {"x": x, "y": y, "x_test": x[:20], "y_test": y[:20], "num_classes": 3}
+
+from shutil import rmtree  # imported, not defined here: a config may not name it
 """
 
 
@@ -352,6 +368,135 @@ CASES = [
         ["already holds a run", "--resume", "--overwrite"],
         setup="prior_run",
     ),
+    # ---------------------------------------------------------------- run dirs (issue 23)
+    Case(
+        "overwrite-unmarked-dir",
+        ["run", "CONFIG", "--overwrite"],
+        ["refuses to clear", "no .distill-run marker", "'thesis.txt'"],
+        setup="user_file_in_run_dir",
+    ),
+    Case(
+        "overwrite-run-with-user-file",
+        ["run", "CONFIG", "--overwrite"],
+        ["files that distill did not write", "'thesis.txt'"],
+        setup="prior_run_with_user_file",
+    ),
+    Case(
+        "overwrite-working-dir",
+        ["run", "CONFIG", "run_dir=.", "--overwrite"],
+        ["refuses to clear '.'", "working directory"],
+    ),
+    Case(
+        "overwrite-config-folder",
+        ["run", "SUB_CONFIG", "run_dir=sub", "--overwrite"],
+        ["refuses to clear 'sub'", "holds the config file"],
+        setup="config_in_subfolder",
+    ),
+    Case("overwrite-home", ["run", "CONFIG", "run_dir=HOME", "--overwrite"], ["home folder"]),
+    Case("overwrite-root", ["run", "CONFIG", "run_dir=/", "--overwrite"], ["file-system root"]),
+    Case(
+        "run-dir-is-a-file",
+        ["run", "CONFIG"],
+        ["run_dir", "is a file, not a folder"],
+        setup="run_dir_is_a_file",
+    ),
+    Case(
+        "run-dir-under-a-file",
+        ["run", "CONFIG", "run_dir=notes.txt/run"],
+        ["lies under", "notes.txt", "which is a file"],
+        setup="notes_file",
+    ),
+    Case(
+        "fresh-run-would-clobber",
+        ["run", "CONFIG"],
+        ["was not made by distill", "'config.yaml'", "would overwrite"],
+        setup="user_config_in_run_dir",
+    ),
+    Case("config-is-a-folder", ["run", "sub"], ["is a folder", "YAML file"], setup="subfolder"),
+    Case(
+        "allow-change-not-allowed",
+        ["run", "CONFIG", "--resume", "--allow-change", "train.epochs"],
+        ["--allow-change 'train.epochs'", "train.optimizer.lr"],
+        setup="prior_run",
+    ),
+    Case(
+        "resume-changed-lr-without-asking",
+        ["run", "CONFIG", "--resume", "train.optimizer.lr=0.001"],
+        ["cannot resume", "train.optimizer.lr changed", "--allow-change"],
+        setup="prior_run",
+    ),
+    # ---------------------------------------------------------------- strict inputs (issue 23)
+    Case("duplicate-yaml-key", ["validate", "DUP_YAML"], ["found the key 'train' twice"]),
+    Case(
+        "bool-for-number",
+        ["validate", "CONFIG", "train.optimizer.lr=true"],
+        ["lr must be a number", "True"],
+    ),
+    Case("inf-for-number", ["validate", "CONFIG", "train.optimizer.lr=.inf"], ["finite number"]),
+    Case(
+        "negative-term-weight",
+        ["validate", "CONFIG", "objective.terms.0.weight=-0.5"],
+        ["objective.terms.0.weight", "greater than or equal to 0"],
+        teacher=True,
+    ),
+    Case(
+        "train-samples-too-many",
+        ["run", "CONFIG", "data.train_samples=100000"],
+        ["data.train_samples=100000", "has only 288 samples"],
+    ),
+    Case(
+        "labels-one-to-c",
+        ["run", "CONFIG", "data={name: 'userbits:labels_one_to_c'}"],
+        ["train labels run 1..3 but never use 0", "y - 1"],
+    ),
+    Case(
+        "stray-large-label",
+        ["run", "CONFIG", "data={name: 'userbits:stray_label'}"],
+        ["train labels run 0..50 but never use 3, 4", "np.unique"],
+    ),
+    Case(
+        "label-above-fixed-classes",
+        ["run", "CONFIG", "data={name: 'userbits:fixed_classes_out_of_range'}"],
+        ["train label 5 at index 4 is outside 0..2", "num_classes=3"],
+    ),
+    Case(
+        "teacher-weights-flipped-byte",
+        ["run", "CONFIG"],
+        ["checksum mismatch", "teacher.safetensors"],
+        teacher=True,
+        setup="flip_teacher_byte",
+    ),
+    Case(
+        "teacher-torch-save-of-a-module",
+        ["run", "CONFIG"],
+        ["torch.save", "holds Python objects", "distill.models.zoo.MLP", "model.state_dict()"],
+        teacher=True,
+        setup="torch_save_whole_teacher",
+    ),
+    Case(
+        "teacher-nan-weights",
+        ["run", "CONFIG"],
+        ["teacher", "hold NaN or inf", "diverged"],
+        teacher=True,
+        setup="nan_teacher",
+    ),
+    Case(
+        "augment-wrong-modality",
+        ["run", "CONFIG", "data.augment=[{name: shift}]"],
+        ["data.augment.0", "'shift' applies to (C, L) signals or (C, H, W) images", "(8,)"],
+    ),
+    Case(
+        "reference-to-stdlib",
+        ["validate", "CONFIG", "student.name=os:system", "student.args={}"],
+        ["'os' is part of Python's standard library"],
+        code=1,
+    ),
+    Case(
+        "reference-to-imported-callable",
+        ["validate", "CONFIG", "student.name=userbits:rmtree", "student.args={}"],
+        ["is shutil.rmtree, from Python's standard library"],
+        code=1,
+    ),
     # ---------------------------------------------------------------- CLI misuse
     Case("eval-not-a-run-dir", ["eval", "nowhere"], ["'nowhere' is not a run dir"]),
     Case(
@@ -397,7 +542,40 @@ def _config(ws: Path, teacher: bool) -> str:
 def _setup(ws: Path, step: str | None, config: str) -> None:
     if step is None:
         return
-    if step == "truncate_teacher":
+    if step == "user_file_in_run_dir":
+        (ws / "run").mkdir()
+        (ws / "run/thesis.txt").write_text("two years of work\n")
+    elif step == "user_config_in_run_dir":
+        (ws / "run").mkdir()
+        (ws / "run/config.yaml").write_text("my own notes\n")
+    elif step == "run_dir_is_a_file":
+        (ws / "run").write_text("not a folder\n")
+    elif step == "notes_file":
+        (ws / "notes.txt").write_text("notes\n")
+    elif step == "subfolder":
+        (ws / "sub").mkdir()
+    elif step == "config_in_subfolder":
+        (ws / "sub").mkdir()
+        (ws / "sub/c.yaml").write_text(Path(config).read_text())
+    elif step == "flip_teacher_byte":
+        data = bytearray((ws / "teacher.safetensors").read_bytes())
+        data[-3] ^= 0xFF
+        (ws / "teacher.safetensors").write_bytes(bytes(data))
+    elif step == "torch_save_whole_teacher":
+        from distill.build import build
+        from distill.config import load_config
+
+        import torch as th  # (the whole module pickled, as torch.save(model) does)
+
+        teacher = build(load_config(config)).teacher
+        th.save(teacher, ws / "teacher.safetensors")
+    elif step == "nan_teacher":
+        from distill.checkpoint import load_weights, save_weights
+
+        state, _ = load_weights(ws / "teacher.safetensors")
+        state["head.weight"][0, 0] = float("nan")
+        save_weights(ws / "teacher.safetensors", state)
+    elif step == "truncate_teacher":
         data = (ws / "teacher.safetensors").read_bytes()
         (ws / "teacher.safetensors").write_bytes(data[: len(data) // 2])
     elif step == "pickle_teacher":
@@ -418,6 +596,8 @@ def _setup(ws: Path, step: str | None, config: str) -> None:
     elif step.startswith("prior_run"):
         assert main(["run", config, "train.max_steps=2"]) == 0
         last = ws / "run/checkpoints/last.safetensors"
+        if step == "prior_run_with_user_file":
+            (ws / "run/thesis.txt").write_text("two years of work\n")
         if step == "prior_run_truncated":
             last.write_bytes(last.read_bytes()[:100])
         elif step == "prior_run_flipped":
@@ -437,9 +617,18 @@ def _snapshot(ws: Path) -> dict[str, bytes]:
     run = ws / "run"
     return (
         {str(p): p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file()}
-        if run.exists()
+        if run.is_dir()
         else {}
     )
+
+
+def _user_files(ws: Path) -> dict[str, bytes]:
+    """Every file in the workspace (the user's config, notes, weights, run dir)."""
+    files = {}
+    for p in sorted(ws.rglob("*")):
+        if p.is_file() and "__pycache__" not in p.parts and "profile" not in p.parts:
+            files[str(p)] = p.read_bytes()
+    return files
 
 
 def test_the_suite_is_large_enough():
@@ -460,14 +649,21 @@ def test_bad_input(case: Case, workspace: Path, capsys):
     (workspace / "evil.yaml").write_text(
         "student: !!python/object/apply:os.system ['touch PWNED']\n"
     )
+    (workspace / "dup.yaml").write_text(
+        "student: {name: mlp}\ntrain: {epochs: 3}\ntrain: {epochs: 5}\n"
+    )
     _setup(workspace, case.setup, config)
     capsys.readouterr()
     before = _snapshot(workspace)
+    everything = _user_files(workspace)
     names = {
         "CONFIG": config,
+        "SUB_CONFIG": "sub/c.yaml",
         "LIST_YAML": "list.yaml",
         "BROKEN_YAML": "broken.yaml",
         "EVIL_YAML": "evil.yaml",
+        "DUP_YAML": "dup.yaml",
+        "run_dir=HOME": f"run_dir={Path.home()}",
     }
     code = main([names.get(a, a) for a in case.argv])
     err = capsys.readouterr().err
@@ -476,6 +672,8 @@ def test_bad_input(case: Case, workspace: Path, capsys):
     for fragment in case.fragments:
         assert fragment in err, f"{fragment!r} not in:\n{err}"
     assert _snapshot(workspace) == before  # nothing written, nothing half-written
+    after = _user_files(workspace)
+    assert {k: after.get(k) for k in everything} == everything  # every file is as it was
     assert not (workspace / "PWNED").exists()
 
 
