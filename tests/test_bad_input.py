@@ -562,10 +562,10 @@ def _setup(ws: Path, step: str | None, config: str) -> None:
         data[-3] ^= 0xFF
         (ws / "teacher.safetensors").write_bytes(bytes(data))
     elif step == "torch_save_whole_teacher":
+        import torch as th  # (the whole module pickled, as torch.save(model) does)
+
         from distill.build import build
         from distill.config import load_config
-
-        import torch as th  # (the whole module pickled, as torch.save(model) does)
 
         teacher = build(load_config(config)).teacher
         th.save(teacher, ws / "teacher.safetensors")

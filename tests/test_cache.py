@@ -245,3 +245,20 @@ def test_kd_reads_soft_targets_prepared_once_and_falls_back_when_it_cannot(tmp_p
     torch.testing.assert_close(
         scheduled.scheme.step(batch, 0)["kd"], expected["kd"], rtol=1e-5, atol=1e-6
     )
+
+
+def test_a_damaged_entry_is_said_even_with_progress_off(tmp_path, capsys):
+    from distill.run import run_experiment
+
+    cfg = _cfg(tmp_path)
+    assert cfg["train"]["progress"] is False
+    run_experiment(parse_config(cfg))
+    [entry] = (tmp_path / "cache").iterdir()
+    raw = bytearray((entry / "logits.npy").read_bytes())
+    raw[-5] ^= 0xFF
+    (entry / "logits.npy").write_bytes(bytes(raw))
+    capsys.readouterr()
+    cfg["run_dir"] = str(tmp_path / "run2")
+    run_experiment(parse_config(cfg))
+    err = capsys.readouterr().err
+    assert "checksum" in err and "rebuilding it" in err

@@ -110,3 +110,45 @@ def test_weights_round_trip_and_mismatch_message(tmp_path):
         load_into(wrong, state, "student")
     with pytest.raises(CheckpointError, match="does not exist"):
         load_weights(tmp_path / "missing.safetensors")
+
+
+def test_torch_save_state_dicts_load_without_unpickling_objects(tmp_path, capsys):
+    model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
+    torch.save(model.state_dict(), tmp_path / "plain.pt")
+    state, info = load_weights(tmp_path / "plain.pt")
+    assert info == {} and all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+    assert "torch.load(weights_only=True)" in capsys.readouterr().err
+    # a training script's checkpoint: the state dict under a key, saved from DDP
+    ddp = {f"module.{k}": v for k, v in model.state_dict().items()}
+    torch.save({"epoch": 7, "state_dict": ddp, "optimizer": {}}, tmp_path / "ckpt.pt")
+    state, _ = load_weights(tmp_path / "ckpt.pt")
+    assert set(state) == set(model.state_dict())
+    assert "under its key 'state_dict'" in capsys.readouterr().err
+    torch.save(model, tmp_path / "whole.pt")  # needs the class: refused, nothing unpickled
+    with pytest.raises(CheckpointError, match="holds Python objects"):
+        load_weights(tmp_path / "whole.pt")
+
+
+def test_weights_written_by_distill_are_verified_others_load_with_a_note(tmp_path, capsys):
+    from safetensors.torch import save_file
+
+    model = nn.Linear(3, 2)
+    save_weights(tmp_path / "w.safetensors", model)
+    data = bytearray((tmp_path / "w.safetensors").read_bytes())
+    data[-2] ^= 0x01
+    (tmp_path / "w.safetensors").write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="checksum mismatch"):
+        load_weights(tmp_path / "w.safetensors")
+    save_file(model.state_dict(), str(tmp_path / "other.safetensors"))
+    load_weights(tmp_path / "other.safetensors")
+    assert "carries no checksum" in capsys.readouterr().err
+
+
+def test_non_finite_weights_are_refused_on_load(tmp_path):
+    from distill.checkpoint import restore_weights
+
+    state = nn.Linear(3, 2).state_dict()
+    state["bias"][1] = float("inf")
+    save_weights(tmp_path / "bad.safetensors", state)
+    with pytest.raises(CheckpointError, match=r"teacher weights .* hold NaN or inf \(in bias\)"):
+        restore_weights(nn.Linear(3, 2), tmp_path / "bad.safetensors", "teacher")

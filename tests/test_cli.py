@@ -1,5 +1,6 @@
 import json
 
+import torch
 import yaml
 from helpers import make_teacher, synthetic_cfg
 
@@ -112,3 +113,41 @@ def test_example_configs_match_the_demo_recipe(tmp_path):
         }
         if key == "student-kd":
             assert from_yaml["teacher"]["args"] == from_demo["teacher"]["args"]
+
+
+def test_a_model_returning_a_tuple_trains_evaluates_and_exports(tmp_path, monkeypatch, capsys):
+    (tmp_path / "tuplenet.py").write_text(
+        "import torch\n"
+        "from torch import nn\n"
+        "class TupleNet(nn.Module):\n"
+        "    def __init__(self, num_classes: int, hidden: int = 16):\n"
+        "        super().__init__()\n"
+        "        self.body = nn.Sequential(nn.Linear(8, hidden), nn.ReLU())\n"
+        "        self.head = nn.Linear(hidden, num_classes)\n"
+        "    def forward(self, x):\n"
+        "        h = self.body(x)\n"
+        "        return self.head(h), h  # (logits, features), as many codebases do\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    cfg = synthetic_cfg(tmp_path / "r", train={"epochs": 2})
+    cfg["student"] = {"name": "tuplenet:TupleNet", "args": {}}
+    path = _write(tmp_path, cfg)
+    assert main(["validate", path]) == 0
+    capsys.readouterr()
+    assert main(["run", path]) == 0  # the end of the first epoch evaluates it
+    result = json.loads(capsys.readouterr().out)
+    assert result["complete"] and result["test_acc"] > 0.5
+    assert main(["eval", str(tmp_path / "r"), "--eps", "0.05"]) == 0
+    from distill.compress.export import export_onnx, parity
+    from distill.models import build_model
+
+    model = build_model("tuplenet:TupleNet", (8,), 3, {})
+    export_onnx(model, (8,), tmp_path / "m.onnx")
+    assert parity(model, tmp_path / "m.onnx", torch.randn(16, 8))["top1_agreement"] == 1.0
+
+
+def test_demo_prints_a_line_per_epoch_without_a_terminal(tmp_path, capsys):
+    # capsys' stderr is not a TTY, like `distill demo > log 2>&1`
+    assert main(["demo", "--dataset", "digits", "--epochs", "2", "--out", str(tmp_path)]) == 0
+    err = capsys.readouterr().err
+    assert err.count("epoch 1/2") >= 3 and err.count("epoch 2/2") >= 3  # each of the 3 models

@@ -105,3 +105,47 @@ def test_unlabeled_transfer_set_keeps_inputs_without_labels():
     assert torch.all(semi.val.targets >= 0) and torch.all(semi.test.targets >= 0)
     with pytest.raises(ConfigError, match="needs data.train_samples"):
         load_dataset("digits", unlabeled=True)
+
+
+def test_truncated_dataset_cache_is_said_and_made_again(capsys):
+    load_dataset("mnist1d", num_samples=220)
+    [path] = cache_dir().glob("mnist1d-220-42-*.npz")
+    good = load_dataset("mnist1d", num_samples=220).train.inputs
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])  # a killed download/copy
+    capsys.readouterr()
+    again = load_dataset("mnist1d", num_samples=220)
+    err = capsys.readouterr().err
+    assert "is damaged: it is unreadable (BadZipFile" in err and "making it again" in err
+    assert torch.equal(again.train.inputs, good)
+    raw = bytearray(path.read_bytes())  # a flipped byte deep inside the arrays
+    raw[len(raw) // 2] ^= 0xFF
+    path.write_bytes(bytes(raw))
+    capsys.readouterr()
+    assert torch.equal(load_dataset("mnist1d", num_samples=220).train.inputs, good)
+    assert "damaged" in capsys.readouterr().err
+
+
+def test_user_loader_class_count_is_fixed_or_inferred_and_said(tmp_path, monkeypatch, capsys):
+    (tmp_path / "myloader.py").write_text(
+        "import numpy as np\n"
+        "def load(n=60, fixed=False):\n"
+        "    rng = np.random.default_rng(0)\n"
+        "    x, y = rng.normal(size=(n, 4)).astype('float32'), np.arange(n) % 3\n"
+        "    out = {'x': x, 'y': y, 'x_test': x[:9], 'y_test': y[:9]}\n"
+        "    return {**out, 'num_classes': 5} if fixed else out\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    d = load_dataset("myloader:load", n=90)
+    assert d.num_classes == 3
+    assert "3 classes (labels 0..2), inferred from its labels" in capsys.readouterr().err
+    fixed = load_dataset("myloader:load", fixed=True)
+    assert fixed.num_classes == 5 and "inferred" not in capsys.readouterr().err
+
+
+def test_shift_refuses_tabular_inputs_but_noise_fits_any():
+    from distill.data import augmentation_problem
+
+    assert augmentation_problem("shift", (8,)) is not None
+    assert augmentation_problem("shift", (1, 40)) is None
+    assert augmentation_problem("shift", (1, 8, 8)) is None
+    assert augmentation_problem("noise", (8,)) is None

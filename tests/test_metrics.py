@@ -99,3 +99,53 @@ def test_eval_end_to_end(tmp_path):
     assert json.loads((tmp_path / "r/eval.json").read_text())["cost"]["flops"] == 2 * (
         8 * 16 + 16 * 3
     )
+
+
+def test_negative_transfer_needs_a_significant_paired_drop():
+    from scipy.stats import binomtest
+
+    targets = torch.tensor([0] * 100 + [1] * 100 + [2] * 100)
+    scratch = torch.ones(300, dtype=torch.bool)
+    student = scratch.clone()
+    student[:2] = False  # class 0: 2 of 100 worse -> noise
+    student[100:130] = False  # class 1: 30 of 100 worse -> real
+    rows = M.significant_drops(student, scratch, targets)
+    assert [r["class"] for r in rows] == [1]
+    # exact McNemar: 30 discordant pairs, all against the student
+    assert rows[0]["p_value"] == pytest.approx(binomtest(30, 30, 0.5, alternative="greater").pvalue)
+    assert rows[0]["change"] == pytest.approx(-0.30) and rows[0]["samples"] == 100
+    # Holm: with 3 classes the smallest p must pass alpha / 3
+    student2 = scratch.clone()
+    student2[100:104] = False  # p = 1/16 = 0.0625 > 0.05 / 3
+    assert M.significant_drops(student2, scratch, targets) == []
+    # a margin in accuracy: a significant drop of 30 points passes 0.2, not 0.4
+    assert M.significant_drops(student, scratch, targets, margin=0.2)
+    assert not M.significant_drops(student, scratch, targets, margin=0.4)
+    # an improvement is never flagged, however significant
+    assert not M.significant_drops(scratch, student, targets)
+
+
+def test_attacks_stay_inside_the_data_range():
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 2))
+    x = torch.tensor([[0.0, 1.0, 0.5, 0.98]]).reshape(1, 1, 4)
+    y = torch.tensor([1])
+    for adv in (
+        fgsm(model, x, y, 0.3, clamp=(0.0, 1.0)),
+        pgd(model, x, y, 0.3, clamp=(0.0, 1.0), generator=torch.Generator().manual_seed(0)),
+    ):
+        assert adv.min() >= 0.0 and adv.max() <= 1.0 and (adv - x).abs().max() <= 0.3 + 1e-6
+    assert fgsm(model, x, y, 0.3).max() > 1.0 or fgsm(model, x, y, 0.3).min() < 0.0
+
+
+def test_eval_of_images_clips_attacks_and_says_how_many_samples(tmp_path):
+    from distill.assess import format_assessment
+
+    cfg = synthetic_cfg(tmp_path / "r", train={"epochs": 1})
+    cfg["data"] = {"name": "digits"}
+    cfg["student"] = {"name": "mlp", "args": {"hidden": [16]}}
+    run_experiment(parse_config(cfg))
+    out = assess(tmp_path / "r", eps=(0.1,), robustness_samples=100)
+    assert out["robustness_samples"] == 100 and out["robustness_clamp"] == [0.0, 1.0]
+    assert "robustness (100 of 450 test samples, attacks clipped to [0, 1])" in format_assessment(
+        out
+    )

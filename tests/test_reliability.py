@@ -18,6 +18,7 @@ from distill.checkpoint import load_checkpoint
 from distill.config import parse_config
 from distill.errors import CheckpointError, ConfigError, NonFiniteError
 from distill.run import run_experiment
+from distill.trainer import Trainer
 
 TESTS = Path(__file__).parent
 
@@ -399,3 +400,23 @@ def test_a_full_or_read_only_disk_is_a_clean_error(tmp_path, fs):
             assert "read-only" in err
     finally:
         subprocess.run(["umount", str(mnt)], capture_output=True)
+
+
+def test_a_checkpoint_with_a_non_finite_tensor_is_never_written(tmp_path, capsys):
+    from distill.build import build
+
+    cfg = parse_config(synthetic_cfg(tmp_path / "r", train={"epochs": 1}))
+    built = build(cfg)
+    trainer = Trainer(
+        built.scheme, built.data.train, built.data.val, cfg.train, run_dir=tmp_path / "r"
+    )
+    trainer.save()
+    good = (tmp_path / "r/checkpoints/last.safetensors").read_bytes()
+    trainer.state["step"] = 9
+    with torch.no_grad():
+        next(built.student.parameters())[0, 0] = float("inf")
+    trainer.save()
+    assert (tmp_path / "r/checkpoints/last.safetensors").read_bytes() == good
+    err = capsys.readouterr().err
+    assert "checkpoint at step 9 not written: non-finite values in modules.student." in err
+    assert "(step 0)" in err

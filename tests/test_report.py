@@ -118,3 +118,29 @@ def test_per_class_bars_sit_on_their_class_ticks_and_the_legend_is_outside(class
     axes_box = ax.get_window_extent()
     assert legend.y0 >= axes_box.y1 - 1  # above the plotting area: it covers no bar
     plt.close(fig)
+
+
+def test_report_evaluates_again_when_eval_json_is_older_than_the_weights(tmp_path, capsys):
+    import json
+
+    from distill.assess import assess
+
+    run = tmp_path / "r"
+    run_experiment(parse_config(synthetic_cfg(run, train={"epochs": 1})))
+    first = assess(run)
+    assert len(first["weights_sha256"]) == 64
+    stale = {**first, "metrics": {**first["metrics"], "top1": 0.123}}
+    (run / "eval.json").write_text(json.dumps(stale))
+    assert main(["report", str(run), "--out", str(tmp_path / "a")]) == 0
+    assert "0.123" not in (tmp_path / "a/report.md").read_text()  # same weights: it is kept...
+    assert "12.30" in (tmp_path / "a/report.md").read_text()
+    # ...until the weights change (e.g. a resumed run wrote new best weights): then it is
+    # evaluated again
+    other = tmp_path / "r2"
+    run_experiment(parse_config(synthetic_cfg(other, train={"epochs": 2, "seed": 5})))
+    best = "checkpoints/best.safetensors"
+    (run / best).write_bytes((other / best).read_bytes())
+    capsys.readouterr()
+    assert main(["report", str(run), "--out", str(tmp_path / "b")]) == 0
+    assert "older than the weights it describes" in capsys.readouterr().err
+    assert "12.30" not in (tmp_path / "b/report.md").read_text()

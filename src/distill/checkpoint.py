@@ -47,7 +47,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         os.replace(tmp, path)
     except OSError as e:  # (a failed write says which file it was writing)
         Path(tmp).unlink(missing_ok=True)
-        if e.filename is None:
+        if e.filename is None and e.errno is not None:
             raise OSError(e.errno, e.strerror, str(path)) from e
         raise
     except BaseException:
