@@ -113,3 +113,17 @@ def test_compress_and_federated_overwrite_go_through_the_same_guard(tmp_path, mo
     assert main(["compress", str(tmp_path / "comp.yaml"), "--overwrite"]) == 2
     assert "thesis.txt" in capsys.readouterr().err
     assert (tmp_path / "cmp/thesis.txt").read_text() == "mine"
+
+
+def test_lm_cache_out_never_replaces_a_folder_of_the_users(tmp_path):
+    from distill.llm.cache import _check_replaceable
+
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine/notes.txt").write_text("x")
+    with pytest.raises(ConfigError, match="not an LM teacher cache .*notes.txt"):
+        _check_replaceable(tmp_path / "mine")
+    (tmp_path / "cache").mkdir()
+    for name in ("ids.npy", "values.npy", "extra.npy", "manifest.json"):
+        (tmp_path / "cache" / name).write_bytes(b"")
+    _check_replaceable(tmp_path / "cache")  # a cache distill wrote may be replaced
+    assert (tmp_path / "mine/notes.txt").read_text() == "x"

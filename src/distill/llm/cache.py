@@ -29,7 +29,7 @@ from torch import Tensor
 
 from distill.checkpoint import atomic_write_text
 from distill.data import load_batch
-from distill.errors import CheckpointError
+from distill.errors import CheckpointError, ConfigError
 
 FORMAT = "distill-teacher-cache-1"
 
@@ -133,6 +133,26 @@ def sparse_kd_loss(
     return per_token.sum() / torch.as_tensor(num_tokens, dtype=per_token.dtype).clamp_min(1)
 
 
+CACHE_FILES = frozenset({"ids.npy", "values.npy", "extra.npy", "manifest.json"})
+
+
+def _check_replaceable(path: Path, partial: bool = False) -> None:
+    """`path` may be replaced only when it is missing or an LM cache (a half-built one for
+    `partial`): a folder holding anything else is refused, naming what is in it."""
+    if not path.exists():
+        return
+    if not path.is_dir():
+        raise ConfigError(f"--out {str(path)!r} is a file; give a folder for the cache")
+    names = {p.name for p in path.iterdir()}
+    ours = names <= CACHE_FILES and (partial or "manifest.json" in names)
+    if not ours:
+        other = sorted(names - CACHE_FILES)[:5] or sorted(names)[:5]
+        raise ConfigError(
+            f"--out {str(path)!r} is not an LM teacher cache (it holds {', '.join(other)}); "
+            f"distill replaces only a cache it wrote. Give a new folder"
+        )
+
+
 @torch.no_grad()
 def build_cache(
     teacher: torch.nn.Module,
@@ -149,7 +169,9 @@ def build_cache(
     """Run `teacher` over `dataset` and write the sparse cache to `path` (atomically)."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
+    _check_replaceable(path)  # never a folder of the user's
     if tmp.exists():
+        _check_replaceable(tmp, partial=True)
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
     was = teacher.training
