@@ -203,20 +203,11 @@ def _train(cfg, built, trainer: Trainer, resume: bool, overwrite: bool, changes)
     distributed.barrier()  # under torchrun: every rank has checked the run dir before rank 0 writes
     main = distributed.is_main()
     if main:
-        if overwrite:
-            rundir.clear(run_dir, cfg._source)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        removed = rundir.remove_temp_files(run_dir)
-        if removed:
-            print(
-                f"removed {removed} temporary file(s) a killed run left in {run_dir}",
-                file=sys.stderr,
-            )
         if resume:
             print(_resume_line(trainer, run_dir / "config.yaml"), file=sys.stderr)
         for line in changes:
             print(line, file=sys.stderr)
-        rundir.write_marker(run_dir)
+        rundir.begin(run_dir, "run", overwrite=overwrite, source=cfg._source)
         atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
     distributed.barrier()
     summary = trainer.fit(resume=resume)

@@ -215,6 +215,20 @@ def write_marker(run_dir: Path, kind: str = "run") -> None:
         atomic_write_text(path, json.dumps(info) + "\n")
 
 
+def begin(run_dir: Path, kind: str, *, overwrite: bool, source: Path | None = None) -> None:
+    """What every command does first in a run dir it holds the lock on: clear an earlier run
+    (`overwrite`), remove a killed writer's temporary files, and mark the dir as a run's."""
+    if overwrite:
+        clear(run_dir, source)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    removed = remove_temp_files(run_dir)
+    if removed:
+        print(
+            f"removed {removed} temporary file(s) a killed run left in {run_dir}", file=sys.stderr
+        )
+    write_marker(run_dir, kind)
+
+
 class RunLock:
     """An exclusive OS lock on a run dir, held while the `with` block runs.
 
@@ -257,6 +271,7 @@ __all__ = [
     "MARKER",
     "RUN_FILES",
     "RunLock",
+    "begin",
     "check_clearable",
     "check_fresh",
     "check_location",

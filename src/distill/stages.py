@@ -247,10 +247,7 @@ def run_pipeline(
         )
         for line in changes:
             print(line, file=sys.stderr)
-        if overwrite:
-            rundir.clear(run_dir, cfg._source)
-        rundir.remove_temp_files(run_dir)
-        rundir.write_marker(run_dir, "pipeline")
+        rundir.begin(run_dir, "pipeline", overwrite=overwrite, source=cfg._source)
         return _run_stages(cfg, run_dir, resume, callbacks, allow_changes)
 
 

@@ -594,8 +594,5 @@ def run_compress(
         rundir.check_fresh(run_dir)
     compressor = Compressor(cfg, progress=progress)  # bad data fails before anything is removed
     with rundir.RunLock(run_dir):
-        if overwrite:
-            rundir.clear(run_dir, source)
-        rundir.remove_temp_files(run_dir)
-        rundir.write_marker(run_dir, "compress")
+        rundir.begin(run_dir, "compress", overwrite=overwrite, source=source)
         return compressor.run()

@@ -221,10 +221,8 @@ def _run_federated(
     public_x = train.inputs[public_rows]  # labels of these rows are never read
     y_private = train.targets.numpy()[private_rows]
     splits = dirichlet_split(y_private, cfg.clients, cfg.alpha, cfg.seed)
-    if overwrite:  # (after the data loaded: a bad config removes nothing)
-        rundir.clear(run_dir, source)
-    rundir.remove_temp_files(run_dir)
-    rundir.write_marker(run_dir, "federated")
+    # (after the data loaded: a bad config removes nothing)
+    rundir.begin(run_dir, "federated", overwrite=overwrite, source=source)
     test_y = data.test.targets
 
     def test_acc(model: nn.Module) -> float:
