@@ -93,7 +93,8 @@ def check_run_dir(
     old = yaml.safe_load(saved.read_text())
     new = cfg.model_dump(mode="json")
     # a run dir is known by its marker, not its path: a moved one still resumes
-    old = _moved(old, str(old.get("run_dir") or ""), str(new.get("run_dir") or ""))
+    was_at = old.get("run_dir") or str(Path("runs") / str(old.get("name")))
+    old = _moved(old, str(was_at), str(run_dir))
     changed = [k for k in _changed_keys(old, new) if k != "run_dir"]
     refused = [k for k in changed if not _allowed(k, allow)]
     if refused:
@@ -113,7 +114,7 @@ def check_run_dir(
 
 def _moved(value: Any, old_dir: str, new_dir: str) -> Any:
     """`value` with paths under the run dir's old location moved to its new one."""
-    if not old_dir or old_dir == new_dir:
+    if old_dir == new_dir:
         return value
     if isinstance(value, dict):
         return {k: _moved(v, old_dir, new_dir) for k, v in value.items()}
