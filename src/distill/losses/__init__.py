@@ -39,6 +39,7 @@ from distill.losses.feature import (
     nst_loss,
     pkt_loss,
 )
+from distill.losses.logit_recent import CTKDLoss, mlkd_loss, nkd_loss, wttm_loss
 from distill.losses.relation import (
     cc_loss,
     fsp_loss,
@@ -110,6 +111,24 @@ LOSSES: dict[str, LossSpec] = {
         ttm_loss,
         "response",
         "Zheng & Yang 2024, Knowledge Distillation Based on Transformed Teacher Matching",
+    ),
+    "nkd": LossSpec(
+        nkd_loss,
+        "response",
+        "Yang et al. 2023, From Knowledge Distillation to Self-Knowledge Distillation (NKD)",
+    ),
+    "wttm": LossSpec(
+        wttm_loss,
+        "response",
+        "Zheng & Yang 2024, Knowledge Distillation Based on Transformed Teacher Matching (WTTM)",
+    ),
+    "mlkd": LossSpec(
+        mlkd_loss, "response", "Jin, Wang & Lin 2023, Multi-Level Logit Distillation (MLKD)"
+    ),
+    "ctkd": LossSpec(
+        CTKDLoss,
+        "response",
+        "Li et al. 2023, Curriculum Temperature for Knowledge Distillation (CTKD)",
     ),
     "tf_kd": LossSpec(
         virtual_teacher_loss,
@@ -265,6 +284,7 @@ __all__ = [
     "pixel_kd",
     "AttentionFeatureLoss",
     "CRDLoss",
+    "CTKDLoss",
     "InfoNCELoss",
     "SEEDLoss",
     "WCoRDLoss",
@@ -288,6 +308,9 @@ __all__ = [
     "rkd_distance_loss",
     "sp_loss",
     "dist_loss",
+    "mlkd_loss",
+    "nkd_loss",
+    "wttm_loss",
     "dkd_loss",
     "ls_kd_loss",
     "ttm_loss",

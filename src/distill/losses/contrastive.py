@@ -49,6 +49,11 @@ class InfoNCELoss(nn.Module):
         self.temperature = temperature
 
     def forward(self, student: Tensor, teacher: Tensor) -> Tensor:
+        if student.shape[0] < 2:
+            raise ValueError(
+                "infonce: the other samples of the batch are the negatives, so it needs 2 or "
+                "more rows (with one row the loss is 0 whatever the student does)"
+            )
         z_s, z_t = self.embed_s(student), self.embed_t(teacher.detach())
         logits = z_s @ z_t.t() / self.temperature
         return F.cross_entropy(logits, torch.arange(len(z_s), device=logits.device))

@@ -224,9 +224,14 @@ def pixel_kd(student: Tensor, teacher: Tensor, *, temperature: float = 1.0) -> T
     return temperature**2 * (t.exp() * (t - s)).sum(1).mean()
 
 
-def _affinity(x: Tensor, grid: int) -> Tensor:
+def _affinity(x: Tensor, grid: int, rel_eps: float = 1e-3) -> Tensor:
     nodes = F.adaptive_avg_pool2d(x.float(), grid).flatten(2)  # (B, C, g*g)
-    nodes = F.normalize(nodes, dim=1)
+    # unit length through v / sqrt(|v|^2 + eps^2), eps a thousandth of the image's typical
+    # node norm: F.normalize away from 0, but a node that pools to exactly zero (an empty
+    # region) gets a bounded gradient instead of 1/1e-12, which overflows in float16
+    sq = nodes.pow(2).sum(1, keepdim=True)
+    eps = rel_eps * sq.detach().mean(-1, keepdim=True).sqrt() + 1e-12
+    nodes = nodes * torch.rsqrt(sq + eps**2)
     return nodes.transpose(1, 2) @ nodes  # (B, g*g, g*g)
 
 

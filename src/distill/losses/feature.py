@@ -91,6 +91,11 @@ def pkt_loss(student: Tensor, teacher: Tensor, *, eps: float = 1e-7) -> Tensor:
         raise ValueError(
             f"pkt: batches differ in shape ({student.shape[0]} vs {teacher.shape[0]} samples)"
         )
+    if student.shape[0] < 2:
+        raise ValueError(
+            "pkt: p(j | i) is a distribution over the other samples of the batch and needs 2 "
+            "or more rows (with one row the loss is 0 whatever the student does)"
+        )
 
     def conditional(x: Tensor) -> Tensor:
         x = F.normalize(x.float().reshape(x.shape[0], -1), dim=1)

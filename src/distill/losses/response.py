@@ -8,6 +8,7 @@ is detached inside, so no gradient ever reaches a frozen teacher.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -34,11 +35,15 @@ def _row_mean(per_row: Tensor, mask: Tensor | None) -> Tensor:
 
 
 def _log_probs(student_logits: Tensor, teacher_logits: Tensor, temperature: float):
-    # Computed in float32 at least: log-softmax of bf16 logits loses the small
-    # probabilities that carry the dark knowledge.
-    s = F.log_softmax(student_logits.float() / temperature, dim=-1)
-    t = F.log_softmax(teacher_logits.detach().float() / temperature, dim=-1)
+    # Computed in float32 at least (float64 stays float64): log-softmax of bf16 logits
+    # loses the small probabilities that carry the dark knowledge.
+    s = F.log_softmax(_at_least_float32(student_logits) / temperature, dim=-1)
+    t = F.log_softmax(_at_least_float32(teacher_logits.detach()) / temperature, dim=-1)
     return s, t
+
+
+def _at_least_float32(x: Tensor) -> Tensor:
+    return x.to(torch.promote_types(x.dtype, torch.float32))
 
 
 def kd_loss(
@@ -195,7 +200,7 @@ def js_loss(
     _check(student_logits, teacher_logits, temperature)
     log_s, log_t = _log_probs(student_logits, teacher_logits, temperature)
     # log m computed stably as logsumexp of the two log-probabilities minus log 2.
-    log_m = torch.logaddexp(log_s, log_t) - torch.log(torch.tensor(2.0, device=log_s.device))
+    log_m = torch.logaddexp(log_s, log_t) - math.log(2.0)  # (a Python float keeps the dtype)
     kl_t = (log_t.exp() * (log_t - log_m)).sum(-1)
     kl_s = (log_s.exp() * (log_s - log_m)).sum(-1)
     return temperature**2 * _row_mean(0.5 * (kl_t + kl_s), mask)
@@ -316,6 +321,11 @@ def dist_loss(
     Needs a batch of at least 2 rows for the intra-class term. Defaults from the paper.
     """
     _check(student_logits, teacher_logits, temperature)
+    if student_logits.reshape(-1, student_logits.shape[-1]).shape[0] < 2:
+        raise ValueError(
+            "dist: the intra-class term correlates each class over the batch and needs 2 or "
+            "more rows; use a batch of at least 2 (or set gamma: 0 and use kd)"
+        )
     ps = F.softmax(student_logits.float().reshape(-1, student_logits.shape[-1]) / temperature, -1)
     pt = F.softmax(
         teacher_logits.detach().float().reshape(-1, teacher_logits.shape[-1]) / temperature, -1

@@ -1,0 +1,213 @@
+"""Recent logit (response) methods: NKD, WTTM, MLKD and CTKD's learnable temperature.
+
+Same conventions as `distill.losses.response`: logits (N, C) or (N, L, C) with the classes
+last, every leading position a row, the teacher detached inside, computed in float32 at
+least (float64 stays float64).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from distill.losses.response import (
+    _at_least_float32,
+    _check,
+    _row_mean,
+    _targets_or_teacher_argmax,
+)
+
+
+def _rows(logits: Tensor) -> Tensor:
+    """(rows, C) in at least float32."""
+    return _at_least_float32(logits.reshape(-1, logits.shape[-1]))
+
+
+def nkd_loss(
+    student_logits: Tensor,
+    teacher_logits: Tensor,
+    *,
+    targets: Tensor | None = None,
+    gamma: float = 1.5,
+    temperature: float = 1.0,
+) -> Tensor:
+    """Normalized KD (Yang et al. 2023, "From Knowledge Distillation to Self-Knowledge
+    Distillation: A Unified Approach with Normalized Loss and Customized Soft Labels").
+
+    KD splits into a target part and a non-target part; NKD normalises the non-target
+    probabilities so that they sum to one, which removes the coupling DKD points out:
+
+        L = -p_t[y] log p_s[y]  -  gamma * T^2 * sum_{i != y} N(p_t^T)_i log N(p_s^T)_i
+
+    with p at T = 1 in the target term, p^T = softmax(z / T) in the other, and N(q) the
+    non-target entries of q divided by their sum. Mean over rows. Rows without a label
+    (-1) use the teacher's top-1 class. Paper defaults: gamma 1.5, T 1.
+    """
+    _check(student_logits, teacher_logits, temperature)
+    s, t = _rows(student_logits), _rows(teacher_logits.detach())
+    y = _targets_or_teacher_argmax(targets, teacher_logits)
+    target = F.one_hot(y, s.shape[-1]).bool()
+    log_ps, pt = F.log_softmax(s, -1), F.softmax(t, -1)
+    target_term = -(pt[target] * log_ps[target])
+    # softmax over the non-target classes only is exactly the normalised N(p^T)
+    log_qs = F.log_softmax((s / temperature).masked_fill(target, -torch.inf), -1)
+    qt = F.softmax((t / temperature).masked_fill(target, -torch.inf), -1)
+    non_target = -(qt * log_qs.masked_fill(target, 0.0)).sum(-1)
+    return (target_term + gamma * temperature**2 * non_target).mean()
+
+
+def wttm_loss(
+    student_logits: Tensor,
+    teacher_logits: Tensor,
+    *,
+    temperature: float = 4.0,
+    mask: Tensor | None = None,
+) -> Tensor:
+    """Weighted transformed teacher matching (Zheng & Yang 2024, WTTM).
+
+    TTM matches the student at T = 1 to the power-transformed teacher
+    p_t^(1/T) / U(x), with U(x) = sum_i p_t,i^(1/T) (the power sum). WTTM weights each
+    sample's KL by that same U(x): a smoother teacher prediction has a larger power sum
+    and says more about how classes relate, so it counts more:
+
+        L = mean_x U(x) * KL(p_t^(1/T) / U(x) || softmax(z_s))
+    """
+    _check(student_logits, teacher_logits, temperature)
+    s, t = _rows(student_logits), _rows(teacher_logits.detach())
+    log_pt = F.log_softmax(t, -1)
+    # log U = logsumexp(log p_t / T), and the transformed teacher is softmax(log p_t / T)
+    log_power = log_pt / temperature
+    weight = torch.logsumexp(log_power, -1).exp()
+    log_target = F.log_softmax(log_power, -1)
+    per_row = (log_target.exp() * (log_target - F.log_softmax(s, -1))).sum(-1)
+    lead = student_logits.shape[:-1]
+    return _row_mean((weight * per_row).reshape(lead), mask)
+
+
+def mlkd_loss(
+    student_logits: Tensor,
+    teacher_logits: Tensor,
+    *,
+    temperatures: Sequence[float] = (2.0, 3.0, 4.0, 5.0, 6.0),
+    instance_weight: float = 1.0,
+    batch_weight: float = 1.0,
+    class_weight: float = 1.0,
+) -> Tensor:
+    """Multi-level logit distillation (Jin, Wang & Lin 2023, CVPR).
+
+    The predictions are "augmented" with several temperatures and aligned at three levels,
+    summed over the temperatures T:
+
+    - instance: T^2 * KL(p_t^T || p_s^T), mean over rows (Hinton KD);
+    - batch: ||P_s P_s^T - P_t P_t^T||_F^2 / N, the N x N similarity of the samples'
+      predictions (P = softmax(z / T), N x C);
+    - class: ||P_s^T P_s - P_t^T P_t||_F^2 / C, the C x C co-occurrence of the classes.
+
+    The scales of the batch and class terms (/N, /C) are those of the authors' code. Their
+    code also multiplies each already-averaged term by a 0/1 confidence mask and averages
+    that, which rescales the term by the fraction of confident rows; that is left out, so
+    the formula here is the paper's. Their weak/strong input views are a data choice: give
+    the run an augmentation. Needs two or more rows.
+    """
+    _check(student_logits, teacher_logits, 1.0)
+    if not temperatures or min(temperatures) <= 0:
+        raise ValueError(f"mlkd: temperatures must be positive, got {list(temperatures)}")
+    s, t = _rows(student_logits), _rows(teacher_logits.detach())
+    if s.shape[0] < 2:
+        raise ValueError("mlkd: the batch-level term needs a batch of 2 or more rows")
+    n, c = s.shape
+    total = s.new_zeros(())
+    for temp in temperatures:
+        log_ps, log_pt = F.log_softmax(s / temp, -1), F.log_softmax(t / temp, -1)
+        ps, pt = log_ps.exp(), log_pt.exp()
+        instance = (pt * (log_pt - log_ps)).sum(-1).mean() * temp**2
+        batch = (ps @ ps.T - pt @ pt.T).pow(2).sum() / n
+        classes = (ps.T @ ps - pt.T @ pt).pow(2).sum() / c
+        total = total + instance_weight * instance + batch_weight * batch
+        total = total + class_weight * classes
+    return total
+
+
+class _ReverseGradient(torch.autograd.Function):
+    """Identity forward; the backward multiplies the gradient by -scale (Ganin & Lempitsky
+    2015), so what minimises the loss for everything else maximises it for the input."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, scale: float) -> Tensor:  # noqa: D102
+        ctx.scale = scale
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:  # noqa: D102
+        return -ctx.scale * grad, None
+
+
+class CTKDLoss(nn.Module):
+    """Curriculum temperature KD (Li et al. 2023, AAAI): KD at a learnable temperature that
+    is trained adversarially, to make the task harder as training goes on.
+
+    One global temperature tau = t_min + t_span * sigmoid(theta) (bounded as in the
+    authors' code, [1, 21] by default) joins the optimizer. The loss is Hinton KD at tau,
+    tau^2 * KL(p_t^tau || p_s^tau); the student minimises it, and a gradient-reversal layer
+    makes tau *maximise* it with strength lambda. lambda follows the paper's cosine
+    curriculum from 0 up to `lambda_max` over the first `ramp_steps` training calls
+    (counted in a buffer, so a resumed run continues the curriculum exactly):
+
+        lambda_n = lambda_max * (1 - cos(pi * min(n, ramp_steps) / ramp_steps)) / 2
+
+    The current tau is `self.temperature()`.
+    """
+
+    def __init__(
+        self,
+        student_shape: Sequence[int],
+        teacher_shape: Sequence[int],
+        *,
+        init_temperature: float = 4.0,
+        t_min: float = 1.0,
+        t_span: float = 20.0,
+        lambda_max: float = 1.0,
+        ramp_steps: int = 1000,
+    ):
+        super().__init__()
+        if tuple(student_shape) != tuple(teacher_shape):
+            raise ValueError(
+                f"ctkd: student logits {tuple(student_shape)} and teacher logits "
+                f"{tuple(teacher_shape)} must have the same shape"
+            )
+        if not t_min < init_temperature < t_min + t_span:
+            raise ValueError(
+                f"ctkd: init_temperature {init_temperature} must lie in ({t_min}, {t_min + t_span})"
+            )
+        if ramp_steps < 1:
+            raise ValueError(f"ctkd: ramp_steps must be >= 1, got {ramp_steps}")
+        frac = (init_temperature - t_min) / t_span
+        self.theta = nn.Parameter(torch.tensor(math.log(frac / (1 - frac))))
+        self.t_min, self.t_span = t_min, t_span
+        self.lambda_max, self.ramp_steps = lambda_max, ramp_steps
+        self.register_buffer("calls", torch.zeros((), dtype=torch.long))
+
+    def temperature(self) -> Tensor:
+        return self.t_min + self.t_span * torch.sigmoid(self.theta)
+
+    def strength(self) -> float:
+        """lambda at the current call count."""
+        progress = min(int(self.calls), self.ramp_steps) / self.ramp_steps
+        return self.lambda_max * (1.0 - math.cos(math.pi * progress)) / 2.0
+
+    def forward(self, student_logits: Tensor, teacher_logits: Tensor) -> Tensor:
+        _check(student_logits, teacher_logits, 1.0)
+        scale = self.strength()
+        if self.training:
+            self.calls += 1
+        tau = _ReverseGradient.apply(self.temperature(), scale)
+        s, t = _rows(student_logits), _rows(teacher_logits.detach())
+        log_ps, log_pt = F.log_softmax(s / tau, -1), F.log_softmax(t / tau, -1)
+        return tau**2 * (log_pt.exp() * (log_pt - log_ps)).sum(-1).mean()
+
+
+__all__ = ["CTKDLoss", "mlkd_loss", "nkd_loss", "wttm_loss"]
