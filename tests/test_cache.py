@@ -262,3 +262,28 @@ def test_a_damaged_entry_is_said_even_with_progress_off(tmp_path, capsys):
     run_experiment(parse_config(cfg))
     err = capsys.readouterr().err
     assert "checksum" in err and "rebuilding it" in err
+
+
+def test_terms_reading_the_teachers_own_tensors_cache_the_features_not_the_tensors(tmp_path):
+    srd = {
+        "loss": "srd",
+        "weight": 0.5,
+        "student": "head:input",
+        "adapter": "linear",
+        "teacher": ["head:input", "head.weight", "head.bias"],
+    }
+
+    def cfg(mode: str) -> dict:
+        c = _cfg(tmp_path, {"mode": mode})
+        c["objective"]["terms"] = [c["objective"]["terms"][0], srd]
+        return c
+
+    cached, live = build(parse_config(cfg("on"))), build(parse_config(cfg("off")))
+    entry = cached.scheme.teacher_cache
+    assert entry.layers == ["head:input"] and entry.constants == ["head.weight", "head.bias"]
+    batch = cached.data.train.batch(torch.arange(0, 32))
+    knowledge = entry.lookup(batch["index"])
+    assert torch.equal(knowledge.feats["head.weight"], cached.teacher.head.weight.detach())
+    a, b = cached.scheme.step(batch, 0), live.scheme.step(batch, 0)
+    for key in a:  # (features from batches of another size: float sums in another order)
+        torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6)

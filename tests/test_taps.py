@@ -58,3 +58,19 @@ def test_get_layer_and_describe():
     assert rows["blocks.1"] == "1x8x10"
     assert rows["head"] == "1x10"
     assert model.training  # mode restored
+
+
+def test_a_tap_reads_a_models_own_parameters_and_buffers():
+    from torch import nn
+
+    from distill.errors import LayerError
+    from distill.taps import Tap
+
+    model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Linear(4, 2))
+    with Tap(model, ["1", "2.weight", "1.running_var", "2:input"]) as tap:
+        k = tap.run(torch.randn(5, 3))
+    assert k.feats["2.weight"] is model[2].weight  # the live parameter: gradients reach it
+    assert k.feats["1.running_var"].shape == (4,) and k.feats["1"].shape == (5, 4)
+    assert "2.weight" not in tap.feats  # read per pass, not hooked
+    with pytest.raises(LayerError, match="did you mean '2.weight'"):
+        Tap(model, ["2.wieght"])

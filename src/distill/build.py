@@ -436,9 +436,12 @@ def _build_term(
             f"{where}.adapter: an adapter maps one tensor; this term reads a list of layers"
         )
     if tc.adapter is not None and t_tensor is not None:
+        # with a list on the teacher side (a feature and the teacher's own tensors, e.g.
+        # [bn, bn.weight, bn.bias]) the adapter maps the student to the first of them
+        target = t_tensor if isinstance(t_tensor, Tensor) else t_tensor[0]
         try:
             adapter = ADAPTERS[tc.adapter](
-                tuple(s_tensor.shape), tuple(t_tensor.shape), resize=tc.resize
+                tuple(s_tensor.shape), tuple(target.shape), resize=tc.resize
             )
         except ValueError as e:
             raise ConfigError(f"{where}.adapter: {e}") from None

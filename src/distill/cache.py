@@ -185,7 +185,12 @@ class TeacherCache:
         settings = settings or CacheSettings()
         if settings.views and augment is None:
             raise ConfigError("train.cache.views needs data.augment (views of what?)")
-        self.teacher, self.dataset, self.layers = teacher, dataset, list(layers)
+        from distill.taps import model_tensor
+
+        self.teacher, self.dataset = teacher, dataset
+        # the teacher's own tensors ('head.weight') are not per-sample: read, never stored
+        self.constants = [n for n in layers if model_tensor(teacher, n) is not None]
+        self.layers = [n for n in layers if n not in self.constants]
         self.settings, self.augment, self.seed = settings, augment, seed
         self.augment_spec = augment_spec
         self.views = settings.views or 0
@@ -403,7 +408,7 @@ class TeacherCache:
 
     def lookup(self, index: Tensor, view: Tensor | None = None):
         """The teacher's `Knowledge` for samples `index` (and their `view`s), in fp32."""
-        from distill.taps import Knowledge
+        from distill.taps import Knowledge, model_tensor
 
         if self.path is None:
             self.ensure()
@@ -422,6 +427,8 @@ class TeacherCache:
         }
         for key, parts in self._parts.items():
             feats[key] = tuple(self._take(f"{key}.{i}", index, view, device) for i in range(parts))
+        for name in self.constants:
+            feats[name] = model_tensor(self.teacher, name).detach().to(device).float()
         return Knowledge(logits, feats)
 
     def view_inputs(self, index: Tensor, view: Tensor) -> Tensor:

@@ -77,6 +77,23 @@ def get_layer(model: nn.Module, name: str, model_label: str | None = None) -> nn
         ) from None
 
 
+def model_tensor(model: nn.Module, name: str) -> Tensor | None:
+    """The parameter or buffer called `name` ('head.weight', 'bn.running_var'), or None."""
+    module_name, _, attr = name.rpartition(".")
+    try:
+        owner = model.get_submodule(module_name) if module_name else model
+    except AttributeError:
+        return None
+    if attr in owner._parameters or attr in owner._buffers:
+        tensor = getattr(owner, attr)
+        return tensor if isinstance(tensor, Tensor) else None
+    return None
+
+
+def _tensor_names(model: nn.Module) -> list[str]:
+    return [n for n, _ in model.named_parameters()] + [n for n, _ in model.named_buffers()]
+
+
 def _first_tensor(value: object) -> Tensor:
     """Hooks see tuples for inputs and sometimes for outputs; features are their first tensor."""
     if isinstance(value, Tensor):
@@ -98,7 +115,10 @@ class Tap:
     """Forward hooks that record named submodule outputs (or inputs) into `self.feats`.
 
     Use as a context manager or call `remove()`; a wrong name raises at construction with
-    the closest valid names. Names ending in ':input' record the module's first input.
+    the closest valid names. Names ending in ':input' record the module's first input. A
+    name that is a parameter or buffer ('fc.weight', 'bn.bias') reads that tensor itself,
+    for losses built on a model's own weights (a classifier applied to features, BatchNorm
+    statistics); `run()` adds it to the knowledge of every pass.
 
         with Tap(model, ["layer2", "fc:input"]) as tap:
             logits = model(x)
@@ -109,10 +129,28 @@ class Tap:
         self.model = model
         self.feats: dict[str, Tensor] = {}
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
-        specs = [(n, *self._split(n)) for n in dict.fromkeys(names)]
-        modules = [(key, get_layer(model, layer, model_label), what) for key, layer, what in specs]
+        names = list(dict.fromkeys(names))
+        # the model's own tensors, read as they are (no hook)
+        self.tensors = {
+            n: t for n in names if ":" not in n for t in [model_tensor(model, n)] if t is not None
+        }
+        specs = [(n, *self._split(n)) for n in names if n not in self.tensors]
+        modules = [(key, self._layer(layer, model_label), what) for key, layer, what in specs]
         for key, module, what in modules:
             self._handles.append(self._register(key, module, what))
+
+    def _layer(self, name: str, model_label: str | None) -> nn.Module:
+        try:
+            return get_layer(self.model, name, model_label)
+        except LayerError:
+            near = did_you_mean(name, _tensor_names(self.model))
+            if not near:
+                raise
+            label = model_label or type(self.model).__name__
+            raise LayerError(
+                f"unknown layer or tensor {name!r} in {label}{near}\n"
+                f"list the layers with: distill layers <model>"
+            ) from None
 
     @staticmethod
     def _split(name: str) -> tuple[str, Capture]:
@@ -149,6 +187,8 @@ class Tap:
         )
         logits = logits_of(out)
         feats, self.feats = self.feats, {}
+        for name in self.tensors:  # looked up again: a module may swap its tensors
+            feats[name] = model_tensor(self.model, name)
         return Knowledge(logits, feats)
 
 

@@ -39,6 +39,16 @@ from distill.losses.feature import (
     nst_loss,
     pkt_loss,
 )
+from distill.losses.feature_peers import (
+    PADLoss,
+    ReviewKDLoss,
+    affinity_loss,
+    cat_kd_loss,
+    ickd_loss,
+    ofd_loss,
+    sdd_loss,
+    srd_loss,
+)
 from distill.losses.logit_recent import CTKDLoss, mlkd_loss, nkd_loss, wttm_loss
 from distill.losses.relation import (
     cc_loss,
@@ -264,6 +274,34 @@ LOSSES: dict[str, LossSpec] = {
         "feature",
         "Hao et al. 2023, One-for-All KD: features to logit space for heterogeneous pairs",
     ),
+    "reviewkd": LossSpec(
+        ReviewKDLoss, "feature", "Chen et al. 2021, Distilling Knowledge via Knowledge Review"
+    ),
+    "ofd": LossSpec(
+        ofd_loss, "feature", "Heo et al. 2019, A Comprehensive Overhaul of Feature Distillation"
+    ),
+    "srd": LossSpec(
+        srd_loss,
+        "feature",
+        "Yang et al. 2021, Knowledge Distillation via Softmax Regression Representation Learning",
+    ),
+    "pad": LossSpec(PADLoss, "feature", "Zhang et al. 2020, Prime-Aware Adaptive Distillation"),
+    "ickd": LossSpec(
+        ickd_loss,
+        "feature",
+        "Liu et al. 2021, Exploring Inter-Channel Correlation for Diversity-Preserved KD (ICKD)",
+    ),
+    "affinity": LossSpec(
+        affinity_loss,
+        "feature",
+        "He et al. 2019, Knowledge Adaptation for Efficient Semantic Segmentation (affinity)",
+    ),
+    "cat_kd": LossSpec(
+        cat_kd_loss,
+        "feature",
+        "Guo et al. 2023, Class Attention Transfer Based Knowledge Distillation (CAT-KD)",
+    ),
+    "sdd": LossSpec(sdd_loss, "feature", "Wei et al. 2024, Scale Decoupled Distillation (SDD)"),
     "wcord": LossSpec(
         WCoRDLoss,
         "contrastive",
@@ -284,6 +322,14 @@ __all__ = [
     "pixel_kd",
     "AttentionFeatureLoss",
     "CRDLoss",
+    "PADLoss",
+    "ReviewKDLoss",
+    "affinity_loss",
+    "cat_kd_loss",
+    "ickd_loss",
+    "ofd_loss",
+    "sdd_loss",
+    "srd_loss",
     "CTKDLoss",
     "InfoNCELoss",
     "SEEDLoss",
