@@ -139,5 +139,29 @@ def test_new_losses_send_no_gradient_to_the_teacher():
 
 
 def test_new_losses_are_in_the_table_with_their_papers():
-    for name in ("nkd", "wttm", "mlkd", "ctkd"):
+    for name in ("nkd", "wttm", "mlkd", "ctkd", "spherical_kd"):
         assert LOSSES[name].family == "response" and "20" in LOSSES[name].paper
+
+
+def test_spherical_kd_golden_value_and_scale_invariance():
+    from distill.losses import spherical_kd_loss
+
+    temp, mult = 3.0, 2.0
+
+    def sphere(row):
+        mean = sum(row) / len(row)
+        std = math.sqrt(sum((v - mean) ** 2 for v in row) / len(row))  # biased, as layer norm
+        return [mult * (v - mean) / std for v in row]
+
+    want = (
+        sum(kl(softmax(sphere(t), temp), softmax(sphere(s), temp)) for s, t in zip(S, T))
+        * temp**2
+        / 3
+    )
+    got = spherical_kd_loss(torch.tensor(S), torch.tensor(T), temperature=temp, multiplier=mult)
+    assert got.item() == pytest.approx(want, rel=1e-5)
+    # only directions count: a more confident teacher (scaled, shifted logits) teaches the same
+    scaled = spherical_kd_loss(
+        torch.tensor(S), 5 * torch.tensor(T) + 3, temperature=temp, multiplier=mult
+    )
+    assert scaled.item() == pytest.approx(got.item(), rel=1e-5)

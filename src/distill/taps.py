@@ -144,8 +144,8 @@ class Tap:
             return get_layer(self.model, name, model_label)
         except LayerError:
             near = did_you_mean(name, _tensor_names(self.model))
-            if not near:
-                raise
+            if not near or did_you_mean(name, layer_names(self.model)):
+                raise  # (a layer name close to a real layer: suggest layers)
             label = model_label or type(self.model).__name__
             raise LayerError(
                 f"unknown layer or tensor {name!r} in {label}{near}\n"

@@ -49,7 +49,13 @@ from distill.losses.feature_peers import (
     sdd_loss,
     srd_loss,
 )
-from distill.losses.logit_recent import CTKDLoss, mlkd_loss, nkd_loss, wttm_loss
+from distill.losses.logit_recent import (
+    CTKDLoss,
+    mlkd_loss,
+    nkd_loss,
+    spherical_kd_loss,
+    wttm_loss,
+)
 from distill.losses.relation import (
     cc_loss,
     fsp_loss,
@@ -134,6 +140,11 @@ LOSSES: dict[str, LossSpec] = {
     ),
     "mlkd": LossSpec(
         mlkd_loss, "response", "Jin, Wang & Lin 2023, Multi-Level Logit Distillation (MLKD)"
+    ),
+    "spherical_kd": LossSpec(
+        spherical_kd_loss,
+        "response",
+        "Guo et al. 2020, Reducing the Teacher-Student Gap via Spherical Knowledge Distillation",
     ),
     "ctkd": LossSpec(
         CTKDLoss,
@@ -356,6 +367,7 @@ __all__ = [
     "dist_loss",
     "mlkd_loss",
     "nkd_loss",
+    "spherical_kd_loss",
     "wttm_loss",
     "dkd_loss",
     "ls_kd_loss",

@@ -1,4 +1,5 @@
-"""Recent logit (response) methods: NKD, WTTM, MLKD and CTKD's learnable temperature.
+"""Recent logit (response) methods: NKD, WTTM, MLKD, spherical KD and CTKD's learnable
+temperature.
 
 Same conventions as `distill.losses.response`: logits (N, C) or (N, L, C) with the classes
 last, every leading position a row, the teacher detached inside, computed in float32 at
@@ -132,6 +133,33 @@ def mlkd_loss(
     return total
 
 
+def spherical_kd_loss(
+    student_logits: Tensor,
+    teacher_logits: Tensor,
+    *,
+    temperature: float = 4.0,
+    multiplier: float = 2.0,
+    mask: Tensor | None = None,
+) -> Tensor:
+    """Spherical KD (Guo et al. 2020, "Reducing the Teacher-Student Gap via Spherical
+    Knowledge Distillation"): only the direction of each centred logit vector is taught.
+
+    Both rows are layer-normalised (zero mean, unit biased std) and scaled to the sphere of
+    radius `multiplier` * sqrt(C), which removes the teacher's confidence (its logit norm)
+    from what the student must copy; then Hinton KD, T^2 * KL at `temperature`. Close to
+    `ls_kd` (logit standardization, at temperature T / multiplier, with unbiased std)."""
+    _check(student_logits, teacher_logits, temperature)
+
+    def sphere(z: Tensor) -> Tensor:
+        z = _at_least_float32(z)
+        return multiplier * F.layer_norm(z, z.shape[-1:], eps=1e-7)
+
+    log_s = F.log_softmax(sphere(student_logits) / temperature, -1)
+    log_t = F.log_softmax(sphere(teacher_logits.detach()) / temperature, -1)
+    per_row = (log_t.exp() * (log_t - log_s)).sum(-1)
+    return temperature**2 * _row_mean(per_row, mask)
+
+
 class _ReverseGradient(torch.autograd.Function):
     """Identity forward; the backward multiplies the gradient by -scale (Ganin & Lempitsky
     2015), so what minimises the loss for everything else maximises it for the input."""
@@ -210,4 +238,4 @@ class CTKDLoss(nn.Module):
         return tau**2 * (log_pt.exp() * (log_pt - log_ps)).sum(-1).mean()
 
 
-__all__ = ["CTKDLoss", "mlkd_loss", "nkd_loss", "wttm_loss"]
+__all__ = ["CTKDLoss", "mlkd_loss", "nkd_loss", "spherical_kd_loss", "wttm_loss"]
