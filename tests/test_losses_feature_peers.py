@@ -195,5 +195,40 @@ def test_reviewkd_fuses_deep_to_shallow_and_trains_only_the_student_side():
 
 
 def test_new_feature_losses_are_in_the_table():
-    for name in ("reviewkd", "ofd", "srd", "pad", "ickd", "affinity", "cat_kd", "sdd"):
+    for name in ("reviewkd", "ofd", "srd", "pad", "ickd", "affinity", "cat_kd", "sdd", "kdsvd"):
         assert LOSSES[name].family == "feature" and "20" in LOSSES[name].paper
+
+
+def test_kdsvd_golden_value_with_numpys_svd():
+    from distill.losses.feature_peers import kdsvd_loss
+
+    s = [rand(2, 3, 6), rand(2, 4, 3)]
+    t = [rand(2, 5, 6), rand(2, 6, 3)]
+    k, extra, gamma = 2, 1, 8.0
+
+    def top(x, n):  # right singular vectors over positions (unit columns), normalised values
+        _, sv, vh = np.linalg.svd(x, full_matrices=False)
+        return vh[:n].T, sv[:n] / np.linalg.norm(sv[:n])
+
+    total = 0.0
+    for n in range(2):
+        prev = None
+        for fs, ft in zip(s, t):
+            vt, st = top(ft[n].numpy(), k)
+            vs_all, _ = top(fs[n].numpy(), k + extra)
+            vs = np.zeros_like(vt)
+            for j in range(k):  # the student's vector closest to teacher vector j, sign-aligned
+                cos = vs_all.T @ vt[:, j]
+                i = int(np.argmax(np.abs(cos)))
+                vs[:, j] = vs_all[:, i] * np.sign(cos[i])
+            vt, vs = vt * st, vs * st
+            if prev is not None:
+                ps, pt = prev
+                rs = np.exp(-((vs[:, None, :] - ps[None, :, :]) ** 2) / gamma)
+                rt = np.exp(-((vt[:, None, :] - pt[None, :, :]) ** 2) / gamma)
+                total += ((rs - rt) ** 2).sum()
+            prev = vs, vt
+    got = kdsvd_loss(s, t, k=k, extra=extra, gamma=gamma)
+    assert got.item() == pytest.approx(total / 2, rel=1e-7)
+    with pytest.raises(ValueError, match="two or more stages"):
+        kdsvd_loss(s[:1], t[:1])

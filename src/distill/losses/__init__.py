@@ -45,6 +45,7 @@ from distill.losses.feature_peers import (
     affinity_loss,
     cat_kd_loss,
     ickd_loss,
+    kdsvd_loss,
     ofd_loss,
     sdd_loss,
     srd_loss,
@@ -302,6 +303,11 @@ LOSSES: dict[str, LossSpec] = {
         "feature",
         "Liu et al. 2021, Exploring Inter-Channel Correlation for Diversity-Preserved KD (ICKD)",
     ),
+    "kdsvd": LossSpec(
+        kdsvd_loss,
+        "feature",
+        "Lee, Kim & Song 2018, Self-supervised KD Using Singular Value Decomposition (KD-SVD)",
+    ),
     "affinity": LossSpec(
         affinity_loss,
         "feature",
@@ -338,6 +344,7 @@ __all__ = [
     "affinity_loss",
     "cat_kd_loss",
     "ickd_loss",
+    "kdsvd_loss",
     "ofd_loss",
     "sdd_loss",
     "srd_loss",

@@ -263,6 +263,72 @@ def sdd_loss(
     return total / count
 
 
+# ----------------------------------------------------------------------------- KD-SVD
+def _singular(feature: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """The top-k right singular vectors of each sample's (C, positions) map, as unit columns
+    (N, P, k), and its top-k singular values, L2-normalised (N, k)."""
+    x = _f32(feature).flatten(2)
+    if x.requires_grad:  # the SVD's backward divides by gaps between singular values
+        x.register_hook(lambda g: torch.nan_to_num(g, nan=0.0, posinf=0.0, neginf=0.0))
+    _, values, vh = torch.linalg.svd(x, full_matrices=False)
+    if values.shape[1] < k:
+        raise ValueError(
+            f"kdsvd: a map of shape {tuple(feature.shape)} has only {values.shape[1]} singular "
+            f"vectors, fewer than k = {k}"
+        )
+    return F.normalize(vh[:, :k].transpose(1, 2), dim=1), F.normalize(values[:, :k], dim=1)
+
+
+def _aligned(v_s: Tensor, v_t: Tensor) -> Tensor:
+    """For each teacher singular vector, the student's with the largest |cosine|, its sign
+    flipped to agree (singular vectors are defined up to sign and order)."""
+    cosine = v_s.transpose(1, 2) @ v_t  # (N, k_s, k_t)
+    best = cosine.abs().argmax(1, keepdim=True)  # (N, 1, k_t)
+    picked = torch.gather(v_s, 2, best.expand(-1, v_s.shape[1], -1))
+    return picked * torch.gather(cosine, 1, best).sign()
+
+
+def kdsvd_loss(
+    student: Sequence[Tensor],
+    teacher: Sequence[Tensor],
+    *,
+    k: int = 1,
+    extra: int = 3,
+    gamma: float = 8.0,
+) -> Tensor:
+    """Self-supervised KD using singular value decomposition (Lee, Kim & Song 2018, ECCV).
+
+    Each tapped stage (student: [a, b, ...], teacher the same count, with the same positions
+    stage by stage; widths may differ) is compressed to its top singular vectors over the
+    positions: k for the teacher, k + `extra` for the student, whose best-matching vectors
+    are picked and sign-aligned to the teacher's; both are scaled by the teacher's
+    normalised singular values. What is transferred is how consecutive stages relate: an
+    RBF kernel exp(-(v_i - v_j)^2 / gamma) between every position of stage l and of stage
+    l-1, per singular vector; L = sum of the squared kernel differences / N. Gradients
+    through the SVD that are not finite (repeated singular values) are dropped, as in the
+    authors' code."""
+    if len(student) != len(teacher) or len(student) < 2:
+        raise ValueError("kdsvd reads two or more stages on each side: student: [a, b]")
+    total, previous = None, None
+    for f_s, f_t in zip(student, teacher):
+        if f_s.shape[0] != f_t.shape[0] or f_s.shape[2:] != f_t.shape[2:]:
+            raise ValueError(
+                f"kdsvd: student stage {tuple(f_s.shape)} and teacher stage {tuple(f_t.shape)} "
+                f"need the same batch and positions"
+            )
+        v_t, s_t = _singular(f_t.detach(), k)
+        v_s = _aligned(_singular(f_s, k + extra)[0], v_t)
+        v_t, v_s = v_t * s_t[:, None], v_s * s_t[:, None]
+        if previous is not None:
+            prev_s, prev_t = previous
+            rbf_s = torch.exp(-(v_s[:, :, None] - prev_s[:, None]).pow(2) / gamma)
+            rbf_t = torch.exp(-(v_t[:, :, None] - prev_t[:, None]).pow(2) / gamma)
+            term = (rbf_s - rbf_t).pow(2).sum() / f_s.shape[0]
+            total = term if total is None else total + term
+        previous = v_s, v_t
+    return total
+
+
 # ----------------------------------------------------------------------------- ReviewKD
 def _conv(dims: int) -> type[nn.Module]:
     return nn.Conv1d if dims == 1 else nn.Conv2d
@@ -368,6 +434,7 @@ __all__ = [
     "class_contributions",
     "hierarchical_context_loss",
     "ickd_loss",
+    "kdsvd_loss",
     "ofd_loss",
     "ofd_margin",
     "sdd_loss",
