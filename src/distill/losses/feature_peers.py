@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from distill.losses.response import _at_least_float32
+from distill.losses.response import _at_least_float32, kl_rows
 
 
 def _f32(x: Tensor) -> Tensor:
@@ -95,7 +95,7 @@ def srd_loss(
     w, b = _f32(weight.detach()), _f32(bias.detach())
     log_s = F.log_softmax(F.linear(h_s, w, b) / temperature, -1)
     log_t = F.log_softmax(F.linear(h_t, w, b) / temperature, -1)
-    regression = (log_t.exp() * (log_t - log_s)).sum(-1).mean() * temperature**2
+    regression = kl_rows(log_t, log_s).mean() * temperature**2
     return feature_weight * (h_s - h_t).pow(2).mean() + regression_weight * regression
 
 
@@ -256,7 +256,7 @@ def sdd_loss(
         z_s = F.linear(cells_s, _f32(w_s), _f32(b_s)) / temperature  # (N, cells, classes)
         z_t = F.linear(cells_t, _f32(w_t), _f32(b_t)) / temperature
         log_s, log_t = F.log_softmax(z_s, -1), F.log_softmax(z_t, -1)
-        per_cell = (log_t.exp() * (log_t - log_s)).sum(-1) * temperature**2
+        per_cell = kl_rows(log_t, log_s) * temperature**2
         weight = torch.where(z_t.argmax(-1) == global_t[:, None], 1.0, complementary_weight)
         total = total + (weight * per_cell).sum()
         count += per_cell.numel()

@@ -20,6 +20,7 @@ from distill.losses.response import (
     _check,
     _row_mean,
     _targets_or_teacher_argmax,
+    kl_rows,
 )
 
 
@@ -84,7 +85,7 @@ def wttm_loss(
     log_power = log_pt / temperature
     weight = torch.logsumexp(log_power, -1).exp()
     log_target = F.log_softmax(log_power, -1)
-    per_row = (log_target.exp() * (log_target - F.log_softmax(s, -1))).sum(-1)
+    per_row = kl_rows(log_target, F.log_softmax(s, -1))
     lead = student_logits.shape[:-1]
     return _row_mean((weight * per_row).reshape(lead), mask)
 
@@ -125,7 +126,7 @@ def mlkd_loss(
     for temp in temperatures:
         log_ps, log_pt = F.log_softmax(s / temp, -1), F.log_softmax(t / temp, -1)
         ps, pt = log_ps.exp(), log_pt.exp()
-        instance = (pt * (log_pt - log_ps)).sum(-1).mean() * temp**2
+        instance = kl_rows(log_pt, log_ps).mean() * temp**2
         batch = (ps @ ps.T - pt @ pt.T).pow(2).sum() / n
         classes = (ps.T @ ps - pt.T @ pt).pow(2).sum() / c
         total = total + instance_weight * instance + batch_weight * batch
@@ -156,7 +157,7 @@ def spherical_kd_loss(
 
     log_s = F.log_softmax(sphere(student_logits) / temperature, -1)
     log_t = F.log_softmax(sphere(teacher_logits.detach()) / temperature, -1)
-    per_row = (log_t.exp() * (log_t - log_s)).sum(-1)
+    per_row = kl_rows(log_t, log_s)
     return temperature**2 * _row_mean(per_row, mask)
 
 
@@ -235,7 +236,7 @@ class CTKDLoss(nn.Module):
         tau = _ReverseGradient.apply(self.temperature(), scale)
         s, t = _rows(student_logits), _rows(teacher_logits.detach())
         log_ps, log_pt = F.log_softmax(s / tau, -1), F.log_softmax(t / tau, -1)
-        return tau**2 * (log_pt.exp() * (log_pt - log_ps)).sum(-1).mean()
+        return tau**2 * kl_rows(log_pt, log_ps).mean()
 
 
 __all__ = ["CTKDLoss", "mlkd_loss", "nkd_loss", "spherical_kd_loss", "wttm_loss"]

@@ -46,6 +46,11 @@ def _at_least_float32(x: Tensor) -> Tensor:
     return x.to(torch.promote_types(x.dtype, torch.float32))
 
 
+def kl_rows(log_p: Tensor, log_q: Tensor) -> Tensor:
+    """KL(p || q) along the last dim from log-probabilities: sum p (log p - log q), (...,)."""
+    return (log_p.exp() * (log_p - log_q)).sum(-1)
+
+
 def kd_loss(
     student_logits: Tensor,
     teacher_logits: Tensor,
