@@ -87,7 +87,7 @@ def test_the_lock_is_exclusive_across_processes_and_dies_with_its_holder(tmp_pat
         holder.kill()  # SIGKILL: no cleanup runs in the holder
         holder.wait()
     with rundir.RunLock(tmp_path / "r"):  # the kernel dropped the lock with the process
-        pass
+        assert (tmp_path / "r" / rundir.LOCK).read_text().strip() == str(os.getpid())
 
 
 def test_compress_and_federated_overwrite_go_through_the_same_guard(tmp_path, monkeypatch, capsys):
