@@ -53,6 +53,7 @@ from distill.schemes.self_kd import (
     SDDropout,
     TemporalEnsembling,
 )
+from distill.schemes.sskd import SSKD
 from distill.schemes.supervised import Supervised
 
 
@@ -98,6 +99,13 @@ SCHEMES: dict[str, SchemeSpec] = {
         "Hinton, Vinyals & Dean 2015, Distilling the Knowledge in a Neural Network",
         "required",
         builder=OfflineKD.from_context,
+    ),
+    "sskd": _spec(
+        "offline",
+        "Xu et al. 2020, Knowledge Distillation Meets Self-Supervision (SSKD)",
+        "required",
+        SSKD,
+        builder=SSKD.from_context,
     ),
     "dml": _spec(
         "online", "Zhang et al. 2018, Deep Mutual Learning", "optional", DeepMutualLearning
