@@ -46,3 +46,15 @@ def test_pairwise_affinity_gradient_is_finite_at_an_empty_region_in_float16():
     from distill.losses.dense import _affinity
 
     torch.testing.assert_close(_affinity(y, 2), want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("kernel", ["rbf", "distance", "linear"])
+def test_lsp_gradient_is_finite_for_large_float16_embeddings(kernel):
+    from distill.losses import lsp_loss
+
+    gen = torch.Generator().manual_seed(0)
+    s = (torch.randn(4, 5, 16, generator=gen) * 1e4).half().requires_grad_()
+    t = (torch.randn(4, 5, 16, generator=gen) * 1e4).half()
+    loss = lsp_loss(s, t, kernel=kernel)
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(s.grad).all()
