@@ -443,3 +443,25 @@ def test_methods_list_the_token_divergences(capsys):
     rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
     assert set(TOKEN_DIVERGENCES) <= set(rows)
     assert rows["jsd"]["family"] == "token divergence (lm_kd)" and "GKD" in rows["jsd"]["paper"]
+
+
+def test_generation_uses_the_current_cache_api_and_matches_full_recompute():
+    import warnings
+
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from distill.llm.scheme import sample_continuations
+
+    torch.manual_seed(0)
+    config = GPT2Config(n_layer=2, n_head=2, n_embd=32, vocab_size=50, n_positions=64)
+    config.bos_token_id = config.eos_token_id = 0
+    model = GPT2LMHeadModel(config).eval()
+    prompt = torch.randint(0, 50, (3, 5))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)  # past_key_values is deprecated in 5.24
+        got = sample_continuations(model, prompt, 10, greedy=True)
+    ids = prompt.clone()
+    with torch.no_grad():  # no cache: the whole sequence again at every step
+        for _ in range(10):
+            ids = torch.cat([ids, model(input_ids=ids).logits[:, -1].argmax(-1, keepdim=True)], 1)
+    assert torch.equal(got, ids)

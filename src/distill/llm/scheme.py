@@ -455,9 +455,11 @@ def sample_continuations(
     ids = prompt.to(next(model.parameters()).device)
     past = None
     step_input = ids
+    cache_kw = _cache_keyword(model)
     for _ in range(new_tokens):
-        out = model(input_ids=step_input, past_key_values=past, use_cache=True)
-        past = getattr(out, "past_key_values", None)
+        kwargs = {cache_kw: past} if past is not None else {}
+        out = model(input_ids=step_input, use_cache=True, **kwargs)
+        past = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
         logits = out.logits[:, -1].float()
         if vocab is not None:
             logits = logits[:, :vocab]
@@ -469,6 +471,15 @@ def sample_continuations(
         step_input = nxt if past is not None else ids
     model.train(was)
     return ids.to(home)
+
+
+def _cache_keyword(model: nn.Module) -> str:
+    """The keyword a causal LM takes its key/value cache by: `cache` from transformers 5.24
+    on (which deprecates `past_key_values`, to be removed in 5.40), else `past_key_values`."""
+    import inspect
+
+    params = inspect.signature(model.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
 
 
 def teacher_sequences(teacher: nn.Module, train, args: SequenceArgs, seed: int) -> Tensor:
