@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import importlib
+import os
 import sys
+import sysconfig
 import types
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -15,6 +17,25 @@ def _top(module_name: str | None) -> str:
     return (module_name or "").split(".")[0]
 
 
+def _is_stdlib(module_name: str | None) -> bool:
+    """True for Python's own modules: built into the interpreter, or loaded from the
+    standard library's folder (not site-packages, which may lie inside it). Decided by where
+    the module was loaded from, so a user's package named like a stdlib one is told apart."""
+    top = _top(module_name)
+    if top == "builtins" or top in sys.builtin_module_names:
+        return True
+    module = sys.modules.get(top)
+    file = getattr(module, "__file__", None)
+    if module is None or file is None:
+        return top in sys.stdlib_module_names
+    paths = sysconfig.get_paths()
+    where = os.path.realpath(file)
+    inside = lambda key: where.startswith(os.path.realpath(paths[key]) + os.sep)  # noqa: E731
+    return (inside("stdlib") or inside("platstdlib")) and not (
+        inside("purelib") or inside("platlib")
+    )
+
+
 def check_user_callable(obj: object, ref: str, what: str) -> None:
     """Refuse what a config must never call: built-in and standard-library callables (so
     `student.name: os:system` fails before anything runs), objects imported into the named
@@ -22,7 +43,7 @@ def check_user_callable(obj: object, ref: str, what: str) -> None:
 
     Allowed: a class, or a plain Python function defined in the referenced package."""
     module_name = ref.partition(":")[0]
-    if _top(module_name) in sys.stdlib_module_names or _top(module_name) == "builtins":
+    if _is_stdlib(module_name):
         raise ConfigError(
             f"{what} {ref!r}: {module_name!r} is part of Python's standard library; a config may "
             f"only name your own code (a model class or a function in your module)"
@@ -45,7 +66,7 @@ def check_user_callable(obj: object, ref: str, what: str) -> None:
             f"in {module_name!r}; built-in and other callables are refused. Wrap it in a "
             f"function of your own"
         )
-    if _top(home) in sys.stdlib_module_names or _top(home) == "builtins":
+    if _is_stdlib(home):
         raise ConfigError(
             f"{what} {ref!r} is {home}.{getattr(obj, '__qualname__', '?')}, from Python's standard "
             f"library; a config may only name your own code"
