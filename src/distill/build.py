@@ -116,7 +116,9 @@ def name_problems(cfg: ExperimentConfig) -> list[str]:
     )
     if cfg.train.precision == "fp16" and not on_cuda:
         problems.append("train.precision: fp16 needs a CUDA device; on CPU use bf16 or fp32")
-    return problems
+    from distill.trackers import missing
+
+    return problems + missing(cfg.train.report_to)
 
 
 def _scheme_problems(cfg: ExperimentConfig, spec: Any) -> list[str]:

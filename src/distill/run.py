@@ -37,6 +37,7 @@ RESUMABLE_CHANGES = {
     "device",
     "workers",
     "distributed",  # placement on the ranks; checkpoints hold full tensors either way
+    "report_to",  # trackers only watch
 }
 # Settings that may change on resume when the user names them with --allow-change: the
 # usual mends after a divergence. (A changed lr applies from the resumed step on.)
@@ -211,7 +212,13 @@ def _train(cfg, built, trainer: Trainer, resume: bool, overwrite: bool, changes)
         rundir.begin(run_dir, "run", overwrite=overwrite, source=cfg._source)
         atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
     distributed.barrier()
-    summary = trainer.fit(resume=resume)
+    trackers = _trackers(cfg, run_dir, resume) if main else []
+    trainer.callbacks += [lambda row, t=t: t.log(row, row["step"]) for t in trackers]
+    try:
+        summary = trainer.fit(resume=resume)
+    finally:
+        for tracker in trackers:
+            tracker.close()
     results: dict[str, Any] = {"name": cfg.name, "run_dir": str(run_dir), **summary}
     models = {"student": built.student, "teacher": built.teacher}
     sharded = [k for k, m in models.items() if m is not None and distributed.is_sharded(m)]
@@ -229,6 +236,16 @@ def _train(cfg, built, trainer: Trainer, resume: bool, overwrite: bool, changes)
             results.update(tested)
             atomic_write_text(run_dir / "results.json", json.dumps(results, indent=2))
     return results
+
+
+def _trackers(cfg: ExperimentConfig, run_dir: Path, resume: bool) -> list:
+    """The experiment trackers `train.report_to` names, opened in the run dir."""
+    if not cfg.train.report_to:
+        return []
+    from distill.trackers import flat_params, open_trackers
+
+    params = flat_params(cfg.model_dump(mode="json"))
+    return open_trackers(cfg.train.report_to, run_dir, cfg.name, params, resume)
 
 
 def _resume_line(trainer: Trainer, saved: Path) -> str:

@@ -76,10 +76,16 @@ def _is_run_file(name: str) -> bool:
     return name in RUN_FILES or name.endswith(RUN_SUFFIXES) or is_temp_file(name)
 
 
+# Folders whose whole content a run writes: the experiment trackers' (distill.trackers)
+RUN_DIRS = frozenset({"tensorboard", "mlruns", "wandb"})
+
+
 def foreign_files(run_dir: Path) -> list[Path]:
     """Files below `run_dir` that no distill command writes (sorted; links count as foreign)."""
     found = []
     for root, dirs, files in os.walk(run_dir):
+        if Path(root) == run_dir:  # the trackers' folders are the run's, whatever they hold
+            dirs[:] = [d for d in dirs if d not in RUN_DIRS or (run_dir / d).is_symlink()]
         for name in files:
             path = Path(root) / name
             if path.is_symlink() or not _is_run_file(name):
@@ -269,6 +275,7 @@ class RunLock:
 __all__ = [
     "LOCK",
     "MARKER",
+    "RUN_DIRS",
     "RUN_FILES",
     "RunLock",
     "begin",

@@ -133,6 +133,9 @@ class TrainSettings(Strict):
     # 4-D (image) models and inputs in NHWC memory layout: faster convolutions on GPUs with
     # tensor cores and on CPUs with oneDNN; a no-op for models without 4-D weights
     channels_last: bool = False
+    # experiment trackers fed the metrics log's rows (distill.trackers); csv: metrics.csv,
+    # always written
+    report_to: list[Literal["csv", "tensorboard", "mlflow", "wandb"]] = []
 
 
 class QuantSettings(Strict):
