@@ -62,3 +62,25 @@ def test_a_tracker_that_is_not_installed_is_a_clear_error(tmp_path, monkeypatch)
     assert missing(["csv"]) == []
     with pytest.raises(ConfigError, match="pip install wandb"):
         open_trackers(["wandb"], tmp_path, "x", {}, False)
+
+
+def test_wandb_offline_run_gets_every_row(tmp_path, monkeypatch):
+    wandb = pytest.importorskip("wandb")
+    monkeypatch.delenv("WANDB_MODE", raising=False)  # the default: offline, no network
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    logged = []
+    real_log = wandb.sdk.wandb_run.Run.log
+
+    def spy(run, data, step=None, **kw):  # records what reaches W&B, then logs it for real
+        logged.append((step, dict(data)))
+        return real_log(run, data, step=step, **kw)
+
+    monkeypatch.setattr(wandb.sdk.wandb_run.Run, "log", spy)
+    cfg = synthetic_cfg(tmp_path / "r", train={"epochs": 2, "report_to": ["wandb"]})
+    run_experiment(parse_config(cfg))
+    rows = _rows(tmp_path / "r")
+    assert [step for step, _ in logged] == [r["step"] for r in rows]
+    assert [d["val_acc"] for _, d in logged] == pytest.approx([r["val_acc"] for r in rows])
+    [offline] = list((tmp_path / "r/wandb").glob("offline-run-*"))
+    assert list(offline.glob("*.wandb"))  # the run's record, for `wandb sync`
+    assert rundir.foreign_files(tmp_path / "r") == []
