@@ -420,3 +420,11 @@ def test_a_checkpoint_with_a_non_finite_tensor_is_never_written(tmp_path, capsys
     err = capsys.readouterr().err
     assert "checkpoint at step 9 not written: non-finite values in modules.student." in err
     assert "(step 0)" in err
+
+
+def test_a_run_stopped_before_its_first_epoch_reports_no_infinite_best(tmp_path):
+    result = run_experiment(
+        parse_config(synthetic_cfg(tmp_path / "r", train={"epochs": 2, "max_steps": 2}))
+    )
+    assert result["epochs"] == 0 and result["best_val_acc"] is None
+    json.dumps(result, allow_nan=False)  # strict JSON: no Infinity

@@ -854,10 +854,11 @@ class Trainer:
             "stopped_by": stopped_by or ("early_stop" if early_stopped else None),
             "epochs": st["epoch"],
             "steps": st["step"],
-            # the best validation value of the monitored metric (nll is stored negated)
-            f"best_val_{self.settings.monitor}": -st["best"]
-            if self.settings.monitor == "nll"
-            else st["best"],
+            # the best validation value of the monitored metric (nll is stored negated);
+            # None before any epoch was validated (JSON has no infinity)
+            f"best_val_{self.settings.monitor}": None
+            if not math.isfinite(st["best"])
+            else (-st["best"] if self.settings.monitor == "nll" else st["best"]),
             "best_epoch": st["best_epoch"],
             "seconds": time.perf_counter() - started,
         }
