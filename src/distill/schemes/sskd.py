@@ -33,6 +33,7 @@ from torch import Tensor, nn
 
 from distill.losses.response import kl_rows
 from distill.schemes.base import (
+    SchemeBase,
     SchemeContext,
     as_vector,
     freeze,
@@ -104,9 +105,9 @@ def _kd_rows(student: Tensor, teacher: Tensor, temperature: float, rows: Tensor)
     return temperature**2 * kl_rows(log_t, log_s).mean()
 
 
-class SSKD:
+class SSKD(SchemeBase):
     """See the module docstring. `modules`: the student, both self-supervision heads (the
-    teacher's trains in phase 1 only) and the objective."""
+    teacher's trains in phase 1 only) and the objective; the teacher is frozen."""
 
     Args = SSKDArgs
 
@@ -116,27 +117,20 @@ class SSKD:
         if ctx.objective.terms:
             raise ValueError("sskd computes its own distillation terms; remove objective.terms")
         self.args = a = parse_args(SSKDArgs, ctx.args, "sskd")
-        self.student, self.teacher = ctx.student, freeze(ctx.teacher)
-        self.frozen = [self.teacher]
-        self.objective = ctx.objective
+        teacher = freeze(ctx.teacher)
         x = sample_input(ctx, 4)
         transformed_copies(x)  # inputs of the wrong rank fail here, before training
-        self._s_tap = Tap(self.student, [a.student_feature], "student")
-        self._t_tap = Tap(self.teacher, [a.teacher_feature], "teacher")
+        self._s_tap = Tap(ctx.student, [a.student_feature], "student")
+        self._t_tap = Tap(teacher, [a.teacher_feature], "teacher")
         with torch.no_grad():
-            self.student.eval()
+            ctx.student.eval()
             s_dim = vector_dim(self._s_tap.run(x).feats[a.student_feature].shape)
             t_dim = vector_dim(self._t_tap.run(x).feats[a.teacher_feature].shape)
-            self.student.train()
+            ctx.student.train()
         self.student_head, self.teacher_head = _head(s_dim), _head(t_dim)
-        self.modules = nn.ModuleDict(
-            {
-                "student": self.student,
-                "student_head": self.student_head,
-                "teacher_head": self.teacher_head,
-                "objective": self.objective,
-            }
-        )
+        heads = {"student_head": self.student_head, "teacher_head": self.teacher_head}
+        super().__init__(ctx.student, ctx.objective, trained=heads, frozen=[teacher])
+        self.teacher = teacher
 
     @classmethod
     def from_context(cls, ctx: SchemeContext) -> SSKD:
@@ -175,12 +169,7 @@ class SSKD:
         tf = _kd_rows(s.logits[n:], t.logits[n:], a.tf_temperature, tf_rows)
         ss_rows = kept_rows(t_sim, truth, a.ss_ratio)
         ss = _kd_rows(s_sim, t_sim, a.ss_temperature, ss_rows)
-        task_w = self.objective.task_weight.at(step)
-        task = (
-            task_w * self.objective.task_loss(s.logits[:n], batch["target"])
-            if task_w
-            else kl.new_zeros(())
-        )
+        task = self.task(s.logits[:n], batch, step)
         total = task + a.kl_weight * kl + a.ss_weight * ss + a.tf_weight * tf
         return {
             "loss": total,
@@ -189,18 +178,6 @@ class SSKD:
             "ss": ss.detach(),
             "tf": tf.detach(),
         }
-
-    def eval_model(self) -> nn.Module:
-        return self.student
-
-    def to(self, device: torch.device) -> SSKD:
-        self.modules.to(device)
-        self.teacher.to(device)
-        return self
-
-    def train(self, mode: bool = True) -> None:
-        self.modules.train(mode)
-        self.teacher.eval()
 
 
 __all__ = ["SSKD", "SSKDArgs", "kept_rows", "similarities", "transformed_copies"]
