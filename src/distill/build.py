@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from distill.cache import CachePlan, TeacherCache, plan_cache
 from distill.checkpoint import restore_weights
 from distill.config import DataConfig, ExperimentConfig, ModelConfig, TermConfig
+from distill.data.loading import is_stream
 from distill.data import (
     AUGMENTATIONS,
     DATASETS,
@@ -600,11 +601,16 @@ def build(cfg: ExperimentConfig, *, missing_weights_ok: bool = False) -> Built:
             *getattr(scheme, "step_hooks", []),
             SparsityKeeper(student, cfg.student.sparsity),
         ]
+    disk_random = bool(getattr(data.train, "random", False))
     plan = plan_cache(
         cfg.train.cache,
         scheme=cfg.scheme.name,
         # the teacher reads the paired modality, which augmentation does not touch
-        augmented=augment is not None and cfg.data.paired is None,
+        augmented=(augment is not None and cfg.data.paired is None) or disk_random,
+        # random per-sample transforms of data read from disk are a pure function of
+        # (seed, epoch, sample): cacheable epoch by epoch, unless a batch augmentation adds draws
+        epoch_views=disk_random and augment is None,
+        streamed=is_stream(data.train),
         reads_input_grad=_reads_input_grad(cfg),
         sharded_teacher=cfg.train.distributed.teacher == "shard" and env_world_size() > 1,
     )
@@ -617,6 +623,8 @@ def build(cfg: ExperimentConfig, *, missing_weights_ok: bool = False) -> Built:
             augment=augment,
             augment_spec=[a.model_dump(mode="json") for a in cfg.data.augment],
             seed=cfg.train.seed,
+            epochs=cfg.train.epochs,
+            workers=cfg.train.workers,
             log=_log if cfg.train.progress else lambda _m: None,
             warn=_log,  # a damaged cache is said whatever train.progress is
         )

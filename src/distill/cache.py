@@ -73,9 +73,19 @@ def plan_cache(
     augmented: bool,
     reads_input_grad: bool,
     sharded_teacher: bool = False,
+    streamed: bool = False,
+    epoch_views: bool = False,
 ) -> CachePlan:
-    """Whether a run should cache its teacher. `on` raises when the cache would not be exact."""
+    """Whether a run should cache its teacher. `on` raises when the cache would not be exact.
+
+    `epoch_views`: the data is read from disk with random per-sample transforms seeded by
+    (seed, epoch, sample), so the cache can hold the teacher's outputs on each epoch's views."""
     problems = []
+    if streamed:
+        problems.append(
+            "the training data is streamed: a stream has no stable sample ids to store the "
+            "teacher's outputs by (load it map-style to cache)"
+        )
     if sharded_teacher:
         problems.append(
             "the teacher is sharded across ranks (train.distributed.teacher: shard), and the "
@@ -85,7 +95,7 @@ def plan_cache(
         problems.append(f"scheme {scheme!r} runs its teachers itself (the cache serves 'offline')")
     if reads_input_grad:
         problems.append("a term reads the gradient of the teacher's loss w.r.t. its input")
-    if augmented and not settings.views:
+    if augmented and not settings.views and not epoch_views:
         problems.append(
             "data.augment draws a new view every step; set train.cache.views to cache that "
             "many views per sample (the student then sees only those views)"
@@ -98,12 +108,14 @@ def plan_cache(
                 "train.cache.mode on, but the cache cannot be used: " + "; ".join(problems)
             )
         return CachePlan(False, "live teacher: " + "; ".join(problems))
-    if settings.views and not augmented:
+    if settings.views and not augmented and not epoch_views:
         raise ConfigError(
             "train.cache.views is set but data.augment is empty: every view would be the same "
             "input; remove views"
         )
     how = f"{settings.views} augmented views per sample" if settings.views else "exact"
+    if epoch_views:
+        how = "exact: every epoch's transformed views, seeded per sample"
     return CachePlan(True, f"teacher outputs cached ({how})")
 
 
@@ -124,7 +136,10 @@ def weights_fingerprint(model: nn.Module) -> str:
 
 def data_fingerprint(dataset: Any, batch_size: int = 4096) -> str:
     """A hash of every input the teacher reads (the paired modality when there is one) and
-    the dataset's length."""
+    the dataset's length. Data on disk hashes its files' names, sizes and times, its index
+    list and its transforms instead (`LazySplit.fingerprint`): no pass over the inputs."""
+    if hasattr(dataset, "fingerprint"):
+        return f"{len(dataset)}:{dataset.fingerprint()}"
     h = hashlib.sha256(str(len(dataset)).encode())
     for start in range(0, len(dataset), batch_size):
         index = torch.arange(start, min(start + batch_size, len(dataset)))
@@ -178,6 +193,8 @@ class TeacherCache:
         augment: Callable[[Tensor, torch.Generator], Tensor] | None = None,
         augment_spec: Any = None,
         seed: int = 0,
+        epochs: int = 0,
+        workers: int = 0,
         batch_size: int = 512,
         log: Callable[[str], None] = print,
         warn: Callable[[str], None] | None = None,
@@ -185,6 +202,11 @@ class TeacherCache:
         settings = settings or CacheSettings()
         if settings.views and augment is None:
             raise ConfigError("train.cache.views needs data.augment (views of what?)")
+        # Data read from disk with random per-sample transforms (distill.data.records): its
+        # view of a sample in epoch e is a pure function of (seed, e, sample), so the cache
+        # holds the teacher's outputs on every epoch's views (view = epoch) and no inputs;
+        # the student reads its own batches as a live-teacher run would.
+        self.epoch_views = epochs if getattr(dataset, "random", False) else 0
         from distill.taps import model_tensor
 
         self.teacher, self.dataset = teacher, dataset
@@ -194,7 +216,14 @@ class TeacherCache:
         self.settings, self.augment, self.seed = settings, augment, seed
         self.augment_spec = augment_spec
         self.views = settings.views or 0
+        if self.epoch_views and self.views:
+            raise ConfigError(
+                "train.cache.views stores augmented copies of in-memory inputs; this data is "
+                "read from disk with random transforms, which the cache follows epoch by epoch "
+                "without stored views: remove train.cache.views"
+            )
         self.batch_size, self.log = batch_size, log
+        self.workers = workers
         # damage and rebuilds: to `warn` (default: stderr) when given, else to `log`
         self.warn = warn or (log if log is not print else _to_stderr)
         self.root = Path(settings.dir) if settings.dir else default_cache_dir()
@@ -245,7 +274,8 @@ class TeacherCache:
             "data": data_fingerprint(self.dataset),
             "augment": self.augment_spec if self.views else None,
             "views": self.views,
-            "seed": self.seed if self.views else None,
+            "epoch_views": self.epoch_views,
+            "seed": self.seed if self.views or self.epoch_views else None,
             "layers": self.layers,
             "topk": s.topk,
             "dtype": s.dtype,
@@ -313,7 +343,7 @@ class TeacherCache:
         self.root.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=self.root))
         try:
-            n, views = len(self.dataset), max(self.views, 1)
+            n, views = len(self.dataset), max(self.views, self.epoch_views, 1)
             device = next(self.teacher.parameters(), torch.empty(0)).device
             was_training = self.teacher.training
             self.teacher.eval()
@@ -323,9 +353,10 @@ class TeacherCache:
             with Tap(self.teacher, self.layers, "teacher") as tap:
                 for view in range(views):
                     gen = self._view_generator(view) if self.views else None
-                    for start in range(0, n, self.batch_size):
-                        index = torch.arange(start, min(start + self.batch_size, n))
-                        x = teacher_input(load_batch(self.dataset, index))
+                    if self.epoch_views:  # this epoch's views, exactly as training draws them
+                        self.dataset.set_epoch(view, self.seed)
+                    for x, start in self._inputs():
+                        index = range(start, start + len(x))
                         if gen is not None:
                             x = self.augment(x, gen)
                         k = tap.run(x.to(device))
@@ -359,6 +390,7 @@ class TeacherCache:
                 "fingerprint": key,
                 "samples": n,
                 "views": self.views,
+                "epoch_views": self.epoch_views,
                 "num_classes": num_classes,
                 "layers": self.layers,
                 "arrays": arrays,
@@ -375,6 +407,31 @@ class TeacherCache:
                     raise
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+
+    def _inputs(self):
+        """(teacher inputs, first index) of consecutive batches of the dataset, in order;
+        decoded on DataLoader workers for data read from disk."""
+        n = len(self.dataset)
+        if self.workers and not hasattr(self.dataset, "batch"):
+            from torch.utils.data import DataLoader
+
+            from distill.data.loading import collate_items
+
+            loader = DataLoader(
+                self.dataset,
+                batch_size=self.batch_size,
+                num_workers=self.workers,
+                collate_fn=collate_items,
+            )
+            start = 0
+            for batch in loader:
+                x = teacher_input(batch)
+                yield x, start
+                start += len(x)
+            return
+        for start in range(0, n, self.batch_size):
+            index = torch.arange(start, min(start + self.batch_size, n))
+            yield teacher_input(load_batch(self.dataset, index)), start
 
     def _to_store(self, logits: Tensor, feats: dict[str, Tensor]) -> dict[str, Tensor]:
         s, dtype = self.settings, _DTYPES[self.settings.dtype]

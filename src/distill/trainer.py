@@ -19,14 +19,21 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import default_collate
 from tqdm.auto import tqdm
 
 from distill import distributed
 from distill.checkpoint import load_checkpoint, save_checkpoint, save_weights
 from distill.compress.structure import structure_of
 from distill.data import Augmentation, load_batch
-from distill.errors import CheckpointError, ConfigError, NonFiniteError
+from distill.data.loading import (
+    collate_items,
+    is_stream,
+    set_epoch,
+    stream_batches,
+    stream_length,
+    stream_loader,
+)
+from distill.errors import CheckpointError, ConfigError, DataError, NonFiniteError
 from distill.evaluate import evaluate
 from distill.logs import MetricsLog
 from distill.schemes import Scheme
@@ -187,8 +194,9 @@ class _Indexed(torch.utils.data.Dataset):
 
 
 def _collate_indexed(items: list[tuple[Any, int]]) -> dict[str, torch.Tensor]:
-    inputs, targets = default_collate([x for x, _ in items])
-    return {"input": inputs, "target": targets, "index": torch.tensor([i for _, i in items])}
+    batch = collate_items([x for x, _ in items])
+    batch["index"] = torch.tensor([i for _, i in items])
+    return batch
 
 
 class Trainer:
@@ -231,11 +239,17 @@ class Trainer:
         self.optimizer = make_optimizer(params, settings, _lr_groups(scheme, params))
         self.scaler = torch.amp.GradScaler("cuda", enabled=settings.precision == "fp16")
         self.aug_gen = torch.Generator().manual_seed(settings.seed + 7919)
-        n = len(train_data)
-        self.drop_last = n > settings.batch_size  # a final batch of 1 would break BatchNorm
-        self.batches_per_epoch = n // settings.batch_size if self.drop_last else 1
-        self.steps_per_epoch = math.ceil(self.batches_per_epoch / settings.grad_accum)
-        self.total_steps = self.steps_per_epoch * settings.epochs
+        # A DataLoader or IterableDataset is read in its own order (a stream); anything else
+        # is indexed in the run's own seeded order.
+        self.streamed = is_stream(train_data)
+        if self.streamed:
+            self._plan_stream()
+        else:
+            n = len(train_data)
+            self.drop_last = n > settings.batch_size  # a final batch of 1 would break BatchNorm
+            self.batches_per_epoch = n // settings.batch_size if self.drop_last else 1
+            self.steps_per_epoch = math.ceil(self.batches_per_epoch / settings.grad_accum)
+            self.total_steps = self.steps_per_epoch * settings.epochs
         self._sums: dict[str, float] = {}
         self._summed = 0
         self._pending: list[dict[str, torch.Tensor]] = []  # losses not yet added to _sums
@@ -252,6 +266,31 @@ class Trainer:
             "best_epoch": -1,
             "bad_epochs": 0,
         }
+
+    def _plan_stream(self) -> None:
+        """Steps and schedule for a stream: from the loader's length when it has one, else
+        from train.max_steps (a pass then ends when the stream runs out)."""
+        s = self.settings
+        self.drop_last = True
+        self.batches_per_epoch = stream_length(self.train_data)
+        if self.batches_per_epoch is None:
+            if s.max_steps is None:
+                raise ConfigError(
+                    "the training data is a stream of unknown length (an IterableDataset or a "
+                    "streamed dataset), so the LR schedule cannot know the run's length; set "
+                    "train.max_steps"
+                )
+            self.total_steps = s.max_steps
+            self.steps_per_epoch = max(1, s.max_steps // s.epochs)
+        else:
+            self.steps_per_epoch = math.ceil(self.batches_per_epoch / s.grad_accum)
+            self.total_steps = self.steps_per_epoch * s.epochs
+        if distributed.active() and isinstance(self.train_data, torch.utils.data.DataLoader):
+            print(
+                "distributed run with your own DataLoader: its sampler decides what each rank "
+                "reads (use a DistributedSampler)",
+                file=sys.stderr,
+            )
 
     def _shard_models(self) -> None:
         """Under torchrun, shard the trained and/or frozen models with FSDP when asked to."""
@@ -396,7 +435,7 @@ class Trainer:
         dtype = torch.bfloat16 if self.settings.precision == "bf16" else torch.float16
         return torch.autocast(self.device.type, dtype=dtype)
 
-    def _batch(self, index: torch.Tensor) -> dict[str, torch.Tensor]:
+    def _batch(self, index: torch.Tensor | None) -> dict[str, torch.Tensor] | None:
         """This process's part of the global batch `index`, augmented, on the device.
 
         Random draws (views, augmentation) are made for the whole global batch on every
@@ -404,6 +443,11 @@ class Trainer:
         cache = getattr(self.scheme, "teacher_cache", None)
         views = cache is not None and cache.views
         random_draws = views or self.augment is not None
+        if self.streamed:  # each rank reads its own part of a stream
+            batch = next(self._stream, None)
+            if batch is None:
+                return None
+            return self._augment_and_move(batch, cache, views=False, shard=False)
         wanted = self._load_index(index)
         batch = None
         if self._stream is not None:  # collated ahead by DataLoader workers
@@ -412,15 +456,22 @@ class Trainer:
                 raise RuntimeError("the prefetched batches went out of step with the loop")
         if batch is None:
             batch = load_batch(self.train_data, wanted)
+        return self._augment_and_move(batch, cache, views=views, shard=random_draws)
+
+    def _augment_and_move(
+        self, batch: dict[str, torch.Tensor], cache: Any, *, views: bool, shard: bool
+    ) -> dict[str, torch.Tensor]:
+        if cache is not None and getattr(cache, "epoch_views", 0):  # outputs cached on this epoch's views
+            batch["view"] = torch.full_like(batch["index"], self.state["epoch"])
         if views:  # the student sees exactly the cached views
-            view = torch.randint(cache.views, (len(index),), generator=self.aug_gen)
+            view = torch.randint(cache.views, (len(batch["index"]),), generator=self.aug_gen)
             batch["view"] = view
             batch["input"] = cache.view_inputs(batch["index"], view)
         elif self.augment is not None:
             if getattr(self.scheme, "wants_clean", False):
                 batch["clean"] = batch["input"]
             batch["input"] = self.augment(batch["input"], self.aug_gen)
-        if random_draws and distributed.active():
+        if shard and distributed.active():
             batch = {k: distributed.shard(v) for k, v in batch.items()}
         device = self.device
         batch = {
@@ -445,6 +496,15 @@ class Trainer:
         of the loop, in the loop's exact order (pinned for a CUDA device)."""
         self._stream = None
         workers = self.settings.workers
+        if self.streamed:
+            loader = stream_loader(
+                self.train_data,
+                batch_size=self.settings.batch_size,
+                workers=workers,
+                pin_memory=self.device.type == "cuda",
+            )
+            self._stream = stream_batches(loader, skip=self.state["batch"])
+            return
         if workers == 0 or hasattr(self.train_data, "batch"):
             return
         from torch.utils.data import DataLoader
@@ -675,6 +735,7 @@ class Trainer:
         self.scheme.train(True)
         if st["batch"] == 0:
             self._sums, self._summed, self._pending = {}, 0, []
+        set_epoch(self.train_data, st["epoch"], s.seed)  # per-epoch transforms and shuffles
         self._start_stream(order)
         bar = tqdm(
             total=self.batches_per_epoch,
@@ -688,13 +749,21 @@ class Trainer:
         # without a terminal there is no bar: a line every 30 s shows the run is alive
         quiet_since = time.monotonic() if s.progress and bar.disable else None
         with bar:
-            while st["batch"] < self.batches_per_epoch:
+            while self.batches_per_epoch is None or st["batch"] < self.batches_per_epoch:
                 b = st["batch"]
-                if b % s.grad_accum == 0 or group_items is None:  # this step's micro-batches
-                    group_size = min(s.grad_accum, self.batches_per_epoch - b + b % s.grad_accum)
-                    group_items = self._group_items(order, b - b % s.grad_accum, group_size)
-                index = order[b * bs : (b + 1) * bs] if self.drop_last else order
-                batch = self._batch(index)
+                if self.streamed:
+                    batch = self._batch(None)
+                    if batch is None:  # the stream ran out: this pass is over
+                        break
+                    group_size, group_items = s.grad_accum, self._stream_items(batch)
+                else:
+                    if b % s.grad_accum == 0 or group_items is None:  # this step's micro-batches
+                        group_size = min(
+                            s.grad_accum, self.batches_per_epoch - b + b % s.grad_accum
+                        )
+                        group_items = self._group_items(order, b - b % s.grad_accum, group_size)
+                    index = order[b * bs : (b + 1) * bs] if self.drop_last else order
+                    batch = self._batch(index)
                 if group_items is not None:
                     # items (e.g. supervised tokens) per micro-batch on average over the group:
                     # a scheme dividing its sum by this makes the accumulated loss the group mean
@@ -717,21 +786,51 @@ class Trainer:
                         file=sys.stderr,
                         flush=True,
                     )
-                if st["batch"] % s.grad_accum and st["batch"] < self.batches_per_epoch:
+                last = self.batches_per_epoch is not None and st["batch"] >= self.batches_per_epoch
+                if st["batch"] % s.grad_accum and not last:
                     continue  # still accumulating
-                self._optimizer_step()
-                stopped_by = self._stop_reason()
+                stopped_by = self._step_and_check()
                 if stopped_by is not None:
-                    self._stream = None  # lets the workers go
-                    self.save()
                     return stopped_by
-                if s.checkpoint_every_steps and st["step"] % s.checkpoint_every_steps == 0:
-                    self.save()
+            if self.streamed:
+                stopped_by = self._end_stream_pass()
+                if stopped_by is not None:
+                    return stopped_by
         self._stream = None
         self._epoch_losses = distributed.mean_over_ranks(
             {f"train_{k}": float(v / max(self._summed, 1)) for k, v in self._epoch_sums().items()}
         )
         return None
+
+    def _step_and_check(self) -> str | None:
+        """The optimizer step, then a stop (signal, max_steps) or a step-cadence checkpoint."""
+        s, st = self.settings, self.state
+        self._optimizer_step()
+        stopped_by = self._stop_reason()
+        if stopped_by is not None:
+            self._stream = None  # lets the workers go
+            self.save()
+            return stopped_by
+        if s.checkpoint_every_steps and st["step"] % s.checkpoint_every_steps == 0:
+            self.save()
+        return None
+
+    def _end_stream_pass(self) -> str | None:
+        """A stream ended: step on a part-filled accumulation group; an empty pass is an error."""
+        st = self.state
+        if st["batch"] == 0:
+            raise DataError(
+                f"the training stream yielded no batches in epoch {st['epoch'] + 1}; check the "
+                f"dataset (an empty file, or every sample filtered out)"
+            )
+        if st["batch"] % self.settings.grad_accum:
+            return self._step_and_check()
+        return None
+
+    def _stream_items(self, batch: dict[str, torch.Tensor]) -> float | None:
+        """For a stream (no look-ahead), a scheme's `count_items` of this micro-batch alone."""
+        count = getattr(self.scheme, "count_items", None)
+        return None if count is None else float(count(batch)) * self.settings.grad_accum
 
     def _accumulate(self, losses: dict[str, torch.Tensor]) -> None:
         """Running sums of the logged losses. Steps only queue their detached values; the
@@ -786,9 +885,8 @@ class Trainer:
         # rank 0's (the ones its checkpoint saves, and what DDP's broadcast_buffers keeps).
         distributed.broadcast_buffers(self.scheme.modules)
         scheme_eval = getattr(self.scheme, "evaluate", None)  # e.g. perplexity for LMs
-        metrics = (scheme_eval or partial(evaluate, self.scheme.eval_model()))(
-            self.val_data, batch_size=s.eval_batch_size, device=self.device
-        )
+        evaluator = scheme_eval or partial(evaluate, self.scheme.eval_model(), workers=s.workers)
+        metrics = evaluator(self.val_data, batch_size=s.eval_batch_size, device=self.device)
         # best-epoch and early-stopping decisions (and the collectives behind them) must agree
         metrics = distributed.from_rank0(metrics)
         score = -metrics["nll"] if s.monitor == "nll" else metrics[s.monitor]

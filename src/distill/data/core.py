@@ -8,7 +8,6 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import default_collate
 
 
 class ArrayDataset:
@@ -55,11 +54,15 @@ def teacher_input(batch: dict[str, Tensor]) -> Tensor:
 
 
 def load_batch(dataset: Any, index: Tensor) -> dict[str, Tensor]:
-    """A batch dict {'input', 'target', 'index'} from any map-style dataset of (x, y) pairs."""
+    """A batch dict {'input', 'target', 'index'} from any map-style dataset whose items are
+    (x, y) pairs or dicts (see `distill.data.loading.as_batch`)."""
+    from distill.data.loading import collate_items
+
     if hasattr(dataset, "batch"):
         return dataset.batch(index)
-    inputs, targets = default_collate([dataset[int(i)] for i in index])
-    return {"input": inputs, "target": targets, "index": index}
+    batch = collate_items([dataset[int(i)] for i in index])
+    batch["index"] = index
+    return batch
 
 
 @dataclass
@@ -78,6 +81,7 @@ class DataSplits:
     # the valid range of the inputs when they have one (images in [0, 1]); adversarial
     # inputs in `distill eval` are clipped to it
     input_range: tuple[float, float] | None = None
+    class_names: list[str] | None = None  # the name of each class id, when the data has names
 
 
 def split_indices(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -1,0 +1,526 @@
+"""The user's own data on disk: image folders, image lists, tables and Hugging Face datasets.
+
+Every loader here returns `LazyData`: a train and a test `LazySplit` (see
+`distill.data.records`) that read samples on access, so the data may be far larger than
+memory. Decoding is Pillow's, file formats are Arrow's through Hugging Face `datasets`
+(CSV, Parquet, JSON/JSONL, Arrow, `save_to_disk` folders, `imagefolder`): distill writes
+no decoder of its own.
+
+| `data.name`    | what it reads                                                    |
+| -------------- | ---------------------------------------------------------------- |
+| `image_folder` | `train/<class>/*.png` (the ImageNet layout), optional `test` dir |
+| `image_csv`    | a CSV of image paths and labels                                  |
+| `table`        | CSV / Parquet / JSON rows: named feature columns and a label     |
+| `hf`           | any local Hugging Face dataset, map-style or `streaming: true`   |
+
+Labels that are strings are mapped to 0..C-1 in sorted order, and the mapping is printed
+and kept (`DataSplits.class_names`). Without a test set, one is carved out of train,
+stratified, with `test_fraction`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from distill.data.records import LazySplit
+from distill.data.transforms import Pipeline, build_transforms
+from distill.errors import ConfigError, DataError
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm")
+
+
+@dataclass
+class LazyData:
+    """A dataset on disk before the validation split: what the loaders of this module return."""
+
+    name: str
+    train: LazySplit  # with the train transforms
+    test: LazySplit  # with the eval transforms
+    eval_transform: Pipeline  # what validation samples (carved from train) go through
+    num_classes: int
+    class_names: list[str] | None = None
+    input_range: tuple[float, float] | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        if self.test.input_shape is None:
+            self.test[0]  # reads one sample to fix the shape
+        return tuple(self.test.input_shape)
+
+
+# ------------------------------------------------------------------------ sources
+class ImageFiles:
+    """Image files decoded with Pillow into `mode` ('RGB', 'L', ...)."""
+
+    def __init__(self, name: str, paths: list[str], targets: np.ndarray, mode: str = "RGB"):
+        self.name, self.paths, self.mode = name, paths, mode
+        self.targets = np.asarray(targets, dtype=np.int64)
+
+    def read(self, i: int) -> Any:
+        from PIL import Image
+
+        with Image.open(self.paths[i]) as img:
+            img.load()  # decode now, so a truncated file fails here and names itself
+            return img.convert(self.mode)
+
+    def describe(self, i: int) -> str:
+        return f"image {self.paths[i]!r}"
+
+    def fingerprint(self) -> str:
+        h = hashlib.sha256(self.mode.encode())
+        for p in self.paths:
+            st = os.stat(p)
+            h.update(f"{p}\0{st.st_size}\0{st.st_mtime_ns}\0".encode())
+        h.update(self.targets.tobytes())
+        return h.hexdigest()
+
+
+class TableRows:
+    """Rows of a Hugging Face (Arrow) dataset: the input columns as one float32 vector, or
+    the single input column as stored (an image column decodes to a Pillow image)."""
+
+    def __init__(self, name: str, table: Any, columns: list[str], targets: np.ndarray, origin: str):
+        self.name, self.table, self.columns, self.origin = name, table, columns, origin
+        self.targets = np.asarray(targets, dtype=np.int64)
+        self.image = len(columns) == 1 and _is_image(table.features[columns[0]])
+
+    def read(self, i: int) -> Any:
+        row = self.table[int(i)]
+        if self.image:
+            return (
+                row[self.columns[0]].convert("RGB")
+                if hasattr(row[self.columns[0]], "convert")
+                else row[self.columns[0]]
+            )
+        values = [np.asarray(row[c], dtype=np.float32).reshape(-1) for c in self.columns]
+        return np.concatenate(values) if len(values) > 1 else values[0]
+
+    def describe(self, i: int) -> str:
+        return f"row {int(i)} of {self.origin}"
+
+    def fingerprint(self) -> str:
+        return hashlib.sha256(
+            f"{getattr(self.table, '_fingerprint', id(self.table))}:{self.columns}".encode()
+        ).hexdigest()
+
+
+def _is_image(feature: Any) -> bool:
+    return type(feature).__name__ == "Image"
+
+
+# ------------------------------------------------------------------------ shared pieces
+def _transforms(options: dict[str, Any], name: str) -> tuple[Pipeline, Pipeline]:
+    """(train, eval) pipelines: `transforms` applies to both; `train_transforms` and
+    `eval_transforms` override it for one side."""
+    both = options.pop("transforms", None)
+    train = options.pop("train_transforms", both)
+    evaluation = options.pop("eval_transforms", both)
+    return (
+        build_transforms(train, f"dataset {name!r}: train_transforms"),
+        build_transforms(evaluation, f"dataset {name!r}: eval_transforms"),
+    )
+
+
+def encode_labels(
+    values: list[Any], where: str, names: list[str] | None = None
+) -> tuple[np.ndarray, list[str] | None]:
+    """Integer labels as they are; strings mapped to their index in `names` (default: the
+    sorted distinct values, announced on stderr)."""
+    if not values:
+        return np.zeros(0, dtype=np.int64), names
+    if all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in values):
+        return np.asarray(values, dtype=np.int64), names
+    if any(v is None for v in values):
+        first = next(i for i, v in enumerate(values) if v is None)
+        raise DataError(
+            f"{where}: the label of sample {first} is missing; give every sample a label"
+        )
+    if all(isinstance(v, str) for v in values):
+        if names is None:
+            names = sorted(set(values))
+            shown = ", ".join(f"{n}={i}" for i, n in enumerate(names[:8]))
+            print(
+                f"{where}: labels are strings; mapped {len(names)} names to 0..{len(names) - 1} "
+                f"in sorted order ({shown}{' ...' if len(names) > 8 else ''})",
+                file=sys.stderr,
+            )
+        index = {n: i for i, n in enumerate(names)}
+        unknown = sorted(set(values) - set(index))
+        if unknown:
+            raise DataError(
+                f"{where}: label(s) {unknown[:5]} do not appear in the training labels "
+                f"{names[:8]}; every test class must be a training class"
+            )
+        return np.asarray([index[v] for v in values], dtype=np.int64), names
+    kinds = sorted({type(v).__name__ for v in values})
+    raise DataError(
+        f"{where}: labels must be integers 0..C-1 or class names (strings), got {kinds}; "
+        f"convert the label column"
+    )
+
+
+def _carve_test(
+    name: str, train: LazySplit, fraction: float, seed: int, eval_transform: Pipeline
+) -> tuple[LazySplit, LazySplit]:
+    from distill.data.core import split_indices
+
+    if not 0 < fraction < 1:
+        raise ConfigError(
+            f"dataset {name!r}: no test set given, so test_fraction of train is held out; "
+            f"it must be in (0, 1), got {fraction}"
+        )
+    kept, held = split_indices(train._targets, fraction, seed)
+    return train.subset(kept), train.subset(held).with_transform(eval_transform)
+
+
+def _num_classes(name: str, *targets: np.ndarray, names: list[str] | None = None) -> int:
+    if names is not None:
+        return len(names)
+    return int(max(int(t.max()) for t in targets if len(t))) + 1
+
+
+def _finish(
+    name: str,
+    source_train: Any,
+    source_test: Any | None,
+    train_tf: Pipeline,
+    eval_tf: Pipeline,
+    *,
+    names: list[str] | None,
+    test_fraction: float,
+    input_range: tuple[float, float] | None = None,
+) -> LazyData:
+    train = LazySplit(
+        source_train, np.arange(len(source_train.targets)), source_train.targets, train_tf
+    )
+    if source_test is None:
+        train, test = _carve_test(name, train, test_fraction, 12345, eval_tf)
+    else:
+        test = LazySplit(
+            source_test, np.arange(len(source_test.targets)), source_test.targets, eval_tf
+        )
+    for split, part in (("train", train), ("test", test)):
+        if len(part) == 0:
+            raise DataError(
+                f"dataset {name!r}: the {split} split is empty; it needs samples of every class"
+            )
+    n = _num_classes(name, train._targets, test._targets, names=names)
+    data = LazyData(name, train, test, eval_tf, n, names, input_range)
+    _ = data.input_shape  # read one sample now: a bad file or transform fails at validate time
+    return data
+
+
+# ------------------------------------------------------------------------ image folders
+def _image_files(folder: Path, extensions: tuple[str, ...]) -> list[Path]:
+    return sorted(
+        p
+        for p in folder.rglob("*")
+        if p.suffix.lower() in extensions and p.is_file() and not p.name.startswith(".")
+    )
+
+
+def _scan_folder(root: Path, name: str, extensions: tuple[str, ...], classes: list[str] | None):
+    if not root.is_dir():
+        raise DataError(
+            f"dataset {name!r}: {str(root)!r} is not a folder; give a folder with one sub-folder "
+            f"of images per class (train/cat/1.png, train/dog/2.png, ...)"
+        )
+    found = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if not found:
+        raise DataError(
+            f"dataset {name!r}: {str(root)!r} has no class sub-folders; put each class's images "
+            f"in a sub-folder named after the class"
+        )
+    if classes is not None:
+        extra = sorted(set(found) - set(classes))
+        if extra:
+            raise DataError(
+                f"dataset {name!r}: {str(root)!r} has class folder(s) {extra[:5]} that the train "
+                f"folder lacks ({classes[:8]}); the test classes must be training classes"
+            )
+    names = classes if classes is not None else found
+    paths, labels = [], []
+    for c in found:
+        files = _image_files(root / c, extensions)
+        if not files:
+            raise DataError(
+                f"dataset {name!r}: class folder {str(root / c)!r} holds no images (looked for "
+                f"{', '.join(extensions)}); add images or remove the folder"
+            )
+        paths += [str(f) for f in files]
+        labels += [names.index(c)] * len(files)
+    return paths, np.asarray(labels, dtype=np.int64), names
+
+
+def _check_sizes(name: str, paths: list[str], pipeline: Pipeline, sample: int = 64) -> None:
+    """Mixed image sizes with no step that sizes them: say so now, from the files' headers
+    (up to `sample` of them, spread over the set), rather than at the first odd batch."""
+    if pipeline.sizes_inputs or not paths:
+        return
+    from PIL import Image
+
+    step = max(1, len(paths) // sample)
+    sizes: dict[tuple[int, int], str] = {}
+    for p in paths[::step][:sample]:
+        try:
+            with Image.open(p) as img:
+                sizes.setdefault(img.size, p)
+        except Exception as e:
+            raise DataError(
+                f"cannot read image {p!r}: {type(e).__name__}: {e}; replace or remove it"
+            ) from None
+    if len(sizes) > 1:
+        (s1, p1), (s2, p2) = list(sizes.items())[:2]
+        raise DataError(
+            f"dataset {name!r}: images differ in size ({p1!r} is {s1[0]}x{s1[1]}, {p2!r} is "
+            f"{s2[0]}x{s2[1]}) and no transform resizes them; add transforms: "
+            f"[{{resize: [H, W]}}] (or a crop)"
+        )
+
+
+def load_image_folder(
+    *,
+    train: str,
+    test: str | None = None,
+    test_fraction: float = 0.2,
+    mode: str = "RGB",
+    extensions: list[str] | None = None,
+    **options: Any,
+) -> LazyData:
+    """Images in one sub-folder per class (`train/<class>/<file>`), class ids in sorted
+    folder-name order; `test` is a folder with the same layout (or a subset of the classes).
+
+    Options: `transforms`, `train_transforms`, `eval_transforms` (see distill.data.transforms),
+    `mode` (Pillow mode: RGB, L, RGBA), `extensions`."""
+    name = "image_folder"
+    train_tf, eval_tf = _transforms(options, name)
+    _no_other_options(name, options)
+    ext = tuple(
+        e.lower() if e.startswith(".") else f".{e.lower()}"
+        for e in (extensions or IMAGE_EXTENSIONS)
+    )
+    paths, labels, names = _scan_folder(Path(train).expanduser(), name, ext, None)
+    _check_sizes(name, paths, train_tf)
+    src_train = ImageFiles(name, paths, labels, mode)
+    src_test = None
+    if test is not None:
+        t_paths, t_labels, _ = _scan_folder(Path(test).expanduser(), name, ext, names)
+        _check_sizes(name, t_paths, eval_tf)
+        src_test = ImageFiles(name, t_paths, t_labels, mode)
+    return _finish(
+        name,
+        src_train,
+        src_test,
+        train_tf,
+        eval_tf,
+        names=names,
+        test_fraction=test_fraction,
+        input_range=_range_of(eval_tf),
+    )
+
+
+def _range_of(pipeline: Pipeline) -> tuple[float, float] | None:
+    """[0, 1] for images left unnormalised (adversarial evaluation clips to it)."""
+    return (
+        None
+        if any(n == "normalize" or n.startswith("user:") for n, _ in pipeline.steps)
+        else (0.0, 1.0)
+    )
+
+
+def _no_other_options(name: str, options: dict[str, Any]) -> None:
+    if options:
+        raise ConfigError(
+            f"dataset {name!r}: unknown option(s) {sorted(options)}; see `distill datasets` "
+            f"for what it takes"
+        )
+
+
+# ------------------------------------------------------------------------ tables (via datasets)
+_FORMATS = {
+    ".csv": "csv",
+    ".tsv": "csv",
+    ".parquet": "parquet",
+    ".pq": "parquet",
+    ".json": "json",
+    ".jsonl": "json",
+    ".arrow": "arrow",
+    ".txt": "text",
+}
+
+
+def hf_cache_dir() -> str:
+    from distill.data.sources import cache_dir
+
+    return str(cache_dir() / "hf")
+
+
+def _require_datasets(what: str) -> Any:
+    try:
+        import datasets
+    except ImportError:
+        raise ConfigError(
+            f"{what} reads files through Hugging Face datasets, which is not installed; "
+            f"pip install 'distill[data]' (or: pip install datasets)"
+        ) from None
+    datasets.disable_progress_bars()
+    return datasets
+
+
+def _file_format(path: str, given: str | None, name: str) -> str:
+    if given:
+        return given
+    fmt = _FORMATS.get(Path(path).suffix.lower())
+    if fmt is None:
+        raise ConfigError(
+            f"dataset {name!r}: cannot tell the format of {path!r} from its extension; set "
+            f"format: csv | parquet | json | arrow"
+        )
+    return fmt
+
+
+def read_table(path: str, *, fmt: str | None, name: str, streaming: bool = False) -> Any:
+    """One file (or a glob) as a Hugging Face Dataset (memory-mapped Arrow) or IterableDataset."""
+    datasets = _require_datasets(f"dataset {name!r}")
+    if not any(ch in path for ch in "*?[") and not Path(path).expanduser().exists():
+        raise DataError(f"dataset {name!r}: file {path!r} does not exist; check the path")
+    fmt = _file_format(path, fmt, name)
+    kwargs = {"delimiter": "\t"} if fmt == "csv" and path.endswith(".tsv") else {}
+    try:
+        return datasets.load_dataset(
+            fmt,
+            data_files=str(Path(path).expanduser()),
+            split="train",
+            cache_dir=hf_cache_dir(),
+            streaming=streaming,
+            **kwargs,
+        )
+    except (ValueError, OSError, TypeError) as e:
+        raise DataError(f"dataset {name!r}: cannot read {path!r} as {fmt}: {e}") from None
+
+
+def _column(table: Any, column: str, name: str, role: str, origin: str) -> None:
+    columns = list(table.column_names or [])
+    if column not in columns:
+        from distill.errors import did_you_mean
+
+        raise DataError(
+            f"dataset {name!r}: {origin} has no {role} column {column!r}{did_you_mean(column, columns)}; "
+            f"its columns are {columns[:12]}"
+        )
+
+
+def _labels_of(
+    table: Any, column: str, where: str, names: list[str] | None
+) -> tuple[np.ndarray, list[str] | None]:
+    feature = table.features[column]
+    if type(feature).__name__ == "ClassLabel":
+        return np.asarray(table[column], dtype=np.int64), names or list(feature.names)
+    return encode_labels(list(table[column]), where, names)
+
+
+def _feature_columns(
+    table: Any, label: str, features: list[str] | None, name: str, origin: str
+) -> list[str]:
+    if features is None:
+        features = [c for c in table.column_names if c != label]
+    for c in features:
+        _column(table, c, name, "feature", origin)
+        dtype = getattr(table.features[c], "dtype", "list")
+        if dtype in ("string", "large_string"):
+            raise DataError(
+                f"dataset {name!r}: feature column {c!r} of {origin} holds strings; distill reads "
+                f"numeric features: encode it (e.g. one-hot) or leave it out with features: [...]"
+            )
+    if not features:
+        raise DataError(
+            f"dataset {name!r}: {origin} has no feature columns besides the label {label!r}"
+        )
+    return features
+
+
+def load_table(
+    *,
+    train: str,
+    test: str | None = None,
+    label: str = "label",
+    features: list[str] | None = None,
+    format: str | None = None,
+    test_fraction: float = 0.2,
+    **options: Any,
+) -> LazyData:
+    """Rows of a CSV, Parquet or JSON(L) file: the `features` columns (default: every column
+    but the label) as one float32 vector, the `label` column as the class."""
+    name = "table"
+    train_tf, eval_tf = _transforms(options, name)
+    _no_other_options(name, options)
+    table = read_table(train, fmt=format, name=name)
+    _column(table, label, name, "label", repr(train))
+    cols = _feature_columns(table, label, features, name, repr(train))
+    y, names = _labels_of(table, label, f"dataset {name!r}: {train!r}", None)
+    src_train = TableRows(name, table, cols, y, repr(train))
+    src_test = None
+    if test is not None:
+        t_table = read_table(test, fmt=format, name=name)
+        for c in [label, *cols]:
+            _column(t_table, c, name, "label" if c == label else "feature", repr(test))
+        t_y, _ = _labels_of(t_table, label, f"dataset {name!r}: {test!r}", names)
+        src_test = TableRows(name, t_table, cols, t_y, repr(test))
+    return _finish(
+        name, src_train, src_test, train_tf, eval_tf, names=names, test_fraction=test_fraction
+    )
+
+
+def load_image_csv(
+    *,
+    train: str,
+    test: str | None = None,
+    path_column: str = "path",
+    label_column: str = "label",
+    root: str | None = None,
+    mode: str = "RGB",
+    test_fraction: float = 0.2,
+    **options: Any,
+) -> LazyData:
+    """A CSV listing image files and their labels; relative paths are taken from `root`
+    (default: the CSV's own folder)."""
+    name = "image_csv"
+    train_tf, eval_tf = _transforms(options, name)
+    _no_other_options(name, options)
+
+    def source(csv: str, names: list[str] | None) -> tuple[ImageFiles, list[str] | None]:
+        table = read_table(csv, fmt="csv", name=name)
+        for c, role in ((path_column, "path"), (label_column, "label")):
+            _column(table, c, name, role, repr(csv))
+        base = Path(root).expanduser() if root else Path(csv).expanduser().parent
+        paths = [str(p if Path(p).is_absolute() else base / p) for p in table[path_column]]
+        missing = [p for p in paths if not os.path.isfile(p)]
+        if missing:
+            raise DataError(
+                f"dataset {name!r}: {len(missing)} image(s) listed in {csv!r} do not exist (first: "
+                f"{missing[0]!r}); paths are relative to {str(base)!r} (set root: to change that)"
+            )
+        y, names = _labels_of(table, label_column, f"dataset {name!r}: {csv!r}", names)
+        return ImageFiles(name, paths, y, mode), names
+
+    src_train, names = source(train, None)
+    _check_sizes(name, src_train.paths, train_tf)
+    src_test = source(test, names)[0] if test is not None else None
+    return _finish(
+        name,
+        src_train,
+        src_test,
+        train_tf,
+        eval_tf,
+        names=names,
+        test_fraction=test_fraction,
+        input_range=_range_of(eval_tf),
+    )
