@@ -19,7 +19,6 @@ from torch import Tensor, nn
 from distill.cache import CachePlan, TeacherCache, plan_cache
 from distill.checkpoint import restore_weights
 from distill.config import DataConfig, ExperimentConfig, ModelConfig, TermConfig
-from distill.data.loading import is_stream
 from distill.data import (
     AUGMENTATIONS,
     DATASETS,
@@ -30,6 +29,7 @@ from distill.data import (
     load_dataset,
     teacher_input,
 )
+from distill.data.loading import is_stream
 from distill.distributed import env_world_size
 from distill.errors import CheckpointError, ConfigError, DataError, LayerError, unknown_name
 from distill.losses import LOSSES
@@ -252,6 +252,11 @@ def load_model(
 
 
 def _dry_batch(data: DataSplits, n: int = 4) -> dict[str, Tensor]:
+    if is_stream(data.train):  # the first samples of the stream
+        from distill.data.loading import stream_batches, stream_loader
+
+        loader = stream_loader(data.train, batch_size=n, workers=0, pin_memory=False)
+        return next(stream_batches(loader))
     return load_batch(data.train, torch.arange(min(n, len(data.train))))
 
 
@@ -355,7 +360,7 @@ def build_terms(
     student_k: Knowledge,
     teacher_k: Knowledge | None,
     batch: dict[str, Tensor],
-    num_samples: int,
+    num_samples: int | None,
 ) -> list[Term]:
     """Terms with adapters sized from the tensors of a dry forward pass.
 
@@ -427,7 +432,7 @@ def _build_term(
     student_k: Knowledge,
     teacher_k: Knowledge | None,
     batch: dict[str, Tensor],
-    num_samples: int,
+    num_samples: int | None,
 ) -> Term:
     fn = resolve_loss(tc.loss)
     _check_loss_args(fn, tc, where)
@@ -455,6 +460,12 @@ def _build_term(
                 f"{where}: loss {tc.loss!r} is built from teacher shapes and needs a teacher"
             )
         if "num_samples" in inspect.signature(fn).parameters:  # memory banks: a row per sample
+            if num_samples is None:
+                raise ConfigError(
+                    f"{where}: loss {tc.loss!r} keeps a memory bank with a row per training "
+                    f"sample, and streamed data has no sample count or stable sample ids; load "
+                    f"the data map-style (streaming: false)"
+                )
             args.setdefault("num_samples", num_samples)
         try:
             fn = fn(_shapes(_adapted(adapter, s_tensor)), _shapes(t_tensor), **args)
@@ -554,7 +565,9 @@ def build(cfg: ExperimentConfig, *, missing_weights_ok: bool = False) -> Built:
         _add_input_grads(
             student, teacher, student_layers, teacher_layers, batch, student_k, teacher_k
         )
-    terms = build_terms(cfg, student_k, teacher_k, batch, len(data.train))
+    terms = build_terms(
+        cfg, student_k, teacher_k, batch, None if is_stream(data.train) else len(data.train)
+    )
     objective = Objective(
         terms, task_weight=cfg.objective.task_weight, label_smoothing=cfg.objective.label_smoothing
     )

@@ -44,6 +44,7 @@ import torch
 from torch import Tensor, nn
 
 from distill.data import load_batch, teacher_input
+from distill.data.core import batches_whole
 from distill.errors import ConfigError
 from distill.settings import CacheSettings
 
@@ -412,7 +413,7 @@ class TeacherCache:
         """(teacher inputs, first index) of consecutive batches of the dataset, in order;
         decoded on DataLoader workers for data read from disk."""
         n = len(self.dataset)
-        if self.workers and not hasattr(self.dataset, "batch"):
+        if self.workers and not batches_whole(self.dataset):
             from torch.utils.data import DataLoader
 
             from distill.data.loading import collate_items

@@ -10,6 +10,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from distill.data import load_batch
+from distill.data.core import batches_whole
 from distill.data.loading import collate_items, is_stream, stream_batches, stream_loader
 from distill.errors import DataError
 from distill.metrics import agreement, nll, topk_accuracy
@@ -34,7 +35,7 @@ def iter_batches(dataset: Any, batch_size: int, workers: int = 0) -> Iterator[di
             stream_loader(dataset, batch_size=batch_size, workers=workers, pin_memory=False)
         )
         return
-    if workers and not hasattr(dataset, "batch"):
+    if workers and not batches_whole(dataset):
         loader = DataLoader(
             dataset, batch_size=batch_size, num_workers=workers, collate_fn=collate_items
         )

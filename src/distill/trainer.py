@@ -25,6 +25,7 @@ from distill import distributed
 from distill.checkpoint import load_checkpoint, save_checkpoint, save_weights
 from distill.compress.structure import structure_of
 from distill.data import Augmentation, load_batch
+from distill.data.core import batches_whole
 from distill.data.loading import (
     collate_items,
     is_stream,
@@ -461,7 +462,9 @@ class Trainer:
     def _augment_and_move(
         self, batch: dict[str, torch.Tensor], cache: Any, *, views: bool, shard: bool
     ) -> dict[str, torch.Tensor]:
-        if cache is not None and getattr(cache, "epoch_views", 0):  # outputs cached on this epoch's views
+        if cache is not None and getattr(
+            cache, "epoch_views", 0
+        ):  # outputs cached on this epoch's views
             batch["view"] = torch.full_like(batch["index"], self.state["epoch"])
         if views:  # the student sees exactly the cached views
             view = torch.randint(cache.views, (len(batch["index"]),), generator=self.aug_gen)
@@ -505,7 +508,7 @@ class Trainer:
             )
             self._stream = stream_batches(loader, skip=self.state["batch"])
             return
-        if workers == 0 or hasattr(self.train_data, "batch"):
+        if workers == 0 or batches_whole(self.train_data):
             return
         from torch.utils.data import DataLoader
 
@@ -721,6 +724,11 @@ class Trainer:
         started = time.perf_counter()
         while self.state["epoch"] < self.settings.epochs:
             stopped_by = self._train_epoch()
+            if stopped_by == "max_steps" and self.batches_per_epoch is None:
+                # a stream of unknown length is planned by max_steps: this is its end, so the
+                # part-pass is validated (and may become the best) like a finished epoch
+                self._end_epoch(log)
+                return self._summary(started, None)
             if stopped_by is not None:  # the state is already saved
                 return self._summary(started, stopped_by)
             if self._end_epoch(log):
@@ -730,7 +738,7 @@ class Trainer:
     def _train_epoch(self) -> str | None:
         """Run the rest of the current epoch; returns why it stopped early, or None."""
         s, st = self.settings, self.state
-        order = self._epoch_order(st["epoch"])
+        order = None if self.streamed else self._epoch_order(st["epoch"])
         bs = s.batch_size
         self.scheme.train(True)
         if st["batch"] == 0:

@@ -53,12 +53,19 @@ def teacher_input(batch: dict[str, Tensor]) -> Tensor:
     return batch["paired"] if "paired" in batch else batch["input"]
 
 
+def batches_whole(dataset: Any) -> bool:
+    """Whether `dataset` gathers a batch in one call (`dataset.batch(index)`, as ArrayDataset
+    and the token datasets do) rather than item by item. A Hugging Face Dataset's own
+    `.batch(batch_size)` regroups rows and is not this."""
+    return hasattr(dataset, "batch") and not type(dataset).__module__.startswith("datasets.")
+
+
 def load_batch(dataset: Any, index: Tensor) -> dict[str, Tensor]:
     """A batch dict {'input', 'target', 'index'} from any map-style dataset whose items are
     (x, y) pairs or dicts (see `distill.data.loading.as_batch`)."""
     from distill.data.loading import collate_items
 
-    if hasattr(dataset, "batch"):
+    if batches_whole(dataset):
         return dataset.batch(index)
     batch = collate_items([dataset[int(i)] for i in index])
     batch["index"] = index

@@ -23,7 +23,7 @@ from __future__ import annotations
 import hashlib
 import os
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +47,7 @@ class LazyData:
     num_classes: int
     class_names: list[str] | None = None
     input_range: tuple[float, float] | None = None
-    notes: list[str] = field(default_factory=list)
+    val: LazySplit | None = None  # a validation split the files carry (else carved from train)
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -87,19 +87,25 @@ class TableRows:
     """Rows of a Hugging Face (Arrow) dataset: the input columns as one float32 vector, or
     the single input column as stored (an image column decodes to a Pillow image)."""
 
-    def __init__(self, name: str, table: Any, columns: list[str], targets: np.ndarray, origin: str):
+    def __init__(
+        self,
+        name: str,
+        table: Any,
+        columns: list[str],
+        targets: np.ndarray,
+        origin: str,
+        mode: str = "RGB",
+    ):
         self.name, self.table, self.columns, self.origin = name, table, columns, origin
+        self.mode = mode
         self.targets = np.asarray(targets, dtype=np.int64)
         self.image = len(columns) == 1 and _is_image(table.features[columns[0]])
 
     def read(self, i: int) -> Any:
         row = self.table[int(i)]
         if self.image:
-            return (
-                row[self.columns[0]].convert("RGB")
-                if hasattr(row[self.columns[0]], "convert")
-                else row[self.columns[0]]
-            )
+            image = row[self.columns[0]]
+            return image.convert(self.mode) if hasattr(image, "convert") else image
         values = [np.asarray(row[c], dtype=np.float32).reshape(-1) for c in self.columns]
         return np.concatenate(values) if len(values) > 1 else values[0]
 
@@ -302,7 +308,7 @@ def load_image_folder(
     `mode` (Pillow mode: RGB, L, RGBA), `extensions`."""
     name = "image_folder"
     train_tf, eval_tf = _transforms(options, name)
-    _no_other_options(name, options)
+    _no_other_options(name, options, load_image_folder)
     ext = tuple(
         e.lower() if e.startswith(".") else f".{e.lower()}"
         for e in (extensions or IMAGE_EXTENSIONS)
@@ -336,12 +342,24 @@ def _range_of(pipeline: Pipeline) -> tuple[float, float] | None:
     )
 
 
-def _no_other_options(name: str, options: dict[str, Any]) -> None:
-    if options:
-        raise ConfigError(
-            f"dataset {name!r}: unknown option(s) {sorted(options)}; see `distill datasets` "
-            f"for what it takes"
-        )
+def _no_other_options(name: str, options: dict[str, Any], known: Any = None) -> None:
+    """Refuse options the loader does not take, suggesting the nearest it does (`known`: the
+    loader function, whose keyword arguments are the valid names)."""
+    if not options:
+        return
+    import inspect
+
+    from distill.errors import did_you_mean
+
+    valid = ["transforms", "train_transforms", "eval_transforms"]
+    if known is not None:
+        valid += [p for p in inspect.signature(known).parameters if p != "options"]
+    bad = sorted(options)
+    raise ConfigError(
+        f"dataset {name!r}: unknown option {bad[0]!r}{did_you_mean(bad[0], valid)}"
+        + (f" (and {bad[1:]})" if len(bad) > 1 else "")
+        + f"; it takes {sorted(valid)}"
+    )
 
 
 # ------------------------------------------------------------------------ tables (via datasets)
@@ -461,7 +479,7 @@ def load_table(
     but the label) as one float32 vector, the `label` column as the class."""
     name = "table"
     train_tf, eval_tf = _transforms(options, name)
-    _no_other_options(name, options)
+    _no_other_options(name, options, load_table)
     table = read_table(train, fmt=format, name=name)
     _column(table, label, name, "label", repr(train))
     cols = _feature_columns(table, label, features, name, repr(train))
@@ -494,7 +512,7 @@ def load_image_csv(
     (default: the CSV's own folder)."""
     name = "image_csv"
     train_tf, eval_tf = _transforms(options, name)
-    _no_other_options(name, options)
+    _no_other_options(name, options, load_image_csv)
 
     def source(csv: str, names: list[str] | None) -> tuple[ImageFiles, list[str] | None]:
         table = read_table(csv, fmt="csv", name=name)

@@ -47,10 +47,18 @@ class RawData:
     input_range: tuple[float, float] | None = None  # e.g. (0, 1) for images scaled to [0, 1]
 
 
-def _as_raw(obj: object, name: str) -> RawData:
-    """Accept a RawData or a mapping with x, y, x_test, y_test (from a user loader)."""
+def _as_raw(obj: object, name: str) -> Any:
+    """Accept a RawData, a mapping with x, y, x_test, y_test, or a mapping with torch
+    datasets under 'train' and 'test' (and optionally 'val', 'num_classes') from a user loader."""
     if isinstance(obj, RawData):
         return obj
+    datasets_given = isinstance(obj, dict) and {"train", "test"} <= set(obj)
+    if datasets_given and all(
+        isinstance(obj[k], torch.utils.data.Dataset) for k in ("train", "test")
+    ):
+        from distill.data.hub import from_torch
+
+        return from_torch(name, obj)
     if isinstance(obj, dict) and {"x", "y", "x_test", "y_test"} <= set(obj):
         x = np.asarray(obj["x"])
         shape = tuple(obj.get("input_shape", x.shape[1:]))
@@ -64,8 +72,9 @@ def _as_raw(obj: object, name: str) -> RawData:
         )
     raise DataError(
         f"dataset {name!r} returned {type(obj).__name__}; a dataset loader must return "
-        f"distill.data.sources.RawData or a dict with keys x, y, x_test, y_test (and "
-        f"optionally num_classes, input_shape)"
+        f"distill.data.sources.RawData, a dict with keys x, y, x_test, y_test (and "
+        f"optionally num_classes, input_shape), or a dict of torch datasets under train, test "
+        f"(and optionally val)"
     )
 
 
@@ -454,7 +463,15 @@ def load_table(**options: Any) -> Any:
     return load(**options)
 
 
+def load_hf(**options: Any) -> Any:
+    """A local Hugging Face dataset, map-style or streamed (see `distill.data.hub`)."""
+    from distill.data.hub import load_hf as load
+
+    return load(**options)
+
+
 DATASETS: dict[str, Callable[..., RawData | DataSplits]] = {
+    "hf": load_hf,
     "image_folder": load_image_folder,
     "image_csv": load_image_csv,
     "table": load_table,
@@ -527,13 +544,20 @@ def lazy_splits(
         train = train.subset(np.arange(len(train)), table[train._targets])
         test = test.subset(np.arange(len(test)), table[test._targets])
         num_classes, names = max(label_map) + 1, None
-    fit_idx, val_idx = split_indices(train._targets, val_fraction, split_seed)
-    if len(val_idx) == 0:
+    if data.val is not None:  # the files carry a validation split: train keeps every sample
+        fit_idx, val_idx = np.arange(len(train)), np.zeros(0, dtype=np.int64)
+    else:
+        fit_idx, val_idx = split_indices(train._targets, val_fraction, split_seed)
+    if len(val_idx) == 0 and data.val is None:
         raise DataError(
             f"dataset {data.name!r}: data.val_fraction={val_fraction} leaves no validation "
             f"samples; raise it (e.g. 0.1): the best checkpoint is chosen on the validation split"
         )
-    val = train.subset(val_idx).with_transform(data.eval_transform)
+    val = (
+        data.val
+        if data.val is not None
+        else train.subset(val_idx).with_transform(data.eval_transform)
+    )
     fit_y = train._targets[fit_idx].copy()
     if train_samples is not None and train_samples > len(fit_idx):
         raise DataError(
@@ -558,6 +582,58 @@ def lazy_splits(
         input_range=data.input_range,
         class_names=names,
     )
+
+
+def _split_prepared(
+    raw: Any,
+    name: str,
+    *,
+    val_fraction: float,
+    split_seed: int,
+    train_samples: int | None,
+    unlabeled: bool,
+    classes: list[int] | None,
+    task_classes: list[int] | None,
+    label_map: list[int] | None,
+    view: str | None,
+    paired: str | None,
+) -> DataSplits:
+    """Splits of data that is not in-memory arrays: read from disk (LazyData: split by index
+    lists), or already split by its loader (text corpora, streams: the options that need
+    random access are refused)."""
+    from distill.data.files import LazyData
+    from distill.data.loading import is_stream
+
+    if isinstance(raw, LazyData):  # files on disk, read lazily
+        if view is not None or paired is not None:
+            raise ConfigError(
+                f"dataset {name!r} is read from disk sample by sample; data.view and data.paired "
+                f"need in-memory arrays (use transforms for per-sample changes)"
+            )
+        return lazy_splits(
+            raw,
+            val_fraction=val_fraction,
+            split_seed=split_seed,
+            train_samples=train_samples,
+            unlabeled=unlabeled,
+            classes=classes,
+            task_classes=task_classes,
+            label_map=label_map,
+        )
+    needs_access = train_samples is not None or unlabeled or classes is not None
+    needs_access = needs_access or bool(task_classes) or label_map is not None
+    if is_stream(raw.train) and (needs_access or view is not None or paired is not None):
+        raise ConfigError(
+            f"dataset {name!r} is streamed, and data.train_samples, data.unlabeled, "
+            f"data.classes, data.task_classes, data.label_map, data.view and data.paired "
+            f"need random access to it; drop them, or load it map-style (streaming: false)"
+        )
+    if train_samples is not None or unlabeled or classes is not None or task_classes:
+        raise ConfigError(
+            f"dataset {name!r} makes its own splits; data.train_samples, data.unlabeled and "
+            f"data.classes do not apply to it (set its options under data.options)"
+        )
+    return raw
 
 
 def load_dataset(
@@ -592,14 +668,12 @@ def load_dataset(
         ) from None
     from distill.data.files import LazyData
 
-    if isinstance(raw, LazyData):  # files on disk, read lazily
-        if view is not None or paired is not None:
-            raise ConfigError(
-                f"dataset {name!r} is read from disk sample by sample; data.view and data.paired "
-                f"need in-memory arrays (use transforms for per-sample changes)"
-            )
-        return lazy_splits(
+    if not isinstance(raw, DataSplits | LazyData):
+        raw = _as_raw(raw, name)
+    if isinstance(raw, LazyData | DataSplits):
+        return _split_prepared(
             raw,
+            name,
             val_fraction=val_fraction,
             split_seed=split_seed,
             train_samples=train_samples,
@@ -607,15 +681,10 @@ def load_dataset(
             classes=classes,
             task_classes=task_classes,
             label_map=label_map,
+            view=view,
+            paired=paired,
         )
-    if isinstance(raw, DataSplits):  # a loader that splits itself (text corpora)
-        if train_samples is not None or unlabeled or classes is not None or task_classes:
-            raise ConfigError(
-                f"dataset {name!r} makes its own splits; data.train_samples, data.unlabeled and "
-                f"data.classes do not apply to it (set its options under data.options)"
-            )
-        return raw
-    raw = check_raw(_as_raw(raw, name), name)
+    raw = check_raw(raw, name)
     if ":" in name and raw.num_classes is None:  # the user's loader: say what was inferred
         n = int(max(raw.train[1].max(), raw.test[1].max())) + 1
         print(

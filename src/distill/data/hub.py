@@ -1,0 +1,492 @@
+"""Hugging Face `datasets` held locally, map-style or streamed, and the user's torch datasets.
+
+`data.name: hf` reads what `datasets.load_dataset` / `load_from_disk` read offline: Parquet,
+JSON/JSONL, CSV and Arrow files, `imagefolder` trees and `save_to_disk` folders, with the
+split names the files carry. A column mapping says which column is the input (`input`: one
+column, or a list of numeric columns concatenated) and which the label (`label`).
+
+Map-style data is memory-mapped Arrow: splits and subsets are index lists
+(`distill.data.records`). With `streaming: true` nothing is indexed: samples are read in
+file order (shuffled in a buffer when `shuffle_buffer` is set), shared out by rank
+(`datasets.distributed.split_dataset_by_node`) and by DataLoader worker (the stream's own
+shards), and options that need random access (a carved validation split, `train_samples`,
+`classes`, the teacher cache) are refused with the alternative. A streamed sample's random
+transforms are seeded by (seed, epoch, rank, worker, position in that reader's share), so a
+streamed run is reproducible for a fixed number of ranks and workers.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from distill.data.core import DataSplits
+from distill.data.files import (
+    LazyData,
+    TableRows,
+    _column,
+    _feature_columns,
+    _finish,
+    _is_image,
+    _labels_of,
+    _no_other_options,
+    _range_of,
+    _require_datasets,
+    _transforms,
+    encode_labels,
+    hf_cache_dir,
+)
+from distill.data.records import LazySplit, sample_seed
+from distill.data.transforms import Pipeline
+from distill.errors import ConfigError, DataError
+
+TEST_SPLITS = ("test", "validation", "valid", "val", "dev")
+
+
+def _open(path: str, fmt: str | None, data_files: Any, data_dir: str | None, streaming: bool):
+    """A DatasetDict (or IterableDatasetDict) from a save_to_disk folder, a builder name
+    (parquet, json, csv, arrow, imagefolder, text) or a file."""
+    datasets = _require_datasets("dataset 'hf'")
+    p = Path(path).expanduser()
+    saved = p.is_dir() and ((p / "dataset_dict.json").is_file() or (p / "state.json").is_file())
+    try:
+        if saved:
+            ds = datasets.load_from_disk(str(p))
+            if streaming:
+                ds = _to_stream(ds)
+        else:
+            builder = fmt or path
+            if data_files is None and data_dir is None:
+                if p.is_dir():
+                    data_dir = str(p)
+                elif p.is_file():
+                    from distill.data.files import _file_format
+
+                    builder, data_files = _file_format(str(p), fmt, "hf"), str(p)
+            ds = datasets.load_dataset(
+                builder,
+                data_files=data_files,
+                data_dir=data_dir,
+                cache_dir=hf_cache_dir(),
+                streaming=streaming,
+            )
+    except (FileNotFoundError, ValueError, OSError) as e:
+        raise DataError(
+            f"dataset 'hf': cannot open {path!r}: {type(e).__name__}: {e}; give a save_to_disk "
+            f"folder, a file, or format: parquet | json | csv | arrow | imagefolder with "
+            f"data_files / data_dir"
+        ) from None
+    if not hasattr(ds, "keys"):  # one split: call it train
+        ds = {"train": ds}
+    return ds
+
+
+def _to_stream(ds: Any) -> Any:
+    if hasattr(ds, "keys"):
+        return {k: v.to_iterable_dataset() for k, v in ds.items()}
+    return ds.to_iterable_dataset()
+
+
+def _pick_split(splits: Any, wanted: str | None, fallbacks: tuple[str, ...], role: str):
+    names = list(splits.keys())
+    if wanted is not None:
+        if wanted not in names:
+            raise DataError(f"dataset 'hf': no {role} split {wanted!r}; the data has {names}")
+        return wanted
+    return next((n for n in fallbacks if n in names), None)
+
+
+def _default_input(columns: list[str], features: Any, label: str) -> list[str]:
+    for c in ("image", "img", "pixel_values", "input", "x", "features"):
+        if c in columns:
+            return [c]
+    return [c for c in columns if c != label]
+
+
+def load_hf(
+    *,
+    path: str,
+    format: str | None = None,
+    data_files: Any = None,
+    data_dir: str | None = None,
+    input: str | list[str] | None = None,
+    label: str = "label",
+    train_split: str = "train",
+    test_split: str | None = None,
+    val_split: str | None = None,
+    streaming: bool = False,
+    test_fraction: float = 0.2,
+    num_classes: int | None = None,
+    class_names: list[str] | None = None,
+    shuffle_buffer: int | None = None,
+    val_samples: int | None = None,
+    mode: str = "RGB",
+    **options: Any,
+) -> LazyData | DataSplits:
+    """A local Hugging Face dataset for classification (see the module docstring)."""
+    train_tf, eval_tf = _transforms(options, "hf")
+    _no_other_options("hf", options, load_hf)
+    splits = _open(path, format, data_files, data_dir, streaming)
+    _pick_split(splits, train_split, (), "train")
+    test_name = _pick_split(splits, test_split, TEST_SPLITS, "test")
+    val_name = _pick_split(splits, val_split, (), "validation") if val_split else None
+    train = splits[train_split]
+    columns = list(train.column_names or [])
+    if not columns:  # a stream may not know its columns until read
+        columns = list(next(iter(train)).keys())
+    inputs = [input] if isinstance(input, str) else input
+    inputs = inputs or _default_input(columns, train.features, label)
+    if streaming:
+        if shuffle_buffer is not None and shuffle_buffer < 1:
+            raise ConfigError("dataset 'hf': shuffle_buffer must be >= 1")
+        return _streamed(
+            splits,
+            train_split,
+            test_name,
+            val_name,
+            inputs,
+            label,
+            train_tf,
+            eval_tf,
+            num_classes=num_classes,
+            class_names=class_names,
+            shuffle_buffer=shuffle_buffer,
+            val_samples=val_samples,
+            path=path,
+            mode=mode,
+        )
+    if val_samples is not None or shuffle_buffer is not None:
+        raise ConfigError(
+            "dataset 'hf': val_samples and shuffle_buffer are for streaming: true; map-style "
+            "data is shuffled each epoch and split with data.val_fraction"
+        )
+    origin = f"split {train_split!r} of {path!r}"
+    _column(train, label, "hf", "label", origin)
+    cols = _input_columns(train, inputs, label, origin)
+    y, names = _labels_of(train, label, f"dataset 'hf': {origin}", class_names)
+    src_train = TableRows("hf", train, cols, y, origin, mode)
+    src_test = None
+    if test_name is not None:
+        test = splits[test_name]
+        t_origin = f"split {test_name!r} of {path!r}"
+        for c in [label, *cols]:
+            _column(test, c, "hf", "label" if c == label else "input", t_origin)
+        t_y, _ = _labels_of(test, label, f"dataset 'hf': {t_origin}", names)
+        src_test = TableRows("hf", test, cols, t_y, t_origin, mode)
+    data = _finish(
+        "hf",
+        src_train,
+        src_test,
+        train_tf,
+        eval_tf,
+        names=names,
+        test_fraction=test_fraction,
+        input_range=_range_of(eval_tf) if src_train.image else None,
+    )
+    if num_classes is not None:
+        data.num_classes = max(data.num_classes, num_classes)
+    if val_name is not None:
+        val = splits[val_name]
+        v_y, _ = _labels_of(val, label, f"dataset 'hf': split {val_name!r}", names)
+        src_val = TableRows("hf", val, cols, v_y, f"split {val_name!r} of {path!r}", mode)
+        data.val = LazySplit(src_val, np.arange(len(v_y)), v_y, eval_tf)
+    return data
+
+
+def _input_columns(table: Any, inputs: list[str], label: str, origin: str) -> list[str]:
+    for c in inputs:
+        _column(table, c, "hf", "input", origin)
+    if len(inputs) == 1 and _is_image(table.features[inputs[0]]):
+        return inputs
+    return _feature_columns(table, label, inputs, "hf", origin)
+
+
+# ------------------------------------------------------------------------ streams
+class StreamSplit(torch.utils.data.IterableDataset):
+    """One split of a streamed dataset: rows mapped to (input, target), transformed, checked."""
+
+    def __init__(
+        self,
+        stream: Any,
+        inputs: list[str],
+        label: str,
+        names: list[str] | None,
+        num_classes: int,
+        transform: Pipeline,
+        origin: str,
+        *,
+        mode: str = "RGB",
+        shuffle_buffer: int | None = None,
+        skip: int = 0,
+        take: int | None = None,
+    ):
+        self.stream, self.inputs, self.label, self.names = stream, inputs, label, names
+        self.num_classes, self.transform, self.origin, self.mode = (
+            num_classes,
+            transform,
+            origin,
+            mode,
+        )
+        self.shuffle_buffer, self.skip, self.take = shuffle_buffer, skip, take
+        self.epoch, self.seed = 0, 0
+        self.input_shape: tuple[int, ...] | None = None
+
+    @property
+    def random(self) -> bool:
+        return self.transform.random
+
+    def set_epoch(self, epoch: int, seed: int) -> None:
+        self.epoch, self.seed = int(epoch), int(seed)
+
+    def _rows(self) -> Any:
+        from distill import distributed
+
+        ds = self.stream
+        if self.skip:
+            ds = ds.skip(self.skip)
+        if self.take is not None:
+            ds = ds.take(self.take)
+        if self.shuffle_buffer:
+            ds = ds.shuffle(seed=self.seed, buffer_size=self.shuffle_buffer)
+            ds.set_epoch(self.epoch)
+        if distributed.active():
+            from datasets.distributed import split_dataset_by_node
+
+            ds = split_dataset_by_node(
+                ds, rank=distributed.rank(), world_size=distributed.world_size()
+            )
+        return ds
+
+    def _sample(self, row: dict[str, Any], where: str) -> tuple[Any, int]:
+        if len(self.inputs) == 1 and hasattr(row[self.inputs[0]], "convert"):
+            x = row[self.inputs[0]].convert(self.mode)
+        else:
+            parts = [np.asarray(row[c], dtype=np.float32).reshape(-1) for c in self.inputs]
+            x = np.concatenate(parts) if len(parts) > 1 else parts[0]
+        y = row[self.label]
+        if isinstance(y, str):
+            if self.names is None or y not in self.names:
+                raise DataError(
+                    f"{where}: label {y!r} is not one of the class_names {self.names}; list every "
+                    f"class under data.options.class_names"
+                )
+            y = self.names.index(y)
+        if not isinstance(y, int | np.integer) or not 0 <= int(y) < self.num_classes:
+            raise DataError(
+                f"{where}: label {y!r} is outside 0..{self.num_classes - 1}; fix the label or "
+                f"set data.options.num_classes"
+            )
+        return x, int(y)
+
+    def __iter__(self):
+        from distill import distributed
+
+        worker = torch.utils.data.get_worker_info()
+        reader = (distributed.rank() if distributed.active() else 0, worker.id if worker else 0)
+        for pos, row in enumerate(self._rows()):
+            where = f"streamed sample {pos} (reader {reader}) of {self.origin}"
+            missing = [c for c in (*self.inputs, self.label) if c not in row]
+            if missing:
+                raise DataError(
+                    f"{where} has no column(s) {missing}; its columns are {sorted(row)}"
+                )
+            x, y = self._sample(row, where)
+            key = (reader[0] * 1024 + reader[1]) * 2**40 + pos
+            out = self.transform(
+                x, torch.Generator().manual_seed(sample_seed(self.seed, self.epoch, key))
+            )
+            self._check(out, where)
+            yield out, y
+
+    def _check(self, x: Tensor, where: str) -> None:
+        if self.input_shape is None:
+            self.input_shape = tuple(x.shape)
+        elif tuple(x.shape) != self.input_shape:
+            raise DataError(
+                f"{where} gives an input of shape {tuple(x.shape)}, the stream's first gave "
+                f"{self.input_shape}; add a resize transform (or fix the features)"
+            )
+        if not torch.isfinite(x).all():
+            raise DataError(f"{where} holds NaN or inf; clean or drop that sample")
+
+    def first_shape(self) -> tuple[int, ...]:
+        for x, _ in self:
+            return tuple(x.shape)
+        raise DataError(f"{self.origin} is empty")
+
+
+def _streamed(
+    splits,
+    train_name,
+    test_name,
+    val_name,
+    inputs,
+    label,
+    train_tf,
+    eval_tf,
+    *,
+    num_classes,
+    class_names,
+    shuffle_buffer,
+    val_samples,
+    path,
+    mode,
+) -> DataSplits:
+    train = splits[train_name]
+    feature = (train.features or {}).get(label) if train.features else None
+    names = class_names
+    if feature is not None and type(feature).__name__ == "ClassLabel":
+        names = names or list(feature.names)
+    if num_classes is None and names is None:
+        raise ConfigError(
+            "dataset 'hf' with streaming: true cannot scan the labels up front; set "
+            "data.options.num_classes (integer labels) or class_names (string labels)"
+        )
+    n = num_classes or len(names)
+    if test_name is None:
+        raise ConfigError(
+            f"dataset 'hf' with streaming: true: no test split in {list(splits.keys())}; a "
+            f"stream cannot be split at random: give test_split (or files for a test split)"
+        )
+    if val_name is None and not val_samples:
+        raise ConfigError(
+            "dataset 'hf' with streaming: true: give val_split (a validation split of the files) "
+            "or val_samples: N (the first N training samples, held out of training)"
+        )
+
+    def split(name: str, tf: Pipeline, **kw: Any) -> StreamSplit:
+        return StreamSplit(
+            splits[name],
+            inputs,
+            label,
+            names,
+            n,
+            tf,
+            f"split {name!r} of {path!r}",
+            mode=mode,
+            **kw,
+        )
+
+    if val_name is not None:
+        train_s = split(train_name, train_tf, shuffle_buffer=shuffle_buffer)
+        val_s = split(val_name, eval_tf)
+    else:
+        train_s = split(train_name, train_tf, shuffle_buffer=shuffle_buffer, skip=val_samples)
+        val_s = split(train_name, eval_tf, take=val_samples)
+    test_s = split(test_name, eval_tf)
+    shape = test_s.first_shape()
+    print(
+        f"dataset 'hf': streaming {path!r} ({n} classes); the teacher cache, data.classes, "
+        f"data.train_samples and data.val_fraction do not apply to streams",
+        file=sys.stderr,
+    )
+    image = len(inputs) == 1 and len(shape) == 3
+    return DataSplits(
+        name="hf",
+        train=train_s,
+        val=val_s,
+        test=test_s,
+        input_shape=shape,
+        num_classes=n,
+        class_names=names,
+        input_range=_range_of(eval_tf) if image else None,
+    )
+
+
+# ------------------------------------------------------------------------ the user's datasets
+class UserItems:
+    """A user's map-style torch dataset as a source: items are (input, target) pairs or dicts."""
+
+    def __init__(self, name: str, dataset: Any):
+        from distill.data.loading import TARGET_KEYS
+
+        self.name, self.dataset = name, dataset
+        targets = getattr(dataset, "targets", None)
+        if targets is None:  # read every item once for its label (say so: it costs a pass)
+            print(
+                f"dataset {name!r}: reading every item once for its label (give the dataset a "
+                f"`targets` attribute to skip this)",
+                file=sys.stderr,
+            )
+            targets = []
+            for i in range(len(dataset)):
+                item = dataset[i]
+                if isinstance(item, dict):
+                    key = next((k for k in TARGET_KEYS if k in item), None)
+                    if key is None:
+                        raise DataError(
+                            f"dataset {name!r}: item {i} has keys {sorted(item)}, none a label "
+                            f"({', '.join(TARGET_KEYS)})"
+                        )
+                    targets.append(item[key])
+                else:
+                    targets.append(item[1])
+        values = [int(t) if isinstance(t, Tensor) else t for t in list(targets)]
+        self.targets, self.names = encode_labels(values, f"dataset {name!r}")
+
+    def read(self, i: int) -> Any:
+        from distill.data.loading import INPUT_KEYS
+
+        item = self.dataset[int(i)]
+        if isinstance(item, dict):
+            key = next((k for k in INPUT_KEYS if k in item), None)
+            if key is None:
+                raise DataError(
+                    f"dataset {self.name!r}: item {i} has keys {sorted(item)}, none an input"
+                )
+            return item[key]
+        return item[0]
+
+    def describe(self, i: int) -> str:
+        return f"item {int(i)} of dataset {self.name!r}"
+
+    def fingerprint(self) -> str:
+        # the user's code is opaque: key by its type and length only, so a cache entry is
+        # exact only while the code is unchanged (documented in docs/data.md)
+        return (
+            f"{type(self.dataset).__module__}.{type(self.dataset).__qualname__}:{len(self.dataset)}"
+        )
+
+
+def from_torch(name: str, obj: dict[str, Any]) -> LazyData | DataSplits:
+    """A user loader's {'train': Dataset, 'test': Dataset[, 'val': ...]} as distill data:
+    map-style datasets become lazy splits, IterableDatasets streams (then 'val' is needed)."""
+    train, test, val = obj["train"], obj["test"], obj.get("val")
+    iterable = [
+        isinstance(d, torch.utils.data.IterableDataset) for d in (train, test, val) if d is not None
+    ]
+    if any(iterable):
+        if not all(iterable) or val is None:
+            raise DataError(
+                f"dataset {name!r}: IterableDatasets cannot be split at random: return train, "
+                f"val and test, all IterableDatasets"
+            )
+        from distill.data.loading import stream_batches, stream_loader
+
+        first = next(stream_batches(stream_loader(test, batch_size=2, workers=0, pin_memory=False)))
+        n = obj.get("num_classes")
+        if n is None:
+            raise DataError(f"dataset {name!r}: with IterableDatasets, return num_classes too")
+        return DataSplits(name, train, val, test, tuple(first["input"].shape[1:]), int(n))
+    none = Pipeline([])
+    src_train, src_test = UserItems(name, train), UserItems(name, test)
+    if src_train.names:  # string labels: the test split uses the training names
+        src_test.targets, _ = encode_labels(
+            [src_test.names[t] for t in src_test.targets]
+            if src_test.names
+            else list(src_test.targets),
+            f"dataset {name!r}",
+            src_train.names,
+        )
+    data = _finish(name, src_train, src_test, none, none, names=src_train.names, test_fraction=0.2)
+    if obj.get("num_classes"):
+        data.num_classes = int(obj["num_classes"])
+    if val is not None:
+        src_val = UserItems(name, val)
+        data.val = LazySplit(src_val, np.arange(len(src_val.targets)), src_val.targets, none)
+    return data

@@ -1,0 +1,618 @@
+"""The user's own data on disk: image folders, image CSVs, tables, Hugging Face datasets,
+streams, DataLoaders and torch datasets, through the one loop.
+
+Everything is written inside the test's temporary directory from scikit-learn's bundled
+digits (8x8 images, 1,797 samples): a PNG class folder, a CSV of image paths, CSV and
+Parquet tables, and a `save_to_disk` Hugging Face dataset. No downloads.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+pytest.importorskip("datasets")
+pytest.importorskip("PIL")
+
+from PIL import Image  # noqa: E402
+from sklearn.datasets import load_digits  # noqa: E402
+
+from distill.config import parse_config  # noqa: E402
+from distill.data import load_dataset  # noqa: E402
+from distill.data.loading import stream_batches, stream_loader  # noqa: E402
+from distill.errors import ConfigError, DataError  # noqa: E402
+from distill.run import run_experiment  # noqa: E402
+
+NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+
+
+@pytest.fixture(scope="module")
+def disk(tmp_path_factory):
+    """The digits as files: folder/{train,test}/<name>/<i>.png, list.csv, table.csv/.parquet."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    root = tmp_path_factory.mktemp("digits")
+    d = load_digits()
+    pixels = (d.images / 16 * 255).round().astype(np.uint8)
+    with open(root / "list.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["file", "digit"])
+        for i, (img, label) in enumerate(zip(pixels, d.target)):
+            split = "test" if i % 5 == 0 else "train"
+            path = root / "folder" / split / NAMES[label] / f"{i:04d}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(img).save(path)
+            w.writerow([f"folder/{split}/{NAMES[label]}/{i:04d}.png", NAMES[label]])
+    cols = {f"px{j}": d.data[:, j].astype(np.float32) for j in range(64)}
+    pq.write_table(pa.table({**cols, "digit": d.target.astype(np.int64)}), root / "table.parquet")
+    with open(root / "table.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow([*cols, "name"])
+        for i in range(len(d.target)):
+            w.writerow([*(int(d.data[i, j]) for j in range(64)), NAMES[d.target[i]]])
+    return root, d, pixels
+
+
+def _first(data, n=8):
+    return next(stream_batches(stream_loader(data, batch_size=n, workers=0, pin_memory=False)))
+
+
+# ---------------------------------------------------------------- sources read what was written
+def test_image_folder_reads_classes_labels_and_pixels(disk):
+    root, d, pixels = disk
+    s = load_dataset(
+        "image_folder",
+        train=str(root / "folder/train"),
+        test=str(root / "folder/test"),
+        mode="L",
+    )
+    assert s.class_names == sorted(NAMES) and s.num_classes == 10
+    assert s.input_shape == (1, 8, 8) and s.input_range == (0.0, 1.0)
+    assert len(s.test) == len(range(0, 1797, 5)) and len(s.train) + len(s.val) == 1797 - len(s.test)
+    for split in (
+        s.train,
+        s.val,
+        s.test,
+    ):  # each sample's label is its folder's, its pixels the file's
+        for i in (0, len(split) // 2, len(split) - 1):
+            x, y = split[i]
+            path = split.source.paths[split.positions[i]]
+            k = int(path.rsplit("/", 1)[1][:4])
+            assert s.class_names[y] == NAMES[d.target[k]]
+            torch.testing.assert_close(x[0], torch.from_numpy(pixels[k] / 255.0).float())
+    assert not hasattr(s.train, "inputs")  # nothing is held in memory but labels and indices
+
+
+def test_tables_from_parquet_and_csv_hold_the_features_and_map_string_labels(disk, capsys):
+    root, d, _ = disk
+    s = load_dataset("table", train=str(root / "table.parquet"), label="digit")
+    assert s.input_shape == (64,) and s.num_classes == 10 and s.class_names is None
+    x, y = s.test[3]
+    k = int(s.test.positions[3])
+    torch.testing.assert_close(x, torch.from_numpy(d.data[k].astype(np.float32)))
+    assert y == d.target[k]
+    c = load_dataset("table", train=str(root / "table.csv"), label="name")
+    assert c.class_names == sorted(NAMES)
+    assert "mapped 10 names" in capsys.readouterr().err
+    x, y = c.train[0]
+    k = int(c.train.positions[0])
+    assert c.class_names[y] == NAMES[d.target[k]] and x.shape == (64,)
+
+
+def test_image_csv_resolves_paths_from_the_csv_folder(disk):
+    root, d, pixels = disk
+    s = load_dataset(
+        "image_csv",
+        train=str(root / "list.csv"),
+        path_column="file",
+        label_column="digit",
+        mode="L",
+    )
+    assert s.class_names == sorted(NAMES) and len(s.train) + len(s.val) + len(s.test) == 1797
+    x, y = s.test[0]
+    k = int(s.test.positions[0])
+    torch.testing.assert_close(x[0], torch.from_numpy(pixels[k] / 255.0).float())
+    assert s.class_names[y] == NAMES[d.target[k]]
+
+
+@pytest.fixture(scope="module")
+def saved(disk):
+    """A save_to_disk DatasetDict with an Image column and a ClassLabel, train/validation/test."""
+    from datasets import ClassLabel, Dataset, Features
+    from datasets import Image as HFImage
+
+    root, d, pixels = disk
+    feats = Features({"image": HFImage(), "label": ClassLabel(names=NAMES)})
+    ds = Dataset.from_dict(
+        {"image": [Image.fromarray(p) for p in pixels], "label": d.target.tolist()}, features=feats
+    )
+    first = ds.train_test_split(test_size=0.2, seed=0)
+    second = first["train"].train_test_split(test_size=0.1, seed=0)
+    from datasets import DatasetDict
+
+    DatasetDict(
+        {"train": second["train"], "validation": second["test"], "test": first["test"]}
+    ).save_to_disk(str(root / "saved"))
+    return root / "saved"
+
+
+def test_hf_save_to_disk_uses_its_splits_and_class_names(saved):
+    s = load_dataset("hf", path=str(saved), mode="L", val_split="validation")
+    assert s.class_names == NAMES and s.input_shape == (1, 8, 8)
+    assert (len(s.train), len(s.val), len(s.test)) == (1293, 144, 360)
+    assert float(s.train[0][0].min()) >= 0.0 and float(s.train[0][0].max()) <= 1.0
+
+
+def test_streamed_split_reads_the_same_rows_as_map_style(disk):
+    root, d, _ = disk
+    opts = {"path": str(root / "table.parquet"), "label": "digit", "test_split": "train"}
+    streamed = load_dataset("hf", **opts, streaming=True, val_samples=100, num_classes=10)
+    b = _first(streamed.val, n=16)
+    torch.testing.assert_close(b["input"], torch.from_numpy(d.data[:16].astype(np.float32)))
+    assert b["target"].tolist() == d.target[:16].tolist()
+    train = _first(streamed.train, n=4)  # the first val_samples rows are held out of training
+    torch.testing.assert_close(train["input"], torch.from_numpy(d.data[100:104].astype(np.float32)))
+
+
+# ---------------------------------------------------------------- transforms are seeded per sample
+def test_views_are_a_pure_function_of_seed_epoch_and_sample(disk):
+    root, *_ = disk
+    s = load_dataset(
+        "image_folder",
+        train=str(root / "folder/train"),
+        mode="L",
+        train_transforms=[{"random_resized_crop": {"size": 8, "scale": [0.3, 1.0]}}, "hflip"],
+    )
+    train = s.train
+    assert train.random and not s.val.random
+    train.set_epoch(3, 7)
+    a = torch.stack([train[i][0] for i in range(6)])
+    b = torch.stack([train[i][0] for i in reversed(range(6))]).flip(0)  # order does not matter
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+    loader = torch.utils.data.DataLoader(train, batch_size=3, num_workers=2)
+    torch.testing.assert_close(torch.cat([x for x, _ in loader])[:6], a, rtol=0, atol=0)
+    train.set_epoch(4, 7)
+    assert not torch.equal(torch.stack([train[i][0] for i in range(6)]), a)
+    train.set_epoch(3, 8)
+    assert not torch.equal(torch.stack([train[i][0] for i in range(6)]), a)
+
+
+def test_named_transforms_do_what_they_say():
+    from distill.data.transforms import build_transforms
+
+    img = Image.fromarray(np.arange(12 * 20, dtype=np.uint8).reshape(12, 20))
+    gen = torch.Generator().manual_seed(0)
+    assert build_transforms([{"resize": 6}], "t")(img, gen).shape == (1, 6, 10)  # shorter side
+    assert build_transforms([{"resize": [5, 7]}], "t")(img, gen).shape == (1, 5, 7)
+    crop = build_transforms([{"center_crop": 4}], "t")(img, gen)
+    torch.testing.assert_close(crop[0], torch.from_numpy(np.asarray(img)[4:8, 8:12] / 255).float())
+    flipped = build_transforms([{"hflip": {"p": 1.0}}], "t")(img, gen)
+    torch.testing.assert_close(flipped[0], torch.from_numpy(np.asarray(img)[:, ::-1] / 255).float())
+    rgb = Image.fromarray(np.full((2, 2, 3), 255, dtype=np.uint8))
+    norm = build_transforms([{"normalize": {"mean": "imagenet"}}], "t")(rgb, gen)
+    expected = (1 - torch.tensor([0.485, 0.456, 0.406])) / torch.tensor([0.229, 0.224, 0.225])
+    torch.testing.assert_close(norm[:, 0, 0], expected)
+    rrc = build_transforms([{"random_resized_crop": {"size": [3, 5]}}], "t")(img, gen)
+    assert rrc.shape == (1, 3, 5)
+    with pytest.raises(ConfigError, match="did you mean 'hflip'"):
+        build_transforms(["hflp"], "t")
+    with pytest.raises(ConfigError, match="unknown argument"):
+        build_transforms([{"resize": {"sise": 3}}], "t")
+
+
+# ---------------------------------------------------------------- end to end from YAML
+def _yaml(tmp_path, name, data, **extra):
+    cfg = {
+        "name": name,
+        "run_dir": str(tmp_path / name),
+        "scheme": extra.pop("scheme", "supervised"),
+        "data": data,
+        "student": extra.pop("student", {"name": "convnet", "args": {"channels": [8, 16]}}),
+        "train": {
+            "epochs": 3,
+            "batch_size": 64,
+            "progress": False,
+            "optimizer": {"name": "adamw", "lr": 0.01},
+            **extra.pop("train", {}),
+        },
+        **extra,
+    }
+    return parse_config(cfg)
+
+
+def _train_folder(tmp_path, disk, workers):
+    root, *_ = disk
+    data = {
+        "name": "image_folder",
+        "options": {
+            "train": str(root / "folder/train"),
+            "test": str(root / "folder/test"),
+            "mode": "L",
+            "train_transforms": [{"random_crop": {"size": 8, "padding": 1}}],
+        },
+    }
+    return run_experiment(_yaml(tmp_path, f"w{workers}", data, train={"workers": workers}))
+
+
+def test_image_folder_trains_from_yaml_and_worker_count_does_not_change_the_run(tmp_path, disk):
+    """Views are seeded per sample, so 0 and 2 DataLoader workers train the same weights."""
+    a = _train_folder(tmp_path / "a", disk, 0)
+    b = _train_folder(tmp_path / "b", disk, 2)
+    assert a["complete"] and a["test_acc"] > 0.7  # chance is 0.1
+    assert a["test_acc"] == b["test_acc"] and a["best_val_acc"] == b["best_val_acc"]
+
+
+def test_streamed_parquet_trains_with_max_steps_and_is_tested(tmp_path, disk):
+    root, *_ = disk
+    data = {
+        "name": "hf",
+        "options": {
+            "path": str(root / "table.parquet"),
+            "label": "digit",
+            "streaming": True,
+            "val_samples": 150,
+            "num_classes": 10,
+            "test_split": "train",
+            "shuffle_buffer": 256,
+        },
+    }
+    result = run_experiment(
+        _yaml(tmp_path, "s", data, student={"name": "mlp", "args": {}}, train={"max_steps": 40})
+    )
+    assert result["complete"] and result["steps"] == 40 and result["test_acc"] > 0.7
+
+
+def test_augmentation_exact_cache_matches_the_live_teacher(tmp_path, disk):
+    """Teacher outputs cached for every epoch's random views equal the live teacher's on
+    the views the student sees, and the student trains to identical weights."""
+    from distill.build import build
+
+    root, *_ = disk
+    data = {
+        "name": "image_folder",
+        "options": {
+            "train": str(root / "folder/train"),
+            "mode": "L",
+            "train_transforms": [{"random_crop": {"size": 8, "padding": 2}}, "hflip"],
+        },
+    }
+    teacher = run_experiment(_yaml(tmp_path, "teacher", data, train={"epochs": 2}))
+    assert teacher["complete"]
+
+    def kd(name, mode):
+        return _yaml(
+            tmp_path,
+            name,
+            data,
+            scheme="offline",
+            teacher={
+                "name": "convnet",
+                "args": {"channels": [8, 16]},
+                "weights": str(tmp_path / "teacher"),
+            },
+            objective={"task_weight": 0.5, "terms": [{"loss": "kd", "weight": 0.5}]},
+            train={"epochs": 2, "cache": {"mode": mode, "dir": str(tmp_path / "cache")}},
+        )
+
+    built = build(kd("probe", "on"))
+    cache = built.scheme.teacher_cache.ensure()
+    assert "every epoch" in built.cache_plan.reason
+    train = built.data.train
+    for epoch in (0, 1):
+        train.set_epoch(epoch, built.cfg.train.seed)
+        index = torch.arange(0, 200, 7)
+        x = torch.stack([train[int(i)][0] for i in index])
+        with torch.no_grad():
+            live = built.teacher.eval()(x)
+        cached = cache.lookup(index, torch.full_like(index, epoch)).logits
+        assert (cached - live).abs().max() <= 1e-5
+    cached_run = run_experiment(kd("cached", "on"))
+    live_run = run_experiment(kd("live", "off"))
+    assert "every epoch" in cached_run["teacher_cache"] and "off" in live_run["teacher_cache"]
+    from safetensors.torch import load_file
+
+    a = load_file(tmp_path / "cached/checkpoints/best.safetensors")
+    b = load_file(tmp_path / "live/checkpoints/best.safetensors")
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6)
+
+
+def test_resume_mid_epoch_on_disk_data_is_exact(tmp_path, disk):
+    root, *_ = disk
+    data = {
+        "name": "image_folder",
+        "options": {
+            "train": str(root / "folder/train"),
+            "mode": "L",
+            "train_transforms": ["hflip"],
+        },
+    }
+    full = run_experiment(_yaml(tmp_path, "full", data, train={"epochs": 2}))
+    part = run_experiment(_yaml(tmp_path, "part", data, train={"epochs": 2, "max_steps": 27}))
+    assert not part["complete"]
+    back = run_experiment(_yaml(tmp_path, "part", data, train={"epochs": 2}), resume=True)
+    assert back["complete"] and back["test_acc"] == full["test_acc"]
+    from safetensors.torch import load_file
+
+    a = load_file(tmp_path / "full/checkpoints/best.safetensors")
+    b = load_file(tmp_path / "part/checkpoints/best.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+# ---------------------------------------------------------------- Python: DataLoaders and HF datasets
+def _scheme_and_settings(input_shape, epochs=2, **train):
+    from distill.models import build_model
+    from distill.schemes.supervised import Supervised
+    from distill.settings import TrainSettings
+
+    torch.manual_seed(0)
+    scheme = Supervised(build_model("mlp", input_shape, 10))
+    return scheme, TrainSettings(epochs=epochs, batch_size=32, progress=False, **train)
+
+
+def test_trainer_takes_a_user_dataloader_as_it_is(tmp_path, disk):
+    """Its sampler (here: only the even samples), its collate function (dict batches) and
+    its batch size are the user's."""
+    from distill.trainer import Trainer
+
+    _, d, _ = disk
+    x = torch.from_numpy(d.data.astype(np.float32))
+    y = torch.from_numpy(d.target)
+    data = torch.utils.data.TensorDataset(x, y)
+    seen = []
+
+    def collate(items):
+        xs, ys = zip(*items)
+        return {"pixel_values": torch.stack(xs), "labels": torch.stack(ys)}
+
+    class EvenSampler(torch.utils.data.Sampler):
+        def __iter__(self):
+            return iter(range(0, len(data), 2))
+
+        def __len__(self):
+            return (len(data) + 1) // 2
+
+    loader = torch.utils.data.DataLoader(
+        data, batch_size=50, sampler=EvenSampler(), collate_fn=collate
+    )
+    val = torch.utils.data.Subset(data, range(1, 400, 2))
+    scheme, settings = _scheme_and_settings((64,))
+    step = scheme.step
+
+    def spy(batch, i):
+        seen.append(len(batch["target"]))
+        return step(batch, i)
+
+    scheme.step = spy
+    trainer = Trainer(scheme, loader, val, settings, run_dir=tmp_path / "r")
+    assert trainer.batches_per_epoch == len(loader) == 18
+    result = trainer.fit()
+    assert result["complete"] and result["steps"] == 2 * 18
+    assert seen[:18] == [50] * 17 + [899 - 850]  # the user's batch size, its last batch kept
+    assert result["best_val_acc"] > 0.5
+
+
+def test_trainer_takes_a_hugging_face_dataset_in_torch_format(tmp_path, disk):
+    from datasets import Dataset
+
+    from distill.trainer import Trainer
+
+    _, d, _ = disk
+    ds = Dataset.from_dict({"features": d.data.astype(np.float32), "label": d.target}).with_format(
+        "torch"
+    )
+    train, val = ds.select(range(1400)), ds.select(range(1400, 1797))
+    scheme, settings = _scheme_and_settings((64,), epochs=3)
+    result = Trainer(scheme, train, val, settings, run_dir=tmp_path / "r").fit()
+    assert result["complete"] and result["best_val_acc"] > 0.8
+
+
+def test_trainer_takes_an_iterable_dataset_with_max_steps(tmp_path, disk):
+    from distill.trainer import Trainer
+
+    _, d, _ = disk
+
+    class Stream(torch.utils.data.IterableDataset):
+        def __iter__(self):
+            for i in range(1400):
+                yield torch.from_numpy(d.data[i].astype(np.float32)), int(d.target[i])
+
+    val = torch.utils.data.TensorDataset(
+        torch.from_numpy(d.data[1400:].astype(np.float32)), torch.from_numpy(d.target[1400:])
+    )
+    scheme, settings = _scheme_and_settings((64,), epochs=5)
+    with pytest.raises(ConfigError, match="train.max_steps"):
+        Trainer(scheme, Stream(), val, settings, run_dir=tmp_path / "r")
+    scheme, settings = _scheme_and_settings((64,), epochs=5, max_steps=60)
+    result = Trainer(scheme, Stream(), val, settings, run_dir=tmp_path / "r2").fit()
+    assert result["complete"] and result["steps"] == 60 and result["best_val_acc"] > 0.7
+
+
+def _user_module(tmp_path, monkeypatch):
+    (tmp_path / "userdata.py").write_text(
+        "import numpy as np, torch\n"
+        "from sklearn.datasets import load_digits\n"
+        "class Digits(torch.utils.data.Dataset):\n"
+        "    def __init__(self, rows):\n"
+        "        d = load_digits(); self.x, self.y = d.data[rows].astype(np.float32), d.target[rows]\n"
+        "    def __len__(self): return len(self.y)\n"
+        "    def __getitem__(self, i): return {'x': torch.from_numpy(self.x[i]), 'label': int(self.y[i])}\n"
+        "def splits():\n"
+        "    return {'train': Digits(slice(0, 1400)), 'test': Digits(slice(1400, None))}\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    sys.modules.pop("userdata", None)
+
+
+def test_a_user_loader_may_return_torch_datasets(tmp_path, monkeypatch, capsys):
+    _user_module(tmp_path, monkeypatch)
+    s = load_dataset("userdata:splits")
+    assert "reading every item once" in capsys.readouterr().err
+    assert s.num_classes == 10 and s.input_shape == (64,) and len(s.test) == 397
+    result = run_experiment(
+        _yaml(tmp_path, "u", {"name": "userdata:splits"}, student={"name": "mlp", "args": {}})
+    )
+    assert result["complete"] and result["test_acc"] > 0.8
+
+
+# ---------------------------------------------------------------- bad input: one line naming the fix
+def _folder(tmp_path, layout: dict[str, list[tuple[int, int]]]):
+    for cls, sizes in layout.items():
+        (tmp_path / cls).mkdir(parents=True, exist_ok=True)
+        for i, (h, w) in enumerate(sizes):
+            Image.fromarray(np.zeros((h, w), np.uint8)).save(tmp_path / cls / f"{i}.png")
+    return str(tmp_path)
+
+
+def test_bad_folders_are_named(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="no class sub-folders"):
+        load_dataset("image_folder", train=str(tmp_path / "empty"))
+    with pytest.raises(DataError, match="is not a folder"):
+        load_dataset("image_folder", train=str(tmp_path / "missing"))
+    root = _folder(tmp_path / "a", {"cat": [(8, 8)] * 3, "dog": [(8, 8)] * 3})
+    (tmp_path / "a" / "bird").mkdir()
+    with pytest.raises(DataError, match=r"class folder .*bird.* holds no images"):
+        load_dataset("image_folder", train=root)
+    mixed = _folder(tmp_path / "m", {"cat": [(8, 8), (9, 7)] * 3, "dog": [(8, 8)] * 3})
+    with pytest.raises(DataError, match=r"differ in size .* resize"):
+        load_dataset("image_folder", train=mixed)
+    ok = load_dataset(
+        "image_folder",
+        train=mixed,
+        transforms=[{"resize": [8, 8]}],
+        test_fraction=0.3,
+        val_fraction=0.3,
+    )
+    assert ok.input_shape == (3, 8, 8)
+
+
+def test_unreadable_and_truncated_images_are_named(tmp_path):
+    root = _folder(tmp_path / "t", {"cat": [(16, 16)] * 6, "dog": [(16, 16)] * 6})
+    bad = tmp_path / "t" / "dog" / "3.png"
+    bad.write_bytes(b"not an image")  # no header: found when the folder is opened
+    with pytest.raises(DataError, match=r"cannot read image .*dog/3\.png"):
+        load_dataset("image_folder", train=root, test_fraction=0.3, val_fraction=0.2)
+    noise = np.random.default_rng(0).integers(0, 255, (32, 32), dtype=np.uint8)
+    Image.fromarray(noise).save(bad)
+    bad.write_bytes(bad.read_bytes()[: bad.stat().st_size // 2])  # header intact, data cut
+    s = load_dataset(
+        "image_folder", train=root, test_fraction=0.3, val_fraction=0.2, transforms=[{"resize": 16}]
+    )
+    with pytest.raises(DataError, match=r"cannot read image .*dog/3\.png"):
+        for split in (s.train, s.val, s.test):
+            for i in range(len(split)):
+                split[i]
+
+
+def test_bad_tables_and_column_mappings_are_named(tmp_path, disk):
+    root, *_ = disk
+    with pytest.raises(
+        DataError, match=r"no label column 'lable'.*did you mean 'label'|no label column 'lable'"
+    ):
+        load_dataset("table", train=str(root / "table.parquet"), label="lable")
+    with pytest.raises(DataError, match="no label column 'label'"):
+        load_dataset("table", train=str(root / "table.parquet"))
+    with pytest.raises(DataError, match="no feature column 'px99'"):
+        load_dataset(
+            "table", train=str(root / "table.parquet"), label="digit", features=["px1", "px99"]
+        )
+    with pytest.raises(DataError, match="does not exist"):
+        load_dataset("table", train=str(root / "nope.parquet"), label="digit")
+    with pytest.raises(DataError, match="no input column 'pixels'"):
+        load_dataset("hf", path=str(root / "table.parquet"), label="digit", input="pixels")
+    text = tmp_path / "t.csv"
+    text.write_text("a,b,label\n1,x,0\n2,y,1\n3,z,0\n4,w,1\n5,v,0\n6,u,1\n")
+    with pytest.raises(DataError, match="column 'b' .* holds strings"):
+        load_dataset("table", train=str(text))
+    with pytest.raises(DataError, match="no path column 'path'"):
+        load_dataset("image_csv", train=str(root / "list.csv"))
+
+
+def test_streams_refuse_what_needs_random_access(tmp_path, disk):
+    root, *_ = disk
+    opts = {
+        "path": str(root / "table.parquet"),
+        "label": "digit",
+        "streaming": True,
+        "test_split": "train",
+    }
+    with pytest.raises(ConfigError, match="num_classes"):
+        load_dataset("hf", **opts, val_samples=10)
+    with pytest.raises(ConfigError, match="val_split .* or val_samples"):
+        load_dataset("hf", **opts, num_classes=10)
+    with pytest.raises(ConfigError, match="streamed, and data.train_samples"):
+        load_dataset("hf", **opts, num_classes=10, val_samples=10, train_samples=100)
+    with pytest.raises(ConfigError, match="no test split"):
+        load_dataset("hf", **{**opts, "test_split": None}, num_classes=10, val_samples=10)
+    from safetensors.torch import save_file
+
+    from distill.models import build_model
+
+    save_file(build_model("mlp", (64,), 10).state_dict(), tmp_path / "t.safetensors")
+    cfg = _yaml(
+        tmp_path,
+        "crd",
+        {"name": "hf", "options": {**opts, "num_classes": 10, "val_samples": 10}},
+        scheme="offline",
+        student={"name": "mlp", "args": {}},
+        teacher={"name": "mlp", "args": {}, "weights": str(tmp_path / "t.safetensors")},
+        objective={"terms": [{"loss": "crd", "student": "logits", "teacher": "logits"}]},
+        train={"max_steps": 3},
+    )
+    from distill.build import build
+
+    with pytest.raises(ConfigError, match="memory bank .* streamed"):
+        build(cfg)
+
+
+def test_a_streamed_label_out_of_range_names_the_sample(tmp_path, disk):
+    root, *_ = disk
+    s = load_dataset(
+        "hf",
+        path=str(root / "table.parquet"),
+        label="digit",
+        streaming=True,
+        val_samples=10,
+        num_classes=5,
+        test_split="train",
+    )
+    with pytest.raises(DataError, match=r"streamed sample \d+ .* outside 0..4"):
+        for _ in stream_batches(stream_loader(s.train, batch_size=64, workers=0, pin_memory=False)):
+            pass
+
+
+def test_validate_reports_a_bad_data_option(tmp_path, disk, capsys):
+    from distill.cli import main
+
+    root, *_ = disk
+    cfg = {
+        "name": "v",
+        "run_dir": str(tmp_path / "v"),
+        "scheme": "supervised",
+        "data": {
+            "name": "image_folder",
+            "options": {"train": str(root / "folder/train"), "trnasforms": []},
+        },
+        "student": {"name": "mlp"},
+    }
+    path = tmp_path / "v.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    assert main(["validate", str(path)]) == 1
+    assert "unknown option 'trnasforms'; did you mean 'transforms'" in capsys.readouterr().err
+
+
+def test_results_json_is_strict_json(tmp_path, disk):
+    root, *_ = disk
+    data = {"name": "table", "options": {"train": str(root / "table.parquet"), "label": "digit"}}
+    run_experiment(
+        _yaml(tmp_path, "j", data, student={"name": "mlp", "args": {}}, train={"epochs": 1})
+    )
+    json.loads((tmp_path / "j" / "results.json").read_text(), parse_constant=lambda c: 1 / 0)
