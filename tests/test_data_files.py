@@ -8,9 +8,9 @@ Parquet tables, and a `save_to_disk` Hugging Face dataset. No downloads.
 
 from __future__ import annotations
 
-import csv
 import json
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -34,29 +34,13 @@ NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight",
 
 @pytest.fixture(scope="module")
 def disk(tmp_path_factory):
-    """The digits as files: folder/{train,test}/<name>/<i>.png, list.csv, table.csv/.parquet."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
+    """The digits as files (`distill sample-data`): digits_png/{train,test}/<name>/<i>.png,
+    digits_png/list.csv, digits.parquet, digits.csv, digits_hf/ (save_to_disk)."""
+    from distill.data.samples import write_digits
 
-    root = tmp_path_factory.mktemp("digits")
+    root = write_digits(tmp_path_factory.mktemp("digits"))
     d = load_digits()
     pixels = (d.images / 16 * 255).round().astype(np.uint8)
-    with open(root / "list.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["file", "digit"])
-        for i, (img, label) in enumerate(zip(pixels, d.target)):
-            split = "test" if i % 5 == 0 else "train"
-            path = root / "folder" / split / NAMES[label] / f"{i:04d}.png"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(img).save(path)
-            w.writerow([f"folder/{split}/{NAMES[label]}/{i:04d}.png", NAMES[label]])
-    cols = {f"px{j}": d.data[:, j].astype(np.float32) for j in range(64)}
-    pq.write_table(pa.table({**cols, "digit": d.target.astype(np.int64)}), root / "table.parquet")
-    with open(root / "table.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow([*cols, "name"])
-        for i in range(len(d.target)):
-            w.writerow([*(int(d.data[i, j]) for j in range(64)), NAMES[d.target[i]]])
     return root, d, pixels
 
 
@@ -69,8 +53,8 @@ def test_image_folder_reads_classes_labels_and_pixels(disk):
     root, d, pixels = disk
     s = load_dataset(
         "image_folder",
-        train=str(root / "folder/train"),
-        test=str(root / "folder/test"),
+        train=str(root / "digits_png/train"),
+        test=str(root / "digits_png/test"),
         mode="L",
     )
     assert s.class_names == sorted(NAMES) and s.num_classes == 10
@@ -92,13 +76,13 @@ def test_image_folder_reads_classes_labels_and_pixels(disk):
 
 def test_tables_from_parquet_and_csv_hold_the_features_and_map_string_labels(disk, capsys):
     root, d, _ = disk
-    s = load_dataset("table", train=str(root / "table.parquet"), label="digit")
+    s = load_dataset("table", train=str(root / "digits.parquet"), label="digit")
     assert s.input_shape == (64,) and s.num_classes == 10 and s.class_names is None
     x, y = s.test[3]
     k = int(s.test.positions[3])
     torch.testing.assert_close(x, torch.from_numpy(d.data[k].astype(np.float32)))
     assert y == d.target[k]
-    c = load_dataset("table", train=str(root / "table.csv"), label="name")
+    c = load_dataset("table", train=str(root / "digits.csv"), label="name")
     assert c.class_names == sorted(NAMES)
     assert "mapped 10 names" in capsys.readouterr().err
     x, y = c.train[0]
@@ -110,7 +94,7 @@ def test_image_csv_resolves_paths_from_the_csv_folder(disk):
     root, d, pixels = disk
     s = load_dataset(
         "image_csv",
-        train=str(root / "list.csv"),
+        train=str(root / "digits_png/list.csv"),
         path_column="file",
         label_column="digit",
         mode="L",
@@ -125,22 +109,7 @@ def test_image_csv_resolves_paths_from_the_csv_folder(disk):
 @pytest.fixture(scope="module")
 def saved(disk):
     """A save_to_disk DatasetDict with an Image column and a ClassLabel, train/validation/test."""
-    from datasets import ClassLabel, Dataset, Features
-    from datasets import Image as HFImage
-
-    root, d, pixels = disk
-    feats = Features({"image": HFImage(), "label": ClassLabel(names=NAMES)})
-    ds = Dataset.from_dict(
-        {"image": [Image.fromarray(p) for p in pixels], "label": d.target.tolist()}, features=feats
-    )
-    first = ds.train_test_split(test_size=0.2, seed=0)
-    second = first["train"].train_test_split(test_size=0.1, seed=0)
-    from datasets import DatasetDict
-
-    DatasetDict(
-        {"train": second["train"], "validation": second["test"], "test": first["test"]}
-    ).save_to_disk(str(root / "saved"))
-    return root / "saved"
+    return disk[0] / "digits_hf"
 
 
 def test_hf_save_to_disk_uses_its_splits_and_class_names(saved):
@@ -152,7 +121,7 @@ def test_hf_save_to_disk_uses_its_splits_and_class_names(saved):
 
 def test_streamed_split_reads_the_same_rows_as_map_style(disk):
     root, d, _ = disk
-    opts = {"path": str(root / "table.parquet"), "label": "digit", "test_split": "train"}
+    opts = {"path": str(root / "digits.parquet"), "label": "digit", "test_split": "train"}
     streamed = load_dataset("hf", **opts, streaming=True, val_samples=100, num_classes=10)
     b = _first(streamed.val, n=16)
     torch.testing.assert_close(b["input"], torch.from_numpy(d.data[:16].astype(np.float32)))
@@ -166,7 +135,7 @@ def test_views_are_a_pure_function_of_seed_epoch_and_sample(disk):
     root, *_ = disk
     s = load_dataset(
         "image_folder",
-        train=str(root / "folder/train"),
+        train=str(root / "digits_png/train"),
         mode="L",
         train_transforms=[{"random_resized_crop": {"size": 8, "scale": [0.3, 1.0]}}, "hflip"],
     )
@@ -232,8 +201,8 @@ def _train_folder(tmp_path, disk, workers):
     data = {
         "name": "image_folder",
         "options": {
-            "train": str(root / "folder/train"),
-            "test": str(root / "folder/test"),
+            "train": str(root / "digits_png/train"),
+            "test": str(root / "digits_png/test"),
             "mode": "L",
             "train_transforms": [{"random_crop": {"size": 8, "padding": 1}}],
         },
@@ -254,7 +223,7 @@ def test_streamed_parquet_trains_with_max_steps_and_is_tested(tmp_path, disk):
     data = {
         "name": "hf",
         "options": {
-            "path": str(root / "table.parquet"),
+            "path": str(root / "digits.parquet"),
             "label": "digit",
             "streaming": True,
             "val_samples": 150,
@@ -278,7 +247,7 @@ def test_augmentation_exact_cache_matches_the_live_teacher(tmp_path, disk):
     data = {
         "name": "image_folder",
         "options": {
-            "train": str(root / "folder/train"),
+            "train": str(root / "digits_png/train"),
             "mode": "L",
             "train_transforms": [{"random_crop": {"size": 8, "padding": 2}}, "hflip"],
         },
@@ -329,7 +298,7 @@ def test_resume_mid_epoch_on_disk_data_is_exact(tmp_path, disk):
     data = {
         "name": "image_folder",
         "options": {
-            "train": str(root / "folder/train"),
+            "train": str(root / "digits_png/train"),
             "mode": "L",
             "train_transforms": ["hflip"],
         },
@@ -517,29 +486,29 @@ def test_bad_tables_and_column_mappings_are_named(tmp_path, disk):
     with pytest.raises(
         DataError, match=r"no label column 'lable'.*did you mean 'label'|no label column 'lable'"
     ):
-        load_dataset("table", train=str(root / "table.parquet"), label="lable")
+        load_dataset("table", train=str(root / "digits.parquet"), label="lable")
     with pytest.raises(DataError, match="no label column 'label'"):
-        load_dataset("table", train=str(root / "table.parquet"))
+        load_dataset("table", train=str(root / "digits.parquet"))
     with pytest.raises(DataError, match="no feature column 'px99'"):
         load_dataset(
-            "table", train=str(root / "table.parquet"), label="digit", features=["px1", "px99"]
+            "table", train=str(root / "digits.parquet"), label="digit", features=["px1", "px99"]
         )
     with pytest.raises(DataError, match="does not exist"):
         load_dataset("table", train=str(root / "nope.parquet"), label="digit")
     with pytest.raises(DataError, match="no input column 'pixels'"):
-        load_dataset("hf", path=str(root / "table.parquet"), label="digit", input="pixels")
+        load_dataset("hf", path=str(root / "digits.parquet"), label="digit", input="pixels")
     text = tmp_path / "t.csv"
     text.write_text("a,b,label\n1,x,0\n2,y,1\n3,z,0\n4,w,1\n5,v,0\n6,u,1\n")
     with pytest.raises(DataError, match="column 'b' .* holds strings"):
         load_dataset("table", train=str(text))
     with pytest.raises(DataError, match="no path column 'path'"):
-        load_dataset("image_csv", train=str(root / "list.csv"))
+        load_dataset("image_csv", train=str(root / "digits_png/list.csv"))
 
 
 def test_streams_refuse_what_needs_random_access(tmp_path, disk):
     root, *_ = disk
     opts = {
-        "path": str(root / "table.parquet"),
+        "path": str(root / "digits.parquet"),
         "label": "digit",
         "streaming": True,
         "test_split": "train",
@@ -577,7 +546,7 @@ def test_a_streamed_label_out_of_range_names_the_sample(tmp_path, disk):
     root, *_ = disk
     s = load_dataset(
         "hf",
-        path=str(root / "table.parquet"),
+        path=str(root / "digits.parquet"),
         label="digit",
         streaming=True,
         val_samples=10,
@@ -599,7 +568,7 @@ def test_validate_reports_a_bad_data_option(tmp_path, disk, capsys):
         "scheme": "supervised",
         "data": {
             "name": "image_folder",
-            "options": {"train": str(root / "folder/train"), "trnasforms": []},
+            "options": {"train": str(root / "digits_png/train"), "trnasforms": []},
         },
         "student": {"name": "mlp"},
     }
@@ -611,8 +580,43 @@ def test_validate_reports_a_bad_data_option(tmp_path, disk, capsys):
 
 def test_results_json_is_strict_json(tmp_path, disk):
     root, *_ = disk
-    data = {"name": "table", "options": {"train": str(root / "table.parquet"), "label": "digit"}}
+    data = {"name": "table", "options": {"train": str(root / "digits.parquet"), "label": "digit"}}
     run_experiment(
         _yaml(tmp_path, "j", data, student={"name": "mlp", "args": {}}, train={"epochs": 1})
     )
     json.loads((tmp_path / "j" / "results.json").read_text(), parse_constant=lambda c: 1 / 0)
+
+
+EXAMPLES = sorted((Path(__file__).parent.parent / "examples" / "data").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=[p.stem for p in EXAMPLES])
+def test_data_example_trains(path, tmp_path, disk, monkeypatch):
+    """Every config in examples/data runs on `distill sample-data data` output."""
+    from distill.config import load_config
+
+    (tmp_path / "data").symlink_to(disk[0])
+    monkeypatch.chdir(tmp_path)
+    overrides = [f"run_dir={tmp_path / 'run'}", "train.max_steps=3", "train.progress=false"]
+    cfg = load_config(path, overrides)
+    if cfg.teacher is not None:  # a stand-in teacher of the configured architecture
+        from safetensors.torch import save_file
+
+        from distill.build import load_data
+        from distill.models import build_model
+
+        data = load_data(cfg.data)
+        teacher = build_model(
+            cfg.teacher.name, data.input_shape, data.num_classes, cfg.teacher.args
+        )
+        save_file(teacher.state_dict(), tmp_path / "teacher.safetensors")
+        cfg = load_config(
+            path,
+            [
+                *overrides,
+                f"teacher.weights={tmp_path / 'teacher.safetensors'}",
+                f"train.cache.dir={tmp_path / 'cache'}",
+            ],
+        )
+    result = run_experiment(cfg)
+    assert result["steps"] == 3

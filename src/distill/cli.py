@@ -117,6 +117,35 @@ def _cmd_layers(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_datasets(args: argparse.Namespace) -> int:
+    """The dataset table: each name, what it reads and the options it takes."""
+    import inspect
+
+    from distill.data import DATASETS
+    from distill.table import format_table
+
+    rows = []
+    for name, fn in DATASETS.items():
+        target = fn.options_of() if hasattr(fn, "options_of") else fn
+        params = inspect.signature(target).parameters
+        options = ", ".join(p for p in params if params[p].kind is inspect.Parameter.KEYWORD_ONLY)
+        doc = (fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else ""
+        rows.append([name, doc, options or "(see its docs)"])
+    print(format_table(["name", "reads", "options"], rows))
+    return 0
+
+
+def _cmd_sample_data(args: argparse.Namespace) -> int:
+    from distill.data.samples import write_digits
+
+    out = write_digits(args.out)
+    print(
+        f"wrote the digits under {out}/: digits_png/ (class folders + list.csv), digits.parquet, "
+        f"digits.csv, digits_hf/ (save_to_disk); the configs in examples/data/ read them"
+    )
+    return 0
+
+
 def _cmd_methods(args: argparse.Namespace) -> int:
     from distill.methods import list_methods
     from distill.table import format_table
@@ -403,6 +432,15 @@ def make_parser() -> argparse.ArgumentParser:
         "--args", default="{}", help="model arguments as JSON, e.g. '{\"channels\": [8, 16]}'"
     )
     p.set_defaults(fn=_cmd_layers)
+
+    p = sub.add_parser("datasets", help="list the data.name choices and their options")
+    p.set_defaults(fn=_cmd_datasets)
+
+    p = sub.add_parser(
+        "sample-data", help="write the bundled digits as image folders, CSV, Parquet and HF data"
+    )
+    p.add_argument("out", nargs="?", default="data", help="folder to write into (default: data)")
+    p.set_defaults(fn=_cmd_sample_data)
 
     p = sub.add_parser("methods", help="list the losses and schemes with their papers")
     p.add_argument("--json", action="store_true", help="print a JSON list of {name, family, paper}")

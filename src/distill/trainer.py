@@ -727,6 +727,7 @@ class Trainer:
             if stopped_by == "max_steps" and self.batches_per_epoch is None:
                 # a stream of unknown length is planned by max_steps: this is its end, so the
                 # part-pass is validated (and may become the best) like a finished epoch
+                self._close_epoch_losses()
                 self._end_epoch(log)
                 return self._summary(started, None)
             if stopped_by is not None:  # the state is already saved
@@ -805,10 +806,13 @@ class Trainer:
                 if stopped_by is not None:
                     return stopped_by
         self._stream = None
+        self._close_epoch_losses()
+        return None
+
+    def _close_epoch_losses(self) -> None:
         self._epoch_losses = distributed.mean_over_ranks(
             {f"train_{k}": float(v / max(self._summed, 1)) for k, v in self._epoch_sums().items()}
         )
-        return None
 
     def _step_and_check(self) -> str | None:
         """The optimizer step, then a stop (signal, max_steps) or a step-cadence checkpoint."""

@@ -470,6 +470,26 @@ def load_hf(**options: Any) -> Any:
     return load(**options)
 
 
+def _lists_options_of(wrapper: Callable, module: str, attr: str) -> None:
+    """Let `distill datasets` list the options of a loader imported only when used."""
+
+    def target() -> Callable:
+        import importlib
+
+        return getattr(importlib.import_module(module), attr)
+
+    wrapper.options_of = target
+
+
+for _wrapper, _module in (
+    (load_image_folder, "distill.data.files"),
+    (load_image_csv, "distill.data.files"),
+    (load_table, "distill.data.files"),
+    (load_hf, "distill.data.hub"),
+):
+    _lists_options_of(_wrapper, _module, _wrapper.__name__)
+
+
 DATASETS: dict[str, Callable[..., RawData | DataSplits]] = {
     "hf": load_hf,
     "image_folder": load_image_folder,
