@@ -60,6 +60,8 @@ class LazyData:
 class ImageFiles:
     """Image files decoded with Pillow into `mode` ('RGB', 'L', ...)."""
 
+    always_finite = True  # 8-bit pixels
+
     def __init__(self, name: str, paths: list[str], targets: np.ndarray, mode: str = "RGB"):
         self.name, self.paths, self.mode = name, paths, mode
         self.targets = np.asarray(targets, dtype=np.int64)
@@ -69,7 +71,7 @@ class ImageFiles:
 
         with Image.open(self.paths[i]) as img:
             img.load()  # decode now, so a truncated file fails here and names itself
-            return img.convert(self.mode)
+            return img if img.mode == self.mode else img.convert(self.mode)
 
     def describe(self, i: int) -> str:
         return f"image {self.paths[i]!r}"

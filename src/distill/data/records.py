@@ -87,6 +87,7 @@ class LazySplit(torch.utils.data.Dataset):
         self.input_shape = input_shape
         self.num_classes = num_classes
         self.epoch, self.seed = 0, 0
+        self._fixed = torch.Generator().manual_seed(0)  # for transforms that draw nothing
 
     def __len__(self) -> int:
         return len(self.positions)
@@ -142,7 +143,9 @@ class LazySplit(torch.utils.data.Dataset):
                 f"cannot read {self.source.describe(p)}: {type(e).__name__}: {e}; replace or "
                 f"remove that file"
             ) from None
-        gen = torch.Generator().manual_seed(sample_seed(self.seed, self.epoch, p))
+        gen = self._fixed
+        if self.transform.random:  # only random steps need this sample's own stream
+            gen = torch.Generator().manual_seed(sample_seed(self.seed, self.epoch, p))
         x = self.transform(sample, gen)
         self._check(x, p)
         return x, int(self._targets[i])
@@ -161,7 +164,9 @@ class LazySplit(torch.utils.data.Dataset):
                 f"{self.source.describe(p)} gives an input of shape {shape}, but the dataset's "
                 f"inputs are {tuple(self.input_shape)}; {fix}"
             )
-        if not torch.isfinite(x).all():
+        # decoded 8-bit images cannot hold NaN (and normalize refuses std <= 0): only rows
+        # of numbers from files are checked
+        if not getattr(self.source, "always_finite", False) and not torch.isfinite(x).all():
             raise DataError(
                 f"{self.source.describe(p)} holds NaN or inf; clean or drop that sample"
             )

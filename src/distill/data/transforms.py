@@ -177,24 +177,36 @@ def normalize(
     std: Sequence[float] | None = None,
 ) -> Tensor:
     """(x - mean) / std per channel; `mean` may name a set of statistics (see the module doc)."""
-    if isinstance(mean, str):
-        if mean not in NORMALIZATION:
+    return Normalize(mean, std)(sample, gen)
+
+
+class Normalize:
+    """`normalize` with its statistics checked and shaped once, not per sample."""
+
+    def __init__(self, mean: str | Sequence[float] = "imagenet", std: Sequence[float] | None = None):
+        if isinstance(mean, str):
+            if mean not in NORMALIZATION:
+                raise ConfigError(
+                    f"normalize: unknown statistics {mean!r}; choose from {sorted(NORMALIZATION)} "
+                    f"or give mean: [...] and std: [...]"
+                )
+            mean, std = NORMALIZATION[mean]
+        if std is None or len(std) != len(mean):
+            raise ConfigError("normalize: give one std per mean (one value per channel)")
+        if any(float(v) <= 0 for v in std):
+            raise ConfigError(f"normalize: every std must be > 0, got {list(std)}")
+        self.keywords = {"mean": list(mean), "std": list(std)}
+        self.mean = torch.tensor(mean, dtype=torch.float32).reshape(-1, 1, 1)
+        self.scale = 1.0 / torch.tensor(std, dtype=torch.float32).reshape(-1, 1, 1)
+
+    def __call__(self, sample: Any, gen: torch.Generator | None = None) -> Tensor:
+        x = to_tensor(sample)
+        if x.dim() != 3 or self.mean.shape[0] not in (1, x.shape[0]):
             raise ConfigError(
-                f"normalize: unknown statistics {mean!r}; choose from {sorted(NORMALIZATION)} "
-                f"or give mean: [...] and std: [...]"
+                f"normalize: {self.mean.shape[0]} means for an input of shape {tuple(x.shape)}; "
+                f"give one mean and std per channel of a (C, H, W) image"
             )
-        mean, std = NORMALIZATION[mean]
-    if std is None:
-        raise ConfigError("normalize: give std with mean (one value per channel)")
-    x = to_tensor(sample)
-    m = torch.tensor(mean, dtype=x.dtype).reshape(-1, *([1] * (x.dim() - 1)))
-    s = torch.tensor(std, dtype=x.dtype).reshape(-1, *([1] * (x.dim() - 1)))
-    if len(mean) not in (1, x.shape[0]) or len(std) != len(mean):
-        raise ConfigError(
-            f"normalize: {len(mean)} means and {len(std)} stds for an input with {x.shape[0]} "
-            f"channels; give one of each per channel"
-        )
-    return (x - m) / s
+        return (x - self.mean) * self.scale
 
 
 TRANSFORMS: dict[str, Callable[..., Any]] = {
@@ -280,7 +292,7 @@ def build_transforms(spec: Any, where: str) -> Pipeline:
             )
         fn = lookup("transform", name, TRANSFORMS)
         _check_args(fn, args, f"{where}: {name}")
-        steps.append((name, partial(fn, **args)))
+        steps.append((name, Normalize(**args) if fn is normalize else partial(fn, **args)))
     return Pipeline(steps)
 
 
