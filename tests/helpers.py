@@ -5,6 +5,8 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 
+import torch
+
 from distill.build import build
 from distill.checkpoint import save_weights
 from distill.config import parse_config
@@ -41,6 +43,15 @@ def make_teacher(path: Path, args: dict | None = None) -> Path:
         )
     )
     save_weights(path, build(cfg).student)
+    return path
+
+
+def save_random_model(path: Path, name: str, input_shape, num_classes: int, args: dict) -> Path:
+    """Random-init weights of a table model, saved by distill (with their checksum)."""
+    from distill.models import build_model
+
+    torch.manual_seed(0)
+    save_weights(path, build_model(name, input_shape, num_classes, args))
     return path
 
 

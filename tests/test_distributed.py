@@ -139,3 +139,55 @@ def test_batchnorm_ranks_agree_on_best_epochs_when_sharded(tmp_path):
     assert results["sharded"] == ["student"] and results["complete"]
     state = _modules(tmp_path / "bn")
     assert any("running_mean" in k for k in state)
+
+
+def test_two_gloo_ranks_on_an_image_folder_train_the_same_weights_as_one_process(tmp_path):
+    """Map-style data read from disk: each rank reads its slice of every global batch (the
+    per-sample random crops are seeded by sample, not by rank), so 2 processes with
+    DataLoader workers train what 1 process does, and the cached teacher too."""
+    pytest.importorskip("datasets")
+    from distill.data.samples import write_digits
+
+    data = write_digits(tmp_path / "data", hf=False)
+    teacher = tmp_path / "teacher.safetensors"
+    from helpers import save_random_model
+
+    save_random_model(teacher, "convnet", (1, 8, 8), 10, {"channels": [8, 16]})
+
+    def config(name: str) -> str:
+        cfg = {
+            "name": name,
+            "run_dir": str(tmp_path / name),
+            "scheme": "offline",
+            "data": {
+                "name": "image_folder",
+                "options": {
+                    "train": str(data / "digits_png" / "train"),
+                    "test": str(data / "digits_png" / "test"),
+                    "mode": "L",
+                    "train_transforms": [{"random_crop": {"size": 8, "padding": 1}}, "hflip"],
+                },
+            },
+            "teacher": {"name": "convnet", "args": {"channels": [8, 16]}, "weights": str(teacher)},
+            "student": {"name": "mlp", "args": {}},
+            "objective": {"task_weight": 0.5, "terms": [{"loss": "kd", "weight": 0.5}]},
+            "train": {
+                "epochs": 2,
+                "batch_size": 64,
+                "workers": 1,
+                "device": "cpu",
+                "progress": False,
+                "cache": {"dir": str(tmp_path / "cache")},
+            },
+        }
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(cfg))
+        return path
+
+    one = _launch(config("one"), 1)
+    assert one.returncode == 0, one.stderr[-2000:]
+    two = _launch(config("two"), 2)
+    assert two.returncode == 0, two.stderr[-3000:]
+    _assert_same(_modules(tmp_path / "one"), _modules(tmp_path / "two"))
+    results = yaml.safe_load((tmp_path / "two" / "results.json").read_text())
+    assert results["world_size"] == 2 and "every epoch" in results["teacher_cache"]
