@@ -620,3 +620,45 @@ def test_data_example_trains(path, tmp_path, disk, monkeypatch):
         )
     result = run_experiment(cfg)
     assert result["steps"] == 3
+
+
+def test_cli_lists_the_datasets_and_writes_sample_data(tmp_path, capsys):
+    from distill.cli import main
+
+    assert main(["datasets"]) == 0
+    out = capsys.readouterr().out
+    for name in ("image_folder", "image_csv", "table", "hf", "mnist1d"):
+        assert f"\n{name} " in out
+    assert "streaming" in out and "label_column" in out
+    assert main(["sample-data", str(tmp_path / "d")]) == 0
+    assert len(list((tmp_path / "d" / "digits_png" / "test").rglob("*.png"))) == 360
+    assert (tmp_path / "d" / "digits_hf" / "dataset_dict.json").is_file()
+
+
+def test_class_subsets_label_maps_and_few_labels_work_on_index_lists(disk):
+    root, d, _ = disk
+    opts = {"train": str(root / "digits_png/train"), "test": str(root / "digits_png/test"), "mode": "L"}
+    names = sorted(NAMES)  # class ids follow the sorted folder names
+    five, three = names.index("five"), names.index("three")
+    s = load_dataset("image_folder", **opts, classes=[five, three])
+    assert s.num_classes == 2 and s.class_names == ["five", "three"]
+    for split in (s.train, s.val, s.test):
+        labels = split.targets.tolist()
+        assert set(labels) == {0, 1}
+        k = int(split.source.paths[split.positions[0]].rsplit("/", 1)[1][:4])
+        assert ["five", "three"][labels[0]] == NAMES[d.target[k]]
+    t = load_dataset("image_folder", **opts, task_classes=[five, three])
+    assert t.num_classes == 10 and set(t.train.targets.tolist()) == {five, three}
+    parity = [NAMES.index(n) % 2 for n in names]
+    p = load_dataset("image_folder", **opts, label_map=parity)
+    assert p.num_classes == 2
+    i = 17
+    k = int(p.test.source.paths[p.test.positions[i]].rsplit("/", 1)[1][:4])
+    assert int(p.test.targets[i]) == d.target[k] % 2
+    u = load_dataset("image_folder", **opts, train_samples=100, unlabeled=True)
+    labelled = int((u.train.targets >= 0).sum())  # stratified: about 100, 10 per class
+    assert abs(labelled - 100) <= 5 and len(u.train) > 1000
+    few = load_dataset("image_folder", **opts, train_samples=100)
+    assert len(few.train) == labelled and np.bincount(few.train.targets.numpy()).min() >= 9
+    with pytest.raises(ConfigError, match="data.view and data.paired"):
+        load_dataset("image_folder", **opts, view="flatten")

@@ -18,6 +18,7 @@ streamed run is reproducible for a fixed number of ranks and workers.
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +39,6 @@ from distill.data.files import (
     _range_of,
     _require_datasets,
     _transforms,
-    encode_labels,
     hf_cache_dir,
 )
 from distill.data.records import LazySplit, sample_seed
@@ -108,6 +108,16 @@ def _default_input(columns: list[str], features: Any, label: str) -> list[str]:
     return [c for c in columns if c != label]
 
 
+@dataclass
+class _Columns:
+    """Where a dataset's samples come from: its path, input columns, label column, mode."""
+
+    path: str
+    inputs: list[str]
+    label: str
+    mode: str
+
+
 def load_hf(
     *,
     path: str,
@@ -133,68 +143,77 @@ def load_hf(
     _no_other_options("hf", options, load_hf)
     splits = _open(path, format, data_files, data_dir, streaming)
     _pick_split(splits, train_split, (), "train")
-    test_name = _pick_split(splits, test_split, TEST_SPLITS, "test")
-    val_name = _pick_split(splits, val_split, (), "validation") if val_split else None
+    names = {
+        "train": train_split,
+        "test": _pick_split(splits, test_split, TEST_SPLITS, "test"),
+        "val": _pick_split(splits, val_split, (), "validation") if val_split else None,
+    }
     train = splits[train_split]
     columns = list(train.column_names or [])
     if not columns:  # a stream may not know its columns until read
         columns = list(next(iter(train)).keys())
     inputs = [input] if isinstance(input, str) else input
-    inputs = inputs or _default_input(columns, train.features, label)
+    cols = _Columns(path, inputs or _default_input(columns, train.features, label), label, mode)
     if streaming:
         if shuffle_buffer is not None and shuffle_buffer < 1:
             raise ConfigError("dataset 'hf': shuffle_buffer must be >= 1")
         return _streamed(
             splits,
-            train_split,
-            test_name,
-            val_name,
-            inputs,
-            label,
+            names,
+            cols,
             train_tf,
             eval_tf,
             num_classes=num_classes,
             class_names=class_names,
             shuffle_buffer=shuffle_buffer,
             val_samples=val_samples,
-            path=path,
-            mode=mode,
         )
     if val_samples is not None or shuffle_buffer is not None:
         raise ConfigError(
             "dataset 'hf': val_samples and shuffle_buffer are for streaming: true; map-style "
             "data is shuffled each epoch and split with data.val_fraction"
         )
-    origin = f"split {train_split!r} of {path!r}"
-    _column(train, label, "hf", "label", origin)
-    cols = _input_columns(train, inputs, label, origin)
-    y, names = _labels_of(train, label, f"dataset 'hf': {origin}", class_names)
-    src_train = TableRows("hf", train, cols, y, origin, mode)
+    return _map_style(
+        splits, names, cols, train_tf, eval_tf, test_fraction, num_classes, class_names
+    )
+
+
+def _rows(
+    splits: Any, split: str, cols: _Columns, names: list[str] | None, feature_cols: list[str]
+):
+    """TableRows of one split (its columns checked) and the class names its labels used."""
+    table = splits[split]
+    origin = f"split {split!r} of {cols.path!r}"
+    for c in [cols.label, *feature_cols]:
+        _column(table, c, "hf", "label" if c == cols.label else "input", origin)
+    y, names = _labels_of(table, cols.label, f"dataset 'hf': {origin}", names)
+    return TableRows("hf", table, feature_cols, y, origin, cols.mode), names
+
+
+def _map_style(splits, names, cols, train_tf, eval_tf, test_fraction, num_classes, class_names):
+    train = splits[names["train"]]
+    origin = f"split {names['train']!r} of {cols.path!r}"
+    _column(train, cols.label, "hf", "label", origin)
+    feature_cols = _input_columns(train, cols.inputs, cols.label, origin)
+    src_train, classes = _rows(splits, names["train"], cols, class_names, feature_cols)
     src_test = None
-    if test_name is not None:
-        test = splits[test_name]
-        t_origin = f"split {test_name!r} of {path!r}"
-        for c in [label, *cols]:
-            _column(test, c, "hf", "label" if c == label else "input", t_origin)
-        t_y, _ = _labels_of(test, label, f"dataset 'hf': {t_origin}", names)
-        src_test = TableRows("hf", test, cols, t_y, t_origin, mode)
+    if names["test"] is not None:
+        src_test, _ = _rows(splits, names["test"], cols, classes, feature_cols)
     data = _finish(
         "hf",
         src_train,
         src_test,
         train_tf,
         eval_tf,
-        names=names,
+        names=classes,
         test_fraction=test_fraction,
         input_range=_range_of(eval_tf) if src_train.image else None,
     )
     if num_classes is not None:
         data.num_classes = max(data.num_classes, num_classes)
-    if val_name is not None:
-        val = splits[val_name]
-        v_y, _ = _labels_of(val, label, f"dataset 'hf': split {val_name!r}", names)
-        src_val = TableRows("hf", val, cols, v_y, f"split {val_name!r} of {path!r}", mode)
-        data.val = LazySplit(src_val, np.arange(len(v_y)), v_y, eval_tf)
+    if names["val"] is not None:
+        src_val, _ = _rows(splits, names["val"], cols, classes, feature_cols)
+        data.val = LazySplit(src_val, np.arange(len(src_val.targets)), src_val.targets, eval_tf)
     return data
 
 
@@ -322,11 +341,8 @@ class StreamSplit(torch.utils.data.IterableDataset):
 
 def _streamed(
     splits,
-    train_name,
-    test_name,
-    val_name,
-    inputs,
-    label,
+    names,
+    cols: _Columns,
     train_tf,
     eval_tf,
     *,
@@ -334,58 +350,35 @@ def _streamed(
     class_names,
     shuffle_buffer,
     val_samples,
-    path,
-    mode,
 ) -> DataSplits:
-    train = splits[train_name]
-    feature = (train.features or {}).get(label) if train.features else None
-    names = class_names
+    train = splits[names["train"]]
+    feature = (train.features or {}).get(cols.label) if train.features else None
+    classes = class_names
     if feature is not None and type(feature).__name__ == "ClassLabel":
-        names = names or list(feature.names)
-    if num_classes is None and names is None:
-        raise ConfigError(
-            "dataset 'hf' with streaming: true cannot scan the labels up front; set "
-            "data.options.num_classes (integer labels) or class_names (string labels)"
-        )
-    n = num_classes or len(names)
-    if test_name is None:
-        raise ConfigError(
-            f"dataset 'hf' with streaming: true: no test split in {list(splits.keys())}; a "
-            f"stream cannot be split at random: give test_split (or files for a test split)"
-        )
-    if val_name is None and not val_samples:
-        raise ConfigError(
-            "dataset 'hf' with streaming: true: give val_split (a validation split of the files) "
-            "or val_samples: N (the first N training samples, held out of training)"
-        )
+        classes = classes or list(feature.names)
+    _check_stream_options(splits, names, num_classes, classes, val_samples)
+    n = num_classes or len(classes)
 
     def split(name: str, tf: Pipeline, **kw: Any) -> StreamSplit:
+        origin = f"split {name!r} of {cols.path!r}"
         return StreamSplit(
-            splits[name],
-            inputs,
-            label,
-            names,
-            n,
-            tf,
-            f"split {name!r} of {path!r}",
-            mode=mode,
-            **kw,
+            splits[name], cols.inputs, cols.label, classes, n, tf, origin, mode=cols.mode, **kw
         )
 
-    if val_name is not None:
-        train_s = split(train_name, train_tf, shuffle_buffer=shuffle_buffer)
-        val_s = split(val_name, eval_tf)
+    if names["val"] is not None:
+        train_s = split(names["train"], train_tf, shuffle_buffer=shuffle_buffer)
+        val_s = split(names["val"], eval_tf)
     else:
-        train_s = split(train_name, train_tf, shuffle_buffer=shuffle_buffer, skip=val_samples)
-        val_s = split(train_name, eval_tf, take=val_samples)
-    test_s = split(test_name, eval_tf)
+        train_s = split(names["train"], train_tf, shuffle_buffer=shuffle_buffer, skip=val_samples)
+        val_s = split(names["train"], eval_tf, take=val_samples)
+    test_s = split(names["test"], eval_tf)
     shape = test_s.first_shape()
     print(
-        f"dataset 'hf': streaming {path!r} ({n} classes); the teacher cache, data.classes, "
+        f"dataset 'hf': streaming {cols.path!r} ({n} classes); the teacher cache, data.classes, "
         f"data.train_samples and data.val_fraction do not apply to streams",
         file=sys.stderr,
     )
-    image = len(inputs) == 1 and len(shape) == 3
+    image = len(cols.inputs) == 1 and len(shape) == 3
     return DataSplits(
         name="hf",
         train=train_s,
@@ -393,100 +386,24 @@ def _streamed(
         test=test_s,
         input_shape=shape,
         num_classes=n,
-        class_names=names,
+        class_names=classes,
         input_range=_range_of(eval_tf) if image else None,
     )
 
 
-# ------------------------------------------------------------------------ the user's datasets
-class UserItems:
-    """A user's map-style torch dataset as a source: items are (input, target) pairs or dicts."""
-
-    def __init__(self, name: str, dataset: Any):
-        from distill.data.loading import TARGET_KEYS
-
-        self.name, self.dataset = name, dataset
-        targets = getattr(dataset, "targets", None)
-        if targets is None:  # read every item once for its label (say so: it costs a pass)
-            print(
-                f"dataset {name!r}: reading every item once for its label (give the dataset a "
-                f"`targets` attribute to skip this)",
-                file=sys.stderr,
-            )
-            targets = []
-            for i in range(len(dataset)):
-                item = dataset[i]
-                if isinstance(item, dict):
-                    key = next((k for k in TARGET_KEYS if k in item), None)
-                    if key is None:
-                        raise DataError(
-                            f"dataset {name!r}: item {i} has keys {sorted(item)}, none a label "
-                            f"({', '.join(TARGET_KEYS)})"
-                        )
-                    targets.append(item[key])
-                else:
-                    targets.append(item[1])
-        values = [int(t) if isinstance(t, Tensor) else t for t in list(targets)]
-        self.targets, self.names = encode_labels(values, f"dataset {name!r}")
-
-    def read(self, i: int) -> Any:
-        from distill.data.loading import INPUT_KEYS
-
-        item = self.dataset[int(i)]
-        if isinstance(item, dict):
-            key = next((k for k in INPUT_KEYS if k in item), None)
-            if key is None:
-                raise DataError(
-                    f"dataset {self.name!r}: item {i} has keys {sorted(item)}, none an input"
-                )
-            return item[key]
-        return item[0]
-
-    def describe(self, i: int) -> str:
-        return f"item {int(i)} of dataset {self.name!r}"
-
-    def fingerprint(self) -> str:
-        # the user's code is opaque: key by its type and length only, so a cache entry is
-        # exact only while the code is unchanged (documented in docs/data.md)
-        return (
-            f"{type(self.dataset).__module__}.{type(self.dataset).__qualname__}:{len(self.dataset)}"
+def _check_stream_options(splits, names, num_classes, classes, val_samples) -> None:
+    if num_classes is None and classes is None:
+        raise ConfigError(
+            "dataset 'hf' with streaming: true cannot scan the labels up front; set "
+            "data.options.num_classes (integer labels) or class_names (string labels)"
         )
-
-
-def from_torch(name: str, obj: dict[str, Any]) -> LazyData | DataSplits:
-    """A user loader's {'train': Dataset, 'test': Dataset[, 'val': ...]} as distill data:
-    map-style datasets become lazy splits, IterableDatasets streams (then 'val' is needed)."""
-    train, test, val = obj["train"], obj["test"], obj.get("val")
-    iterable = [
-        isinstance(d, torch.utils.data.IterableDataset) for d in (train, test, val) if d is not None
-    ]
-    if any(iterable):
-        if not all(iterable) or val is None:
-            raise DataError(
-                f"dataset {name!r}: IterableDatasets cannot be split at random: return train, "
-                f"val and test, all IterableDatasets"
-            )
-        from distill.data.loading import stream_batches, stream_loader
-
-        first = next(stream_batches(stream_loader(test, batch_size=2, workers=0, pin_memory=False)))
-        n = obj.get("num_classes")
-        if n is None:
-            raise DataError(f"dataset {name!r}: with IterableDatasets, return num_classes too")
-        return DataSplits(name, train, val, test, tuple(first["input"].shape[1:]), int(n))
-    none = Pipeline([])
-    src_train, src_test = UserItems(name, train), UserItems(name, test)
-    if src_train.names:  # string labels: the test split uses the training names
-        src_test.targets, _ = encode_labels(
-            [src_test.names[t] for t in src_test.targets]
-            if src_test.names
-            else list(src_test.targets),
-            f"dataset {name!r}",
-            src_train.names,
+    if names["test"] is None:
+        raise ConfigError(
+            f"dataset 'hf' with streaming: true: no test split in {list(splits.keys())}; a "
+            f"stream cannot be split at random: give test_split (or files for a test split)"
         )
-    data = _finish(name, src_train, src_test, none, none, names=src_train.names, test_fraction=0.2)
-    if obj.get("num_classes"):
-        data.num_classes = int(obj["num_classes"])
-    if val is not None:
-        src_val = UserItems(name, val)
-        data.val = LazySplit(src_val, np.arange(len(src_val.targets)), src_val.targets, none)
-    return data
+    if names["val"] is None and not val_samples:
+        raise ConfigError(
+            "dataset 'hf' with streaming: true: give val_split (a validation split of the files) "
+            "or val_samples: N (the first N training samples, held out of training)"
+        )

@@ -56,7 +56,7 @@ def _as_raw(obj: object, name: str) -> Any:
     if datasets_given and all(
         isinstance(obj[k], torch.utils.data.Dataset) for k in ("train", "test")
     ):
-        from distill.data.hub import from_torch
+        from distill.data.user import from_torch
 
         return from_torch(name, obj)
     if isinstance(obj, dict) and {"x", "y", "x_test", "y_test"} <= set(obj):
@@ -507,155 +507,6 @@ DATASETS: dict[str, Callable[..., RawData | DataSplits]] = {
 }
 
 
-def _lazy_classes(split: Any, classes: list[int], relabel: bool) -> Any:
-    """The samples of `classes` in a LazySplit, relabelled 0..k-1 in list order if `relabel`."""
-    y = split._targets
-    mask = np.isin(y, classes)
-    table = np.full(int(max(y.max(initial=0), max(classes))) + 1, -1)
-    table[classes] = np.arange(len(classes)) if relabel else classes
-    return split.subset(np.flatnonzero(mask), table[y[mask]])
-
-
-def lazy_splits(
-    data: Any,
-    *,
-    val_fraction: float,
-    split_seed: int,
-    train_samples: int | None,
-    unlabeled: bool,
-    classes: list[int] | None,
-    task_classes: list[int] | None,
-    label_map: list[int] | None,
-) -> DataSplits:
-    """`make_splits` for data on disk (`distill.data.files.LazyData`): every step works on
-    the splits' index lists and label arrays, never on the inputs."""
-    train, test, num_classes = data.train, data.test, data.num_classes
-    names = data.class_names
-    y = train._targets
-    _check_label_range(
-        RawData(data.name, (y, y), (test._targets, test._targets), (1,), num_classes=num_classes),
-        data.name,
-    )
-    present = sorted(set(np.unique(y).tolist()))
-    for key, chosen in (("classes", classes), ("task_classes", task_classes)):
-        if chosen is not None and (
-            set(chosen) - set(present) or len(set(chosen)) != len(chosen) or not chosen
-        ):
-            raise ConfigError(
-                f"data.{key}: need distinct classes of the dataset (it has {present}), got {chosen}"
-            )
-    if classes is not None:
-        train, test = _lazy_classes(train, classes, True), _lazy_classes(test, classes, True)
-        num_classes, names = len(classes), [names[c] for c in classes] if names else None
-    if task_classes is not None:
-        train, test = (
-            _lazy_classes(train, task_classes, False),
-            _lazy_classes(test, task_classes, False),
-        )
-    if label_map is not None:
-        if len(label_map) != num_classes or sorted(set(label_map)) != list(
-            range(max(label_map) + 1)
-        ):
-            raise ConfigError(
-                f"data.label_map: give one new label for each of the {num_classes} classes, the "
-                f"new labels 0..k-1 with none unused; got {label_map}"
-            )
-        table = np.asarray(label_map)
-        train = train.subset(np.arange(len(train)), table[train._targets])
-        test = test.subset(np.arange(len(test)), table[test._targets])
-        num_classes, names = max(label_map) + 1, None
-    if data.val is not None:  # the files carry a validation split: train keeps every sample
-        fit_idx, val_idx = np.arange(len(train)), np.zeros(0, dtype=np.int64)
-    else:
-        fit_idx, val_idx = split_indices(train._targets, val_fraction, split_seed)
-    if len(val_idx) == 0 and data.val is None:
-        raise DataError(
-            f"dataset {data.name!r}: data.val_fraction={val_fraction} leaves no validation "
-            f"samples; raise it (e.g. 0.1): the best checkpoint is chosen on the validation split"
-        )
-    val = (
-        data.val
-        if data.val is not None
-        else train.subset(val_idx).with_transform(data.eval_transform)
-    )
-    fit_y = train._targets[fit_idx].copy()
-    if train_samples is not None and train_samples > len(fit_idx):
-        raise DataError(
-            f"dataset {data.name!r}: data.train_samples={train_samples} but the training split "
-            f"has only {len(fit_idx)} samples; lower it, or leave it out to keep every label"
-        )
-    if train_samples is not None:
-        labelled = stratified_take(fit_y, train_samples, split_seed + 1)
-        if unlabeled:
-            hidden = np.ones(len(fit_idx), dtype=bool)
-            hidden[labelled] = False
-            fit_y[hidden] = -1
-        else:
-            fit_idx, fit_y = fit_idx[labelled], fit_y[labelled]
-    return DataSplits(
-        name=data.name,
-        train=train.subset(fit_idx, fit_y),
-        val=val,
-        test=test,
-        input_shape=data.input_shape,
-        num_classes=num_classes,
-        input_range=data.input_range,
-        class_names=names,
-    )
-
-
-def _split_prepared(
-    raw: Any,
-    name: str,
-    *,
-    val_fraction: float,
-    split_seed: int,
-    train_samples: int | None,
-    unlabeled: bool,
-    classes: list[int] | None,
-    task_classes: list[int] | None,
-    label_map: list[int] | None,
-    view: str | None,
-    paired: str | None,
-) -> DataSplits:
-    """Splits of data that is not in-memory arrays: read from disk (LazyData: split by index
-    lists), or already split by its loader (text corpora, streams: the options that need
-    random access are refused)."""
-    from distill.data.files import LazyData
-    from distill.data.loading import is_stream
-
-    if isinstance(raw, LazyData):  # files on disk, read lazily
-        if view is not None or paired is not None:
-            raise ConfigError(
-                f"dataset {name!r} is read from disk sample by sample; data.view and data.paired "
-                f"need in-memory arrays (use transforms for per-sample changes)"
-            )
-        return lazy_splits(
-            raw,
-            val_fraction=val_fraction,
-            split_seed=split_seed,
-            train_samples=train_samples,
-            unlabeled=unlabeled,
-            classes=classes,
-            task_classes=task_classes,
-            label_map=label_map,
-        )
-    needs_access = train_samples is not None or unlabeled or classes is not None
-    needs_access = needs_access or bool(task_classes) or label_map is not None
-    if is_stream(raw.train) and (needs_access or view is not None or paired is not None):
-        raise ConfigError(
-            f"dataset {name!r} is streamed, and data.train_samples, data.unlabeled, "
-            f"data.classes, data.task_classes, data.label_map, data.view and data.paired "
-            f"need random access to it; drop them, or load it map-style (streaming: false)"
-        )
-    if train_samples is not None or unlabeled or classes is not None or task_classes:
-        raise ConfigError(
-            f"dataset {name!r} makes its own splits; data.train_samples, data.unlabeled and "
-            f"data.classes do not apply to it (set its options under data.options)"
-        )
-    return raw
-
-
 def load_dataset(
     name: str,
     *,
@@ -691,7 +542,9 @@ def load_dataset(
     if not isinstance(raw, DataSplits | LazyData):
         raw = _as_raw(raw, name)
     if isinstance(raw, LazyData | DataSplits):
-        return _split_prepared(
+        from distill.data.disk_splits import split_prepared
+
+        return split_prepared(
             raw,
             name,
             val_fraction=val_fraction,

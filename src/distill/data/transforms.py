@@ -183,7 +183,9 @@ def normalize(
 class Normalize:
     """`normalize` with its statistics checked and shaped once, not per sample."""
 
-    def __init__(self, mean: str | Sequence[float] = "imagenet", std: Sequence[float] | None = None):
+    def __init__(
+        self, mean: str | Sequence[float] = "imagenet", std: Sequence[float] | None = None
+    ):
         if isinstance(mean, str):
             if mean not in NORMALIZATION:
                 raise ConfigError(
