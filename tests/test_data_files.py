@@ -84,7 +84,7 @@ def test_tables_from_parquet_and_csv_hold_the_features_and_map_string_labels(dis
     assert y == d.target[k]
     c = load_dataset("table", train=str(root / "digits.csv"), label="name")
     assert c.class_names == sorted(NAMES)
-    assert "mapped 10 names" in capsys.readouterr().err
+    assert "labels are strings; mapped 10 classes" in capsys.readouterr().err
     x, y = c.train[0]
     k = int(c.train.positions[0])
     assert c.class_names[y] == NAMES[d.target[k]] and x.shape == (64,)
@@ -487,7 +487,7 @@ def test_bad_tables_and_column_mappings_are_named(tmp_path, disk):
         DataError, match=r"no label column 'lable'.*did you mean 'label'|no label column 'lable'"
     ):
         load_dataset("table", train=str(root / "digits.parquet"), label="lable")
-    with pytest.raises(DataError, match="no label column 'label'"):
+    with pytest.raises(DataError, match="no column named like a label .* label: <column>"):
         load_dataset("table", train=str(root / "digits.parquet"))
     with pytest.raises(DataError, match="no feature column 'px99'"):
         load_dataset(
@@ -503,6 +503,12 @@ def test_bad_tables_and_column_mappings_are_named(tmp_path, disk):
         load_dataset("table", train=str(text))
     with pytest.raises(DataError, match="no path column 'path'"):
         load_dataset("image_csv", train=str(root / "digits_png/list.csv"))
+    with pytest.raises(DataError, match="holds split folders .* point train"):
+        load_dataset("image_folder", train=str(root / "digits_png"))
+    one = tmp_path / "one.csv"
+    one.write_text("a,label\n1,3\n2,3\n3,3\n4,3\n5,3\n")
+    with pytest.raises(DataError, match="one class"):
+        load_dataset("table", train=str(one))
 
 
 def test_streams_refuse_what_needs_random_access(tmp_path, disk):
@@ -635,9 +641,27 @@ def test_cli_lists_the_datasets_and_writes_sample_data(tmp_path, capsys):
     assert (tmp_path / "d" / "digits_hf" / "dataset_dict.json").is_file()
 
 
+def test_labels_that_are_not_0_to_c_minus_1_are_mapped_the_same_in_every_split(tmp_path, capsys):
+    train, test = tmp_path / "train.tsv", tmp_path / "test.tsv"
+    rows = [(i, 1 + i % 3 * 4) for i in range(30)]  # labels 1, 5, 9 as floats, tab-separated
+    train.write_text("x\ttarget\n" + "".join(f"{i}\t{y}.0\n" for i, y in rows))
+    test.write_text("x\ttarget\n5\t9\n6\t1\n")
+    s = load_dataset("table", train=str(train), test=str(test))
+    assert "integer labels 1..9 are not 0..C-1" in capsys.readouterr().err
+    assert s.class_names == ["1", "5", "9"] and s.num_classes == 3
+    assert s.test.targets.tolist() == [2, 0]
+    x, y = s.train[0]
+    k = int(s.train.positions[0])
+    assert float(x[0]) == rows[k][0] and ["1", "5", "9"][y] == str(rows[k][1])
+
+
 def test_class_subsets_label_maps_and_few_labels_work_on_index_lists(disk):
     root, d, _ = disk
-    opts = {"train": str(root / "digits_png/train"), "test": str(root / "digits_png/test"), "mode": "L"}
+    opts = {
+        "train": str(root / "digits_png/train"),
+        "test": str(root / "digits_png/test"),
+        "mode": "L",
+    }
     names = sorted(NAMES)  # class ids follow the sorted folder names
     five, three = names.index("five"), names.index("three")
     s = load_dataset("image_folder", **opts, classes=[five, three])

@@ -137,42 +137,89 @@ def _transforms(options: dict[str, Any], name: str) -> tuple[Pipeline, Pipeline]
     )
 
 
-def encode_labels(
-    values: list[Any], where: str, names: list[str] | None = None
-) -> tuple[np.ndarray, list[str] | None]:
-    """Integer labels as they are; strings mapped to their index in `names` (default: the
-    sorted distinct values, announced on stderr)."""
-    if not values:
-        return np.zeros(0, dtype=np.int64), names
-    if all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in values):
-        return np.asarray(values, dtype=np.int64), names
-    if any(v is None for v in values):
-        first = next(i for i, v in enumerate(values) if v is None)
-        raise DataError(
-            f"{where}: the label of sample {first} is missing; give every sample a label"
-        )
-    if all(isinstance(v, str) for v in values):
-        if names is None:
-            names = sorted(set(values))
-            shown = ", ".join(f"{n}={i}" for i, n in enumerate(names[:8]))
-            print(
-                f"{where}: labels are strings; mapped {len(names)} names to 0..{len(names) - 1} "
-                f"in sorted order ({shown}{' ...' if len(names) > 8 else ''})",
-                file=sys.stderr,
+def _as_int(v: Any) -> Any:
+    """An integral float label (1.0, as a CSV reader may give) as an int; anything else as is."""
+    if isinstance(v, float | np.floating) and float(v).is_integer():
+        return int(v)
+    return int(v) if isinstance(v, np.integer) else v
+
+
+def _announce(where: str, what: str, names: list[str]) -> None:
+    shown = ", ".join(f"{n}={i}" for i, n in enumerate(names[:8]))
+    print(
+        f"{where}: {what}; mapped {len(names)} classes to 0..{len(names) - 1} in sorted order "
+        f"({shown}{' ...' if len(names) > 8 else ''})",
+        file=sys.stderr,
+    )
+
+
+class LabelCoder:
+    """Labels as class ids 0..C-1, fitted on the training split and applied to the others.
+
+    Integers 0..C-1 with every class used are kept as they are (`names` may name them).
+    Class names (strings), and integers that are not 0..C-1 (1..C, or ids with gaps), are
+    mapped to their index in the sorted distinct training values (or in the `names` given),
+    announced on stderr; the names are kept (as strings) so every split maps the same way."""
+
+    def __init__(self, values: list[Any], where: str, names: list[str] | None = None):
+        values = self._clean(values, where)
+        ints = bool(values) and all(isinstance(v, int) for v in values)
+        distinct = sorted(set(values))
+        self.keyed = not (ints and (names is not None or distinct == list(range(len(distinct)))))
+        self.names = [str(n) for n in names] if names is not None else None
+        if self.keyed and self.names is None:
+            self.names = [str(v) for v in distinct]
+            what = "labels are strings"
+            if ints:
+                what = f"integer labels {distinct[0]}..{distinct[-1]} are not 0..C-1"
+            _announce(where, what, self.names)
+        self.ids = self.encode(values, where) if values else np.zeros(0, np.int64)
+
+    @staticmethod
+    def _clean(values: list[Any], where: str) -> list[Any]:
+        values = [_as_int(v) for v in values]
+        if any(v is None for v in values):
+            first = next(i for i, v in enumerate(values) if v is None)
+            raise DataError(
+                f"{where}: the label of sample {first} is missing; give every sample a label"
             )
-        index = {n: i for i, n in enumerate(names)}
-        unknown = sorted(set(values) - set(index))
+        ok = all(isinstance(v, int) and not isinstance(v, bool) for v in values) or all(
+            isinstance(v, str) for v in values
+        )
+        if not ok:
+            kinds = sorted({type(v).__name__ for v in values})
+            raise DataError(
+                f"{where}: labels must be integers or class names (strings), got {kinds}; "
+                f"convert the label column"
+            )
+        return values
+
+    def encode(self, values: list[Any], where: str) -> np.ndarray:
+        values = self._clean(values, where)
+        if not self.keyed:
+            if any(isinstance(v, str) for v in values):
+                raise DataError(
+                    f"{where}: labels are strings, but the training labels are integers; use "
+                    f"the same kind of label in every split"
+                )
+            return np.asarray(values, dtype=np.int64)
+        index = {n: i for i, n in enumerate(self.names)}
+        keys = [str(v) for v in values]
+        unknown = sorted(set(keys) - set(index))
         if unknown:
             raise DataError(
                 f"{where}: label(s) {unknown[:5]} do not appear in the training labels "
-                f"{names[:8]}; every test class must be a training class"
+                f"{self.names[:8]}; every test class must be a training class"
             )
-        return np.asarray([index[v] for v in values], dtype=np.int64), names
-    kinds = sorted({type(v).__name__ for v in values})
-    raise DataError(
-        f"{where}: labels must be integers 0..C-1 or class names (strings), got {kinds}; "
-        f"convert the label column"
-    )
+        return np.asarray([index[k] for k in keys], dtype=np.int64)
+
+
+def encode_labels(
+    values: list[Any], where: str, names: list[str] | None = None
+) -> tuple[np.ndarray, list[str] | None]:
+    """The training labels as class ids, and the class names (see LabelCoder)."""
+    coder = LabelCoder(values, where, names)
+    return coder.ids, coder.names
 
 
 def _carve_test(
@@ -221,6 +268,11 @@ def _finish(
                 f"dataset {name!r}: the {split} split is empty; it needs samples of every class"
             )
     n = _num_classes(name, train._targets, test._targets, names=names)
+    if n < 2:
+        raise DataError(
+            f"dataset {name!r}: the training labels hold one class ({names or [0]}); a "
+            f"classifier needs two or more: check the label column or the folders"
+        )
     data = LazyData(name, train, test, eval_tf, n, names, input_range)
     _ = data.input_shape  # read one sample now: a bad file or transform fails at validate time
     return data
@@ -254,6 +306,12 @@ def _scan_folder(root: Path, name: str, extensions: tuple[str, ...], classes: li
                 f"dataset {name!r}: {str(root)!r} has class folder(s) {extra[:5]} that the train "
                 f"folder lacks ({classes[:8]}); the test classes must be training classes"
             )
+    splits = {"train", "test", "val", "valid", "validation", "dev"}
+    if set(found) <= splits and all(any(d.is_dir() for d in (root / c).iterdir()) for c in found):
+        raise DataError(
+            f"dataset {name!r}: {str(root)!r} holds split folders {found}, not class folders; "
+            f"point train: (and test:) at the split folders, e.g. train: {str(root / found[0])!r}"
+        )
     names = classes if classes is not None else found
     paths, labels = [], []
     for c in found:
@@ -407,13 +465,17 @@ def _file_format(path: str, given: str | None, name: str) -> str:
     return fmt
 
 
-def read_table(path: str, *, fmt: str | None, name: str, streaming: bool = False) -> Any:
+def read_table(
+    path: str, *, fmt: str | None, name: str, streaming: bool = False, delimiter: str | None = None
+) -> Any:
     """One file (or a glob) as a Hugging Face Dataset (memory-mapped Arrow) or IterableDataset."""
     datasets = _require_datasets(f"dataset {name!r}")
     if not any(ch in path for ch in "*?[") and not Path(path).expanduser().exists():
         raise DataError(f"dataset {name!r}: file {path!r} does not exist; check the path")
     fmt = _file_format(path, fmt, name)
-    kwargs = {"delimiter": "\t"} if fmt == "csv" and path.endswith(".tsv") else {}
+    if delimiter is None and fmt == "csv" and path.endswith(".tsv"):
+        delimiter = "\t"
+    kwargs = {"delimiter": delimiter} if delimiter is not None else {}
     try:
         return datasets.load_dataset(
             fmt,
@@ -438,13 +500,46 @@ def _column(table: Any, column: str, name: str, role: str, origin: str) -> None:
         )
 
 
+LABEL_COLUMNS = ("label", "labels", "target", "targets", "class", "y")
+
+
+def find_label_column(table: Any, given: str | None, name: str, origin: str) -> str:
+    """The label column: the one given, else the first of LABEL_COLUMNS the table has."""
+    if given is not None:
+        _column(table, given, name, "label", origin)
+        return given
+    found = next((c for c in LABEL_COLUMNS if c in (table.column_names or [])), None)
+    if found is None:
+        raise DataError(
+            f"dataset {name!r}: {origin} has no column named like a label {list(LABEL_COLUMNS)}; "
+            f"say which one with label: <column> (its columns are {list(table.column_names)[:12]})"
+        )
+    return found
+
+
 def _labels_of(
-    table: Any, column: str, where: str, names: list[str] | None
-) -> tuple[np.ndarray, list[str] | None]:
+    table: Any, column: str, where: str, coder: LabelCoder | None = None, names=None
+) -> tuple[np.ndarray, LabelCoder | None]:
+    """Class ids of a split's label column: a ClassLabel as it is, else through `coder`
+    (fitted here on the training split when None; `names` are the user's class names)."""
     feature = table.features[column]
     if type(feature).__name__ == "ClassLabel":
-        return np.asarray(table[column], dtype=np.int64), names or list(feature.names)
-    return encode_labels(list(table[column]), where, names)
+        ids = np.asarray(table[column], dtype=np.int64)
+        return ids, coder or _ClassLabels(names or list(feature.names))
+    if coder is None:
+        coder = LabelCoder(list(table[column]), where, names)
+        return coder.ids, coder
+    return coder.encode(list(table[column]), where), coder
+
+
+class _ClassLabels:
+    """A Hugging Face ClassLabel's ids and names (other splits use their own ClassLabel)."""
+
+    def __init__(self, names: list[str]):
+        self.names = names
+
+    def encode(self, values: list[Any], where: str) -> np.ndarray:
+        return LabelCoder(values, where, self.names).ids
 
 
 def _feature_columns(
@@ -471,9 +566,10 @@ def load_table(
     *,
     train: str,
     test: str | None = None,
-    label: str = "label",
+    label: str | None = None,
     features: list[str] | None = None,
     format: str | None = None,
+    delimiter: str | None = None,
     test_fraction: float = 0.2,
     **options: Any,
 ) -> LazyData:
@@ -482,17 +578,18 @@ def load_table(
     name = "table"
     train_tf, eval_tf = _transforms(options, name)
     _no_other_options(name, options, load_table)
-    table = read_table(train, fmt=format, name=name)
-    _column(table, label, name, "label", repr(train))
+    table = read_table(train, fmt=format, name=name, delimiter=delimiter)
+    label = find_label_column(table, label, name, repr(train))
     cols = _feature_columns(table, label, features, name, repr(train))
-    y, names = _labels_of(table, label, f"dataset {name!r}: {train!r}", None)
+    y, coder = _labels_of(table, label, f"dataset {name!r}: {train!r}")
+    names = coder.names
     src_train = TableRows(name, table, cols, y, repr(train))
     src_test = None
     if test is not None:
-        t_table = read_table(test, fmt=format, name=name)
+        t_table = read_table(test, fmt=format, name=name, delimiter=delimiter)
         for c in [label, *cols]:
             _column(t_table, c, name, "label" if c == label else "feature", repr(test))
-        t_y, _ = _labels_of(t_table, label, f"dataset {name!r}: {test!r}", names)
+        t_y, _ = _labels_of(t_table, label, f"dataset {name!r}: {test!r}", coder)
         src_test = TableRows(name, t_table, cols, t_y, repr(test))
     return _finish(
         name, src_train, src_test, train_tf, eval_tf, names=names, test_fraction=test_fraction
@@ -504,9 +601,10 @@ def load_image_csv(
     train: str,
     test: str | None = None,
     path_column: str = "path",
-    label_column: str = "label",
+    label_column: str | None = None,
     root: str | None = None,
     mode: str = "RGB",
+    delimiter: str | None = None,
     test_fraction: float = 0.2,
     **options: Any,
 ) -> LazyData:
@@ -516,10 +614,10 @@ def load_image_csv(
     train_tf, eval_tf = _transforms(options, name)
     _no_other_options(name, options, load_image_csv)
 
-    def source(csv: str, names: list[str] | None) -> tuple[ImageFiles, list[str] | None]:
-        table = read_table(csv, fmt="csv", name=name)
-        for c, role in ((path_column, "path"), (label_column, "label")):
-            _column(table, c, name, role, repr(csv))
+    def source(csv: str, coder: LabelCoder | None) -> tuple[ImageFiles, LabelCoder]:
+        table = read_table(csv, fmt="csv", name=name, delimiter=delimiter)
+        _column(table, path_column, name, "path", repr(csv))
+        label = find_label_column(table, label_column, name, repr(csv))
         base = Path(root).expanduser() if root else Path(csv).expanduser().parent
         paths = [str(p if Path(p).is_absolute() else base / p) for p in table[path_column]]
         missing = [p for p in paths if not os.path.isfile(p)]
@@ -528,12 +626,13 @@ def load_image_csv(
                 f"dataset {name!r}: {len(missing)} image(s) listed in {csv!r} do not exist (first: "
                 f"{missing[0]!r}); paths are relative to {str(base)!r} (set root: to change that)"
             )
-        y, names = _labels_of(table, label_column, f"dataset {name!r}: {csv!r}", names)
-        return ImageFiles(name, paths, y, mode), names
+        y, coder = _labels_of(table, label, f"dataset {name!r}: {csv!r}", coder)
+        return ImageFiles(name, paths, y, mode), coder
 
-    src_train, names = source(train, None)
+    src_train, coder = source(train, None)
+    names = coder.names
     _check_sizes(name, src_train.paths, train_tf)
-    src_test = source(test, names)[0] if test is not None else None
+    src_test = source(test, coder)[0] if test is not None else None
     return _finish(
         name,
         src_train,

@@ -28,6 +28,7 @@ from torch import Tensor
 
 from distill.data.core import DataSplits
 from distill.data.files import (
+    LABEL_COLUMNS,
     LazyData,
     TableRows,
     _column,
@@ -125,7 +126,7 @@ def load_hf(
     data_files: Any = None,
     data_dir: str | None = None,
     input: str | list[str] | None = None,
-    label: str = "label",
+    label: str | None = None,
     train_split: str = "train",
     test_split: str | None = None,
     val_split: str | None = None,
@@ -152,6 +153,13 @@ def load_hf(
     columns = list(train.column_names or [])
     if not columns:  # a stream may not know its columns until read
         columns = list(next(iter(train)).keys())
+    if label is None:
+        label = next((c for c in LABEL_COLUMNS if c in columns), None)
+        if label is None:
+            raise DataError(
+                f"dataset 'hf': {path!r} has no column named like a label {list(LABEL_COLUMNS)}; "
+                f"say which one with label: <column> (its columns are {columns[:12]})"
+            )
     inputs = [input] if isinstance(input, str) else input
     cols = _Columns(path, inputs or _default_input(columns, train.features, label), label, mode)
     if streaming:
@@ -178,16 +186,14 @@ def load_hf(
     )
 
 
-def _rows(
-    splits: Any, split: str, cols: _Columns, names: list[str] | None, feature_cols: list[str]
-):
-    """TableRows of one split (its columns checked) and the class names its labels used."""
+def _rows(splits: Any, split: str, cols: _Columns, coder: Any, feature_cols: list[str], names=None):
+    """TableRows of one split (its columns checked) and the label coder (fitted on train)."""
     table = splits[split]
     origin = f"split {split!r} of {cols.path!r}"
     for c in [cols.label, *feature_cols]:
         _column(table, c, "hf", "label" if c == cols.label else "input", origin)
-    y, names = _labels_of(table, cols.label, f"dataset 'hf': {origin}", names)
-    return TableRows("hf", table, feature_cols, y, origin, cols.mode), names
+    y, coder = _labels_of(table, cols.label, f"dataset 'hf': {origin}", coder, names)
+    return TableRows("hf", table, feature_cols, y, origin, cols.mode), coder
 
 
 def _map_style(splits, names, cols, train_tf, eval_tf, test_fraction, num_classes, class_names):
@@ -195,10 +201,11 @@ def _map_style(splits, names, cols, train_tf, eval_tf, test_fraction, num_classe
     origin = f"split {names['train']!r} of {cols.path!r}"
     _column(train, cols.label, "hf", "label", origin)
     feature_cols = _input_columns(train, cols.inputs, cols.label, origin)
-    src_train, classes = _rows(splits, names["train"], cols, class_names, feature_cols)
+    src_train, coder = _rows(splits, names["train"], cols, None, feature_cols, class_names)
+    classes = coder.names
     src_test = None
     if names["test"] is not None:
-        src_test, _ = _rows(splits, names["test"], cols, classes, feature_cols)
+        src_test, _ = _rows(splits, names["test"], cols, coder, feature_cols)
     data = _finish(
         "hf",
         src_train,
@@ -212,7 +219,7 @@ def _map_style(splits, names, cols, train_tf, eval_tf, test_fraction, num_classe
     if num_classes is not None:
         data.num_classes = max(data.num_classes, num_classes)
     if names["val"] is not None:
-        src_val, _ = _rows(splits, names["val"], cols, classes, feature_cols)
+        src_val, _ = _rows(splits, names["val"], cols, coder, feature_cols)
         data.val = LazySplit(src_val, np.arange(len(src_val.targets)), src_val.targets, eval_tf)
     return data
 

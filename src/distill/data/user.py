@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from distill.data.core import DataSplits
-from distill.data.files import LazyData, _finish, encode_labels
+from distill.data.files import LabelCoder, LazyData, _finish
 from distill.data.records import LazySplit
 from distill.data.transforms import Pipeline
 from distill.errors import DataError
@@ -24,7 +24,7 @@ from distill.errors import DataError
 class UserItems:
     """A user's map-style torch dataset as a source: items are (input, target) pairs or dicts."""
 
-    def __init__(self, name: str, dataset: Any):
+    def __init__(self, name: str, dataset: Any, coder: LabelCoder | None = None):
         from distill.data.loading import TARGET_KEYS
 
         self.name, self.dataset = name, dataset
@@ -48,8 +48,10 @@ class UserItems:
                     targets.append(item[key])
                 else:
                     targets.append(item[1])
-        values = [int(t) if isinstance(t, Tensor) else t for t in list(targets)]
-        self.targets, self.names = encode_labels(values, f"dataset {name!r}")
+        self.values = [int(t) if isinstance(t, Tensor) else t for t in list(targets)]
+        self.coder = LabelCoder(self.values, f"dataset {name!r}") if coder is None else coder
+        self.targets = self.coder.encode(self.values, f"dataset {name!r}")
+        self.names = self.coder.names
 
     def read(self, i: int) -> Any:
         from distill.data.loading import INPUT_KEYS
@@ -96,19 +98,12 @@ def from_torch(name: str, obj: dict[str, Any]) -> LazyData | DataSplits:
             raise DataError(f"dataset {name!r}: with IterableDatasets, return num_classes too")
         return DataSplits(name, train, val, test, tuple(first["input"].shape[1:]), int(n))
     none = Pipeline([])
-    src_train, src_test = UserItems(name, train), UserItems(name, test)
-    if src_train.names:  # string labels: the test split uses the training names
-        src_test.targets, _ = encode_labels(
-            [src_test.names[t] for t in src_test.targets]
-            if src_test.names
-            else list(src_test.targets),
-            f"dataset {name!r}",
-            src_train.names,
-        )
+    src_train = UserItems(name, train)
+    src_test = UserItems(name, test, src_train.coder)  # labels mapped as train's are
     data = _finish(name, src_train, src_test, none, none, names=src_train.names, test_fraction=0.2)
     if obj.get("num_classes"):
         data.num_classes = int(obj["num_classes"])
     if val is not None:
-        src_val = UserItems(name, val)
+        src_val = UserItems(name, val, src_train.coder)
         data.val = LazySplit(src_val, np.arange(len(src_val.targets)), src_val.targets, none)
     return data
