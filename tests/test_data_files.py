@@ -119,6 +119,18 @@ def test_hf_save_to_disk_uses_its_splits_and_class_names(saved):
     assert float(s.train[0][0].min()) >= 0.0 and float(s.train[0][0].max()) <= 1.0
 
 
+def test_hf_reads_folders_of_files_and_the_imagefolder_builder(disk):
+    root, *_ = disk
+    for opts in (
+        {"path": str(root / "digits_png")},  # the format inferred from the files
+        {"path": "imagefolder", "data_dir": str(root / "digits_png")},
+    ):
+        s = load_dataset("hf", **opts, mode="L")
+        assert s.class_names == sorted(NAMES) and len(s.test) == 360 and s.input_shape == (1, 8, 8)
+    t = load_dataset("hf", path=str(root / "digits_split"), label="digit")
+    assert t.input_shape == (64,) and len(t.test) == 360
+
+
 def test_streamed_split_reads_the_same_rows_as_map_style(disk):
     root, d, _ = disk
     opts = {"path": str(root / "digits.parquet"), "label": "digit", "test_split": "train"}

@@ -102,9 +102,15 @@ class TableRows:
         self.mode = mode
         self.targets = np.asarray(targets, dtype=np.int64)
         self.image = len(columns) == 1 and _is_image(table.features[columns[0]])
+        self.text = len(columns) == 1 and _is_text(table.features[columns[0]])
 
     def read(self, i: int) -> Any:
         row = self.table[int(i)]
+        if self.text:
+            value = row[self.columns[0]]
+            if not isinstance(value, str):
+                raise DataError(f"{self.describe(i)}: the text is {value!r}, not a string")
+            return value
         if self.image:
             image = row[self.columns[0]]
             return image.convert(self.mode) if hasattr(image, "convert") else image
@@ -122,6 +128,32 @@ class TableRows:
 
 def _is_image(feature: Any) -> bool:
     return type(feature).__name__ == "Image"
+
+
+def _is_text(feature: Any) -> bool:
+    return getattr(feature, "dtype", None) in ("string", "large_string")
+
+
+def text_pipeline(options: dict[str, Any], name: str) -> Pipeline:
+    """The one step text inputs take: `tokenizer` (a local Hugging Face tokenizer folder)
+    and `max_length` (default 128) turn each string into (2, max_length) token ids and
+    attention mask (what `hf_model`'s sequence classifiers read)."""
+    from distill.data.transforms import Tokenize
+
+    path = options.pop("tokenizer", None)
+    max_length = options.pop("max_length", 128)
+    if path is None:
+        raise ConfigError(
+            f"dataset {name!r}: the input column holds text; give tokenizer: <a folder with a "
+            f"Hugging Face tokenizer> (and max_length) to turn it into token ids"
+        )
+    if (
+        options.get("transforms")
+        or options.get("train_transforms")
+        or options.get("eval_transforms")
+    ):
+        raise ConfigError(f"dataset {name!r}: text inputs take a tokenizer, not image transforms")
+    return Pipeline([("tokenize", Tokenize(path, max_length))])
 
 
 # ------------------------------------------------------------------------ shared pieces
@@ -553,7 +585,8 @@ def _feature_columns(
         if dtype in ("string", "large_string"):
             raise DataError(
                 f"dataset {name!r}: feature column {c!r} of {origin} holds strings; distill reads "
-                f"numeric features: encode it (e.g. one-hot) or leave it out with features: [...]"
+                f"numeric features: encode it (e.g. one-hot) or leave it out with features: "
+                f"[...]; for text classification give text: {c} and tokenizer: <folder>"
             )
     if not features:
         raise DataError(
@@ -568,19 +601,32 @@ def load_table(
     test: str | None = None,
     label: str | None = None,
     features: list[str] | None = None,
+    text: str | None = None,
     format: str | None = None,
     delimiter: str | None = None,
     test_fraction: float = 0.2,
     **options: Any,
 ) -> LazyData:
     """Rows of a CSV, Parquet or JSON(L) file: the `features` columns (default: every column
-    but the label) as one float32 vector, the `label` column as the class."""
+    but the label) as one float32 vector, or one `text` column tokenized with `tokenizer`
+    (a local Hugging Face tokenizer folder; `max_length`), and the `label` column."""
     name = "table"
+    text_options = {k: options.pop(k) for k in ("tokenizer", "max_length") if k in options}
     train_tf, eval_tf = _transforms(options, name)
     _no_other_options(name, options, load_table)
     table = read_table(train, fmt=format, name=name, delimiter=delimiter)
     label = find_label_column(table, label, name, repr(train))
-    cols = _feature_columns(table, label, features, name, repr(train))
+    if text is not None:  # one text column, tokenized on access
+        _column(table, text, name, "text", repr(train))
+        cols = [text]
+        train_tf = eval_tf = text_pipeline(text_options, name)
+    else:
+        if text_options:
+            raise ConfigError(
+                f"dataset {name!r}: tokenizer and max_length apply to a text column; name it "
+                f"with text: <column>"
+            )
+        cols = _feature_columns(table, label, features, name, repr(train))
     y, coder = _labels_of(table, label, f"dataset {name!r}: {train!r}")
     names = coder.names
     src_train = TableRows(name, table, cols, y, repr(train))

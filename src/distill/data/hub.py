@@ -35,12 +35,14 @@ from distill.data.files import (
     _feature_columns,
     _finish,
     _is_image,
+    _is_text,
     _labels_of,
     _no_other_options,
     _range_of,
     _require_datasets,
     _transforms,
     hf_cache_dir,
+    text_pipeline,
 )
 from distill.data.records import LazySplit, sample_seed
 from distill.data.transforms import Pipeline
@@ -61,9 +63,10 @@ def _open(path: str, fmt: str | None, data_files: Any, data_dir: str | None, str
             if streaming:
                 ds = _to_stream(ds)
         else:
-            builder = fmt or path
+            # a folder of data files: datasets infers the format from what it holds
+            builder = fmt or (str(p) if p.is_dir() else path)
             if data_files is None and data_dir is None:
-                if p.is_dir():
+                if fmt is not None and p.is_dir():
                     data_dir = str(p)
                 elif p.is_file():
                     from distill.data.files import _file_format
@@ -126,6 +129,7 @@ def load_hf(
     data_files: Any = None,
     data_dir: str | None = None,
     input: str | list[str] | None = None,
+    text: str | None = None,
     label: str | None = None,
     train_split: str = "train",
     test_split: str | None = None,
@@ -140,7 +144,16 @@ def load_hf(
     **options: Any,
 ) -> LazyData | DataSplits:
     """A local Hugging Face dataset for classification (see the module docstring)."""
+    text_options = {k: options.pop(k) for k in ("tokenizer", "max_length") if k in options}
     train_tf, eval_tf = _transforms(options, "hf")
+    if text is not None:  # one text column, tokenized on access
+        input = text
+        train_tf = eval_tf = text_pipeline(text_options, "hf")
+    elif text_options:
+        raise ConfigError(
+            "dataset 'hf': tokenizer and max_length apply to a text column; name it with "
+            "text: <column>"
+        )
     _no_other_options("hf", options, load_hf)
     splits = _open(path, format, data_files, data_dir, streaming)
     _pick_split(splits, train_split, (), "train")
@@ -229,6 +242,11 @@ def _input_columns(table: Any, inputs: list[str], label: str, origin: str) -> li
         _column(table, c, "hf", "input", origin)
     if len(inputs) == 1 and _is_image(table.features[inputs[0]]):
         return inputs
+    if len(inputs) == 1 and _is_text(table.features[inputs[0]]):
+        raise DataError(
+            f"dataset 'hf': input column {inputs[0]!r} of {origin} holds text; name it with "
+            f"text: {inputs[0]} and give tokenizer: <a Hugging Face tokenizer folder>"
+        )
     return _feature_columns(table, label, inputs, "hf", origin)
 
 
@@ -289,7 +307,9 @@ class StreamSplit(torch.utils.data.IterableDataset):
         return ds
 
     def _sample(self, row: dict[str, Any], where: str) -> tuple[Any, int]:
-        if len(self.inputs) == 1 and hasattr(row[self.inputs[0]], "convert"):
+        if len(self.inputs) == 1 and isinstance(row[self.inputs[0]], str):
+            x = row[self.inputs[0]]  # text, tokenized by the transform
+        elif len(self.inputs) == 1 and hasattr(row[self.inputs[0]], "convert"):
             x = row[self.inputs[0]].convert(self.mode)
         else:
             parts = [np.asarray(row[c], dtype=np.float32).reshape(-1) for c in self.inputs]

@@ -55,8 +55,8 @@ def _uniform(gen: torch.Generator, low: float, high: float) -> float:
 
 def to_tensor(sample: Any, gen: torch.Generator | None = None) -> Tensor:
     """A Pillow image as float32 (C, H, W) in [0, 1]; tensors and arrays pass through as float32."""
-    if isinstance(sample, Tensor):
-        return sample.float()
+    if isinstance(sample, Tensor):  # token ids (int64) stay integers
+        return sample if sample.dtype == torch.long else sample.float()
     if isinstance(sample, np.ndarray):
         return torch.from_numpy(np.ascontiguousarray(sample)).float()
     array = np.asarray(sample)
@@ -209,6 +209,45 @@ class Normalize:
                 f"give one mean and std per channel of a (C, H, W) image"
             )
         return (x - self.mean) * self.scale
+
+
+class Tokenize:
+    """Text to (2, max_length) int64: token ids and attention mask, padded and truncated by
+    a Hugging Face tokenizer loaded from a local folder (never downloaded)."""
+
+    def __init__(self, path: str, max_length: int = 128):
+        from pathlib import Path
+
+        if not isinstance(max_length, int) or max_length < 2:
+            raise ConfigError(f"max_length must be an integer >= 2, got {max_length!r}")
+        folder = Path(path).expanduser()
+        if not folder.is_dir():
+            raise ConfigError(
+                f"tokenizer {path!r} is not a folder; give a folder saved with "
+                f"tokenizer.save_pretrained (tokenizer.json / vocab files)"
+            )
+        try:
+            from transformers import AutoTokenizer
+
+            self.tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+        except ImportError:
+            raise ConfigError("text data needs transformers: pip install 'distill[llm]'") from None
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"tokenizer {path!r}: {str(e).splitlines()[0]}") from None
+        if self.tokenizer.pad_token is None:  # GPT-style tokenizers: pad with end-of-text
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.keywords = {"path": str(folder), "max_length": max_length}
+        self.max_length = max_length
+
+    def __call__(self, text: str, gen: torch.Generator | None = None) -> Tensor:
+        enc = self.tokenizer(
+            text,
+            max_length=self.max_length,
+            truncation=True,
+            padding="max_length",
+            return_tensors="pt",
+        )
+        return torch.stack([enc["input_ids"][0], enc["attention_mask"][0]]).long()
 
 
 TRANSFORMS: dict[str, Callable[..., Any]] = {

@@ -32,10 +32,19 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "minilm_teacher": minilm_teacher,
     "sentence_encoder": sentence_encoder,
     "pretrained_encoder": pretrained_encoder,
+    "hf_model": lambda input_shape, num_classes, **args: _hf_model(
+        input_shape, num_classes, **args
+    ),
     "hf_masked_lm": lambda input_shape, num_classes, **args: _masked_lm(
         input_shape, num_classes, **args
     ),
 }
+
+
+def _hf_model(input_shape, num_classes, **args):
+    from distill.models.hf_auto import hf_model  # transformers is imported only when used
+
+    return hf_model(input_shape, num_classes, **args)
 
 
 def _masked_lm(input_shape, num_classes, **args):

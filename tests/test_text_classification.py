@@ -1,0 +1,166 @@
+"""Text classification with Hugging Face models from YAML: a CSV of reviews, a tokenizer
+folder, a BERT teacher distilled into a smaller BERT (random-init from configs, offline)."""
+
+from __future__ import annotations
+
+import csv
+import random
+
+import pytest
+import torch
+
+pytest.importorskip("transformers")
+pytest.importorskip("datasets")
+
+from distill.config import parse_config  # noqa: E402
+from distill.data import load_dataset  # noqa: E402
+from distill.errors import ConfigError, DataError  # noqa: E402
+from distill.run import run_experiment  # noqa: E402
+
+POS = ["good", "great", "fine", "lovely", "superb"]
+NEG = ["bad", "awful", "poor", "dreadful", "worse"]
+FILLER = "the a movie film plot actor scene was is very quite and but it this that".split()
+BERT = {
+    "arch": "bert",
+    "vocab_size": 40,
+    "num_attention_heads": 2,
+    "max_position_embeddings": 32,
+}
+
+
+@pytest.fixture(scope="module")
+def reviews(tmp_path_factory):
+    """reviews.csv (text, sentiment name) and a WordLevel tokenizer folder `tok/`."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    root = tmp_path_factory.mktemp("reviews")
+    rng = random.Random(0)
+
+    def sentence(label: int) -> str:
+        words = [rng.choice(FILLER) for _ in range(rng.randint(5, 12))]
+        words.insert(rng.randrange(len(words)), rng.choice(POS if label else NEG))
+        return " ".join(words)
+
+    with open(root / "reviews.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["review", "sentiment"])
+        for label in [rng.randint(0, 1) for _ in range(600)]:
+            w.writerow([sentence(label), "positive" if label else "negative"])
+    vocab = {"[PAD]": 0, "[UNK]": 1, "[CLS]": 2, "[SEP]": 3}
+    for word in POS + NEG + FILLER:
+        vocab.setdefault(word, len(vocab))
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]"
+    )
+    fast.save_pretrained(root / "tok")
+    return root
+
+
+def _data(root, **extra):
+    return {
+        "name": "table",
+        "options": {
+            "train": str(root / "reviews.csv"),
+            "text": "review",
+            "label": "sentiment",
+            "tokenizer": str(root / "tok"),
+            "max_length": 16,
+            **extra,
+        },
+    }
+
+
+def test_text_is_tokenized_to_ids_and_mask(reviews):
+    s = load_dataset("table", **_data(reviews)["options"])
+    assert s.input_shape == (2, 16) and s.class_names == ["negative", "positive"]
+    x, y = s.train[0]
+    assert x.dtype == torch.long
+    ids, mask = x
+    n = int(mask.sum())
+    assert mask[:n].all() and not mask[n:].any() and (ids[n:] == 0).all()  # padded with [PAD]
+    words = s.train.source.read(int(s.train.positions[0])).split()
+    assert n == min(len(words), 16)
+
+
+def test_bert_teacher_distils_into_a_smaller_bert_from_yaml(tmp_path, reviews):
+    teacher_model = {
+        "name": "hf_model",
+        "args": {**BERT, "hidden_size": 64, "num_hidden_layers": 2, "intermediate_size": 128},
+    }
+    student_model = {
+        "name": "hf_model",
+        "args": {**BERT, "hidden_size": 32, "num_hidden_layers": 1, "intermediate_size": 64},
+    }
+    train = {"epochs": 8, "batch_size": 32, "progress": False}
+    teacher = run_experiment(
+        parse_config(
+            {
+                "name": "t",
+                "run_dir": str(tmp_path / "t"),
+                "scheme": "supervised",
+                "data": _data(reviews),
+                "student": teacher_model,
+                "train": {**train, "optimizer": {"name": "adamw", "lr": 0.001}},
+            }
+        )
+    )
+    assert teacher["test_acc"] > 0.9
+    kd = run_experiment(
+        parse_config(
+            {
+                "name": "s",
+                "run_dir": str(tmp_path / "s"),
+                "scheme": "offline",
+                "data": _data(reviews),
+                "teacher": {**teacher_model, "weights": str(tmp_path / "t")},
+                "student": student_model,
+                "objective": {
+                    "task_weight": 0.5,
+                    "terms": [
+                        {"loss": "kd", "weight": 0.5},
+                        {
+                            "loss": "fitnet",
+                            "weight": 0.1,
+                            "student": "model.bert.encoder.layer.0",
+                            "teacher": "model.bert.encoder.layer.1",
+                            "adapter": "tokens",
+                        },
+                    ],
+                },
+                "train": {**train, "optimizer": {"name": "adamw", "lr": 0.003}},
+            }
+        )
+    )
+    assert kd["complete"] and kd["teacher_test_acc"] == teacher["test_acc"]
+    assert kd["test_acc"] > 0.8
+
+
+def test_a_save_pretrained_folder_loads_with_the_same_logits(tmp_path, reviews):
+    from distill.models import build_model
+
+    torch.manual_seed(0)
+    args = {**BERT, "hidden_size": 32, "num_hidden_layers": 1, "intermediate_size": 64}
+    model = build_model("hf_model", (2, 16), 2, args).eval()
+    model.model.save_pretrained(tmp_path / "bert")
+    again = build_model("hf_model", (2, 16), 2, {"path": str(tmp_path / "bert")}).eval()
+    x = load_dataset("table", **_data(reviews)["options"]).test[0][0][None]
+    torch.testing.assert_close(model(x).logits, again(x).logits)
+    three = build_model("hf_model", (2, 16), 3, {"path": str(tmp_path / "bert")})
+    assert three(x).logits.shape == (1, 3)  # a new head for another class count
+    with pytest.raises(ConfigError, match="not a folder saved by save_pretrained"):
+        build_model("hf_model", (2, 16), 2, {"path": str(tmp_path)})
+    with pytest.raises(ConfigError, match="path .* or arch"):
+        build_model("hf_model", (2, 16), 2, {})
+
+
+def test_text_without_a_tokenizer_is_refused_with_the_fix(reviews):
+    opts = _data(reviews)["options"]
+    with pytest.raises(ConfigError, match="holds text; give tokenizer"):
+        load_dataset("table", **{k: v for k, v in opts.items() if k != "tokenizer"})
+    with pytest.raises(DataError, match="for text classification give text: review"):
+        load_dataset("table", train=opts["train"], label="sentiment")
+    with pytest.raises(ConfigError, match="tokenizer .* is not a folder"):
+        load_dataset("table", **{**opts, "tokenizer": str(reviews / "nope")})
