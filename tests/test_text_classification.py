@@ -19,7 +19,24 @@ from distill.run import run_experiment  # noqa: E402
 
 POS = ["good", "great", "fine", "lovely", "superb"]
 NEG = ["bad", "awful", "poor", "dreadful", "worse"]
-FILLER = "the a movie film plot actor scene was is very quite and but it this that".split()
+FILLER = [
+    "the",
+    "a",
+    "movie",
+    "film",
+    "plot",
+    "actor",
+    "scene",
+    "was",
+    "is",
+    "very",
+    "quite",
+    "and",
+    "but",
+    "it",
+    "this",
+    "that",
+]
 BERT = {
     "arch": "bert",
     "vocab_size": 40,
