@@ -698,3 +698,19 @@ def test_class_subsets_label_maps_and_few_labels_work_on_index_lists(disk):
     assert len(few.train) == labelled and np.bincount(few.train.targets.numpy()).min() >= 9
     with pytest.raises(ConfigError, match="data.view and data.paired"):
         load_dataset("image_folder", **opts, view="flatten")
+
+
+def test_export_of_a_convnet_trained_on_an_image_folder(tmp_path, disk):
+    pytest.importorskip("onnxruntime")
+    from distill.artifacts import export_run
+
+    root, *_ = disk
+    data = {
+        "name": "image_folder",
+        "options": {"train": str(root / "digits_png/train"), "mode": "L"},
+    }
+    run_experiment(_yaml(tmp_path, "c", data, train={"epochs": 1}))
+    assert export_run(tmp_path / "c", "onnx")["max_abs_logit_diff"] < 1e-4
+    assert export_run(tmp_path / "c", "torchscript")["max_abs_logit_diff"] == 0.0
+    with pytest.raises(ConfigError, match="needs a Hugging Face student"):
+        export_run(tmp_path / "c", "hf")

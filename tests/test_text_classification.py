@@ -181,3 +181,77 @@ def test_text_without_a_tokenizer_is_refused_with_the_fix(reviews):
         load_dataset("table", train=opts["train"], label="sentiment")
     with pytest.raises(ConfigError, match="tokenizer .* is not a folder"):
         load_dataset("table", **{**opts, "tokenizer": str(reviews / "nope")})
+
+
+@pytest.fixture(scope="module")
+def trained_bert(tmp_path_factory, reviews):
+    run = tmp_path_factory.mktemp("bert") / "run"
+    args = {**BERT, "hidden_size": 32, "num_hidden_layers": 1, "intermediate_size": 64}
+    result = run_experiment(
+        parse_config(
+            {
+                "name": "b",
+                "run_dir": str(run),
+                "scheme": "supervised",
+                "data": _data(reviews),
+                "student": {"name": "hf_model", "args": args},
+                "train": {"epochs": 2, "batch_size": 32, "progress": False},
+            }
+        )
+    )
+    assert result["complete"]
+    return run
+
+
+def test_export_hf_folder_loads_with_auto_classes_and_its_tokenizer(trained_bert, reviews):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from distill.artifacts import export_run
+    from distill.assess import load_run
+
+    info = export_run(trained_bert, "hf")
+    assert info["max_abs_logit_diff"] == 0.0
+    assert {"config.json", "model.safetensors", "tokenizer.json"} <= set(info["files"])
+    model = AutoModelForSequenceClassification.from_pretrained(info["path"]).eval()
+    tok = AutoTokenizer.from_pretrained(info["path"])
+    enc = tok(["a good film", "the plot was awful and bad"], padding=True, return_tensors="pt")
+    student, _, _ = load_run(trained_bert)
+    x = torch.stack([enc["input_ids"], enc["attention_mask"]], dim=1)
+    with torch.no_grad():
+        torch.testing.assert_close(model(**enc).logits, student(x).logits)
+    with pytest.raises(ConfigError, match="earlier export; add --overwrite"):
+        export_run(trained_bert, "hf")
+    assert export_run(trained_bert, "hf", overwrite=True)["max_abs_logit_diff"] == 0.0
+
+
+def test_export_onnx_token_model_takes_integer_ids_of_any_batch_and_length(trained_bert):
+    pytest.importorskip("onnxruntime")
+    import onnxruntime as ort
+
+    from distill.artifacts import export_run
+    from distill.assess import load_run
+
+    info = export_run(trained_bert, "onnx")
+    assert info["max_abs_logit_diff"] < 1e-4
+    sess = ort.InferenceSession(f"{info['path']}/model.onnx", providers=["CPUExecutionProvider"])
+    assert [i.type for i in sess.get_inputs()] == ["tensor(int64)", "tensor(int64)"]
+    student, _, _ = load_run(trained_bert)
+    ids = torch.randint(4, 40, (3, 11))
+    mask = torch.ones_like(ids)
+    mask[1, 7:] = 0
+    got = sess.run(None, {"input_ids": ids.numpy(), "attention_mask": mask.numpy()})[0]
+    with torch.no_grad():
+        want = student(torch.stack([ids, mask], 1)).logits
+    assert float((torch.from_numpy(got) - want).abs().max()) < 1e-4
+
+
+def test_export_refuses_a_user_folder_and_non_hf_students(trained_bert, tmp_path):
+    from distill.artifacts import export_run
+
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    with pytest.raises(ConfigError, match="did not write"):
+        export_run(trained_bert, "torchscript", tmp_path / "mine", overwrite=True)
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
+    info = export_run(trained_bert, "torchscript", tmp_path / "ts")
+    assert info["max_abs_logit_diff"] == 0.0 and "model.pt" in info["files"]

@@ -135,6 +135,14 @@ def _cmd_datasets(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    from distill.artifacts import export_run
+
+    result = export_run(args.run_dir, args.format, args.out, overwrite=args.overwrite)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
 def _cmd_sample_data(args: argparse.Namespace) -> int:
     from distill.data.samples import write_digits
 
@@ -432,6 +440,15 @@ def make_parser() -> argparse.ArgumentParser:
         "--args", default="{}", help="model arguments as JSON, e.g. '{\"channels\": [8, 16]}'"
     )
     p.set_defaults(fn=_cmd_layers)
+
+    p = sub.add_parser(
+        "export", help="a run's best student as a Hugging Face folder, ONNX or TorchScript"
+    )
+    p.add_argument("run_dir")
+    p.add_argument("--format", choices=["hf", "onnx", "torchscript"], required=True)
+    p.add_argument("--out", default=None, help="destination folder (default RUN_DIR/export/FORMAT)")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier export there")
+    p.set_defaults(fn=_cmd_export)
 
     p = sub.add_parser("datasets", help="list the data.name choices and their options")
     p.set_defaults(fn=_cmd_datasets)

@@ -77,7 +77,7 @@ def _is_run_file(name: str) -> bool:
 
 
 # Folders whose whole content a run writes: the experiment trackers' (distill.trackers)
-RUN_DIRS = frozenset({"tensorboard", "mlruns", "wandb"})
+RUN_DIRS = frozenset({"tensorboard", "mlruns", "wandb", "export"})  # trackers; distill export
 
 
 def foreign_files(run_dir: Path) -> list[Path]:

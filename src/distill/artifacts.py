@@ -1,0 +1,173 @@
+"""`distill export RUN_DIR --format hf|onnx|torchscript`: a trained student in a standard format.
+
+- `hf`: a Hugging Face folder (`config.json`, `model.safetensors`, and the tokenizer files
+  when the data was tokenized) that `AutoModelFor...from_pretrained` loads, for students
+  that are Hugging Face models (`hf_model`, `hf_causal_lm`, `hf_pretrained`);
+- `onnx`: `model.onnx`; a token classifier takes integer `input_ids` and `attention_mask`
+  of dynamic batch and length, other models their input tensor with a dynamic batch;
+- `torchscript`: `model.pt` (traced), loaded with `torch.jit.load`.
+
+Every export is checked before it is kept: the exported model is loaded back (by
+`from_pretrained`, ONNX Runtime or `torch.jit.load`) and its logits on test samples are
+compared with the PyTorch student's; the largest difference is reported. The folder is
+written next to its destination and renamed into place, so an interrupted export leaves
+nothing that looks complete; an existing destination is replaced only when a previous
+export wrote it (it holds `.distill-export`) and `overwrite` is given.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from distill.errors import ConfigError
+from distill.taps import logits_of
+
+FORMATS = ("hf", "onnx", "torchscript")
+MARKER = ".distill-export"
+
+
+def _hf_inner(model: nn.Module) -> Any:
+    """The transformers model inside a distill student, or None."""
+    inner = getattr(model, "model", model)
+    return inner if hasattr(inner, "save_pretrained") and hasattr(inner, "config") else None
+
+
+def _test_inputs(data: Any, n: int = 8) -> torch.Tensor:
+    from distill.evaluate import iter_batches
+
+    return next(iter(iter_batches(data.test, n)))["input"][:n]
+
+
+def _destination(out: Path, overwrite: bool) -> None:
+    if out.exists() and any(out.iterdir()):
+        if not (out / MARKER).is_file():
+            raise ConfigError(
+                f"export destination {str(out)!r} holds files distill did not write; give "
+                f"another --out (nothing was changed)"
+            )
+        if not overwrite:
+            raise ConfigError(
+                f"{str(out)!r} holds an earlier export; add --overwrite to replace it"
+            )
+
+
+def _write_hf(model: nn.Module, cfg: Any, tmp: Path) -> None:
+    inner = _hf_inner(model)
+    if inner is None:
+        raise ConfigError(
+            f"--format hf needs a Hugging Face student (hf_model, hf_causal_lm, hf_pretrained); "
+            f"this one is {type(model).__name__}: use --format onnx or torchscript"
+        )
+    inner.save_pretrained(tmp, safe_serialization=True)
+    tokenizer = (cfg.data.options or {}).get("tokenizer")
+    if isinstance(tokenizer, str) and Path(tokenizer).expanduser().is_dir():
+        from transformers import AutoTokenizer
+
+        AutoTokenizer.from_pretrained(
+            str(Path(tokenizer).expanduser()), local_files_only=True
+        ).save_pretrained(tmp)
+
+
+def _check_hf(model: nn.Module, tmp: Path, x: torch.Tensor) -> float:
+    inner = _hf_inner(model)
+    again = (
+        type(inner).from_pretrained(str(tmp), local_files_only=True, use_safetensors=True).eval()
+    )
+    wrapped = type(model)(again) if inner is not model else again
+    with torch.no_grad():
+        return float((logits_of(wrapped(x)) - logits_of(model(x))).abs().max())
+
+
+def _write_onnx(model: nn.Module, x: torch.Tensor, tmp: Path) -> float:
+    from distill.compress.export import _onnx, export_onnx, onnx_logits
+    from distill.models.hf_auto import TokenClassifier
+
+    if not isinstance(model, TokenClassifier):
+        export_onnx(model, tuple(x.shape[1:]), tmp / "model.onnx")
+        with torch.no_grad():
+            return float((onnx_logits(tmp / "model.onnx", x) - logits_of(model(x))).abs().max())
+    _onnx()
+
+    class Ids(nn.Module):  # integer ids and mask in, logits out
+        def __init__(self, inner: nn.Module):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+            return self.inner(input_ids=input_ids, attention_mask=attention_mask).logits
+
+    ids, mask = x[:, 0].long(), x[:, 1].long()
+    torch.onnx.export(
+        Ids(model.model).eval(),
+        (ids, mask),
+        str(tmp / "model.onnx"),
+        dynamo=False,
+        input_names=["input_ids", "attention_mask"],
+        output_names=["logits"],
+        dynamic_axes={
+            "input_ids": {0: "batch", 1: "length"},
+            "attention_mask": {0: "batch", 1: "length"},
+            "logits": {0: "batch"},
+        },
+        opset_version=17,
+    )
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(tmp / "model.onnx"), providers=["CPUExecutionProvider"])
+    got = sess.run(None, {"input_ids": ids.numpy(), "attention_mask": mask.numpy()})[0]
+    with torch.no_grad():
+        return float((torch.from_numpy(got) - logits_of(model(x))).abs().max())
+
+
+def _write_torchscript(model: nn.Module, x: torch.Tensor, tmp: Path) -> float:
+    with torch.no_grad():
+        traced = torch.jit.trace(model, x, strict=False, check_trace=False)
+    traced.save(str(tmp / "model.pt"))
+    again = torch.jit.load(str(tmp / "model.pt"))
+    with torch.no_grad():
+        return float((logits_of(again(x)) - logits_of(model(x))).abs().max())
+
+
+def export_run(
+    run_dir: str | Path, fmt: str, out: str | Path | None = None, *, overwrite: bool = False
+) -> dict[str, Any]:
+    """Export the best student of `run_dir` as `fmt` into `out` (default RUN_DIR/export/FMT)."""
+    from distill.assess import load_run
+    from distill.config import load_config
+    from distill.stages import final_stage_dir
+
+    if fmt not in FORMATS:
+        raise ConfigError(f"unknown export format {fmt!r}; choose from {', '.join(FORMATS)}")
+    model, data, weights = load_run(run_dir)
+    cfg = load_config(final_stage_dir(Path(run_dir)) / "config.yaml")
+    out = Path(out) if out is not None else Path(run_dir) / "export" / fmt
+    _destination(out, overwrite)
+    x = _test_inputs(data)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        if fmt == "hf":
+            _write_hf(model, cfg, tmp)
+            diff = _check_hf(model, tmp, x)
+        elif fmt == "onnx":
+            diff = _write_onnx(model, x, tmp)
+        else:
+            diff = _write_torchscript(model, x, tmp)
+        info = {"format": fmt, "weights": str(weights), "max_abs_logit_diff": diff}
+        (tmp / MARKER).write_text(json.dumps(info, indent=1))
+        if out.exists():  # an earlier export (checked above): move it aside, then drop it
+            old = Path(tempfile.mkdtemp(prefix=".old.", dir=out.parent))
+            os.replace(out, old / "x")
+            shutil.rmtree(old, ignore_errors=True)
+        os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return {**info, "path": str(out), "files": sorted(p.name for p in out.iterdir())}
