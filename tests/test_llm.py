@@ -465,3 +465,19 @@ def test_generation_uses_the_current_cache_api_and_matches_full_recompute():
         for _ in range(10):
             ids = torch.cat([ids, model(input_ids=ids).logits[:, -1].argmax(-1, keepdim=True)], 1)
     assert torch.equal(got, ids)
+
+
+def test_export_hf_causal_lm_generates_the_same_tokens(teacher_dir):
+    from transformers import AutoModelForCausalLM
+
+    from distill.artifacts import export_run
+    from distill.assess import load_run
+
+    info = export_run(teacher_dir, "hf")
+    assert info["max_abs_logit_diff"] == 0.0 and "model.safetensors" in info["files"]
+    again = AutoModelForCausalLM.from_pretrained(info["path"]).eval()
+    model, data, _ = load_run(teacher_dir)
+    prompt = load_batch(data.test, torch.arange(2))["input"][:, :8]
+    kwargs = {"max_new_tokens": 6, "do_sample": False, "pad_token_id": 0}
+    with torch.no_grad():
+        assert torch.equal(model.generate(prompt, **kwargs), again.generate(prompt, **kwargs))

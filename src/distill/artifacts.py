@@ -36,8 +36,13 @@ MARKER = ".distill-export"
 
 def _hf_inner(model: nn.Module) -> Any:
     """The transformers model inside a distill student, or None."""
-    inner = getattr(model, "model", model)
-    return inner if hasattr(inner, "save_pretrained") and hasattr(inner, "config") else None
+    def is_hf(m: Any) -> bool:
+        return hasattr(m, "save_pretrained") and hasattr(m, "config")
+
+    if is_hf(model):  # a transformers model itself (hf_causal_lm, hf_pretrained)
+        return model
+    inner = getattr(model, "model", None)  # hf_model's wrappers hold it as .model
+    return inner if is_hf(inner) else None
 
 
 def _test_inputs(data: Any, n: int = 8) -> torch.Tensor:
