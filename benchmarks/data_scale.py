@@ -8,8 +8,9 @@ throughput: an image folder of 32x32 RGB PNGs (the bundled digits, upscaled); on
 KD (a 2-conv teacher, live, and a smaller 2-conv student; batch 256; 2 DataLoader workers;
 random crop with padding 4, horizontal flip, normalisation) plus a validation pass, in
 distill (`Trainer.fit`) and in a hand-written loop doing the same decode, transforms, math
-and validation. The two alternate, `--rounds` pairs; the ratio reported is the median of
-the paired samples/s ratios (distill / hand-written; target >= 0.95).
+and validation. After one discarded warm-up pair, the two alternate, `--rounds` pairs; the
+ratio reported is the median of the paired samples/s ratios (distill / hand-written;
+target >= 0.95).
 
 memory: peak RSS of a process (and, separately, of its DataLoader workers) that trains one
 epoch over `--small` and over `--large` on-disk 8x8 PNGs, with the teacher cache on and off
@@ -203,6 +204,10 @@ def throughput(args: argparse.Namespace) -> dict:
     )
     ratios, rows = [], []
     with tempfile.TemporaryDirectory(dir=args.out) as tmp:
+        # one discarded pair first: the first run in a process pays one-off costs (lazy
+        # imports, the page cache filling with the images) that neither side should carry
+        distill_epoch(root, Path(tmp) / "warm", teacher_file, args.workers)
+        hand_epoch(root, teacher_file, args.workers)
         for r in range(args.rounds):
             order = ("distill", "hand") if r % 2 == 0 else ("hand", "distill")
             rate = {}
