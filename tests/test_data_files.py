@@ -82,6 +82,10 @@ def test_tables_from_parquet_and_csv_hold_the_features_and_map_string_labels(dis
     k = int(s.test.positions[3])
     torch.testing.assert_close(x, torch.from_numpy(d.data[k].astype(np.float32)))
     assert y == d.target[k]
+    many = s.train.__getitems__([0, 5, 9])  # the columnar path the loop reads batches with
+    for (xa, ya), i in zip(many, [0, 5, 9]):
+        xb, yb = s.train[i]
+        assert torch.equal(xa, xb) and ya == yb
     c = load_dataset("table", train=str(root / "digits.csv"), label="name")
     assert c.class_names == sorted(NAMES)
     assert "labels are strings; mapped 10 classes" in capsys.readouterr().err
@@ -509,6 +513,19 @@ def test_bad_tables_and_column_mappings_are_named(tmp_path, disk):
         load_dataset("table", train=str(root / "nope.parquet"), label="digit")
     with pytest.raises(DataError, match="no input column 'pixels'"):
         load_dataset("hf", path=str(root / "digits.parquet"), label="digit", input="pixels")
+    holes = tmp_path / "holes.csv"
+    holes.write_text(
+        "a,b,label\n" + "".join(f"{i},{'' if i == 7 else i},{i % 2}\n" for i in range(20))
+    )
+    h = load_dataset("table", train=str(holes), test_fraction=0.25, val_fraction=0.2)
+    everything = [
+        (h.train, range(len(h.train))),
+        (h.val, range(len(h.val))),
+        (h.test, range(len(h.test))),
+    ]
+    with pytest.raises(DataError, match=r"row 7 of .*holes.csv.* holds NaN"):
+        for split, idx in everything:
+            split.__getitems__(list(idx))
     text = tmp_path / "t.csv"
     text.write_text("a,b,label\n1,x,0\n2,y,1\n3,z,0\n4,w,1\n5,v,0\n6,u,1\n")
     with pytest.raises(DataError, match="column 'b' .* holds strings"):

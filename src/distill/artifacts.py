@@ -36,6 +36,7 @@ MARKER = ".distill-export"
 
 def _hf_inner(model: nn.Module) -> Any:
     """The transformers model inside a distill student, or None."""
+
     def is_hf(m: Any) -> bool:
         return hasattr(m, "save_pretrained") and hasattr(m, "config")
 

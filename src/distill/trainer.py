@@ -193,6 +193,11 @@ class _Indexed(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> tuple[Any, int]:
         return self.dataset[i], i
 
+    def __getitems__(self, indices: list[int]) -> list[tuple[Any, int]]:
+        many = getattr(self.dataset, "__getitems__", None)
+        items = many(indices) if many is not None else [self.dataset[i] for i in indices]
+        return list(zip(items, indices))
+
 
 def _collate_indexed(items: list[tuple[Any, int]]) -> dict[str, torch.Tensor]:
     batch = collate_items([x for x, _ in items])

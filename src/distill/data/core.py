@@ -67,7 +67,9 @@ def load_batch(dataset: Any, index: Tensor) -> dict[str, Tensor]:
 
     if batches_whole(dataset):
         return dataset.batch(index)
-    batch = collate_items([dataset[int(i)] for i in index])
+    many = getattr(dataset, "__getitems__", None)  # batched reads (tables on disk)
+    items = many(index.tolist()) if many is not None else [dataset[int(i)] for i in index]
+    batch = collate_items(items)
     batch["index"] = index
     return batch
 
