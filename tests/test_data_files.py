@@ -526,6 +526,17 @@ def test_bad_tables_and_column_mappings_are_named(tmp_path, disk):
     with pytest.raises(DataError, match=r"row 7 of .*holes.csv.* holds NaN"):
         for split, idx in everything:
             split.__getitems__(list(idx))
+    with pytest.raises(DataError, match="neither a local file or folder .* local data only"):
+        load_dataset("hf", path=str(tmp_path / "no_such_dataset"))  # never a Hub lookup
+    (tmp_path / "empty.csv").write_text("a,label\n")
+    with pytest.raises(DataError, match="holds no rows"):
+        load_dataset("table", train=str(tmp_path / "empty.csv"))
+    with pytest.raises(ConfigError, match="'XYZ' is not a Pillow mode"):
+        load_dataset("image_folder", train=str(root / "digits_png/train"), mode="XYZ")
+    with pytest.raises(ConfigError, match="at least 1 pixel"):
+        load_dataset(
+            "image_folder", train=str(root / "digits_png/train"), transforms=[{"resize": 0}]
+        )
     text = tmp_path / "t.csv"
     text.write_text("a,b,label\n1,x,0\n2,y,1\n3,z,0\n4,w,1\n5,v,0\n6,u,1\n")
     with pytest.raises(DataError, match="column 'b' .* holds strings"):

@@ -356,6 +356,17 @@ def _finish(
 
 
 # ------------------------------------------------------------------------ image folders
+PIL_MODES = ("1", "L", "LA", "P", "RGB", "RGBA", "CMYK", "YCbCr", "I", "F", "I;16")
+
+
+def _check_mode(mode: str, name: str) -> None:
+    if mode not in PIL_MODES:
+        raise ConfigError(
+            f"dataset {name!r}: mode {mode!r} is not a Pillow mode; use RGB (colour), L (grey) "
+            f"or one of {list(PIL_MODES)}"
+        )
+
+
 def _image_files(folder: Path, extensions: tuple[str, ...]) -> list[str]:
     """Image files below `folder` (any depth; hidden names skipped), sorted by path. Walked
     with os.scandir on strings: a 200k-file tree lists in well under a second."""
@@ -454,6 +465,7 @@ def load_image_folder(
     name = "image_folder"
     train_tf, eval_tf = _transforms(options, name)
     _no_other_options(name, options, load_image_folder)
+    _check_mode(mode, name)
     ext = tuple(
         e.lower() if e.startswith(".") else f".{e.lower()}"
         for e in (extensions or IMAGE_EXTENSIONS)
@@ -571,6 +583,8 @@ def read_table(
             **kwargs,
         )
     except (ValueError, OSError, TypeError) as e:
+        if "corresponds to no data" in str(e):
+            raise DataError(f"dataset {name!r}: {path!r} holds no rows; check the file") from None
         raise DataError(f"dataset {name!r}: cannot read {path!r} as {fmt}: {e}") from None
 
 
@@ -628,8 +642,10 @@ class _ClassLabels:
 
 
 def _feature_columns(
-    table: Any, label: str, features: list[str] | None, name: str, origin: str
+    table: Any, label: str, features: list[str] | str | None, name: str, origin: str
 ) -> list[str]:
+    if isinstance(features, str):
+        features = [features]
     if features is None:
         features = [c for c in table.column_names if c != label]
     for c in features:
@@ -712,6 +728,7 @@ def load_image_csv(
     name = "image_csv"
     train_tf, eval_tf = _transforms(options, name)
     _no_other_options(name, options, load_image_csv)
+    _check_mode(mode, name)
 
     def source(csv: str, coder: LabelCoder | None) -> tuple[ImageFiles, LabelCoder]:
         table = read_table(csv, fmt="csv", name=name, delimiter=delimiter)

@@ -49,6 +49,8 @@ from distill.data.transforms import Pipeline
 from distill.errors import ConfigError, DataError
 
 TEST_SPLITS = ("test", "validation", "valid", "val", "dev")
+# datasets' packaged builders that read local files (path: parquet + data_files: ...)
+BUILDERS = ("parquet", "json", "csv", "arrow", "text", "imagefolder", "audiofolder", "pandas")
 
 
 def _open(path: str, fmt: str | None, data_files: Any, data_dir: str | None, streaming: bool):
@@ -56,6 +58,12 @@ def _open(path: str, fmt: str | None, data_files: Any, data_dir: str | None, str
     (parquet, json, csv, arrow, imagefolder, text) or a file."""
     datasets = _require_datasets("dataset 'hf'")
     p = Path(path).expanduser()
+    if fmt is None and path not in BUILDERS and not p.exists():
+        # never let datasets look the name up on the Hub: nothing is downloaded
+        raise DataError(
+            f"dataset 'hf': {path!r} is neither a local file or folder nor a file format "
+            f"({', '.join(BUILDERS)}); distill reads local data only: check the path"
+        )
     saved = p.is_dir() and ((p / "dataset_dict.json").is_file() or (p / "state.json").is_file())
     try:
         if saved:

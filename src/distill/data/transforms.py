@@ -43,10 +43,15 @@ NORMALIZATION = {
 
 def _size(size: int | Sequence[int]) -> tuple[int, int]:
     """(height, width) from an int (square) or a pair."""
-    if isinstance(size, int):
-        return size, size
-    h, w = size
-    return int(h), int(w)
+    if isinstance(size, int) and not isinstance(size, bool):
+        h = w = size
+    elif isinstance(size, list | tuple) and len(size) == 2:
+        h, w = (int(v) for v in size)
+    else:
+        raise ConfigError(f"a transform size is an int or [height, width], got {size!r}")
+    if h < 1 or w < 1:
+        raise ConfigError(f"a transform size must be at least 1 pixel, got {size!r}")
+    return h, w
 
 
 def _uniform(gen: torch.Generator, low: float, high: float) -> float:
@@ -81,6 +86,7 @@ def resize(sample: Any, gen: torch.Generator, *, size: int | Sequence[int]) -> A
     """Resize to `size`: an int scales the shorter side to it (aspect kept), a pair is (H, W)."""
     img = _pil(sample, "resize")
     w, h = img.size
+    _size(size)  # checks it
     if isinstance(size, int):
         short = min(w, h)  # the shorter side becomes `size`
         new = (max(1, round(w * size / short)), max(1, round(h * size / short)))
