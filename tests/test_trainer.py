@@ -337,3 +337,27 @@ def test_channels_last_trains_image_models_alike(tmp_path):
         weights[name] = {k: v.contiguous() for k, v in built.student.state_dict().items()}
     for key, value in weights["nchw"].items():
         torch.testing.assert_close(weights["nhwc"][key], value, rtol=1e-4, atol=1e-5)
+
+
+def test_metrics_rows_are_appended_and_a_cut_row_is_repaired(tmp_path):
+    from distill.logs import MetricsLog
+
+    log = MetricsLog(tmp_path)
+    log.keep_epochs_before(1)
+    log.append({"epoch": 1, "loss": 0.5})
+    first = (tmp_path / "metrics.jsonl").stat().st_ino
+    log.append({"epoch": 2, "loss": 0.4})
+    assert (tmp_path / "metrics.jsonl").stat().st_ino == first  # appended, not replaced
+    log.append({"epoch": 3, "loss": 0.3, "val_acc": 0.9})  # a new column: rewritten
+    assert (tmp_path / "metrics.csv").read_text().splitlines() == [
+        "epoch,loss,val_acc",
+        "1,0.5,",
+        "2,0.4,",
+        "3,0.3,0.9",
+    ]
+    with open(tmp_path / "metrics.jsonl", "a") as f:
+        f.write('{"epoch": 4, "lo')  # killed mid-write
+    again = MetricsLog(tmp_path)
+    assert [r["epoch"] for r in again.rows] == [1, 2, 3]
+    again.keep_epochs_before(4)
+    assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 3

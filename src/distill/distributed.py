@@ -39,12 +39,24 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-try:  # FSDP2 and DTensor (torch >= 2.6)
-    from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import FSDPModule, fully_shard
-    from torch.distributed.tensor import DTensor, distribute_tensor
-except ImportError:  # a torch built without distributed support
-    DTensor = FSDPModule = fully_shard = None  # type: ignore[assignment,misc]
+
+def _fsdp() -> Any:
+    """torch's FSDP2 and DTensor modules (torch >= 2.6), imported on first use: importing
+    them costs about half a second, which a run that never shards should not pay. None
+    for a torch built without distributed support."""
+    try:
+        import torch.distributed.device_mesh as mesh
+        import torch.distributed.fsdp as fsdp
+        import torch.distributed.tensor as tensor
+    except ImportError:
+        return None
+    return {
+        "init_device_mesh": mesh.init_device_mesh,
+        "FSDPModule": fsdp.FSDPModule,
+        "fully_shard": fsdp.fully_shard,
+        "DTensor": tensor.DTensor,
+        "distribute_tensor": tensor.distribute_tensor,
+    }
 
 
 def run_command(config: str, nproc: int, *extra: str) -> list[str]:
@@ -145,11 +157,14 @@ _MESH: dict[str, Any] = {}
 
 
 def is_dtensor(t: Any) -> bool:
-    return DTensor is not None and isinstance(t, DTensor)
+    # no DTensor can exist before torch.distributed.tensor was imported (by sharding)
+    module = sys.modules.get("torch.distributed.tensor")
+    return module is not None and isinstance(t, module.DTensor)
 
 
 def is_sharded(module: nn.Module) -> bool:
-    return FSDPModule is not None and any(isinstance(m, FSDPModule) for m in module.modules())
+    fsdp = sys.modules.get("torch.distributed.fsdp")  # imported by shard_module
+    return fsdp is not None and any(isinstance(m, fsdp.FSDPModule) for m in module.modules())
 
 
 def local(t: torch.Tensor) -> torch.Tensor:
@@ -159,7 +174,7 @@ def local(t: torch.Tensor) -> torch.Tensor:
 
 def _mesh(device: torch.device):
     if device.type not in _MESH:
-        _MESH[device.type] = init_device_mesh(device.type, (world_size(),))
+        _MESH[device.type] = _fsdp()["init_device_mesh"](device.type, (world_size(),))
     return _MESH[device.type]
 
 
@@ -173,7 +188,8 @@ def shard_module(module: nn.Module, device: torch.device) -> None:
     forward. Roots are initialised here, before any forward, so that calling a part of a
     model first (as schemes do) cannot make that part a root of its own.
     """
-    if fully_shard is None or not (dist.is_available() and dist.is_initialized()):
+    parts = _fsdp()
+    if parts is None or not (dist.is_available() and dist.is_initialized()):
         raise RuntimeError("sharding needs an initialised torch.distributed process group")
     if isinstance(module, (nn.ModuleDict, nn.ModuleList)):
         for child in module.children():
@@ -197,8 +213,10 @@ def shard_module(module: nn.Module, device: torch.device) -> None:
         groups = [*rest, merged]
     # children before their parents: a unit takes the parameters no inner unit has taken
     for group in sorted(groups, key=lambda g: -max(order[id(m)] for m in g)):
-        fully_shard(group if len(group) > 1 else group[0], mesh=mesh, reshard_after_forward=True)
-    fully_shard(module, mesh=mesh, reshard_after_forward=True)
+        parts["fully_shard"](
+            group if len(group) > 1 else group[0], mesh=mesh, reshard_after_forward=True
+        )
+    parts["fully_shard"](module, mesh=mesh, reshard_after_forward=True)
     # FSDP2 picks its root lazily, at the first forward it sees; schemes call parts of a
     # model directly, so set the root now. (A private hook: tested in test_distributed.py.)
     module._get_fsdp_state()._lazy_init()
@@ -229,7 +247,7 @@ def shard_like(own: torch.Tensor, full: torch.Tensor) -> torch.Tensor:
     if not is_dtensor(own) or is_dtensor(full) or full.shape != own.shape:
         return full
     full = full.to(device=own.device, dtype=own.dtype)
-    return distribute_tensor(full, own.device_mesh, own.placements, src_data_rank=None)
+    return _fsdp()["distribute_tensor"](full, own.device_mesh, own.placements, src_data_rank=None)
 
 
 def load_full_state(module: nn.Module, state: dict[str, torch.Tensor]) -> None:

@@ -1,4 +1,11 @@
-"""Per-epoch metrics in the run dir, as JSON lines and CSV, rewritten atomically."""
+"""Per-epoch metrics in the run dir, as JSON lines and CSV.
+
+Each epoch's row is appended to both files (one write each, no fsync: a metrics row is not
+worth a disk flush every epoch), so logging costs the same at epoch 1 and epoch 1,000.
+Both files are rewritten atomically, from the rows in memory, only when a run starts or
+resumes (which also drops rows of epochs the checkpoint had not finished and repairs a
+line cut short by a crash) or when a row brings a column the CSV header lacks.
+"""
 
 from __future__ import annotations
 
@@ -15,9 +22,15 @@ class MetricsLog:
         self.jsonl = Path(run_dir) / "metrics.jsonl"
         self.csv = Path(run_dir) / "metrics.csv"
         self.rows: list[dict] = []
+        self.columns: list[str] = []
         if self.jsonl.is_file():
-            lines = self.jsonl.read_text().splitlines()
-            self.rows = [json.loads(line) for line in lines if line.strip()]
+            for line in self.jsonl.read_text().splitlines():
+                if not line.strip():
+                    continue
+                try:
+                    self.rows.append(json.loads(line))
+                except json.JSONDecodeError:  # a row cut short by a crash: rewritten below
+                    break
 
     def keep_epochs_before(self, epoch: int) -> None:
         """Forget rows of epochs the checkpoint being resumed from had not finished."""
@@ -26,13 +39,21 @@ class MetricsLog:
 
     def append(self, row: dict) -> None:
         self.rows.append(row)
-        self._write()
+        if not self.csv.is_file() or any(k not in self.columns for k in row):
+            self._write()  # a new column: the CSV header changes
+            return
+        with open(self.jsonl, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        buf = io.StringIO()
+        csv.DictWriter(buf, fieldnames=self.columns).writerow(row)
+        with open(self.csv, "a", newline="") as f:
+            f.write(buf.getvalue())
 
     def _write(self) -> None:
         atomic_write_text(self.jsonl, "".join(json.dumps(r) + "\n" for r in self.rows))
-        columns = list(dict.fromkeys(k for r in self.rows for k in r))
+        self.columns = list(dict.fromkeys(k for r in self.rows for k in r))
         buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=columns)
+        writer = csv.DictWriter(buf, fieldnames=self.columns)
         writer.writeheader()
         writer.writerows(self.rows)
         atomic_write_text(self.csv, buf.getvalue())
