@@ -481,3 +481,70 @@ def test_export_hf_causal_lm_generates_the_same_tokens(teacher_dir):
     kwargs = {"max_new_tokens": 6, "do_sample": False, "pad_token_id": 0}
     with torch.no_grad():
         assert torch.equal(model.generate(prompt, **kwargs), again.generate(prompt, **kwargs))
+
+
+@pytest.mark.parametrize("chunk_size", [0, 5])
+def test_distillation_trainer_with_a_lora_student(tmp_path, chunk_size):
+    """peft_config: only the adapter trains and is saved; the merged export has the
+    unmerged model's logits; the chunked path reads the wrapped model's decoder."""
+    peft = pytest.importorskip("peft")
+    from transformers import AutoModelForCausalLM, TrainingArguments
+
+    from distill import DistillationTrainer
+
+    teacher, student = _hf_models()
+    base = {k: v.clone() for k, v in student.state_dict().items()}
+    args = TrainingArguments(
+        output_dir=str(tmp_path / "out"),
+        max_steps=3,
+        per_device_train_batch_size=4,
+        report_to=[],
+        use_cpu=True,
+        save_strategy="no",
+        learning_rate=1e-2,
+    )
+    lora = peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], lora_dropout=0.0)
+    trainer = DistillationTrainer(
+        model=student,
+        args=args,
+        train_dataset=_Rows(),
+        teacher_model=teacher,
+        peft_config=lora,
+        chunk_size=chunk_size,
+    )
+    model = trainer.model
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    assert 0 < trainable < total / 5
+    trainer.train()
+    for name, value in model.get_base_model().state_dict().items():  # base weights frozen
+        key = name.replace("base_layer.", "")
+        if "lora_" not in name and key in base:
+            assert torch.equal(value, base[key]), name
+    trainer.save_model(str(tmp_path / "adapter"))
+    files = {p.name for p in (tmp_path / "adapter").iterdir()}
+    assert "adapter_model.safetensors" in files and "model.safetensors" not in files
+    assert (tmp_path / "adapter" / "adapter_model.safetensors").stat().st_size < 50_000
+    trainer.save_merged(str(tmp_path / "merged"))
+    merged = AutoModelForCausalLM.from_pretrained(str(tmp_path / "merged")).eval()
+    ids = _Rows(2).ids
+    model.eval()
+    with torch.no_grad():
+        assert float((merged(ids).logits - model(ids).logits).abs().max()) <= 1e-5
+
+
+def test_a_peft_config_naming_missing_modules_is_refused_with_the_names():
+    peft = pytest.importorskip("peft")
+    from transformers import TrainingArguments
+
+    from distill import DistillationTrainer
+
+    teacher, student = _hf_models()
+    args = TrainingArguments(output_dir="unused", report_to=[], use_cpu=True)
+    with pytest.raises(ValueError, match="peft_config: .*module names end in .*q_proj"):
+        DistillationTrainer(
+            model=student,
+            args=args,
+            teacher_model=teacher,
+            peft_config=peft.LoraConfig(target_modules=["c_attn"]),
+        )

@@ -9,6 +9,14 @@ callbacks, checkpoints — stays as it was. Labels follow the Hugging Face conve
 The loss is normalised by the supervised tokens of the whole optimizer step
 (`num_items_in_batch`, which `Trainer` counts over every accumulated micro-batch), so
 gradient accumulation does not change it.
+
+PEFT: `peft_config=LoraConfig(...)` wraps the student with `peft.get_peft_model` (only the
+adapter trains; `save_model` writes only the adapter, as `Trainer` does for PEFT models);
+`save_merged(path)` writes the student with the adapter merged into its weights, as a
+plain `from_pretrained` folder. A student or teacher already wrapped by `peft` works as
+it is. The memory-efficient path (`chunk_size`) finds the final hidden states and the
+output head through the model's own accessors (`get_base_model`, `get_decoder`,
+`get_output_embeddings`), so it works on wrapped models too.
 """
 
 from __future__ import annotations
@@ -43,9 +51,17 @@ class DistillationTrainer(transformers.Trainer):
         beta: float = 0.5,
         alpha: float = 0.1,
         chunk_size: int = 0,
+        peft_config: Any = None,
         **kwargs: Any,
     ):
         div_args = divergence_args(divergence, temperature, beta, alpha)  # checks the name
+        if peft_config is not None:
+            if "model" in kwargs:
+                kwargs["model"] = with_adapter(kwargs["model"], peft_config)
+            elif args:
+                args = (with_adapter(args[0], peft_config), *args[1:])
+            else:
+                raise ValueError("peft_config needs the student: pass model=...")
         super().__init__(*args, **kwargs)
         self.teacher = teacher_model.to(self.args.device).eval()
         self.teacher.requires_grad_(False)
@@ -63,17 +79,16 @@ class DistillationTrainer(transformers.Trainer):
         n = num_items_in_batch if num_items_in_batch is not None else mask.sum()
         n = torch.as_tensor(n, device=labels.device)
         if self.chunk_size:
-            s_out = model.base_model(**inputs)
+            s_decoder, s_head = decoder_and_head(model)
+            t_decoder, t_head = decoder_and_head(self.teacher)
+            s_out = s_decoder(**inputs)
             with torch.no_grad():
-                t_out = self.teacher.base_model(**inputs)
+                t_out = t_decoder(**inputs)
             h_s = s_out.last_hidden_state[:, :-1][mask]
             h_t = t_out.last_hidden_state[:, :-1][mask]
-            vocab = min(
-                model.get_output_embeddings().weight.shape[0],
-                self.teacher.get_output_embeddings().weight.shape[0],
-            )
-            w_s = model.get_output_embeddings().weight[:vocab]
-            w_t = self.teacher.get_output_embeddings().weight[:vocab]
+            vocab = min(s_head.weight.shape[0], t_head.weight.shape[0])
+            w_s = s_head.weight[:vocab]
+            w_t = t_head.weight[:vocab]
             kd = chunked_token_divergence(
                 h_s,
                 w_s,
@@ -100,3 +115,50 @@ class DistillationTrainer(transformers.Trainer):
         if num_items_in_batch is not None and self.args.average_tokens_across_devices:
             loss = loss * self.accelerator.num_processes  # n counted tokens on every device
         return (loss, outputs) if return_outputs else loss
+
+    def save_merged(self, path: str) -> None:
+        """The student with its PEFT adapter merged into the base weights, saved as a plain
+        `from_pretrained` folder (with the tokenizer when the trainer has one)."""
+        model = self.accelerator.unwrap_model(self.model)
+        if not hasattr(model, "merge_and_unload"):
+            raise ValueError("save_merged: the student has no PEFT adapter; use save_model")
+        import copy
+
+        merged = copy.deepcopy(model).merge_and_unload()
+        merged.save_pretrained(path, safe_serialization=True)
+        if self.processing_class is not None:
+            self.processing_class.save_pretrained(path)
+
+
+def with_adapter(model: torch.nn.Module, peft_config: Any) -> torch.nn.Module:
+    """`model` wrapped by `peft.get_peft_model`; a target the model lacks is named with the
+    model's own module names."""
+    try:
+        from peft import get_peft_model
+    except ImportError:
+        raise ImportError("peft_config needs the peft package: pip install peft") from None
+    try:
+        return get_peft_model(model, peft_config)
+    except ValueError as e:
+        kinds = sorted({name.rsplit(".", 1)[-1] for name, _ in model.named_modules() if name})
+        raise ValueError(
+            f"peft_config: {str(e).splitlines()[0]}; this model's module names end in {kinds[:20]}"
+        ) from None
+
+
+def decoder_and_head(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """(the decoder that returns the final hidden states, the output head) of a causal LM,
+    through wrappers: DDP's `.module`, PEFT's `get_base_model()`, then the model's own
+    `get_decoder()` and `get_output_embeddings()`."""
+    if isinstance(model, torch.nn.parallel.DistributedDataParallel):
+        model = model.module
+    if hasattr(model, "get_base_model"):
+        model = model.get_base_model()
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    decoder = model.get_decoder() if hasattr(model, "get_decoder") else None
+    if decoder is None or head is None or decoder is model:
+        raise ValueError(
+            f"chunk_size: cannot find the decoder and output head of {type(model).__name__} "
+            f"(get_decoder / get_output_embeddings); use chunk_size=0"
+        )
+    return decoder, head
