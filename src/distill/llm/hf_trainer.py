@@ -10,6 +10,10 @@ The loss is normalised by the supervised tokens of the whole optimizer step
 (`num_items_in_batch`, which `Trainer` counts over every accumulated micro-batch), so
 gradient accumulation does not change it.
 
+Text data: with `processing_class=tokenizer`, datasets of `text`, `prompt` + `completion`,
+or chat `messages` are tokenised here (the loss on completion / assistant tokens only; see
+`distill.llm.chat`), and padded by a collator when none is given.
+
 PEFT: `peft_config=LoraConfig(...)` wraps the student with `peft.get_peft_model` (only the
 adapter trains; `save_model` writes only the adapter, as `Trainer` does for PEFT models);
 `save_merged(path)` writes the student with the adapter merged into its weights, as a
@@ -52,9 +56,11 @@ class DistillationTrainer(transformers.Trainer):
         alpha: float = 0.1,
         chunk_size: int = 0,
         peft_config: Any = None,
+        max_length: int = 1024,
         **kwargs: Any,
     ):
         div_args = divergence_args(divergence, temperature, beta, alpha)  # checks the name
+        _prepare_text(kwargs, max_length)
         if peft_config is not None:
             if "model" in kwargs:
                 kwargs["model"] = with_adapter(kwargs["model"], peft_config)
@@ -128,6 +134,29 @@ class DistillationTrainer(transformers.Trainer):
         merged.save_pretrained(path, safe_serialization=True)
         if self.processing_class is not None:
             self.processing_class.save_pretrained(path)
+
+
+def _prepare_text(kwargs: dict[str, Any], max_length: int) -> None:
+    """Untokenised datasets (text, prompt/completion, messages) tokenised with the
+    `processing_class`, and a padding collator when none is given (see distill.llm.chat)."""
+    from distill.llm.chat import PadCollator, shape_of, tokenize_dataset
+
+    tokenizer = kwargs.get("processing_class")
+    for key in ("train_dataset", "eval_dataset"):
+        data = kwargs.get(key)
+        if data is None or isinstance(data, dict):
+            continue
+        columns = list(getattr(data, "column_names", None) or (data[0].keys() if len(data) else []))
+        if shape_of(columns) is None:
+            continue
+        if tokenizer is None:
+            raise ValueError(
+                f"{key} holds text ({', '.join(columns)}); pass processing_class=<tokenizer> "
+                f"to tokenise it"
+            )
+        kwargs[key] = tokenize_dataset(data, tokenizer, max_length)
+        if kwargs.get("data_collator") is None:
+            kwargs["data_collator"] = PadCollator(tokenizer)
 
 
 def with_adapter(model: torch.nn.Module, peft_config: Any) -> torch.nn.Module:
