@@ -548,3 +548,54 @@ def test_a_peft_config_naming_missing_modules_is_refused_with_the_names():
             teacher_model=teacher,
             peft_config=peft.LoraConfig(target_modules=["c_attn"]),
         )
+
+
+def test_on_policy_and_sequence_level_kd_in_distillation_trainer(tmp_path):
+    """generate_completions keeps each prompt, supervises only the generated tokens, and
+    stops at EOS; lmbda and seq_kd train with generated batches, reproducibly."""
+    from transformers import TrainingArguments
+
+    from distill import DistillationTrainer
+
+    def make(lmbda, seq_kd, seed=0):
+        teacher, student = _hf_models()
+        args = TrainingArguments(
+            output_dir=str(tmp_path / f"{lmbda}{seq_kd}{seed}"),
+            max_steps=2,
+            per_device_train_batch_size=4,
+            report_to=[],
+            use_cpu=True,
+            save_strategy="no",
+            seed=seed,
+            logging_steps=1,
+        )
+        return DistillationTrainer(
+            model=student,
+            args=args,
+            train_dataset=_Rows(),
+            teacher_model=teacher,
+            lmbda=lmbda,
+            seq_kd=seq_kd,
+            max_new_tokens=5,
+            divergence="jsd",
+        )
+
+    trainer = make(1.0, False)
+    rows = _Rows(3)
+    batch = {k: torch.stack([rows[i][k] for i in range(3)]) for k in rows[0]}
+    batch["labels"][1, :7] = -100  # a longer prompt on row 1
+    out = trainer.generate_completions(trainer.teacher, batch)
+    for i, p in enumerate([4, 7, 4]):
+        assert torch.equal(out["input_ids"][i, :p], batch["input_ids"][i, :p])  # the prompt kept
+        assert (out["labels"][i, :p] == -100).all()
+        n = int((out["labels"][i] != -100).sum())
+        assert 1 <= n <= 5 and int(out["attention_mask"][i].sum()) == p + n
+        assert torch.equal(out["labels"][i, p : p + n], out["input_ids"][i, p : p + n])
+    losses = []
+    for lmbda, seq_kd in ((1.0, False), (0.5, True), (1.0, False)):
+        result = make(lmbda, seq_kd).train()
+        assert torch.isfinite(torch.tensor(result.training_loss))
+        losses.append(result.training_loss)
+    assert losses[0] == losses[2]  # the same seed samples the same generations
+    with pytest.raises(ValueError, match="lmbda is a probability"):
+        make(1.5, False)

@@ -25,6 +25,7 @@ output head through the model's own accessors (`get_base_model`, `get_decoder`,
 
 from __future__ import annotations
 
+import random
 from typing import Any
 
 import torch
@@ -39,6 +40,8 @@ class DistillationTrainer(transformers.Trainer):
     """`transformers.Trainer` whose loss is task_weight * CE + kd_weight * divergence.
 
     Args beyond Trainer's: `teacher_model` (frozen here, moved to the training device),
+    `lmbda` / `seq_kd` / `max_new_tokens` / `generation_temperature` (on-policy and
+    sequence-level KD, see `training_step`), `peft_config`, `max_length` (text data),
     `divergence` (see `distill.llm.TOKEN_DIVERGENCES`), `temperature`, `kd_weight`,
     `task_weight`, `beta` (jsd), `alpha` (skew KL), `chunk_size` (> 0: the memory-efficient
     path from hidden states, never holding full logits).
@@ -57,8 +60,16 @@ class DistillationTrainer(transformers.Trainer):
         chunk_size: int = 0,
         peft_config: Any = None,
         max_length: int = 1024,
+        lmbda: float = 0.0,
+        seq_kd: bool = False,
+        max_new_tokens: int = 128,
+        generation_temperature: float = 1.0,
         **kwargs: Any,
     ):
+        if not 0.0 <= lmbda <= 1.0:
+            raise ValueError(f"lmbda is a probability (0..1), got {lmbda}")
+        if max_new_tokens < 1 or generation_temperature < 0:
+            raise ValueError("max_new_tokens must be >= 1 and generation_temperature >= 0")
         div_args = divergence_args(divergence, temperature, beta, alpha)  # checks the name
         _prepare_text(kwargs, max_length)
         if peft_config is not None:
@@ -76,6 +87,81 @@ class DistillationTrainer(transformers.Trainer):
         self.div_args = div_args
         # we normalise by num_items_in_batch ourselves; Trainer must not divide again
         self.model_accepts_loss_kwargs = True
+        self.lmbda, self.seq_kd = lmbda, seq_kd
+        self.max_new_tokens, self.generation_temperature = max_new_tokens, generation_temperature
+        self._coin = random.Random(self.args.seed)  # on-policy draws, reproducible
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        """GKD (Agarwal et al. 2024): with `seq_kd` the batch's completions are first
+        replaced by the teacher's generations (sequence-level KD, Kim & Rush 2016); then,
+        with probability `lmbda`, by the student's own (on-policy). A generated batch is
+        normalised by its own supervised tokens."""
+        generated = False
+        if self.seq_kd:
+            inputs, generated = self.generate_completions(self.teacher, inputs), True
+        if self.lmbda and self._coin.random() < self.lmbda:
+            inputs, generated = self.generate_completions(model, inputs), True
+        return super().training_step(model, inputs, None if generated else num_items_in_batch)
+
+    @torch.no_grad()
+    def generate_completions(self, generator: torch.nn.Module, inputs: dict) -> dict:
+        """Each row's prompt (its tokens before the first supervised label) continued by
+        `generator` for up to `max_new_tokens`, batched with left padding; returned
+        right-padded with labels on the generated tokens only (through the first EOS)."""
+        labels, ids = inputs["labels"], inputs["input_ids"]
+        mask = inputs.get("attention_mask", torch.ones_like(ids))
+        supervised = labels != -100
+        starts = torch.where(supervised.any(1), supervised.float().argmax(1), mask.sum(1))
+        prompts = [
+            ids[i, : int(starts[i])][mask[i, : int(starts[i])].bool()] for i in range(len(ids))
+        ]
+        pad, eos = self._pad_and_eos(generator)
+        width = max(len(p) for p in prompts)
+        left = torch.full((len(ids), width), pad, dtype=ids.dtype, device=ids.device)
+        left_mask = torch.zeros_like(left)
+        for i, p in enumerate(prompts):
+            left[i, width - len(p) :], left_mask[i, width - len(p) :] = p, 1
+        unwrapped = self.accelerator.unwrap_model(generator)
+        was = unwrapped.training
+        unwrapped.eval()
+        sample = self.generation_temperature > 0
+        out = unwrapped.generate(
+            input_ids=left,
+            attention_mask=left_mask,
+            max_new_tokens=self.max_new_tokens,
+            do_sample=sample,
+            temperature=self.generation_temperature if sample else None,
+            top_k=0 if sample else None,
+            pad_token_id=pad,
+            eos_token_id=eos,
+        )[:, width:]
+        unwrapped.train(was)
+        rows = []
+        for p, new in zip(prompts, out):
+            if eos is not None and (new == eos).any():
+                new = new[: int((new == eos).float().argmax()) + 1]
+            rows.append((p, new))
+        length = max(len(p) + len(n) for p, n in rows)
+        batch = {
+            "input_ids": torch.full((len(rows), length), pad, dtype=ids.dtype),
+            "attention_mask": torch.zeros((len(rows), length), dtype=ids.dtype),
+            "labels": torch.full((len(rows), length), -100, dtype=ids.dtype),
+        }
+        for i, (p, new) in enumerate(rows):
+            seq = torch.cat([p, new])
+            batch["input_ids"][i, : len(seq)] = seq
+            batch["attention_mask"][i, : len(seq)] = 1
+            batch["labels"][i, len(p) : len(seq)] = new
+        return {k: v.to(ids.device) for k, v in batch.items()}
+
+    def _pad_and_eos(self, model: torch.nn.Module) -> tuple[int, int | None]:
+        tok = self.processing_class
+        config = getattr(self.accelerator.unwrap_model(model), "config", None)
+        eos = getattr(tok, "eos_token_id", None) if tok is not None else None
+        eos = eos if eos is not None else getattr(config, "eos_token_id", None)
+        pad = getattr(tok, "pad_token_id", None) if tok is not None else None
+        pad = pad if pad is not None else getattr(config, "pad_token_id", None)
+        return (pad if pad is not None else (eos if eos is not None else 0)), eos
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         inputs = dict(inputs)
