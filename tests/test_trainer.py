@@ -361,3 +361,24 @@ def test_metrics_rows_are_appended_and_a_cut_row_is_repaired(tmp_path):
     assert [r["epoch"] for r in again.rows] == [1, 2, 3]
     again.keep_epochs_before(4)
     assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 3
+
+
+@pytest.mark.parametrize("max_steps", [2, 30])  # before the first epoch ends, and after it
+def test_a_run_stopped_by_max_steps_is_tested_and_says_which_weights(tmp_path, max_steps):
+    from distill.rundir import finished
+
+    cfg = parse_config(synthetic_cfg(tmp_path / "r", train={"epochs": 5, "max_steps": max_steps}))
+    result = run_experiment(cfg)
+    saved = json.loads((tmp_path / "r" / "results.json").read_text())
+    assert saved == json.loads(json.dumps(result)) and not saved["complete"]
+    assert 0.0 <= saved["test_acc"] <= 1.0 and "test_nll" in saved
+    if saved["epochs"] == 0:
+        assert saved["tested"].startswith("final weights (step 2")
+        assert saved["best_val_acc"] is None
+    else:
+        assert saved["tested"] == f"best weights (epoch {saved['best_epoch']})"
+    assert not finished(tmp_path / "r")  # bench / stages / compress resume it, not skip it
+    back = run_experiment(
+        parse_config(synthetic_cfg(tmp_path / "r", train={"epochs": 5})), resume=True
+    )
+    assert back["complete"] and finished(tmp_path / "r")

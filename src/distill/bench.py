@@ -148,8 +148,10 @@ def _run_one(cfg: dict) -> float:
     from distill.run import run_experiment
 
     torch.set_num_threads(1)  # one core per worker
+    from distill.rundir import finished
+
     done = Path(cfg["run_dir"]) / "results.json"
-    if done.is_file():  # finished earlier: a resumed sweep does not redo it
+    if finished(done.parent):  # finished earlier: a resumed sweep does not redo it
         return json.loads(done.read_text())["test_acc"]
     return run_experiment(parse_config(cfg), overwrite=True)["test_acc"]
 

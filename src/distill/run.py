@@ -229,12 +229,24 @@ def _train(cfg, built, trainer: Trainer, resume: bool, overwrite: bool, changes)
         results["teacher_cache"] = built.cache_plan.reason
     distributed.barrier()  # rank 0's last checkpoint and best weights are on disk
     # A sharded model runs only with every rank taking part, so then all ranks test.
-    if summary["complete"] and (main or sharded):
+    # A run that ends (complete, or stopped by train.max_steps) is tested: its best weights,
+    # or its final ones when no epoch was validated yet; a signal only saves and reports.
+    tests = summary["complete"] or summary.get("stopped_by") == "max_steps"
+    if tests and (main or sharded):
         device = trainer.device if sharded else torch.device("cpu")
-        tested = test_results(built, run_dir, trainer.settings.eval_batch_size, device)
-        if main:
-            results.update(tested)
-            atomic_write_text(run_dir / "results.json", json.dumps(results, indent=2))
+        best = weights_path(str(run_dir)).is_file()
+        results.update(
+            test_results(
+                built, run_dir, trainer.settings.eval_batch_size, device, final_weights=not best
+            )
+        )
+        results["tested"] = (
+            f"best weights (epoch {summary['best_epoch']})"
+            if best
+            else f"final weights (step {summary['steps']}; no epoch was validated)"
+        )
+    if main:
+        atomic_write_text(run_dir / "results.json", json.dumps(results, indent=2))
     return results
 
 
@@ -260,13 +272,20 @@ def _resume_line(trainer: Trainer, saved: Path) -> str:
 
 
 def test_results(
-    built: Any, run_dir: Path, batch_size: int, device: torch.device | None = None
+    built: Any,
+    run_dir: Path,
+    batch_size: int,
+    device: torch.device | None = None,
+    *,
+    final_weights: bool = False,
 ) -> dict[str, float]:
-    """Test metrics of the best student weights, and of the teacher and their agreement.
+    """Test metrics of the best student weights (the student as it is with
+    `final_weights`), and of the teacher and their agreement.
 
     Models run on `device` (CPU by default); a sharded model stays where it is."""
     device = device or torch.device("cpu")
-    restore_weights(built.student, weights_path(str(run_dir)), "student")
+    if not final_weights:
+        restore_weights(built.student, weights_path(str(run_dir)), "student")
     for model in (built.student, built.teacher):
         if model is not None and not distributed.is_sharded(model):
             model.to(device)

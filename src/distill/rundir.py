@@ -94,6 +94,19 @@ def foreign_files(run_dir: Path) -> list[Path]:
     return sorted(found)
 
 
+def finished(run_dir: Path) -> bool:
+    """True when `run_dir` holds the results of a run that ran to its end. A run stopped
+    early (train.max_steps, a signal) also writes results.json, marked complete: false, and
+    is resumed rather than counted as done by bench, stages and compress."""
+    path = Path(run_dir) / "results.json"
+    if not path.is_file():
+        return False
+    try:
+        return json.loads(path.read_text()).get("complete", True) is not False
+    except (OSError, ValueError):
+        return False
+
+
 def holds_run(run_dir: Path) -> bool:
     """True when `run_dir` holds a started run (a checkpoint, metrics or results)."""
     return (

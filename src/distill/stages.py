@@ -36,6 +36,7 @@ from distill.checkpoint import atomic_write_text, restore_weights
 from distill.config import ExperimentConfig, ModelConfig, dump_config, parse_config
 from distill.errors import ConfigError
 from distill.paradigms import lifelong
+from distill.rundir import finished
 from distill.schemes import SCHEMES, parse_args
 from distill.settings import Strict
 
@@ -268,7 +269,7 @@ def _run_stages(
         stage_dir = stage.resolved_run_dir()
         done = stage_dir / "results.json"
         after = AFTER_STAGE.get(cfg.scheme.name)
-        if done.is_file():
+        if finished(stage_dir):
             results.append(json.loads(done.read_text()))
             if after is not None:
                 after(cfg, i, stage)

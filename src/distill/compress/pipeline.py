@@ -50,6 +50,7 @@ from distill.errors import ConfigError
 from distill.evaluate import predict_logits, targets_of
 from distill.models import build_model
 from distill.profile import count_parameters, file_size, latency_ms
+from distill.rundir import finished
 from distill.settings import QuantSettings, SparsitySettings, Strict
 
 from .search import SearchSettings
@@ -215,7 +216,7 @@ class Compressor:
             self._experiment(student, teacher, run_dir, stage), f"stage {stage.name}"
         )
         done = run_dir / "results.json"
-        if done.is_file():
+        if finished(run_dir):
             return json.loads(done.read_text())
         can_resume = (run_dir / "checkpoints" / "last.safetensors").is_file()
         self.log(f"compress: training stage {stage.name} in {run_dir}")
