@@ -308,7 +308,9 @@ def test_teacher_cache_round_trip_and_training(tmp_path, teacher_dir, mode):
     assert cache.bytes_per_token() == pytest.approx(8 * 6 + (2 if mode == "topk" else 16))
     cached = _kd(tmp_path, teacher_dir, {"teacher_cache": str(out)})
     cached["run_dir"] = str(tmp_path / "cached")
-    assert run_experiment(parse_config(cached))["complete"]
+    result = run_experiment(parse_config(cached))
+    assert result["complete"]
+    assert result["teacher_cache"].startswith(f"{mode}-8 logit cache")
     bad = _kd(tmp_path, teacher_dir, {"teacher_cache": str(out), "chunk_size": 8})
     with pytest.raises(ConfigError, match="cannot be combined"):
         build(parse_config(bad))

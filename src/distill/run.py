@@ -227,6 +227,12 @@ def _train(cfg, built, trainer: Trainer, resume: bool, overwrite: bool, changes)
         results["sharded"] = sharded  # models split across the ranks with FSDP
     if built.cache_plan is not None and cfg.teacher is not None:
         results["teacher_cache"] = built.cache_plan.reason
+    lm_cache = getattr(built.scheme, "cache", None)  # lm_kd trained from `distill lm-cache`
+    if lm_cache is not None and hasattr(lm_cache, "mode"):
+        results["teacher_cache"] = (
+            f"{lm_cache.mode}-{lm_cache.k} logit cache {str(lm_cache.path)!r} (the teacher "
+            f"was not run on the training data)"
+        )
     distributed.barrier()  # rank 0's last checkpoint and best weights are on disk
     # A sharded model runs only with every rank taking part, so then all ranks test.
     # A run that ends (complete, or stopped by train.max_steps) is tested: its best weights,
