@@ -29,8 +29,13 @@ def config(data_dir: Path, run_dir: Path, seed: int, streaming: bool, epochs: in
         "test": str(data_dir / "digits_split" / "test.parquet"),
     }
     options = {"path": "parquet", "data_files": files, "label": "digit"}
-    train = {"epochs": epochs, "batch_size": 64, "seed": seed, "progress": False,
-             "optimizer": {"name": "adamw", "lr": 0.003}}
+    train = {
+        "epochs": epochs,
+        "batch_size": 64,
+        "seed": seed,
+        "progress": False,
+        "optimizer": {"name": "adamw", "lr": 0.003},
+    }
     if streaming:
         # 1,437 training rows, 144 held out: 1,293 left, 20 full batches per pass
         options.update(streaming=True, num_classes=10, val_samples=144, shuffle_buffer=512)
@@ -60,9 +65,17 @@ def main() -> None:
                 cfg = config(data_dir, Path(tmp) / f"{kind}{seed}", seed, streaming, args.epochs)
                 result = run_experiment(parse_config(cfg))
                 acc[kind].append(result["test_acc"])
-                print(f"seed {seed} {kind}: test acc {result['test_acc']:.4f}, steps {result['steps']}")
-    summary = {k: {"mean": statistics.mean(v), "std": statistics.stdev(v) if len(v) > 1 else 0.0,
-                   "runs": v} for k, v in acc.items()}
+                print(
+                    f"seed {seed} {kind}: test acc {result['test_acc']:.4f}, steps {result['steps']}"
+                )
+    summary = {
+        k: {
+            "mean": statistics.mean(v),
+            "std": statistics.stdev(v) if len(v) > 1 else 0.0,
+            "runs": v,
+        }
+        for k, v in acc.items()
+    }
     print(json.dumps(summary))
 
 

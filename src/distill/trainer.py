@@ -467,9 +467,8 @@ class Trainer:
     def _augment_and_move(
         self, batch: dict[str, torch.Tensor], cache: Any, *, views: bool, shard: bool
     ) -> dict[str, torch.Tensor]:
-        if cache is not None and getattr(
-            cache, "epoch_views", 0
-        ):  # outputs cached on this epoch's views
+        epoch_views = cache is not None and getattr(cache, "epoch_views", 0)
+        if epoch_views:  # the teacher's outputs were cached on this epoch's views
             batch["view"] = torch.full_like(batch["index"], self.state["epoch"])
         if views:  # the student sees exactly the cached views
             view = torch.randint(cache.views, (len(batch["index"]),), generator=self.aug_gen)
