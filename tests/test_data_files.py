@@ -742,3 +742,84 @@ def test_export_of_a_convnet_trained_on_an_image_folder(tmp_path, disk):
     assert export_run(tmp_path / "c", "torchscript")["max_abs_logit_diff"] == 0.0
     with pytest.raises(ConfigError, match="needs a Hugging Face student"):
         export_run(tmp_path / "c", "hf")
+
+
+def _stand_in_vision(monkeypatch, seen):
+    """timm and torchvision cannot run on this machine (torchvision's compiled operators do
+    not load against the CPU torch build, and timm needs torchvision), so these tests put
+    stand-in modules with the same entry points (timm.create_model,
+    torchvision.models.get_model) in sys.modules and check what distill passes them."""
+    import types
+
+    def small(num_classes, in_chans):
+        return torch.nn.Sequential(
+            torch.nn.Conv2d(in_chans, 8, 3, padding=1),
+            torch.nn.ReLU(),
+            torch.nn.AdaptiveAvgPool2d(1),
+            torch.nn.Flatten(),
+            torch.nn.Linear(8, num_classes),
+        )
+
+    def create_model(name, pretrained, num_classes, in_chans, **kw):
+        seen.append(("timm", name, pretrained, num_classes, in_chans, kw))
+        return small(num_classes, in_chans)
+
+    def get_model(name, weights, num_classes, **kw):
+        seen.append(("torchvision", name, weights, num_classes, kw))
+        return small(num_classes, 3)
+
+    timm = types.ModuleType("timm")
+    timm.create_model = create_model
+    tv = types.ModuleType("torchvision")
+    tv.models = types.SimpleNamespace(get_model=get_model)
+    monkeypatch.setitem(sys.modules, "timm", timm)
+    monkeypatch.setitem(sys.modules, "torchvision", tv)
+
+
+def test_timm_and_torchvision_models_by_name_train_from_yaml(tmp_path, disk, monkeypatch):
+    from distill.models import build_model
+
+    root, *_ = disk
+    seen = []
+    _stand_in_vision(monkeypatch, seen)
+    data = {"name": "image_folder", "options": {"train": str(root / "digits_png/train")}}
+    for name in ("timm", "torchvision"):
+        student = {"name": name, "args": {"model": "resnet18", "drop_rate": 0.1}}
+        result = run_experiment(_yaml(tmp_path, name, data, student=student, train={"epochs": 2}))
+        assert result["complete"] and 0.0 <= result["test_acc"] <= 1.0
+    assert seen[0] == ("timm", "resnet18", False, 10, 3, {"drop_rate": 0.1})
+    assert ("torchvision", "resnet18", None, 10, {"drop_rate": 0.1}) in seen
+    with pytest.raises(ConfigError, match="would download"):
+        build_model("timm", (3, 8, 8), 10, {"model": "resnet18", "pretrained": True})
+    with pytest.raises(ConfigError, match="3-channel images"):
+        build_model("torchvision", (1, 8, 8), 10, {"model": "resnet18"})
+    # a torch.save state dict next to the model name, as a teacher's weights
+    torch.manual_seed(1)
+    trained = build_model("timm", (3, 8, 8), 10, {"model": "resnet18"})
+    torch.save(trained.state_dict(), tmp_path / "teacher.pt")
+    cfg = _yaml(
+        tmp_path,
+        "kd",
+        data,
+        scheme="offline",
+        teacher={
+            "name": "timm",
+            "args": {"model": "resnet18"},
+            "weights": str(tmp_path / "teacher.pt"),
+        },
+        objective={"terms": [{"loss": "kd"}]},
+        train={"epochs": 1},
+    )
+    from distill.build import build
+
+    built = build(cfg)
+    for key, value in trained.state_dict().items():
+        assert torch.equal(built.teacher.state_dict()[key], value)
+
+
+def test_without_timm_the_error_names_the_package(monkeypatch):
+    from distill.models import build_model
+
+    monkeypatch.setitem(sys.modules, "timm", None)  # import timm raises ImportError
+    with pytest.raises(ConfigError, match="needs timm, which is not installed: pip install"):
+        build_model("timm", (3, 8, 8), 10, {"model": "resnet18"})

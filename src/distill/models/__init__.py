@@ -32,6 +32,12 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "minilm_teacher": minilm_teacher,
     "sentence_encoder": sentence_encoder,
     "pretrained_encoder": pretrained_encoder,
+    "timm": lambda input_shape, num_classes, **args: _vision(
+        "timm_model", input_shape, num_classes, **args
+    ),
+    "torchvision": lambda input_shape, num_classes, **args: _vision(
+        "torchvision_model", input_shape, num_classes, **args
+    ),
     "hf_model": lambda input_shape, num_classes, **args: _hf_model(
         input_shape, num_classes, **args
     ),
@@ -39,6 +45,12 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
         input_shape, num_classes, **args
     ),
 }
+
+
+def _vision(which, input_shape, num_classes, **args):
+    from distill.models import vision_zoo  # timm / torchvision are imported only when used
+
+    return getattr(vision_zoo, which)(input_shape, num_classes, **args)
 
 
 def _hf_model(input_shape, num_classes, **args):
