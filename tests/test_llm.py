@@ -601,3 +601,63 @@ def test_on_policy_and_sequence_level_kd_in_distillation_trainer(tmp_path):
     assert losses[0] == losses[2]  # the same seed samples the same generations
     with pytest.raises(ValueError, match="lmbda is a probability"):
         make(1.5, False)
+
+
+def test_sequence_level_kd_across_tokenizers(tmp_path, capsys):
+    """A byte-level teacher writes continuations; the student learns them re-tokenized by
+    its BPE tokenizer (supervised only past the prompt), and the distinct-token ratio of
+    the teacher's generations is reported."""
+    from distill.checkpoint import save_weights
+    from distill.models import build_model
+
+    torch.manual_seed(0)
+    teacher = build_model("hf_causal_lm", (48,), 259, GPT2["args"])
+    save_weights(tmp_path / "bytes_teacher.safetensors", teacher)
+    data = {
+        **DATA,
+        "options": {**DATA["options"], "teacher_tokenizer": "bytes", "teacher_block_size": 48},
+    }
+    cfg = {
+        "name": "x",
+        "run_dir": str(tmp_path / "seq"),
+        "data": data,
+        "scheme": {
+            "name": "lm_kd",
+            "args": {"sequence_level": {"prompt_tokens": 8, "greedy": False}},
+        },
+        "teacher": {
+            **GPT2,
+            "args": {**GPT2["args"], "vocab_size": 259},
+            "weights": str(tmp_path / "bytes_teacher.safetensors"),
+        },
+        "student": LLAMA,
+        "train": TRAIN,
+    }
+    built = build(parse_config(cfg))
+    assert "distinct (ratio" in capsys.readouterr().err
+    scheme, train = built.scheme, built.data.train
+    batch = load_batch(train, torch.arange(4))
+    seq = scheme._sequence_batch(batch)
+    tok, t_tok = built.data.tokenizer, built.data.teacher_tokenizer
+    for i in range(4):
+        row = scheme.modules["sequences"].value[i]
+        start = int(scheme.modules["sequence_starts"].value[i])
+        text = tok.decode([int(t) for t in row if t >= 0])
+        prompt = t_tok.decode(train.teacher_ids[i, :8].tolist())
+        assert text.startswith(prompt[: len(prompt) // 2])  # the teacher's prompt, re-tokenized
+        supervised = (seq["target"][i] >= 0).nonzero().flatten()
+        assert int(supervised.min()) == start - 1  # the first continuation token onwards
+    result = run_experiment(parse_config(cfg))
+    assert result["complete"] and result["test_ppl"] > 1 and "teacher_test_ppl" not in result
+    bad = {**cfg, "scheme": {"name": "lm_kd", "args": {"sequence_level": {}, "chunk_size": 4}}}
+    with pytest.raises(ConfigError, match="across tokenizers cannot be combined"):
+        build(parse_config(bad))
+
+
+def test_collapsed_teacher_generations_are_warned_about(capsys):
+    from distill.llm.scheme import report_diversity
+
+    assert report_diversity(torch.full((4, 10), 7)) == pytest.approx(1 / 40)
+    assert "collapsed" in capsys.readouterr().err
+    report_diversity(torch.arange(40).reshape(4, 10))
+    assert "collapsed" not in capsys.readouterr().err

@@ -190,9 +190,24 @@ class LMDistillation(SchemeBase):
                 )
                 trained["dskd"] = self.dskd
         super().__init__(ctx.student, ctx.objective, trained, frozen=[ctx.teacher])
-        if a.sequence_level is not None:
+        # text across tokenizers: the teacher never reads the student's tokens
+        self.cross_text = ctx.data.teacher_tokenizer is not None
+        self.cross_sequences = self.cross_text and a.cross_tokenizer is None
+        if self.cross_sequences:
+            seqs, starts = retokenized_teacher_sequences(
+                self.teacher,
+                ctx.data.train,
+                ctx.data.teacher_tokenizer,
+                ctx.data.tokenizer,
+                a.sequence_level,
+                self.seed,
+            )
+            self.modules["sequences"] = _Buffer(seqs)
+            self.modules["sequence_starts"] = _Buffer(starts)
+        elif a.sequence_level is not None:
             seqs = teacher_sequences(self.teacher, ctx.data.train, a.sequence_level, self.seed)
             self.modules["sequences"] = _Buffer(seqs)
+            report_diversity(seqs[:, a.sequence_level.prompt_tokens :])
 
     def _check_cross(self, ctx: SchemeContext) -> None:
         a = self.args
@@ -201,6 +216,15 @@ class LMDistillation(SchemeBase):
                 f"scheme.args.cross_tokenizer {a.cross_tokenizer!r} needs the text in the "
                 f"teacher's tokens too: set data.options.teacher_tokenizer"
             )
+        if a.cross_tokenizer is None and a.sequence_level is not None:
+            # sequence-level KD across tokenizers: the teacher writes text in its own tokens,
+            # the student learns it re-tokenized by its own tokenizer
+            if a.on_policy or a.hidden or a.chunk_size or a.teacher_cache:
+                raise ConfigError(
+                    "sequence_level across tokenizers cannot be combined with on_policy, "
+                    "hidden, chunk_size or teacher_cache"
+                )
+            return
         if a.cross_tokenizer is None:
             check_tokenizers(ctx.data.tokenizer, ctx.data.teacher_tokenizer)  # raises if different
             raise ConfigError(
@@ -289,6 +313,8 @@ class LMDistillation(SchemeBase):
     # ---------------------------------------------------------------- trainer hooks
     def count_items(self, batch: dict[str, Tensor]) -> int:
         """Supervised tokens of a micro-batch (the trainer sums them over the optimizer step)."""
+        if self.cross_sequences:  # the teacher's re-tokenized continuation tokens
+            return int(self._sequence_batch(batch)["target"].ge(0).sum())
         if self.args.sequence_level is not None:  # the teacher's continuation tokens
             rows, length = batch["target"].shape
             return rows * (length - self._prompt_targets())
@@ -305,7 +331,7 @@ class LMDistillation(SchemeBase):
 
     def test_metrics(self, dataset, *, batch_size: int, device="cpu") -> dict[str, float]:
         self.teacher.to(device)
-        cross = self.args.cross_tokenizer is not None  # then the teacher reads other tokens
+        cross = self.cross_text  # then the teacher reads other tokens
         kw = {"batch_size": min(batch_size, 64), "device": device, "vocab": self.vocab}
         student = lm_metrics(self.student, dataset, teacher=None if cross else self.teacher, **kw)
         out = {f"test_{k}": v for k, v in student.items() if k != "agreement"}
@@ -340,8 +366,44 @@ class LMDistillation(SchemeBase):
             "attention_mask": torch.ones_like(ids[:, :-1]),
         }
 
+    def _sequence_batch(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Rows of the teacher's text in the student's tokens: its continuation supervised."""
+        index = batch["index"].cpu()
+        ids = self.modules["sequences"].value[index].to(batch["input"].device)
+        starts = self.modules["sequence_starts"].value[index].to(ids.device)
+        target = ids[:, 1:].clone()
+        positions = torch.arange(target.shape[1], device=ids.device)
+        pad = ids[:, 1:] < 0
+        target[(positions[None, :] < (starts[:, None] - 1)) | pad] = -1
+        attention = (ids[:, :-1] >= 0).long()
+        ids = ids.clamp(min=0)
+        return {**batch, "input": ids[:, :-1], "target": target, "attention_mask": attention}
+
+    def _cross_sequence_step(self, batch: dict[str, Tensor], step: int, n) -> dict[str, Tensor]:
+        """Sequence-level KD across tokenizers (Kim & Rush 2016): cross-entropy on the
+        teacher's continuations re-tokenized by the student's tokenizer, plus the task loss
+        on the data. No token-level divergence: the vocabularies do not line up."""
+        seq = self._sequence_batch(batch)
+        mask = seq["target"] >= 0
+        z = self.student(input_ids=seq["input"], attention_mask=seq["attention_mask"]).logits
+        kd = F.cross_entropy(
+            z[..., : self.vocab].float()[mask], seq["target"][mask], reduction="sum"
+        )
+        kd = kd / (n if n is not None else mask.sum().clamp(min=1))
+        data_mask = batch["target"] >= 0
+        z_data = self.student(
+            input_ids=batch["input"], attention_mask=batch.get("attention_mask")
+        ).logits
+        task = F.cross_entropy(
+            z_data[..., : self.vocab].float()[data_mask], batch["target"][data_mask]
+        )
+        total = self.objective.task_weight.at(step) * task + self.args.kd_weight * kd
+        return {"loss": total, "kd": kd, "task": task}
+
     def step(self, batch: dict[str, Tensor], step: int) -> dict[str, Tensor]:
         a = self.args
+        if self.cross_sequences:
+            return self._cross_sequence_step(batch, step, batch.get("group_items"))
         on_policy = self._on_policy_batch(batch, step)
         if a.sequence_level is not None:
             ids = self.modules["sequences"].value[batch["index"]].to(batch["input"].device)
@@ -494,6 +556,58 @@ def teacher_sequences(teacher: nn.Module, train, args: SequenceArgs, seed: int) 
             prompt = ids[start : start + 256, :p]
             out.append(sample_continuations(teacher, prompt, ids.shape[1] - p, greedy=args.greedy))
     return torch.cat(out)
+
+
+def report_diversity(generated: Tensor, pad: int | None = None) -> float:
+    """The distinct-token ratio of generated tokens (distinct / total), printed; a warning
+    when the teacher's generations collapse (ratio under 0.05, or a single token), which
+    would train the student on degenerate text."""
+    import sys
+
+    tokens = (
+        generated[generated >= 0]
+        if pad is None
+        else generated[(generated >= 0) & (generated != pad)]
+    )
+    distinct = int(tokens.unique().numel()) if tokens.numel() else 0
+    ratio = distinct / max(int(tokens.numel()), 1)
+    line = f"sequence-level KD: the teacher generated {tokens.numel()} tokens, {distinct} distinct (ratio {ratio:.3f})"
+    if distinct <= 1 or ratio < 0.05:
+        line = (
+            f"warning: {line}; its generations have collapsed (e.g. all newlines): the "
+            f"student would learn degenerate text. Check the teacher, or sample (greedy: false)"
+        )
+    print(line, file=sys.stderr)
+    return ratio
+
+
+def retokenized_teacher_sequences(
+    teacher: nn.Module, train, teacher_tok, student_tok, args: SequenceArgs, seed: int
+) -> tuple[Tensor, Tensor]:
+    """The teacher continues each row's first `prompt_tokens` teacher tokens to its row
+    length; the text (prompt + continuation) is re-tokenized by the student's tokenizer into
+    rows of the student's length + 1 (-1 where padded). Returns (ids, start of the
+    continuation in each row, in student tokens)."""
+    t_ids = train.teacher_ids
+    p = min(args.prompt_tokens, t_ids.shape[1] - 1)
+    out = []
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        for start in range(0, len(t_ids), 256):
+            prompt = t_ids[start : start + 256, :p]
+            out.append(
+                sample_continuations(teacher, prompt, t_ids.shape[1] - p, greedy=args.greedy)
+            )
+    generated = torch.cat(out)
+    report_diversity(generated[:, p:], teacher_tok.pad_id)
+    length = train.ids.shape[1]
+    rows, starts = [], []
+    for row in generated.tolist():
+        prompt_text = teacher_tok.decode(row[:p])
+        ids = student_tok.encode(teacher_tok.decode(row))[:length]
+        starts.append(min(len(student_tok.encode(prompt_text)), len(ids)))
+        rows.append(ids + [-1] * (length - len(ids)))
+    return torch.tensor(rows), torch.tensor(starts)
 
 
 __all__ = ["LMDistillation", "layer_map", "lm_metrics", "sample_continuations", "teacher_sequences"]
