@@ -823,3 +823,21 @@ def test_without_timm_the_error_names_the_package(monkeypatch):
     monkeypatch.setitem(sys.modules, "timm", None)  # import timm raises ImportError
     with pytest.raises(ConfigError, match="needs timm, which is not installed: pip install"):
         build_model("timm", (3, 8, 8), 10, {"model": "resnet18"})
+
+
+def test_distill_eval_and_report_on_a_run_over_an_image_folder(tmp_path, disk):
+    from distill.assess import assess
+
+    root, *_ = disk
+    data = {
+        "name": "image_folder",
+        "options": {
+            "train": str(root / "digits_png/train"),
+            "test": str(root / "digits_png/test"),
+            "mode": "L",
+        },
+    }
+    run_experiment(_yaml(tmp_path, "e", data, train={"epochs": 1}))
+    out = assess(tmp_path / "e", robustness_samples=50)
+    assert out["test_samples"] == 360 and out["robustness_samples"] == 50
+    assert out["robustness_clamp"] == [0.0, 1.0] and 0 <= out["metrics"]["top1"] <= 1

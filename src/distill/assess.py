@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from distill.build import load_data, weights_path
 from distill.checkpoint import atomic_write_text, restore_weights
@@ -53,6 +53,21 @@ def _teacher_of(run_dir: Path, data: DataSplits) -> nn.Module | None:
     if cfg.teacher is None or cfg.teacher.weights is None:
         return None
     return _load_model(cfg.teacher, data, weights_path(cfg.teacher.weights), "teacher")
+
+
+def _first_inputs(dataset: Any, n: int) -> Tensor:
+    """The inputs of the first `n` test samples, however the dataset stores them."""
+    if hasattr(dataset, "inputs"):
+        return dataset.inputs[:n]
+    from distill.evaluate import iter_batches
+
+    parts, seen = [], 0
+    for batch in iter_batches(dataset, min(n, 256)):
+        parts.append(batch["input"])
+        seen += len(batch["input"])
+        if seen >= n:
+            break
+    return torch.cat(parts)[:n]
 
 
 def activation_bytes(model: nn.Module, input_shape: Sequence[int]) -> int:
@@ -140,7 +155,9 @@ def assess(
             "margin": margin,
         }
     n = min(robustness_samples, len(test))
-    x, y = test.inputs[:n], targets[:n]
+    x = _first_inputs(test, n)  # in-memory arrays, data read from disk, or a stream
+    n = len(x)
+    y = targets[:n]
     out["robustness"] = robustness_report(model, x, y, eps=eps, clamp=data.input_range)
     out["robustness_samples"] = n
     out["robustness_clamp"] = list(data.input_range) if data.input_range else None
