@@ -547,7 +547,12 @@ def _cache_keyword(model: nn.Module) -> str:
 def teacher_sequences(teacher: nn.Module, train, args: SequenceArgs, seed: int) -> Tensor:
     """Sequence-level KD (Kim & Rush 2016): each training row's prompt continued by the
     teacher to the row's length. Returns (N, L + 1) token ids."""
-    ids = train.ids
+    return continue_rows(teacher, train.ids, args, seed)
+
+
+def continue_rows(teacher: nn.Module, ids: Tensor, args: SequenceArgs, seed: int) -> Tensor:
+    """Each row's first `prompt_tokens` continued by `teacher` to the row's length, in
+    batches of 256, with the generator seeded by `seed`: (N, L) token ids."""
     p = min(args.prompt_tokens, ids.shape[1] - 1)
     out = []
     with torch.random.fork_rng():
@@ -590,15 +595,7 @@ def retokenized_teacher_sequences(
     continuation in each row, in student tokens)."""
     t_ids = train.teacher_ids
     p = min(args.prompt_tokens, t_ids.shape[1] - 1)
-    out = []
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        for start in range(0, len(t_ids), 256):
-            prompt = t_ids[start : start + 256, :p]
-            out.append(
-                sample_continuations(teacher, prompt, t_ids.shape[1] - p, greedy=args.greedy)
-            )
-    generated = torch.cat(out)
+    generated = continue_rows(teacher, t_ids, args, seed)
     report_diversity(generated[:, p:], teacher_tok.pad_id)
     length = train.ids.shape[1]
     rows, starts = [], []
