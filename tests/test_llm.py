@@ -661,3 +661,43 @@ def test_collapsed_teacher_generations_are_warned_about(capsys):
     assert "collapsed" in capsys.readouterr().err
     report_diversity(torch.arange(40).reshape(4, 10))
     assert "collapsed" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("chunk_size", [0, 8])
+def test_lm_kd_with_a_lora_student_from_yaml(tmp_path, teacher_dir, chunk_size):
+    """student.peft: only the adapter trains (the base weights stay as loaded), the chunked
+    path reads the wrapped decoder, and `distill export --format hf` merges the adapter."""
+    pytest.importorskip("peft")
+    from transformers import AutoModelForCausalLM
+
+    from distill.artifacts import export_run
+    from distill.assess import load_run
+    from distill.checkpoint import save_weights
+    from distill.models import build_model
+
+    torch.manual_seed(0)
+    base = build_model("hf_causal_lm", (24,), 300, GPT2["args"])
+    save_weights(tmp_path / "base.safetensors", base)
+    student = {
+        **GPT2,
+        "weights": str(tmp_path / "base.safetensors"),
+        "peft": {"r": 4, "lora_alpha": 8, "target_modules": ["c_attn"], "lora_dropout": 0.0},
+    }
+    cfg = _kd(tmp_path, teacher_dir, {"chunk_size": chunk_size}, student=student)
+    built = build(parse_config(cfg))
+    trainable = sum(p.numel() for p in built.student.parameters() if p.requires_grad)
+    assert 0 < trainable < sum(p.numel() for p in built.student.parameters()) / 10
+    result = run_experiment(parse_config(cfg))
+    assert result["complete"] and result["test_ppl"] > 1
+    model, _, _ = load_run(tmp_path / "kd")
+    inner = model.get_base_model().state_dict()
+    for key, value in base.state_dict().items():  # the frozen base, untouched by training
+        lora_key = key.replace(".weight", ".base_layer.weight").replace(".bias", ".base_layer.bias")
+        assert torch.equal(inner.get(key, inner.get(lora_key)), value), key
+    info = export_run(tmp_path / "kd", "hf")
+    assert info["max_abs_logit_diff"] < 1e-5
+    merged = AutoModelForCausalLM.from_pretrained(info["path"])
+    assert not any("lora" in k for k in merged.state_dict())
+    with pytest.raises(ConfigError, match="student.peft: .*module names end in"):
+        bad = {**student, "peft": {"target_modules": ["q_proj"]}}
+        build(parse_config(_kd(tmp_path / "b", teacher_dir, {}, student=bad)))

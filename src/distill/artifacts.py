@@ -72,6 +72,10 @@ def _write_hf(model: nn.Module, cfg: Any, tmp: Path) -> None:
             f"--format hf needs a Hugging Face student (hf_model, hf_causal_lm, hf_pretrained); "
             f"this one is {type(model).__name__}: use --format onnx or torchscript"
         )
+    if hasattr(inner, "merge_and_unload"):  # a PEFT student: the adapter merged in
+        import copy
+
+        inner = copy.deepcopy(inner).merge_and_unload()
     inner.save_pretrained(tmp, safe_serialization=True)
     tokenizer = (cfg.data.options or {}).get("tokenizer")
     if isinstance(tokenizer, str) and Path(tokenizer).expanduser().is_dir():
@@ -84,10 +88,10 @@ def _write_hf(model: nn.Module, cfg: Any, tmp: Path) -> None:
 
 def _check_hf(model: nn.Module, tmp: Path, x: torch.Tensor) -> float:
     inner = _hf_inner(model)
-    again = (
-        type(inner).from_pretrained(str(tmp), local_files_only=True, use_safetensors=True).eval()
-    )
-    wrapped = type(model)(again) if inner is not model else again
+    peft = hasattr(inner, "merge_and_unload")
+    cls = type(inner.get_base_model()) if peft else type(inner)
+    again = cls.from_pretrained(str(tmp), local_files_only=True, use_safetensors=True).eval()
+    wrapped = type(model)(again) if inner is not model and not peft else again
     with torch.no_grad():
         return float((logits_of(wrapped(x)) - logits_of(model(x))).abs().max())
 

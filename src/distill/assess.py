@@ -43,7 +43,11 @@ def load_run(run_dir: str | Path) -> tuple[nn.Module, DataSplits, Path]:
 
 
 def _load_model(spec: ModelConfig, data: DataSplits, path: Path, role: str) -> nn.Module:
-    model = build_model(spec.name, data.input_shape, data.num_classes, spec.args)
+    from distill.build import with_peft
+
+    model = with_peft(
+        build_model(spec.name, data.input_shape, data.num_classes, spec.args), spec, role
+    )
     restore_weights(model, path, f"{role} {spec.name!r}")
     return model.eval()
 

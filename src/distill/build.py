@@ -238,8 +238,16 @@ def load_model(
     if spec.weights is not None:
         path = weights_path(spec.weights)
         if missing_weights_ok and not path.exists():
-            return model
-        restore_weights(model, path, f"{role} {spec.name!r}")
+            return with_peft(model, spec, role)
+        try:  # the base model's weights, then the adapter around it
+            restore_weights(model, path, f"{role} {spec.name!r}")
+        except CheckpointError:
+            if spec.peft is None:
+                raise
+            model = with_peft(model, spec, role)  # weights a PEFT run saved (adapter included)
+            restore_weights(model, path, f"{role} {spec.name!r}")
+    if not _has_adapter(model):
+        model = with_peft(model, spec, role)
     if getattr(spec, "quantize", None) is not None:
         from distill.compress.quant import is_quantized, prepare_qat
 
@@ -249,6 +257,26 @@ def load_model(
             except ValueError as e:
                 raise ConfigError(f"{role}.quantize: {e}") from None
     return model
+
+
+def _has_adapter(model: nn.Module) -> bool:
+    return hasattr(model, "peft_config") and hasattr(model, "get_base_model")
+
+
+def with_peft(model: nn.Module, spec: ModelConfig, role: str) -> nn.Module:
+    """`model` inside the PEFT adapter `spec.peft` describes (a LoRA config), or as it is."""
+    if spec.peft is None:
+        return model
+    try:
+        from peft import LoraConfig
+    except ImportError:
+        raise ConfigError(f"{role}.peft needs the peft package: pip install peft") from None
+    from distill.llm.hf_trainer import with_adapter
+
+    try:
+        return with_adapter(model, LoraConfig(**spec.peft))
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"{role}.peft: {e}") from None
 
 
 def _dry_batch(data: DataSplits, n: int = 4) -> dict[str, Tensor]:

@@ -57,6 +57,9 @@ class ModelConfig(Strict):
     # compression while training: fake-quantized (QAT) and/or magnitude-pruned weights
     quantize: QuantSettings | None = None
     sparsity: SparsitySettings | None = None
+    # a PEFT adapter around a Hugging Face model: peft.LoraConfig's fields, e.g.
+    # {r: 8, lora_alpha: 16, target_modules: [q_proj, v_proj]}; only the adapter trains
+    peft: dict[str, Any] | None = None
 
 
 class TeacherConfig(ModelConfig):

@@ -131,3 +131,21 @@ def _weight_bias(head: torch.nn.Module | Tensor) -> tuple[Tensor, Tensor | None]
     if isinstance(head, Tensor):
         return head, None
     return head.weight, getattr(head, "bias", None)
+
+
+def decoder_and_head(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """(the decoder that returns the final hidden states, the output head) of a causal LM,
+    through wrappers: DDP's `.module`, PEFT's `get_base_model()`, then the model's own
+    `get_decoder()` and `get_output_embeddings()`."""
+    if isinstance(model, torch.nn.parallel.DistributedDataParallel):
+        model = model.module
+    if hasattr(model, "get_base_model"):
+        model = model.get_base_model()
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    decoder = model.get_decoder() if hasattr(model, "get_decoder") else None
+    if decoder is None or head is None or decoder is model:
+        raise ValueError(
+            f"chunk_size: cannot find the decoder and output head of {type(model).__name__} "
+            f"(get_decoder / get_output_embeddings); use chunk_size=0"
+        )
+    return decoder, head

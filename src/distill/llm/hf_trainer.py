@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 import transformers
 
-from distill.llm.chunked import chunked_cross_entropy, chunked_token_divergence
+from distill.llm.chunked import chunked_cross_entropy, chunked_token_divergence, decoder_and_head
 from distill.llm.divergences import divergence_args, token_kd_loss
 
 
@@ -259,21 +259,3 @@ def with_adapter(model: torch.nn.Module, peft_config: Any) -> torch.nn.Module:
         raise ValueError(
             f"peft_config: {str(e).splitlines()[0]}; this model's module names end in {kinds[:20]}"
         ) from None
-
-
-def decoder_and_head(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Module]:
-    """(the decoder that returns the final hidden states, the output head) of a causal LM,
-    through wrappers: DDP's `.module`, PEFT's `get_base_model()`, then the model's own
-    `get_decoder()` and `get_output_embeddings()`."""
-    if isinstance(model, torch.nn.parallel.DistributedDataParallel):
-        model = model.module
-    if hasattr(model, "get_base_model"):
-        model = model.get_base_model()
-    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    decoder = model.get_decoder() if hasattr(model, "get_decoder") else None
-    if decoder is None or head is None or decoder is model:
-        raise ValueError(
-            f"chunk_size: cannot find the decoder and output head of {type(model).__name__} "
-            f"(get_decoder / get_output_embeddings); use chunk_size=0"
-        )
-    return decoder, head

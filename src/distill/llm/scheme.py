@@ -21,7 +21,11 @@ from torch import Tensor, nn
 
 from distill.data import load_batch
 from distill.errors import ConfigError
-from distill.llm.chunked import chunked_cross_entropy, chunked_token_divergence
+from distill.llm.chunked import (
+    chunked_cross_entropy,
+    chunked_token_divergence,
+    decoder_and_head,
+)
 from distill.llm.divergences import TOKEN_DIVERGENCES, divergence_args, token_kd_loss
 from distill.llm.vocab import DualSpaceKD, check_tokenizers, uld_loss
 from distill.schemes.base import SchemeBase, SchemeContext, parse_args
@@ -103,8 +107,9 @@ def _hidden_size(model: nn.Module) -> int:
 
 
 def _forward(model: nn.Module, x: Tensor, am: Tensor | None, hidden: bool, base: bool):
-    """The model's output: full (logits) or its base model (final hidden states only)."""
-    target = model.base_model if base else model
+    """The model's output: full (logits) or its decoder (final hidden states only), found
+    through PEFT and DDP wrappers (`distill.llm.chunked.decoder_and_head`)."""
+    target = decoder_and_head(model)[0] if base else model
     return target(input_ids=x, attention_mask=am, output_hidden_states=hidden)
 
 
@@ -175,8 +180,12 @@ class LMDistillation(SchemeBase):
                 [nn.Linear(d_s, d_t) if d_s != d_t else nn.Identity() for _ in self.pairs]
             )
             trained["projections"] = self.projections
-        if a.chunk_size and not hasattr(ctx.student, "base_model"):
-            raise ConfigError("scheme.args.chunk_size needs Hugging Face models (base_model)")
+        if a.chunk_size:
+            for role, model in (("student", ctx.student), ("teacher", ctx.teacher)):
+                try:
+                    decoder_and_head(model)
+                except ValueError as e:
+                    raise ConfigError(f"scheme.args.chunk_size: the {role}: {e}") from None
         self.cache = self._open_cache(ctx) if a.teacher_cache else None
         self.dskd = None
         if ctx.data.teacher_tokenizer is not None or a.cross_tokenizer is not None:
