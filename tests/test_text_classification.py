@@ -255,3 +255,30 @@ def test_export_refuses_a_user_folder_and_non_hf_students(trained_bert, tmp_path
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
     info = export_run(trained_bert, "torchscript", tmp_path / "ts")
     assert info["max_abs_logit_diff"] == 0.0 and "model.pt" in info["files"]
+
+
+@pytest.mark.parametrize("out_dim", [None, 8])
+def test_sentence_transformers_folder_encodes_identically(tmp_path, reviews, out_dim):
+    pytest.importorskip("sentence_transformers")
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from distill.artifacts import check_sentence_transformers, write_sentence_transformers
+    from distill.models.encoders import SentenceEncoder
+
+    torch.manual_seed(0)
+    backbone = BertModel(
+        BertConfig(
+            vocab_size=40,
+            hidden_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=64,
+            max_position_embeddings=32,
+        )
+    )
+    encoder = SentenceEncoder(backbone, out_dim=out_dim).eval()
+    tok = AutoTokenizer.from_pretrained(str(reviews / "tok"))
+    write_sentence_transformers(encoder, tok, tmp_path, max_length=16)
+    texts = ["a good film", "the plot was awful and bad", "it is fine"]
+    assert check_sentence_transformers(encoder, tok, tmp_path, texts) >= 0.99999
+    assert (tmp_path / "2_Dense").is_dir() == (out_dim is not None)

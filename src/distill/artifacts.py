@@ -3,6 +3,10 @@
 - `hf`: a Hugging Face folder (`config.json`, `model.safetensors`, and the tokenizer files
   when the data was tokenized) that `AutoModelFor...from_pretrained` loads, for students
   that are Hugging Face models (`hf_model`, `hf_causal_lm`, `hf_pretrained`);
+- `sentence-transformers`: for embedding students (`SentenceEncoder`: a transformer, mean
+  pooling, an optional projection, L2 normalisation), the folder `SentenceTransformer(path)`
+  loads: the transformer and tokenizer at the top, then `1_Pooling`, `2_Dense` (when
+  projected) and `3_Normalize` modules, as `modules.json` lists them;
 - `onnx`: `model.onnx`; a token classifier takes integer `input_ids` and `attention_mask`
   of dynamic batch and length, other models their input tensor with a dynamic batch;
 - `torchscript`: `model.pt` (traced), loaded with `torch.jit.load`.
@@ -30,7 +34,7 @@ from torch import nn
 from distill.errors import ConfigError
 from distill.taps import logits_of
 
-FORMATS = ("hf", "onnx", "torchscript")
+FORMATS = ("hf", "sentence-transformers", "onnx", "torchscript")
 MARKER = ".distill-export"
 
 
@@ -96,6 +100,90 @@ def _check_hf(model: nn.Module, tmp: Path, x: torch.Tensor) -> float:
         return float((logits_of(wrapped(x)) - logits_of(model(x))).abs().max())
 
 
+def write_sentence_transformers(
+    encoder: nn.Module, tokenizer: Any, path: Path, max_length: int
+) -> None:
+    """`encoder` (a distill SentenceEncoder) as a sentence-transformers folder at `path`."""
+    from safetensors.torch import save_file
+
+    backbone = encoder.backbone
+    width = backbone.config.hidden_size
+    backbone.save_pretrained(path, safe_serialization=True)
+    tokenizer.save_pretrained(path)
+    (path / "sentence_bert_config.json").write_text(
+        json.dumps({"max_seq_length": max_length, "do_lower_case": False})
+    )
+    pooling = {
+        "word_embedding_dimension": width,
+        "pooling_mode_cls_token": False,
+        "pooling_mode_mean_tokens": True,
+        "pooling_mode_max_tokens": False,
+        "pooling_mode_mean_sqrt_len_tokens": False,
+    }
+    (path / "1_Pooling").mkdir()
+    (path / "1_Pooling" / "config.json").write_text(json.dumps(pooling, indent=1))
+    modules = [
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {
+            "idx": 1,
+            "name": "1",
+            "path": "1_Pooling",
+            "type": "sentence_transformers.models.Pooling",
+        },
+    ]
+    if encoder.project is not None:
+        dense = path / "2_Dense"
+        dense.mkdir()
+        proj = encoder.project
+        (dense / "config.json").write_text(
+            json.dumps(
+                {
+                    "in_features": proj.in_features,
+                    "out_features": proj.out_features,
+                    "bias": proj.bias is not None,
+                    "activation_function": "torch.nn.modules.linear.Identity",
+                }
+            )
+        )
+        weights = {"linear.weight": proj.weight.detach().contiguous()}
+        if proj.bias is not None:
+            weights["linear.bias"] = proj.bias.detach().contiguous()
+        save_file(weights, str(dense / "model.safetensors"))
+        modules.append(
+            {"idx": 2, "name": "2", "path": "2_Dense", "type": "sentence_transformers.models.Dense"}
+        )
+    if encoder.normalize:
+        (path / "3_Normalize").mkdir()
+        modules.append(
+            {
+                "idx": len(modules),
+                "name": str(len(modules)),
+                "path": "3_Normalize",
+                "type": "sentence_transformers.models.Normalize",
+            }
+        )
+    (path / "modules.json").write_text(json.dumps(modules, indent=1))
+
+
+def check_sentence_transformers(
+    encoder: nn.Module, tokenizer: Any, path: Path, texts: list[str]
+) -> float:
+    """The smallest cosine similarity between the folder's and the encoder's embeddings."""
+    try:
+        from sentence_transformers import SentenceTransformer
+    except ImportError:
+        raise ConfigError(
+            "checking a sentence-transformers export needs the package: pip install "
+            "torch==<your torch> sentence-transformers"
+        ) from None
+    loaded = SentenceTransformer(str(path), device="cpu", local_files_only=True)
+    got = loaded.encode(texts, convert_to_tensor=True, normalize_embeddings=False)
+    enc = tokenizer(texts, padding=True, truncation=True, return_tensors="pt")
+    with torch.no_grad():
+        want = encoder.eval()(enc["input_ids"], enc["attention_mask"])
+    return float(torch.nn.functional.cosine_similarity(got.float(), want.float(), dim=-1).min())
+
+
 def _write_onnx(model: nn.Module, x: torch.Tensor, tmp: Path) -> float:
     from distill.compress.export import _onnx, export_onnx, onnx_logits
     from distill.models.hf_auto import TokenClassifier
@@ -137,6 +225,19 @@ def _write_onnx(model: nn.Module, x: torch.Tensor, tmp: Path) -> float:
         return float((torch.from_numpy(got) - logits_of(model(x))).abs().max())
 
 
+def _export_sentence_model(model: nn.Module, data: Any, tmp: Path) -> float:
+    from distill.models.encoders import SentenceEncoder
+
+    if not isinstance(model, SentenceEncoder) or data.tokenizer is None:
+        raise ConfigError(
+            "--format sentence-transformers needs an embedding student (sentence_encoder, "
+            "pretrained_encoder) trained on tokenized sentences; use hf, onnx or torchscript"
+        )
+    write_sentence_transformers(model, data.tokenizer, tmp, int(data.input_shape[0]))
+    texts = list(getattr(data.test, "texts", []))[:16] or ["a sentence", "another one"]
+    return check_sentence_transformers(model, data.tokenizer, tmp, texts)
+
+
 def _write_torchscript(model: nn.Module, x: torch.Tensor, tmp: Path) -> float:
     with torch.no_grad():
         traced = torch.jit.trace(model, x, strict=False, check_trace=False)
@@ -167,11 +268,14 @@ def export_run(
         if fmt == "hf":
             _write_hf(model, cfg, tmp)
             diff = _check_hf(model, tmp, x)
+        elif fmt == "sentence-transformers":
+            diff = _export_sentence_model(model, data, tmp)
         elif fmt == "onnx":
             diff = _write_onnx(model, x, tmp)
         else:
             diff = _write_torchscript(model, x, tmp)
-        info = {"format": fmt, "weights": str(weights), "max_abs_logit_diff": diff}
+        key = "min_cosine" if fmt == "sentence-transformers" else "max_abs_logit_diff"
+        info = {"format": fmt, "weights": str(weights), key: diff}
         (tmp / MARKER).write_text(json.dumps(info, indent=1))
         if out.exists():  # an earlier export (checked above): move it aside, then drop it
             old = Path(tempfile.mkdtemp(prefix=".old.", dir=out.parent))

@@ -442,10 +442,13 @@ def make_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=_cmd_layers)
 
     p = sub.add_parser(
-        "export", help="a run's best student as a Hugging Face folder, ONNX or TorchScript"
+        "export",
+        help="a run's best student as a HF or sentence-transformers folder, ONNX, TorchScript",
     )
     p.add_argument("run_dir")
-    p.add_argument("--format", choices=["hf", "onnx", "torchscript"], required=True)
+    p.add_argument(
+        "--format", choices=["hf", "sentence-transformers", "onnx", "torchscript"], required=True
+    )
     p.add_argument("--out", default=None, help="destination folder (default RUN_DIR/export/FORMAT)")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier export there")
     p.set_defaults(fn=_cmd_export)
