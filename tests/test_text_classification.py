@@ -282,3 +282,41 @@ def test_sentence_transformers_folder_encodes_identically(tmp_path, reviews, out
     texts = ["a good film", "the plot was awful and bad", "it is fine"]
     assert check_sentence_transformers(encoder, tok, tmp_path, texts) >= 0.99999
     assert (tmp_path / "2_Dense").is_dir() == (out_dim is not None)
+
+
+def test_text_from_a_hugging_face_dataset_map_style_and_streamed(tmp_path, reviews):
+    import csv as csv_module
+
+    from datasets import Dataset
+
+    with open(reviews / "reviews.csv") as f:
+        rows = list(csv_module.DictReader(f))
+    Dataset.from_list(rows).save_to_disk(str(tmp_path / "saved"))
+    opts = {
+        "text": "review",
+        "label": "sentiment",
+        "tokenizer": str(reviews / "tok"),
+        "max_length": 16,
+    }
+    s = load_dataset("hf", path=str(tmp_path / "saved"), **opts)
+    assert s.input_shape == (2, 16) and s.class_names == ["negative", "positive"]
+    assert s.train[0][0].dtype == torch.long
+    (tmp_path / "parts").mkdir()
+    Dataset.from_list(rows[:500]).to_parquet(str(tmp_path / "parts" / "train.parquet"))
+    Dataset.from_list(rows[500:]).to_parquet(str(tmp_path / "parts" / "test.parquet"))
+    files = {
+        "train": str(tmp_path / "parts/train.parquet"),
+        "test": str(tmp_path / "parts/test.parquet"),
+    }
+    streamed = load_dataset(
+        "hf",
+        path="parquet",
+        data_files=files,
+        streaming=True,
+        val_samples=50,
+        class_names=["negative", "positive"],
+        **opts,
+    )
+    assert streamed.input_shape == (2, 16)
+    x, y = next(iter(streamed.train))
+    assert x.dtype == torch.long and y in (0, 1)

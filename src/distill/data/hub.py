@@ -128,6 +128,7 @@ class _Columns:
     inputs: list[str]
     label: str
     mode: str
+    text: bool = False  # one text column, tokenized by the transform
 
 
 def load_hf(
@@ -182,7 +183,13 @@ def load_hf(
                 f"say which one with label: <column> (its columns are {columns[:12]})"
             )
     inputs = [input] if isinstance(input, str) else input
-    cols = _Columns(path, inputs or _default_input(columns, train.features, label), label, mode)
+    cols = _Columns(
+        path,
+        inputs or _default_input(columns, train.features, label),
+        label,
+        mode,
+        text is not None,
+    )
     if streaming:
         if shuffle_buffer is not None and shuffle_buffer < 1:
             raise ConfigError("dataset 'hf': shuffle_buffer must be >= 1")
@@ -221,7 +228,11 @@ def _map_style(splits, names, cols, train_tf, eval_tf, test_fraction, num_classe
     train = splits[names["train"]]
     origin = f"split {names['train']!r} of {cols.path!r}"
     _column(train, cols.label, "hf", "label", origin)
-    feature_cols = _input_columns(train, cols.inputs, cols.label, origin)
+    if cols.text:
+        _column(train, cols.inputs[0], "hf", "text", origin)
+        feature_cols = cols.inputs
+    else:
+        feature_cols = _input_columns(train, cols.inputs, cols.label, origin)
     src_train, coder = _rows(splits, names["train"], cols, None, feature_cols, class_names)
     classes = coder.names
     src_test = None
