@@ -841,3 +841,35 @@ def test_distill_eval_and_report_on_a_run_over_an_image_folder(tmp_path, disk):
     out = assess(tmp_path / "e", robustness_samples=50)
     assert out["test_samples"] == 360 and out["robustness_samples"] == 50
     assert out["robustness_clamp"] == [0.0, 1.0] and 0 <= out["metrics"]["top1"] <= 1
+
+
+def test_a_stream_resumed_mid_epoch_skips_what_it_consumed(tmp_path, disk):
+    """A user DataLoader (read in its own order) cut by max_steps in epoch 2 and resumed
+    ends with the weights of the uninterrupted run: the resumed epoch skips the batches it
+    had trained on."""
+    from safetensors.torch import load_file
+
+    from distill.trainer import Trainer
+
+    _, d, _ = disk
+    data = torch.utils.data.TensorDataset(
+        torch.from_numpy(d.data[:1400].astype(np.float32)), torch.from_numpy(d.target[:1400])
+    )
+    val = torch.utils.data.TensorDataset(
+        torch.from_numpy(d.data[1400:].astype(np.float32)), torch.from_numpy(d.target[1400:])
+    )
+
+    def fit(name, resume=False, **train):
+        loader = torch.utils.data.DataLoader(data, batch_size=100)  # 14 batches per pass
+        scheme, settings = _scheme_and_settings((64,), epochs=2, **train)
+        return Trainer(scheme, loader, val, settings, run_dir=tmp_path / name).fit(resume=resume)
+
+    full = fit("full")
+    cut = fit("cut", max_steps=20)
+    assert not cut["complete"] and cut["steps"] == 20
+    back = fit("cut", resume=True)
+    assert back["complete"] and back["steps"] == full["steps"] == 28
+    a = load_file(tmp_path / "full/checkpoints/last.safetensors")
+    b = load_file(tmp_path / "cut/checkpoints/last.safetensors")
+    weights = [k for k in a if k.startswith("modules.")]
+    assert weights and all(torch.equal(a[k], b[k]) for k in weights)
