@@ -600,8 +600,7 @@ def test_a_streamed_label_out_of_range_names_the_sample(tmp_path, disk):
         test_split="train",
     )
     with pytest.raises(DataError, match=r"streamed sample \d+ .* outside 0..4"):
-        for _ in stream_batches(stream_loader(s.train, batch_size=64, workers=0, pin_memory=False)):
-            pass
+        list(stream_batches(stream_loader(s.train, batch_size=64, workers=0, pin_memory=False)))
 
 
 def test_validate_reports_a_bad_data_option(tmp_path, disk, capsys):

@@ -20,3 +20,47 @@ def test_install_commands_pin_torch():
     readme = (ROOT / "README.md").read_text()
     for line in re.findall(r"^pip install.*$", readme, re.M):
         assert "torch==2.13.0" in line
+
+
+def _slug(heading: str) -> str:
+    s = re.sub(r"[^\w\- ]", "", heading.strip().lower())
+    return s.replace(" ", "-")
+
+
+def _anchors(path: Path) -> set[str]:
+    found, fence = set(), False
+    for line in path.read_text().splitlines():
+        if line.startswith("```"):
+            fence = not fence
+        elif not fence and re.match(r"^#{1,6} ", line):
+            found.add(_slug(line.lstrip("#")))
+    return found
+
+
+def test_every_relative_link_in_the_readme_and_docs_resolves():
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    broken = []
+    for page in pages:
+        fence = False
+        for line in page.read_text().splitlines():
+            if line.startswith("```"):
+                fence = not fence
+            if fence:
+                continue
+            for target in re.findall(r"\]\(([^)\s]+)\)", line):
+                if re.match(r"^[a-z]+:", target):
+                    continue
+                path, _, anchor = target.partition("#")
+                file = (page.parent / path).resolve() if path else page
+                if not file.exists():
+                    broken.append(f"{page.name}: {target} (no such file)")
+                elif anchor and file.suffix == ".md" and anchor not in _anchors(file):
+                    broken.append(f"{page.name}: {target} (no such heading)")
+    assert not broken, "\n".join(broken)
+
+
+def test_readme_stays_short_and_indexes_the_docs():
+    readme = (ROOT / "README.md").read_text()
+    assert len(readme.splitlines()) < 500
+    for doc in sorted((ROOT / "docs").glob("*.md")):
+        assert f"docs/{doc.name}" in readme, f"README does not link {doc.name}"

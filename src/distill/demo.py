@@ -26,7 +26,7 @@ from distill.table import format_table
 # unlabelled inputs (`unlabeled: true`). Teacher and scratch student learn from the labels
 # alone; the KD student also learns from the teacher's outputs on every input. All three
 # see the same batches, augmentations, optimizer, schedule and seed. How this setting was
-# chosen (and where KD does not pay) is measured in the README, "Does distillation pay?".
+# chosen (and where KD does not pay) is measured in docs/does-distillation-pay.md.
 _AUG = [{"name": "shift", "args": {"max_shift": 3}}, {"name": "noise", "args": {"std": 0.1}}]
 _KD = {"task_weight": 0.1, "terms": [{"loss": "kd", "weight": 0.9, "args": {"temperature": 4.0}}]}
 RECIPES: dict[str, dict[str, Any]] = {
