@@ -9,6 +9,7 @@ are refused with the alternative.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -81,35 +82,46 @@ def _labelled(name: str, fit_y: np.ndarray, fit_idx: np.ndarray, train_samples, 
     return fit_idx, fit_y
 
 
-def lazy_splits(
-    data: Any,
-    *,
-    val_fraction: float,
-    split_seed: int,
-    train_samples: int | None,
-    unlabeled: bool,
-    classes: list[int] | None,
-    task_classes: list[int] | None,
-    label_map: list[int] | None,
-) -> DataSplits:
+@dataclass(frozen=True)
+class SplitOptions:
+    """The data section's split and subset options (see `distill.config.DataConfig`)."""
+
+    val_fraction: float = 0.1
+    split_seed: int = 0
+    train_samples: int | None = None
+    unlabeled: bool = False
+    classes: list[int] | None = None
+    task_classes: list[int] | None = None
+    label_map: list[int] | None = None
+    view: str | None = None
+    paired: str | None = None
+
+    @property
+    def needs_access(self) -> bool:
+        """Whether an option needs random access to the samples (a stream has none)."""
+        subset = self.train_samples is not None or self.unlabeled or self.classes is not None
+        return subset or bool(self.task_classes) or self.label_map is not None
+
+
+def lazy_splits(data: Any, o: SplitOptions) -> DataSplits:
     """`make_splits` for data on disk: every step on index lists and label arrays."""
     y = data.train._targets
     raw = RawData(data.name, (y, y), (data.test._targets,) * 2, (1,), num_classes=data.num_classes)
     _check_label_range(raw, data.name)
-    train, test, num_classes, names = _select(data, classes, task_classes, label_map)
+    train, test, num_classes, names = _select(data, o.classes, o.task_classes, o.label_map)
     if data.val is not None:  # the files carry a validation split: train keeps every sample
         fit_idx, val = np.arange(len(train)), data.val
     else:
-        fit_idx, val_idx = split_indices(train._targets, val_fraction, split_seed)
+        fit_idx, val_idx = split_indices(train._targets, o.val_fraction, o.split_seed)
         if len(val_idx) == 0:
             raise DataError(
-                f"dataset {data.name!r}: data.val_fraction={val_fraction} leaves no validation "
+                f"dataset {data.name!r}: data.val_fraction={o.val_fraction} leaves no validation "
                 f"samples; raise it (e.g. 0.1): the best checkpoint is chosen on the validation "
                 f"split"
             )
         val = train.subset(val_idx).with_transform(data.eval_transform)
     fit_idx, fit_y = _labelled(
-        data.name, train._targets[fit_idx], fit_idx, train_samples, unlabeled, split_seed
+        data.name, train._targets[fit_idx], fit_idx, o.train_samples, o.unlabeled, o.split_seed
     )
     return DataSplits(
         name=data.name,
@@ -123,50 +135,27 @@ def lazy_splits(
     )
 
 
-def split_prepared(
-    raw: Any,
-    name: str,
-    *,
-    val_fraction: float,
-    split_seed: int,
-    train_samples: int | None,
-    unlabeled: bool,
-    classes: list[int] | None,
-    task_classes: list[int] | None,
-    label_map: list[int] | None,
-    view: str | None,
-    paired: str | None,
-) -> DataSplits:
+def split_prepared(raw: Any, name: str, o: SplitOptions) -> DataSplits:
     """Splits of data read from disk (by index lists) or already split by its loader (text
     corpora, streams: the options that need random access are refused)."""
     from distill.data.files import LazyData
     from distill.data.loading import is_stream
 
+    views = o.view is not None or o.paired is not None
     if isinstance(raw, LazyData):
-        if view is not None or paired is not None:
+        if views:
             raise ConfigError(
                 f"dataset {name!r} is read from disk sample by sample; data.view and data.paired "
                 f"need in-memory arrays (use transforms for per-sample changes)"
             )
-        return lazy_splits(
-            raw,
-            val_fraction=val_fraction,
-            split_seed=split_seed,
-            train_samples=train_samples,
-            unlabeled=unlabeled,
-            classes=classes,
-            task_classes=task_classes,
-            label_map=label_map,
-        )
-    needs_access = train_samples is not None or unlabeled or classes is not None
-    needs_access = needs_access or bool(task_classes) or label_map is not None
-    if is_stream(raw.train) and (needs_access or view is not None or paired is not None):
+        return lazy_splits(raw, o)
+    if is_stream(raw.train) and (o.needs_access or views):
         raise ConfigError(
             f"dataset {name!r} is streamed, and data.train_samples, data.unlabeled, "
             f"data.classes, data.task_classes, data.label_map, data.view and data.paired "
             f"need random access to it; drop them, or load it map-style (streaming: false)"
         )
-    if train_samples is not None or unlabeled or classes is not None or task_classes:
+    if o.train_samples is not None or o.unlabeled or o.classes is not None or o.task_classes:
         raise ConfigError(
             f"dataset {name!r} makes its own splits; data.train_samples, data.unlabeled and "
             f"data.classes do not apply to it (set its options under data.options)"

@@ -542,21 +542,20 @@ def load_dataset(
     if not isinstance(raw, DataSplits | LazyData):
         raw = _as_raw(raw, name)
     if isinstance(raw, LazyData | DataSplits):
-        from distill.data.disk_splits import split_prepared
+        from distill.data.disk_splits import SplitOptions, split_prepared
 
-        return split_prepared(
-            raw,
-            name,
-            val_fraction=val_fraction,
-            split_seed=split_seed,
-            train_samples=train_samples,
-            unlabeled=unlabeled,
-            classes=classes,
-            task_classes=task_classes,
-            label_map=label_map,
-            view=view,
-            paired=paired,
+        options = SplitOptions(
+            val_fraction,
+            split_seed,
+            train_samples,
+            unlabeled,
+            classes,
+            task_classes,
+            label_map,
+            view,
+            paired,
         )
+        return split_prepared(raw, name, options)
     raw = check_raw(raw, name)
     if ":" in name and raw.num_classes is None:  # the user's loader: say what was inferred
         n = int(max(raw.train[1].max(), raw.test[1].max())) + 1
