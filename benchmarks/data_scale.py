@@ -65,7 +65,10 @@ def write_folder(root: Path, n: int, size: int, rgb: bool) -> Path:
 
 
 # ---------------------------------------------------------------- throughput
-def distill_epoch(root: Path, run_dir: Path, teacher_file: Path, workers: int) -> tuple[float, int]:
+def distill_epoch(
+    root: Path, run_dir: Path, teacher_file: Path, workers: int, device: str = "cpu",
+    precision: str = "fp32",
+) -> tuple[float, int]:
     from distill.build import build
     from distill.config import parse_config
     from distill.trainer import Trainer
@@ -101,6 +104,8 @@ def distill_epoch(root: Path, run_dir: Path, teacher_file: Path, workers: int) -
                 "cache": {"mode": "off"},
                 "optimizer": {"name": "adamw", "lr": 0.003},
                 "schedule": {"name": "constant"},
+                "device": device,
+                "precision": precision,
             },
         }
     )
@@ -136,7 +141,9 @@ class HandFolder(torch.utils.data.Dataset):
         return (x - 0.5) / 0.5, label
 
 
-def hand_epoch(root: Path, teacher_file: Path, workers: int) -> tuple[float, int]:
+def hand_epoch(
+    root: Path, teacher_file: Path, workers: int, device: str = "cpu", precision: str = "fp32"
+) -> tuple[float, int]:
     from safetensors.torch import load_file
 
     from distill.data.core import split_indices
@@ -150,15 +157,19 @@ def hand_epoch(root: Path, teacher_file: Path, workers: int) -> tuple[float, int
     val_files = [files[keep[i]] for i in val]
     teacher = build_model(TEACHER["name"], (3, 32, 32), 10, TEACHER["args"])
     teacher.load_state_dict(load_file(teacher_file))
-    teacher.eval()
-    student = build_model(STUDENT["name"], (3, 32, 32), 10, STUDENT["args"])
+    dev = torch.device(device)
+    teacher.eval().to(dev)
+    student = build_model(STUDENT["name"], (3, 32, 32), 10, STUDENT["args"]).to(dev)
     opt = torch.optim.AdamW(student.parameters(), lr=0.003)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    autocast = lambda: torch.autocast(dev.type, dtype=dtype, enabled=dtype is not None)  # noqa: E731
     loader = torch.utils.data.DataLoader(
         HandFolder(train_files, True),
         batch_size=256,
         shuffle=True,
         drop_last=True,
         num_workers=workers,
+        pin_memory=dev.type == "cuda",
     )
     val_loader = torch.utils.data.DataLoader(
         HandFolder(val_files, False), batch_size=256, num_workers=workers
@@ -167,9 +178,11 @@ def hand_epoch(root: Path, teacher_file: Path, workers: int) -> tuple[float, int
     seen = 0
     student.train()
     for x, y in loader:
-        with torch.no_grad():
-            t = teacher(x)
-        s = student(x)
+        x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
+        with torch.no_grad(), autocast():
+            t = teacher(x).float()
+        with autocast():
+            s = student(x).float()
         kd = (
             F.kl_div(
                 F.log_softmax(s / 4, -1),
@@ -186,8 +199,12 @@ def hand_epoch(root: Path, teacher_file: Path, workers: int) -> tuple[float, int
         seen += len(y)
     student.eval()
     with torch.no_grad():
-        correct = sum(int((student(x).argmax(-1) == y).sum()) for x, y in val_loader)
+        correct = sum(
+            int((student(x.to(dev)).argmax(-1).cpu() == y).sum()) for x, y in val_loader
+        )
     _ = correct
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
     return time.perf_counter() - start, seen
 
 
@@ -206,16 +223,19 @@ def throughput(args: argparse.Namespace) -> dict:
     with tempfile.TemporaryDirectory(dir=args.out) as tmp:
         # one discarded pair first: the first run in a process pays one-off costs (lazy
         # imports, the page cache filling with the images) that neither side should carry
-        distill_epoch(root, Path(tmp) / "warm", teacher_file, args.workers)
-        hand_epoch(root, teacher_file, args.workers)
+        on = (args.device, args.precision)
+        distill_epoch(root, Path(tmp) / "warm", teacher_file, args.workers, *on)
+        hand_epoch(root, teacher_file, args.workers, *on)
         for r in range(args.rounds):
             order = ("distill", "hand") if r % 2 == 0 else ("hand", "distill")
             rate = {}
             for kind in order:
                 if kind == "distill":
-                    secs, n = distill_epoch(root, Path(tmp) / f"d{r}", teacher_file, args.workers)
+                    secs, n = distill_epoch(
+                        root, Path(tmp) / f"d{r}", teacher_file, args.workers, *on
+                    )
                 else:
-                    secs, n = hand_epoch(root, teacher_file, args.workers)
+                    secs, n = hand_epoch(root, teacher_file, args.workers, *on)
                 rate[kind] = n / secs
             ratios.append(rate["distill"] / rate["hand"])
             rows.append(rate)
@@ -226,6 +246,8 @@ def throughput(args: argparse.Namespace) -> dict:
     return {
         "images": args.images,
         "workers": args.workers,
+        "device": args.device,
+        "precision": args.precision,
         "threads": torch.get_num_threads(),
         "median_ratio": statistics.median(ratios),
         "ratios": ratios,
@@ -316,6 +338,8 @@ def main() -> None:
     parser.add_argument("--large", type=int, default=200000)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--out", default="bench_data")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -339,7 +339,7 @@ def test_speq_and_qat_kd_train_end_to_end(tmp_path):
     ):
         cfg["student"]["quantize"] = {"bits": 4, "act_bits": 4}
         result = run_experiment(parse_config(cfg))
-        assert result["complete"] and result["test_acc"] > 0.5
+        assert result["complete"] and result["test_acc"] > 0.85  # measured 0.97-1.0
 
 
 # -------------------------------------------------------------------------------- search

@@ -672,7 +672,8 @@ def test_lm_kd_with_a_lora_student_from_yaml(tmp_path, teacher_dir, chunk_size):
 
     from distill.artifacts import export_run
     from distill.assess import load_run
-    from distill.checkpoint import save_weights
+    from distill.checkpoint import load_weights, save_weights
+    from distill.errors import CheckpointError
     from distill.models import build_model
 
     torch.manual_seed(0)
@@ -689,6 +690,11 @@ def test_lm_kd_with_a_lora_student_from_yaml(tmp_path, teacher_dir, chunk_size):
     assert 0 < trainable < sum(p.numel() for p in built.student.parameters()) / 10
     result = run_experiment(parse_config(cfg))
     assert result["complete"] and result["test_ppl"] > 1
+    best = tmp_path / "kd" / "checkpoints" / "best.safetensors"
+    state, info = load_weights(best)  # the adapter alone, tied to its base file
+    assert info["adapter_only"] and state and all("lora_" in k for k in state)
+    assert sum(v.numel() for v in state.values()) == trainable
+    assert best.stat().st_size < (tmp_path / "base.safetensors").stat().st_size / 5
     model, _, _ = load_run(tmp_path / "kd")
     inner = model.get_base_model().state_dict()
     for key, value in base.state_dict().items():  # the frozen base, untouched by training
@@ -698,6 +704,12 @@ def test_lm_kd_with_a_lora_student_from_yaml(tmp_path, teacher_dir, chunk_size):
     assert info["max_abs_logit_diff"] < 1e-5
     merged = AutoModelForCausalLM.from_pretrained(info["path"])
     assert not any("lora" in k for k in merged.state_dict())
+    torch.manual_seed(1)  # another base under the adapter: refused, not silently wrong
+    save_weights(
+        tmp_path / "base.safetensors", build_model("hf_causal_lm", (24,), 300, GPT2["args"])
+    )
+    with pytest.raises(CheckpointError, match="trained on other base weights"):
+        load_run(tmp_path / "kd")
     with pytest.raises(ConfigError, match="student.peft: .*module names end in"):
         bad = {**student, "peft": {"target_modules": ["q_proj"]}}
         build(parse_config(_kd(tmp_path / "b", teacher_dir, {}, student=bad)))

@@ -167,7 +167,7 @@ def test_glnn_student_distils_from_a_gnn_end_to_end(tmp_path):
         },
     )
     result = run_experiment(parse_config(cfg))
-    assert result["complete"] and result["test_acc"] > 0.5
+    assert result["complete"] and result["test_acc"] > 0.7  # chance 1/3; measured 0.81
     assert 0 <= result["test_agreement"] <= 1
 
 

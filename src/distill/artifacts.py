@@ -69,7 +69,9 @@ def _destination(out: Path, overwrite: bool) -> None:
             )
 
 
-def _write_hf(model: nn.Module, cfg: Any, tmp: Path) -> None:
+def _write_hf(model: nn.Module, data: Any, cfg: Any, tmp: Path) -> str:
+    """The student as a `save_pretrained` folder and its tokenizer beside it; returns which
+    tokenizer was saved."""
     inner = _hf_inner(model)
     if inner is None:
         raise ConfigError(
@@ -81,13 +83,45 @@ def _write_hf(model: nn.Module, cfg: Any, tmp: Path) -> None:
 
         inner = copy.deepcopy(inner).merge_and_unload()
     inner.save_pretrained(tmp, safe_serialization=True)
-    tokenizer = (cfg.data.options or {}).get("tokenizer")
-    if isinstance(tokenizer, str) and Path(tokenizer).expanduser().is_dir():
-        from transformers import AutoTokenizer
+    tok = getattr(data, "tokenizer", None)
+    folder = (cfg.data.options or {}).get("tokenizer")
+    if tok is None and isinstance(folder, str) and Path(folder).expanduser().is_dir():
+        from transformers import AutoTokenizer  # text columns tokenised in the data pipeline
 
-        AutoTokenizer.from_pretrained(
-            str(Path(tokenizer).expanduser()), local_files_only=True
-        ).save_pretrained(tmp)
+        tok = AutoTokenizer.from_pretrained(str(Path(folder).expanduser()), local_files_only=True)
+    return save_tokenizer(tok, tmp)
+
+
+def save_tokenizer(tok: Any, path: Path) -> str:
+    """`tok` written as Hugging Face tokenizer files into `path` (what `AutoTokenizer`
+    loads), whichever kind it is: a `transformers` tokenizer, one distill wraps, or
+    distill's own BPE / `tokenizer.json` (given its BOS, EOS and PAD tokens). The byte
+    tokenizer has no Hugging Face form and is described instead. Returns what was saved."""
+    if tok is None:
+        return "none: the data has no tokenizer"
+    hf = getattr(tok, "hf", None)
+    if hf is None and hasattr(tok, "save_pretrained"):
+        hf = tok
+    if hf is not None:
+        hf.save_pretrained(str(path))
+        return str(getattr(tok, "name", None) or getattr(hf, "name_or_path", "") or type(hf))
+    inner = getattr(tok, "tok", None)  # distill.llm.text.HFTokenizer: a `tokenizers` object
+    if inner is None:
+        return (
+            f"{getattr(tok, 'name', type(tok).__name__)}: not saved (it has no Hugging Face "
+            f"form; ids 0-255 are UTF-8 bytes, {tok.bos_id} BOS, {tok.eos_id} EOS, "
+            f"{tok.pad_id} PAD)"
+        )
+    from transformers import PreTrainedTokenizerFast
+
+    name = inner.id_to_token
+    PreTrainedTokenizerFast(
+        tokenizer_object=inner,
+        bos_token=name(tok.bos_id),
+        eos_token=name(tok.eos_id),
+        pad_token=name(tok.pad_id),
+    ).save_pretrained(str(path))
+    return Path(tok.name).name
 
 
 def _check_hf(model: nn.Module, tmp: Path, x: torch.Tensor) -> float:
@@ -266,7 +300,7 @@ def export_run(
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         if fmt == "hf":
-            _write_hf(model, cfg, tmp)
+            saved = _write_hf(model, data, cfg, tmp)
             diff = _check_hf(model, tmp, x)
         elif fmt == "sentence-transformers":
             diff = _export_sentence_model(model, data, tmp)
@@ -276,6 +310,8 @@ def export_run(
             diff = _write_torchscript(model, x, tmp)
         key = "min_cosine" if fmt == "sentence-transformers" else "max_abs_logit_diff"
         info = {"format": fmt, "weights": str(weights), key: diff}
+        if fmt == "hf":
+            info["tokenizer"] = saved
         (tmp / MARKER).write_text(json.dumps(info, indent=1))
         if out.exists():  # an earlier export (checked above): move it aside, then drop it
             old = Path(tempfile.mkdtemp(prefix=".old.", dir=out.parent))

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from distill.build import load_data, weights_path
-from distill.checkpoint import atomic_write_text, restore_weights
+from distill.checkpoint import atomic_write_text
 from distill.config import ModelConfig, load_config
 from distill.data import DataSplits
 from distill.errors import ConfigError
@@ -43,13 +43,11 @@ def load_run(run_dir: str | Path) -> tuple[nn.Module, DataSplits, Path]:
 
 
 def _load_model(spec: ModelConfig, data: DataSplits, path: Path, role: str) -> nn.Module:
-    from distill.build import with_peft
+    from distill.build import _has_adapter, restore_into, with_peft
 
-    model = with_peft(
-        build_model(spec.name, data.input_shape, data.num_classes, spec.args), spec, role
-    )
-    restore_weights(model, path, f"{role} {spec.name!r}")
-    return model.eval()
+    model = build_model(spec.name, data.input_shape, data.num_classes, spec.args)
+    model = restore_into(model, spec, path, role)
+    return (model if _has_adapter(model) else with_peft(model, spec, role)).eval()
 
 
 def _teacher_of(run_dir: Path, data: DataSplits) -> nn.Module | None:

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from distill.cache import CachePlan, TeacherCache, plan_cache
-from distill.checkpoint import restore_weights
+from distill.checkpoint import restore_weights, weights_info
 from distill.config import DataConfig, ExperimentConfig, ModelConfig, TermConfig
 from distill.data import (
     AUGMENTATIONS,
@@ -239,13 +239,7 @@ def load_model(
         path = weights_path(spec.weights)
         if missing_weights_ok and not path.exists():
             return with_peft(model, spec, role)
-        try:  # the base model's weights, then the adapter around it
-            restore_weights(model, path, f"{role} {spec.name!r}")
-        except CheckpointError:
-            if spec.peft is None:
-                raise
-            model = with_peft(model, spec, role)  # weights a PEFT run saved (adapter included)
-            restore_weights(model, path, f"{role} {spec.name!r}")
+        model = restore_into(model, spec, path, role)
     if not _has_adapter(model):
         model = with_peft(model, spec, role)
     if getattr(spec, "quantize", None) is not None:
@@ -256,6 +250,28 @@ def load_model(
                 prepare_qat(model, spec.quantize)
             except ValueError as e:
                 raise ConfigError(f"{role}.quantize: {e}") from None
+    return model
+
+
+def restore_into(model: nn.Module, spec: ModelConfig, path: Path, role: str) -> nn.Module:
+    """`model` (as built) with the weights of `path`: a plain file as it is; a PEFT run's
+    full weights (adapter included) into the model wrapped by `spec.peft`; a LoRA run's
+    adapter-only weights on top of the base weights file it names (checked to be the
+    same base it was trained on)."""
+    label = f"{role} {spec.name!r}"
+    info = weights_info(path)
+    if info.get("adapter_only"):
+        restore_weights(model, weights_path(info["peft_base"]), f"{label} base")
+        model = with_peft(model, spec, role)
+        restore_weights(model, path, label)
+        return model
+    try:  # the base model's weights, then the adapter around it
+        restore_weights(model, path, label)
+    except CheckpointError:
+        if spec.peft is None:
+            raise
+        model = with_peft(model, spec, role)  # weights a PEFT run saved (adapter included)
+        restore_weights(model, path, label)
     return model
 
 
@@ -740,8 +756,11 @@ def _layer_problems(cfg: ExperimentConfig) -> list[str]:
 
 def export_info(cfg: ExperimentConfig) -> dict[str, Any]:
     """What a weights file needs to rebuild its model: stored in the file's metadata."""
-    return {
+    info = {
         "model": cfg.student.name,
         "args": json.loads(json.dumps(cfg.student.args)),
         "dataset": cfg.data.name,
     }
+    if cfg.student.peft is not None and cfg.student.weights is not None:
+        info["peft_base"] = cfg.student.weights  # best weights keep only the adapter
+    return info

@@ -280,7 +280,8 @@ def _is_state(obj: dict) -> bool:
 def restore_weights(module: torch.nn.Module, path: str | os.PathLike, label: str) -> dict:
     """Load a weights file into a freshly built `module`: first replay the compression the
     file records (pruned widths, low-rank layers, quantizers), then the tensors. Weights
-    holding NaN or inf are refused. Returns the file's info."""
+    holding NaN or inf are refused. An adapter-only file (`adapter_part`) goes into a
+    PEFT-wrapped `module` whose base is loaded. Returns the file's info."""
     from distill.compress.structure import apply_structure
 
     state, info = load_weights(path)
@@ -291,6 +292,9 @@ def restore_weights(module: torch.nn.Module, path: str | os.PathLike, label: str
             f"{' ...' if len(bad) > 4 else ''}): the run that wrote them diverged. Use weights "
             f"from before that, or retrain that model"
         )
+    if info.get("adapter_only"):  # a LoRA run's adapter: `module` holds its base already
+        load_adapter(module, state, info, label)
+        return info
     apply_structure(module, info.get("structure"))
     load_into(module, state, label)
     return info
@@ -323,3 +327,48 @@ def load_into(module: torch.nn.Module, state: dict[str, Tensor], label: str) -> 
     from distill.distributed import load_full_state  # (may cut them into a sharded model)
 
     load_full_state(module, state)
+
+
+def weights_info(path: str | os.PathLike) -> dict:
+    """The JSON info of a weights file distill wrote, read from its header alone ({} for
+    files from elsewhere)."""
+    path = Path(path)
+    with open(path, "rb") as f:
+        if _is_torch_file(f.read(9)):
+            return {}
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+    except Exception:  # unreadable: load_weights says why when the file is loaded
+        return {}
+    return json.loads(meta.get("distill_info", "{}"))
+
+
+def adapter_part(model: torch.nn.Module, state: dict[str, Tensor]) -> tuple[dict, dict]:
+    """The trained part of a PEFT-wrapped `model` (its adapter: the parameters that
+    require grad) out of its full `state`, and the info that ties it to its frozen base
+    (a SHA-256 of every other tensor, checked when the adapter is loaded back)."""
+    trained = {n for n, p in model.named_parameters() if p.requires_grad}
+    adapter = {k: v for k, v in state.items() if k in trained}
+    frozen = {k: v.detach().cpu().contiguous() for k, v in state.items() if k not in trained}
+    return adapter, {"adapter_only": True, "base_sha256": _digest(frozen, "")}
+
+
+def load_adapter(module: torch.nn.Module, state: dict[str, Tensor], info: dict, label: str) -> None:
+    """Adapter weights (`adapter_part`) into `module`, a PEFT-wrapped model whose base is
+    already loaded; refused when the base is not the one the adapter was trained on."""
+    full = module.state_dict()
+    unknown = sorted(set(state) - set(full))
+    if unknown:
+        raise CheckpointError(
+            f"the {label} adapter holds tensors the model lacks ({', '.join(unknown[:3])}); "
+            f"build it with the peft settings of the run that saved it"
+        )
+    frozen = {k: v.detach().cpu().contiguous() for k, v in full.items() if k not in state}
+    if _digest(frozen, "") != info.get("base_sha256"):
+        raise CheckpointError(
+            f"the {label} adapter was trained on other base weights than "
+            f"{info.get('peft_base')!r} now holds; restore that file (the adapter alone "
+            f"cannot rebuild the model), or retrain"
+        )
+    module.load_state_dict(state, strict=False)

@@ -318,4 +318,33 @@ def test_results(
             }
         )
         out["test_agreement"] = agreement(student_logits, teacher_logits)
+    elif built.cfg.teachers:
+        out.update(_teachers_test(built, test, student_logits, targets, batch_size, device))
+    return out
+
+
+def _teachers_test(built, test, student_logits, targets, batch_size, device) -> dict[str, Any]:
+    """Several teachers (multi-teacher KD): each one's test accuracy (a specialist's on the
+    samples of its classes), and for the generalists' ensemble (mean probabilities) the
+    fields a single teacher gets: `teacher_test_*` and the student's `test_agreement`."""
+    models = getattr(built.scheme, "teachers", None) or []
+    accs, probs = [], []
+    for model, spec in zip(models, built.cfg.teachers):
+        model.to(device)
+        logits = predict_logits(model, test, batch_size=batch_size, device=device).float()
+        if spec.classes is None:
+            accs.append(float((logits.argmax(-1) == targets).float().mean()))
+            probs.append(logits.softmax(-1))
+            continue
+        cls = torch.tensor(spec.classes)
+        own = torch.isin(targets, cls)
+        pred = cls[logits.argmax(-1)]
+        accs.append(float((pred[own] == targets[own]).float().mean()) if own.any() else 0.0)
+    out: dict[str, Any] = {"teachers_test_acc": accs}
+    if probs:
+        ensemble = torch.stack(probs).mean(0).clamp_min(1e-12).log()
+        out.update(
+            {f"teacher_test_{k}": v for k, v in classification_metrics(ensemble, targets).items()}
+        )
+        out["test_agreement"] = agreement(student_logits, ensemble)
     return out

@@ -22,7 +22,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from distill import distributed
-from distill.checkpoint import load_checkpoint, save_checkpoint, save_weights
+from distill.checkpoint import adapter_part, load_checkpoint, save_checkpoint, save_weights
 from distill.compress.structure import structure_of
 from distill.data import Augmentation, load_batch
 from distill.data.core import batches_whole
@@ -919,6 +919,9 @@ class Trainer:
             if not settled:
                 st["best"] = -math.inf
             weights = distributed.gather_state(self.scheme.eval_model().state_dict())
+            adapter: dict = {}
+            if self.export_info.get("peft_base"):  # a LoRA student on a base file: its adapter
+                weights, adapter = adapter_part(self.scheme.eval_model(), weights)
             structure = structure_of(self.scheme.eval_model())
             if distributed.is_main():
                 save_weights(
@@ -926,6 +929,7 @@ class Trainer:
                     weights,
                     {
                         **self.export_info,
+                        **adapter,
                         **({"structure": structure} if structure else {}),
                         "epoch": st["epoch"] + 1,
                         **{f"val_{k}": v for k, v in metrics.items()},

@@ -442,6 +442,13 @@ def load_jsonl(**options: Any) -> DataSplits:
     return jsonl_dataset(**options)
 
 
+def load_hf_text(**options: Any) -> DataSplits:
+    """Local text, prompt/completion or chat datasets for LMs (see `distill.llm.hf_text`)."""
+    from distill.llm.hf_text import load_hf_text as load
+
+    return load(**options)
+
+
 def load_image_folder(**options: Any) -> Any:
     """Images in one sub-folder per class, read lazily (see `distill.data.files`)."""
     from distill.data.files import load_image_folder as load
@@ -486,6 +493,7 @@ for _wrapper, _module in (
     (load_image_csv, "distill.data.files"),
     (load_table, "distill.data.files"),
     (load_hf, "distill.data.hub"),
+    (load_hf_text, "distill.llm.hf_text"),
 ):
     _lists_options_of(_wrapper, _module, _wrapper.__name__)
 
@@ -504,6 +512,7 @@ DATASETS: dict[str, Callable[..., RawData | DataSplits]] = {
     "text": load_text,
     "sentences": load_sentences,
     "jsonl": load_jsonl,
+    "hf_text": load_hf_text,
 }
 
 

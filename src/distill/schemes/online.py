@@ -265,16 +265,22 @@ class OKDDip(SchemeBase):
         )
         self._tap = Tap(ctx.student, ctx.objective.student_layers(), "student")
 
+    def attention(self, knowledge: list) -> Tensor:
+        """alpha (N, P, P): row a is peer a's weights over the peers, from the peers'
+        detached features (tapped `knowledge`, one per peer)."""
+        a = self.args
+        qk = torch.stack(
+            [e(as_vector(k.feats[a.feature]).detach()) for e, k in zip(self.embed, knowledge)], 1
+        )
+        q, key = qk.split(a.proj_dim, dim=-1)
+        return F.softmax(q @ key.transpose(1, 2) / a.proj_dim**0.5, dim=-1)
+
     def step(self, batch: dict[str, Tensor], step: int) -> dict[str, Tensor]:
         x, a = batch["input"], self.args
         leader = self._tap.run(x)
         knowledge = [t.run(x) for t in self._taps]
         z = torch.stack([k.logits.float() for k in knowledge], 1)  # (N, P, C)
-        qk = torch.stack(
-            [e(as_vector(k.feats[a.feature]).detach()) for e, k in zip(self.embed, knowledge)], 1
-        )
-        q, key = qk.split(a.proj_dim, dim=-1)
-        alpha = F.softmax(q @ key.transpose(1, 2) / a.proj_dim**0.5, dim=-1)  # (N, P, P)
+        alpha = self.attention(knowledge)
         targets = alpha @ z.detach()  # (N, P, C): peer a's own aggregated logits
         total, out = self.student_objective(leader, batch, step)
         rows = labelled(batch)

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# The GPU checks in one short script, for a session lent a GPU (about 8 minutes on one
+# H200-class card). Each writes its JSON under $OUT (default gpu_results/):
+#   1. bf16 KD throughput on an image folder, distill vs a hand-written loop;
+#   2. DistillationTrainer vs TRL's GKDTrainer: loss agreement, step time, peak memory
+#      (needs trl: pip install "torch==2.13.0" trl);
+#   3. the chunked LLM loss against full logits: peak memory and time at a 32k vocabulary.
+# Usage: OUT=gpu_results bash benchmarks/gpu_check.sh
+set -euo pipefail
+OUT=${OUT:-gpu_results}
+mkdir -p "$OUT"
+nvidia-smi --query-gpu=name,memory.total --format=csv > "$OUT/gpu.txt" || true
+python benchmarks/data_scale.py throughput --device cuda --precision bf16 --images 20000 \
+  --rounds 3 --workers 8 --out "$OUT/data" > "$OUT/image_folder_bf16.json"
+python benchmarks/vs_trl.py --device cuda --steps 20 --rounds 3 --out "$OUT/trl" \
+  > "$OUT/vs_trl.jsonl" || echo "vs_trl failed (is trl installed?)" >&2
+python benchmarks/llm_chunked_memory.py --device cuda --tokens 16384 > "$OUT/chunked.json"
