@@ -66,7 +66,11 @@ def write_folder(root: Path, n: int, size: int, rgb: bool) -> Path:
 
 # ---------------------------------------------------------------- throughput
 def distill_epoch(
-    root: Path, run_dir: Path, teacher_file: Path, workers: int, device: str = "cpu",
+    root: Path,
+    run_dir: Path,
+    teacher_file: Path,
+    workers: int,
+    device: str = "cpu",
     precision: str = "fp32",
 ) -> tuple[float, int]:
     from distill.build import build
@@ -199,9 +203,7 @@ def hand_epoch(
         seen += len(y)
     student.eval()
     with torch.no_grad():
-        correct = sum(
-            int((student(x.to(dev)).argmax(-1).cpu() == y).sum()) for x, y in val_loader
-        )
+        correct = sum(int((student(x.to(dev)).argmax(-1).cpu() == y).sum()) for x, y in val_loader)
     _ = correct
     if dev.type == "cuda":
         torch.cuda.synchronize()

@@ -58,16 +58,31 @@ def _models(vocab: int):
     torch.manual_seed(0)
     teacher = GPT2LMHeadModel(
         GPT2Config(
-            vocab_size=vocab, n_embd=128, n_layer=2, n_head=4, n_positions=128,
-            resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, eos_token_id=2, pad_token_id=0,
+            vocab_size=vocab,
+            n_embd=128,
+            n_layer=2,
+            n_head=4,
+            n_positions=128,
+            resid_pdrop=0.0,
+            embd_pdrop=0.0,
+            attn_pdrop=0.0,
+            eos_token_id=2,
+            pad_token_id=0,
         )
     )
     torch.manual_seed(1)
     student = LlamaForCausalLM(
         LlamaConfig(
-            vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-            eos_token_id=2, pad_token_id=0, bos_token_id=1,
+            vocab_size=vocab,
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=128,
+            eos_token_id=2,
+            pad_token_id=0,
+            bos_token_id=1,
         )
     )
     return teacher, student
@@ -145,8 +160,9 @@ class _StepPeak:
         self.rise = max(self.rise, self.top - self.base)
 
 
-def measure(trainer_kind: str, vocab: int, steps: int, lmbda: float, chunk: int, device: str,
-            out: str) -> dict:
+def measure(
+    trainer_kind: str, vocab: int, steps: int, lmbda: float, chunk: int, device: str, out: str
+) -> dict:
     """One training run in this process: per-step losses and times, and peak memory."""
     import torch
     from transformers import TrainerCallback, TrainingArguments
@@ -155,9 +171,18 @@ def measure(trainer_kind: str, vocab: int, steps: int, lmbda: float, chunk: int,
     tok = _tokenizer(vocab)
     rows = _Rows(vocab, steps * 8, trl_keys=trainer_kind == "trl")
     common = dict(
-        output_dir=out, per_device_train_batch_size=8, max_steps=steps, learning_rate=1e-3,
-        logging_steps=1, report_to=[], save_strategy="no", seed=0, data_seed=0,
-        use_cpu=device == "cpu", disable_tqdm=True, dataloader_num_workers=0,
+        output_dir=out,
+        per_device_train_batch_size=8,
+        max_steps=steps,
+        learning_rate=1e-3,
+        logging_steps=1,
+        report_to=[],
+        save_strategy="no",
+        seed=0,
+        data_seed=0,
+        use_cpu=device == "cpu",
+        disable_tqdm=True,
+        dataloader_num_workers=0,
     )
     times: list[float] = []
     peak = _StepPeak(device)
@@ -181,21 +206,42 @@ def measure(trainer_kind: str, vocab: int, steps: int, lmbda: float, chunk: int,
         from trl.experimental.gkd import GKDConfig, GKDTrainer
 
         args = GKDConfig(
-            **common, lmbda=lmbda, beta=0.5, temperature=1.0, max_new_tokens=16,
-            max_length=PROMPT + COMPLETION, disable_dropout=True,
+            **common,
+            lmbda=lmbda,
+            beta=0.5,
+            temperature=1.0,
+            max_new_tokens=16,
+            max_length=PROMPT + COMPLETION,
+            disable_dropout=True,
         )
         trainer = GKDTrainer(
-            model=student, teacher_model=teacher, args=args, train_dataset=rows.dataset(),
-            data_collator=rows, processing_class=tok, callbacks=[Clock()],
+            model=student,
+            teacher_model=teacher,
+            args=args,
+            train_dataset=rows.dataset(),
+            data_collator=rows,
+            processing_class=tok,
+            callbacks=[Clock()],
         )
     else:
         from distill import DistillationTrainer
 
         trainer = DistillationTrainer(
-            model=student, teacher_model=teacher, args=TrainingArguments(**common),
-            train_dataset=rows.dataset(), data_collator=rows, processing_class=tok,
-            divergence="jsd", beta=0.5, temperature=1.0, kd_weight=1.0, task_weight=0.0,
-            chunk_size=chunk, lmbda=lmbda, max_new_tokens=16, callbacks=[Clock()],
+            model=student,
+            teacher_model=teacher,
+            args=TrainingArguments(**common),
+            train_dataset=rows.dataset(),
+            data_collator=rows,
+            processing_class=tok,
+            divergence="jsd",
+            beta=0.5,
+            temperature=1.0,
+            kd_weight=1.0,
+            task_weight=0.0,
+            chunk_size=chunk,
+            lmbda=lmbda,
+            max_new_tokens=16,
+            callbacks=[Clock()],
         )
     trainer._get_train_sampler = lambda *a, **k: None  # same order for both: no shuffling
     trainer.train()
@@ -212,9 +258,22 @@ def measure(trainer_kind: str, vocab: int, steps: int, lmbda: float, chunk: int,
 
 def _fresh(args: argparse.Namespace, kind: str, lmbda: float, chunk: int) -> dict:
     cmd = [
-        sys.executable, __file__, "--one", kind, "--lmbda", str(lmbda), "--chunk", str(chunk),
-        "--vocab", str(args.vocab), "--steps", str(args.steps), "--device", args.device,
-        "--out", args.out,
+        sys.executable,
+        __file__,
+        "--one",
+        kind,
+        "--lmbda",
+        str(lmbda),
+        "--chunk",
+        str(chunk),
+        "--vocab",
+        str(args.vocab),
+        "--steps",
+        str(args.steps),
+        "--device",
+        args.device,
+        "--out",
+        args.out,
     ]
     if args.threads:
         cmd += ["--threads", str(args.threads)]
@@ -244,8 +303,13 @@ def main() -> None:
     Path(args.out).mkdir(parents=True, exist_ok=True)
     if args.one:
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-        print(json.dumps(measure(args.one, args.vocab, args.steps, args.lmbda, args.chunk,
-                                 args.device, args.out)))
+        print(
+            json.dumps(
+                measure(
+                    args.one, args.vocab, args.steps, args.lmbda, args.chunk, args.device, args.out
+                )
+            )
+        )
         return
     report = []
     for lmbda in (0.0, 0.5):
