@@ -130,3 +130,42 @@ def test_distillation_trainer_takes_a_chat_dataset_and_processing_class(tmp_path
     assert out.global_step == 2 and torch.isfinite(torch.tensor(out.training_loss))
     with pytest.raises(ValueError, match="pass processing_class"):
         DistillationTrainer(model=student, args=args, train_dataset=data, teacher_model=teacher)
+
+
+def test_a_streamed_chat_dataset_is_tokenised_as_it_is_read():
+    datasets = pytest.importorskip("datasets")
+    tok = _tokenizer("chatml")
+    rows = [{"messages": CHAT}, {"messages": CHAT[:3]}]
+    stream = datasets.Dataset.from_list(rows).to_iterable_dataset()
+    got = list(tokenize_dataset(stream, tok))
+    want = tokenize_dataset(rows, tok)
+    assert [r["labels"] for r in got] == [r["labels"] for r in want]
+    assert [r["input_ids"] for r in got] == [r["input_ids"] for r in want]
+
+
+def test_distillation_trainer_trains_on_a_streamed_chat_dataset(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    from transformers import TrainingArguments
+
+    from distill import DistillationTrainer
+    from distill.models import build_model
+
+    tok = _tokenizer("chatml")
+    arch = {"arch": "gpt2", "n_layer": 1, "n_head": 2}
+    torch.manual_seed(0)
+    teacher = build_model("hf_causal_lm", (32,), len(tok), {**arch, "n_embd": 16})
+    student = build_model("hf_causal_lm", (32,), len(tok), {**arch, "n_embd": 8})
+    stream = datasets.Dataset.from_list([{"messages": CHAT}] * 8).to_iterable_dataset()
+    args = TrainingArguments(
+        output_dir=str(tmp_path),
+        max_steps=3,
+        per_device_train_batch_size=4,
+        report_to=[],
+        use_cpu=True,
+        save_strategy="no",
+    )
+    trainer = DistillationTrainer(
+        model=student, args=args, train_dataset=stream, processing_class=tok, teacher_model=teacher
+    )
+    out = trainer.train()
+    assert out.global_step == 3 and torch.isfinite(torch.tensor(out.training_loss))

@@ -181,3 +181,57 @@ def test_a_bpe_students_export_carries_its_tokenizer(tmp_path):
         assert hf_tok(text, add_special_tokens=False)["input_ids"] == data.tokenizer.encode(text)
     assert hf_tok.eos_token_id == data.tokenizer.eos_id
     assert hf_tok.pad_token_id == data.tokenizer.pad_id
+
+
+def test_lm_kd_streams_a_chat_dataset(tmp_path):
+    """streaming: true encodes the training rows as they are read (the same tokens as the
+    map-style rows), takes validation from the head of the stream, and trains to
+    train.max_steps."""
+    from distill.llm.hf_text import TokenStream
+
+    rows = _conversations(40)
+    files = tmp_path / "chats.jsonl"
+    files.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    tok_dir = tmp_path / "tok"
+    _tokenizer("chatml").save_pretrained(str(tok_dir))
+    opts = {"path": str(files), "tokenizer": str(tok_dir), "length": 24}
+    streamed = load_hf_text(**opts, streaming=True, val_samples=4, test_samples=4)
+    assert isinstance(streamed.train, TokenStream) and len(streamed.val) == len(streamed.test) == 4
+    whole = load_hf_text(**opts, val_fraction=0.1, test_fraction=0.1)
+    first = next(iter(streamed.train))
+    # the stream's first training row is file row 8 (rows 0-7 went to val and test)
+    ref = rows_of_one(rows[8], whole.tokenizer)
+    assert torch.equal(first["input"], ref.ids[0, :-1])
+    assert torch.equal(first["target"], ref.targets[0])
+    assert sum(1 for _ in streamed.train) == 32
+    with pytest.raises(DataError, match="no validation split; name one"):
+        load_hf_text(**opts, streaming=True, test_samples=4)
+    with pytest.raises(ConfigError, match="for streaming: true"):
+        load_hf_text(**opts, val_samples=4)
+    teacher = {
+        "name": "t",
+        "run_dir": str(tmp_path / "t"),
+        "scheme": "supervised",
+        "data": {"name": "hf_text", "options": opts},
+        "student": GPT2,
+        "train": TRAIN,
+    }
+    assert run_experiment(parse_config(teacher))["complete"]
+    stream_opts = {**opts, "streaming": True, "val_samples": 4, "test_samples": 4}
+    kd = {
+        **teacher,
+        "name": "kd",
+        "run_dir": str(tmp_path / "kd"),
+        "data": {"name": "hf_text", "options": stream_opts},
+        "scheme": {"name": "lm_kd", "args": {"divergence": "forward_kl"}},
+        "teacher": {**GPT2, "weights": str(tmp_path / "t")},
+        "train": {**TRAIN, "epochs": 2, "max_steps": 6},
+    }
+    result = run_experiment(parse_config(kd))
+    assert result["steps"] == 6 and result["test_ppl"] > 1
+
+
+def rows_of_one(example: dict, tok):
+    from distill.llm.hf_text import rows_of
+
+    return rows_of([example], tok, 24, "row")

@@ -270,6 +270,28 @@ def _input_columns(table: Any, inputs: list[str], label: str, origin: str) -> li
 
 
 # ------------------------------------------------------------------------ streams
+def stream_rows(
+    ds: Any, skip: int, take: int | None, shuffle_buffer: int | None, seed: int, epoch: int
+) -> Any:
+    """The rows of a streamed split this reader gets: after `skip`, up to `take`, shuffled
+    in a buffer (seeded by seed and epoch), and this rank's share when distributed (the
+    DataLoader workers' shares are cut by `datasets` itself)."""
+    from distill import distributed
+
+    if skip:
+        ds = ds.skip(skip)
+    if take is not None:
+        ds = ds.take(take)
+    if shuffle_buffer:
+        ds = ds.shuffle(seed=seed, buffer_size=shuffle_buffer)
+        ds.set_epoch(epoch)
+    if distributed.active():
+        from datasets.distributed import split_dataset_by_node
+
+        ds = split_dataset_by_node(ds, rank=distributed.rank(), world_size=distributed.world_size())
+    return ds
+
+
 class StreamSplit(torch.utils.data.IterableDataset):
     """One split of a streamed dataset: rows mapped to (input, target), transformed, checked."""
 
@@ -307,23 +329,9 @@ class StreamSplit(torch.utils.data.IterableDataset):
         self.epoch, self.seed = int(epoch), int(seed)
 
     def _rows(self) -> Any:
-        from distill import distributed
-
-        ds = self.stream
-        if self.skip:
-            ds = ds.skip(self.skip)
-        if self.take is not None:
-            ds = ds.take(self.take)
-        if self.shuffle_buffer:
-            ds = ds.shuffle(seed=self.seed, buffer_size=self.shuffle_buffer)
-            ds.set_epoch(self.epoch)
-        if distributed.active():
-            from datasets.distributed import split_dataset_by_node
-
-            ds = split_dataset_by_node(
-                ds, rank=distributed.rank(), world_size=distributed.world_size()
-            )
-        return ds
+        return stream_rows(
+            self.stream, self.skip, self.take, self.shuffle_buffer, self.seed, self.epoch
+        )
 
     def _sample(self, row: dict[str, Any], where: str) -> tuple[Any, int]:
         if len(self.inputs) == 1 and isinstance(row[self.inputs[0]], str):

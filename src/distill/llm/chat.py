@@ -92,12 +92,18 @@ ENCODERS = {"text": encode_text, "prompt": encode_prompt, "messages": encode_mes
 
 
 def tokenize_dataset(dataset: Any, tokenizer: Any, max_length: int = 1024) -> Any:
-    """`dataset` (a Hugging Face Dataset or a list of dicts) with input_ids, attention_mask
-    and labels (-100 where no loss), truncated to `max_length`. Tokenised data is returned
-    as it is."""
-    columns = list(
-        getattr(dataset, "column_names", None) or (dataset[0].keys() if len(dataset) else [])
-    )
+    """`dataset` (a Hugging Face Dataset or IterableDataset, or a list of dicts) with
+    input_ids, attention_mask and labels (-100 where no loss), truncated to `max_length`;
+    a stream is tokenised as it is read. Tokenised data is returned as it is."""
+    columns = getattr(dataset, "column_names", None)
+    if columns is None:  # a list of dicts, or a stream whose features are not declared
+        first = (
+            next(iter(dataset), None)
+            if not hasattr(dataset, "__len__")
+            else (dataset[0] if len(dataset) else None)
+        )
+        columns = list(first.keys()) if first is not None else []
+    columns = list(columns)
     shape = shape_of(columns)
     if shape is None:
         return dataset

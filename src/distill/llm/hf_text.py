@@ -16,8 +16,12 @@ right-padded; longer rows are cut. The splits the files name are used (`train`, 
 `validation` / `val` / `dev`, then `test`); missing ones are carved from train by
 `val_fraction` / `test_fraction`, by row, seeded by `split_seed`.
 
-Streaming is not offered here: the token rows of a split are held as one tensor (8 bytes a
-token), which for the sizes `lm_kd` trains on is small next to the models.
+Map-style splits are held as one tensor of token rows (8 bytes a token). With
+`streaming: true` the training split is read and encoded as the loop goes (`TokenStream`:
+nothing is held; `train.max_steps` plans a stream of unknown length), while validation and
+test, which are small, are read whole: from their own splits, or from the head of the
+training stream (`val_samples`, `test_samples`, which training then skips). Named splits
+take precedence over those counts.
 """
 
 from __future__ import annotations
@@ -93,9 +97,16 @@ def _caller(tok: Any) -> Any:
     return tok.hf if isinstance(tok, TransformersTokenizer) else _AsTransformers(tok)
 
 
-def rows_of(dataset: Any, tok: Any, length: int, where: str) -> TokenDataset:
-    """Each example of `dataset` encoded by its shape, as a padded `TokenDataset`."""
-    columns = list(dataset.column_names)
+def encode_row(example: dict, shape: str, tok: Any, length: int) -> tuple[list, list]:
+    """One example as `length` + 1 token ids (right-padded, cut when longer) and which of
+    them carry loss."""
+    ids, labels = ENCODERS[shape](example, _caller(tok))
+    ids, labels = ids[: length + 1], labels[: length + 1]
+    pad = length + 1 - len(ids)
+    return ids + [tok.pad_id] * pad, [label != -100 for label in labels] + [False] * pad
+
+
+def _shape(columns: list[str], where: str) -> str:
     try:
         shape = shape_of(columns)
     except ValueError as e:
@@ -105,17 +116,21 @@ def rows_of(dataset: Any, tok: Any, length: int, where: str) -> TokenDataset:
             f"{where}: the data is already tokenised (input_ids); give text, prompt + "
             f"completion or messages, so the loss mask is known"
         )
-    encode, caller = ENCODERS[shape], _caller(tok)
-    rows, sups = [], []
-    for i, example in enumerate(dataset):
+    return shape
+
+
+def rows_of(examples: Any, tok: Any, length: int, where: str) -> TokenDataset:
+    """Each example (a Hugging Face split, or any iterable of dicts) encoded by its shape,
+    as a padded `TokenDataset`."""
+    rows, sups, shape = [], [], None
+    for i, example in enumerate(examples):
+        shape = shape or _shape(list(example), where)
         try:
-            ids, labels = encode(example, caller)
+            ids, sup = encode_row(example, shape, tok, length)
         except (ValueError, TypeError, KeyError) as e:
             raise DataError(f"{where}, row {i}: {e}") from None
-        ids, labels = ids[: length + 1], labels[: length + 1]
-        pad = length + 1 - len(ids)
-        rows.append(ids + [tok.pad_id] * pad)
-        sups.append([label != -100 for label in labels] + [False] * pad)
+        rows.append(ids)
+        sups.append(sup)
     if not rows:
         raise DataError(f"{where} has no rows")
     supervised = torch.tensor(sups)
@@ -127,10 +142,46 @@ def rows_of(dataset: Any, tok: Any, length: int, where: str) -> TokenDataset:
     return TokenDataset(torch.tensor(rows), supervised, tok.pad_id)
 
 
-def _texts(dataset: Any, limit: int = 2000) -> list[str]:
+class TokenStream(torch.utils.data.IterableDataset):
+    """A streamed training split: rows encoded as they are read, each yielded as the loop's
+    token sample (`input`, `target` = -1 where no loss, `attention_mask`). Rows are read in
+    file order (shuffled in a buffer when `shuffle_buffer` is set, seeded by seed and
+    epoch), shared out by rank and by DataLoader worker."""
+
+    def __init__(self, stream: Any, tok: Any, length: int, origin: str, **rows: Any):
+        self.stream, self.tok, self.length, self.origin = stream, tok, length, origin
+        self.skip, self.shuffle_buffer = rows.get("skip", 0), rows.get("shuffle_buffer")
+        self.epoch, self.seed = 0, 0
+
+    def set_epoch(self, epoch: int, seed: int) -> None:
+        self.epoch, self.seed = int(epoch), int(seed)
+
+    def __iter__(self):
+        from distill.data.hub import stream_rows
+
+        shape = None
+        rows = stream_rows(self.stream, self.skip, None, self.shuffle_buffer, self.seed, self.epoch)
+        for pos, example in enumerate(rows):
+            where = f"streamed row {pos} of {self.origin}"
+            shape = shape or _shape(list(example), where)
+            try:
+                ids, sup = encode_row(example, shape, self.tok, self.length)
+            except (ValueError, TypeError, KeyError) as e:
+                raise DataError(f"{where}: {e}") from None
+            ids, sup = torch.tensor(ids), torch.tensor(sup)
+            yield {
+                "input": ids[:-1],
+                "target": torch.where(sup[1:], ids[1:], -1),
+                "attention_mask": (ids[:-1] != self.tok.pad_id).long(),
+            }
+
+
+def _texts(examples: Any, limit: int = 2000) -> list[str]:
     """Plain text of the first rows, to train a BPE tokenizer on."""
     out = []
-    for example in dataset.select(range(min(limit, len(dataset)))):
+    for i, example in enumerate(examples):
+        if i >= limit:
+            break
         if "messages" in example:
             out += [str(m.get("content", "")) for m in example["messages"]]
         else:
@@ -153,12 +204,33 @@ def load_hf_text(
     split_seed: int = 0,
     vocab_size: int = 2048,
     max_train_rows: int | None = None,
+    streaming: bool = False,
+    shuffle_buffer: int | None = None,
+    val_samples: int = 0,
+    test_samples: int = 0,
 ) -> DataSplits:
     """Token rows of a local Hugging Face text dataset (see the module docstring)."""
     from distill.data.hub import _open, _pick_split
 
     if length < 2:
         raise ConfigError(f"data.options.length must be >= 2, got {length}")
+    if streaming:
+        return _streamed(
+            _open(path, format, data_files, None, streaming=True),
+            path,
+            tokenizer,
+            length,
+            vocab_size,
+            {"train": train_split, "val": val_split, "test": test_split},
+            shuffle_buffer=shuffle_buffer,
+            val_samples=val_samples,
+            test_samples=test_samples,
+        )
+    if shuffle_buffer or val_samples or test_samples:
+        raise ConfigError(
+            "data.options shuffle_buffer, val_samples and test_samples are for streaming: true; "
+            "map-style data is shuffled by the loop and split by val_fraction / test_fraction"
+        )
     splits = _open(path, format, data_files, None, streaming=False)
     train_name = _pick_split(splits, train_split, ("train",), "train")
     if train_name is None:
@@ -194,6 +266,75 @@ def load_hf_text(
         train=data["train"],
         val=data["val"],
         test=data["test"],
+        input_shape=(length,),
+        num_classes=tok.vocab_size,
+        tokenizer=tok,
+    )
+
+
+def _streamed(
+    splits: Any,
+    path: str,
+    tokenizer: str,
+    length: int,
+    vocab_size: int,
+    wanted: dict[str, str | None],
+    *,
+    shuffle_buffer: int | None,
+    val_samples: int,
+    test_samples: int,
+) -> DataSplits:
+    """The training split streamed; validation and test (small) read whole, from their own
+    splits or from the head of the training stream (`val_samples`, `test_samples`, which
+    training then skips)."""
+    from distill.data.hub import _pick_split
+
+    train_name = _pick_split(splits, wanted["train"], ("train",), "train")
+    if train_name is None:
+        raise DataError(
+            f"dataset 'hf_text': {path!r} has splits {list(splits.keys())} and none is called "
+            f"train; set data.options.train_split"
+        )
+    stream, name = splits[train_name], Path(path).name or path
+    val_name = _pick_split(splits, wanted["val"], VAL_NAMES, "validation")
+    test_name = _pick_split(splits, wanted["test"], ("test",), "test")
+    for role, split, n in (
+        ("validation", val_name, val_samples),
+        ("test", test_name, test_samples),
+    ):
+        if split is None and n < 1:
+            raise DataError(
+                f"dataset 'hf_text': streaming {path!r}, which has no {role} split; name one "
+                f"({role[:4] if role == 'test' else 'val'}_split) or take rows from the head of "
+                f"the training stream ({'val' if role == 'validation' else 'test'}_samples: N)"
+            )
+    n_val = 0 if val_name else val_samples
+    n_test = 0 if test_name else test_samples
+    head = list(stream.take(n_val + n_test)) if n_val + n_test else []
+    tok = open_tokenizer(tokenizer, _texts(head or stream), vocab_size)
+    where = f"dataset 'hf_text' {name}"
+    if val_name:
+        val = rows_of(splits[val_name], tok, length, f"{where}/{val_name}")
+    else:
+        val = rows_of(head[:n_val], tok, length, f"{where}/val (head of the stream)")
+    if test_name:
+        test = rows_of(splits[test_name], tok, length, f"{where}/{test_name}")
+    else:
+        test = rows_of(head[n_val:], tok, length, f"{where}/test (head of the stream)")
+    skip = n_val + n_test
+    train = TokenStream(
+        stream,
+        tok,
+        length,
+        f"split {train_name!r} of {path!r}",
+        skip=skip,
+        shuffle_buffer=shuffle_buffer,
+    )
+    return DataSplits(
+        name=f"hf_text:{name}",
+        train=train,
+        val=val,
+        test=test,
         input_shape=(length,),
         num_classes=tok.vocab_size,
         tokenizer=tok,
