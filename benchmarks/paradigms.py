@@ -44,8 +44,8 @@ def latency_us(model: torch.nn.Module, x: torch.Tensor) -> float:
 
 def graph(out: Path, seed: int) -> tuple[str, dict]:
     from distill.build import load_data, load_model, weights_path
-    from distill.checkpoint import restore_weights
     from distill.config import load_config
+    from distill.models.weights import restore_weights
 
     d = out / "graph"
     s = f"train.seed={seed}"

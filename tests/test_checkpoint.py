@@ -145,7 +145,7 @@ def test_weights_written_by_distill_are_verified_others_load_with_a_note(tmp_pat
 
 
 def test_non_finite_weights_are_refused_on_load(tmp_path):
-    from distill.checkpoint import restore_weights
+    from distill.models.weights import restore_weights
 
     state = nn.Linear(3, 2).state_dict()
     state["bias"][1] = float("inf")

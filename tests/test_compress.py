@@ -15,7 +15,7 @@ from helpers import kd_cfg, make_teacher, synthetic_cfg
 from torch import nn
 
 from distill.build import build
-from distill.checkpoint import restore_weights, save_weights
+from distill.checkpoint import save_weights
 from distill.compress.lowrank import LowRankLinear, choose_rank, factorize
 from distill.compress.prune import (
     SparsityKeeper,
@@ -37,6 +37,7 @@ from distill.compress.structure import structure_of
 from distill.config import parse_config
 from distill.errors import CheckpointError, ConfigError
 from distill.models import build_model
+from distill.models.weights import restore_weights
 from distill.run import run_experiment
 from distill.schemes.quantized import cosine_distillation
 from distill.settings import QuantSettings, SparsitySettings

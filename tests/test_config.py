@@ -3,9 +3,9 @@ from pathlib import Path
 import pytest
 from helpers import make_teacher
 
-from distill.build import validate
 from distill.config import apply_override, load_config, parse_config
 from distill.errors import ConfigError
+from distill.validate import validate
 
 SYNTH = {"name": "synthetic", "options": {"num_samples": 400, "num_features": 8, "num_classes": 3}}
 ALL_CONFIGS = sorted((Path(__file__).parent.parent / "configs").glob("*.yaml"))

@@ -9,7 +9,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from distill.build import validate
 from distill.checkpoint import save_weights
 from distill.config import load_config, parse_config
 from distill.dense import detection as det
@@ -20,6 +19,7 @@ from distill.errors import ConfigError
 from distill.losses import dense as dl
 from distill.models import build_model
 from distill.run import run_experiment
+from distill.validate import validate
 
 ROOT = Path(__file__).parent.parent
 EXAMPLES = sorted((ROOT / "examples" / "dense").glob("*.yaml"))

@@ -188,9 +188,9 @@ DIFFUSION_EXAMPLES = sorted((ROOT / "examples" / "diffusion").glob("*.yaml"))
 def test_diffusion_example_validates_and_trains(path, tmp_path):
     """Each example runs (teachers replaced by untrained weights of their shape), every
     progressive round for one epoch, the others for three steps."""
-    from distill.build import validate
     from distill.checkpoint import save_weights
     from distill.models import build_model
+    from distill.validate import validate
 
     cfg = load_config(path)
     overrides = [f"run_dir={tmp_path / 'run'}", "train.progress=false"]

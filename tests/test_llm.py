@@ -396,11 +396,11 @@ LLM_EXAMPLES = sorted((Path(__file__).parent.parent / "examples" / "llm").glob("
 
 @pytest.mark.parametrize("path", LLM_EXAMPLES, ids=[p.stem for p in LLM_EXAMPLES])
 def test_llm_example_validates_and_trains(path, tmp_path):
-    from distill.build import validate
     from distill.checkpoint import save_weights
     from distill.cli import main
     from distill.config import load_config
     from distill.models import build_model
+    from distill.validate import validate
 
     overrides = [
         f"run_dir={tmp_path / 'run'}",

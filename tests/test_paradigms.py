@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from helpers import stand_in_weights, synthetic_cfg
 
-from distill.build import build, load_data, validate
+from distill.build import build, load_data
 from distill.config import load_config, parse_config
 from distill.errors import ConfigError
 from distill.losses import lsp_loss
@@ -20,6 +20,7 @@ from distill.paradigms import condense, ensemble, federated, graph, interpret, l
 from distill.run import run_experiment
 from distill.schemes.base import SchemeContext, soft_kl
 from distill.taps import Tap
+from distill.validate import validate
 
 ROOT = Path(__file__).parent.parent
 EXAMPLES = ROOT / "examples" / "paradigms"

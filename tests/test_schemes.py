@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from helpers import make_teacher, stand_in_weights, synthetic_cfg
 
-from distill.build import build, validate
+from distill.build import build
 from distill.checkpoint import load_checkpoint, load_weights
 from distill.config import load_config, parse_config
 from distill.errors import CheckpointError, ConfigError
@@ -20,6 +20,7 @@ from distill.schemes import SCHEMES, list_schemes
 from distill.schemes.multi_teacher import WEIGHTINGS
 from distill.schemes.self_kd import bake_targets, uskd_losses
 from distill.stages import PIPELINE_ARGS, expand
+from distill.validate import validate
 
 ROOT = Path(__file__).parent.parent
 EXAMPLES = sorted((ROOT / "examples" / "schemes").glob("*.yaml"))
@@ -630,3 +631,39 @@ def test_stage_config_errors(tmp_path):
     ]
     with pytest.raises(ConfigError, match="set init: fresh"):
         expand(parse_config(cfg))
+
+
+# ----------------------------------------------------------------------------- the table as data
+def test_scheme_table_arg_names_match_each_schemes_arguments():
+    """`distill schemes` reads the argument names from the table (no scheme is imported);
+    they must be the fields of the scheme's own typed arguments."""
+    from distill.registry import resolve
+
+    for name, spec in SCHEMES.items():
+        model = spec.args or (resolve(spec.pipeline_args) if spec.pipeline_args else None)
+        live = sorted(model.model_fields) if model is not None else []
+        assert list(spec.arg_names) == live, name
+        assert spec.is_pipeline == (spec.builder is None), name
+        if not spec.is_pipeline:
+            assert callable(spec.build), name
+
+
+def test_no_scheme_is_known_by_name_outside_its_table():
+    """build, validate, the cache, the loop and the run decide by the table's capabilities:
+    no comparison against a scheme's name (a string literal) is left in them."""
+    import ast
+
+    src = Path(__file__).resolve().parents[1] / "src" / "distill"
+    names = set(SCHEMES)
+    found = []
+    for module in ("build.py", "validate.py", "cache.py", "trainer.py", "run.py", "evaluate.py"):
+        tree = ast.parse((src / module).read_text())
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.Compare):
+                continue
+            for part in [node.left, *node.comparators]:
+                consts = part.elts if isinstance(part, ast.Tuple | ast.List | ast.Set) else [part]
+                for c in consts:
+                    if isinstance(c, ast.Constant) and c.value in names:
+                        found.append(f"{module}:{node.lineno} compares with {c.value!r}")
+    assert not found, "\n".join(found)

@@ -7,11 +7,11 @@ import pytest
 from helpers import synthetic_cfg
 
 from distill import rundir
-from distill.build import validate
 from distill.config import parse_config
 from distill.errors import ConfigError
 from distill.run import run_experiment
 from distill.trackers import missing, open_trackers, tracking_uri
+from distill.validate import validate
 
 
 def _rows(run_dir):

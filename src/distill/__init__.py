@@ -2,6 +2,27 @@
 
 The Python API mirrors the YAML configs: build a teacher and a student, an `Objective`
 of `Term`s over their logits or tapped layers, a scheme, and hand it to the `Trainer`.
+
+The package is built in five layers; a module imports only from its own layer or those
+below it, and no import cycle exists (both checked on the import graph, function-level
+imports included, by `tests/test_layers.py`):
+
+1. **foundation**: errors, settings and config, checkpoint files, run dirs, logs and
+   trackers, the distributed helpers, and the tables that name every loss, scheme and
+   divergence as data (`losses.table`, `schemes.table`, `llm.table`: torch-free);
+2. **knowledge**: the losses, taps and the objective, the models (`models`, whose table
+   names the domains' models as `module:attr`), the data layer (`data`, whose table names
+   the domains' datasets the same way), metrics and evaluation, compression ops;
+3. **schemes and domains**: every scheme (`schemes`) and the domains that bring their own
+   schemes, data and models (`llm`, `embed`, `mlm`, `dense`, `diffusion`, `paradigms`);
+4. **loop**: the `Trainer` (it reads a scheme only through `schemes.contract`) and the
+   teacher cache;
+5. **app**: `build` (the objects a config names), `validate`, `run` and `stages`, the CLI
+   and its commands (demos, bench, tune, eval, export, compress, pipelines such as
+   lifelong learning and federated distillation).
+
+A domain plugs in by an entry in a table (`"module:attr"`, imported on first use), so the
+lower layers never import it.
 """
 
 import importlib

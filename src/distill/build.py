@@ -9,7 +9,7 @@ import inspect
 import json
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from distill.cache import CachePlan, TeacherCache, plan_cache
-from distill.checkpoint import restore_weights, weights_info
+from distill.checkpoint import weights_info
 from distill.config import DataConfig, ExperimentConfig, ModelConfig, TermConfig
 from distill.data import (
     AUGMENTATIONS,
@@ -31,12 +31,14 @@ from distill.data import (
 )
 from distill.data.loading import is_stream
 from distill.distributed import env_world_size
-from distill.errors import CheckpointError, ConfigError, DataError, LayerError, unknown_name
+from distill.errors import CheckpointError, ConfigError, unknown_name
 from distill.losses import LOSSES
 from distill.models import MODELS, build_model
+from distill.models.weights import restore_weights
 from distill.objective import ADAPTERS, Objective, Schedule, Term, reads_input_grad, tapped_layers
 from distill.registry import lookup
 from distill.schemes import SCHEMES, SchemeContext, parse_args
+from distill.schemes.table import with_capability
 from distill.taps import INPUT_GRAD, Knowledge, Tap, with_input_grad
 from distill.trainer import seed_everything
 
@@ -51,11 +53,8 @@ class Built:
     scheme: Any
     augment: Callable | None
     cache_plan: CachePlan | None = None
-
-
-# Schemes that run the frozen teacher through taps so that objective.terms can read it
-# (their terms are sized from a dry forward of both models).
-TEACHER_TERM_SCHEMES = ("offline", "dense")
+    # run by the Trainer after every optimizer step (e.g. pruning masks): its step_hooks
+    step_hooks: list[Any] = field(default_factory=list)
 
 
 def resolve_loss(name: str) -> Callable[..., Tensor]:
@@ -141,7 +140,7 @@ def _scheme_problems(cfg: ExperimentConfig, spec: Any) -> list[str]:
         problems.append(
             "teacher.weights: an offline teacher must be trained; give its .safetensors file or run dir"
         )
-    if spec.teacher == "none" and cfg.teacher is not None and name != "supervised":
+    if spec.teacher == "none" and cfg.teacher is not None and not spec.teacher_for_metrics:
         problems.append(f"teacher: the {name} scheme uses no separate teacher; remove this section")
     if spec.teacher == "teachers":
         if len(cfg.teachers) < 2:
@@ -157,10 +156,10 @@ def _scheme_problems(cfg: ExperimentConfig, spec: Any) -> list[str]:
             )
     elif cfg.teachers:
         problems.append(f"teachers: only multi_teacher uses a teachers list, not {name}")
-    if cfg.data.paired is not None and name not in ("offline", "dml", "supervised"):
+    if cfg.data.paired is not None and not spec.paired_data:
         problems.append(
             f"data.paired: cross-modal data (the teacher reads the paired modality) works with "
-            f"schemes offline and dml, not {name}"
+            f"schemes {', '.join(with_capability('paired_data'))}, not {name}"
         )
     if cfg.data.paired is not None and _reads_input_grad(cfg):
         problems.append("data.paired: input-gradient terms need one input for both models")
@@ -169,14 +168,19 @@ def _scheme_problems(cfg: ExperimentConfig, spec: Any) -> list[str]:
             "train.cache.views: with data.paired the teacher reads the paired input, which "
             "augmentation leaves alone, so the cache is exact without views; remove views"
         )
-    if cfg.peers and name not in ("dml", "okddip", "ffl"):
-        problems.append(f"peers: only the online schemes dml, okddip and ffl use peers, not {name}")
-    if spec.build is not None and name not in TEACHER_TERM_SCHEMES:
+    if cfg.peers and not spec.takes_peers:
+        peers = ", ".join(with_capability("takes_peers"))
+        problems.append(f"peers: only the online schemes {peers} use peers, not {name}")
+    if not spec.is_pipeline and not spec.taps_teacher:
         if _reads_input_grad(cfg):
             problems.append("objective.terms: input_grad needs a teacher; use scheme: offline")
-        # adversarial runs the objective on its teacher's outputs, as offline does
-        if name != "adversarial" and any(needs_teacher(t.loss) for t in cfg.objective.terms):
-            why = "has no teacher" if name == "supervised" else "makes its own distillation losses"
+        # (adversarial runs the objective on its teacher's outputs, as offline does)
+        if not spec.teacher_terms and any(needs_teacher(t.loss) for t in cfg.objective.terms):
+            why = (
+                "has no teacher"
+                if spec.teacher_for_metrics
+                else "makes its own distillation losses"
+            )
             problems.append(
                 f"objective.terms: the {name} scheme {why}; "
                 f"objective.terms may hold only teacher-free terms (e.g. tf_kd). Terms that "
@@ -541,34 +545,24 @@ def _build_term(
     return term
 
 
-def build(cfg: ExperimentConfig, *, missing_weights_ok: bool = False) -> Built:
-    """Build everything a run needs. Raises ConfigError/CheckpointError on the first problem."""
+def build(
+    cfg: ExperimentConfig, *, missing_weights_ok: bool = False, data: DataSplits | None = None
+) -> Built:
+    """Build everything a run needs. Raises ConfigError/CheckpointError on the first problem.
+
+    `data`: the config's data, when already loaded (`validate` loads it once)."""
     problems = name_problems(cfg)
     if problems:
         raise ConfigError("config has problems:\n  " + "\n  ".join(problems))
     spec = SCHEMES[cfg.scheme.name]
-    if spec.build is None:
+    if spec.is_pipeline:
         raise ConfigError(
             f"scheme {cfg.scheme.name!r} runs in stages; start it with distill run "
             f"(or distill.run.run_experiment), which trains each stage in turn"
         )
-    if spec.family == "dense" and cfg.train.monitor not in ("map", "miou"):
-        raise ConfigError(
-            "scheme 'dense' picks the best epoch by its task's metric; set train.monitor: map "
-            "(detection) or miou (segmentation)"
-        )
-    if spec.family != "dense" and cfg.train.monitor in ("map", "miou"):
-        raise ConfigError(
-            f"train.monitor: {cfg.train.monitor} is a detection/segmentation metric (scheme "
-            f"dense); scheme {cfg.scheme.name!r} reports acc and nll"
-        )
-    if spec.family == "diffusion" and cfg.train.monitor == "acc":
-        raise ConfigError(
-            f"scheme {cfg.scheme.name!r} trains a denoiser, which has no accuracy; set "
-            "train.monitor: nll (its validation loss picks the best epoch)"
-        )
+    _check_monitor(cfg.scheme.name, spec, cfg.train.monitor)
     seed_everything(cfg.train.seed)  # model and adapter init depend on the run seed
-    data = load_data(cfg.data)
+    data = data if data is not None else load_data(cfg.data)
     ok = missing_weights_ok
 
     def model(m: ModelConfig, role: str) -> nn.Module:
@@ -581,7 +575,7 @@ def build(cfg: ExperimentConfig, *, missing_weights_ok: bool = False) -> Built:
     teachers = [model(t, f"teachers.{i}") for i, t in enumerate(cfg.teachers)]
     peers = [model(p, f"peers.{i}") for i, p in enumerate(cfg.peers)]
     batch = _dry_batch(data)
-    offline = cfg.scheme.name in TEACHER_TERM_SCHEMES
+    offline = spec.taps_teacher
     student_layers = tapped_layers(t.student for t in cfg.objective.terms)
     teacher_layers = tapped_layers(t.teacher for t in cfg.objective.terms)
     student_k = _dry_knowledge(student, student_layers, batch, f"student {cfg.student.name}")
@@ -592,7 +586,7 @@ def build(cfg: ExperimentConfig, *, missing_weights_ok: bool = False) -> Built:
             teacher, teacher_layers, teacher_batch, f"teacher {cfg.teacher.name}"
         )
     # sentence encoders output embeddings, denoisers images, detectors boxes: not classes
-    if spec.family not in ("embedding", "diffusion", "dense"):
+    if spec.predicts_classes:
         logits_read = not offline or any(
             needs_teacher(t.loss)
             and "logits" in ([t.teacher] if isinstance(t.teacher, str) else t.teacher)
@@ -630,34 +624,7 @@ def build(cfg: ExperimentConfig, *, missing_weights_ok: bool = False) -> Built:
         problem = augmentation_problem(aug.name, data.input_shape)
         if problem is not None:
             raise ConfigError(f"data.augment.{i}: {problem}")
-    ctx = SchemeContext(
-        student=student,
-        objective=objective,
-        data=data,
-        args=dict(cfg.scheme.args),
-        teacher=teacher,
-        teachers=teachers,
-        teacher_classes=[t.classes for t in cfg.teachers],
-        peers=peers,
-        augment=augment,
-        seed=cfg.train.seed,
-    )
-    try:
-        scheme = spec.build(ctx)
-    except (ValueError, RuntimeError, TypeError) as e:
-        raise ConfigError(f"scheme {cfg.scheme.name!r}: {str(e).splitlines()[0]}") from None
-    if cfg.student.sparsity is not None:
-        from distill.compress.prune import SparsityKeeper
-
-        if cfg.train.distributed.student == "shard":
-            raise ConfigError(
-                "student.sparsity prunes whole weight tensors and cannot run on a sharded "
-                "student; set train.distributed.student: replicate"
-            )
-        scheme.step_hooks = [
-            *getattr(scheme, "step_hooks", []),
-            SparsityKeeper(student, cfg.student.sparsity),
-        ]
+    teacher_cache = None
     disk_random = bool(getattr(data.train, "random", False))
     plan = plan_cache(
         cfg.train.cache,
@@ -672,7 +639,7 @@ def build(cfg: ExperimentConfig, *, missing_weights_ok: bool = False) -> Built:
         sharded_teacher=cfg.train.distributed.teacher == "shard" and env_world_size() > 1,
     )
     if plan.use:
-        scheme.teacher_cache = TeacherCache(
+        teacher_cache = TeacherCache(
             teacher,
             data.train,
             teacher_layers,
@@ -687,71 +654,61 @@ def build(cfg: ExperimentConfig, *, missing_weights_ok: bool = False) -> Built:
         )
         if objective is not None:  # e.g. KD's soft targets, computed once per sample
             for key, fn in objective.prepared_teacher().items():
-                scheme.teacher_cache.derive(key, fn)
-    return Built(cfg, data, student, teacher, objective, scheme, augment, plan)
+                teacher_cache.derive(key, fn)
+    ctx = SchemeContext(
+        student=student,
+        objective=objective,
+        data=data,
+        args=dict(cfg.scheme.args),
+        teacher=teacher,
+        teachers=teachers,
+        teacher_classes=[t.classes for t in cfg.teachers],
+        peers=peers,
+        augment=augment,
+        seed=cfg.train.seed,
+        teacher_cache=teacher_cache,
+    )
+    try:
+        scheme = spec.build(ctx)
+    except (ValueError, RuntimeError, TypeError) as e:
+        raise ConfigError(f"scheme {cfg.scheme.name!r}: {str(e).splitlines()[0]}") from None
+    step_hooks: list[Any] = []
+    if cfg.student.sparsity is not None:
+        from distill.compress.prune import SparsityKeeper
+
+        if cfg.train.distributed.student == "shard":
+            raise ConfigError(
+                "student.sparsity prunes whole weight tensors and cannot run on a sharded "
+                "student; set train.distributed.student: replicate"
+            )
+        step_hooks.append(SparsityKeeper(student, cfg.student.sparsity))
+    return Built(cfg, data, student, teacher, objective, scheme, augment, plan, step_hooks)
+
+
+def _check_monitor(name: str, spec: Any, monitor: str) -> None:
+    """`train.monitor` must be a metric the scheme's validation reports."""
+    if monitor in spec.monitors:
+        return
+    if spec.monitors == ("map", "miou"):
+        raise ConfigError(
+            f"scheme {name!r} picks the best epoch by its task's metric; set train.monitor: map "
+            "(detection) or miou (segmentation)"
+        )
+    if monitor in ("map", "miou"):
+        raise ConfigError(
+            f"train.monitor: {monitor} is a detection/segmentation metric (scheme dense); "
+            f"scheme {name!r} reports {' and '.join(spec.monitors)}"
+        )
+    if monitor == "acc":
+        raise ConfigError(
+            f"scheme {name!r} trains a denoiser, which has no accuracy; set "
+            "train.monitor: nll (its validation loss picks the best epoch)"
+        )
+    raise ConfigError(f"train.monitor: scheme {name!r} reports {', '.join(spec.monitors)}")
 
 
 def _log(message: str) -> None:
     print(message, file=sys.stderr)
-
-
-def validate(cfg: ExperimentConfig) -> list[str]:
-    """Every problem a run would hit: names, then every layer name, then weights and shapes.
-
-    Empty means the config builds and a dry forward through every term works. A run in
-    stages is checked stage by stage (weights that earlier stages will write are skipped).
-    """
-    from distill.stages import expand, is_pipeline, pipeline_problems
-
-    if is_pipeline(cfg):
-        problems = pipeline_problems(cfg)
-        if problems:
-            return problems
-        for i, stage in enumerate(expand(cfg)):
-            found = _layer_problems(stage)
-            if not found:
-                try:
-                    build(stage, missing_weights_ok=True)
-                except (ConfigError, CheckpointError, DataError, LayerError) as e:
-                    found = [str(e)]
-            problems += [f"stage {i} ({stage.name}): {p}" for p in found]
-        return problems
-    problems = name_problems(cfg)
-    if problems:
-        return problems
-    problems = _layer_problems(cfg)
-    if problems:
-        return problems
-    try:
-        build(cfg)
-    except (ConfigError, CheckpointError, DataError, LayerError) as e:
-        problems.append(str(e))
-    return problems
-
-
-def _layer_problems(cfg: ExperimentConfig) -> list[str]:
-    """Check every term's layer names (build stops at the first bad one; users want them all)."""
-    problems = []
-    try:
-        data = load_data(cfg.data)
-    except ConfigError as e:
-        return [str(e)]
-    for role in ("student", "teacher"):
-        spec = getattr(cfg, role)
-        if spec is None or (role == "teacher" and cfg.scheme.name not in TEACHER_TERM_SCHEMES):
-            continue
-        try:
-            model = build_model(spec.name, data.input_shape, data.num_classes, spec.args)
-        except ConfigError as e:
-            problems.append(f"{role}: {e}")
-            continue
-        for i, term in enumerate(cfg.objective.terms):
-            for layer in tapped_layers([getattr(term, role)]):
-                try:
-                    Tap(model, [layer], f"{role} {spec.name}").remove()
-                except LayerError as e:
-                    problems.append(f"objective.terms.{i}.{role}: {e}")
-    return problems
 
 
 def export_info(cfg: ExperimentConfig) -> dict[str, Any]:

@@ -46,6 +46,7 @@ from torch import Tensor, nn
 from distill.data import load_batch, teacher_input
 from distill.data.core import batches_whole
 from distill.errors import ConfigError
+from distill.schemes.table import SCHEMES, with_capability
 from distill.settings import CacheSettings
 
 FORMAT_VERSION = 1
@@ -54,7 +55,7 @@ _DTYPES = {"fp32": np.float32, "fp16": np.float16}
 
 def default_cache_dir() -> Path:
     """`teacher/` under the folder generated datasets use ($DISTILL_CACHE_DIR, ~/.cache/distill)."""
-    from distill.data.sources import cache_dir
+    from distill.data.raw import cache_dir
 
     return cache_dir() / "teacher"
 
@@ -92,8 +93,10 @@ def plan_cache(
             "the teacher is sharded across ranks (train.distributed.teacher: shard), and the "
             "cache is built by rank 0 alone; use teacher: replicate to cache its outputs"
         )
-    if scheme != "offline":
-        problems.append(f"scheme {scheme!r} runs its teachers itself (the cache serves 'offline')")
+    spec = SCHEMES.get(scheme)
+    if spec is None or not spec.cacheable:
+        serves = ", ".join(with_capability("cacheable"))
+        problems.append(f"scheme {scheme!r} runs its teachers itself (the cache serves {serves})")
     if reads_input_grad:
         problems.append("a term reads the gradient of the teacher's loss w.r.t. its input")
     if augmented and not settings.views and not epoch_views:

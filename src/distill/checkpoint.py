@@ -277,29 +277,6 @@ def _is_state(obj: dict) -> bool:
     return bool(obj) and all(isinstance(k, str) and isinstance(v, Tensor) for k, v in obj.items())
 
 
-def restore_weights(module: torch.nn.Module, path: str | os.PathLike, label: str) -> dict:
-    """Load a weights file into a freshly built `module`: first replay the compression the
-    file records (pruned widths, low-rank layers, quantizers), then the tensors. Weights
-    holding NaN or inf are refused. An adapter-only file (`adapter_part`) goes into a
-    PEFT-wrapped `module` whose base is loaded. Returns the file's info."""
-    from distill.compress.structure import apply_structure
-
-    state, info = load_weights(path)
-    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(v.isfinite().all())]
-    if bad:
-        raise CheckpointError(
-            f"the {label} weights in {str(path)!r} hold NaN or inf (in {', '.join(bad[:4])}"
-            f"{' ...' if len(bad) > 4 else ''}): the run that wrote them diverged. Use weights "
-            f"from before that, or retrain that model"
-        )
-    if info.get("adapter_only"):  # a LoRA run's adapter: `module` holds its base already
-        load_adapter(module, state, info, label)
-        return info
-    apply_structure(module, info.get("structure"))
-    load_into(module, state, label)
-    return info
-
-
 def load_into(module: torch.nn.Module, state: dict[str, Tensor], label: str) -> None:
     """`load_state_dict(strict=True)` with an error that says which model and which keys."""
     own = module.state_dict()
@@ -333,6 +310,8 @@ def weights_info(path: str | os.PathLike) -> dict:
     """The JSON info of a weights file distill wrote, read from its header alone ({} for
     files from elsewhere)."""
     path = Path(path)
+    if not path.is_file():  # load_weights says what is wrong when the file is loaded
+        return {}
     with open(path, "rb") as f:
         if _is_torch_file(f.read(9)):
             return {}

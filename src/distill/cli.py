@@ -70,8 +70,8 @@ def _after_divergence(args: argparse.Namespace, cfg) -> str:
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
-    from distill.build import validate
     from distill.config import load_config
+    from distill.validate import validate
 
     cfg = load_config(args.config, args.overrides)
     problems = validate(cfg)

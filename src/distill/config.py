@@ -16,8 +16,13 @@ import yaml
 from pydantic import Field, PrivateAttr, ValidationError, field_validator
 
 from distill.errors import ConfigError, did_you_mean
-from distill.paradigms.condense import CondenseSettings
-from distill.settings import QuantSettings, SparsitySettings, Strict, TrainSettings
+from distill.settings import (
+    CondenseSettings,
+    QuantSettings,
+    SparsitySettings,
+    Strict,
+    TrainSettings,
+)
 
 
 class AugmentConfig(Strict):

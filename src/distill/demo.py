@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from distill.build import build, weights_path
-from distill.checkpoint import restore_weights
 from distill.config import parse_config
 from distill.errors import ensure_complete
 from distill.evaluate import agreement, predict_logits
+from distill.models.weights import restore_weights
 from distill.profile import count_parameters, file_size, latency_ms
 from distill.run import run_experiment
 from distill.table import format_table

@@ -102,13 +102,10 @@ def evaluate(
     device: str | torch.device = "cpu",
     workers: int = 0,
 ) -> dict[str, float]:
-    """acc and nll of a classifier; of a language model on token data, per supervised token
-    (plus perplexity)."""
-    from distill.llm.text import TokenDataset
-
-    if isinstance(dataset, TokenDataset):
-        from distill.llm.scheme import lm_metrics
-
-        return lm_metrics(model, dataset, batch_size=min(batch_size, 64), device=device)
+    """acc and nll of a classifier. Data that scores a model its own way (token data: per
+    supervised token, plus perplexity) says so with a `model_metrics` method."""
+    own = getattr(dataset, "model_metrics", None)
+    if own is not None:
+        return own(model, batch_size=batch_size, device=device)
     logits, targets = predict(model, dataset, batch_size=batch_size, device=device, workers=workers)
     return classification_metrics(logits, targets)

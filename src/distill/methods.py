@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from distill.llm.divergences import TOKEN_DIVERGENCES
-from distill.losses import LOSSES
-from distill.schemes import SCHEMES
+from distill.llm.table import DIVERGENCES
+from distill.losses.table import LOSSES
+from distill.schemes.table import SCHEMES
 
 
 def list_methods() -> list[dict[str, str]]:
@@ -14,7 +14,7 @@ def list_methods() -> list[dict[str, str]]:
     ]
     rows += [
         {"name": name, "family": "token divergence (lm_kd)", "paper": paper}
-        for name, (_fn, paper) in TOKEN_DIVERGENCES.items()
+        for name, (_fn, paper) in DIVERGENCES.items()
     ]
     rows += [
         {"name": name, "family": f"scheme ({spec.family})", "paper": spec.paper}

@@ -13,6 +13,16 @@ from typing import Any
 from distill.errors import ConfigError, unknown_name
 
 
+def resolve(ref: str) -> Any:
+    """The object an internal `module:attr.attr` reference of distill's own tables names
+    (imported on first use; user references go through `lookup`, which checks them)."""
+    module, _, path = ref.partition(":")
+    obj: Any = importlib.import_module(module)
+    for part in path.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
 def _top(module_name: str | None) -> str:
     return (module_name or "").split(".")[0]
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import fnmatch
 import json
 import sys
 from collections.abc import Callable, Sequence
@@ -15,9 +14,8 @@ import yaml
 
 from distill import distributed, rundir
 from distill.build import build, export_info, weights_path
-from distill.checkpoint import atomic_write_text, restore_weights
+from distill.checkpoint import atomic_write_text
 from distill.config import ExperimentConfig, dump_config
-from distill.errors import ConfigError
 from distill.evaluate import (
     agreement,
     classification_metrics,
@@ -25,126 +23,10 @@ from distill.evaluate import (
     predict_logits,
     targets_of,
 )
+from distill.models.weights import restore_weights
+from distill.run_check import check_run_dir
+from distill.schemes.contract import Contract
 from distill.trainer import Trainer
-
-# Settings that may change when a run is resumed; anything else must match the saved config.
-RESUMABLE_CHANGES = {
-    "epochs",
-    "max_steps",
-    "progress",
-    "checkpoint_every_steps",
-    "early_stop_patience",
-    "device",
-    "workers",
-    "distributed",  # placement on the ranks; checkpoints hold full tensors either way
-    "report_to",  # trackers only watch
-}
-# Settings that may change on resume when the user names them with --allow-change: the
-# usual mends after a divergence. (A changed lr applies from the resumed step on.)
-CHANGEABLE_ON_REQUEST = (
-    "train.optimizer.lr",
-    "train.clip_grad_norm",
-    "objective.task_weight",
-    "objective.terms.*.weight",
-)
-
-
-def _allowed(key: str, allow: Sequence[str]) -> bool:
-    if key.startswith("train.") and key[6:].split(".")[0] in RESUMABLE_CHANGES:
-        return True
-    return any(fnmatch.fnmatchcase(key, pattern) for pattern in allow)
-
-
-def check_allow(allow: Sequence[str]) -> None:
-    for key in allow:
-        if not any(fnmatch.fnmatchcase(key, p) for p in CHANGEABLE_ON_REQUEST):
-            raise ConfigError(
-                f"--allow-change {key!r}: only {', '.join(CHANGEABLE_ON_REQUEST)} may change when "
-                f"a run resumes (* is a term's index); start a new run_dir for anything else"
-            )
-
-
-def check_run_dir(
-    run_dir: Path,
-    cfg: ExperimentConfig,
-    *,
-    resume: bool,
-    overwrite: bool,
-    allow: Sequence[str] = (),
-) -> list[str]:
-    """Refuse to overwrite a previous run or files distill did not write, or to resume a run
-    under a different config. Returns the allowed changes a resume makes, as log lines."""
-    if resume and overwrite:
-        raise ConfigError("resume continues a run and overwrite deletes it; choose one")
-    check_allow(allow)
-    rundir.check_location(run_dir)
-    if overwrite:
-        rundir.check_clearable(run_dir, cfg._source)
-    has_run = rundir.holds_run(run_dir)
-    if has_run and not resume and not overwrite:
-        raise ConfigError(
-            f"run dir {str(run_dir)!r} already holds a run; continue it with --resume, "
-            f"replace it with --overwrite, or set run_dir=<new dir>"
-        )
-    if not resume and not overwrite:
-        rundir.check_fresh(run_dir)
-    saved = run_dir / "config.yaml"
-    if not (resume and saved.is_file()):
-        return []
-    old = yaml.safe_load(saved.read_text())
-    new = cfg.model_dump(mode="json")
-    # a run dir is known by its marker, not its path: a moved one still resumes
-    was_at = old.get("run_dir") or str(Path("runs") / str(old.get("name")))
-    old = _moved(old, str(was_at), str(run_dir))
-    changed = [k for k in _changed_keys(old, new) if k != "run_dir"]
-    refused = [k for k in changed if not _allowed(k, allow)]
-    if refused:
-        raise ConfigError(
-            f"cannot resume {str(run_dir)!r} with a different config: {', '.join(refused)} "
-            f"changed since the run started (see its config.yaml). Only train."
-            f"{{{', '.join(sorted(RESUMABLE_CHANGES))}}} may change on resume, and "
-            f"{', '.join(CHANGEABLE_ON_REQUEST)} when named with --allow-change KEY; start a new "
-            f"run_dir for anything else."
-        )
-    return [
-        f"resume: {k} changed from {_at(old, k)!r} to {_at(new, k)!r}"
-        for k in changed
-        if any(fnmatch.fnmatchcase(k, p) for p in allow)
-    ]
-
-
-def _moved(value: Any, old_dir: str, new_dir: str) -> Any:
-    """`value` with paths under the run dir's old location moved to its new one."""
-    if old_dir == new_dir:
-        return value
-    if isinstance(value, dict):
-        return {k: _moved(v, old_dir, new_dir) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_moved(v, old_dir, new_dir) for v in value]
-    if isinstance(value, str) and (value == old_dir or value.startswith(old_dir + "/")):
-        return new_dir + value[len(old_dir) :]
-    return value
-
-
-def _at(tree: Any, key: str) -> Any:
-    for part in key.split("."):
-        tree = tree[int(part)] if isinstance(tree, list) else (tree or {}).get(part)
-    return tree
-
-
-def _changed_keys(old: Any, new: Any, prefix: str = "") -> list[str]:
-    if isinstance(old, dict) and isinstance(new, dict):
-        keys = list(dict.fromkeys([*old, *new]))
-        return [c for k in keys for c in _changed_keys(old.get(k), new.get(k), f"{prefix}{k}.")]
-    if (  # lists of sections (terms, stages, teachers) by index; lists of values whole
-        isinstance(old, list)
-        and isinstance(new, list)
-        and len(old) == len(new)
-        and all(isinstance(v, dict) for v in [*old, *new])
-    ):
-        pairs = enumerate(zip(old, new))
-        return [c for i, (a, b) in pairs for c in _changed_keys(a, b, f"{prefix}{i}.")]
-    return [] if old == new else [prefix.rstrip(".")]
 
 
 def run_experiment(
@@ -172,6 +54,7 @@ def run_experiment(
             overwrite=overwrite,
             callbacks=callbacks,
             allow_changes=allow_changes,
+            run_stage=run_experiment,
         )
     run_dir = cfg.resolved_run_dir()
     check_run_dir(run_dir, cfg, resume=resume, overwrite=overwrite, allow=allow_changes)
@@ -187,6 +70,7 @@ def run_experiment(
         augment=built.augment,
         export_info=export_info(cfg),
         callbacks=callbacks,
+        step_hooks=built.step_hooks,
     )
     if resume:
         trainer.restore()  # a bad checkpoint fails here, before anything is written
@@ -296,7 +180,7 @@ def test_results(
         if model is not None and not distributed.is_sharded(model):
             model.to(device)
     test = built.data.test
-    scheme_test = getattr(built.scheme, "test_metrics", None)
+    scheme_test = Contract.of(built.scheme).test_metrics
     if scheme_test is not None:  # e.g. perplexity and token agreement for language models
         return scheme_test(test, batch_size=batch_size)
     if hasattr(test, "supervised"):  # token data without a language-model scheme

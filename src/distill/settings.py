@@ -157,3 +157,22 @@ class SparsitySettings(Strict):
     end_step: int | None = Field(None, ge=0)  # target reached here (None: at start_step)
     every: int = Field(50, ge=1)  # steps between pruning rounds on the way
     skip: list[str] = []  # modules never pruned (e.g. the classifier head)
+
+
+# data.condense (the method is distill.paradigms.condense)
+class NetSpec(Strict):
+    name: str = "convnet"
+    args: dict[str, Any] = {}
+
+
+class CondenseSettings(Strict):
+    """`data.condense`: replace the training split by a condensed set."""
+
+    per_class: int = Field(10, ge=1)  # synthetic samples per class (IPC)
+    method: Literal["dm", "random"] = "dm"
+    iterations: int = Field(1000, ge=1)  # dm: updates of the synthetic set
+    lr: float = Field(0.1, gt=0)  # dm: SGD step on the samples (momentum 0.5)
+    batch_real: int = Field(64, ge=1)  # dm: real samples per class per iteration
+    net: NetSpec | None = None  # dm: the embedding network (default: by input shape)
+    layer: str = "head:input"  # dm: the tapped embedding (the classifier's input)
+    seed: int = 0

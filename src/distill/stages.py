@@ -32,9 +32,10 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from distill import rundir
-from distill.checkpoint import atomic_write_text, restore_weights
+from distill.checkpoint import atomic_write_text
 from distill.config import ExperimentConfig, ModelConfig, dump_config, parse_config
 from distill.errors import ConfigError
+from distill.models.weights import restore_weights
 from distill.paradigms import lifelong
 from distill.rundir import finished
 from distill.schemes import SCHEMES, parse_args
@@ -232,10 +233,17 @@ def pipeline_problems(cfg: ExperimentConfig) -> list[str]:
 
 
 def run_pipeline(
-    cfg: ExperimentConfig, *, resume: bool, overwrite: bool, callbacks=(), allow_changes=()
+    cfg: ExperimentConfig,
+    *,
+    resume: bool,
+    overwrite: bool,
+    callbacks=(),
+    allow_changes=(),
+    run_stage: Callable[..., dict],
 ) -> dict:
-    """Run every stage in turn; see the module docstring."""
-    from distill.run import check_run_dir
+    """Run every stage in turn with `run_stage` (`distill.run.run_experiment`, which calls
+    this for a run in stages); see the module docstring."""
+    from distill.run_check import check_run_dir
 
     run_dir = cfg.resolved_run_dir()
     problems = pipeline_problems(cfg)
@@ -249,14 +257,13 @@ def run_pipeline(
         for line in changes:
             print(line, file=sys.stderr)
         rundir.begin(run_dir, "pipeline", overwrite=overwrite, source=cfg._source)
-        return _run_stages(cfg, run_dir, resume, callbacks, allow_changes)
+        return _run_stages(cfg, run_dir, resume, callbacks, allow_changes, run_stage)
 
 
 def _run_stages(
-    cfg: ExperimentConfig, run_dir: Path, resume: bool, callbacks, allow_changes
+    cfg: ExperimentConfig, run_dir: Path, resume: bool, callbacks, allow_changes, run_stage
 ) -> dict:
     from distill.build import build, weights_path
-    from distill.run import run_experiment
 
     stages = expand(cfg)
     atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
@@ -275,7 +282,7 @@ def _run_stages(
                 after(cfg, i, stage)
             continue
         can_resume = (stage_dir / "checkpoints" / "last.safetensors").is_file()
-        r = run_experiment(
+        r = run_stage(
             stage,
             resume=resume and can_resume,
             overwrite=not (resume and can_resume) and stage_dir.exists(),

@@ -37,7 +37,7 @@ from distill.data.loading import (
 from distill.errors import CheckpointError, ConfigError, DataError, NonFiniteError
 from distill.evaluate import evaluate
 from distill.logs import MetricsLog
-from distill.schemes import Scheme
+from distill.schemes.contract import Contract, Scheme
 from distill.settings import ScheduleSettings, TrainSettings
 
 
@@ -66,11 +66,11 @@ def lr_factor(step: int, total_steps: int, schedule: ScheduleSettings) -> float:
     return schedule.min_lr_ratio + (1.0 - schedule.min_lr_ratio) * cosine
 
 
-def _lr_groups(scheme: Any, params: list[torch.nn.Parameter]) -> list[dict] | None:
+def _lr_groups(contract: Contract, params: list[torch.nn.Parameter]) -> list[dict] | None:
     """Parameter groups for a scheme's `lr_scales` ({module name in scheme.modules: factor of
     the learning rate}, e.g. a generator that must move slower than the student); None when
     it has none. Parameters keep their order, so checkpoints line up."""
-    scales = getattr(scheme, "lr_scales", None) or {}
+    scales, scheme = contract.lr_scales, contract.scheme
     if not scales:
         return None
     unknown = set(scales) - set(scheme.modules.keys())
@@ -224,8 +224,12 @@ class Trainer:
         augment: Augmentation | None = None,
         export_info: dict | None = None,
         callbacks: Sequence[Callable[[dict[str, Any]], None]] = (),
+        step_hooks: Sequence[Any] = (),
     ):
         self.scheme, self.train_data, self.val_data = scheme, train_data, val_data
+        self.contract = Contract.of(scheme)  # what this loop reads of the scheme
+        # called after every optimizer step, e.g. pruning masks (`distill.schemes.contract.StepHook`)
+        self.step_hooks = list(step_hooks)
         # Called with each epoch's metrics row after it is logged and checkpointed; a callback
         # may raise to stop the run (e.g. a tuner pruning a bad trial). State stays consistent.
         self.callbacks = list(callbacks)
@@ -242,7 +246,7 @@ class Trainer:
         self._shard_models()
         self._speed_up_models()
         params = [p for p in scheme.modules.parameters() if p.requires_grad]
-        self.optimizer = make_optimizer(params, settings, _lr_groups(scheme, params))
+        self.optimizer = make_optimizer(params, settings, _lr_groups(self.contract, params))
         self.scaler = torch.amp.GradScaler("cuda", enabled=settings.precision == "fp16")
         self.aug_gen = torch.Generator().manual_seed(settings.seed + 7919)
         # A DataLoader or IterableDataset is read in its own order (a stream); anything else
@@ -310,9 +314,9 @@ class Trainer:
                 "train.distributed.student shard with precision fp16 is not supported (the "
                 "loss scaler does not handle sharded gradients); use precision bf16"
             )
-        frozen = list(getattr(self.scheme, "frozen", []))
+        frozen = list(self.contract.frozen)
         if (
-            getattr(self.scheme, "after_optimizer_step", None) is not None
+            self.contract.after_optimizer_step is not None
             and frozen
             and placement.student != placement.teacher
         ):
@@ -337,7 +341,7 @@ class Trainer:
     def _models(self) -> list[nn.Module]:
         """The trained models (not the objective's loss modules) and the frozen ones."""
         trained = [m for k, m in self.scheme.modules.items() if k != "objective"]
-        return [*trained, *getattr(self.scheme, "frozen", [])]
+        return [*trained, *self.contract.frozen]
 
     def _speed_up_models(self) -> None:
         """channels_last memory layout and torch.compile, when the config asks for them."""
@@ -446,7 +450,7 @@ class Trainer:
 
         Random draws (views, augmentation) are made for the whole global batch on every
         rank before it is sliced, so any number of processes sees the same views."""
-        cache = getattr(self.scheme, "teacher_cache", None)
+        cache = self.contract.teacher_cache
         views = cache is not None and cache.views
         random_draws = views or self.augment is not None
         if self.streamed:  # each rank reads its own part of a stream
@@ -475,7 +479,7 @@ class Trainer:
             batch["view"] = view
             batch["input"] = cache.view_inputs(batch["index"], view)
         elif self.augment is not None:
-            if getattr(self.scheme, "wants_clean", False):
+            if self.contract.wants_clean:
                 batch["clean"] = batch["input"]
             batch["input"] = self.augment(batch["input"], self.aug_gen)
         if shard and distributed.active():
@@ -492,7 +496,7 @@ class Trainer:
     def _load_index(self, index: torch.Tensor) -> torch.Tensor:
         """The samples this process loads for global batch `index`: its slice, or the whole
         batch when random draws are made for the global batch first."""
-        cache = getattr(self.scheme, "teacher_cache", None)
+        cache = self.contract.teacher_cache
         if (cache is not None and cache.views) or self.augment is not None:
             return index
         return distributed.shard(index)
@@ -658,10 +662,10 @@ class Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
-        hook = getattr(self.scheme, "after_optimizer_step", None)
+        hook = self.contract.after_optimizer_step
         if hook is not None:  # e.g. an EMA teacher follows the updated weights
             hook(self.state["step"])
-        for step_hook in getattr(self.scheme, "step_hooks", ()):  # e.g. pruning masks
+        for step_hook in self.step_hooks:  # e.g. pruning masks
             step_hook(self.state["step"])
         self.state["step"] += 1
 
@@ -710,13 +714,13 @@ class Trainer:
             log = MetricsLog(self.run_dir)
             if distributed.is_main():
                 log.keep_epochs_before(self.state["epoch"] + 1)
-            cache = getattr(self.scheme, "teacher_cache", None)
+            cache = self.contract.teacher_cache
             if cache is not None:  # built (or checked) once, before the first step
                 if distributed.is_main():  # under torchrun rank 0 builds, the others open it
                     cache.ensure()
                 distributed.barrier()
                 cache.ensure()
-            hook = getattr(self.scheme, "on_fit_start", None)
+            hook = self.contract.on_fit_start
             if hook is not None:  # schemes that schedule by epoch learn its length
                 hook(self.total_steps, self.steps_per_epoch)
             with self._stop_on_signals():
@@ -845,7 +849,7 @@ class Trainer:
 
     def _stream_items(self, batch: dict[str, torch.Tensor]) -> float | None:
         """For a stream (no look-ahead), a scheme's `count_items` of this micro-batch alone."""
-        count = getattr(self.scheme, "count_items", None)
+        count = self.contract.count_items
         return None if count is None else float(count(batch)) * self.settings.grad_accum
 
     def _accumulate(self, losses: dict[str, torch.Tensor]) -> None:
@@ -874,7 +878,7 @@ class Trainer:
     def _group_items(self, order: torch.Tensor, first: int, size: int) -> float | None:
         """Items the scheme normalises by (its `count_items`) over one optimizer step's
         micro-batches, or None for schemes that average per micro-batch."""
-        count = getattr(self.scheme, "count_items", None)
+        count = self.contract.count_items
         if count is None:
             return None
         bs = self.settings.batch_size
@@ -900,7 +904,7 @@ class Trainer:
         # Ranks normalised their own slices, so their BatchNorm statistics differ: all take
         # rank 0's (the ones its checkpoint saves, and what DDP's broadcast_buffers keeps).
         distributed.broadcast_buffers(self.scheme.modules)
-        scheme_eval = getattr(self.scheme, "evaluate", None)  # e.g. perplexity for LMs
+        scheme_eval = self.contract.evaluate  # e.g. perplexity for LMs
         evaluator = scheme_eval or partial(evaluate, self.scheme.eval_model(), workers=s.workers)
         metrics = evaluator(self.val_data, batch_size=s.eval_batch_size, device=self.device)
         # best-epoch and early-stopping decisions (and the collectives behind them) must agree
@@ -909,10 +913,7 @@ class Trainer:
         # a model still being compressed (pruning on its way to its target sparsity) is not
         # yet the model the run promises: each such epoch is kept as "best" provisionally
         # and the first settled epoch replaces it
-        settled = all(
-            getattr(h, "settled", lambda _s: True)(st["step"])
-            for h in getattr(self.scheme, "step_hooks", ())
-        )
+        settled = all(h.settled(st["step"]) for h in self.step_hooks)
         improved = score > st["best"] or not settled
         if improved:
             st["best"], st["best_epoch"], st["bad_epochs"] = score, st["epoch"] + 1, 0

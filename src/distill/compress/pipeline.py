@@ -36,7 +36,7 @@ from pydantic import Field, model_validator
 
 from distill import rundir
 from distill.build import load_data, needs_teacher, weights_path
-from distill.checkpoint import atomic_write_bytes, atomic_write_text, restore_weights, save_weights
+from distill.checkpoint import atomic_write_bytes, atomic_write_text, save_weights
 from distill.config import (
     ModelConfig,
     SchemeConfig,
@@ -49,6 +49,7 @@ from distill.data import load_batch
 from distill.errors import ConfigError
 from distill.evaluate import predict_logits, targets_of
 from distill.models import build_model
+from distill.models.weights import restore_weights
 from distill.profile import count_parameters, file_size, latency_ms
 from distill.rundir import finished
 from distill.settings import QuantSettings, SparsitySettings, Strict

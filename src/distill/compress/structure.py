@@ -16,8 +16,6 @@ from typing import Any
 
 from torch import nn
 
-from distill.errors import CheckpointError
-
 ATTR = "distill_structure"
 
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -69,45 +67,3 @@ def resized(module: nn.Module, *, inputs: int | None = None, outputs: int | None
     new.train(module.training)
     ref = next(module.parameters(), None)
     return new if ref is None else new.to(ref.device)
-
-
-def _replay_resize(model: nn.Module, op: dict[str, Any]) -> None:
-    for name, dims in op["modules"].items():
-        old = model.get_submodule(name)
-        model.set_submodule(name, resized(old, inputs=dims.get("in"), outputs=dims.get("out")))
-
-
-def apply_structure(model: nn.Module, ops: list[dict[str, Any]] | None) -> nn.Module:
-    """Replay recorded ops on a freshly built `model` (in place; returns it)."""
-    from distill.compress.lowrank import replay_lowrank
-    from distill.compress.quant import QuantSettings, prepare_qat
-
-    if getattr(model, ATTR, []):  # already has its structure (e.g. built once, loaded twice)
-        if getattr(model, ATTR) == list(ops or []):
-            return model
-        raise CheckpointError(
-            "these weights were saved from a model compressed differently "
-            f"({ops}) than the model they are loaded into ({getattr(model, ATTR)})"
-        )
-    for op in ops or []:
-        kind = op.get("op")
-        try:
-            if kind == "resize":
-                _replay_resize(model, op)
-            elif kind == "lowrank":
-                replay_lowrank(model, op)
-            elif kind == "quantize":
-                prepare_qat(model, QuantSettings(**op["settings"]), fresh=False)
-                continue  # prepare_qat records the op itself
-            else:
-                raise CheckpointError(
-                    f"unknown structure op {kind!r} in the weights file; it was written by a "
-                    "newer distill (known: resize, lowrank, quantize)"
-                )
-        except (AttributeError, KeyError, ValueError) as e:
-            raise CheckpointError(
-                f"the weights file's structure op {kind!r} does not fit this model ({e}); check "
-                "that the model name and args are the ones the compressed model was built from"
-            ) from None
-        record(model, op)
-    return model

@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 
 from distill.data.core import DataSplits, split_indices, stratified_take
+from distill.data.raw import RawData, _check_label_range
 from distill.data.records import LazySplit
-from distill.data.sources import RawData, _check_label_range
 from distill.errors import ConfigError, DataError
 
 

@@ -533,7 +533,7 @@ _FORMATS = {
 
 
 def hf_cache_dir() -> str:
-    from distill.data.sources import cache_dir
+    from distill.data.raw import cache_dir
 
     return str(cache_dir() / "hf")
 

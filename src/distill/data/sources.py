@@ -1,50 +1,38 @@
-"""Dataset loaders. Each returns `DataSplits` with a fixed, seeded split."""
+"""The dataset table (`DATASETS`) and `load_dataset`, which loads and splits a named one.
+
+Built-in loaders (digits, MNIST-1D, synthetic clusters) live here; every other entry names
+its loader as `module:attr` (files on disk, Hugging Face datasets, and the domains' data:
+text for language models, sentences, digit scenes, graphs), imported on first use, so the
+data layer never imports a domain. Arrays, checks and splits are `distill.data.raw`.
+"""
 
 from __future__ import annotations
 
 import hashlib
-import io
 import json
-import math
-import os
 import random
 import sys
-import zipfile
-import zlib
 from collections.abc import Callable
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from distill.checkpoint import atomic_write_bytes
-from distill.data.core import ArrayDataset, DataSplits, split_indices, stratified_take
+from distill.data.core import DataSplits, split_indices
+from distill.data.raw import (  # noqa: F401  (re-exported: loaders import them from here)
+    RawData,
+    _check_label_range,
+    cache_dir,
+    cached_arrays,
+    check_raw,
+    keep_task,
+    make_splits,
+    map_labels,
+    select_classes,
+    with_views,
+)
 from distill.errors import ConfigError, DataError
-from distill.registry import lookup
-
-
-def cache_dir() -> Path:
-    """Where generated datasets are kept: $DISTILL_CACHE_DIR, else ~/.cache/distill."""
-    return Path(os.environ.get("DISTILL_CACHE_DIR", Path.home() / ".cache" / "distill"))
-
-
-@dataclass
-class RawData:
-    """A dataset as arrays, before the validation split: what each loader returns."""
-
-    name: str
-    train: tuple[np.ndarray, np.ndarray]
-    test: tuple[np.ndarray, np.ndarray]
-    input_shape: tuple[int, ...]
-    # a second modality of the same samples (train, test) and its shape (data.paired)
-    paired: tuple[np.ndarray, np.ndarray] | None = None
-    paired_shape: tuple[int, ...] | None = None
-    # the class count when the loader fixes it (labels must then lie in 0..C-1); None: the
-    # largest label + 1, and then no label in 0..C-1 may be missing from train
-    num_classes: int | None = None
-    input_range: tuple[float, float] | None = None  # e.g. (0, 1) for images scaled to [0, 1]
+from distill.registry import lookup, resolve
 
 
 def _as_raw(obj: object, name: str) -> Any:
@@ -75,227 +63,6 @@ def _as_raw(obj: object, name: str) -> Any:
         f"distill.data.sources.RawData, a dict with keys x, y, x_test, y_test (and "
         f"optionally num_classes, input_shape), or a dict of torch datasets under train, test "
         f"(and optionally val)"
-    )
-
-
-def check_raw(raw: RawData, name: str) -> RawData:
-    """Reject data that would train silently wrong: empty, mislabelled or non-finite."""
-    for split, (x, y) in (("train", raw.train), ("test", raw.test)):
-        if len(x) == 0:
-            raise DataError(
-                f"dataset {name!r}: the {split} split is empty; give it at least one sample per class"
-            )
-        if len(x) != len(y):
-            raise DataError(
-                f"dataset {name!r}: {split} has {len(x)} inputs but {len(y)} labels; they must pair up"
-            )
-        if not np.issubdtype(np.asarray(y).dtype, np.integer):
-            raise DataError(
-                f"dataset {name!r}: {split} labels have dtype {np.asarray(y).dtype}; class labels must be "
-                f"integers 0..C-1 (convert with y.astype(int), or map names to indices)"
-            )
-        if y.min() < 0:
-            raise DataError(
-                f"dataset {name!r}: {split} has label {int(y.min())}; labels must be 0..C-1 "
-                f"(hide labels with data.train_samples and data.unlabeled instead of -1)"
-            )
-        bad = ~np.isfinite(np.asarray(x, dtype=np.float64).reshape(len(x), -1)).all(axis=1)
-        if bad.any():
-            raise DataError(
-                f"dataset {name!r}: {int(bad.sum())} {split} input(s) hold NaN or inf (first at index "
-                f"{int(np.flatnonzero(bad)[0])}); clean or drop them before training"
-            )
-        if math.prod(raw.input_shape) != math.prod(x.shape[1:]):
-            raise DataError(
-                f"dataset {name!r}: input_shape {raw.input_shape} does not fit {split} inputs of shape {x.shape[1:]}"
-            )
-    _check_label_range(raw, name)
-    n_train_classes = int(raw.train[1].max()) + 1
-    if int(raw.test[1].max()) >= n_train_classes:
-        raise DataError(
-            f"dataset {name!r}: the test split has label {int(raw.test[1].max())}, never seen in train "
-            f"(labels 0..{n_train_classes - 1}); split so that every class appears in train"
-        )
-    return raw
-
-
-def _check_label_range(raw: RawData, name: str) -> None:
-    """Labels must be 0..C-1: below a fixed C, and with no class id left unused when C is
-    inferred (labels 1..3 would build a phantom class 0; a stray 50 a 51-way head)."""
-    y = np.asarray(raw.train[1])
-    if raw.num_classes is not None:
-        for split, labels in (("train", y), ("test", np.asarray(raw.test[1]))):
-            if int(labels.max()) >= raw.num_classes:
-                first = int(np.flatnonzero(labels >= raw.num_classes)[0])
-                raise DataError(
-                    f"dataset {name!r}: {split} label {int(labels[first])} at index {first} is "
-                    f"outside 0..{raw.num_classes - 1} (the loader says num_classes="
-                    f"{raw.num_classes}); fix the label, or the class count"
-                )
-        return
-    present = np.unique(y)
-    if len(present) < int(y.max()) + 1:
-        missing = sorted(set(range(int(y.max()) + 1)) - set(present.tolist()))
-        shown = ", ".join(map(str, missing[:6])) + (" ..." if len(missing) > 6 else "")
-        raise DataError(
-            f"dataset {name!r}: train labels run {int(y.min())}..{int(y.max())} but never use "
-            f"{shown}; the class count is the largest label + 1 = {int(y.max()) + 1}, so "
-            f"those would be classes with no samples. Relabel to 0..C-1 (e.g. "
-            f"np.unique(y, return_inverse=True)[1]; labels 1..C: y - 1), or return "
-            f"num_classes from the loader if those classes are real"
-        )
-
-
-def select_classes(raw: RawData, classes: list[int]) -> RawData:
-    """Keep the samples of `classes` and relabel them by their position in the list."""
-    present = set(np.unique(raw.train[1]).tolist())
-    missing = [c for c in classes if c not in present]
-    if missing or len(set(classes)) != len(classes) or len(classes) < 2:
-        raise ConfigError(
-            f"data.classes: need two or more distinct classes of the dataset "
-            f"(it has {sorted(present)}), got {classes}"
-        )
-    lookup_table = np.full(max(max(present), max(classes)) + 1, -1)
-    lookup_table[classes] = np.arange(len(classes))
-
-    def keep(xy: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        x, y = xy
-        mask = np.isin(y, classes)
-        return x[mask], lookup_table[y[mask]]
-
-    return RawData(
-        raw.name, keep(raw.train), keep(raw.test), raw.input_shape, input_range=raw.input_range
-    )
-
-
-def keep_task(raw: RawData, classes: list[int]) -> RawData:
-    """Keep the samples of `classes` with their labels (one task of a class sequence)."""
-    present = set(np.unique(raw.train[1]).tolist())
-    missing = [c for c in classes if c not in present]
-    if missing or len(set(classes)) != len(classes) or not classes:
-        raise ConfigError(
-            f"data.task_classes: need distinct classes of the dataset (it has {sorted(present)}), "
-            f"got {classes}"
-        )
-
-    def keep(xy: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        mask = np.isin(xy[1], classes)
-        return xy[0][mask], xy[1][mask]
-
-    return RawData(
-        raw.name, keep(raw.train), keep(raw.test), raw.input_shape, input_range=raw.input_range
-    )
-
-
-def map_labels(raw: RawData, label_map: list[int]) -> RawData:
-    """Relabel class c as label_map[c]: a related task with another label space."""
-    n = int(max(raw.train[1].max(), raw.test[1].max())) + 1
-    if len(label_map) != n or min(label_map) < 0:
-        raise ConfigError(
-            f"data.label_map: give one new label (>= 0) for each of the {n} classes, got "
-            f"{len(label_map)} entries"
-        )
-    if sorted(set(label_map)) != list(range(max(label_map) + 1)):
-        raise ConfigError(
-            f"data.label_map: the new labels must be 0..k-1 with none unused, got "
-            f"{sorted(set(label_map))}"
-        )
-    table = np.asarray(label_map)
-    return RawData(
-        raw.name,
-        (raw.train[0], table[raw.train[1]]),
-        (raw.test[0], table[raw.test[1]]),
-        raw.input_shape,
-        input_range=raw.input_range,
-    )
-
-
-def with_views(raw: RawData, view: str | None, paired: str | None) -> RawData:
-    """`raw` with its inputs in modality `view` and modality `paired` kept beside them."""
-    from distill.data.views import make_view
-
-    if not isinstance(raw.train[0], np.ndarray) or len(raw.input_shape) < 1:
-        raise ConfigError(f"dataset {raw.name!r} has no array inputs to take views of")
-
-    def shaped(x: np.ndarray) -> np.ndarray:
-        return np.asarray(x, dtype=np.float32).reshape(len(x), *raw.input_shape)
-
-    base = shaped(raw.train[0]), shaped(raw.test[0])
-    train, test, shape = make_view(view or "raw", *base)
-    out = RawData(
-        raw.name, (train, raw.train[1]), (test, raw.test[1]), shape, num_classes=raw.num_classes
-    )
-    if paired is not None:
-        p_train, p_test, p_shape = make_view(paired, *base)
-        out.paired, out.paired_shape = (p_train, p_test), p_shape
-    return out
-
-
-def make_splits(
-    raw: RawData,
-    *,
-    val_fraction: float = 0.1,
-    split_seed: int = 0,
-    train_samples: int | None = None,
-    unlabeled: bool = False,
-    num_classes: int | None = None,
-) -> DataSplits:
-    """Carve a stratified validation set out of train; optionally keep fewer labelled samples.
-
-    With `train_samples`, only that many training samples keep their labels (stratified).
-    The rest are dropped, or with `unlabeled=True` kept as inputs with target -1: the task
-    loss ignores them, but a teacher can still teach on them (a transfer set).
-    """
-    if not 0.0 <= val_fraction < 1.0:
-        raise ConfigError(f"data.val_fraction must be in [0, 1), got {val_fraction}")
-    if unlabeled and train_samples is None:
-        raise ConfigError(
-            "data.unlabeled needs data.train_samples: the number of samples that keep their labels"
-        )
-    x, y = raw.train
-    fit_idx, val_idx = split_indices(y, val_fraction, split_seed)
-    fit_y = y[fit_idx].copy()
-    if train_samples is not None and train_samples > len(fit_idx):
-        raise DataError(
-            f"dataset {raw.name!r}: data.train_samples={train_samples} but the training split "
-            f"has only {len(fit_idx)} samples (after {len(val_idx)} went to validation); lower "
-            f"it, or leave it out to keep every label"
-        )
-    if train_samples is not None:
-        labelled = stratified_take(fit_y, train_samples, split_seed + 1)
-        if unlabeled:
-            hidden = np.ones(len(fit_idx), dtype=bool)
-            hidden[labelled] = False
-            fit_y[hidden] = -1
-        else:
-            fit_idx, fit_y = fit_idx[labelled], fit_y[labelled]
-
-    if len(val_idx) == 0:
-        raise DataError(
-            f"dataset {raw.name!r}: data.val_fraction={val_fraction} leaves no validation samples; "
-            f"raise it (e.g. 0.1): the best checkpoint is chosen on the validation split"
-        )
-
-    def make(xs: np.ndarray, ys: np.ndarray, ps: np.ndarray | None = None) -> ArrayDataset:
-        inputs = torch.as_tensor(xs, dtype=torch.float32).reshape(len(xs), *raw.input_shape)
-        if ps is not None:
-            ps = torch.as_tensor(ps, dtype=torch.float32).reshape(len(ps), *raw.paired_shape)
-        return ArrayDataset(inputs, torch.as_tensor(ys, dtype=torch.long), paired=ps)
-
-    p_train, p_test = raw.paired if raw.paired is not None else (None, None)
-
-    def rows(p: np.ndarray | None, idx: np.ndarray) -> np.ndarray | None:
-        return None if p is None else p[idx]
-
-    return DataSplits(
-        name=raw.name,
-        train=make(x[fit_idx], fit_y, rows(p_train, fit_idx)),
-        val=make(x[val_idx], y[val_idx], rows(p_train, val_idx)),
-        test=make(*raw.test, p_test),
-        input_shape=tuple(raw.input_shape),
-        num_classes=num_classes or int(max(y.max(), raw.test[1].max())) + 1,
-        paired_shape=raw.paired_shape,
-        input_range=raw.input_range,
     )
 
 
@@ -339,44 +106,6 @@ def _make_mnist1d(num_samples: int, seed: int) -> dict[str, np.ndarray]:
     return {k: np.asarray(data[k]) for k in ("x", "y", "x_test", "y_test")}
 
 
-def _digest(arrays: dict[str, np.ndarray]) -> str:
-    h = hashlib.sha256()
-    for key in sorted(arrays):
-        a = np.ascontiguousarray(arrays[key])
-        h.update(f"{key}:{a.dtype.str}:{a.shape}".encode())
-        h.update(a.tobytes())
-    return h.hexdigest()
-
-
-def cached_arrays(
-    path: Path, make: Callable[[], dict[str, np.ndarray]], *, compressed: bool = False
-) -> dict[str, np.ndarray]:
-    """The arrays `make()` returns, kept at `path` (.npz) with a SHA-256 of their contents.
-
-    A cache file that is truncated, unreadable or fails its checksum is reported in one line
-    on stderr (always: a rebuild costs time the user should know about) and made again."""
-    if path.is_file():
-        try:
-            with np.load(path) as f:
-                data = {k: f[k] for k in f.files}
-            stored = str(data.pop("__sha256__", ""))
-            problem = None if stored == _digest(data) else "its checksum does not match"
-            if not stored:
-                problem = "it has no checksum (an older distill wrote it)"
-        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error) as e:
-            problem = f"it is unreadable ({type(e).__name__}: {e})"
-        if problem is None:
-            return data
-        print(
-            f"dataset cache {str(path)!r} is damaged: {problem}; making it again", file=sys.stderr
-        )
-    data = make()
-    buf = io.BytesIO()
-    (np.savez_compressed if compressed else np.savez)(buf, **data, __sha256__=_digest(data))
-    atomic_write_bytes(path, buf.getvalue())
-    return data
-
-
 def load_mnist1d(*, num_samples: int = 5000, seed: int = 42) -> RawData:
     """MNIST-1D (Greydanus 2020): 40-sample 1-D signals of 10 digit templates, 80/20 train/test.
 
@@ -407,112 +136,65 @@ def load_synthetic(
     return RawData("synthetic", (x[n_test:], y[n_test:]), (x[:n_test], y[:n_test]), (num_features,))
 
 
-def load_graph(**options: Any) -> RawData:
-    """A kNN graph over a dataset's samples, nodes as two-hop trees (distill.paradigms.graph)."""
-    from distill.paradigms.graph import load_graph as make_graph
+class Loader:
+    """A table entry whose loader is named by `module:attr` and imported when first called
+    (`options_of` gives it to `distill datasets`, which lists its keyword-only options)."""
 
-    return make_graph(**options)
+    def __init__(self, target: str, doc: str):
+        self.target, self.__doc__ = target, doc
 
+    def __call__(self, **options: Any) -> Any:
+        return resolve(self.target)(**options)
 
-def load_scenes(**options: Any) -> DataSplits:
-    """Digit scenes with boxes or masks, for detection and segmentation (distill.dense)."""
-    from distill.dense.scenes import load_scenes as make_scenes
-
-    return make_scenes(**options)
-
-
-def load_text(**options: Any) -> DataSplits:
-    """Token blocks of a text corpus for language models (see `distill.llm.text`)."""
-    from distill.llm.text import text_dataset
-
-    return text_dataset(**options)
-
-
-def load_sentences(**options: Any) -> DataSplits:
-    """Sentences for embedding distillation (see `distill.embed`)."""
-    from distill.embed import sentences_dataset
-
-    return sentences_dataset(**options)
-
-
-def load_jsonl(**options: Any) -> DataSplits:
-    """(prompt, response) JSONL, e.g. from `distill generate` (see `distill.blackbox`)."""
-    from distill.blackbox import jsonl_dataset
-
-    return jsonl_dataset(**options)
-
-
-def load_hf_text(**options: Any) -> DataSplits:
-    """Local text, prompt/completion or chat datasets for LMs (see `distill.llm.hf_text`)."""
-    from distill.llm.hf_text import load_hf_text as load
-
-    return load(**options)
-
-
-def load_image_folder(**options: Any) -> Any:
-    """Images in one sub-folder per class, read lazily (see `distill.data.files`)."""
-    from distill.data.files import load_image_folder as load
-
-    return load(**options)
-
-
-def load_image_csv(**options: Any) -> Any:
-    """A CSV of image paths and labels, read lazily (see `distill.data.files`)."""
-    from distill.data.files import load_image_csv as load
-
-    return load(**options)
-
-
-def load_table(**options: Any) -> Any:
-    """Rows of a CSV / Parquet / JSON file: feature columns and a label (`distill.data.files`)."""
-    from distill.data.files import load_table as load
-
-    return load(**options)
-
-
-def load_hf(**options: Any) -> Any:
-    """A local Hugging Face dataset, map-style or streamed (see `distill.data.hub`)."""
-    from distill.data.hub import load_hf as load
-
-    return load(**options)
-
-
-def _lists_options_of(wrapper: Callable, module: str, attr: str) -> None:
-    """Let `distill datasets` list the options of a loader imported only when used."""
-
-    def target() -> Callable:
-        import importlib
-
-        return getattr(importlib.import_module(module), attr)
-
-    wrapper.options_of = target
-
-
-for _wrapper, _module in (
-    (load_image_folder, "distill.data.files"),
-    (load_image_csv, "distill.data.files"),
-    (load_table, "distill.data.files"),
-    (load_hf, "distill.data.hub"),
-    (load_hf_text, "distill.llm.hf_text"),
-):
-    _lists_options_of(_wrapper, _module, _wrapper.__name__)
+    def options_of(self) -> Callable:
+        return resolve(self.target)
 
 
 DATASETS: dict[str, Callable[..., RawData | DataSplits]] = {
-    "hf": load_hf,
-    "image_folder": load_image_folder,
-    "image_csv": load_image_csv,
-    "table": load_table,
+    "hf": Loader(
+        "distill.data.hub:load_hf",
+        "A local Hugging Face dataset, map-style or streamed (see `distill.data.hub`).",
+    ),
+    "image_folder": Loader(
+        "distill.data.files:load_image_folder",
+        "Images in one sub-folder per class, read lazily (see `distill.data.files`).",
+    ),
+    "image_csv": Loader(
+        "distill.data.files:load_image_csv",
+        "A CSV of image paths and labels, read lazily (see `distill.data.files`).",
+    ),
+    "table": Loader(
+        "distill.data.files:load_table",
+        "Rows of a CSV / Parquet / JSON file: feature columns and a label (`distill.data.files`).",
+    ),
     "digits": load_digits,
     "digits_2d": load_digits_2d,
     "mnist1d": load_mnist1d,
     "synthetic": load_synthetic,
-    "graph": load_graph,
-    "scenes": load_scenes,
-    "text": load_text,
-    "sentences": load_sentences,
-    "jsonl": load_jsonl,
-    "hf_text": load_hf_text,
+    "graph": Loader(
+        "distill.paradigms.graph:load_graph",
+        "A kNN graph over a dataset's samples, nodes as two-hop trees (distill.paradigms.graph).",
+    ),
+    "scenes": Loader(
+        "distill.dense.scenes:load_scenes",
+        "Digit scenes with boxes or masks, for detection and segmentation (distill.dense).",
+    ),
+    "text": Loader(
+        "distill.llm.text:text_dataset",
+        "Token blocks of a text corpus for language models (see `distill.llm.text`).",
+    ),
+    "sentences": Loader(
+        "distill.embed:sentences_dataset",
+        "Sentences for embedding distillation (see `distill.embed`).",
+    ),
+    "jsonl": Loader(
+        "distill.blackbox:jsonl_dataset",
+        "(prompt, response) JSONL, e.g. from `distill generate` (see `distill.blackbox`).",
+    ),
+    "hf_text": Loader(
+        "distill.llm.hf_text:load_hf_text",
+        "Local text, prompt/completion or chat datasets for LMs (see `distill.llm.hf_text`).",
+    ),
 }
 
 

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from distill.data.core import ArrayDataset, DataSplits, split_indices
-from distill.data.sources import cache_dir, cached_arrays
+from distill.data.raw import cache_dir, cached_arrays
 from distill.dense.detection import box_iou
 from distill.errors import ConfigError
 

@@ -2,21 +2,31 @@
 returns logits / hidden states): token divergences, a chunked memory-efficient path, hidden-
 state matching, teacher-logit caches, vocabulary alignment, on-policy and sequence-level KD.
 
-Nothing here imports `transformers` at import time; `distill.DistillationTrainer` loads it
-on first use.
+Nothing here imports `transformers` (or torch) at import time; the names below, and
+`distill.DistillationTrainer`, load on first use.
 """
 
-from distill.llm.chunked import chunked_token_divergence
-from distill.llm.divergences import (
-    TOKEN_DIVERGENCES,
-    forward_kl,
-    generalized_jsd,
-    reverse_kl,
-    skew_forward_kl,
-    skew_reverse_kl,
-    token_kd_loss,
-    total_variation,
-)
+import importlib
+from typing import Any
+
+_HOME = {
+    "TOKEN_DIVERGENCES": "distill.llm.divergences",
+    "chunked_token_divergence": "distill.llm.chunked",
+    "forward_kl": "distill.llm.divergences",
+    "generalized_jsd": "distill.llm.divergences",
+    "reverse_kl": "distill.llm.divergences",
+    "skew_forward_kl": "distill.llm.divergences",
+    "skew_reverse_kl": "distill.llm.divergences",
+    "token_kd_loss": "distill.llm.divergences",
+    "total_variation": "distill.llm.divergences",
+}
+
+
+def __getattr__(name: str) -> Any:  # imported on first use: `import distill.llm` is light
+    if name in _HOME:
+        return getattr(importlib.import_module(_HOME[name]), name)
+    raise AttributeError(f"module 'distill.llm' has no attribute {name!r}")
+
 
 __all__ = [
     "TOKEN_DIVERGENCES",

@@ -153,7 +153,7 @@ def run_lm_demo(
                 }
             )
         ).student
-        from distill.llm.scheme import lm_metrics
+        from distill.llm.text import lm_metrics
 
         metrics = lm_metrics(student, test, teacher=teacher, vocab=built.data.num_classes)
         rows.append(

@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from distill.llm.table import DIVERGENCES
+
 
 def _log_probs(student: Tensor, teacher: Tensor, temperature: float) -> tuple[Tensor, Tensor]:
     if student.shape != teacher.shape:
@@ -146,13 +148,9 @@ def total_variation(
     return _masked_sum(0.5 * (log_p.exp() - log_q.exp()).abs().sum(-1), mask)
 
 
+# name -> (function, paper), from the table `distill methods` reads
 TOKEN_DIVERGENCES: dict[str, tuple[Callable[..., Tensor], str]] = {
-    "forward_kl": (forward_kl, "Hinton et al. 2015 / Kim & Rush 2016 (token-level KD)"),
-    "reverse_kl": (reverse_kl, "Gu et al. 2024, MiniLLM (reverse KL)"),
-    "jsd": (generalized_jsd, "Agarwal et al. 2024, On-Policy Distillation (GKD), generalized JSD"),
-    "skew_kl": (skew_forward_kl, "Ko et al. 2024, DistiLLM (skew KL)"),
-    "skew_reverse_kl": (skew_reverse_kl, "Ko et al. 2024, DistiLLM (skew reverse KL)"),
-    "tv": (total_variation, "Wen et al. 2023, f-Divergence Minimization (total variation)"),
+    name: (globals()[fn], paper) for name, (fn, paper) in DIVERGENCES.items()
 }
 
 

@@ -10,16 +10,7 @@ from typing import Any
 from torch import nn
 
 from distill.errors import ConfigError
-
-
-def _transformers():
-    try:
-        import transformers
-    except ImportError:
-        raise ConfigError(
-            "this model needs Hugging Face transformers: pip install 'distill[llm]'"
-        ) from None
-    return transformers
+from distill.models.hf_auto import require_transformers as _transformers
 
 
 def hf_causal_lm(

@@ -11,7 +11,6 @@ accumulation does not change them.
 
 from __future__ import annotations
 
-import math
 from typing import Literal
 
 import torch
@@ -19,7 +18,6 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
 
-from distill.data import load_batch
 from distill.errors import ConfigError
 from distill.llm.chunked import (
     chunked_cross_entropy,
@@ -27,6 +25,7 @@ from distill.llm.chunked import (
     decoder_and_head,
 )
 from distill.llm.divergences import TOKEN_DIVERGENCES, divergence_args, token_kd_loss
+from distill.llm.text import lm_metrics
 from distill.llm.vocab import DualSpaceKD, check_tokenizers, uld_loss
 from distill.schemes.base import SchemeBase, SchemeContext, parse_args
 from distill.settings import Strict
@@ -111,43 +110,6 @@ def _forward(model: nn.Module, x: Tensor, am: Tensor | None, hidden: bool, base:
     through PEFT and DDP wrappers (`distill.llm.chunked.decoder_and_head`)."""
     target = decoder_and_head(model)[0] if base else model
     return target(input_ids=x, attention_mask=am, output_hidden_states=hidden)
-
-
-@torch.no_grad()
-def lm_metrics(
-    model: nn.Module,
-    dataset,
-    *,
-    batch_size: int = 64,
-    device="cpu",
-    vocab: int | None = None,
-    teacher: nn.Module | None = None,
-) -> dict[str, float]:
-    """Next-token accuracy, NLL and perplexity over supervised tokens (and the agreement of
-    top-1 predictions with a teacher, when given)."""
-    was = model.training
-    model.eval()
-    nll_sum, correct, agree, count = 0.0, 0, 0, 0
-    for start in range(0, len(dataset), batch_size):
-        b = load_batch(dataset, torch.arange(start, min(start + batch_size, len(dataset))))
-        x, am, y = (b[k].to(device) for k in ("input", "attention_mask", "target"))
-        logits = model(input_ids=x, attention_mask=am).logits.float()
-        if vocab is not None:
-            logits = logits[..., :vocab]
-        mask = y >= 0
-        z, t = logits[mask], y[mask]
-        nll_sum += float(F.cross_entropy(z, t, reduction="sum"))
-        correct += int((z.argmax(-1) == t).sum())
-        count += int(mask.sum())
-        if teacher is not None:
-            zt = teacher(input_ids=x, attention_mask=am).logits.float()[..., : z.shape[-1]]
-            agree += int((zt[mask].argmax(-1) == z.argmax(-1)).sum())
-    model.train(was)
-    nll = nll_sum / max(count, 1)
-    out = {"acc": correct / max(count, 1), "nll": nll, "ppl": math.exp(min(nll, 50.0))}
-    if teacher is not None:
-        out["agreement"] = agree / max(count, 1)
-    return out
 
 
 class LMDistillation(SchemeBase):

@@ -13,17 +13,19 @@ or a path to a `tokenizer.json` of your own.
 from __future__ import annotations
 
 import hashlib
+import math
 import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 import torch
-from torch import Tensor
+import torch.nn.functional as F
+from torch import Tensor, nn
 
 from distill.checkpoint import atomic_write_text
-from distill.data.core import DataSplits
-from distill.data.sources import cache_dir
+from distill.data.core import DataSplits, load_batch
+from distill.data.raw import cache_dir
 from distill.errors import ConfigError, DataError
 
 
@@ -303,6 +305,11 @@ class TokenDataset:
         b = self.batch(torch.tensor([i]))
         return b["input"][0], b["target"][0]
 
+    def model_metrics(self, model: torch.nn.Module, *, batch_size: int, device: Any) -> dict:
+        """How `distill.evaluate.evaluate` scores a model on this data: per supervised
+        token (`lm_metrics`), not per row."""
+        return lm_metrics(model, self, batch_size=min(batch_size, 64), device=device)
+
 
 def _blocks(docs: list[str], tok: Tokenizer, block: int) -> TokenDataset:
     """Documents joined with EOS and cut into rows of block+1 tokens (every token supervised)."""
@@ -403,3 +410,40 @@ def prompt_dataset(pairs: list[tuple[str, str]], tok: Tokenizer, length: int) ->
         rows.append(ids + [tok.pad_id] * pad)
         sups.append(sup + [False] * pad)
     return TokenDataset(torch.tensor(rows), torch.tensor(sups), tok.pad_id)
+
+
+@torch.no_grad()
+def lm_metrics(
+    model: nn.Module,
+    dataset,
+    *,
+    batch_size: int = 64,
+    device="cpu",
+    vocab: int | None = None,
+    teacher: nn.Module | None = None,
+) -> dict[str, float]:
+    """Next-token accuracy, NLL and perplexity over supervised tokens (and the agreement of
+    top-1 predictions with a teacher, when given)."""
+    was = model.training
+    model.eval()
+    nll_sum, correct, agree, count = 0.0, 0, 0, 0
+    for start in range(0, len(dataset), batch_size):
+        b = load_batch(dataset, torch.arange(start, min(start + batch_size, len(dataset))))
+        x, am, y = (b[k].to(device) for k in ("input", "attention_mask", "target"))
+        logits = model(input_ids=x, attention_mask=am).logits.float()
+        if vocab is not None:
+            logits = logits[..., :vocab]
+        mask = y >= 0
+        z, t = logits[mask], y[mask]
+        nll_sum += float(F.cross_entropy(z, t, reduction="sum"))
+        correct += int((z.argmax(-1) == t).sum())
+        count += int(mask.sum())
+        if teacher is not None:
+            zt = teacher(input_ids=x, attention_mask=am).logits.float()[..., : z.shape[-1]]
+            agree += int((zt[mask].argmax(-1) == z.argmax(-1)).sum())
+    model.train(was)
+    nll = nll_sum / max(count, 1)
+    out = {"acc": correct / max(count, 1), "nll": nll, "ppl": math.exp(min(nll, 50.0))}
+    if teacher is not None:
+        out["agreement"] = agree / max(count, 1)
+    return out

@@ -7,62 +7,40 @@ from collections.abc import Callable, Sequence
 
 from torch import nn
 
-from distill.dense.models import Detector, SegNet
-from distill.diffusion.core import ConvDenoiser, MLPDenoiser
 from distill.errors import ConfigError
-from distill.llm.models import hf_causal_lm, hf_pretrained
-from distill.models.encoders import minilm_teacher, pretrained_encoder, sentence_encoder
 from distill.models.zoo import MLP, ConvNet, ResNet, Transformer
-from distill.paradigms.graph import GNN, NodeMLP
-from distill.registry import lookup, resolve_reference
+from distill.registry import lookup, resolve, resolve_reference
 
-MODELS: dict[str, Callable[..., nn.Module]] = {
-    "mlp": MLP,
-    "convnet": ConvNet,
-    "resnet": ResNet,
-    "transformer": Transformer,
-    "detector": Detector,
-    "segnet": SegNet,
-    "gnn": GNN,
-    "node_mlp": NodeMLP,
-    "mlp_denoiser": MLPDenoiser,
-    "conv_denoiser": ConvDenoiser,
-    "hf_causal_lm": hf_causal_lm,
-    "hf_pretrained": hf_pretrained,
-    "minilm_teacher": minilm_teacher,
-    "sentence_encoder": sentence_encoder,
-    "pretrained_encoder": pretrained_encoder,
-    "timm": lambda input_shape, num_classes, **args: _vision(
-        "timm_model", input_shape, num_classes, **args
-    ),
-    "torchvision": lambda input_shape, num_classes, **args: _vision(
-        "torchvision_model", input_shape, num_classes, **args
-    ),
-    "hf_model": lambda input_shape, num_classes, **args: _hf_model(
-        input_shape, num_classes, **args
-    ),
-    "hf_masked_lm": lambda input_shape, num_classes, **args: _masked_lm(
-        input_shape, num_classes, **args
-    ),
+# name -> "module:attr" of the builder, imported when first built: the domains' models
+# (detection, diffusion, language models, graphs, encoders) are named here, never imported
+MODELS: dict[str, str] = {
+    "mlp": "distill.models.zoo:MLP",
+    "convnet": "distill.models.zoo:ConvNet",
+    "resnet": "distill.models.zoo:ResNet",
+    "transformer": "distill.models.zoo:Transformer",
+    "detector": "distill.dense.models:Detector",
+    "segnet": "distill.dense.models:SegNet",
+    "gnn": "distill.paradigms.graph:GNN",
+    "node_mlp": "distill.paradigms.graph:NodeMLP",
+    "mlp_denoiser": "distill.diffusion.core:MLPDenoiser",
+    "conv_denoiser": "distill.diffusion.core:ConvDenoiser",
+    "hf_causal_lm": "distill.llm.models:hf_causal_lm",
+    "hf_pretrained": "distill.llm.models:hf_pretrained",
+    "minilm_teacher": "distill.models.encoders:minilm_teacher",
+    "sentence_encoder": "distill.models.encoders:sentence_encoder",
+    "pretrained_encoder": "distill.models.encoders:pretrained_encoder",
+    "timm": "distill.models.vision_zoo:timm_model",  # timm is imported only when used
+    "torchvision": "distill.models.vision_zoo:torchvision_model",
+    "hf_model": "distill.models.hf_auto:hf_model",  # transformers is imported only when used
+    "hf_masked_lm": "distill.mlm:hf_masked_lm",
 }
 
 
-def _vision(which, input_shape, num_classes, **args):
-    from distill.models import vision_zoo  # timm / torchvision are imported only when used
-
-    return getattr(vision_zoo, which)(input_shape, num_classes, **args)
-
-
-def _hf_model(input_shape, num_classes, **args):
-    from distill.models.hf_auto import hf_model  # transformers is imported only when used
-
-    return hf_model(input_shape, num_classes, **args)
-
-
-def _masked_lm(input_shape, num_classes, **args):
-    from distill.mlm import hf_masked_lm  # imports the scheme machinery: load on use
-
-    return hf_masked_lm(input_shape, num_classes, **args)
+def model_builder(name: str) -> Callable[..., nn.Module]:
+    """The callable behind a model name: the table's entry, or the user's `module:attr`."""
+    if ":" not in name and name in MODELS:
+        return resolve(MODELS[name])
+    return lookup("model", name, MODELS)
 
 
 def build_model(
@@ -73,7 +51,7 @@ def build_model(
     `input_shape` and `num_classes` are passed when the builder's signature accepts them.
     """
     args = dict(args or {})
-    fn = lookup("model", name, MODELS)
+    fn = model_builder(name)
     try:
         params = inspect.signature(fn).parameters
     except (TypeError, ValueError):

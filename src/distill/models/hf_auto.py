@@ -62,6 +62,17 @@ class ImageClassifier(nn.Module):
         return self.model(pixel_values=x)
 
 
+def require_transformers() -> Any:
+    """The `transformers` module, or a ConfigError saying how to install it."""
+    try:
+        import transformers
+    except ImportError:
+        raise ConfigError(
+            "this model needs Hugging Face transformers: pip install 'distill[llm]'"
+        ) from None
+    return transformers
+
+
 def hf_model(
     input_shape: Sequence[int],
     num_classes: int,
@@ -72,9 +83,7 @@ def hf_model(
     **config: Any,
 ) -> nn.Module:
     """A Hugging Face classifier for `task`, from a local folder (`path`) or a config (`arch`)."""
-    from distill.llm.models import _transformers
-
-    tf = _transformers()
+    tf = require_transformers()
     if task not in TASKS:
         raise ConfigError(f"hf_model: unknown task {task!r}; choose from {sorted(TASKS)}")
     if (path is None) == (arch is None):

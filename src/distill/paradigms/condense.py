@@ -19,32 +19,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any, Literal
+from typing import Any
 
 import torch
-from pydantic import Field
 from torch import Tensor
 
 from distill.errors import ConfigError
-from distill.settings import Strict
-
-
-class NetSpec(Strict):
-    name: str = "convnet"
-    args: dict[str, Any] = {}
-
-
-class CondenseSettings(Strict):
-    """`data.condense`: replace the training split by a condensed set."""
-
-    per_class: int = Field(10, ge=1)  # synthetic samples per class (IPC)
-    method: Literal["dm", "random"] = "dm"
-    iterations: int = Field(1000, ge=1)  # dm: updates of the synthetic set
-    lr: float = Field(0.1, gt=0)  # dm: SGD step on the samples (momentum 0.5)
-    batch_real: int = Field(64, ge=1)  # dm: real samples per class per iteration
-    net: NetSpec | None = None  # dm: the embedding network (default: by input shape)
-    layer: str = "head:input"  # dm: the tapped embedding (the classifier's input)
-    seed: int = 0
+from distill.settings import CondenseSettings, NetSpec  # noqa: F401  (defined with the config)
 
 
 def default_net(input_shape: tuple[int, ...]) -> NetSpec:
@@ -121,7 +102,7 @@ def condense(data: Any, settings: CondenseSettings, fingerprint: dict) -> Any:
     """`data` (DataSplits) with its training split replaced by the condensed set (cached)."""
     from distill.checkpoint import load_weights, save_weights
     from distill.data.core import ArrayDataset
-    from distill.data.sources import cache_dir
+    from distill.data.raw import cache_dir
 
     train = data.train
     if not hasattr(train, "inputs"):

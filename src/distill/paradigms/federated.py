@@ -126,7 +126,7 @@ class Channel:
 def _fit(scheme: Any, train: Any, val: Any, settings: TrainSettings, run_dir: Path) -> None:
     from distill import rundir
     from distill.build import weights_path
-    from distill.checkpoint import restore_weights
+    from distill.models.weights import restore_weights
     from distill.trainer import Trainer
 
     rundir.clear(run_dir)  # a round's run dir, inside the locked federated run dir

@@ -282,7 +282,7 @@ def after_stage(cfg: Any, index: int, stage: Any) -> None:
     if (stage_dir / FISHER_FILE).is_file():
         return
     from distill.build import load_data, load_model, weights_path
-    from distill.checkpoint import restore_weights
+    from distill.models.weights import restore_weights
 
     data = load_data(stage.data)
     model = load_model(stage.student, data, "student")
@@ -301,8 +301,8 @@ def after_stage(cfg: Any, index: int, stage: Any) -> None:
 def task_accuracies(cfg: Any, stages: list[Any]) -> dict[str, Any]:
     """Test accuracy on every task after every stage (class- and task-incremental)."""
     from distill.build import load_data, load_model, weights_path
-    from distill.checkpoint import restore_weights
     from distill.evaluate import predict_logits
+    from distill.models.weights import restore_weights
 
     args = parse_args(LifelongArgs, cfg.scheme.args, "lifelong")
     data = load_data(cfg.data)

@@ -252,3 +252,13 @@ class RobustDistillation(SchemeBase):
             "kd_adv": soft_kl(self.student(x_adv), teacher_probs, a.temperature),
         }
         return {"loss": out["task"] + a.kd_weight * out["kd_adv"], **out}
+
+
+def build_ard(ctx: SchemeContext) -> RobustDistillation:
+    """Scheme `ard`: robust distillation from the teacher."""
+    return RobustDistillation(ctx, "ard")
+
+
+def build_pgd_at(ctx: SchemeContext) -> RobustDistillation:
+    """Scheme `pgd_at`: PGD adversarial training of the student alone (ARD's baseline)."""
+    return RobustDistillation(ctx, "pgd_at")

@@ -2,13 +2,9 @@
 
 A scheme is built from a `SchemeContext` (the models, objective and data a config names)
 and its own typed arguments; it returns named losses from `step()` and never runs a loop.
-The trainer calls two optional hooks when a scheme defines them:
-
-- `on_fit_start(total_steps, steps_per_epoch)`: before the first step (schedules by epoch);
-- `after_optimizer_step(step)`: after each optimizer update (EMA teachers).
-
-A scheme whose `wants_clean` is True also receives `batch['clean']`, the batch before
-augmentation, when the config augments the data.
+What the trainer reads of a scheme, required and optional (`on_fit_start`,
+`after_optimizer_step`, `wants_clean`, ...), is listed with its defaults in
+`distill.schemes.contract`.
 """
 
 from __future__ import annotations
@@ -47,6 +43,7 @@ class SchemeContext:
     peers: list[nn.Module] = field(default_factory=list)
     augment: Callable[[Tensor, torch.Generator], Tensor] | None = None
     seed: int = 0
+    teacher_cache: Any = None  # a distill.cache.TeacherCache when the teacher is cached
 
 
 def sample_input(ctx: SchemeContext, n: int = 2) -> Tensor:

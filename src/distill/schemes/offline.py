@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 
@@ -19,7 +21,13 @@ class OfflineKD:
     the teacher's outputs are read from it by sample index (and view) instead.
     """
 
-    def __init__(self, student: nn.Module, teacher: nn.Module, objective: Objective):
+    def __init__(
+        self,
+        student: nn.Module,
+        teacher: nn.Module,
+        objective: Objective,
+        teacher_cache: Any = None,
+    ):
         self.student = student
         self.teacher = freeze(teacher)
         self.frozen = [self.teacher]  # what the trainer may shard or compile
@@ -27,11 +35,11 @@ class OfflineKD:
         self.modules = nn.ModuleDict({"student": student, "objective": objective})
         self._student_tap = Tap(student, objective.student_layers(), "student")
         self._teacher_tap = Tap(teacher, objective.teacher_layers(), "teacher")
-        self.teacher_cache = None  # set by distill.build when the cache is exact
+        self.teacher_cache = teacher_cache  # from distill.build when the cache is exact
 
     @classmethod
     def from_context(cls, ctx: SchemeContext) -> OfflineKD:
-        return cls(ctx.student, ctx.teacher, ctx.objective)
+        return cls(ctx.student, ctx.teacher, ctx.objective, ctx.teacher_cache)
 
     def teacher_knowledge(self, batch: dict[str, Tensor]) -> Knowledge:
         if self.teacher_cache is not None and "index" in batch:

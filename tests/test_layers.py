@@ -1,0 +1,241 @@
+"""The package's layering, checked on its import graph: no import cycles and no import from
+a lower layer into a higher one, counting the imports written inside functions too.
+
+The graph is read from the source (`ast`): every `import` and `from ... import` of a
+`distill` module, at module level or in a function body (`if TYPE_CHECKING:` blocks are
+not imports). The layers are those `distill/__init__.py` describes; each module belongs to
+the layer of its longest listed prefix.
+"""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+
+LAYERS: list[tuple[str, list[str]]] = [
+    (
+        "foundation",
+        [
+            "distill.errors",
+            "distill.registry",
+            "distill.settings",
+            "distill.config",
+            "distill.checkpoint",
+            "distill.logs",
+            "distill.table",
+            "distill.rundir",
+            "distill.distributed",
+            "distill.trackers",
+            "distill.schemes.table",
+            "distill.losses.table",
+            "distill.llm.table",
+            "distill.compress.structure",
+        ],
+    ),
+    (
+        "knowledge",
+        [
+            "distill.losses",
+            "distill.taps",
+            "distill.objective",
+            "distill.models",
+            "distill.data",
+            "distill.metrics",
+            "distill.evaluate",
+            "distill.robustness",
+            "distill.profile",
+            "distill.compress",
+            "distill.dense.detection",
+        ],
+    ),
+    (
+        "schemes",
+        [
+            "distill.schemes",
+            "distill.llm",
+            "distill.embed",
+            "distill.mlm",
+            "distill.dense",
+            "distill.diffusion",
+            "distill.paradigms",
+        ],
+    ),
+    ("loop", ["distill.trainer", "distill.cache"]),
+    (
+        "app",
+        [
+            "distill",
+            "distill.__main__",
+            "distill.build",
+            "distill.validate",
+            "distill.run",
+            "distill.run_check",
+            "distill.stages",
+            "distill.cli",
+            "distill.demo",
+            "distill.bench",
+            "distill.tune",
+            "distill.assess",
+            "distill.artifacts",
+            "distill.report",
+            "distill.reasoning",
+            "distill.methods",
+            "distill.blackbox",
+            "distill.compress.pipeline",
+            "distill.compress.search",
+            "distill.compress.export",
+            "distill.llm.demo",
+            "distill.paradigms.federated",
+            "distill.paradigms.interpret",
+            "distill.paradigms.lifelong",
+        ],
+    ),
+]
+
+
+def _modules() -> dict[str, Path]:
+    out = {}
+    for path in (SRC / "distill").rglob("*.py"):
+        name = ".".join(path.relative_to(SRC).with_suffix("").parts)
+        out[name.removesuffix(".__init__")] = path
+    return out
+
+
+def _imports(path: Path, name: str, known: dict[str, Path]) -> set[str]:
+    """The distill modules `path` imports, anywhere in its body."""
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found: set[str] = set()
+
+    def visit(node: ast.AST) -> None:
+        for child in ast.iter_child_nodes(node):
+            if (
+                isinstance(child, ast.If)
+                and isinstance(child.test, ast.Name)
+                and child.test.id == "TYPE_CHECKING"
+            ):
+                continue
+            if isinstance(child, ast.Import):
+                found.update(a.name for a in child.names)
+            elif isinstance(child, ast.ImportFrom):
+                base = child.module or ""
+                if child.level:
+                    parts = package.split(".")[: len(package.split(".")) - child.level + 1]
+                    base = ".".join(parts + ([child.module] if child.module else []))
+                for a in child.names:
+                    full = f"{base}.{a.name}"
+                    found.add(full if full in known else base)
+            visit(child)
+
+    visit(ast.parse(path.read_text()))
+    return {m for m in found if m in known and m != name}
+
+
+def _graph() -> dict[str, set[str]]:
+    known = _modules()
+    return {name: _imports(path, name, known) for name, path in known.items()}
+
+
+def _layer(module: str) -> int:
+    best = None
+    for i, (_name, prefixes) in enumerate(LAYERS):
+        for p in prefixes:
+            if (module == p or module.startswith(p + ".")) and (best is None or len(p) > best[1]):
+                best = (i, len(p))
+    if best is None:
+        raise AssertionError(f"{module} is in no layer: add it to LAYERS in {__file__}")
+    return best[0]
+
+
+def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import cycle of the graph, as the modules along it, or None."""
+    state: dict[str, int] = {}
+    path: list[str] = []
+
+    def walk(v: str) -> list[str] | None:
+        state[v] = 1
+        path.append(v)
+        for w in sorted(graph[v]):
+            if state.get(w) == 1:
+                return path[path.index(w) :] + [w]
+            if w not in state:
+                found = walk(w)
+                if found:
+                    return found
+        state[v] = 2
+        path.pop()
+        return None
+
+    sys.setrecursionlimit(max(sys.getrecursionlimit(), 10_000))
+    for v in sorted(graph):
+        if v not in state:
+            found = walk(v)
+            if found:
+                return found
+    return None
+
+
+def test_the_import_graph_has_no_cycle():
+    cycle = _cycle(_graph())
+    assert cycle is None, "import cycle: " + " -> ".join(cycle)
+
+
+def test_no_module_imports_a_higher_layer():
+    graph = _graph()
+    upward = [
+        f"{a} ({LAYERS[_layer(a)][0]}) imports {b} ({LAYERS[_layer(b)][0]})"
+        for a in sorted(graph)
+        for b in sorted(graph[a])
+        if _layer(b) > _layer(a)
+    ]
+    assert not upward, "imports into a higher layer:\n" + "\n".join(upward)
+
+
+def test_the_checker_sees_function_level_imports_and_cycles(tmp_path):
+    """The checker itself: an import inside a function counts, and a cycle is found."""
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": set()}
+    assert _cycle(graph) == ["a", "b", "c", "a"]
+    assert _cycle({"a": {"b"}, "b": set()}) is None
+    src = tmp_path / "m.py"
+    src.write_text("def f():\n    from distill.trainer import Trainer\n")
+    assert _imports(src, "distill.x", {"distill.trainer": src, "distill.x": src}) == {
+        "distill.trainer"
+    }
+    assert _layer("distill.trainer") > _layer("distill.losses.response")
+
+
+@pytest.mark.parametrize(
+    "args", [["--help"], ["methods"], ["schemes"]], ids=["help", "methods", "schemes"]
+)
+def test_catalogue_commands_answer_without_importing_torch(args):
+    code = (
+        "import sys\nfrom distill.cli import main\n"
+        f"try:\n    main({args!r})\nexcept SystemExit:\n    pass\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip()
+
+
+def test_every_domain_module_imports_on_its_own():
+    """Modules that once formed an import cycle import first, alone, in a fresh process."""
+    names = [
+        "distill.embed",
+        "distill.mlm",
+        "distill.llm.scheme",
+        "distill.schemes.online",
+        "distill.data.sources",
+        "distill.stages",
+        "distill.validate",
+        "distill.trainer",
+    ]
+    code = "import importlib, sys\nfor n in sys.argv[1:]:\n    importlib.import_module(n)\n"
+    for name in names:
+        done = subprocess.run([sys.executable, "-c", code, name], capture_output=True, text=True)
+        assert done.returncode == 0, f"import {name} alone failed:\n{done.stderr[-1500:]}"
