@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 import torch
+from common import add_threads, apply_threads  # noqa: E402  (benchmarks/common.py)
 
 from distill.build import build
 from distill.checkpoint import load_checkpoint
@@ -71,8 +72,9 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=40)
     ap.add_argument("--teacher", type=Path, default=None, help="a finished teacher run dir")
     ap.add_argument("--out", type=Path, default=None)
+    add_threads(ap)
     args = ap.parse_args()
-    torch.set_num_threads(2)
+    apply_threads(args.threads)
     out = args.out or Path(tempfile.mkdtemp(prefix="data-free-"))
     out.mkdir(parents=True, exist_ok=True)
     teacher = args.teacher

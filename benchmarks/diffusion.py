@@ -54,6 +54,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", choices=["digits", "points"], default="digits")
     parser.add_argument("--samples", type=int, default=450)
+    parser.add_argument("--out", default="runs/diffusion", help="report folder (under the cwd)")
     args = parser.parse_args()
     ex = ROOT / "examples" / "diffusion"
     teacher_dir = _ensure(ex / f"{args.data}_teacher.yaml")
@@ -107,7 +108,7 @@ def main() -> None:
     for steps in (d_cfg.scheme.args.get("student_steps", 64), 16):
         measure(f"data-free student, {steps} steps", student, steps, "data-free")
 
-    out = ROOT / "runs" / "diffusion" / args.data / "report"
+    out = Path(args.out) / args.data / "report"
     out.mkdir(parents=True, exist_ok=True)
     table = [f"| model | sampling steps | {metric} |", "| --- | ---: | ---: |"]
     table += [f"| {r['model']} | {r['steps'] or '-'} | {r['quality']:.4f} |" for r in rows]

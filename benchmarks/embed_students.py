@@ -11,10 +11,9 @@ the ratios are comparable on a noisy machine.
 from __future__ import annotations
 
 import statistics
-import sys
 import time
 
-import torch
+from common import add_threads, apply_threads  # noqa: E402  (benchmarks/common.py)
 
 from distill.build import load_data, load_model, weights_path
 from distill.checkpoint import load_into, load_weights
@@ -23,8 +22,8 @@ from distill.embed import encode, retrieval_overlap, similarity_agreement
 from distill.models.encoders import minilm_teacher
 
 
-def main(run_dirs: list[str]) -> None:
-    torch.set_num_threads(2)
+def main(run_dirs: list[str], threads: int | None = None) -> None:
+    apply_threads(threads)
     cfg = load_config(f"{run_dirs[0]}/config.yaml")
     data = load_data(cfg.data)
     test = data.test
@@ -58,4 +57,10 @@ def main(run_dirs: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:] or ["runs/embed/half_depth", "runs/embed/narrow"])
+    import argparse
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("run_dirs", nargs="*", default=["runs/embed/half_depth", "runs/embed/narrow"])
+    add_threads(ap)
+    args = ap.parse_args()
+    main(args.run_dirs, args.threads)

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from common import add_threads, apply_threads  # noqa: E402  (benchmarks/common.py)
 from paired import EpochRunner, median_ratio
 
 from distill.config import parse_config
@@ -132,8 +133,9 @@ def main() -> None:
         help="Adam kernel of the hand-written loops: fused (what distill uses, the same math) "
         "or PyTorch's default for the device (a per-tensor loop on CPU)",
     )
+    add_threads(ap)
     args = ap.parse_args()
-    torch.set_num_threads(2)
+    apply_threads(args.threads)
     work = Path(tempfile.mkdtemp(prefix="kd-overhead-"))
     base = parse_config(config("distill_live", 1, work / "base", work / "teacher.safetensors"))
     from distill.build import load_data, load_model

@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 import torch
+from common import add_threads, apply_threads  # noqa: E402  (benchmarks/common.py)
 from kd_overhead import TEACHER, config
 from paired import EpochRunner, median_ratio
 
@@ -65,8 +66,9 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--epochs", type=int, default=8)
     ap.add_argument("--rounds", type=int, default=3)
+    add_threads(ap)
     args = ap.parse_args()
-    torch.set_num_threads(2)
+    apply_threads(args.threads)
     work = Path(tempfile.mkdtemp(prefix="speed-options-"))
     teacher_path = work / "teacher.safetensors"
     base = parse_config(config("distill_live", 1, work / "base", teacher_path))

@@ -42,6 +42,7 @@ import time
 from pathlib import Path
 
 import torch
+from common import add_threads, apply_threads  # noqa: E402  (benchmarks/common.py)
 from paired import median_ratio
 from torch.utils.data import DataLoader, RandomSampler, TensorDataset
 
@@ -208,8 +209,9 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=25)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--teacher-epochs", type=int, default=30)
+    add_threads(ap)
     args = ap.parse_args()
-    torch.set_num_threads(2)
+    apply_threads(args.threads)
     import torchdistill
 
     work = Path(tempfile.mkdtemp(prefix="vs-torchdistill-"))

@@ -30,6 +30,7 @@ def test_js_keeps_float64_precision():
 
 
 def test_pairwise_affinity_gradient_is_finite_at_an_empty_region_in_float16():
+    torch.manual_seed(0)  # (unseeded, a node of tiny norm made the cosine check flaky)
     x = torch.zeros(2, 4, 8, 8, dtype=torch.float16)
     x[:, :, :4] = torch.randn(2, 4, 4, 8).half()  # the bottom half pools to exactly zero
     x.requires_grad_()

@@ -382,3 +382,63 @@ def test_a_run_stopped_by_max_steps_is_tested_and_says_which_weights(tmp_path, m
         parse_config(synthetic_cfg(tmp_path / "r", train={"epochs": 5})), resume=True
     )
     assert back["complete"] and finished(tmp_path / "r")
+
+
+def test_eval_every_validates_on_its_cadence_and_after_the_last_epoch(tmp_path):
+    res = run_experiment(
+        parse_config(synthetic_cfg(tmp_path / "r", train={"epochs": 5, "eval_every": 2}))
+    )
+    rows = [json.loads(x) for x in (tmp_path / "r/metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2, 3, 4, 5]
+    assert [("val_acc" in r) for r in rows] == [False, True, False, True, True]
+    assert all("train_loss" in r for r in rows)
+    best = max((r for r in rows if "val_acc" in r), key=lambda r: r["val_acc"])
+    assert res["best_val_acc"] == pytest.approx(best["val_acc"])
+    header = (tmp_path / "r/metrics.csv").read_text().splitlines()
+    assert len(header) == 6 and "val_acc" in header[0]
+
+
+def test_checkpoint_every_and_a_resume_from_an_older_checkpoint(tmp_path):
+    """With checkpoint_every 2, a run cut after epoch 3 resumes from epoch 2's checkpoint,
+    redoes epoch 3, and ends with the uninterrupted run's weights and rows."""
+    train = {"epochs": 4, "checkpoint_every": 2}
+    full = run_experiment(parse_config(_resume_cfg(tmp_path, "full", **train)))
+
+    class Stop(Exception):
+        """Raised after epoch 3."""
+
+    def cut(row):
+        if row["epoch"] == 3:
+            raise Stop
+
+    with pytest.raises(Stop):
+        run_experiment(parse_config(_resume_cfg(tmp_path, "part", **train)), callbacks=[cut])
+    ckpt = load_checkpoint(tmp_path / "part/checkpoints/last.safetensors")
+    assert ckpt["trainer"]["epoch"] == 2  # epoch 3 was not checkpointed
+    resumed = run_experiment(parse_config(_resume_cfg(tmp_path, "part", **train)), resume=True)
+    assert resumed["complete"] and resumed["steps"] == full["steps"]
+    a = load_checkpoint(tmp_path / "full/checkpoints/last.safetensors")
+    b = load_checkpoint(tmp_path / "part/checkpoints/last.safetensors")
+    for key, value in a["modules"].items():
+        assert torch.equal(value, b["modules"][key]), key
+    rows_a = [json.loads(x) for x in (tmp_path / "full/metrics.jsonl").read_text().splitlines()]
+    rows_b = [json.loads(x) for x in (tmp_path / "part/metrics.jsonl").read_text().splitlines()]
+    assert rows_a == rows_b and [r["epoch"] for r in rows_b] == [1, 2, 3, 4]
+
+
+def test_a_run_saved_before_a_setting_existed_resumes(tmp_path):
+    """A config.yaml written by an older distill lacks settings added since: they take
+    their defaults on resume and are not refused as changes."""
+    import yaml
+
+    cfg = synthetic_cfg(tmp_path / "r", train={"epochs": 3, "max_steps": 12})
+    part = run_experiment(parse_config(cfg))
+    assert not part["complete"]
+    saved = tmp_path / "r/config.yaml"
+    old = yaml.safe_load(saved.read_text())
+    for key in ("eval_every", "checkpoint_every"):  # settings this version added
+        old["train"].pop(key)
+    old["objective"].pop("label_smoothing")  # (one that may not change on resume)
+    saved.write_text(yaml.safe_dump(old))
+    cfg["train"].pop("max_steps")
+    assert run_experiment(parse_config(cfg), resume=True)["complete"]

@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from distill.losses.response import kl_rows
+
 
 def spearman(a: Tensor, b: Tensor) -> float:
     """Spearman's rank correlation of two 1-D tensors (ties broken by order)."""
@@ -42,7 +44,7 @@ def teacher_kl(student_logits: Tensor, teacher_logits: Tensor, temperature: floa
     """Mean KL(p_teacher || p_student) at `temperature` (no T^2 factor): fidelity to the teacher."""
     log_s = F.log_softmax(student_logits.float() / temperature, -1)
     log_t = F.log_softmax(teacher_logits.float() / temperature, -1)
-    return (log_t.exp() * (log_t - log_s)).sum(-1).mean().item()
+    return kl_rows(log_t, log_s).mean().item()
 
 
 def agreement(student_logits: Tensor, teacher_logits: Tensor) -> float:

@@ -33,6 +33,7 @@ from torch import Tensor, nn
 from distill.data import load_batch
 from distill.errors import ConfigError
 from distill.losses import minilm_relation_loss
+from distill.losses.response import kd_loss
 from distill.schemes.base import SchemeBase, SchemeContext, parse_args
 from distill.settings import Strict
 from distill.taps import Tap
@@ -278,9 +279,7 @@ class MaskedLMDistillation(SchemeBase):
             z_t, h_t, att_t = self._forward(self.teacher, inputs, am, m, want_attn)
         out: dict[str, Tensor] = {"mlm": mlm, "kd": zero}
         if m.any():
-            log_s = F.log_softmax(z_s.float() / a.temperature, -1)
-            log_t = F.log_softmax(z_t.float() / a.temperature, -1)
-            out["kd"] = a.temperature**2 * (log_t.exp() * (log_t - log_s)).sum(-1).mean()
+            out["kd"] = kd_loss(z_s, z_t, temperature=a.temperature)
         real = am.bool()
         hs = self.project(h_s[real].float())
         out["cosine"] = (1 - F.cosine_similarity(hs, h_t[real].float(), dim=-1)).mean()

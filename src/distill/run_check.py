@@ -21,6 +21,8 @@ RESUMABLE_CHANGES = {
     "max_steps",
     "progress",
     "checkpoint_every_steps",
+    "checkpoint_every",
+    "eval_every",
     "early_stop_patience",
     "device",
     "workers",
@@ -83,7 +85,7 @@ def check_run_dir(
     new = cfg.model_dump(mode="json")
     # a run dir is known by its marker, not its path: a moved one still resumes
     was_at = old.get("run_dir") or str(Path("runs") / str(old.get("name")))
-    old = _moved(old, str(was_at), str(run_dir))
+    old = _with_new_defaults(_moved(old, str(was_at), str(run_dir)), cfg)
     changed = [k for k in _changed_keys(old, new) if k != "run_dir"]
     refused = [k for k in changed if not _allowed(k, allow)]
     if refused:
@@ -99,6 +101,15 @@ def check_run_dir(
         for k in changed
         if any(fnmatch.fnmatchcase(k, p) for p in allow)
     ]
+
+
+def _with_new_defaults(old: dict, cfg: ExperimentConfig) -> dict:
+    """The saved config as this version of distill reads it: settings added since the run
+    started take their defaults, so they are not changes (the run never set them)."""
+    try:
+        return type(cfg).model_validate(old).model_dump(mode="json")
+    except Exception:  # a config this version no longer accepts: compared as written
+        return old
 
 
 def _moved(value: Any, old_dir: str, new_dir: str) -> Any:

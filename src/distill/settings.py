@@ -117,6 +117,11 @@ class TrainSettings(Strict):
     device: str = "auto"
     seed: int = 0
     deterministic: bool = False
+    # validate every N epochs (and after the last); the best weights are picked among them
+    eval_every: int = Field(1, ge=1)
+    # write the resume checkpoint every N epochs (and after the last); a crash resumes from
+    # the latest one written
+    checkpoint_every: int = Field(1, ge=1)
     checkpoint_every_steps: int | None = Field(None, ge=1)
     max_steps: int | None = Field(None, ge=1)  # stop (with a checkpoint) after this many steps
     early_stop_patience: int | None = Field(None, ge=1)  # epochs without a better val metric

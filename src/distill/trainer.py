@@ -736,7 +736,7 @@ class Trainer:
                 # a stream of unknown length is planned by max_steps: this is its end, so the
                 # part-pass is validated (and may become the best) like a finished epoch
                 self._close_epoch_losses()
-                self._end_epoch(log)
+                self._end_epoch(log, final=True)
                 return self._summary(started, None)
             if stopped_by is not None:  # the state is already saved
                 return self._summary(started, stopped_by)
@@ -898,8 +898,46 @@ class Trainer:
             return "max_steps"
         return None
 
-    def _end_epoch(self, log: MetricsLog) -> bool:
-        """Evaluate, log, checkpoint; True when early stopping says to stop."""
+    def _end_epoch(self, log: MetricsLog, final: bool = False) -> bool:
+        """Evaluate (every `eval_every` epochs, and at the end), log, checkpoint (every
+        `checkpoint_every` epochs, and at the end); True when early stopping says to stop."""
+        s, st = self.settings, self.state
+        done = st["epoch"] + 1
+        final = final or done >= s.epochs
+        metrics, improved = {}, False
+        if final or done % s.eval_every == 0:
+            metrics, improved = self._validate()
+        row = {
+            "epoch": done,
+            "step": st["step"],
+            "lr": self.optimizer.param_groups[0]["lr"],
+            **self._epoch_losses,
+            **{f"val_{k}": v for k, v in metrics.items()},
+        }
+        st["epoch"] += 1
+        st["batch"] = 0
+        # Log first, then checkpoint: a crash in between leaves a row for an epoch the
+        # checkpoint has not finished, which resume drops and redoes. The other order
+        # would lose the row for good.
+        if distributed.is_main():
+            log.append(row)
+        stop = s.early_stop_patience is not None and st["bad_epochs"] >= s.early_stop_patience
+        if final or stop or done % s.checkpoint_every == 0:
+            self.save()
+        for callback in self.callbacks:
+            callback(row)
+        if s.progress and distributed.is_main():
+            tqdm.write(  # (printed with or without a terminal)
+                f"epoch {row['epoch']}/{s.epochs}  loss {row.get('train_loss', float('nan')):.4f}  "
+                + "  ".join(f"val {k} {v:.4f}" for k, v in metrics.items())
+                + ("  *best" if improved else ""),
+                file=sys.stderr,
+            )
+        return stop
+
+    def _validate(self) -> tuple[dict[str, float], bool]:
+        """Validation metrics; the best weights saved when they improve (the patience of
+        early stopping counts validated epochs)."""
         s, st = self.settings, self.state
         # Ranks normalised their own slices, so their BatchNorm statistics differ: all take
         # rank 0's (the ones its checkpoint saves, and what DDP's broadcast_buffers keeps).
@@ -919,50 +957,30 @@ class Trainer:
             st["best"], st["best_epoch"], st["bad_epochs"] = score, st["epoch"] + 1, 0
             if not settled:
                 st["best"] = -math.inf
-            weights = distributed.gather_state(self.scheme.eval_model().state_dict())
-            adapter: dict = {}
-            if self.export_info.get("peft_base"):  # a LoRA student on a base file: its adapter
-                weights, adapter = adapter_part(self.scheme.eval_model(), weights)
-            structure = structure_of(self.scheme.eval_model())
-            if distributed.is_main():
-                save_weights(
-                    self.ckpt_dir / "best.safetensors",
-                    weights,
-                    {
-                        **self.export_info,
-                        **adapter,
-                        **({"structure": structure} if structure else {}),
-                        "epoch": st["epoch"] + 1,
-                        **{f"val_{k}": v for k, v in metrics.items()},
-                    },
-                )
+            self._save_best(metrics)
         else:
             st["bad_epochs"] += 1
-        row = {
-            "epoch": st["epoch"] + 1,
-            "step": st["step"],
-            "lr": self.optimizer.param_groups[0]["lr"],
-            **self._epoch_losses,
-            **{f"val_{k}": v for k, v in metrics.items()},
-        }
-        st["epoch"] += 1
-        st["batch"] = 0
-        # Log first, then checkpoint: a crash in between leaves a row for an epoch the
-        # checkpoint has not finished, which resume drops and redoes. The other order
-        # would lose the row for good.
+        return metrics, improved
+
+    def _save_best(self, metrics: dict[str, float]) -> None:
+        st = self.state
+        weights = distributed.gather_state(self.scheme.eval_model().state_dict())
+        adapter: dict = {}
+        if self.export_info.get("peft_base"):  # a LoRA student on a base file: its adapter
+            weights, adapter = adapter_part(self.scheme.eval_model(), weights)
+        structure = structure_of(self.scheme.eval_model())
         if distributed.is_main():
-            log.append(row)
-        self.save()
-        for callback in self.callbacks:
-            callback(row)
-        if s.progress and distributed.is_main():
-            tqdm.write(  # (printed with or without a terminal)
-                f"epoch {row['epoch']}/{s.epochs}  loss {row.get('train_loss', float('nan')):.4f}  "
-                + "  ".join(f"val {k} {v:.4f}" for k, v in metrics.items())
-                + ("  *best" if improved else ""),
-                file=sys.stderr,
+            save_weights(
+                self.ckpt_dir / "best.safetensors",
+                weights,
+                {
+                    **self.export_info,
+                    **adapter,
+                    **({"structure": structure} if structure else {}),
+                    "epoch": st["epoch"] + 1,
+                    **{f"val_{k}": v for k, v in metrics.items()},
+                },
             )
-        return s.early_stop_patience is not None and st["bad_epochs"] >= s.early_stop_patience
 
     def _summary(
         self, started: float, stopped_by: str | None, early_stopped: bool = False

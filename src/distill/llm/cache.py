@@ -30,6 +30,7 @@ from torch import Tensor
 from distill.checkpoint import atomic_write_text
 from distill.data import load_batch
 from distill.errors import CheckpointError, ConfigError
+from distill.losses.response import kl_rows
 
 FORMAT = "distill-teacher-cache-1"
 
@@ -226,7 +227,7 @@ def cache_kl_error(
     """Mean per-token KL(P || Q) from dense logits vs its estimate from a sparse cache."""
     log_p = F.log_softmax(teacher_logits.float(), -1)
     log_q = F.log_softmax(student_logits.float(), -1)
-    dense = float((log_p.exp() * (log_p - log_q)).sum(-1).mean())
+    dense = float(kl_rows(log_p, log_q).mean())
     ids, values, extra = sparse_teacher(
         teacher_logits, mode, k, generator=torch.Generator().manual_seed(seed)
     )

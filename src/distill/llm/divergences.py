@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from distill.llm.table import DIVERGENCES
+from distill.losses.response import _at_least_float32, kl_rows
 
 
 def _log_probs(student: Tensor, teacher: Tensor, temperature: float) -> tuple[Tensor, Tensor]:
@@ -30,14 +31,13 @@ def _log_probs(student: Tensor, teacher: Tensor, temperature: float) -> tuple[Te
         )
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
-    log_q = F.log_softmax(student.float() / temperature, dim=-1)
-    log_p = F.log_softmax(teacher.detach().float() / temperature, dim=-1)
+    # float32 at least; float64 stays float64
+    log_q = F.log_softmax(_at_least_float32(student) / temperature, dim=-1)
+    log_p = F.log_softmax(_at_least_float32(teacher.detach()) / temperature, dim=-1)
     return log_q, log_p
 
 
-def _kl(log_a: Tensor, log_b: Tensor) -> Tensor:
-    """KL(a || b) per position, from log-probabilities (0 * log 0 taken as 0)."""
-    return (log_a.exp() * (log_a - log_b)).sum(-1)
+_kl = kl_rows  # KL(a || b) per position: the loss library's one KL
 
 
 def _masked_sum(per_token: Tensor, mask: Tensor | None) -> Tensor:

@@ -29,11 +29,11 @@ import random
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 import transformers
 
-from distill.llm.chunked import chunked_cross_entropy, chunked_token_divergence, decoder_and_head
-from distill.llm.divergences import divergence_args, token_kd_loss
+from distill.llm.chunked import decoder_and_head
+from distill.llm.divergences import divergence_args
+from distill.llm.lm_loss import lm_losses_from_hidden, lm_losses_from_logits
 
 
 class DistillationTrainer(transformers.Trainer):
@@ -176,33 +176,30 @@ class DistillationTrainer(transformers.Trainer):
             s_out = s_decoder(**inputs)
             with torch.no_grad():
                 t_out = t_decoder(**inputs)
-            h_s = s_out.last_hidden_state[:, :-1][mask]
-            h_t = t_out.last_hidden_state[:, :-1][mask]
-            vocab = min(s_head.weight.shape[0], t_head.weight.shape[0])
-            w_s = s_head.weight[:vocab]
-            w_t = t_head.weight[:vocab]
-            kd = chunked_token_divergence(
-                h_s,
-                w_s,
-                h_t,
-                w_t,
+            kd, ce = lm_losses_from_hidden(
+                s_out.last_hidden_state[:, :-1][mask],
+                s_head.weight,
+                t_out.last_hidden_state[:, :-1][mask],
+                t_head.weight,
+                targets[mask],
                 divergence=self.divergence,
                 num_tokens=n,
                 chunk_size=self.chunk_size,
                 **self.div_args,
             )
-            ce = chunked_cross_entropy(h_s, w_s, targets[mask], self.chunk_size) / n
             outputs = s_out
         else:
             outputs = model(**inputs)
             with torch.no_grad():
                 t_logits = self.teacher(**inputs).logits
-            vocab = min(outputs.logits.shape[-1], t_logits.shape[-1])
-            z_s, z_t = outputs.logits[:, :-1, :vocab], t_logits[:, :-1, :vocab]
-            kd = token_kd_loss(
-                z_s, z_t, divergence=self.divergence, mask=mask, num_tokens=n, **self.div_args
+            kd, ce = lm_losses_from_logits(
+                outputs.logits[:, :-1],
+                t_logits[:, :-1],
+                targets,
+                divergence=self.divergence,
+                num_tokens=n,
+                **self.div_args,
             )
-            ce = F.cross_entropy(z_s.float()[mask], targets[mask], reduction="sum") / n
         loss = self.task_weight * ce + self.kd_weight * kd
         if num_items_in_batch is not None and self.args.average_tokens_across_devices:
             loss = loss * self.accelerator.num_processes  # n counted tokens on every device

@@ -20,11 +20,10 @@ from torch import Tensor, nn
 
 from distill.errors import ConfigError
 from distill.llm.chunked import (
-    chunked_cross_entropy,
-    chunked_token_divergence,
     decoder_and_head,
 )
-from distill.llm.divergences import TOKEN_DIVERGENCES, divergence_args, token_kd_loss
+from distill.llm.divergences import TOKEN_DIVERGENCES, divergence_args
+from distill.llm.lm_loss import lm_losses_from_hidden, lm_losses_from_logits
 from distill.llm.text import lm_metrics
 from distill.llm.vocab import DualSpaceKD, check_tokenizers, uld_loss
 from distill.schemes.base import SchemeBase, SchemeContext, parse_args
@@ -404,26 +403,26 @@ class LMDistillation(SchemeBase):
             t_out = _forward(self.teacher, x, am, hidden, base=chunked)
         out: dict[str, Tensor] = {}
         if chunked:
-            h_s, h_t = s_out.last_hidden_state[mask], t_out.last_hidden_state[mask]
-            w_s = self.student.get_output_embeddings().weight[: self.vocab]
-            w_t = self.teacher.get_output_embeddings().weight[: self.vocab]
-            out["kd"] = chunked_token_divergence(
-                h_s,
-                w_s,
-                h_t,
-                w_t,
+            out["kd"], task = lm_losses_from_hidden(
+                s_out.last_hidden_state[mask],
+                self.student.get_output_embeddings().weight[: self.vocab],
+                t_out.last_hidden_state[mask],
+                self.teacher.get_output_embeddings().weight[: self.vocab],
+                y[mask],
                 divergence=a.divergence,
                 num_tokens=n,
                 chunk_size=a.chunk_size,
                 **self.div_args,
             )
-            task = chunked_cross_entropy(h_s, w_s, y[mask], a.chunk_size) / n
         else:
-            z_s, z_t = s_out.logits[..., : self.vocab], t_out.logits[..., : self.vocab]
-            out["kd"] = token_kd_loss(
-                z_s, z_t, divergence=a.divergence, mask=mask, num_tokens=n, **self.div_args
+            out["kd"], task = lm_losses_from_logits(
+                s_out.logits[..., : self.vocab],
+                t_out.logits[..., : self.vocab],
+                y,
+                divergence=a.divergence,
+                num_tokens=n,
+                **self.div_args,
             )
-            task = F.cross_entropy(z_s.float()[mask], y[mask], reduction="sum") / n
         task_w = self.objective.task_weight.at(step)
         if on_policy is not None:
             task_w = 0.0  # the student's own samples are not ground truth

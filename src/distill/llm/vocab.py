@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from distill.errors import ConfigError
+from distill.losses.response import kl_rows
 
 
 class VocabMismatchError(ConfigError):
@@ -156,5 +157,5 @@ class DualSpaceKD(nn.Module):
         with torch.no_grad():
             log_t = F.log_softmax(h_t_al @ head_t.float().t() / temperature, -1)
         log_st = F.log_softmax(self.s_to_t(hs) @ head_t.detach().float().t() / temperature, -1)
-        kl_teacher = (log_t.exp() * (log_t - log_st)).sum(-1).mean()
+        kl_teacher = kl_rows(log_t, log_st).mean()
         return kl_student, kl_teacher, align_ce

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from distill.dense.detection import box_iou, distances, ltrb_giou, split_output
+from distill.losses.response import kl_rows
 
 
 def _binary_kl(student_logits: Tensor, teacher_logits: Tensor, temperature: float) -> Tensor:
@@ -221,7 +222,7 @@ def pixel_kd(student: Tensor, teacher: Tensor, *, temperature: float = 1.0) -> T
         )
     s = F.log_softmax(student.float() / temperature, 1)
     t = F.log_softmax(teacher.detach().float() / temperature, 1)
-    return temperature**2 * (t.exp() * (t - s)).sum(1).mean()
+    return temperature**2 * kl_rows(t, s, dim=1).mean()
 
 
 def _affinity(x: Tensor, grid: int, rel_eps: float = 1e-3) -> Tensor:
@@ -295,7 +296,7 @@ class CIRKDLoss(nn.Module):
     def _relation(self, s: Tensor, t: Tensor, contrast: Tensor, tau: float) -> Tensor:
         log_s = F.log_softmax(s @ contrast.t() / tau, -1)
         log_t = F.log_softmax(t @ contrast.t() / tau, -1)
-        return (log_t.exp() * (log_t - log_s)).sum(-1).mean()
+        return kl_rows(log_t, log_s).mean()
 
     def forward(self, student: Tensor, teacher: Tensor, *, targets: Tensor) -> Tensor:
         s = F.normalize(self.project(student.float()), dim=1)

@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from distill.losses.response import kl_rows
+
 
 def _flat(x: Tensor) -> Tensor:
     return x.float().reshape(x.shape[0], -1)
@@ -209,4 +211,4 @@ def lsp_loss(
         )
     log_s = _local_structure(student, kernel, sigma)
     log_t = _local_structure(teacher.detach(), kernel, sigma)
-    return (log_s.exp() * (log_s - log_t)).sum(-1).mean()
+    return kl_rows(log_s, log_t).mean()

@@ -46,9 +46,30 @@ def _at_least_float32(x: Tensor) -> Tensor:
     return x.to(torch.promote_types(x.dtype, torch.float32))
 
 
-def kl_rows(log_p: Tensor, log_q: Tensor) -> Tensor:
-    """KL(p || q) along the last dim from log-probabilities: sum p (log p - log q), (...,)."""
-    return (log_p.exp() * (log_p - log_q)).sum(-1)
+def kl_rows(log_p: Tensor, log_q: Tensor, dim: int = -1) -> Tensor:
+    """KL(p || q) along `dim` from log-probabilities: sum p (log p - log q) (0 log 0 = 0).
+
+    The one KL of the library: every loss, scheme and token divergence computes it here."""
+    return (log_p.exp() * (log_p - log_q)).sum(dim)
+
+
+def soft_target_kd(
+    student_logits: Tensor,
+    target_probs: Tensor,
+    *,
+    temperature: float = 4.0,
+    mask: Tensor | None = None,
+) -> Tensor:
+    """KD from target probabilities: T^2 * KL(q || softmax(z_s / T)), mean over rows.
+
+    `q` (any distribution over the classes: a mix of teachers, an ensemble, a peer's
+    aggregate) is a constant. With q = softmax(z_t / T) it is `kd_loss` (Hinton et al. 2015).
+    """
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    q = _at_least_float32(target_probs.detach())
+    log_s = F.log_softmax(_at_least_float32(student_logits) / temperature, dim=-1)
+    return temperature**2 * _row_mean(kl_rows(q.clamp_min(1e-12).log(), log_s), mask)
 
 
 def kd_loss(
@@ -65,8 +86,7 @@ def kd_loss(
     """
     _check(student_logits, teacher_logits, temperature)
     log_s, log_t = _log_probs(student_logits, teacher_logits, temperature)
-    per_row = (log_t.exp() * (log_t - log_s)).sum(-1)
-    return temperature**2 * _row_mean(per_row, mask)
+    return temperature**2 * _row_mean(kl_rows(log_t, log_s), mask)
 
 
 def soft_cross_entropy(
@@ -187,8 +207,7 @@ def reverse_kl_loss(
     """
     _check(student_logits, teacher_logits, temperature)
     log_s, log_t = _log_probs(student_logits, teacher_logits, temperature)
-    per_row = (log_s.exp() * (log_s - log_t)).sum(-1)
-    return temperature**2 * _row_mean(per_row, mask)
+    return temperature**2 * _row_mean(kl_rows(log_s, log_t), mask)
 
 
 def js_loss(
@@ -206,8 +225,7 @@ def js_loss(
     log_s, log_t = _log_probs(student_logits, teacher_logits, temperature)
     # log m computed stably as logsumexp of the two log-probabilities minus log 2.
     log_m = torch.logaddexp(log_s, log_t) - math.log(2.0)  # (a Python float keeps the dtype)
-    kl_t = (log_t.exp() * (log_t - log_m)).sum(-1)
-    kl_s = (log_s.exp() * (log_s - log_m)).sum(-1)
+    kl_t, kl_s = kl_rows(log_t, log_m), kl_rows(log_s, log_m)
     return temperature**2 * _row_mean(0.5 * (kl_t + kl_s), mask)
 
 
@@ -354,10 +372,9 @@ def ttm_loss(
     student. No T^2 factor: the student's logits are not divided by T.
     """
     _check(student_logits, teacher_logits, temperature)
-    log_s = F.log_softmax(student_logits.float(), dim=-1)
-    log_t = F.log_softmax(teacher_logits.detach().float() / temperature, dim=-1)
-    per_row = (log_t.exp() * (log_t - log_s)).sum(-1)
-    return _row_mean(per_row, mask)
+    log_s = F.log_softmax(_at_least_float32(student_logits), dim=-1)
+    log_t = F.log_softmax(_at_least_float32(teacher_logits.detach()) / temperature, dim=-1)
+    return _row_mean(kl_rows(log_t, log_s), mask)
 
 
 def virtual_teacher_loss(
@@ -384,5 +401,4 @@ def virtual_teacher_loss(
     virtual = torch.full_like(logits, (1.0 - correct_prob) / (num_classes - 1))
     virtual[labelled, targets[labelled]] = correct_prob
     log_v = F.log_softmax(virtual / temperature, dim=-1)
-    per_row = (log_v.exp() * (log_v - F.log_softmax(logits, dim=-1))).sum(-1)
-    return _row_mean(per_row, labelled)
+    return _row_mean(kl_rows(log_v, F.log_softmax(logits, dim=-1)), labelled)

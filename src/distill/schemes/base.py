@@ -21,6 +21,7 @@ from pydantic import ValidationError
 from torch import Tensor, nn
 
 from distill.errors import ConfigError
+from distill.losses.response import soft_target_kd
 from distill.objective import Objective
 from distill.settings import Strict
 
@@ -98,10 +99,7 @@ def soft_kl(student_logits: Tensor, target_probs: Tensor, temperature: float) ->
 
     `q` is treated as a constant. With q = softmax(z_t / T) this is Hinton et al.'s KD loss.
     """
-    q = target_probs.detach().float()
-    log_p = F.log_softmax(student_logits.float() / temperature, dim=-1)
-    per_row = (q * (q.clamp_min(1e-12).log() - log_p)).sum(-1)
-    return temperature**2 * per_row.mean()
+    return soft_target_kd(student_logits, target_probs, temperature=temperature)
 
 
 def soft_probs(logits: Tensor, temperature: float) -> Tensor:

@@ -26,6 +26,7 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from distill.errors import ConfigError
+from distill.losses.response import kd_loss
 from distill.schemes.base import (
     SchemeBase,
     SchemeContext,
@@ -274,9 +275,7 @@ class DFADArgs(Strict):
 def disagreement(student_logits: Tensor, teacher_logits: Tensor, kind: str, t: float) -> Tensor:
     if kind == "l1":
         return (student_logits.float() - teacher_logits.float()).abs().mean()
-    log_q = F.log_softmax(teacher_logits.float() / t, -1)
-    log_p = F.log_softmax(student_logits.float() / t, -1)
-    return t * t * (log_q.exp() * (log_q - log_p)).sum(-1).mean()
+    return kd_loss(student_logits, teacher_logits, temperature=t)
 
 
 class DFAD(_GeneratorScheme):

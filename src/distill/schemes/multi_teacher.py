@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from distill.data import load_batch
 from distill.errors import ConfigError
+from distill.losses.response import kl_rows
 from distill.objective import ADAPTERS
 from distill.schemes.base import (
     SchemeBase,
@@ -291,7 +292,7 @@ class MultiTeacher(SchemeBase):
         for t, cls in zip(teachers, self.classes):
             log_t = F.log_softmax(t.logits.float() / a.temperature, 1)
             log_s = F.log_softmax(sk.logits.float()[:, cls.to(x.device)] / a.temperature, 1)
-            per_teacher.append((log_t.exp() * (log_t - log_s)).sum(1))
+            per_teacher.append(kl_rows(log_t, log_s, dim=1))
         kl = torch.stack(per_teacher, 1)  # (N, K)
         out["kd"] = a.temperature**2 * (w * kl).sum(1).mean()
         total = total + a.kd_weight * out["kd"]

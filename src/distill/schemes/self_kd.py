@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from distill.data import load_batch
 from distill.errors import ConfigError
+from distill.losses.response import kl_rows
 from distill.objective import Schedule
 from distill.schemes.base import (
     Head,
@@ -462,9 +463,7 @@ class SDDropout(SchemeBase):
         z2 = self.classifier(F.dropout(f, a.rate, training=True))
         log1 = F.log_softmax(z1.float() / a.temperature, -1)
         log2 = F.log_softmax(z2.float() / a.temperature, -1)
-        sym = F.kl_div(log2, log1, log_target=True, reduction="batchmean") + F.kl_div(
-            log1, log2, log_target=True, reduction="batchmean"
-        )
+        sym = (kl_rows(log1, log2) + kl_rows(log2, log1)).mean()
         total, out = self.student_objective(k, batch, step)
         out["sd_dropout"] = a.temperature**2 * sym
         return {"loss": total + a.weight * out["sd_dropout"], **out}
