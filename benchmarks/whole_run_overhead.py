@@ -102,12 +102,12 @@ def child_hand(work: Path, args: argparse.Namespace) -> dict:
     from distill.data import load_dataset
     from distill.models import build_model
 
-    torch.manual_seed(args.seed)
+    torch.manual_seed(args.seed)  # as distill seeds: then the data, the student, the teacher
     data = load_dataset("mnist1d")
+    student = build_model(STUDENT["name"], data.input_shape, data.num_classes, STUDENT["args"])
     teacher = build_model(TEACHER["name"], data.input_shape, data.num_classes, TEACHER["args"])
     teacher.load_state_dict(load_file(work.parent / "teacher.safetensors"))
     teacher.eval().requires_grad_(False)
-    student = build_model(STUDENT["name"], data.input_shape, data.num_classes, STUDENT["args"])
     opt = torch.optim.Adam(student.parameters(), lr=0.003, fused=True)
     x, y = data.train.inputs, data.train.targets
     xv, yv = data.val.inputs, data.val.targets

@@ -150,7 +150,7 @@ def test_augmented_views_pair_student_inputs_with_their_teacher_outputs(tmp_path
         built.scheme, built.data.train, built.data.val, built.cfg.train, run_dir=tmp_path / "r"
     )
     cache = built.scheme.teacher_cache.ensure()
-    batch = trainer._batch(torch.arange(64))
+    batch = trainer.feed.batch(torch.arange(64))
     assert set(batch["view"].tolist()) == {0, 1, 2}
     assert not torch.equal(batch["input"], built.data.train.inputs[:64])  # augmented
     with torch.no_grad():

@@ -66,7 +66,7 @@ LAYERS: list[tuple[str, list[str]]] = [
             "distill.paradigms",
         ],
     ),
-    ("loop", ["distill.trainer", "distill.cache"]),
+    ("loop", ["distill.trainer", "distill.loop", "distill.cache"]),
     (
         "app",
         [

@@ -1,0 +1,79 @@
+"""What a running `Trainer` says and hears: the epoch's progress (a bar on a terminal,
+else a line every 30 s so a log shows the run is alive), and SIGINT/SIGTERM, which ask the
+loop to checkpoint after the current step and return."""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import sys
+import threading
+import time
+from typing import Any
+
+from tqdm.auto import tqdm
+
+
+class EpochProgress:
+    """The progress of one epoch of `t` (a context manager; `update()` after each batch)."""
+
+    def __init__(self, t: Any):
+        self.t = t
+        s, st = t.settings, t.state
+        self.bar = tqdm(
+            total=t.batches_per_epoch,
+            initial=st["batch"],
+            desc=f"epoch {st['epoch'] + 1}/{s.epochs}",
+            disable=not s.progress or None,
+            leave=False,
+            dynamic_ncols=True,
+        )
+        # without a terminal there is no bar: a line every 30 s shows the run is alive
+        self.quiet_since = time.monotonic() if s.progress and self.bar.disable else None
+
+    def __enter__(self) -> EpochProgress:
+        self.bar.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.bar.__exit__(*exc)
+
+    def update(self) -> None:
+        self.bar.update(1)
+        if self.quiet_since is not None and time.monotonic() - self.quiet_since > 30:
+            self.quiet_since = time.monotonic()
+            t, st = self.t, self.t.state
+            print(
+                f"epoch {st['epoch'] + 1}/{t.settings.epochs}: batch {st['batch']}/"
+                f"{t.batches_per_epoch}, step {st['step']}",
+                file=sys.stderr,
+                flush=True,
+            )
+
+
+@contextlib.contextmanager
+def stop_on_signals(t: Any):
+    """SIGINT/SIGTERM ask the loop to save a checkpoint after the current step and return.
+
+    A second signal aborts at once; atomic writes keep the files on disk intact.
+    """
+    t._stop_signal = None
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, _frame: object) -> None:
+        if t._stop_signal is not None:
+            raise KeyboardInterrupt
+        t._stop_signal = signal.Signals(signum).name
+        tqdm.write(
+            f"{t._stop_signal}: saving a checkpoint after this step (send again to abort now)",
+            file=sys.stderr,
+        )
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)

@@ -1,0 +1,120 @@
+"""A `Trainer`'s checkpoints: the resume checkpoint (`last.safetensors`: models, optimizer,
+scaler, loop state, the unfinished epoch's loss sums and every random state, so a resume
+is bit-exact) and the best weights (`best.safetensors`: the evaluated model alone, or a
+LoRA student's adapter, with what rebuilds it)."""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from typing import Any
+
+from distill import distributed
+from distill.checkpoint import adapter_part, load_checkpoint, save_checkpoint, save_weights
+from distill.compress.structure import structure_of
+from distill.errors import CheckpointError, ConfigError
+from distill.loop.guard import non_finite_keys
+from distill.loop.loss_sums import LossSums
+from distill.loop.rng import rng_state, set_rng_state
+
+
+def save(t: Any) -> None:
+    # Sharded tensors are gathered in full on every rank (a collective), so the file is
+    # the same whatever the strategy and world size; then one rank writes it.
+    modules = distributed.gather_state(t.scheme.modules.state_dict())
+    optimizer = distributed.gather_state(t.optimizer.state_dict())
+    if not distributed.is_main():  # every rank holds the same state; one writes it
+        t.losses.fold()
+        return
+    bad = non_finite_keys({"modules": modules, "optimizer": optimizer})
+    if bad:  # keep the last good checkpoint: a resume must start from finite values
+        t.losses.fold()
+        shown = ", ".join(bad[:3]) + (" ..." if len(bad) > 3 else "")
+        print(
+            f"checkpoint at step {t.state['step']} not written: non-finite values in "
+            f"{shown}; {t.guard.last_good()}",
+            file=sys.stderr,
+        )
+        return
+    save_checkpoint(
+        t.ckpt_dir / "last.safetensors",
+        {
+            "modules": modules,
+            "optimizer": optimizer,
+            "scaler": t.scaler.state_dict(),
+            "trainer": dict(t.state),
+            # running loss sums of the unfinished epoch, so its logged means stay exact
+            "epoch_sums": t.losses.totals(),
+            "epoch_count": t.losses.count,
+            "rng": rng_state(t.aug_gen),
+        },
+    )
+
+
+def restore(t: Any) -> None:
+    path = t.ckpt_dir / "last.safetensors"
+    if not path.is_file():
+        raise ConfigError(f"nothing to resume: {str(path)!r} does not exist; run without --resume")
+    ckpt = load_checkpoint(path)
+    configured_lr = [g["lr"] for g in t.optimizer.param_groups]
+    try:
+        distributed.load_full_state(t.scheme.modules, ckpt["modules"])
+        distributed.load_full_optimizer_state(t.optimizer, ckpt["optimizer"])
+    except (RuntimeError, ValueError, KeyError) as e:
+        raise CheckpointError(
+            f"{str(path)!r} does not match the models and optimizer this config builds "
+            f"({str(e).splitlines()[0]}); resume with the config the run started with "
+            f"(its config.yaml), or start a new run_dir"
+        ) from None
+    # The schedule scales each group's base lr; it comes from this config, not the
+    # checkpoint, so a resume with --allow-change train.optimizer.lr takes the new one
+    # (unchanged, it is the same number).
+    for group, lr in zip(t.optimizer.param_groups, configured_lr):
+        group["base_lr"] = lr
+    if ckpt["scaler"]:
+        t.scaler.load_state_dict(ckpt["scaler"])
+    t.state = dict(ckpt["trainer"])
+    t.losses = LossSums.restored(ckpt["epoch_sums"], ckpt["epoch_count"])
+    set_rng_state(ckpt["rng"], t.aug_gen)
+    t._restored = True
+
+
+def save_best(t: Any, metrics: dict[str, float]) -> None:
+    st = t.state
+    weights = distributed.gather_state(t.scheme.eval_model().state_dict())
+    adapter: dict = {}
+    if t.export_info.get("peft_base"):  # a LoRA student on a base file: its adapter
+        weights, adapter = adapter_part(t.scheme.eval_model(), weights)
+    structure = structure_of(t.scheme.eval_model())
+    if distributed.is_main():
+        save_weights(
+            t.ckpt_dir / "best.safetensors",
+            weights,
+            {
+                **t.export_info,
+                **adapter,
+                **({"structure": structure} if structure else {}),
+                "epoch": st["epoch"] + 1,
+                **{f"val_{k}": v for k, v in metrics.items()},
+            },
+        )
+
+
+def summary(
+    t: Any, started: float, stopped_by: str | None, early_stopped: bool = False
+) -> dict[str, Any]:
+    st = t.state
+    return {
+        "complete": stopped_by is None,
+        "stopped_by": stopped_by or ("early_stop" if early_stopped else None),
+        "epochs": st["epoch"],
+        "steps": st["step"],
+        # the best validation value of the monitored metric (nll is stored negated);
+        # None before any epoch was validated (JSON has no infinity)
+        f"best_val_{t.settings.monitor}": None
+        if not math.isfinite(st["best"])
+        else (-st["best"] if t.settings.monitor == "nll" else st["best"]),
+        "best_epoch": st["best_epoch"],
+        "seconds": time.perf_counter() - started,
+    }
