@@ -111,16 +111,109 @@ def _digest(tensors: dict[str, Tensor], skeleton: str) -> str:
         t = tensors[key]
         h.update(key.encode())
         h.update(str(t.dtype).encode() + str(tuple(t.shape)).encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        if t.numel():  # the tensor's bytes, read in place (no copy)
+            h.update(t.reshape(-1).view(torch.uint8).numpy().data)
     return h.hexdigest()
 
 
-def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> None:
-    """Store a nested dict of tensors and plain values in one safetensors file, atomically."""
+def save_checkpoint(
+    path: str | os.PathLike,
+    state: dict[str, Any],
+    *,
+    writer: BackgroundWriter | None = None,
+    only_finite: tuple[str, str, Any] | None = None,
+) -> None:
+    """Store a nested dict of tensors and plain values in one safetensors file, atomically.
+
+    The tensors are copied at once (a snapshot: training may go on changing them); with a
+    `writer` the checksum, serialisation and write happen on its thread. `only_finite`
+    (key prefixes..., then a callback): when a floating-point tensor under those prefixes
+    holds NaN or inf, nothing is written and the callback gets their keys."""
     tensors: dict[str, Tensor] = {}
     skeleton = json.dumps(_flatten(state, "", tensors))
-    meta = {"distill": skeleton, "sha256": _digest(tensors, skeleton), "format": FORMAT}
-    atomic_write_bytes(path, st_save(tensors, metadata=meta))
+    meta = {"distill": skeleton, "format": FORMAT}
+    _write_later(path, tensors, skeleton, meta, writer, only_finite)
+
+
+def _write_later(
+    path: str | os.PathLike,
+    tensors: dict[str, Tensor],
+    skeleton: str,
+    meta: dict[str, str],
+    writer: BackgroundWriter | None,
+    only_finite: tuple[str, str, Any] | None = None,
+) -> None:
+    def job() -> None:
+        if only_finite is not None:
+            *prefixes, refuse = only_finite
+            bad = [
+                k
+                for k, v in tensors.items()
+                if k.startswith(tuple(prefixes))
+                and v.is_floating_point()
+                and not bool(torch.isfinite(v).all())
+            ]
+            if bad:
+                refuse(bad)
+                return
+        done = {**meta, "sha256": _digest(tensors, skeleton)}
+        atomic_write_bytes(path, st_save(tensors, metadata=done))
+
+    if writer is None:
+        job()
+    else:
+        writer.submit(job)
+
+
+class BackgroundWriter:
+    """Checkpoint writes on a thread, in the order submitted, while training goes on.
+
+    A write is atomic (`atomic_write_bytes`), so a crash mid-write leaves the previous file
+    intact. `wait()` returns once everything submitted is on disk, and re-raises the first
+    write that failed (later ones are then dropped); the loop waits before it returns, and
+    before anything reads the files. The thread exists only while there is work.
+    """
+
+    def __init__(self) -> None:
+        import threading
+
+        self._jobs: list[Any] = []
+        self._error: BaseException | None = None
+        self._lock = threading.Condition()
+        self._running = False
+
+    def _work(self) -> None:
+        while True:
+            with self._lock:
+                if not self._jobs:
+                    self._running = False
+                    self._lock.notify_all()
+                    return
+                job = self._jobs.pop(0)
+            try:
+                if self._error is None:
+                    job()
+            except BaseException as e:  # noqa: BLE001 (re-raised by wait)
+                self._error = e
+
+    def submit(self, job: Any) -> None:
+        import threading
+
+        if self._error is not None:
+            self.wait()  # raises the failed write
+        with self._lock:
+            self._jobs.append(job)
+            if not self._running:
+                self._running = True
+                threading.Thread(target=self._work, name="distill-writer", daemon=True).start()
+
+    def wait(self) -> None:
+        with self._lock:
+            while self._running:
+                self._lock.wait()
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
 
 
 def _read(path: Path) -> tuple[dict[str, Tensor], dict[str, str]]:
@@ -165,9 +258,12 @@ def save_weights(
     path: str | os.PathLike,
     weights: torch.nn.Module | dict[str, Tensor],
     info: dict | None = None,
+    *,
+    writer: BackgroundWriter | None = None,
 ) -> None:
     """A model's weights (the module or its state dict) as a plain safetensors file (for
-    deployment), with JSON `info` and a SHA-256 of the tensors checked on every load."""
+    deployment), with JSON `info` and a SHA-256 of the tensors checked on every load (with
+    a `writer`, the tensors are copied now and written on its thread)."""
     info = dict(info or {})
     if isinstance(weights, torch.nn.Module):
         from distill.compress.structure import structure_of
@@ -177,8 +273,7 @@ def save_weights(
     state = weights.state_dict() if isinstance(weights, torch.nn.Module) else weights
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in state.items()}
     info_json = json.dumps(info)
-    meta = {"distill_info": info_json, "sha256": _digest(tensors, info_json)}
-    atomic_write_bytes(path, st_save(tensors, metadata=meta))
+    _write_later(path, tensors, info_json, {"distill_info": info_json}, writer)
 
 
 def _is_torch_file(head: bytes) -> bool:

@@ -5,6 +5,7 @@ placement (devices, shards, compile), checkpoints, progress and signals."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 import sys
 import time
@@ -17,6 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 from distill import distributed
+from distill.checkpoint import BackgroundWriter
 from distill.data import Augmentation
 from distill.data.loading import is_stream, set_epoch
 from distill.errors import ConfigError, DataError
@@ -28,7 +30,7 @@ from distill.loop.loss_sums import LossSums
 from distill.loop.optim import lr_factor, lr_groups, make_optimizer, resolve_device
 from distill.loop.placement import autocast, shard_models, speed_up
 from distill.loop.progress import EpochProgress, stop_on_signals
-from distill.loop.resume import restore, save, save_best, summary
+from distill.loop.resume import prepare_fit, restore, save, save_best, summary
 from distill.loop.rng import seed_everything  # noqa: F401  (re-exported)
 from distill.schemes.contract import Contract, Scheme
 from distill.settings import TrainSettings
@@ -85,6 +87,7 @@ class Trainer:
         self.losses = LossSums()  # the running epoch's logged losses
         self._step_losses: list[dict[str, torch.Tensor]] = []  # this optimizer step's
         self.guard = NonFiniteGuard(self)  # NaN/inf losses and gradients stop a step
+        self.writer = BackgroundWriter()  # checkpoints written while training goes on
         self.feed = BatchFeed(self)  # this epoch's batches, prefetched or streamed
         self._stop_signal: str | None = None
         self._restored = False
@@ -102,8 +105,9 @@ class Trainer:
         return self.run_dir / "checkpoints"
 
     def save(self) -> None:
-        """The resume checkpoint (see `distill.loop.resume`)."""
+        """The resume checkpoint (see `distill.loop.resume`), on disk when this returns."""
         save(self)
+        self.writer.wait()
 
     def restore(self) -> None:
         """Continue from the run dir's resume checkpoint."""
@@ -149,20 +153,16 @@ class Trainer:
                     self.restore()
             else:
                 seed_everything(s.seed)
-            log = MetricsLog(self.run_dir)
-            if distributed.is_main():
-                log.keep_epochs_before(self.state["epoch"] + 1)
-            cache = self.contract.teacher_cache
-            if cache is not None:  # built (or checked) once, before the first step
-                if distributed.is_main():  # under torchrun rank 0 builds, the others open it
-                    cache.ensure()
-                distributed.barrier()
-                cache.ensure()
-            hook = self.contract.on_fit_start
-            if hook is not None:  # schemes that schedule by epoch learn its length
-                hook(self.total_steps, self.steps_per_epoch)
+            log = prepare_fit(self)  # the metrics log, the teacher cache, on_fit_start
             with stop_on_signals(self):
-                return self._run(log)
+                result = self._run(log)
+        except BaseException:
+            with contextlib.suppress(Exception):  # what is queued still lands on disk
+                self.writer.wait()
+            raise
+        else:
+            self.writer.wait()  # every checkpoint on disk before the run reports
+            return result
         finally:
             torch.use_deterministic_algorithms(previous_det)
 
@@ -257,10 +257,10 @@ class Trainer:
         stopped_by = self._stop_reason()
         if stopped_by is not None:
             self.feed.stop()  # lets the workers go
-            self.save()
+            save(self)
             return stopped_by
         if s.checkpoint_every_steps and st["step"] % s.checkpoint_every_steps == 0:
-            self.save()
+            save(self)
         return None
 
     def _end_stream_pass(self) -> str | None:
@@ -310,7 +310,7 @@ class Trainer:
             log.append(row)
         stop = s.early_stop_patience is not None and st["bad_epochs"] >= s.early_stop_patience
         if final or stop or done % s.checkpoint_every == 0:
-            self.save()
+            save(self)
         for callback in self.callbacks:
             callback(row)
         if s.progress and distributed.is_main():

@@ -1,6 +1,6 @@
 """The non-finite guard: a NaN or inf loss or gradient stops the step before the update,
-naming the term or the parameters and the last good checkpoint; a checkpoint holding
-non-finite values is never written (`non_finite_keys`)."""
+naming the term or the parameters and the last good checkpoint. (A checkpoint holding
+non-finite values is never written: `distill.checkpoint.save_checkpoint`'s only_finite.)"""
 
 from __future__ import annotations
 
@@ -11,24 +11,6 @@ import torch
 from distill import distributed
 from distill.checkpoint import load_checkpoint
 from distill.errors import CheckpointError, NonFiniteError
-
-
-def non_finite_keys(state: dict[str, Any], prefix: str = "") -> list[str]:
-    """Dotted keys of the floating-point tensors in a nested state that hold NaN or inf."""
-    bad = []
-    for key, value in state.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            bad += non_finite_keys(value, name + ".")
-        elif isinstance(value, (list, tuple)):
-            bad += non_finite_keys(dict(enumerate(value)), name + ".")
-        elif (
-            isinstance(value, torch.Tensor)
-            and value.is_floating_point()
-            and not bool(torch.isfinite(value).all())
-        ):
-            bad.append(name)
-    return bad
 
 
 class NonFiniteGuard:

@@ -14,7 +14,7 @@ from distill import distributed
 from distill.checkpoint import adapter_part, load_checkpoint, save_checkpoint, save_weights
 from distill.compress.structure import structure_of
 from distill.errors import CheckpointError, ConfigError
-from distill.loop.guard import non_finite_keys
+from distill.logs import MetricsLog
 from distill.loop.loss_sums import LossSums
 from distill.loop.rng import rng_state, set_rng_state
 
@@ -27,16 +27,16 @@ def save(t: Any) -> None:
     if not distributed.is_main():  # every rank holds the same state; one writes it
         t.losses.fold()
         return
-    bad = non_finite_keys({"modules": modules, "optimizer": optimizer})
-    if bad:  # keep the last good checkpoint: a resume must start from finite values
-        t.losses.fold()
+    step = t.state["step"]
+
+    def refuse(bad: list[str]) -> None:  # keep the last good one: a resume needs finite values
         shown = ", ".join(bad[:3]) + (" ..." if len(bad) > 3 else "")
         print(
-            f"checkpoint at step {t.state['step']} not written: non-finite values in "
-            f"{shown}; {t.guard.last_good()}",
+            f"checkpoint at step {step} not written: non-finite values in {shown}; "
+            f"{t.guard.last_good()}",
             file=sys.stderr,
         )
-        return
+
     save_checkpoint(
         t.ckpt_dir / "last.safetensors",
         {
@@ -49,6 +49,8 @@ def save(t: Any) -> None:
             "epoch_count": t.losses.count,
             "rng": rng_state(t.aug_gen),
         },
+        writer=t.writer,  # the tensors are copied now, written while training goes on
+        only_finite=("modules.", "optimizer.", refuse),
     )
 
 
@@ -98,6 +100,7 @@ def save_best(t: Any, metrics: dict[str, float]) -> None:
                 "epoch": st["epoch"] + 1,
                 **{f"val_{k}": v for k, v in metrics.items()},
             },
+            writer=t.writer,
         )
 
 
@@ -118,3 +121,21 @@ def summary(
         "best_epoch": st["best_epoch"],
         "seconds": time.perf_counter() - started,
     }
+
+
+def prepare_fit(t: Any) -> MetricsLog:
+    """What `fit` does before the first step: the metrics log cut back to the restored
+    epoch, the teacher cache built (or checked) once, and the scheme told the plan."""
+    log = MetricsLog(t.run_dir)
+    if distributed.is_main():
+        log.keep_epochs_before(t.state["epoch"] + 1)
+    cache = t.contract.teacher_cache
+    if cache is not None:
+        if distributed.is_main():  # under torchrun rank 0 builds, the others open it
+            cache.ensure()
+        distributed.barrier()
+        cache.ensure()
+    hook = t.contract.on_fit_start
+    if hook is not None:  # schemes that schedule by epoch learn its length
+        hook(t.total_steps, t.steps_per_epoch)
+    return log
