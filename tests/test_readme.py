@@ -73,3 +73,50 @@ def test_the_methods_page_lists_every_loss_and_scheme():
     page = (ROOT / "docs" / "methods.md").read_text()
     missing = [n for n in [*LOSSES, *SCHEMES] if f"| `{n}` |" not in page]
     assert not missing, f"docs/methods.md has no row for {missing}"
+
+
+def test_the_readme_demo_output_has_the_shape_distill_demo_prints():
+    """The README's printed demo block, read back into a result, is exactly what
+    `format_demo` prints for it: the same header, columns, rows and closing lines (and the
+    printed gain is the difference of the printed accuracies)."""
+    import re
+
+    from distill.demo import format_demo
+
+    readme = (ROOT / "README.md").read_text()
+    block = re.search(r"```\n(distill demo: .*?)\n```", readme, re.S).group(1)
+    lines = block.splitlines()
+    head = re.match(
+        r"distill demo: (\w+), seed (\d+), (\d+) epochs per model; (\d+) labelled \+ (\d+) "
+        r"unlabelled training inputs, (\d+) test samples$",
+        lines[0],
+    )
+    assert head, lines[0]
+    rows = []
+    for line in lines[3:]:
+        if line.startswith("distillation vs scratch"):
+            break
+        model, acc, params, size, latency, agree = re.split(r"\s{2,}", line.strip())
+        rows.append(
+            {
+                "model": model,
+                "test_acc": float(acc.rstrip("%")) / 100,
+                "params": int(params.replace(",", "")),
+                "size_bytes": float(size.split()[0]) * 1024,
+                "latency_ms": float(latency.split()[0]) / 1000,
+                "agreement": float(agree.rstrip("%")) / 100,
+            }
+        )
+    acc = {r["model"]: r["test_acc"] for r in rows}
+    result = {
+        "dataset": head.group(1),
+        "seed": int(head.group(2)),
+        "epochs": int(head.group(3)),
+        "train_labelled": int(head.group(4)),
+        "train_unlabelled": int(head.group(5)),
+        "test_samples": int(head.group(6)),
+        "kd_gain": acc["student-kd"] - acc["student-scratch"],
+        "rows": rows,
+    }
+    assert [r["model"] for r in rows] == ["teacher", "student-scratch", "student-kd"]
+    assert format_demo(result) == block

@@ -25,8 +25,7 @@ A domain plugs in by an entry in a table (`"module:attr"`, imported on first use
 lower layers never import it.
 """
 
-import importlib
-from typing import Any
+from distill.registry import lazy_exports
 
 # Each public name and the module it lives in. They are imported on first use (PEP 562),
 # so `import distill` and the CLI's `--help` do not import torch and every domain.
@@ -69,12 +68,7 @@ _EXPORTS = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        value = getattr(importlib.import_module(_EXPORTS[name]), name)
-        globals()[name] = value  # later lookups skip this function
-        return value
-    raise AttributeError(f"module 'distill' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _EXPORTS)
 
 
 def __dir__() -> list[str]:

@@ -23,6 +23,20 @@ def resolve(ref: str) -> Any:
     return obj
 
 
+def lazy_exports(package: str, homes: dict[str, str]) -> Callable[[str], Any]:
+    """A module `__getattr__` (PEP 562) that imports each name of `homes` (name -> module)
+    from its module on first use, so importing `package` stays light."""
+
+    def __getattr__(name: str) -> Any:
+        if name in homes:
+            value = getattr(importlib.import_module(homes[name]), name)
+            sys.modules[package].__dict__[name] = value  # later lookups skip this function
+            return value
+        raise AttributeError(f"module {package!r} has no attribute {name!r}")
+
+    return __getattr__
+
+
 def _top(module_name: str | None) -> str:
     return (module_name or "").split(".")[0]
 

@@ -6,8 +6,7 @@ Nothing here imports `transformers` (or torch) at import time; the names below, 
 `distill.DistillationTrainer`, load on first use.
 """
 
-import importlib
-from typing import Any
+from distill.registry import lazy_exports
 
 _HOME = {
     "TOKEN_DIVERGENCES": "distill.llm.divergences",
@@ -22,10 +21,7 @@ _HOME = {
 }
 
 
-def __getattr__(name: str) -> Any:  # imported on first use: `import distill.llm` is light
-    if name in _HOME:
-        return getattr(importlib.import_module(_HOME[name]), name)
-    raise AttributeError(f"module 'distill.llm' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _HOME)
 
 
 __all__ = [

@@ -8,10 +8,8 @@ first used: importing this package imports neither torch nor any loss.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
 from distill.losses.table import LOSSES, LossSpec
+from distill.registry import lazy_exports
 
 _HOME = {
     "AdaptiveLevelImitation": "distill.losses.dense",
@@ -78,10 +76,7 @@ _HOME = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name in _HOME:
-        return getattr(importlib.import_module(_HOME[name]), name)
-    raise AttributeError(f"module 'distill.losses' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _HOME)
 
 
 __all__ = ["LOSSES", "LossSpec", *sorted(_HOME)]

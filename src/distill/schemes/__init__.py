@@ -17,9 +17,7 @@ them are loaded when first used.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
+from distill.registry import lazy_exports
 from distill.schemes.table import SCHEMES, SchemeSpec, TeacherUse, list_schemes
 
 _LAZY = {
@@ -33,10 +31,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'distill.schemes' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _LAZY)
 
 
 __all__ = [
