@@ -550,7 +550,39 @@ def build(
 ) -> Built:
     """Build everything a run needs. Raises ConfigError/CheckpointError on the first problem.
 
-    `data`: the config's data, when already loaded (`validate` loads it once)."""
+    `data`: the config's data, when already loaded (`validate` loads it once). The steps run
+    in a fixed order, since model and adapter initialisation draw from the seeded RNG."""
+    spec = _buildable(cfg)
+    seed_everything(cfg.train.seed)
+    data = data if data is not None else load_data(cfg.data)
+    models = _Models.load(cfg, spec, data, missing_weights_ok)
+    batch = _dry_batch(data)
+    objective, teacher_layers = _objective(cfg, spec, data, models, batch)
+    augment = _augmentation(cfg, data, batch)
+    plan, cache = _teacher_cache(cfg, data, models.teacher, teacher_layers, objective, augment)
+    ctx = SchemeContext(
+        student=models.student,
+        objective=objective,
+        data=data,
+        args=dict(cfg.scheme.args),
+        teacher=models.teacher,
+        teachers=models.teachers,
+        teacher_classes=[t.classes for t in cfg.teachers],
+        peers=models.peers,
+        augment=augment,
+        seed=cfg.train.seed,
+        teacher_cache=cache,
+    )
+    try:
+        scheme = spec.build(ctx)
+    except (ValueError, RuntimeError, TypeError) as e:
+        raise ConfigError(f"scheme {cfg.scheme.name!r}: {str(e).splitlines()[0]}") from None
+    hooks = _step_hooks(cfg, models.student)
+    return Built(cfg, data, models.student, models.teacher, objective, scheme, augment, plan, hooks)
+
+
+def _buildable(cfg: ExperimentConfig) -> Any:
+    """The scheme's spec, once the names check out and the scheme builds in one run."""
     problems = name_problems(cfg)
     if problems:
         raise ConfigError("config has problems:\n  " + "\n  ".join(problems))
@@ -561,21 +593,38 @@ def build(
             f"(or distill.run.run_experiment), which trains each stage in turn"
         )
     _check_monitor(cfg.scheme.name, spec, cfg.train.monitor)
-    seed_everything(cfg.train.seed)  # model and adapter init depend on the run seed
-    data = data if data is not None else load_data(cfg.data)
-    ok = missing_weights_ok
+    return spec
 
-    def model(m: ModelConfig, role: str) -> nn.Module:
-        return load_model(m, data, role, missing_weights_ok=ok)
 
-    student = model(cfg.student, "student")
-    teacher = None
-    if cfg.teacher is not None and spec.teacher in ("required", "optional"):
-        teacher = model(cfg.teacher, "teacher")
-    teachers = [model(t, f"teachers.{i}") for i, t in enumerate(cfg.teachers)]
-    peers = [model(p, f"peers.{i}") for i, p in enumerate(cfg.peers)]
-    batch = _dry_batch(data)
-    offline = spec.taps_teacher
+@dataclass
+class _Models:
+    student: nn.Module
+    teacher: nn.Module | None
+    teachers: list[nn.Module]
+    peers: list[nn.Module]
+
+    @classmethod
+    def load(cls, cfg: ExperimentConfig, spec: Any, data: DataSplits, ok: bool) -> _Models:
+        """Student, then teacher, teachers and peers (this order: their init is seeded)."""
+
+        def model(m: ModelConfig, role: str) -> nn.Module:
+            return load_model(m, data, role, missing_weights_ok=ok)
+
+        student = model(cfg.student, "student")
+        teacher = None
+        if cfg.teacher is not None and spec.teacher in ("required", "optional"):
+            teacher = model(cfg.teacher, "teacher")
+        teachers = [model(t, f"teachers.{i}") for i, t in enumerate(cfg.teachers)]
+        peers = [model(p, f"peers.{i}") for i, p in enumerate(cfg.peers)]
+        return cls(student, teacher, teachers, peers)
+
+
+def _objective(
+    cfg: ExperimentConfig, spec: Any, data: DataSplits, models: _Models, batch: dict
+) -> tuple[Objective, list[str]]:
+    """The terms sized from a dry forward of both models (their tapped shapes), the class
+    counts checked; returns the objective and the teacher's tapped layers."""
+    student, teacher, offline = models.student, models.teacher, spec.taps_teacher
     student_layers = tapped_layers(t.student for t in cfg.objective.terms)
     teacher_layers = tapped_layers(t.teacher for t in cfg.objective.terms)
     student_k = _dry_knowledge(student, student_layers, batch, f"student {cfg.student.name}")
@@ -593,11 +642,7 @@ def build(
             for t in cfg.objective.terms
         )
         check_classes(
-            data,
-            student_k,
-            teacher_k,
-            padded=spec.family == "llm",
-            teacher_logits_read=logits_read,
+            data, student_k, teacher_k, padded=spec.family == "llm", teacher_logits_read=logits_read
         )
     if teacher_k is not None and _reads_input_grad(cfg):
         _add_input_grads(
@@ -612,9 +657,14 @@ def build(
     targets = getattr(data.train, "targets", None)
     if isinstance(targets, Tensor) and not targets.is_floating_point() and targets.dim() == 1:
         objective.all_labelled = bool((targets >= 0).all())
+    return objective, teacher_layers
+
+
+def _augmentation(cfg: ExperimentConfig, data: DataSplits, batch: dict) -> Callable | None:
+    """`data.augment` built and tried on the dry batch (bad args fail here, not mid-run)."""
     augment = build_augmentation([(a.name, a.args) for a in cfg.data.augment])
     if augment is not None:
-        try:  # bad augmentation args fail here, not in the first training step
+        try:
             augment(batch["input"].clone(), torch.Generator().manual_seed(0))
         except (TypeError, ValueError, RuntimeError) as e:
             raise ConfigError(
@@ -624,7 +674,18 @@ def build(
         problem = augmentation_problem(aug.name, data.input_shape)
         if problem is not None:
             raise ConfigError(f"data.augment.{i}: {problem}")
-    teacher_cache = None
+    return augment
+
+
+def _teacher_cache(
+    cfg: ExperimentConfig,
+    data: DataSplits,
+    teacher: nn.Module | None,
+    teacher_layers: list[str],
+    objective: Objective,
+    augment: Callable | None,
+) -> tuple[CachePlan, TeacherCache | None]:
+    """Whether the teacher's outputs are cached ahead of training (and the cache if so)."""
     disk_random = bool(getattr(data.train, "random", False))
     plan = plan_cache(
         cfg.train.cache,
@@ -638,51 +699,38 @@ def build(
         reads_input_grad=_reads_input_grad(cfg),
         sharded_teacher=cfg.train.distributed.teacher == "shard" and env_world_size() > 1,
     )
-    if plan.use:
-        teacher_cache = TeacherCache(
-            teacher,
-            data.train,
-            teacher_layers,
-            settings=cfg.train.cache,
-            augment=augment,
-            augment_spec=[a.model_dump(mode="json") for a in cfg.data.augment],
-            seed=cfg.train.seed,
-            epochs=cfg.train.epochs,
-            workers=cfg.train.workers,
-            log=_log if cfg.train.progress else lambda _m: None,
-            warn=_log,  # a damaged cache is said whatever train.progress is
-        )
-        if objective is not None:  # e.g. KD's soft targets, computed once per sample
-            for key, fn in objective.prepared_teacher().items():
-                teacher_cache.derive(key, fn)
-    ctx = SchemeContext(
-        student=student,
-        objective=objective,
-        data=data,
-        args=dict(cfg.scheme.args),
-        teacher=teacher,
-        teachers=teachers,
-        teacher_classes=[t.classes for t in cfg.teachers],
-        peers=peers,
+    if not plan.use:
+        return plan, None
+    cache = TeacherCache(
+        teacher,
+        data.train,
+        teacher_layers,
+        settings=cfg.train.cache,
         augment=augment,
+        augment_spec=[a.model_dump(mode="json") for a in cfg.data.augment],
         seed=cfg.train.seed,
-        teacher_cache=teacher_cache,
+        epochs=cfg.train.epochs,
+        workers=cfg.train.workers,
+        log=_log if cfg.train.progress else lambda _m: None,
+        warn=_log,  # a damaged cache is said whatever train.progress is
     )
-    try:
-        scheme = spec.build(ctx)
-    except (ValueError, RuntimeError, TypeError) as e:
-        raise ConfigError(f"scheme {cfg.scheme.name!r}: {str(e).splitlines()[0]}") from None
-    step_hooks: list[Any] = []
-    if cfg.student.sparsity is not None:
-        from distill.compress.prune import SparsityKeeper
+    for key, fn in objective.prepared_teacher().items():  # e.g. KD's soft targets, once
+        cache.derive(key, fn)
+    return plan, cache
 
-        if cfg.train.distributed.student == "shard":
-            raise ConfigError(
-                "student.sparsity prunes whole weight tensors and cannot run on a sharded "
-                "student; set train.distributed.student: replicate"
-            )
-        step_hooks.append(SparsityKeeper(student, cfg.student.sparsity))
-    return Built(cfg, data, student, teacher, objective, scheme, augment, plan, step_hooks)
+
+def _step_hooks(cfg: ExperimentConfig, student: nn.Module) -> list[Any]:
+    """What runs after every optimizer step besides the scheme: pruning masks."""
+    if cfg.student.sparsity is None:
+        return []
+    from distill.compress.prune import SparsityKeeper
+
+    if cfg.train.distributed.student == "shard":
+        raise ConfigError(
+            "student.sparsity prunes whole weight tensors and cannot run on a sharded "
+            "student; set train.distributed.student: replicate"
+        )
+    return [SparsityKeeper(student, cfg.student.sparsity)]
 
 
 def _check_monitor(name: str, spec: Any, monitor: str) -> None:
