@@ -392,12 +392,8 @@ def os_error_message(e: OSError) -> str:
     return f"cannot use {str(path)!r}: {what} ({code}); {fix}"
 
 
-def make_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="distill", description="Knowledge distillation for PyTorch."
-    )
-    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
-    sub = parser.add_subparsers(dest="command", required=True)
+def _add_run_commands(sub: argparse._SubParsersAction) -> None:
+    """Subcommands run, validate, layers."""
 
     p = sub.add_parser("run", help="train per a YAML config")
     p.add_argument("config")
@@ -441,6 +437,9 @@ def make_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(fn=_cmd_layers)
 
+
+def _add_export_data_lm_commands(sub: argparse._SubParsersAction) -> None:
+    """Subcommands export, datasets, sample-data, methods, lm-cache, lm-demo."""
     p = sub.add_parser(
         "export",
         help="a run's best student as a HF or sentence-transformers folder, ONNX, TorchScript",
@@ -488,6 +487,9 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=_cmd_lm_demo)
 
+
+def _add_generation_commands(sub: argparse._SubParsersAction) -> None:
+    """Subcommands generate, reasoning-demo, schemes."""
     p = sub.add_parser(
         "generate", help="ask a black-box teacher (HTTP or local) for responses -> JSONL"
     )
@@ -520,6 +522,9 @@ def make_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(fn=_cmd_schemes)
 
+
+def _add_measure_commands(sub: argparse._SubParsersAction) -> None:
+    """Subcommands eval, report, compress, interpret."""
     p = sub.add_parser(
         "eval", help="metrics, robustness and cost of a finished run (writes eval.json)"
     )
@@ -570,6 +575,9 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="key.path=value overrides")
     p.set_defaults(fn=_cmd_interpret)
 
+
+def _add_workflow_commands(sub: argparse._SubParsersAction) -> None:
+    """Subcommands federated, bench, tune, demo."""
     p = sub.add_parser(
         "federated",
         help="clients share predictions on a public set; a server model is distilled from them",
@@ -605,6 +613,19 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/demo", help="parent dir of the three run dirs")
     p.add_argument("--json", action="store_true", help="print the table as JSON")
     p.set_defaults(fn=_cmd_demo)
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="distill", description="Knowledge distillation for PyTorch."
+    )
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_run_commands(sub)
+    _add_export_data_lm_commands(sub)
+    _add_generation_commands(sub)
+    _add_measure_commands(sub)
+    _add_workflow_commands(sub)
     return parser
 
 
