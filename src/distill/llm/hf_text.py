@@ -210,7 +210,7 @@ def load_hf_text(
     test_samples: int = 0,
 ) -> DataSplits:
     """Token rows of a local Hugging Face text dataset (see the module docstring)."""
-    from distill.data.hub import _open, _pick_split
+    from distill.data.hub import _open
 
     if length < 2:
         raise ConfigError(f"data.options.length must be >= 2, got {length}")
@@ -232,32 +232,10 @@ def load_hf_text(
             "map-style data is shuffled by the loop and split by val_fraction / test_fraction"
         )
     splits = _open(path, format, data_files, None, streaming=False)
-    train_name = _pick_split(splits, train_split, ("train",), "train")
-    if train_name is None:
-        raise DataError(
-            f"dataset 'hf_text': {path!r} has splits {list(splits.keys())} and none is called "
-            f"train; set data.options.train_split"
-        )
-    train = splits[train_name]
-    val_name = _pick_split(splits, val_split, VAL_NAMES, "validation")
-    test_name = _pick_split(splits, test_split, ("test",), "test")
-    order = list(range(len(train)))
-    random.Random(split_seed).shuffle(order)
-    carve_val = 0 if val_name else max(1, int(len(order) * val_fraction))
-    carve_test = 0 if test_name else max(1, int(len(order) * test_fraction))
-    if len(order) - carve_val - carve_test < 1:
-        raise DataError(
-            f"dataset 'hf_text': {path!r} has {len(order)} training rows, too few to carve "
-            f"validation and test splits from; give more rows or val/test splits"
-        )
-    parts = {
-        "val": splits[val_name] if val_name else train.select(order[:carve_val]),
-        "test": splits[test_name]
-        if test_name
-        else train.select(order[carve_val : carve_val + carve_test]),
-    }
-    kept = sorted(order[carve_val + carve_test :])
-    parts["train"] = train.select(kept[:max_train_rows] if max_train_rows else kept)
+    names = {"train": train_split, "val": val_split, "test": test_split}
+    parts = _map_parts(splits, path, names, val_fraction, test_fraction, split_seed)
+    if max_train_rows:
+        parts["train"] = parts["train"].select(range(min(max_train_rows, len(parts["train"]))))
     tok = open_tokenizer(tokenizer, _texts(parts["train"]), vocab_size)
     name = Path(path).name or path
     data = {k: rows_of(v, tok, length, f"dataset 'hf_text' {name}/{k}") for k, v in parts.items()}
@@ -270,6 +248,44 @@ def load_hf_text(
         num_classes=tok.vocab_size,
         tokenizer=tok,
     )
+
+
+def _train_split(splits: Any, wanted: str | None, path: str) -> str:
+    from distill.data.hub import _pick_split
+
+    name = _pick_split(splits, wanted, ("train",), "train")
+    if name is None:
+        raise DataError(
+            f"dataset 'hf_text': {path!r} has splits {list(splits.keys())} and none is called "
+            f"train; set data.options.train_split"
+        )
+    return name
+
+
+def _map_parts(
+    splits: Any, path: str, wanted: dict, val_fraction: float, test_fraction: float, seed: int
+) -> dict[str, Any]:
+    """train / val / test: the data's own splits, or rows carved from train (seeded)."""
+    from distill.data.hub import _pick_split
+
+    train = splits[_train_split(splits, wanted["train"], path)]
+    val_name = _pick_split(splits, wanted["val"], VAL_NAMES, "validation")
+    test_name = _pick_split(splits, wanted["test"], ("test",), "test")
+    order = list(range(len(train)))
+    random.Random(seed).shuffle(order)
+    carve_val = 0 if val_name else max(1, int(len(order) * val_fraction))
+    carve_test = 0 if test_name else max(1, int(len(order) * test_fraction))
+    if len(order) - carve_val - carve_test < 1:
+        raise DataError(
+            f"dataset 'hf_text': {path!r} has {len(order)} training rows, too few to carve "
+            f"validation and test splits from; give more rows or val/test splits"
+        )
+    carved_test = order[carve_val : carve_val + carve_test]
+    return {
+        "val": splits[val_name] if val_name else train.select(order[:carve_val]),
+        "test": splits[test_name] if test_name else train.select(carved_test),
+        "train": train.select(sorted(order[carve_val + carve_test :])),
+    }
 
 
 def _streamed(
@@ -289,12 +305,7 @@ def _streamed(
     training then skips)."""
     from distill.data.hub import _pick_split
 
-    train_name = _pick_split(splits, wanted["train"], ("train",), "train")
-    if train_name is None:
-        raise DataError(
-            f"dataset 'hf_text': {path!r} has splits {list(splits.keys())} and none is called "
-            f"train; set data.options.train_split"
-        )
+    train_name = _train_split(splits, wanted["train"], path)
     stream, name = splits[train_name], Path(path).name or path
     val_name = _pick_split(splits, wanted["val"], VAL_NAMES, "validation")
     test_name = _pick_split(splits, wanted["test"], ("test",), "test")
