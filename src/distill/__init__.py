@@ -15,8 +15,9 @@ imports included, by `tests/test_layers.py`):
    the domains' datasets the same way), metrics and evaluation, compression ops;
 3. **schemes and domains**: every scheme (`schemes`) and the domains that bring their own
    schemes, data and models (`llm`, `embed`, `mlm`, `dense`, `diffusion`, `paradigms`);
-4. **loop**: the `Trainer` (it reads a scheme only through `schemes.contract`) and the
-   teacher cache;
+4. **loop**: the `Trainer` (it reads a scheme only through `schemes.contract`), its parts in
+   `distill.loop` (optimizer and schedule, random state, non-finite guard, batch feed,
+   placement, checkpoints written on a background thread, progress), and the teacher cache;
 5. **app**: `build` (the objects a config names), `validate`, `run` and `stages`, the CLI
    and its commands (demos, bench, tune, eval, export, compress, pipelines such as
    lifelong learning and federated distillation).
