@@ -50,6 +50,16 @@ def _tokenizer(kind: str):
     return fast
 
 
+def _pair(vocab: int):
+    """A tiny GPT-2 teacher (16 wide) and student (8 wide) over `vocab` tokens, seeded."""
+    from distill.models import build_model
+
+    arch = {"arch": "gpt2", "n_layer": 1, "n_head": 2}
+    torch.manual_seed(0)
+    teacher = build_model("hf_causal_lm", (32,), vocab, {**arch, "n_embd": 16})
+    return teacher, build_model("hf_causal_lm", (32,), vocab, {**arch, "n_embd": 8})
+
+
 def _supervised(tok, row) -> list[str]:
     return [
         tok.convert_ids_to_tokens(i) for i, y in zip(row["input_ids"], row["labels"]) if y != -100
@@ -102,17 +112,9 @@ def test_distillation_trainer_takes_a_chat_dataset_and_processing_class(tmp_path
     from transformers import TrainingArguments
 
     from distill import DistillationTrainer
-    from distill.models import build_model
 
     tok = _tokenizer("chatml")
-    n = len(tok)
-    torch.manual_seed(0)
-    teacher = build_model(
-        "hf_causal_lm", (32,), n, {"arch": "gpt2", "n_embd": 16, "n_layer": 1, "n_head": 2}
-    )
-    student = build_model(
-        "hf_causal_lm", (32,), n, {"arch": "gpt2", "n_embd": 8, "n_layer": 1, "n_head": 2}
-    )
+    teacher, student = _pair(len(tok))
     data = datasets.Dataset.from_list([{"messages": CHAT}] * 8)
     args = TrainingArguments(
         output_dir=str(tmp_path),
@@ -148,13 +150,9 @@ def test_distillation_trainer_trains_on_a_streamed_chat_dataset(tmp_path):
     from transformers import TrainingArguments
 
     from distill import DistillationTrainer
-    from distill.models import build_model
 
     tok = _tokenizer("chatml")
-    arch = {"arch": "gpt2", "n_layer": 1, "n_head": 2}
-    torch.manual_seed(0)
-    teacher = build_model("hf_causal_lm", (32,), len(tok), {**arch, "n_embd": 16})
-    student = build_model("hf_causal_lm", (32,), len(tok), {**arch, "n_embd": 8})
+    teacher, student = _pair(len(tok))
     stream = datasets.Dataset.from_list([{"messages": CHAT}] * 8).to_iterable_dataset()
     args = TrainingArguments(
         output_dir=str(tmp_path),

@@ -45,6 +45,20 @@ def _conversations(n: int, seed: int = 0) -> list[dict]:
     return rows
 
 
+def _trained_teacher(tmp_path, opts: dict) -> dict:
+    """A GPT-2 trained on the hf_text data `opts` names (its config, for the KD runs)."""
+    teacher = {
+        "name": "t",
+        "run_dir": str(tmp_path / "t"),
+        "scheme": "supervised",
+        "data": {"name": "hf_text", "options": opts},
+        "student": GPT2,
+        "train": TRAIN,
+    }
+    assert run_experiment(parse_config(teacher))["complete"]
+    return teacher
+
+
 def _write(tmp_path, rows: list[dict], kind: str = "chatml") -> tuple[str, str]:
     """The rows as a save_to_disk folder with train/test splits, and a tokenizer folder."""
     data = tmp_path / "data"
@@ -117,15 +131,7 @@ def test_lm_kd_on_a_chat_dataset_from_yaml_exports_with_its_tokenizer(tmp_path):
 
     data, tok_dir = _write(tmp_path, _conversations(60))
     opts = {"path": data, "tokenizer": tok_dir, "length": 24}
-    teacher = {
-        "name": "t",
-        "run_dir": str(tmp_path / "t"),
-        "scheme": "supervised",
-        "data": {"name": "hf_text", "options": opts},
-        "student": GPT2,
-        "train": TRAIN,
-    }
-    assert run_experiment(parse_config(teacher))["complete"]
+    teacher = _trained_teacher(tmp_path, opts)
     kd = {
         **teacher,
         "name": "kd",
@@ -208,15 +214,7 @@ def test_lm_kd_streams_a_chat_dataset(tmp_path):
         load_hf_text(**opts, streaming=True, test_samples=4)
     with pytest.raises(ConfigError, match="for streaming: true"):
         load_hf_text(**opts, val_samples=4)
-    teacher = {
-        "name": "t",
-        "run_dir": str(tmp_path / "t"),
-        "scheme": "supervised",
-        "data": {"name": "hf_text", "options": opts},
-        "student": GPT2,
-        "train": TRAIN,
-    }
-    assert run_experiment(parse_config(teacher))["complete"]
+    teacher = _trained_teacher(tmp_path, opts)
     stream_opts = {**opts, "streaming": True, "val_samples": 4, "test_samples": 4}
     kd = {
         **teacher,
