@@ -153,16 +153,8 @@ def load_hf(
     **options: Any,
 ) -> LazyData | DataSplits:
     """A local Hugging Face dataset for classification (see the module docstring)."""
-    text_options = {k: options.pop(k) for k in ("tokenizer", "max_length") if k in options}
-    train_tf, eval_tf = _transforms(options, "hf")
-    if text is not None:  # one text column, tokenized on access
-        input = text
-        train_tf = eval_tf = text_pipeline(text_options, "hf")
-    elif text_options:
-        raise ConfigError(
-            "dataset 'hf': tokenizer and max_length apply to a text column; name it with "
-            "text: <column>"
-        )
+    train_tf, eval_tf = _hf_transforms(options, text)
+    input = text if text is not None else input  # one text column, tokenized on access
     _no_other_options("hf", options, load_hf)
     splits = _open(path, format, data_files, data_dir, streaming)
     _pick_split(splits, train_split, (), "train")
@@ -171,25 +163,7 @@ def load_hf(
         "test": _pick_split(splits, test_split, TEST_SPLITS, "test"),
         "val": _pick_split(splits, val_split, (), "validation") if val_split else None,
     }
-    train = splits[train_split]
-    columns = list(train.column_names or [])
-    if not columns:  # a stream may not know its columns until read
-        columns = list(next(iter(train)).keys())
-    if label is None:
-        label = next((c for c in LABEL_COLUMNS if c in columns), None)
-        if label is None:
-            raise DataError(
-                f"dataset 'hf': {path!r} has no column named like a label {list(LABEL_COLUMNS)}; "
-                f"say which one with label: <column> (its columns are {columns[:12]})"
-            )
-    inputs = [input] if isinstance(input, str) else input
-    cols = _Columns(
-        path,
-        inputs or _default_input(columns, train.features, label),
-        label,
-        mode,
-        text is not None,
-    )
+    cols = _columns_of(splits[train_split], path, input, label, mode, text is not None)
     if streaming:
         if shuffle_buffer is not None and shuffle_buffer < 1:
             raise ConfigError("dataset 'hf': shuffle_buffer must be >= 1")
@@ -211,6 +185,41 @@ def load_hf(
         )
     return _map_style(
         splits, names, cols, train_tf, eval_tf, test_fraction, num_classes, class_names
+    )
+
+
+def _hf_transforms(options: dict[str, Any], text: str | None) -> tuple[Pipeline, Pipeline]:
+    """The train and eval pipelines: the named transforms, or tokenisation of a text column
+    (the `tokenizer` and `max_length` options, taken out of `options`)."""
+    text_options = {k: options.pop(k) for k in ("tokenizer", "max_length") if k in options}
+    train_tf, eval_tf = _transforms(options, "hf")
+    if text is not None:
+        train_tf = eval_tf = text_pipeline(text_options, "hf")
+    elif text_options:
+        raise ConfigError(
+            "dataset 'hf': tokenizer and max_length apply to a text column; name it with "
+            "text: <column>"
+        )
+    return train_tf, eval_tf
+
+
+def _columns_of(
+    train: Any, path: str, input: Any, label: str | None, mode: str, text: bool
+) -> _Columns:
+    """Which columns are the input and the label (found by name when not given)."""
+    columns = list(train.column_names or [])
+    if not columns:  # a stream may not know its columns until read
+        columns = list(next(iter(train)).keys())
+    if label is None:
+        label = next((c for c in LABEL_COLUMNS if c in columns), None)
+        if label is None:
+            raise DataError(
+                f"dataset 'hf': {path!r} has no column named like a label {list(LABEL_COLUMNS)}; "
+                f"say which one with label: <column> (its columns are {columns[:12]})"
+            )
+    inputs = [input] if isinstance(input, str) else input
+    return _Columns(
+        path, inputs or _default_input(columns, train.features, label), label, mode, text
     )
 
 

@@ -220,34 +220,47 @@ def load_dataset(
     sequence). `view` turns the inputs into another
     modality and `paired` keeps a second modality beside them (see `distill.data.views`).
     """
+    from distill.data.disk_splits import SplitOptions, split_prepared
+    from distill.data.files import LazyData
+
+    raw = _call_loader(name, options)
+    if not isinstance(raw, DataSplits | LazyData):
+        raw = _as_raw(raw, name)
+    if isinstance(raw, LazyData | DataSplits):  # index lists: split without loading
+        split = SplitOptions(
+            val_fraction, split_seed, train_samples, unlabeled, classes, task_classes,
+            label_map, view, paired,
+        )  # fmt: skip
+        return split_prepared(raw, name, split)
+    raw, num_classes = _relabelled(check_raw(raw, name), name, classes, task_classes, label_map)
+    if view is not None or paired is not None:
+        raw = with_views(raw, view, paired)
+    return make_splits(
+        raw,
+        val_fraction=val_fraction,
+        split_seed=split_seed,
+        train_samples=train_samples,
+        unlabeled=unlabeled,
+        num_classes=num_classes,
+    )
+
+
+def _call_loader(name: str, options: dict[str, Any]) -> Any:
     loader = lookup("dataset", name, DATASETS)
     try:
-        raw = loader(**options)
+        return loader(**options)
     except TypeError as e:
         raise ConfigError(
             f"dataset {name!r}: {e}; its loader is called with the entries of data.options as "
             f"keyword arguments (options: {{n: 500}} calls it with n=500): set them there"
         ) from None
-    from distill.data.files import LazyData
 
-    if not isinstance(raw, DataSplits | LazyData):
-        raw = _as_raw(raw, name)
-    if isinstance(raw, LazyData | DataSplits):
-        from distill.data.disk_splits import SplitOptions, split_prepared
 
-        options = SplitOptions(
-            val_fraction,
-            split_seed,
-            train_samples,
-            unlabeled,
-            classes,
-            task_classes,
-            label_map,
-            view,
-            paired,
-        )
-        return split_prepared(raw, name, options)
-    raw = check_raw(raw, name)
+def _relabelled(
+    raw: RawData, name: str, classes: Any, task_classes: Any, label_map: Any
+) -> tuple[RawData, int | None]:
+    """`raw` with its class subset, task or label map applied, and the class count to keep
+    (None: counted from the labels)."""
     if ":" in name and raw.num_classes is None:  # the user's loader: say what was inferred
         n = int(max(raw.train[1].max(), raw.test[1].max())) + 1
         print(
@@ -262,13 +275,4 @@ def load_dataset(
         raw = keep_task(raw, task_classes)
     if label_map is not None:
         raw, num_classes = map_labels(raw, label_map), None
-    if view is not None or paired is not None:
-        raw = with_views(raw, view, paired)
-    return make_splits(
-        raw,
-        val_fraction=val_fraction,
-        split_seed=split_seed,
-        train_samples=train_samples,
-        unlabeled=unlabeled,
-        num_classes=num_classes,
-    )
+    return raw, num_classes
