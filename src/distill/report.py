@@ -93,11 +93,11 @@ def pareto_front(points: list[tuple[float, float]]) -> list[int]:
 
 
 def _figures(runs: list[dict[str, Any]]) -> dict[str, bytes]:
+    """Every figure of the report, as PNG bytes by name."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import matplotlib.ticker
 
     def png(fig) -> bytes:
         buf = io.BytesIO()
@@ -105,7 +105,21 @@ def _figures(runs: list[dict[str, Any]]) -> dict[str, bytes]:
         plt.close(fig)
         return buf.getvalue()
 
-    out: dict[str, bytes] = {}
+    out = {"curves": png(_curves_figure(plt, runs))}
+    out["reliability"] = png(_reliability_figure(plt, runs))
+    for key, cost, label in (
+        ("pareto_latency", "latency_p50_ms", "latency p50 (ms)"),
+        ("pareto_size", "size_bytes", "size on disk (KiB)"),
+    ):
+        out[key] = png(_pareto_figure(plt, runs, cost, label))
+    out["per_class"] = png(_per_class_figure(plt, runs))
+    return out
+
+
+def _curves_figure(plt: Any, runs: list[dict[str, Any]]) -> Any:
+    """Training loss and validation accuracy per epoch, one line per run."""
+    import matplotlib.ticker
+
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.5))
     for run in runs:
         epochs = [r["epoch"] for r in run["curves"]]
@@ -120,8 +134,11 @@ def _figures(runs: list[dict[str, Any]]) -> dict[str, bytes]:
     ax1.set(xlabel="epoch", ylabel="train loss", title="Training loss")
     ax2.set(xlabel="epoch", ylabel="val accuracy %", title="Validation accuracy")
     ax2.legend(fontsize=8)
-    out["curves"] = png(fig)
+    return fig
 
+
+def _reliability_figure(plt: Any, runs: list[dict[str, Any]]) -> Any:
+    """A reliability diagram per run (accuracy against confidence, with its ECE)."""
     fig, axes = plt.subplots(
         1,
         len(runs),
@@ -144,35 +161,30 @@ def _figures(runs: list[dict[str, Any]]) -> dict[str, bytes]:
             ylabel="accuracy" if i == 0 else None,
             title=f"{run['name']}\nECE {100 * run['eval']['metrics']['ece']:.2f}%",
         )
-    out["reliability"] = png(fig)
+    return fig
 
-    for key, cost, label in (
-        ("pareto_latency", "latency_p50_ms", "latency p50 (ms)"),
-        ("pareto_size", "size_bytes", "size on disk (KiB)"),
-    ):
-        scale = 1 / 1024 if cost == "size_bytes" else 1.0
-        points = [
-            (run["eval"]["cost"][cost] * scale, 100 * run["eval"]["metrics"]["top1"])
-            for run in runs
-        ]
-        fig, ax = plt.subplots(figsize=(5, 3.5))
-        for (x, y), run in zip(points, runs):
-            ax.scatter(x, y)
-            ax.annotate(run["name"], (x, y), fontsize=8, xytext=(3, 3), textcoords="offset points")
-        front = pareto_front(points)
-        ax.plot(
-            [points[i][0] for i in front],
-            [points[i][1] for i in front],
-            "k--",
-            lw=1,
-            label="Pareto front",
-        )
-        ax.set(xlabel=label, ylabel="test top-1 %", title=f"Accuracy vs {label.split(' (')[0]}")
-        ax.legend(fontsize=8)
-        out[key] = png(fig)
 
-    out["per_class"] = png(_per_class_figure(plt, runs))
-    return out
+def _pareto_figure(plt: Any, runs: list[dict[str, Any]], cost: str, label: str) -> Any:
+    """Test accuracy against one cost, each run a point, the Pareto front dashed."""
+    scale = 1 / 1024 if cost == "size_bytes" else 1.0
+    points = [
+        (run["eval"]["cost"][cost] * scale, 100 * run["eval"]["metrics"]["top1"]) for run in runs
+    ]
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for (x, y), run in zip(points, runs):
+        ax.scatter(x, y)
+        ax.annotate(run["name"], (x, y), fontsize=8, xytext=(3, 3), textcoords="offset points")
+    front = pareto_front(points)
+    ax.plot(
+        [points[i][0] for i in front],
+        [points[i][1] for i in front],
+        "k--",
+        lw=1,
+        label="Pareto front",
+    )
+    ax.set(xlabel=label, ylabel="test top-1 %", title=f"Accuracy vs {label.split(' (')[0]}")
+    ax.legend(fontsize=8)
+    return fig
 
 
 def _per_class_figure(plt: Any, runs: list[dict[str, Any]]) -> Any:
