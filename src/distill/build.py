@@ -129,33 +129,7 @@ def _scheme_problems(cfg: ExperimentConfig, spec: Any) -> list[str]:
             parse_args(spec.args, cfg.scheme.args, name)
         except ConfigError as e:
             problems.append(str(e))
-    if spec.teacher == "required" and cfg.teacher is None:
-        problems.append(f"teacher: the {name} scheme needs a teacher section (name, args, weights)")
-    if (
-        spec.teacher == "required"
-        and cfg.teacher is not None
-        and cfg.teacher.weights is None
-        and cfg.teacher.name not in PRETRAINED_MODELS
-    ):
-        problems.append(
-            "teacher.weights: an offline teacher must be trained; give its .safetensors file or run dir"
-        )
-    if spec.teacher == "none" and cfg.teacher is not None and not spec.teacher_for_metrics:
-        problems.append(f"teacher: the {name} scheme uses no separate teacher; remove this section")
-    if spec.teacher == "teachers":
-        if len(cfg.teachers) < 2:
-            problems.append(f"teachers: the {name} scheme needs two or more trained teachers")
-        problems += [
-            f"teachers.{i}.weights: each teacher must be trained; give its weights or run dir"
-            for i, t in enumerate(cfg.teachers)
-            if t.weights is None
-        ]
-        if cfg.teacher is not None:
-            problems.append(
-                f"teacher: the {name} scheme reads its teachers from teachers: (a list)"
-            )
-    elif cfg.teachers:
-        problems.append(f"teachers: only multi_teacher uses a teachers list, not {name}")
+    problems += _teacher_problems(cfg, spec)
     if cfg.data.paired is not None and not spec.paired_data:
         problems.append(
             f"data.paired: cross-modal data (the teacher reads the paired modality) works with "
@@ -186,6 +160,41 @@ def _scheme_problems(cfg: ExperimentConfig, spec: Any) -> list[str]:
                 f"objective.terms may hold only teacher-free terms (e.g. tf_kd). Terms that "
                 f"read a teacher belong to scheme: offline"
             )
+    return problems
+
+
+def _teacher_problems(cfg: ExperimentConfig, spec: Any) -> list[str]:
+    """What the scheme's use of a teacher (none, required, optional, teachers) asks of the
+    config's teacher and teachers sections."""
+    problems, name = [], cfg.scheme.name
+    if spec.teacher == "required" and cfg.teacher is None:
+        problems.append(f"teacher: the {name} scheme needs a teacher section (name, args, weights)")
+    if (
+        spec.teacher == "required"
+        and cfg.teacher is not None
+        and cfg.teacher.weights is None
+        and cfg.teacher.name not in PRETRAINED_MODELS
+    ):
+        problems.append(
+            "teacher.weights: an offline teacher must be trained; give its .safetensors file or run dir"
+        )
+    if spec.teacher == "none" and cfg.teacher is not None and not spec.teacher_for_metrics:
+        problems.append(f"teacher: the {name} scheme uses no separate teacher; remove this section")
+    if spec.teacher == "teachers":
+        if len(cfg.teachers) < 2:
+            problems.append(f"teachers: the {name} scheme needs two or more trained teachers")
+        problems += [
+            f"teachers.{i}.weights: each teacher must be trained; give its weights or run dir"
+            for i, t in enumerate(cfg.teachers)
+            if t.weights is None
+        ]
+        if cfg.teacher is not None:
+            problems.append(
+                f"teacher: the {name} scheme reads its teachers from teachers: (a list)"
+            )
+    elif cfg.teachers:
+        users = ", ".join(k for k, v in SCHEMES.items() if v.teacher == "teachers")
+        problems.append(f"teachers: only the schemes {users} use a teachers list, not {name}")
     return problems
 
 

@@ -239,15 +239,7 @@ def load_hf_text(
     tok = open_tokenizer(tokenizer, _texts(parts["train"]), vocab_size)
     name = Path(path).name or path
     data = {k: rows_of(v, tok, length, f"dataset 'hf_text' {name}/{k}") for k, v in parts.items()}
-    return DataSplits(
-        name=f"hf_text:{name}",
-        train=data["train"],
-        val=data["val"],
-        test=data["test"],
-        input_shape=(length,),
-        num_classes=tok.vocab_size,
-        tokenizer=tok,
-    )
+    return _splits(name, data["train"], data["val"], data["test"], length, tok)
 
 
 def _train_split(splits: Any, wanted: str | None, path: str) -> str:
@@ -324,23 +316,21 @@ def _streamed(
     head = list(stream.take(n_val + n_test)) if n_val + n_test else []
     tok = open_tokenizer(tokenizer, _texts(head or stream), vocab_size)
     where = f"dataset 'hf_text' {name}"
-    if val_name:
-        val = rows_of(splits[val_name], tok, length, f"{where}/{val_name}")
-    else:
-        val = rows_of(head[:n_val], tok, length, f"{where}/val (head of the stream)")
-    if test_name:
-        test = rows_of(splits[test_name], tok, length, f"{where}/{test_name}")
-    else:
-        test = rows_of(head[n_val:], tok, length, f"{where}/test (head of the stream)")
-    skip = n_val + n_test
+
+    def whole(split: str | None, rows: list, role: str) -> TokenDataset:
+        if split is not None:
+            return rows_of(splits[split], tok, length, f"{where}/{split}")
+        return rows_of(rows, tok, length, f"{where}/{role} (head of the stream)")
+
+    val, test = whole(val_name, head[:n_val], "val"), whole(test_name, head[n_val:], "test")
+    origin = f"split {train_name!r} of {path!r}"
     train = TokenStream(
-        stream,
-        tok,
-        length,
-        f"split {train_name!r} of {path!r}",
-        skip=skip,
-        shuffle_buffer=shuffle_buffer,
+        stream, tok, length, origin, skip=n_val + n_test, shuffle_buffer=shuffle_buffer
     )
+    return _splits(name, train, val, test, length, tok)
+
+
+def _splits(name: str, train: Any, val: Any, test: Any, length: int, tok: Any) -> DataSplits:
     return DataSplits(
         name=f"hf_text:{name}",
         train=train,
