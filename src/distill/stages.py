@@ -263,8 +263,6 @@ def run_pipeline(
 def _run_stages(
     cfg: ExperimentConfig, run_dir: Path, resume: bool, callbacks, allow_changes, run_stage
 ) -> dict:
-    from distill.build import build, weights_path
-
     stages = expand(cfg)
     atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
     atomic_write_text(
@@ -300,6 +298,15 @@ def _run_stages(
             }
         if after is not None:
             after(cfg, i, stage)
+    return _finish_stages(cfg, run_dir, stages, results)
+
+
+def _finish_stages(
+    cfg: ExperimentConfig, run_dir: Path, stages: list[ExperimentConfig], results: list[dict]
+) -> dict:
+    """The last stage's weights as the run's, and results.json summing up the stages."""
+    from distill.build import build, weights_path
+
     final = stages[-1].resolved_run_dir()
     (run_dir / "checkpoints").mkdir(exist_ok=True)
     _copy_atomic(weights_path(str(final)), run_dir / "checkpoints" / "best.safetensors")
@@ -312,11 +319,7 @@ def _run_stages(
             {"stage": s.name, **{k: v for k, v in r.items() if k.startswith(("test_", "best_"))}}
             for s, r in zip(stages, results)
         ],
-        **{
-            k: v
-            for k, v in results[-1].items()
-            if k.startswith("test_") or k.startswith("teacher_")
-        },
+        **{k: v for k, v in results[-1].items() if k.startswith(("test_", "teacher_"))},
     }
     if cfg.scheme.name == "ban" and parse_args(BANArgs, cfg.scheme.args, "ban").ensemble:
         built = build(stages[-1])
