@@ -201,6 +201,35 @@ def with_views(raw: RawData, view: str | None, paired: str | None) -> RawData:
     return out
 
 
+def _labelled_rows(
+    name: str,
+    y: np.ndarray,
+    fit_idx: np.ndarray,
+    val_idx: np.ndarray,
+    train_samples: int | None,
+    unlabeled: bool,
+    seed: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The training rows and their labels: all, `train_samples` of them (stratified), or all
+    with only those labelled (`unlabeled`: the others get -1)."""
+    fit_y = y[fit_idx].copy()
+    if train_samples is None:
+        return fit_idx, fit_y
+    if train_samples > len(fit_idx):
+        raise DataError(
+            f"dataset {name!r}: data.train_samples={train_samples} but the training split "
+            f"has only {len(fit_idx)} samples (after {len(val_idx)} went to validation); lower "
+            f"it, or leave it out to keep every label"
+        )
+    labelled = stratified_take(fit_y, train_samples, seed + 1)
+    if not unlabeled:
+        return fit_idx[labelled], fit_y[labelled]
+    hidden = np.ones(len(fit_idx), dtype=bool)
+    hidden[labelled] = False
+    fit_y[hidden] = -1
+    return fit_idx, fit_y
+
+
 def make_splits(
     raw: RawData,
     *,
@@ -224,22 +253,9 @@ def make_splits(
         )
     x, y = raw.train
     fit_idx, val_idx = split_indices(y, val_fraction, split_seed)
-    fit_y = y[fit_idx].copy()
-    if train_samples is not None and train_samples > len(fit_idx):
-        raise DataError(
-            f"dataset {raw.name!r}: data.train_samples={train_samples} but the training split "
-            f"has only {len(fit_idx)} samples (after {len(val_idx)} went to validation); lower "
-            f"it, or leave it out to keep every label"
-        )
-    if train_samples is not None:
-        labelled = stratified_take(fit_y, train_samples, split_seed + 1)
-        if unlabeled:
-            hidden = np.ones(len(fit_idx), dtype=bool)
-            hidden[labelled] = False
-            fit_y[hidden] = -1
-        else:
-            fit_idx, fit_y = fit_idx[labelled], fit_y[labelled]
-
+    fit_idx, fit_y = _labelled_rows(
+        raw.name, y, fit_idx, val_idx, train_samples, unlabeled, split_seed
+    )
     if len(val_idx) == 0:
         raise DataError(
             f"dataset {raw.name!r}: data.val_fraction={val_fraction} leaves no validation samples; "
