@@ -483,6 +483,52 @@ def _shape(x: Tensor | tuple[Tensor, ...]) -> str:
     )
 
 
+def _term_adapter(where: str, tc: TermConfig, s_tensor: Any, t_tensor: Any) -> Any:
+    """The trained map from the student's tensor to the teacher's shape, when asked for."""
+    if tc.adapter is not None and not isinstance(s_tensor, Tensor):
+        raise ConfigError(
+            f"{where}.adapter: an adapter maps one tensor; this term reads a list of layers"
+        )
+    if tc.adapter is None or t_tensor is None:
+        return None
+    # with a list on the teacher side (a feature and the teacher's own tensors, e.g.
+    # [bn, bn.weight, bn.bias]) the adapter maps the student to the first of them
+    target = t_tensor if isinstance(t_tensor, Tensor) else t_tensor[0]
+    try:
+        return ADAPTERS[tc.adapter](tuple(s_tensor.shape), tuple(target.shape), resize=tc.resize)
+    except ValueError as e:
+        raise ConfigError(f"{where}.adapter: {e}") from None
+
+
+def _module_loss(
+    where: str,
+    tc: TermConfig,
+    cls: Any,
+    args: dict[str, Any],
+    adapter: Any,
+    s_tensor: Any,
+    t_tensor: Any,
+    num_samples: int | None,
+) -> Any:
+    """A loss with parameters (projection heads, memory banks), built from the shapes."""
+    if t_tensor is None:
+        raise ConfigError(
+            f"{where}: loss {tc.loss!r} is built from teacher shapes and needs a teacher"
+        )
+    if "num_samples" in inspect.signature(cls).parameters:  # memory banks: a row per sample
+        if num_samples is None:
+            raise ConfigError(
+                f"{where}: loss {tc.loss!r} keeps a memory bank with a row per training "
+                f"sample, and streamed data has no sample count or stable sample ids; load "
+                f"the data map-style (streaming: false)"
+            )
+        args.setdefault("num_samples", num_samples)
+    try:
+        return cls(_shapes(_adapted(adapter, s_tensor)), _shapes(t_tensor), **args)
+    except ValueError as e:
+        raise ConfigError(f"{where} ({tc.loss}): {e}") from None
+
+
 def _build_term(
     where: str,
     tc: TermConfig,
@@ -495,40 +541,10 @@ def _build_term(
     _check_loss_args(fn, tc, where)
     s_tensor = student_k.get(tc.student)
     t_tensor = teacher_k.get(tc.teacher) if teacher_k is not None else None
-    adapter = None
-    if tc.adapter is not None and not isinstance(s_tensor, Tensor):
-        raise ConfigError(
-            f"{where}.adapter: an adapter maps one tensor; this term reads a list of layers"
-        )
-    if tc.adapter is not None and t_tensor is not None:
-        # with a list on the teacher side (a feature and the teacher's own tensors, e.g.
-        # [bn, bn.weight, bn.bias]) the adapter maps the student to the first of them
-        target = t_tensor if isinstance(t_tensor, Tensor) else t_tensor[0]
-        try:
-            adapter = ADAPTERS[tc.adapter](
-                tuple(s_tensor.shape), tuple(target.shape), resize=tc.resize
-            )
-        except ValueError as e:
-            raise ConfigError(f"{where}.adapter: {e}") from None
+    adapter = _term_adapter(where, tc, s_tensor, t_tensor)
     args = loss_args(where, tc.args)
     if is_module_loss(fn):  # a loss with parameters, sized from the dry-forward shapes
-        if t_tensor is None:
-            raise ConfigError(
-                f"{where}: loss {tc.loss!r} is built from teacher shapes and needs a teacher"
-            )
-        if "num_samples" in inspect.signature(fn).parameters:  # memory banks: a row per sample
-            if num_samples is None:
-                raise ConfigError(
-                    f"{where}: loss {tc.loss!r} keeps a memory bank with a row per training "
-                    f"sample, and streamed data has no sample count or stable sample ids; load "
-                    f"the data map-style (streaming: false)"
-                )
-            args.setdefault("num_samples", num_samples)
-        try:
-            fn = fn(_shapes(_adapted(adapter, s_tensor)), _shapes(t_tensor), **args)
-        except ValueError as e:
-            raise ConfigError(f"{where} ({tc.loss}): {e}") from None
-        args = {}
+        fn, args = _module_loss(where, tc, fn, args, adapter, s_tensor, t_tensor, num_samples), {}
     term = Term(
         tc.name or tc.loss,
         fn,
