@@ -342,42 +342,12 @@ class TeacherCache:
 
     @torch.no_grad()
     def _build(self, path: Path, key: str) -> None:
-        from distill.taps import Tap
-
         self.root.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=self.root))
         try:
             n, views = len(self.dataset), max(self.views, self.epoch_views, 1)
-            device = next(self.teacher.parameters(), torch.empty(0)).device
-            was_training = self.teacher.training
-            self.teacher.eval()
-            writers: dict[str, np.memmap] = {}
-            num_classes = None
             self.log(f"teacher cache: computing teacher outputs for {n} samples x {views} view(s)")
-            with Tap(self.teacher, self.layers, "teacher") as tap:
-                for view in range(views):
-                    gen = self._view_generator(view) if self.views else None
-                    if self.epoch_views:  # this epoch's views, exactly as training draws them
-                        self.dataset.set_epoch(view, self.seed)
-                    for x, start in self._inputs():
-                        index = range(start, start + len(x))
-                        if gen is not None:
-                            x = self.augment(x, gen)
-                        k = tap.run(x.to(device))
-                        out = self._to_store(k.logits, k.feats)
-                        if gen is not None:
-                            out["input"] = x
-                        num_classes = k.logits.shape[-1]
-                        for name, value in out.items():
-                            if name not in writers:
-                                writers[name] = np.lib.format.open_memmap(
-                                    tmp / f"{name}.npy",
-                                    mode="w+",
-                                    dtype=value.numpy().dtype,
-                                    shape=(views, n, *value.shape[1:]),
-                                )
-                            writers[name][view, start : start + len(index)] = value.numpy()
-            self.teacher.train(was_training)
+            writers, num_classes = self._write_outputs(tmp, n, views)
             arrays = {}
             for name, w in writers.items():
                 w.flush()
@@ -411,6 +381,41 @@ class TeacherCache:
                     raise
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+
+    def _write_outputs(self, tmp: Path, n: int, views: int) -> tuple[dict, int | None]:
+        """The teacher's outputs on every sample and view, into memory-mapped .npy files in
+        `tmp` (one per stored tensor); returns the open files and the class count."""
+        from distill.taps import Tap
+
+        device = next(self.teacher.parameters(), torch.empty(0)).device
+        was_training = self.teacher.training
+        self.teacher.eval()
+        writers: dict[str, np.memmap] = {}
+        num_classes = None
+        with Tap(self.teacher, self.layers, "teacher") as tap:
+            for view in range(views):
+                gen = self._view_generator(view) if self.views else None
+                if self.epoch_views:  # this epoch's views, exactly as training draws them
+                    self.dataset.set_epoch(view, self.seed)
+                for x, start in self._inputs():
+                    if gen is not None:
+                        x = self.augment(x, gen)
+                    k = tap.run(x.to(device))
+                    out = self._to_store(k.logits, k.feats)
+                    if gen is not None:
+                        out["input"] = x
+                    num_classes = k.logits.shape[-1]
+                    for name, value in out.items():
+                        if name not in writers:
+                            writers[name] = np.lib.format.open_memmap(
+                                tmp / f"{name}.npy",
+                                mode="w+",
+                                dtype=value.numpy().dtype,
+                                shape=(views, n, *value.shape[1:]),
+                            )
+                        writers[name][view, start : start + len(x)] = value.numpy()
+        self.teacher.train(was_training)
+        return writers, num_classes
 
     def _inputs(self):
         """(teacher inputs, first index) of consecutive batches of the dataset, in order;
