@@ -130,17 +130,7 @@ class LMDistillation(SchemeBase):
         self.vocab = ctx.data.num_classes  # the tokenizer's size: padded rows beyond it are cut
         self.seed = ctx.seed
         self.div_args = divergence_args(a.divergence, a.temperature, a.beta, a.alpha)
-        trained: dict[str, nn.Module] = {}
-        self.pairs: list[tuple[int, int]] = []
-        if a.hidden is not None:
-            self.pairs = layer_map(
-                _num_layers(ctx.student), _num_layers(ctx.teacher), a.hidden.map, a.hidden.pairs
-            )
-            d_s, d_t = _hidden_size(ctx.student), _hidden_size(ctx.teacher)
-            self.projections = nn.ModuleList(
-                [nn.Linear(d_s, d_t) if d_s != d_t else nn.Identity() for _ in self.pairs]
-            )
-            trained["projections"] = self.projections
+        trained = self._hidden_projections(ctx)
         if a.chunk_size:
             for role, model in (("student", ctx.student), ("teacher", ctx.teacher)):
                 try:
@@ -163,6 +153,28 @@ class LMDistillation(SchemeBase):
         # text across tokenizers: the teacher never reads the student's tokens
         self.cross_text = ctx.data.teacher_tokenizer is not None
         self.cross_sequences = self.cross_text and a.cross_tokenizer is None
+        self._teacher_sequences(ctx)
+
+    def _hidden_projections(self, ctx: SchemeContext) -> dict[str, nn.Module]:
+        """The layer pairs of hidden-state matching and a projection per pair (student
+        width to teacher width), to train with the student."""
+        a, trained = self.args, {}
+        self.pairs: list[tuple[int, int]] = []
+        if a.hidden is not None:
+            self.pairs = layer_map(
+                _num_layers(ctx.student), _num_layers(ctx.teacher), a.hidden.map, a.hidden.pairs
+            )
+            d_s, d_t = _hidden_size(ctx.student), _hidden_size(ctx.teacher)
+            self.projections = nn.ModuleList(
+                [nn.Linear(d_s, d_t) if d_s != d_t else nn.Identity() for _ in self.pairs]
+            )
+            trained["projections"] = self.projections
+        return trained
+
+    def _teacher_sequences(self, ctx: SchemeContext) -> None:
+        """Sequence-level KD: the teacher's continuations of every training prompt, made
+        once (re-tokenised by the student's tokenizer when the tokenizers differ)."""
+        a = self.args
         if self.cross_sequences:
             seqs, starts = retokenized_teacher_sequences(
                 self.teacher,
@@ -178,6 +190,18 @@ class LMDistillation(SchemeBase):
             seqs = teacher_sequences(self.teacher, ctx.data.train, a.sequence_level, self.seed)
             self.modules["sequences"] = _Buffer(seqs)
             report_diversity(seqs[:, a.sequence_level.prompt_tokens :])
+
+    def _teacher_sequence_batch(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        """The batch's rows replaced by the teacher's stored sequences, prompts unsupervised."""
+        ids = self.modules["sequences"].value[batch["index"]].to(batch["input"].device)
+        target = ids[:, 1:].clone()
+        target[:, : self._prompt_targets()] = -1
+        return {
+            **batch,
+            "input": ids[:, :-1],
+            "target": target,
+            "attention_mask": torch.ones_like(ids[:, :-1]),
+        }
 
     def _check_cross(self, ctx: SchemeContext) -> None:
         a = self.args
@@ -376,15 +400,7 @@ class LMDistillation(SchemeBase):
             return self._cross_sequence_step(batch, step, batch.get("group_items"))
         on_policy = self._on_policy_batch(batch, step)
         if a.sequence_level is not None:
-            ids = self.modules["sequences"].value[batch["index"]].to(batch["input"].device)
-            target = ids[:, 1:].clone()
-            target[:, : self._prompt_targets()] = -1
-            batch = {
-                **batch,
-                "input": ids[:, :-1],
-                "target": target,
-                "attention_mask": torch.ones_like(ids[:, :-1]),
-            }
+            batch = self._teacher_sequence_batch(batch)
         if on_policy is not None:
             batch = on_policy
         x, am, y = batch["input"], batch.get("attention_mask"), batch["target"]
