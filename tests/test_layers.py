@@ -74,6 +74,8 @@ LAYERS: list[tuple[str, list[str]]] = [
             "distill.__main__",
             "distill.build",
             "distill.validate",
+            "distill.problems",
+            "distill.terms",
             "distill.run",
             "distill.run_check",
             "distill.stages",
