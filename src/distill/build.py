@@ -180,7 +180,6 @@ def _dry_batch(data: DataSplits, n: int = 4) -> dict[str, Tensor]:
     return load_batch(data.train, torch.arange(min(n, len(data.train))))
 
 
-@torch.no_grad()
 def build(
     cfg: ExperimentConfig, *, missing_weights_ok: bool = False, data: DataSplits | None = None
 ) -> Built:

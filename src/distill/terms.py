@@ -35,6 +35,7 @@ def is_module_loss(fn: object) -> bool:
 
 
 # Builders that load trained weights themselves (a teacher needs no weights: file then)
+@torch.no_grad()
 def _dry_knowledge(
     model: nn.Module, layers: list[str], batch: dict[str, Tensor], role: str
 ) -> Knowledge:
