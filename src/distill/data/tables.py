@@ -1,0 +1,300 @@
+"""Tables on disk (CSV / TSV / Parquet / JSON, read as memory-mapped Arrow through Hugging
+Face `datasets`): `data.name: table`, and the column and label helpers the other sources
+share."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from distill.data.lazy import (
+    LabelCoder,
+    LazyData,
+    _finish,
+    _is_image,
+    _is_text,
+    _no_other_options,
+    _transforms,
+    text_pipeline,
+)
+from distill.errors import ConfigError, DataError
+
+
+class TableRows:
+    """Rows of a Hugging Face (Arrow) dataset: the input columns as one float32 vector, or
+    the single input column as stored (an image column decodes to a Pillow image)."""
+
+    def __init__(
+        self,
+        name: str,
+        table: Any,
+        columns: list[str],
+        targets: np.ndarray,
+        origin: str,
+        mode: str = "RGB",
+    ):
+        self.name, self.table, self.columns, self.origin = name, table, columns, origin
+        self.mode = mode
+        self.targets = np.asarray(targets, dtype=np.int64)
+        self.image = len(columns) == 1 and _is_image(table.features[columns[0]])
+        self.text = len(columns) == 1 and _is_text(table.features[columns[0]])
+
+    def read(self, i: int) -> Any:
+        row = self.table[int(i)]
+        if self.text:
+            value = row[self.columns[0]]
+            if not isinstance(value, str):
+                raise DataError(f"{self.describe(i)}: the text is {value!r}, not a string")
+            return value
+        if self.image:
+            image = row[self.columns[0]]
+            return image.convert(self.mode) if hasattr(image, "convert") else image
+        values = [np.asarray(row[c], dtype=np.float32).reshape(-1) for c in self.columns]
+        return np.concatenate(values) if len(values) > 1 else values[0]
+
+    def read_many(self, positions: np.ndarray) -> np.ndarray | None:
+        """Rows `positions` as one (n, features) float32 array, read column by column from
+        Arrow (many times faster than row by row); None for image and text inputs."""
+        if self.image or self.text:
+            return None
+        arrow = self._arrow()
+        if arrow is not None:  # scalar numeric columns: one Arrow gather, no Python rows
+            import pyarrow as pa
+
+            taken = arrow.take(pa.array(positions, type=pa.int64()))
+            parts = [
+                taken.column(c).to_numpy(zero_copy_only=False).astype(np.float32)[:, None]
+                for c in self.columns
+            ]
+            return np.concatenate(parts, axis=1) if len(parts) > 1 else parts[0]
+        if getattr(self, "_numpy", None) is None:
+            self._numpy = self.table.select_columns(self.columns).with_format("numpy")
+        cols = self._numpy[positions.tolist()]
+        parts = [
+            np.asarray(cols[c], dtype=np.float32).reshape(len(positions), -1) for c in self.columns
+        ]
+        return np.concatenate(parts, axis=1) if len(parts) > 1 else parts[0]
+
+    def __getstate__(self) -> dict[str, Any]:
+        # DataLoader workers get the dataset (re-opened from its memory-mapped files by
+        # datasets' own pickling), never a copy of the gathered Arrow table
+        return {k: v for k, v in self.__dict__.items() if k not in ("_arrow_table", "_numpy")}
+
+    def _arrow(self) -> Any:
+        """The table's Arrow columns when they are all scalar numbers and the dataset has no
+        index mapping (a select()ed view): then rows are gathered straight from Arrow."""
+        if getattr(self, "_arrow_table", False) is not False:
+            return self._arrow_table
+        self._arrow_table = None
+        if getattr(self.table, "_indices", None) is None and hasattr(self.table, "data"):
+            import pyarrow as pa
+
+            table = self.table.data.table.select(self.columns)
+            numeric = all(
+                pa.types.is_integer(f.type) or pa.types.is_floating(f.type) for f in table.schema
+            )
+            if numeric:
+                self._arrow_table = table
+        return self._arrow_table
+
+    def describe(self, i: int) -> str:
+        return f"row {int(i)} of {self.origin}"
+
+    def fingerprint(self) -> str:
+        return hashlib.sha256(
+            f"{getattr(self.table, '_fingerprint', id(self.table))}:{self.columns}".encode()
+        ).hexdigest()
+
+
+_FORMATS = {
+    ".csv": "csv",
+    ".tsv": "csv",
+    ".parquet": "parquet",
+    ".pq": "parquet",
+    ".json": "json",
+    ".jsonl": "json",
+    ".arrow": "arrow",
+    ".txt": "text",
+}
+
+
+def hf_cache_dir() -> str:
+    from distill.data.raw import cache_dir
+
+    return str(cache_dir() / "hf")
+
+
+def _require_datasets(what: str) -> Any:
+    try:
+        import datasets
+    except ImportError:
+        raise ConfigError(
+            f"{what} reads files through Hugging Face datasets, which is not installed; "
+            f"pip install 'distill[data]' (or: pip install datasets)"
+        ) from None
+    datasets.disable_progress_bars()
+    return datasets
+
+
+def _file_format(path: str, given: str | None, name: str) -> str:
+    if given:
+        return given
+    fmt = _FORMATS.get(Path(path).suffix.lower())
+    if fmt is None:
+        raise ConfigError(
+            f"dataset {name!r}: cannot tell the format of {path!r} from its extension; set "
+            f"format: csv | parquet | json | arrow"
+        )
+    return fmt
+
+
+def read_table(
+    path: str, *, fmt: str | None, name: str, streaming: bool = False, delimiter: str | None = None
+) -> Any:
+    """One file (or a glob) as a Hugging Face Dataset (memory-mapped Arrow) or IterableDataset."""
+    datasets = _require_datasets(f"dataset {name!r}")
+    if not any(ch in path for ch in "*?[") and not Path(path).expanduser().exists():
+        raise DataError(f"dataset {name!r}: file {path!r} does not exist; check the path")
+    fmt = _file_format(path, fmt, name)
+    if delimiter is None and fmt == "csv" and path.endswith(".tsv"):
+        delimiter = "\t"
+    kwargs = {"delimiter": delimiter} if delimiter is not None else {}
+    try:
+        return datasets.load_dataset(
+            fmt,
+            data_files=str(Path(path).expanduser()),
+            split="train",
+            cache_dir=hf_cache_dir(),
+            streaming=streaming,
+            **kwargs,
+        )
+    except (ValueError, OSError, TypeError) as e:
+        if "corresponds to no data" in str(e):
+            raise DataError(f"dataset {name!r}: {path!r} holds no rows; check the file") from None
+        raise DataError(f"dataset {name!r}: cannot read {path!r} as {fmt}: {e}") from None
+
+
+def _column(table: Any, column: str, name: str, role: str, origin: str) -> None:
+    columns = list(table.column_names or [])
+    if column not in columns:
+        from distill.errors import did_you_mean
+
+        raise DataError(
+            f"dataset {name!r}: {origin} has no {role} column {column!r}{did_you_mean(column, columns)}; "
+            f"its columns are {columns[:12]}"
+        )
+
+
+LABEL_COLUMNS = ("label", "labels", "target", "targets", "class", "y")
+
+
+def find_label_column(table: Any, given: str | None, name: str, origin: str) -> str:
+    """The label column: the one given, else the first of LABEL_COLUMNS the table has."""
+    if given is not None:
+        _column(table, given, name, "label", origin)
+        return given
+    found = next((c for c in LABEL_COLUMNS if c in (table.column_names or [])), None)
+    if found is None:
+        raise DataError(
+            f"dataset {name!r}: {origin} has no column named like a label {list(LABEL_COLUMNS)}; "
+            f"say which one with label: <column> (its columns are {list(table.column_names)[:12]})"
+        )
+    return found
+
+
+def _labels_of(
+    table: Any, column: str, where: str, coder: LabelCoder | None = None, names=None
+) -> tuple[np.ndarray, LabelCoder | None]:
+    """Class ids of a split's label column: a ClassLabel as it is, else through `coder`
+    (fitted here on the training split when None; `names` are the user's class names)."""
+    feature = table.features[column]
+    if type(feature).__name__ == "ClassLabel":
+        ids = np.asarray(table[column], dtype=np.int64)
+        return ids, coder or _ClassLabels(names or list(feature.names))
+    if coder is None:
+        coder = LabelCoder(list(table[column]), where, names)
+        return coder.ids, coder
+    return coder.encode(list(table[column]), where), coder
+
+
+class _ClassLabels:
+    """A Hugging Face ClassLabel's ids and names (other splits use their own ClassLabel)."""
+
+    def __init__(self, names: list[str]):
+        self.names = names
+
+    def encode(self, values: list[Any], where: str) -> np.ndarray:
+        return LabelCoder(values, where, self.names).ids
+
+
+def _feature_columns(
+    table: Any, label: str, features: list[str] | str | None, name: str, origin: str
+) -> list[str]:
+    if isinstance(features, str):
+        features = [features]
+    if features is None:
+        features = [c for c in table.column_names if c != label]
+    for c in features:
+        _column(table, c, name, "feature", origin)
+        dtype = getattr(table.features[c], "dtype", "list")
+        if dtype in ("string", "large_string"):
+            raise DataError(
+                f"dataset {name!r}: feature column {c!r} of {origin} holds strings; distill reads "
+                f"numeric features: encode it (e.g. one-hot) or leave it out with features: "
+                f"[...]; for text classification give text: {c} and tokenizer: <folder>"
+            )
+    if not features:
+        raise DataError(
+            f"dataset {name!r}: {origin} has no feature columns besides the label {label!r}"
+        )
+    return features
+
+
+def load_table(
+    *,
+    train: str,
+    test: str | None = None,
+    label: str | None = None,
+    features: list[str] | None = None,
+    text: str | None = None,
+    format: str | None = None,
+    delimiter: str | None = None,
+    test_fraction: float = 0.2,
+    **options: Any,
+) -> LazyData:
+    """Rows of a CSV, Parquet or JSON(L) file: the `features` columns (default: every column
+    but the label) as one float32 vector, or one `text` column tokenized with `tokenizer`
+    (a local Hugging Face tokenizer folder; `max_length`), and the `label` column."""
+    name = "table"
+    text_options = {k: options.pop(k) for k in ("tokenizer", "max_length") if k in options}
+    train_tf, eval_tf = _transforms(options, name)
+    _no_other_options(name, options, load_table)
+    table = read_table(train, fmt=format, name=name, delimiter=delimiter)
+    label = find_label_column(table, label, name, repr(train))
+    if text is not None:  # one text column, tokenized on access
+        _column(table, text, name, "text", repr(train))
+        cols = [text]
+        train_tf = eval_tf = text_pipeline(text_options, name)
+    else:
+        if text_options:
+            raise ConfigError(
+                f"dataset {name!r}: tokenizer and max_length apply to a text column; name it "
+                f"with text: <column>"
+            )
+        cols = _feature_columns(table, label, features, name, repr(train))
+    y, coder = _labels_of(table, label, f"dataset {name!r}: {train!r}")
+    names = coder.names
+    src_train = TableRows(name, table, cols, y, repr(train))
+    src_test = None
+    if test is not None:
+        t_table = read_table(test, fmt=format, name=name, delimiter=delimiter)
+        for c in [label, *cols]:
+            _column(t_table, c, name, "label" if c == label else "feature", repr(test))
+        t_y, _ = _labels_of(t_table, label, f"dataset {name!r}: {test!r}", coder)
+        src_test = TableRows(name, t_table, cols, t_y, repr(test))
+    return _finish(
+        name, src_train, src_test, train_tf, eval_tf, names=names, test_fraction=test_fraction
+    )
