@@ -245,10 +245,8 @@ class Trainer:
         self.losses.add(losses)
         self.state["batch"] += 1
 
-    def _close_epoch_losses(self) -> None:
-        self._epoch_losses = distributed.mean_over_ranks(
-            {f"train_{k}": v for k, v in self.losses.means().items()}
-        )
+    def _close_epoch_losses(self) -> None:  # the epoch's train_* means, over the ranks
+        self._epoch_losses = distributed.mean_over_ranks(self.losses.means("train_"))
 
     def _step_and_check(self) -> str | None:
         """The optimizer step, then a stop (signal, max_steps) or a step-cadence checkpoint."""
@@ -311,6 +309,8 @@ class Trainer:
         stop = s.early_stop_patience is not None and st["bad_epochs"] >= s.early_stop_patience
         if final or stop or done % s.checkpoint_every == 0:
             save(self)
+        if self.callbacks:  # they are promised the epoch's files on disk
+            self.writer.wait()
         for callback in self.callbacks:
             callback(row)
         if s.progress and distributed.is_main():

@@ -4,6 +4,7 @@ non-finite values is never written: `distill.checkpoint.save_checkpoint`'s only_
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import torch
@@ -20,7 +21,12 @@ class NonFiniteGuard:
         self.t = trainer
         self._flags: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
 
-    def last_good(self) -> str:
+    def last_good(self, wait: bool = True) -> str:
+        """Where the run can be resumed from. `wait`: first let the checkpoints still being
+        written land (not from the writer's own thread, where earlier writes are done)."""
+        if wait:
+            with contextlib.suppress(Exception):  # a failed write is raised by fit
+                self.t.writer.wait()
         path = self.t.ckpt_dir / "last.safetensors"
         if path.is_file():
             try:

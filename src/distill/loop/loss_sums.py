@@ -43,5 +43,5 @@ class LossSums:
         self.fold()
         return {k: float(v) for k, v in self.sums.items()}
 
-    def means(self) -> dict[str, float]:
-        return {k: float(v / max(self.count, 1)) for k, v in self.totals().items()}
+    def means(self, prefix: str = "") -> dict[str, float]:
+        return {prefix + k: float(v / max(self.count, 1)) for k, v in self.totals().items()}

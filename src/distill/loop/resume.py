@@ -33,7 +33,7 @@ def save(t: Any) -> None:
         shown = ", ".join(bad[:3]) + (" ..." if len(bad) > 3 else "")
         print(
             f"checkpoint at step {step} not written: non-finite values in {shown}; "
-            f"{t.guard.last_good()}",
+            f"{t.guard.last_good(wait=False)}",  # (on the writer's thread)
             file=sys.stderr,
         )
 
