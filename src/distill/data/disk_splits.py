@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from distill.data.core import DataSplits, split_indices, stratified_take
-from distill.data.raw import RawData, _check_label_range
+from distill.data.core import DataSplits, split_indices
+from distill.data.raw import RawData, _check_label_range, labelled_rows
 from distill.data.records import LazySplit
 from distill.errors import ConfigError, DataError
 
@@ -62,26 +62,6 @@ def _select(data: Any, classes, task_classes, label_map):
     return train, test, n, names
 
 
-def _labelled(name: str, fit_y: np.ndarray, fit_idx: np.ndarray, train_samples, unlabeled, seed):
-    """(fit indices, fit labels) keeping `train_samples` labels; the rest dropped, or kept
-    with label -1 when `unlabeled` (a transfer set the teacher still teaches on)."""
-    if train_samples is None:
-        return fit_idx, fit_y
-    if train_samples > len(fit_idx):
-        raise DataError(
-            f"dataset {name!r}: data.train_samples={train_samples} but the training split has "
-            f"only {len(fit_idx)} samples; lower it, or leave it out to keep every label"
-        )
-    labelled = stratified_take(fit_y, train_samples, seed + 1)
-    if not unlabeled:
-        return fit_idx[labelled], fit_y[labelled]
-    hidden = np.ones(len(fit_idx), dtype=bool)
-    hidden[labelled] = False
-    fit_y = fit_y.copy()
-    fit_y[hidden] = -1
-    return fit_idx, fit_y
-
-
 @dataclass(frozen=True)
 class SplitOptions:
     """The data section's split and subset options (see `distill.config.DataConfig`)."""
@@ -120,7 +100,7 @@ def lazy_splits(data: Any, o: SplitOptions) -> DataSplits:
                 f"split"
             )
         val = train.subset(val_idx).with_transform(data.eval_transform)
-    fit_idx, fit_y = _labelled(
+    fit_idx, fit_y = labelled_rows(
         data.name, train._targets[fit_idx], fit_idx, o.train_samples, o.unlabeled, o.split_seed
     )
     return DataSplits(

@@ -201,31 +201,32 @@ def with_views(raw: RawData, view: str | None, paired: str | None) -> RawData:
     return out
 
 
-def _labelled_rows(
+def labelled_rows(
     name: str,
-    y: np.ndarray,
+    fit_y: np.ndarray,
     fit_idx: np.ndarray,
-    val_idx: np.ndarray,
     train_samples: int | None,
     unlabeled: bool,
     seed: int,
+    held_out: int = 0,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The training rows and their labels: all, `train_samples` of them (stratified), or all
-    with only those labelled (`unlabeled`: the others get -1)."""
-    fit_y = y[fit_idx].copy()
+    """(fit indices, fit labels) keeping `train_samples` labels (stratified); the rest
+    dropped, or kept with label -1 when `unlabeled` (a transfer set the teacher still
+    teaches on). `held_out`: the samples that went to validation (for the message)."""
     if train_samples is None:
         return fit_idx, fit_y
     if train_samples > len(fit_idx):
+        after = f" (after {held_out} went to validation)" if held_out else ""
         raise DataError(
-            f"dataset {name!r}: data.train_samples={train_samples} but the training split "
-            f"has only {len(fit_idx)} samples (after {len(val_idx)} went to validation); lower "
-            f"it, or leave it out to keep every label"
+            f"dataset {name!r}: data.train_samples={train_samples} but the training split has "
+            f"only {len(fit_idx)} samples{after}; lower it, or leave it out to keep every label"
         )
     labelled = stratified_take(fit_y, train_samples, seed + 1)
     if not unlabeled:
         return fit_idx[labelled], fit_y[labelled]
     hidden = np.ones(len(fit_idx), dtype=bool)
     hidden[labelled] = False
+    fit_y = fit_y.copy()
     fit_y[hidden] = -1
     return fit_idx, fit_y
 
@@ -253,8 +254,8 @@ def make_splits(
         )
     x, y = raw.train
     fit_idx, val_idx = split_indices(y, val_fraction, split_seed)
-    fit_idx, fit_y = _labelled_rows(
-        raw.name, y, fit_idx, val_idx, train_samples, unlabeled, split_seed
+    fit_idx, fit_y = labelled_rows(
+        raw.name, y[fit_idx], fit_idx, train_samples, unlabeled, split_seed, len(val_idx)
     )
     if len(val_idx) == 0:
         raise DataError(
