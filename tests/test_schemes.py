@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 from helpers import make_teacher, stand_in_weights, synthetic_cfg
 
 from distill.build import build
@@ -142,6 +143,28 @@ def test_one_branches_share_the_trunk_and_vanish_at_export(tmp_path):
     run_experiment(parse_config(cfg))
     state, _ = load_weights(tmp_path / "run/checkpoints/best.safetensors")
     assert set(state) == set(built.student.state_dict())
+
+
+def test_one_refuses_a_shared_module_that_returns_no_tensor():
+    from distill.schemes.online import _check_tensor_outputs
+
+    class Pair(nn.Module):
+        def forward(self, x):
+            return x, x
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.pair, self.fc = Pair(), nn.Linear(4, 2)
+
+        def forward(self, x):
+            return self.fc(self.pair(x)[0])
+
+    net = Net()
+    _check_tensor_outputs(net, {"fc": net.fc}, torch.zeros(2, 4))  # a tensor: accepted
+    with pytest.raises(ConfigError, match=r"'pair': 'tuple'.*share the module around"):
+        _check_tensor_outputs(net, {"pair": net.pair}, torch.zeros(2, 4))
+    assert not net.pair._forward_hooks and not net.fc._forward_hooks  # the check left none
 
 
 def test_okddip_attention_is_a_distribution(tmp_path):

@@ -80,9 +80,14 @@ def freeze(model: nn.Module) -> nn.Module:
     return model
 
 
-def fresh_copy(model: nn.Module) -> nn.Module:
-    """Same architecture, newly initialised weights (every layer that can reset itself)."""
-    clone = copy.deepcopy(model)
+def fresh_copy(model: nn.Module, keep: dict[nn.Module, nn.Module] | None = None) -> nn.Module:
+    """Same architecture, newly initialised weights (every layer that can reset itself).
+
+    `keep` maps submodules of `model` to what the copy holds in their place: the copy is
+    built with them (deepcopy's memo), so no model is changed after it is made.
+    """
+    memo = {id(old): new for old, new in (keep or {}).items()}
+    clone = copy.deepcopy(model, memo)
     for module in clone.modules():
         if hasattr(module, "reset_parameters"):
             module.reset_parameters()

@@ -105,36 +105,72 @@ class DeepMutualLearning(SchemeBase):
         return {"loss": total + a.kd_weight * kd_total, **out}
 
 
-class _SharedCache:
-    """Lets branch copies reuse the shared trunk's outputs computed by the student this step.
+class _Trunk:
+    """The student's shared-trunk outputs of this step, for the branches to reuse.
 
-    A forward hook on each shared module of the student stores its output keyed by its input
-    tensor; the branches' copies of those modules return the stored output instead of running.
-    Gradients then reach the shared parameters from every branch, and BatchNorm statistics in
-    the trunk are updated once per step, as in a real multi-branch network.
+    The student's tap records each shared module's input and output; a branch's copy of
+    that module (a `_Reuse`) returns the recorded output when it is given the same input
+    tensor, so the trunk runs once per step, gradients reach its parameters from every
+    branch, and its BatchNorm statistics move once per step, as in a real multi-branch
+    network. Outside a step (evaluation) the branch runs the student's module itself.
     """
 
     def __init__(self) -> None:
-        self.active = False
         self.store: dict[tuple, Tensor] = {}
 
     @staticmethod
     def key(name: str, x: Tensor) -> tuple:
         return (name, x.data_ptr(), tuple(x.shape), tuple(x.stride()))
 
-    def clear(self) -> None:
-        self.store.clear()
-
 
 class _Reuse(nn.Module):
-    def __init__(self, name: str, cache: _SharedCache, fallback: nn.Module):
+    def __init__(self, name: str, trunk: _Trunk, module: nn.Module):
         super().__init__()
-        self.name, self.cache = name, cache
-        self.fallback = [fallback]  # a list: not registered, so not a second copy in state_dict
+        self.name, self.trunk = name, trunk
+        self.module = [module]  # a list: not registered, so not a second copy in state_dict
 
     def forward(self, x: Tensor) -> Tensor:
-        hit = self.cache.store.get(_SharedCache.key(self.name, x)) if self.cache.active else None
-        return hit if hit is not None else self.fallback[0](x)
+        hit = self.trunk.store.get(_Trunk.key(self.name, x))
+        return hit if hit is not None else self.module[0](x)
+
+
+def _shared_module(student: nn.Module, name: str) -> nn.Module:
+    try:
+        return student.get_submodule(name)
+    except AttributeError:
+        children = [n for n, _ in student.named_children()]
+        raise ConfigError(
+            f"scheme.args.shared: the student has no module {name!r}; its top-level "
+            f"modules are {children}"
+        ) from None
+
+
+@torch.no_grad()
+def _check_tensor_outputs(student: nn.Module, shared: dict[str, nn.Module], x: Tensor) -> None:
+    """A branch reuses a shared module's output as it is: it must be one tensor."""
+    kinds: dict[str, str] = {}
+
+    def record(name: str):
+        def hook(_m: nn.Module, _inputs: tuple, out: object) -> None:
+            kinds[name] = type(out).__name__
+
+        return hook
+
+    handles = [m.register_forward_hook(record(n)) for n, m in shared.items()]
+    was = student.training
+    try:
+        student.eval()
+        student(x)
+    finally:
+        student.train(was)
+        for h in handles:
+            h.remove()
+    bad = {n: k for n, k in kinds.items() if k != "Tensor"}
+    if bad:
+        raise ConfigError(
+            f"scheme.args.shared: ONE reuses each shared module's output, which must be a "
+            f"tensor; {bad} return other types: share the module around them instead"
+        )
 
 
 class ONEArgs(Strict):
@@ -158,28 +194,13 @@ class OnTheFlyNativeEnsemble(SchemeBase):
     def __init__(self, ctx: SchemeContext):
         a = self.args = parse_args(ONEArgs, ctx.args, "one")
         student = ctx.student
-        self.cache = _SharedCache()
-        self._hooks = []
-        for name in a.shared:
-            try:
-                module = student.get_submodule(name)
-            except AttributeError:
-                children = [n for n, _ in student.named_children()]
-                raise ConfigError(
-                    f"scheme.args.shared: the student has no module {name!r}; its top-level "
-                    f"modules are {children}"
-                ) from None
-            self._hooks.append(module.register_forward_hook(self._store(name)))
-        branches = []
-        for _ in range(a.branches - 1):
-            branch = fresh_copy(student)
-            for name in a.shared:
-                parent_name, _, attr = name.rpartition(".")
-                parent = branch.get_submodule(parent_name) if parent_name else branch
-                setattr(parent, attr, _Reuse(name, self.cache, student.get_submodule(name)))
-            branches.append(branch)
+        self.trunk, sample = _Trunk(), sample_input(ctx)
+        shared = {name: _shared_module(student, name) for name in a.shared}
+        _check_tensor_outputs(student, shared, sample)
+        # each branch: a fresh copy of the student whose shared modules read the student's
+        keep = {m: _Reuse(name, self.trunk, m) for name, m in shared.items()}
+        branches = [fresh_copy(student, keep) for _ in range(a.branches - 1)]
         self.branches = branches
-        sample = sample_input(ctx)
         gate_layer = a.shared[-1] if a.shared else None
         if gate_layer is not None:
             dim = vector_dim(dry_shapes(student, [gate_layer], sample, "student")[gate_layer])
@@ -190,26 +211,20 @@ class OnTheFlyNativeEnsemble(SchemeBase):
         super().__init__(
             student, ctx.objective, {"branches": nn.ModuleList(branches), "gate": self.gate}
         )
-        layers = [*ctx.objective.student_layers(), *([gate_layer] if gate_layer else [])]
+        trunk = [n for name in a.shared for n in (f"{name}:input", name)]
+        layers = [*ctx.objective.student_layers(), *([gate_layer] if gate_layer else []), *trunk]
         self._tap = Tap(student, list(dict.fromkeys(layers)), "student")
-
-    def _store(self, name: str):
-        def hook(_m: nn.Module, inputs: tuple, output: Tensor) -> None:
-            if self.cache.active:
-                self.cache.store[_SharedCache.key(name, inputs[0])] = output
-
-        return hook
 
     def step(self, batch: dict[str, Tensor], step: int) -> dict[str, Tensor]:
         x, a = batch["input"], self.args
-        self.cache.clear()
-        self.cache.active = True
+        k0 = self._tap.run(x)
+        self.trunk.store = {
+            _Trunk.key(name, k0.feats[f"{name}:input"]): k0.feats[name] for name in a.shared
+        }
         try:
-            k0 = self._tap.run(x)
             logits = [k0.logits] + [b(x) for b in self.branches]
         finally:
-            self.cache.active = False
-            self.cache.clear()
+            self.trunk.store = {}
         gate_in = as_vector(k0.feats[self.gate_layer]) if self.gate_layer else x.flatten(1).float()
         g = F.softmax(self.gate(gate_in), dim=-1)  # (N, branches)
         ensemble = (g.unsqueeze(-1) * torch.stack(logits, 1).float()).sum(1)
