@@ -36,7 +36,7 @@ from distill.checkpoint import atomic_write_text
 from distill.config import ExperimentConfig, ModelConfig, dump_config, parse_config
 from distill.errors import ConfigError
 from distill.models.weights import restore_weights
-from distill.paradigms import lifelong
+from distill.registry import resolve
 from distill.rundir import finished
 from distill.schemes import SCHEMES, parse_args
 from distill.settings import Strict
@@ -52,21 +52,43 @@ class TeacherAssistantArgs(Strict):
     assistants: list[ModelConfig] = Field(min_length=1)  # largest first
 
 
-# work a pipeline does between its stages: (config, stage index, stage config) -> None,
-# run once a stage has finished (also when it finished in an earlier invocation)
-AFTER_STAGE: dict[str, Callable[[ExperimentConfig, int, ExperimentConfig], None]] = {
-    "lifelong": lifelong.after_stage,  # saves the finished task's EWC anchor
+class Pipeline:
+    """What a pipeline scheme's table entry (`SchemeSpec.pipeline`) points at.
+
+    `stages` makes the (name, config dict) of every stage from the run's config `cfg` and
+    its dumped dict `base`; `stage_dir(i, name)` and `trained(model, run_dir)` (a model
+    section whose weights are a stage's best) come from here, so that every pipeline names
+    its dirs the same way. `after_stage` runs once a stage has finished (also when it
+    finished in an earlier invocation); `summary` adds to the run's results.json.
+    """
+
+    def stages(
+        self, cfg: ExperimentConfig, base: dict, stage_dir: Callable, trained: Callable
+    ) -> list[tuple[str, dict]]:
+        raise NotImplementedError
+
+    def after_stage(self, cfg: ExperimentConfig, index: int, stage: ExperimentConfig) -> None:
+        return None
+
+    def summary(
+        self, cfg: ExperimentConfig, stages: list[ExperimentConfig], results: list[dict]
+    ) -> dict[str, Any]:
+        return {}
+
+
+# the typed arguments of every pipeline scheme, by name (read from the scheme table)
+PIPELINE_ARGS: dict[str, type[Strict]] = {
+    name: resolve(spec.pipeline_args) for name, spec in SCHEMES.items() if spec.pipeline_args
 }
 
-PIPELINE_ARGS: dict[str, type[Strict]] = {
-    "ban": BANArgs,
-    "teacher_assistant": TeacherAssistantArgs,
-    "lifelong": lifelong.LifelongArgs,
-}
+
+def _pipeline_of(cfg: ExperimentConfig) -> Pipeline | None:
+    spec = SCHEMES.get(cfg.scheme.name)
+    return spec.stages if spec is not None else None
 
 
 def is_pipeline(cfg: ExperimentConfig) -> bool:
-    return bool(cfg.stages) or cfg.scheme.name in PIPELINE_ARGS
+    return bool(cfg.stages) or _pipeline_of(cfg) is not None
 
 
 def _merge(a: dict, b: dict) -> dict:
@@ -90,17 +112,12 @@ def expand(cfg: ExperimentConfig) -> list[ExperimentConfig]:
     base = cfg.model_dump(mode="json")
     base.pop("stages")
     run_dir = cfg.resolved_run_dir()
-    stages: list[tuple[str, dict[str, Any]]] = []
+    pipeline = _pipeline_of(cfg)
     if cfg.stages:
         stages = _user_stages(cfg, base, run_dir)
-    elif cfg.scheme.name == "ban":
-        stages = _ban_stages(cfg, base, run_dir)
-    elif cfg.scheme.name == "lifelong":
-        stages = lifelong.stage_configs(
-            cfg, base, lambda i, name: _stage_dir(run_dir, i, name), _trained
-        )
     else:
-        stages = _assistant_stages(cfg, base, run_dir)
+        assert pipeline is not None, "expand() of a config that is no pipeline"
+        stages = pipeline.stages(cfg, base, lambda i, name: _stage_dir(run_dir, i, name), _trained)
     out = []
     for i, (name, data) in enumerate(stages):
         spec = SCHEMES.get(data["scheme"]["name"])
@@ -113,7 +130,7 @@ def expand(cfg: ExperimentConfig) -> list[ExperimentConfig]:
 
 
 def _user_stages(cfg: ExperimentConfig, base: dict, run_dir: Path) -> list[tuple[str, dict]]:
-    if cfg.scheme.name in PIPELINE_ARGS:
+    if _pipeline_of(cfg) is not None:
         raise ConfigError(
             f"scheme {cfg.scheme.name!r} makes its own stages; it cannot be combined with stages:"
         )
@@ -159,62 +176,79 @@ def _kd_objective(base: dict, temperature: float) -> dict:
     return objective
 
 
-def _ban_stages(cfg: ExperimentConfig, base: dict, run_dir: Path) -> list[tuple[str, dict]]:
-    args = parse_args(BANArgs, cfg.scheme.args, "ban")
-    out: list[tuple[str, dict]] = []
-    student = {k: v for k, v in base["student"].items() if k != "weights"}
-    if cfg.teacher is not None:
-        teacher = base["teacher"]
-        if cfg.teacher.weights is None:
-            raise ConfigError("teacher.weights: a BAN teacher (generation 0) must be trained")
-    else:
-        out.append(
-            (
-                "gen0",
-                {
-                    **base,
-                    "scheme": {"name": "supervised"},
-                    "teacher": None,
-                    "objective": {**base["objective"], "terms": []},
-                    "student": student,
-                },
+class _BornAgain(Pipeline):
+    """Born-again networks: generation 0 (the teacher, or trained here), then generations
+    1..G, each a fresh student of the same architecture taught by the one before."""
+
+    def stages(self, cfg, base, stage_dir, trained):
+        args = parse_args(BANArgs, cfg.scheme.args, "ban")
+        out: list[tuple[str, dict]] = []
+        student = {k: v for k, v in base["student"].items() if k != "weights"}
+        if cfg.teacher is not None:
+            teacher = base["teacher"]
+            if cfg.teacher.weights is None:
+                raise ConfigError("teacher.weights: a BAN teacher (generation 0) must be trained")
+        else:
+            gen0 = {
+                **base,
+                "scheme": {"name": "supervised"},
+                "teacher": None,
+                "objective": {**base["objective"], "terms": []},
+                "student": student,
+            }
+            out.append(("gen0", gen0))
+            teacher = trained(student, stage_dir(0, "gen0"))
+        for g in range(1, args.generations + 1):
+            seed = base["train"]["seed"] + g  # each generation starts from a different init
+            data = {
+                **base,
+                "scheme": {"name": "offline"},
+                "teacher": teacher,
+                "student": student,
+                "objective": _kd_objective(base, args.temperature),
+                "train": {**base["train"], "seed": seed},
+            }
+            out.append((f"gen{g}", data))
+            teacher = trained(student, stage_dir(len(out) - 1, f"gen{g}"))
+        return out
+
+    def summary(self, cfg, stages, results):
+        if not parse_args(BANArgs, cfg.scheme.args, "ban").ensemble:
+            return {}
+        from distill.build import build
+
+        built = build(stages[-1])
+        return _ensemble_test(built, [s.resolved_run_dir() for s in stages], cfg)
+
+
+class _TeacherAssistant(Pipeline):
+    """Teacher -> assistant(s) -> student, each stage offline KD from the one before."""
+
+    def stages(self, cfg, base, stage_dir, trained):
+        args = parse_args(TeacherAssistantArgs, cfg.scheme.args, "teacher_assistant")
+        if cfg.teacher is None or cfg.teacher.weights is None:
+            raise ConfigError(
+                "teacher: the teacher_assistant scheme needs a trained teacher (weights)"
             )
-        )
-        teacher = _trained(student, _stage_dir(run_dir, 0, "gen0"))
-    for g in range(1, args.generations + 1):
-        seed = base["train"]["seed"] + g  # each generation starts from a different init
-        data = {
-            **base,
-            "scheme": {"name": "offline"},
-            "teacher": teacher,
-            "student": student,
-            "objective": _kd_objective(base, args.temperature),
-            "train": {**base["train"], "seed": seed},
-        }
-        out.append((f"gen{g}", data))
-        teacher = _trained(student, _stage_dir(run_dir, len(out) - 1, f"gen{g}"))
-    return out
+        teacher = base["teacher"]
+        chain = [a.model_dump(mode="json") for a in args.assistants] + [base["student"]]
+        out: list[tuple[str, dict]] = []
+        for i, model in enumerate(chain):
+            name = f"assistant{i}" if i < len(chain) - 1 else "student"
+            data = {
+                **base,
+                "scheme": {"name": "offline"},
+                "teacher": teacher,
+                "student": model,
+                "objective": _kd_objective(base, 4.0),
+            }
+            out.append((name, data))
+            teacher = trained(model, stage_dir(i, name))
+        return out
 
 
-def _assistant_stages(cfg: ExperimentConfig, base: dict, run_dir: Path) -> list[tuple[str, dict]]:
-    args = parse_args(TeacherAssistantArgs, cfg.scheme.args, "teacher_assistant")
-    if cfg.teacher is None or cfg.teacher.weights is None:
-        raise ConfigError("teacher: the teacher_assistant scheme needs a trained teacher (weights)")
-    teacher = base["teacher"]
-    chain = [a.model_dump(mode="json") for a in args.assistants] + [base["student"]]
-    out: list[tuple[str, dict]] = []
-    for i, model in enumerate(chain):
-        name = f"assistant{i}" if i < len(chain) - 1 else "student"
-        data = {
-            **base,
-            "scheme": {"name": "offline"},
-            "teacher": teacher,
-            "student": model,
-            "objective": _kd_objective(base, 4.0),
-        }
-        out.append((name, data))
-        teacher = _trained(model, _stage_dir(run_dir, i, name))
-    return out
+BAN = _BornAgain()
+TEACHER_ASSISTANT = _TeacherAssistant()
 
 
 # ------------------------------------------------------------------------- running
@@ -263,7 +297,7 @@ def run_pipeline(
 def _run_stages(
     cfg: ExperimentConfig, run_dir: Path, resume: bool, callbacks, allow_changes, run_stage
 ) -> dict:
-    stages = expand(cfg)
+    stages, pipeline = expand(cfg), _pipeline_of(cfg)
     atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
     atomic_write_text(
         run_dir / "pipeline.json",
@@ -273,7 +307,7 @@ def _run_stages(
     for i, stage in enumerate(stages):
         stage_dir = stage.resolved_run_dir()
         done = stage_dir / "results.json"
-        after = AFTER_STAGE.get(cfg.scheme.name)
+        after = pipeline.after_stage if pipeline is not None else None
         if finished(stage_dir):
             results.append(json.loads(done.read_text()))
             if after is not None:
@@ -305,7 +339,7 @@ def _finish_stages(
     cfg: ExperimentConfig, run_dir: Path, stages: list[ExperimentConfig], results: list[dict]
 ) -> dict:
     """The last stage's weights as the run's, and results.json summing up the stages."""
-    from distill.build import build, weights_path
+    from distill.build import weights_path
 
     final = stages[-1].resolved_run_dir()
     (run_dir / "checkpoints").mkdir(exist_ok=True)
@@ -321,11 +355,9 @@ def _finish_stages(
         ],
         **{k: v for k, v in results[-1].items() if k.startswith(("test_", "teacher_"))},
     }
-    if cfg.scheme.name == "ban" and parse_args(BANArgs, cfg.scheme.args, "ban").ensemble:
-        built = build(stages[-1])
-        summary.update(_ensemble_test(built, [s.resolved_run_dir() for s in stages], cfg))
-    if cfg.scheme.name == "lifelong":
-        summary["lifelong"] = lifelong.task_accuracies(cfg, stages)
+    pipeline = _pipeline_of(cfg)
+    if pipeline is not None:
+        summary.update(pipeline.summary(cfg, stages, results))
     atomic_write_text(run_dir / "results.json", json.dumps(summary, indent=2))
     return summary
 
@@ -363,7 +395,10 @@ def final_stage_dir(run_dir: Path) -> Path:
 
 
 __all__ = [
+    "BAN",
     "PIPELINE_ARGS",
+    "TEACHER_ASSISTANT",
+    "Pipeline",
     "expand",
     "final_stage_dir",
     "is_pipeline",

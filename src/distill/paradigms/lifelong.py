@@ -348,7 +348,22 @@ def summary_metrics(matrix: list[list[float]], tag: str, joint: bool) -> dict[st
     return out
 
 
+class Lifelong:
+    """The `lifelong` pipeline (see `distill.stages.Pipeline`): a stage per task."""
+
+    stages = staticmethod(stage_configs)
+    after_stage = staticmethod(after_stage)
+
+    @staticmethod
+    def summary(cfg: Any, stages: list[Any], results: list[dict]) -> dict[str, Any]:
+        return {"lifelong": task_accuracies(cfg, stages)}
+
+
+LIFELONG = Lifelong()
+
+
 __all__ = [
+    "LIFELONG",
     "LifelongArgs",
     "LwF",
     "after_stage",

@@ -19,7 +19,10 @@ that no scheme is known there by its name:
   one (its test accuracy and agreement are then reported);
 - `monitors`: the `train.monitor` values its validation reports;
 - `predicts_classes`: the student outputs class logits (not embeddings, images or boxes);
-- `pipeline_args`: a pipeline scheme (it runs as stages, `builder` is None).
+- `pipeline_args`, `pipeline`: a pipeline scheme (it runs as stages, `builder` is None):
+  its typed arguments, and the object that makes its stages (`stages(cfg, base, stage_dir,
+  trained)`, `after_stage(cfg, index, stage)`, `summary(cfg, stages, results)`; see
+  `distill.stages.Pipeline`).
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ class SchemeSpec:
     builder: str | None = None  # "module:attr" of the callable taking a SchemeContext
     args_from: str | None = None  # "module:attr" of its typed arguments (a Strict model)
     pipeline_args: str | None = None  # a pipeline scheme's arguments
+    pipeline: str | None = None  # "module:attr" of the object that makes its stages
     arg_names: tuple[str, ...] = ()  # for `distill schemes` (checked against args_from)
     taps_teacher: bool = False
     teacher_terms: bool = False
@@ -64,6 +68,10 @@ class SchemeSpec:
     @property
     def is_pipeline(self) -> bool:
         return self.builder is None
+
+    @property
+    def stages(self) -> Any:
+        return resolve(self.pipeline) if self.pipeline else None
 
 
 SCHEMES: dict[str, SchemeSpec] = {
@@ -487,6 +495,7 @@ SCHEMES: dict[str, SchemeSpec] = {
         "class-incremental tasks in sequence: LwF (Li & Hoiem 2016) and EWC (Kirkpatrick et al. 2017), against fine-tuning and joint training",
         "none",
         pipeline_args="distill.paradigms.lifelong:LifelongArgs",
+        pipeline="distill.paradigms.lifelong:LIFELONG",
         arg_names=("ewc_weight", "fisher_samples", "joint", "lwf_weight", "tasks", "temperature"),
     ),
     "ban": SchemeSpec(
@@ -494,6 +503,7 @@ SCHEMES: dict[str, SchemeSpec] = {
         "Furlanello et al. 2018, Born-Again Neural Networks",
         "optional",
         pipeline_args="distill.stages:BANArgs",
+        pipeline="distill.stages:BAN",
         arg_names=("ensemble", "generations", "temperature"),
     ),
     "teacher_assistant": SchemeSpec(
@@ -501,6 +511,7 @@ SCHEMES: dict[str, SchemeSpec] = {
         "Mirzadeh et al. 2020, Improved Knowledge Distillation via Teacher Assistant",
         "required",
         pipeline_args="distill.stages:TeacherAssistantArgs",
+        pipeline="distill.stages:TEACHER_ASSISTANT",
         arg_names=("assistants",),
     ),
 }
