@@ -398,6 +398,52 @@ def test_eval_every_validates_on_its_cadence_and_after_the_last_epoch(tmp_path):
     assert len(header) == 6 and "val_acc" in header[0]
 
 
+def test_eval_every_steps_validates_within_epochs_and_resumes_without_losing_rows(tmp_path):
+    """Validation every 3 steps logs a row at the epoch's fraction done (epoch ends are then
+    validated only at the last); a run cut mid-epoch resumes from its step checkpoint, drops
+    the rows written after it, and ends with the uninterrupted run's weights and rows."""
+    train = {"epochs": 2, "eval_every_steps": 3, "checkpoint_every_steps": 4}
+    full = run_experiment(parse_config(_resume_cfg(tmp_path, "full", **train)))
+    rows = [json.loads(x) for x in (tmp_path / "full/metrics.jsonl").read_text().splitlines()]
+    steps = full["steps"]
+    per_epoch = steps // 2
+    within = [r for r in rows if r["epoch"] not in (1, 2)]
+    assert [r["step"] for r in within] == [s for s in range(3, steps + 1, 3) if s % per_epoch]
+    assert all("val_acc" in r and "train_loss" in r for r in within)
+    for r in within:  # the epoch in progress and the fraction of its batches done
+        assert int(r["epoch"]) == r["step"] // per_epoch and 0 < r["epoch"] % 1 < 1
+    # grad_accum 2 over 9 batches: step 3 is batch 6 of 9 (the last step has one batch)
+    assert within[0]["epoch"] == pytest.approx(6 / 9, abs=1e-4)
+    assert [r["epoch"] for r in rows] == sorted(r["epoch"] for r in rows)
+    ends = {r["epoch"]: r for r in rows if r["epoch"] in (1, 2)}
+    assert "val_acc" not in ends[1] and "val_acc" in ends[2]
+    best = max((r for r in rows if "val_acc" in r), key=lambda r: r["val_acc"])
+    assert full["best_val_acc"] == pytest.approx(best["val_acc"])
+
+    class Stop(Exception):
+        """Raised at the validation of step 9 (after the checkpoint of step 8, mid-epoch)."""
+
+    def cut(row):
+        if row["step"] == 9:
+            raise Stop
+
+    with pytest.raises(Stop):
+        run_experiment(parse_config(_resume_cfg(tmp_path, "part", **train)), callbacks=[cut])
+    assert load_checkpoint(tmp_path / "part/checkpoints/last.safetensors")["trainer"]["step"] == 8
+    resumed = run_experiment(parse_config(_resume_cfg(tmp_path, "part", **train)), resume=True)
+    assert resumed["complete"] and resumed["best_val_acc"] == full["best_val_acc"]
+    a = load_checkpoint(tmp_path / "full/checkpoints/last.safetensors")
+    b = load_checkpoint(tmp_path / "part/checkpoints/last.safetensors")
+    for key, value in a["modules"].items():
+        assert torch.equal(value, b["modules"][key]), key
+    rows_b = [json.loads(x) for x in (tmp_path / "part/metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows_b] == [r["step"] for r in rows]
+    for ra, rb in zip(rows, rows_b):
+        assert ra.keys() == rb.keys() and ra["val_acc" if "val_acc" in ra else "step"] == (
+            rb["val_acc" if "val_acc" in rb else "step"]
+        )
+
+
 def test_checkpoint_every_and_a_resume_from_an_older_checkpoint(tmp_path):
     """With checkpoint_every 2, a run cut after epoch 3 resumes from epoch 2's checkpoint,
     redoes epoch 3, and ends with the uninterrupted run's weights and rows."""
@@ -436,7 +482,7 @@ def test_a_run_saved_before_a_setting_existed_resumes(tmp_path):
     assert not part["complete"]
     saved = tmp_path / "r/config.yaml"
     old = yaml.safe_load(saved.read_text())
-    for key in ("eval_every", "checkpoint_every"):  # settings this version added
+    for key in ("eval_every", "checkpoint_every", "eval_every_steps"):  # added since
         old["train"].pop(key)
     old["objective"].pop("label_smoothing")  # (one that may not change on resume)
     saved.write_text(yaml.safe_dump(old))

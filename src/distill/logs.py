@@ -32,9 +32,14 @@ class MetricsLog:
                 except json.JSONDecodeError:  # a row cut short by a crash: rewritten below
                     break
 
-    def keep_epochs_before(self, epoch: int) -> None:
-        """Forget rows of epochs the checkpoint being resumed from had not finished."""
-        self.rows = [r for r in self.rows if r.get("epoch", 0) < epoch]
+    def keep_epochs_before(self, epoch: int, step: int | None = None) -> None:
+        """Forget rows of epochs the checkpoint being resumed from had not finished, and
+        (given its `step`) rows written after it, such as a validation within an epoch."""
+        self.rows = [
+            r
+            for r in self.rows
+            if r.get("epoch", 0) < epoch and (step is None or r.get("step", 0) <= step)
+        ]
         self._write()
 
     def append(self, row: dict) -> None:

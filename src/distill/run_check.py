@@ -23,6 +23,7 @@ RESUMABLE_CHANGES = {
     "checkpoint_every_steps",
     "checkpoint_every",
     "eval_every",
+    "eval_every_steps",
     "early_stop_patience",
     "device",
     "workers",

@@ -119,6 +119,9 @@ class TrainSettings(Strict):
     deterministic: bool = False
     # validate every N epochs (and after the last); the best weights are picked among them
     eval_every: int = Field(1, ge=1)
+    # validate every N optimizer steps instead (and after the last epoch): for long epochs,
+    # e.g. language models trained for one pass; epoch ends are then not validated
+    eval_every_steps: int | None = Field(None, ge=1)
     # write the resume checkpoint every N epochs (and after the last); a crash resumes from
     # the latest one written
     checkpoint_every: int = Field(1, ge=1)

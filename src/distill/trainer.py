@@ -7,31 +7,28 @@ from __future__ import annotations
 
 import contextlib
 import math
-import sys
 import time
 from collections.abc import Callable, Sequence
-from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
 from distill import distributed
 from distill.checkpoint import BackgroundWriter
 from distill.data import Augmentation
 from distill.data.loading import is_stream, set_epoch
 from distill.errors import ConfigError, DataError
-from distill.evaluate import evaluate
 from distill.logs import MetricsLog
 from distill.loop.feed import BatchFeed, epoch_order, group_items, plan, stream_items
 from distill.loop.guard import NonFiniteGuard
 from distill.loop.loss_sums import LossSums
 from distill.loop.optim import lr_factor, lr_groups, make_optimizer, resolve_device
 from distill.loop.placement import autocast, shard_models, speed_up
-from distill.loop.progress import EpochProgress, stop_on_signals
-from distill.loop.resume import prepare_fit, restore, save, save_best, summary
+from distill.loop.progress import EpochProgress, report_row, stop_on_signals
+from distill.loop.resume import prepare_fit, restore, save, summary
 from distill.loop.rng import seed_everything  # noqa: F401  (re-exported)
+from distill.loop.validation import validate
 from distill.schemes.contract import Contract, Scheme
 from distill.settings import TrainSettings
 
@@ -153,7 +150,7 @@ class Trainer:
                     self.restore()
             else:
                 seed_everything(s.seed)
-            log = prepare_fit(self)  # the metrics log, the teacher cache, on_fit_start
+            self._log = log = prepare_fit(self)  # the metrics log, teacher cache, on_fit_start
             with stop_on_signals(self):
                 result = self._run(log)
         except BaseException:
@@ -176,6 +173,8 @@ class Trainer:
                 self._close_epoch_losses()
                 self._end_epoch(log, final=True)
                 return summary(self, started, None)
+            if stopped_by == "early_stop":  # by a validation within the epoch
+                return summary(self, started, None, early_stopped=True)
             if stopped_by is not None:  # the state is already saved
                 return summary(self, started, stopped_by)
             if self._end_epoch(log):
@@ -257,6 +256,12 @@ class Trainer:
             self.feed.stop()  # lets the workers go
             save(self)
             return stopped_by
+        if (
+            s.eval_every_steps
+            and st["step"] % s.eval_every_steps == 0
+            and (self._validate_within_epoch())
+        ):
+            return "early_stop"
         if s.checkpoint_every_steps and st["step"] % s.checkpoint_every_steps == 0:
             save(self)
         return None
@@ -284,21 +289,16 @@ class Trainer:
         return None
 
     def _end_epoch(self, log: MetricsLog, final: bool = False) -> bool:
-        """Evaluate (every `eval_every` epochs, and at the end), log, checkpoint (every
-        `checkpoint_every` epochs, and at the end); True when early stopping says to stop."""
+        """Evaluate (every `eval_every` epochs unless validation goes by steps, and at the
+        end), log, checkpoint (every `checkpoint_every` epochs, and at the end); True when
+        early stopping says to stop."""
         s, st = self.settings, self.state
         done = st["epoch"] + 1
         final = final or done >= s.epochs
         metrics, improved = {}, False
-        if final or done % s.eval_every == 0:
-            metrics, improved = self._validate()
-        row = {
-            "epoch": done,
-            "step": st["step"],
-            "lr": self.optimizer.param_groups[0]["lr"],
-            **self._epoch_losses,
-            **{f"val_{k}": v for k, v in metrics.items()},
-        }
+        if final or (s.eval_every_steps is None and done % s.eval_every == 0):
+            metrics, improved = validate(self)
+        row = self._row(done, self._epoch_losses, metrics)
         st["epoch"] += 1
         st["batch"] = 0
         # Log first, then checkpoint: a crash in between leaves a row for an epoch the
@@ -309,42 +309,31 @@ class Trainer:
         stop = s.early_stop_patience is not None and st["bad_epochs"] >= s.early_stop_patience
         if final or stop or done % s.checkpoint_every == 0:
             save(self)
-        if self.callbacks:  # they are promised the epoch's files on disk
-            self.writer.wait()
-        for callback in self.callbacks:
-            callback(row)
-        if s.progress and distributed.is_main():
-            tqdm.write(  # (printed with or without a terminal)
-                f"epoch {row['epoch']}/{s.epochs}  loss {row.get('train_loss', float('nan')):.4f}  "
-                + "  ".join(f"val {k} {v:.4f}" for k, v in metrics.items())
-                + ("  *best" if improved else ""),
-                file=sys.stderr,
-            )
+        report_row(self, row, metrics, improved)
         return stop
 
-    def _validate(self) -> tuple[dict[str, float], bool]:
-        """Validation metrics; the best weights saved when they improve (the patience of
-        early stopping counts validated epochs)."""
+    def _validate_within_epoch(self) -> bool:
+        """`eval_every_steps`: validate, log a row at the epoch's fraction done; True when
+        early stopping says to stop (after a checkpoint)."""
         s, st = self.settings, self.state
-        # Ranks normalised their own slices, so their BatchNorm statistics differ: all take
-        # rank 0's (the ones its checkpoint saves, and what DDP's broadcast_buffers keeps).
-        distributed.broadcast_buffers(self.scheme.modules)
-        scheme_eval = self.contract.evaluate  # e.g. perplexity for LMs
-        evaluator = scheme_eval or partial(evaluate, self.scheme.eval_model(), workers=s.workers)
-        metrics = evaluator(self.val_data, batch_size=s.eval_batch_size, device=self.device)
-        # best-epoch and early-stopping decisions (and the collectives behind them) must agree
-        metrics = distributed.from_rank0(metrics)
-        score = -metrics["nll"] if s.monitor == "nll" else metrics[s.monitor]
-        # a model still being compressed (pruning on its way to its target sparsity) is not
-        # yet the model the run promises: each such epoch is kept as "best" provisionally
-        # and the first settled epoch replaces it
-        settled = all(h.settled(st["step"]) for h in self.step_hooks)
-        improved = score > st["best"] or not settled
-        if improved:
-            st["best"], st["best_epoch"], st["bad_epochs"] = score, st["epoch"] + 1, 0
-            if not settled:
-                st["best"] = -math.inf
-            save_best(self, metrics)
-        else:
-            st["bad_epochs"] += 1
-        return metrics, improved
+        metrics, improved = validate(self)
+        self.scheme.train(True)
+        part = st["batch"] / self.batches_per_epoch if self.batches_per_epoch else 0.0
+        losses = distributed.mean_over_ranks(self.losses.means("train_"))
+        row = self._row(round(st["epoch"] + part, 4), losses, metrics)
+        if distributed.is_main():
+            self._log.append(row)
+        report_row(self, row, metrics, improved)
+        stop = s.early_stop_patience is not None and st["bad_epochs"] >= s.early_stop_patience
+        if stop:
+            save(self)
+        return stop
+
+    def _row(self, epoch: float, losses: dict, metrics: dict) -> dict[str, Any]:
+        return {
+            "epoch": epoch,
+            "step": self.state["step"],
+            "lr": self.optimizer.param_groups[0]["lr"],
+            **losses,
+            **{f"val_{k}": v for k, v in metrics.items()},
+        }

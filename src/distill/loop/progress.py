@@ -13,6 +13,8 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from distill import distributed
+
 
 class EpochProgress:
     """The progress of one epoch of `t` (a context manager; `update()` after each batch)."""
@@ -49,6 +51,23 @@ class EpochProgress:
                 file=sys.stderr,
                 flush=True,
             )
+
+
+def report_row(t: Any, row: dict, metrics: dict, improved: bool) -> None:
+    """Hand a logged row to `t`'s callbacks (trackers: once the row's files are on disk)
+    and print it."""
+    if t.callbacks:
+        t.writer.wait()
+    for callback in t.callbacks:
+        callback(row)
+    if t.settings.progress and distributed.is_main():
+        where = f"epoch {row['epoch']}/{t.settings.epochs}"
+        tqdm.write(  # (printed with or without a terminal)
+            f"{where}  loss {row.get('train_loss', float('nan')):.4f}  "
+            + "  ".join(f"val {k} {v:.4f}" for k, v in metrics.items())
+            + ("  *best" if improved else ""),
+            file=sys.stderr,
+        )
 
 
 @contextlib.contextmanager

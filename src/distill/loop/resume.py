@@ -128,7 +128,7 @@ def prepare_fit(t: Any) -> MetricsLog:
     epoch, the teacher cache built (or checked) once, and the scheme told the plan."""
     log = MetricsLog(t.run_dir)
     if distributed.is_main():
-        log.keep_epochs_before(t.state["epoch"] + 1)
+        log.keep_epochs_before(t.state["epoch"] + 1, t.state["step"])
     cache = t.contract.teacher_cache
     if cache is not None:
         if distributed.is_main():  # under torchrun rank 0 builds, the others open it
