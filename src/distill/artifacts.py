@@ -134,12 +134,28 @@ def _check_hf(model: nn.Module, tmp: Path, x: torch.Tensor) -> float:
         return float((logits_of(wrapped(x)) - logits_of(model(x))).abs().max())
 
 
+def _write_dense(proj: nn.Linear, dense: Path) -> None:
+    """The projection head as a sentence-transformers Dense module folder."""
+    from safetensors.torch import save_file
+
+    dense.mkdir()
+    config = {
+        "in_features": proj.in_features,
+        "out_features": proj.out_features,
+        "bias": proj.bias is not None,
+        "activation_function": "torch.nn.modules.linear.Identity",
+    }
+    (dense / "config.json").write_text(json.dumps(config))
+    weights = {"linear.weight": proj.weight.detach().contiguous()}
+    if proj.bias is not None:
+        weights["linear.bias"] = proj.bias.detach().contiguous()
+    save_file(weights, str(dense / "model.safetensors"))
+
+
 def write_sentence_transformers(
     encoder: nn.Module, tokenizer: Any, path: Path, max_length: int
 ) -> None:
     """`encoder` (a distill SentenceEncoder) as a sentence-transformers folder at `path`."""
-    from safetensors.torch import save_file
-
     backbone = encoder.backbone
     width = backbone.config.hidden_size
     backbone.save_pretrained(path, safe_serialization=True)
@@ -166,23 +182,7 @@ def write_sentence_transformers(
         },
     ]
     if encoder.project is not None:
-        dense = path / "2_Dense"
-        dense.mkdir()
-        proj = encoder.project
-        (dense / "config.json").write_text(
-            json.dumps(
-                {
-                    "in_features": proj.in_features,
-                    "out_features": proj.out_features,
-                    "bias": proj.bias is not None,
-                    "activation_function": "torch.nn.modules.linear.Identity",
-                }
-            )
-        )
-        weights = {"linear.weight": proj.weight.detach().contiguous()}
-        if proj.bias is not None:
-            weights["linear.bias"] = proj.bias.detach().contiguous()
-        save_file(weights, str(dense / "model.safetensors"))
+        _write_dense(encoder.project, path / "2_Dense")
         modules.append(
             {"idx": 2, "name": "2", "path": "2_Dense", "type": "sentence_transformers.models.Dense"}
         )

@@ -145,6 +145,46 @@ TEACHER_ARGS = {"arch": "gpt2", "n_embd": 128, "n_layer": 4, "n_head": 4}
 STUDENT_ARGS = {"arch": "gpt2", "n_embd": 64, "n_layer": 2, "n_head": 2}
 
 
+def _variants(qs: list[str], long_out: list[str], short_out: list[str]) -> dict[str, tuple]:
+    """The students' training sets from the teacher's answers: name -> (pairs, the trace
+    style the student is asked for, the task prefix)."""
+
+    def answer_of(text: str) -> str:
+        return f" A:{parse_answer(text)}"
+
+    mixed = [(q, lo if i % 2 else sh) for i, (q, lo, sh) in enumerate(zip(qs, long_out, short_out))]
+    return {
+        "answer only": ([(q, answer_of(lo)) for q, lo in zip(qs, long_out)], "none", ""),
+        "long rationales": (list(zip(qs, long_out)), "long", ""),
+        "short rationales": (list(zip(qs, short_out)), "short", ""),
+        "mixed long + short": (mixed, "short", ""),
+        "step-by-step (answer + explain tasks)": (
+            [("[ans]" + q, answer_of(lo)) for q, lo in zip(qs, long_out)]
+            + [("[exp]" + q, lo) for q, lo in zip(qs, long_out)],
+            "none",
+            "[ans]",
+        ),
+    }
+
+
+def _student_rows(name, variant, test, digits, length, out, epochs, seed, progress) -> list:
+    """Train one student on its variant; a row per trace style it is asked for."""
+    train_pairs, style, task = variant
+    val_pairs = [
+        (question(a, b, digits, task), solution(a, b, digits, style)) for a, b in test[:100]
+    ]
+    d = _splits(rows_to_dataset(train_pairs, length), rows_to_dataset(val_pairs, length), length)
+    slug = name.split(" (")[0].replace(" ", "-").replace("+", "").replace("--", "-")
+    model, secs = _train(slug, out, d, STUDENT_ARGS, epochs, seed, progress)
+    styles = ["long", "short"] if name.startswith("mixed") else [style]
+    rows = []
+    for st in styles:  # a mixed student is asked for either trace
+        label = f"student: {name}" + (f", asked {st}" if len(styles) > 1 else "")
+        acc = accuracy(model, test, digits, st, task)
+        rows.append({"model": label, "params": _params(model), "test_acc": acc, "seconds": secs})
+    return rows
+
+
 def run_reasoning_demo(
     out: str | Path = "runs/reasoning-demo",
     digits: int = 3,
@@ -180,61 +220,17 @@ def run_reasoning_demo(
     teacher_correct = sum(parse_answer(lo) == a + b for lo, (a, b) in zip(long_out, student_qs))
     rows = [
         {
-            "model": "teacher (long rationale)",
+            "model": f"teacher ({style} rationale)",
             "params": _params(teacher),
-            "test_acc": accuracy(teacher, test, digits, "long"),
-            "seconds": teacher_s,
-        },
-        {
-            "model": "teacher (short rationale)",
-            "params": _params(teacher),
-            "test_acc": accuracy(teacher, test, digits, "short"),
-            "seconds": 0.0,
-        },
+            "test_acc": accuracy(teacher, test, digits, style),
+            "seconds": teacher_s if style == "long" else 0.0,
+        }
+        for style in ("long", "short")
     ]
-
-    def answer_of(text: str) -> str:
-        return f" A:{parse_answer(text)}"
-
-    variants: dict[str, tuple[list[tuple[str, str]], str, str]] = {
-        "answer only": ([(q, answer_of(lo)) for q, lo in zip(qs, long_out)], "none", ""),
-        "long rationales": (list(zip(qs, long_out)), "long", ""),
-        "short rationales": (list(zip(qs, short_out)), "short", ""),
-        "mixed long + short": (
-            [
-                (q, lo if i % 2 else sh)
-                for i, (q, lo, sh) in enumerate(zip(qs, long_out, short_out))
-            ],
-            "short",
-            "",
-        ),
-        "step-by-step (answer + explain tasks)": (
-            [("[ans]" + q, answer_of(lo)) for q, lo in zip(qs, long_out)]
-            + [("[exp]" + q, lo) for q, lo in zip(qs, long_out)],
-            "none",
-            "[ans]",
-        ),
-    }
-    for name, (train_pairs, style, task) in variants.items():
-        val_pairs = [
-            (question(a, b, digits, task), solution(a, b, digits, style)) for a, b in test[:100]
-        ]
-        d = _splits(
-            rows_to_dataset(train_pairs, length), rows_to_dataset(val_pairs, length), length
+    for name, variant in _variants(qs, long_out, short_out).items():
+        rows += _student_rows(
+            name, variant, test, digits, length, out, student_epochs, seed, progress
         )
-        slug = name.split(" (")[0].replace(" ", "-").replace("+", "").replace("--", "-")
-        model, secs = _train(slug, out, d, STUDENT_ARGS, student_epochs, seed, progress)
-        styles = ["long", "short"] if name.startswith("mixed") else [style]
-        for st in styles:  # a mixed student is asked for either trace
-            label = f"student: {name}" + (f", asked {st}" if len(styles) > 1 else "")
-            rows.append(
-                {
-                    "model": label,
-                    "params": _params(model),
-                    "test_acc": accuracy(model, test, digits, st, task),
-                    "seconds": secs,
-                }
-            )
     rows.append(
         {
             "model": "teacher answers used for training (correct)",

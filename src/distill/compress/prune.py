@@ -277,6 +277,31 @@ def channel_scores(model: nn.Module, name: str, norms: list[str], criterion: str
     return layer.weight.detach().abs().flatten(1).sum(1)
 
 
+def _narrow_norm(model: nn.Module, name: str, keep: Tensor) -> None:
+    """The norm layer `name` keeps the channels `keep` (affine and running statistics)."""
+    norm = model.get_submodule(name)
+    small = resized(norm, outputs=len(keep))
+    for attr in ("weight", "bias", "running_mean", "running_var"):
+        if getattr(norm, attr, None) is not None:
+            getattr(small, attr).copy_(getattr(norm, attr)[keep])
+    if norm.num_batches_tracked is not None:
+        small.num_batches_tracked.copy_(norm.num_batches_tracked)
+    model.set_submodule(name, small)
+
+
+def _narrow_reader(model: nn.Module, name: str, keep: Tensor, span: int, dims: dict) -> int:
+    """The layer `name` reading the pruned channels keeps their input columns (`span`
+    columns per channel, after a flatten); returns its new input width."""
+    reader = model.get_submodule(name)
+    cols = (keep[:, None] * span + torch.arange(span)).flatten()
+    new_reader = resized(reader, inputs=len(cols), outputs=dims.get(name, {}).get("out"))
+    new_reader.weight.copy_(reader.weight[:, cols])
+    if reader.bias is not None:
+        new_reader.bias.copy_(reader.bias)
+    model.set_submodule(name, new_reader)
+    return len(cols)
+
+
 @torch.no_grad()
 def prune_channels(
     model: nn.Module,
@@ -318,26 +343,10 @@ def prune_channels(
         model.set_submodule(name, new)
         dims.setdefault(name, {})["out"] = len(keep)
         for norm_name in deps["norms"]:
-            norm = model.get_submodule(norm_name)
-            small = resized(norm, outputs=len(keep))
-            for attr in ("weight", "bias", "running_mean", "running_var"):
-                if getattr(norm, attr, None) is not None:
-                    getattr(small, attr).copy_(getattr(norm, attr)[keep])
-            if norm.num_batches_tracked is not None:
-                small.num_batches_tracked.copy_(norm.num_batches_tracked)
-            model.set_submodule(norm_name, small)
+            _narrow_norm(model, norm_name, keep)
             dims[norm_name] = {"out": len(keep)}
         for reader_name, span in deps["readers"]:
-            reader = model.get_submodule(reader_name)
-            cols = (keep[:, None] * span + torch.arange(span)).flatten()
-            inputs = len(cols)
-            new_reader = resized(
-                reader, inputs=inputs, outputs=dims.get(reader_name, {}).get("out")
-            )
-            new_reader.weight.copy_(reader.weight[:, cols])
-            if reader.bias is not None:
-                new_reader.bias.copy_(reader.bias)
-            model.set_submodule(reader_name, new_reader)
+            inputs = _narrow_reader(model, reader_name, keep, span, dims)
             dims.setdefault(reader_name, {})["in"] = inputs
     record(model, {"op": "resize", "modules": dims})
     return report

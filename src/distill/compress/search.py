@@ -106,6 +106,30 @@ def pareto(rows: list[dict[str, Any]], cost: str = "params", score: str = "score
     return pareto_front([(r[cost], r[score]) for r in rows])
 
 
+def _measure(s: SearchSettings, args: dict, input_shape, num_classes: int, teacher, probe) -> dict:
+    """A candidate's row: its size and latency, whether it fits the budget (and why not),
+    and its similarity to the teacher when that is the score."""
+    row: dict[str, Any] = {"args": args}
+    try:
+        torch.manual_seed(s.seed)
+        model = build_model(s.model, input_shape, num_classes, args)
+    except Exception as e:  # noqa: BLE001 - an invalid combination is reported, not fatal
+        row.update(valid=False, reason=f"{type(e).__name__}: {e}")
+        return row
+    row["params"] = count_parameters(model)
+    row["latency_ms"] = latency_ms(model, input_shape, warmup=5, repeats=30)["p50_ms"]
+    over = []
+    if s.max_params is not None and row["params"] > s.max_params:
+        over.append(f"params {row['params']} > {s.max_params}")
+    if s.max_latency_ms is not None and row["latency_ms"] > s.max_latency_ms:
+        over.append(f"latency {row['latency_ms']:.3f} ms > {s.max_latency_ms}")
+    row.update(valid=not over, reason="; ".join(over) or None)
+    if not over and s.score in ("similarity", "both"):
+        torch.manual_seed(s.seed)
+        row["similarity"] = similarity_score(model, teacher, probe, num_classes)
+    return row
+
+
 def search(
     s: SearchSettings,
     *,
@@ -121,28 +145,7 @@ def search(
         raise ValueError("the similarity score compares candidates with a teacher; give one")
     if s.score in ("proxy", "both") and proxy is None:
         raise ValueError("the proxy score needs a training function")
-    rows = []
-    for args in candidates(s):
-        row: dict[str, Any] = {"args": args}
-        try:
-            torch.manual_seed(s.seed)
-            model = build_model(s.model, input_shape, num_classes, args)
-        except Exception as e:  # noqa: BLE001 - an invalid combination is reported, not fatal
-            row.update(valid=False, reason=f"{type(e).__name__}: {e}")
-            rows.append(row)
-            continue
-        row["params"] = count_parameters(model)
-        row["latency_ms"] = latency_ms(model, input_shape, warmup=5, repeats=30)["p50_ms"]
-        over = []
-        if s.max_params is not None and row["params"] > s.max_params:
-            over.append(f"params {row['params']} > {s.max_params}")
-        if s.max_latency_ms is not None and row["latency_ms"] > s.max_latency_ms:
-            over.append(f"latency {row['latency_ms']:.3f} ms > {s.max_latency_ms}")
-        row.update(valid=not over, reason="; ".join(over) or None)
-        if not over and s.score in ("similarity", "both"):
-            torch.manual_seed(s.seed)
-            row["similarity"] = similarity_score(model, teacher, probe, num_classes)
-        rows.append(row)
+    rows = [_measure(s, args, input_shape, num_classes, teacher, probe) for args in candidates(s)]
     feasible = [r for r in rows if r["valid"]]
     if not feasible:
         raise ValueError(

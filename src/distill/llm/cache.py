@@ -155,6 +155,34 @@ def _check_replaceable(path: Path, partial: bool = False) -> None:
 
 
 @torch.no_grad()
+def _write_rows(teacher, dataset, tmp: Path, shape, mode, temperature, batch_size, seed, vocab):
+    """The teacher's sparse outputs for every row, into memory-mapped arrays in `tmp`;
+    returns the vocabulary size seen."""
+    n, length, k = shape
+    gen = torch.Generator().manual_seed(seed)
+    ids = np.lib.format.open_memmap(tmp / "ids.npy", "w+", np.int32, (n, length, k))
+    values = np.lib.format.open_memmap(tmp / "values.npy", "w+", np.float16, (n, length, k))
+    extra_shape = (n, length) if mode == "topk" else (n, length, k)
+    extra = np.lib.format.open_memmap(tmp / "extra.npy", "w+", np.float16, extra_shape)
+    v_size = None
+    device = next(teacher.parameters()).device
+    for start in range(0, n, batch_size):
+        b = load_batch(dataset, torch.arange(start, min(start + batch_size, n)))
+        logits = teacher(
+            input_ids=b["input"].to(device), attention_mask=b["attention_mask"].to(device)
+        ).logits.cpu()
+        if vocab is not None:
+            logits = logits[..., :vocab]
+        v_size = logits.shape[-1]
+        i, v, e = sparse_teacher(logits, mode, k, temperature, gen)
+        ids[start : start + len(i)] = i.numpy()
+        values[start : start + len(i)] = v.numpy()
+        extra[start : start + len(i)] = e.numpy()
+    for arr in (ids, values, extra):
+        arr.flush()
+    return v_size
+
+
 def build_cache(
     teacher: torch.nn.Module,
     dataset,
@@ -175,35 +203,16 @@ def build_cache(
         _check_replaceable(tmp, partial=True)
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
+    n = len(dataset)
+    length = load_batch(dataset, torch.arange(1))["input"].shape[1]
     was = teacher.training
     teacher.eval()
-    n = len(dataset)
-    first = load_batch(dataset, torch.arange(1))["input"]
-    length = first.shape[1]
-    gen = torch.Generator().manual_seed(seed)
-    vdtype = np.float16
-    ids = np.lib.format.open_memmap(tmp / "ids.npy", "w+", np.int32, (n, length, k))
-    values = np.lib.format.open_memmap(tmp / "values.npy", "w+", vdtype, (n, length, k))
-    extra_shape = (n, length) if mode == "topk" else (n, length, k)
-    extra = np.lib.format.open_memmap(tmp / "extra.npy", "w+", vdtype, extra_shape)
-    v_size = None
-    device = next(teacher.parameters()).device
-    for start in range(0, n, batch_size):
-        b = load_batch(dataset, torch.arange(start, min(start + batch_size, n)))
-        logits = teacher(
-            input_ids=b["input"].to(device), attention_mask=b["attention_mask"].to(device)
-        ).logits.cpu()
-        if vocab is not None:
-            logits = logits[..., :vocab]
-        v_size = logits.shape[-1]
-        i, v, e = sparse_teacher(logits, mode, k, temperature, gen)
-        ids[start : start + len(i)] = i.numpy()
-        values[start : start + len(i)] = v.numpy()
-        extra[start : start + len(i)] = e.numpy()
-    teacher.train(was)
-    for arr in (ids, values, extra):
-        arr.flush()
-    del ids, values, extra
+    try:
+        v_size = _write_rows(
+            teacher, dataset, tmp, (n, length, k), mode, temperature, batch_size, seed, vocab
+        )
+    finally:
+        teacher.train(was)
     meta = {
         "format": FORMAT,
         "mode": mode,

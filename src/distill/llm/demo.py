@@ -79,6 +79,52 @@ def _train(cfg: dict) -> tuple[dict, float]:
     return result, time.perf_counter() - start
 
 
+def _student_runs(out: Path, train: dict, epochs: int, teacher_spec: dict) -> dict[str, dict]:
+    """The student runs' configs: from scratch, then one per divergence in STUDENTS."""
+    runs = {
+        "scratch": {
+            "name": "lm-scratch",
+            "run_dir": str(out / "scratch"),
+            "scheme": "supervised",
+            "data": DATA,
+            "student": STUDENT,
+            "train": {**train, "epochs": epochs},
+        }
+    }
+    for name, args in STUDENTS.items():
+        slug = name.split(" (")[0].replace(" ", "-").lower()
+        runs[name] = {
+            "name": f"lm-{slug}",
+            "run_dir": str(out / slug),
+            "data": DATA,
+            "scheme": {"name": "lm_kd", "args": args},
+            "teacher": teacher_spec,
+            "student": STUDENT,
+            "train": {**train, "epochs": epochs},
+        }
+    return runs
+
+
+def _student_row(name: str, cfg: dict, built: Any) -> dict[str, Any]:
+    """Train one student run; its row of test perplexity, agreement and ROUGE-L."""
+    from distill.llm.text import lm_metrics
+
+    teacher, test = built.teacher, built.data.test
+    result, seconds = _train(cfg)
+    trained = {**cfg, "scheme": "supervised", "teacher": None}
+    trained["student"] = {**STUDENT, "weights": cfg["run_dir"]}
+    student = build(parse_config(trained)).student
+    metrics = lm_metrics(student, test, teacher=teacher, vocab=built.data.num_classes)
+    return {
+        "model": f"student: {name}",
+        "params": sum(p.numel() for p in student.parameters()),
+        "test_ppl": result["test_ppl"],
+        "agreement": metrics["agreement"],
+        "rouge_l": generation_overlap(student, teacher, test),
+        "seconds": seconds,
+    }
+
+
 def run_lm_demo(
     out: str | Path = "runs/lm-demo",
     epochs: int = 6,
@@ -106,67 +152,19 @@ def run_lm_demo(
             "train": {**train, "epochs": teacher_epochs},
         }
     )
-    teacher_spec = {**TEACHER, "weights": str(teacher_dir)}
+    runs = _student_runs(out, train, epochs, {**TEACHER, "weights": str(teacher_dir)})
+    built = build(parse_config(runs["forward KL"]))  # the trained teacher and the test split
     rows = [
         {
             "model": "teacher (GPT-2 4x128)",
-            "params": None,
+            "params": sum(p.numel() for p in built.teacher.parameters()),
             "test_ppl": teacher_res["test_ppl"],
             "agreement": 1.0,
             "rouge_l": 1.0,
             "seconds": teacher_s,
         }
     ]
-    runs = {
-        "scratch": {
-            "name": "lm-scratch",
-            "run_dir": str(out / "scratch"),
-            "scheme": "supervised",
-            "data": DATA,
-            "student": STUDENT,
-            "train": {**train, "epochs": epochs},
-        }
-    }
-    for name, args in STUDENTS.items():
-        slug = name.split(" (")[0].replace(" ", "-").lower()
-        runs[name] = {
-            "name": f"lm-{slug}",
-            "run_dir": str(out / slug),
-            "data": DATA,
-            "scheme": {"name": "lm_kd", "args": args},
-            "teacher": teacher_spec,
-            "student": STUDENT,
-            "train": {**train, "epochs": epochs},
-        }
-    kd_cfg = parse_config(runs["forward KL"])
-    built = build(kd_cfg)
-    teacher, test = built.teacher, built.data.test
-    for name, cfg in runs.items():
-        result, seconds = _train(cfg)
-        student = build(
-            parse_config(
-                {
-                    **cfg,
-                    "scheme": "supervised",
-                    "teacher": None,
-                    "student": {**STUDENT, "weights": cfg["run_dir"]},
-                }
-            )
-        ).student
-        from distill.llm.text import lm_metrics
-
-        metrics = lm_metrics(student, test, teacher=teacher, vocab=built.data.num_classes)
-        rows.append(
-            {
-                "model": f"student: {name}",
-                "params": sum(p.numel() for p in student.parameters()),
-                "test_ppl": result["test_ppl"],
-                "agreement": metrics["agreement"],
-                "rouge_l": generation_overlap(student, teacher, test),
-                "seconds": seconds,
-            }
-        )
-    rows[0]["params"] = sum(p.numel() for p in teacher.parameters())
+    rows += [_student_row(name, cfg, built) for name, cfg in runs.items()]
     (out / "lm_demo.json").write_text(json.dumps(rows, indent=2))
     return rows
 

@@ -200,41 +200,22 @@ def run_federated(
         return _run_federated(cfg, run_dir, progress, overwrite, source)
 
 
-def _run_federated(
-    cfg: FederatedConfig, run_dir: Path, progress: bool, overwrite: bool, source: Path | None
-) -> dict:
-    from distill import rundir
-    from distill.build import load_data, load_model
-    from distill.checkpoint import atomic_write_text
-    from distill.evaluate import predict_logits
-    from distill.schemes.supervised import Supervised
-
-    data = load_data(cfg.data)
-    train = data.train
-    if not hasattr(train, "inputs"):
-        raise ConfigError("distill federated needs an in-memory array dataset")
+def _partition(cfg: FederatedConfig, train: Any) -> tuple[np.ndarray, np.ndarray, list]:
+    """The public rows (labels never read), the private rows, and each client's share of
+    the private rows (indices into them, Dirichlet over classes)."""
     labelled = np.flatnonzero(train.targets.numpy() >= 0)
-    rng = np.random.default_rng(cfg.seed)
-    shuffled = rng.permutation(labelled)
+    shuffled = np.random.default_rng(cfg.seed).permutation(labelled)
     n_public = int(round(cfg.public_fraction * len(shuffled)))
     public_rows, private_rows = np.sort(shuffled[:n_public]), np.sort(shuffled[n_public:])
-    public_x = train.inputs[public_rows]  # labels of these rows are never read
-    y_private = train.targets.numpy()[private_rows]
-    splits = dirichlet_split(y_private, cfg.clients, cfg.alpha, cfg.seed)
-    # (after the data loaded: a bad config removes nothing)
-    rundir.begin(run_dir, "federated", overwrite=overwrite, source=source)
-    test_y = data.test.targets
+    splits = dirichlet_split(train.targets.numpy()[private_rows], cfg.clients, cfg.alpha, cfg.seed)
+    return public_rows, private_rows, splits
 
-    def test_acc(model: nn.Module) -> float:
-        return float((predict_logits(model, data.test).argmax(-1) == test_y).float().mean())
 
-    def say(msg: str) -> None:
-        if progress:
-            print(msg, file=sys.stderr)
+def _make_clients(cfg: FederatedConfig, data: Any, private_rows: np.ndarray, splits: list):
+    """One client per share: its model (seeded by its index) and its own train/val rows."""
+    from distill.build import load_model
 
-    quiet = {"progress": False}
-    local = cfg.local.model_copy(update=quiet)
-    clients = []
+    train, clients = data.train, []
     for i, rows in enumerate(splits):
         rows = private_rows[rows]
         n_val = int(round(cfg.local_val_fraction * len(rows)))
@@ -244,67 +225,88 @@ def _run_federated(
         torch.manual_seed(cfg.seed + i)
         model = load_model(cfg.client, data, "client")
         clients.append(Client(f"client{i}", model, own, train.subset(np.sort(val_rows))))
-    class_counts = [np.bincount(y_private[s], minlength=data.num_classes).tolist() for s in splits]
-    say(f"{cfg.clients} clients, private sizes {[len(s) for s in splits]}, public {n_public}")
-    for c in clients:
-        c.train_private(local, run_dir / "round0" / c.name)
-    history = [
-        {
-            "round": 0,
-            "clients_test_acc": [test_acc(c.model) for c in clients],
-            "server_test_acc": None,
-        }
-    ]
-    say(f"round 0: clients {np.round(history[0]['clients_test_acc'], 3).tolist()}")
+    return clients
 
-    channel = Channel()
-    server = load_model(cfg.server or cfg.client, data, "server")
+
+def _round(cfg, r: int, clients, server, public_x, channel, run_dir: Path) -> None:
+    """Round r: the clients share predictions on the public data, the server learns their
+    consensus, sends it back, and each client digests it, then revisits its own data."""
+    quiet = {"progress": False}
+    messages = [channel.send(c.name, "server", c.share(public_x)) for c in clients]
+    target = consensus(messages, cfg.temperature)
+    pub = SoftTargets(public_x, target)
     server_settings = cfg.server_train.model_copy(update=quiet)
-    for r in range(1, cfg.rounds + 1):
-        messages = [channel.send(c.name, "server", c.share(public_x)) for c in clients]
-        target = consensus(messages, cfg.temperature)
-        pub = SoftTargets(public_x, target)
-        _fit(
-            SoftTargetKD(server, cfg.temperature),
-            pub,
-            pub,
-            server_settings,
-            run_dir / f"round{r}" / "server",
-        )
-        for c in clients:
-            back = channel.send("server", c.name, target)
-            c.digest(
-                public_x,
-                back,
-                cfg.digest.model_copy(update=quiet),
-                cfg.temperature,
-                run_dir / f"round{r}" / f"{c.name}-digest",
-            )
-            c.train_private(
-                cfg.revisit.model_copy(update=quiet), run_dir / f"round{r}" / f"{c.name}-revisit"
-            )
-        row = {
-            "round": r,
-            "clients_test_acc": [test_acc(c.model) for c in clients],
-            "server_test_acc": test_acc(server),
-        }
-        history.append(row)
-        say(
-            f"round {r}: server {row['server_test_acc']:.3f}, clients {np.round(row['clients_test_acc'], 3).tolist()}"
-        )
+    _fit(SoftTargetKD(server, cfg.temperature), pub, pub, server_settings, run_dir / "server")
+    for c in clients:
+        back = channel.send("server", c.name, target)
+        digest = cfg.digest.model_copy(update=quiet)
+        c.digest(public_x, back, digest, cfg.temperature, run_dir / f"{c.name}-digest")
+        revisit = cfg.revisit.model_copy(update=quiet)
+        c.train_private(revisit, run_dir / f"{c.name}-revisit")
+
+
+def _centralised(cfg: FederatedConfig, data: Any, pooled: Any, settings, run_dir: Path):
+    """The reference no federated run can beat: one client model on all private data."""
+    from distill.build import load_model
+    from distill.schemes.supervised import Supervised
 
     torch.manual_seed(cfg.seed)
     central = load_model(cfg.client, data, "client")
-    pooled = train.subset(private_rows)
-    _fit(Supervised(central), pooled, data.val, local, run_dir / "centralised")
+    _fit(Supervised(central), pooled, data.val, settings, run_dir / "centralised")
+    return central
+
+
+def _run_federated(
+    cfg: FederatedConfig, run_dir: Path, progress: bool, overwrite: bool, source: Path | None
+) -> dict:
+    from distill import rundir
+    from distill.build import load_data, load_model
+    from distill.checkpoint import atomic_write_text
+    from distill.evaluate import predict_logits
+
+    data = load_data(cfg.data)
+    train = data.train
+    if not hasattr(train, "inputs"):
+        raise ConfigError("distill federated needs an in-memory array dataset")
+    public_rows, private_rows, splits = _partition(cfg, train)
+    y_private = train.targets.numpy()[private_rows]
+    rundir.begin(run_dir, "federated", overwrite=overwrite, source=source)  # (data loaded)
+
+    def test_acc(model: nn.Module) -> float:
+        logits = predict_logits(model, data.test)
+        return float((logits.argmax(-1) == data.test.targets).float().mean())
+
+    def say(msg: str) -> None:
+        print(msg, file=sys.stderr) if progress else None
+
+    local = cfg.local.model_copy(update={"progress": False})
+    clients = _make_clients(cfg, data, private_rows, splits)
+    say(f"{cfg.clients} clients, private {[len(s) for s in splits]}, public {len(public_rows)}")
+    for c in clients:
+        c.train_private(local, run_dir / "round0" / c.name)
+    history = [{"round": 0, "clients_test_acc": [test_acc(c.model) for c in clients]}]
+    history[0]["server_test_acc"] = None  # (no server yet)
+    say(f"round 0: clients {np.round(history[0]['clients_test_acc'], 3).tolist()}")
+    channel = Channel()
+    server = load_model(cfg.server or cfg.client, data, "server")
+    for r in range(1, cfg.rounds + 1):
+        _round(cfg, r, clients, server, train.inputs[public_rows], channel, run_dir / f"round{r}")
+        row = {"round": r, "clients_test_acc": [test_acc(c.model) for c in clients]}
+        row["server_test_acc"] = test_acc(server)
+        history.append(row)
+        clients_acc = np.round(row["clients_test_acc"], 3).tolist()
+        say(f"round {r}: server {row['server_test_acc']:.3f}, clients {clients_acc}")
+    central = _centralised(cfg, data, train.subset(private_rows), local, run_dir)
     result = {
         "name": cfg.name,
         "run_dir": str(run_dir),
         "clients": cfg.clients,
         "alpha": cfg.alpha,
-        "public_samples": int(n_public),
+        "public_samples": len(public_rows),
         "private_sizes": [len(s) for s in splits],
-        "class_counts": class_counts,
+        "class_counts": [
+            np.bincount(y_private[s], minlength=data.num_classes).tolist() for s in splits
+        ],
         "history": history,
         "centralised_test_acc": test_acc(central),
         "messages": len(channel.log),

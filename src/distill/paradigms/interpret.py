@@ -120,13 +120,66 @@ def _flat(x: torch.Tensor) -> np.ndarray:
     return x.reshape(len(x), -1).float().numpy().astype(np.float64)
 
 
-def run_interpret(cfg: InterpretConfig, *, progress: bool = True) -> dict[str, Any]:
-    """Fit every student (module docstring); write results.json, rules.txt and report.md."""
+def _fit_students(cfg: InterpretConfig, xt, pt, x_lab, y_lab) -> dict[str, tuple[Any, str]]:
+    """The five students: trees and sparse linear models, from the teacher's soft outputs
+    on the transfer set or from the true labels; name -> (fitted model, what it learnt)."""
     from sklearn.linear_model import LogisticRegression, MultiTaskLasso
     from sklearn.tree import DecisionTreeClassifier, DecisionTreeRegressor
 
+    log_pt = np.log(np.clip(pt, 1e-6, None))
+    log_pt -= log_pt.mean(1, keepdims=True)
+    tree = {"max_depth": cfg.tree.max_depth, "min_samples_leaf": cfg.tree.min_samples_leaf}
+    seed = cfg.seed
+    logistic = LogisticRegression(
+        C=cfg.linear.C, solver="saga", max_iter=5000, random_state=seed, **_l1()
+    )
+    return {
+        "tree_soft": (
+            DecisionTreeRegressor(random_state=seed, **tree).fit(xt, pt),
+            "teacher probabilities on the transfer set",
+        ),
+        "tree_teacher_labels": (
+            DecisionTreeClassifier(random_state=seed, **tree).fit(xt, pt.argmax(1)),
+            "teacher top-1 labels on the transfer set",
+        ),
+        "tree_hard": (
+            DecisionTreeClassifier(random_state=seed, **tree).fit(x_lab, y_lab),
+            "true labels of the training split",
+        ),
+        "linear_soft": (
+            MultiTaskLasso(alpha=cfg.linear.alpha, max_iter=5000).fit(xt, log_pt),
+            "teacher log-probabilities on the transfer set (multi-task Lasso)",
+        ),
+        "linear_hard": (
+            logistic.fit(x_lab, y_lab),
+            "true labels of the training split (L1 logistic regression)",
+        ),
+    }
+
+
+def _student_row(name: str, model: Any, source: str, x_test, y_test, teacher_pred) -> dict:
+    scores = model.predict(x_test)
+    pred = scores.argmax(1) if scores.ndim == 2 else scores.astype(int)
+    if name.startswith("tree"):
+        size = f"{model.get_n_leaves()} leaves, depth {model.get_depth()}"
+    else:
+        coef = np.atleast_2d(model.coef_)
+        used = int((np.abs(coef) > 0).any(0).sum())
+        size = f"{used} of {coef.shape[1]} inputs used"
+    return {
+        "model": name,
+        "trained_on": source,
+        "test_acc": float((pred == y_test).mean()),
+        "fidelity": float((pred == teacher_pred).mean()),
+        "size": size,
+    }
+
+
+def run_interpret(cfg: InterpretConfig, *, progress: bool = True) -> dict[str, Any]:
+    """Fit every student (module docstring); write results.json, rules.txt and report.md."""
     from distill.build import load_data, load_model
     from distill.checkpoint import atomic_write_text
+    from distill.data.core import ArrayDataset
     from distill.evaluate import predict_logits
     from distill.paradigms.ensemble import transfer_set
 
@@ -135,83 +188,35 @@ def run_interpret(cfg: InterpretConfig, *, progress: bool = True) -> dict[str, A
     train, test = data.train, data.test
     if not hasattr(train, "inputs"):
         raise ConfigError("distill interpret needs an in-memory array dataset")
-    x_t = transfer_set(
-        train.inputs, cfg.transfer.multiplier, p=cfg.transfer.p, s=cfg.transfer.s, seed=cfg.seed
-    )
-    from distill.data.core import ArrayDataset
-
+    tr = cfg.transfer
+    x_t = transfer_set(train.inputs, tr.multiplier, p=tr.p, s=tr.s, seed=cfg.seed)
     with torch.no_grad():
         p_t = F.softmax(predict_logits(teacher, ArrayDataset(x_t, torch.zeros(len(x_t)))), -1)
-        test_logits = predict_logits(teacher, test)
-    teacher_pred = test_logits.argmax(-1).numpy()
+        teacher_pred = predict_logits(teacher, test).argmax(-1).numpy()
     y_test = test.targets.numpy()
     labelled = train.targets >= 0
     x_lab, y_lab = _flat(train.inputs[labelled]), train.targets[labelled].numpy()
-    xt, pt = _flat(x_t), p_t.numpy().astype(np.float64)
-    x_test = _flat(test.inputs)
-    log_pt = np.log(np.clip(pt, 1e-6, None))
-    log_pt -= log_pt.mean(1, keepdims=True)
-    names = feature_names(data.input_shape)
-    tree_args = {"max_depth": cfg.tree.max_depth, "min_samples_leaf": cfg.tree.min_samples_leaf}
-
-    students: dict[str, tuple[Any, str]] = {}
     t0 = time.perf_counter()
-    students["tree_soft"] = (
-        DecisionTreeRegressor(random_state=cfg.seed, **tree_args).fit(xt, pt),
-        "teacher probabilities on the transfer set",
-    )
-    students["tree_teacher_labels"] = (
-        DecisionTreeClassifier(random_state=cfg.seed, **tree_args).fit(xt, pt.argmax(1)),
-        "teacher top-1 labels on the transfer set",
-    )
-    students["tree_hard"] = (
-        DecisionTreeClassifier(random_state=cfg.seed, **tree_args).fit(x_lab, y_lab),
-        "true labels of the training split",
-    )
-    students["linear_soft"] = (
-        MultiTaskLasso(alpha=cfg.linear.alpha, max_iter=5000).fit(xt, log_pt),
-        "teacher log-probabilities on the transfer set (multi-task Lasso)",
-    )
-    students["linear_hard"] = (
-        LogisticRegression(
-            C=cfg.linear.C, solver="saga", max_iter=5000, random_state=cfg.seed, **_l1()
-        ).fit(x_lab, y_lab),
-        "true labels of the training split (L1 logistic regression)",
-    )
+    students = _fit_students(cfg, _flat(x_t), p_t.numpy().astype(np.float64), x_lab, y_lab)
     if progress:
         print(f"fitted 5 students in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
-
+    size = f"{sum(p.numel() for p in teacher.parameters())} parameters"
     rows = [
         {
             "model": "teacher",
             "trained_on": "-",
             "test_acc": float((teacher_pred == y_test).mean()),
             "fidelity": 1.0,
-            "size": f"{sum(p.numel() for p in teacher.parameters())} parameters",
+            "size": size,
         }
     ]
+    x_test = _flat(test.inputs)
     for name, (model, source) in students.items():
-        scores = model.predict(x_test)
-        pred = scores.argmax(1) if scores.ndim == 2 else scores.astype(int)
-        if name.startswith("tree"):
-            size = f"{model.get_n_leaves()} leaves, depth {model.get_depth()}"
-        else:
-            coef = np.atleast_2d(model.coef_)
-            used = int((np.abs(coef) > 0).any(0).sum())
-            size = f"{used} of {coef.shape[1]} inputs used"
-        rows.append(
-            {
-                "model": name,
-                "trained_on": source,
-                "test_acc": float((pred == y_test).mean()),
-                "fidelity": float((pred == teacher_pred).mean()),
-                "size": size,
-            }
-        )
+        rows.append(_student_row(name, model, source, x_test, y_test, teacher_pred))
     run_dir = cfg.resolved_run_dir()
     run_dir.mkdir(parents=True, exist_ok=True)
-    rules = tree_rules(students["tree_soft"][0], names)
-    atomic_write_text(run_dir / "rules.txt", rules)
+    names = feature_names(data.input_shape)
+    atomic_write_text(run_dir / "rules.txt", tree_rules(students["tree_soft"][0], names))
     result = {
         "name": cfg.name,
         "run_dir": str(run_dir),
