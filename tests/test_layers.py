@@ -80,6 +80,7 @@ LAYERS: list[tuple[str, list[str]]] = [
             "distill.run_check",
             "distill.stages",
             "distill.cli",
+            "distill.commands",
             "distill.demo",
             "distill.bench",
             "distill.tune",

@@ -1,0 +1,364 @@
+"""What each `distill` subcommand does: one function per command, taking the parsed
+arguments and returning the exit code. `distill.cli` builds the parser and maps errors
+to messages; these import what they need when they run, so `distill --help` stays light."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import signal
+import sys
+from pathlib import Path
+
+from distill.errors import ConfigError, NonFiniteError
+
+
+def _resume_command(args: argparse.Namespace, *extra: str) -> str:
+    """The exact command that continues this run: its config, its overrides, then `extra`."""
+    words = ["distill", "run", args.config, *args.overrides, *extra, "--resume"]
+    return shlex.join(words)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from distill import distributed
+    from distill.config import load_config
+    from distill.run import run_experiment
+
+    cfg = load_config(args.config, args.overrides)
+    try:
+        results = run_experiment(
+            cfg, resume=args.resume, overwrite=args.overwrite, allow_changes=args.allow_change
+        )
+    except NonFiniteError as e:
+        raise NonFiniteError(f"{e}\n{_after_divergence(args, cfg)}") from None
+    main = distributed.is_main()
+    if main:
+        print(json.dumps(results, indent=2))
+    code = 0
+    stopped_by = results.get("stopped_by")
+    if stopped_by in ("SIGINT", "SIGTERM"):
+        if main:
+            print(
+                f"stopped by {stopped_by} at step {results['steps']}; the checkpoint is saved "
+                f"in {results['run_dir']}. Continue with: {_resume_command(args)}",
+                file=sys.stderr,
+            )
+        code = 128 + signal.Signals[stopped_by].value
+    distributed.shutdown(code)  # under torchrun: leave the group and exit; else a no-op
+    return code
+
+
+def _after_divergence(args: argparse.Namespace, cfg) -> str:
+    """A command that works after a divergence: resume from the last good checkpoint with a
+    tenth of the learning rate (or start again with it when no checkpoint was written)."""
+    lower = f"train.optimizer.lr={cfg.train.optimizer.lr / 10:g}"
+    others = [o for o in args.overrides if not o.startswith("train.optimizer.lr=")]
+    last = cfg.resolved_run_dir() / "checkpoints" / "last.safetensors"
+    if last.is_file():
+        words = ["distill", "run", args.config, *others, lower, "--resume"]
+        words += ["--allow-change", "train.optimizer.lr"]
+        return f"To resume from it with a tenth of the learning rate: {shlex.join(words)}"
+    words = ["distill", "run", args.config, *others, lower, "--overwrite"]
+    return f"To start again with a tenth of the learning rate: {shlex.join(words)}"
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from distill.config import load_config
+    from distill.validate import validate
+
+    cfg = load_config(args.config, args.overrides)
+    problems = validate(cfg)
+    if problems:
+        print(f"{args.config}: {len(problems)} problem(s)", file=sys.stderr)
+        for p in problems:
+            print(f"  - {p}", file=sys.stderr)
+        return 1
+    print(f"{args.config}: OK (names, layers, weights and a dry forward through every term)")
+    return 0
+
+
+def cmd_layers(args: argparse.Namespace) -> int:
+    import torch
+
+    from distill.config import ModelConfig, load_config
+    from distill.data import load_dataset
+    from distill.models import build_model
+    from distill.table import format_table
+    from distill.taps import describe_layers
+
+    if args.model.endswith((".yaml", ".yml")):
+        cfg = load_config(args.model)
+        spec = getattr(cfg, args.role)
+        if spec is None:
+            raise ConfigError(f"{args.model} has no {args.role} section; use --role student")
+        data = load_dataset(cfg.data.name, **cfg.data.options)
+    else:
+        try:
+            model_args = json.loads(args.args)
+        except json.JSONDecodeError as e:
+            raise ConfigError(
+                f"--args must be a JSON object, e.g. '{{\"channels\": [8, 16]}}': {e}"
+            ) from None
+        spec = ModelConfig(name=args.model, args=model_args)
+        data = load_dataset(args.dataset)
+    model = build_model(
+        spec.name, data.input_shape, data.num_classes, spec.args
+    )  # names need no weights
+    rows = describe_layers(model, torch.zeros(1, *data.input_shape))
+    print(f"{spec.name} on {data.name} input (1, {', '.join(map(str, data.input_shape))}):")
+    print(format_table(["layer", "type", "output shape", "params"], rows))
+    return 0
+
+
+def cmd_datasets(args: argparse.Namespace) -> int:
+    """The dataset table: each name, what it reads and the options it takes."""
+    import inspect
+
+    from distill.data import DATASETS
+    from distill.table import format_table
+
+    rows = []
+    for name, fn in DATASETS.items():
+        target = fn.options_of() if hasattr(fn, "options_of") else fn
+        params = inspect.signature(target).parameters
+        options = ", ".join(p for p in params if params[p].kind is inspect.Parameter.KEYWORD_ONLY)
+        doc = (fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else ""
+        rows.append([name, doc, options or "(see its docs)"])
+    print(format_table(["name", "reads", "options"], rows))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from distill.artifacts import export_run
+
+    result = export_run(args.run_dir, args.format, args.out, overwrite=args.overwrite)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def cmd_sample_data(args: argparse.Namespace) -> int:
+    from distill.data.samples import write_digits
+
+    out = write_digits(args.out)
+    print(
+        f"wrote the digits under {out}/: digits_png/ (class folders + list.csv), digits.parquet, "
+        f"digits.csv, digits_hf/ (save_to_disk); the configs in examples/data/ read them"
+    )
+    return 0
+
+
+def cmd_methods(args: argparse.Namespace) -> int:
+    from distill.methods import list_methods
+    from distill.table import format_table
+
+    rows = list_methods()
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        print(
+            format_table(
+                ["name", "family", "paper"], [[r["name"], r["family"], r["paper"]] for r in rows]
+            )
+        )
+    return 0
+
+
+def cmd_schemes(args: argparse.Namespace) -> int:
+    from distill.schemes import list_schemes
+    from distill.table import format_table
+
+    rows = list_schemes()
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        print(
+            format_table(
+                ["name", "family", "teacher", "paper", "args"],
+                [
+                    [r["name"], r["family"], r["teacher"], r["paper"], ", ".join(r["args"])]
+                    for r in rows
+                ],
+            )
+        )
+    return 0
+
+
+def cmd_lm_cache(args: argparse.Namespace) -> int:
+    from distill.build import build
+    from distill.config import load_config, parse_config
+    from distill.llm.cache import build_cache
+
+    cfg = load_config(args.config, args.overrides)
+    data = cfg.model_dump(mode="json")
+    data["scheme"]["args"].pop("teacher_cache", None)  # the cache being built is not read
+    built = build(parse_config(data))
+    if built.teacher is None:
+        print("error: the config has no teacher to cache", file=sys.stderr)
+        return 2
+    cache = build_cache(
+        built.teacher,
+        built.data.train,
+        args.out,
+        mode=args.mode,
+        k=args.k,
+        temperature=args.temperature,
+        vocab=built.data.num_classes,
+        seed=cfg.train.seed,
+    )
+    print(
+        f"wrote {args.out}: {len(cache)} rows, {cache.bytes_per_token():.0f} bytes per token "
+        f"({args.mode}, k={args.k}; dense fp16 logits would take {2 * cache.vocab} bytes)"
+    )
+    return 0
+
+
+def cmd_lm_demo(args: argparse.Namespace) -> int:
+    from distill.llm.demo import format_rows, run_lm_demo
+
+    rows = run_lm_demo(
+        args.out,
+        epochs=args.epochs,
+        teacher_epochs=args.teacher_epochs,
+        seed=args.seed,
+        progress=not args.json,
+    )
+    print(json.dumps(rows, indent=2) if args.json else format_rows(rows))
+    return 0
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from distill.blackbox import run_generation
+
+    report = run_generation(args.spec)
+    print(json.dumps(asdict(report), indent=2))
+    return 0
+
+
+def cmd_reasoning_demo(args: argparse.Namespace) -> int:
+    from distill.reasoning import format_rows, run_reasoning_demo
+
+    if args.self_improve:
+        from distill.reasoning import run_self_improvement
+        from distill.table import format_table
+
+        rounds = run_self_improvement(
+            f"{args.out}-self-improve",
+            digits=args.digits,
+            rounds=args.self_improve,
+            labelled=args.labelled,
+            epochs=args.epochs,
+            seed=args.seed,
+        )
+        print(
+            json.dumps(rounds, indent=2)
+            if args.json
+            else format_table(
+                ["round", "verified answers kept", "test answer accuracy"],
+                [[r["round"], r["kept"], f"{100 * r['test_acc']:.1f}%"] for r in rounds],
+            )
+        )
+        return 0
+    rows = run_reasoning_demo(
+        args.out,
+        digits=args.digits,
+        teacher_epochs=args.teacher_epochs,
+        student_epochs=args.epochs,
+        seed=args.seed,
+        progress=not args.json,
+    )
+    print(json.dumps(rows, indent=2) if args.json else format_rows(rows))
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from distill.assess import assess, format_assessment
+
+    result = assess(
+        args.run_dir,
+        teacher_dir=args.teacher,
+        scratch_dir=args.scratch,
+        eps=args.eps,
+        alpha=args.alpha,
+        margin=args.margin / 100,
+    )
+    print(json.dumps(result, indent=2) if args.json else format_assessment(result))
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from distill.report import write_report
+
+    paths = write_report(args.run_dirs, args.out)
+    print(f"wrote {paths['markdown']} and {paths['html']}")
+    return 0
+
+
+def cmd_compress(args: argparse.Namespace) -> int:
+    from distill.compress.pipeline import load_compress_config, markdown, run_compress
+
+    cfg = load_compress_config(args.config, args.overrides)
+    result = run_compress(cfg, overwrite=args.overwrite, source=Path(args.config))
+    print(markdown(cfg.name, result["rows"]))
+    print(f"results.json, report.md and pareto.png are in {result['run_dir']}", file=sys.stderr)
+    return 0
+
+
+def cmd_interpret(args: argparse.Namespace) -> int:
+    from distill.paradigms.interpret import load_interpret_config, markdown, run_interpret
+
+    cfg = load_interpret_config(args.config, args.overrides)
+    result = run_interpret(cfg)
+    print(markdown(cfg.name, result["rows"]))
+    print(f"results.json, report.md and rules.txt are in {result['run_dir']}", file=sys.stderr)
+    return 0
+
+
+def cmd_federated(args: argparse.Namespace) -> int:
+    from distill.paradigms.federated import load_federated_config, markdown, run_federated
+
+    cfg = load_federated_config(args.config, args.overrides)
+    result = run_federated(cfg, overwrite=args.overwrite, source=Path(args.config))
+    print(markdown(cfg.name, result))
+    print(f"results.json and report.md are in {result['run_dir']}", file=sys.stderr)
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from distill.bench import run_bench
+
+    rows = run_bench(args.spec)
+    for r in rows:
+        print(
+            f"{r['pair']:10s} {r['method']:14s} {r['mean']:6.2f} +- {r['std']:.2f}  vs scratch {r['vs_scratch']:+.2f}"
+            f" (p={r['p_scratch']:.3f})  vs KD {r['vs_kd']:+.2f}"
+        )
+    return 0
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    from distill.config import load_config
+    from distill.tune import load_space, tune
+
+    cfg = load_config(args.config, args.overrides)
+    result = tune(
+        cfg, trials=args.trials, out=args.out, space=load_space(args.space), seed=args.seed
+    )
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from distill.demo import format_demo, run_demo
+
+    result = run_demo(
+        dataset=args.dataset,
+        out=Path(args.out),
+        seed=args.seed,
+        epochs=args.epochs,
+        progress=True,  # a line per epoch on stderr, with or without a terminal
+    )
+    print(json.dumps(result, indent=2) if args.json else format_demo(result))
+    return 0
