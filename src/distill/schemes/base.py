@@ -13,7 +13,7 @@ import copy
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -24,6 +24,9 @@ from distill.errors import ConfigError
 from distill.losses.response import soft_target_kd
 from distill.objective import Objective
 from distill.settings import Strict
+
+if TYPE_CHECKING:
+    from distill.taps import Tap
 
 
 class NoArgs(Strict):
@@ -156,6 +159,28 @@ def dry_shapes(model: nn.Module, layers: Sequence[str], sample: Tensor, label: s
 
 def vector_dim(shape: Sequence[int]) -> int:
     return int(shape[1]) if len(shape) > 2 else int(math.prod(shape[1:]))
+
+
+def student_tap(ctx: SchemeContext, extra: list[str]) -> Tap:
+    """A tap on the student at the objective's layers and `extra`."""
+    from distill.taps import Tap
+
+    layers = list(dict.fromkeys([*ctx.objective.student_layers(), *extra]))
+    return Tap(ctx.student, layers, "student")
+
+
+class SampleMemory(nn.Module):
+    """Each training sample's latest predicted distribution (a buffer: checkpointed, resumable)."""
+
+    def __init__(self, num_samples: int, num_classes: int):
+        super().__init__()
+        self.register_buffer("probs", torch.zeros(num_samples, num_classes))
+        self.register_buffer("seen", torch.zeros(num_samples, dtype=torch.bool))
+
+    @torch.no_grad()
+    def write(self, index: Tensor, probs: Tensor) -> None:
+        self.probs[index] = probs.detach().float()
+        self.seen[index] = True
 
 
 class SchemeBase:

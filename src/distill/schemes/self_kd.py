@@ -1,14 +1,13 @@
 """Self-distillation: the student teaches itself (through its deepest head, its past
-predictions, an average of its weights, its clean view, its classmates or its batch).
+predictions, its classmates, its batch, its dropout or a second view of itself). The
+consistency schemes (an average of its weights, its predictions over epochs, its clean
+view) are in `distill.schemes.consistency`.
 
 Auxiliary modules (heads, memories, EMA copies) live beside the student in the scheme and
 are never part of the exported model.
 """
 
 from __future__ import annotations
-
-import copy
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -18,47 +17,27 @@ from torch import Tensor, nn
 from distill.data import load_batch
 from distill.errors import ConfigError
 from distill.losses.response import kl_rows
-from distill.objective import Schedule
 from distill.schemes.base import (
     Head,
+    SampleMemory,
     SchemeBase,
     SchemeContext,
     as_vector,
     dry_shapes,
-    freeze,
     labelled,
     parse_args,
     sample_input,
     soft_kl,
     soft_probs,
     soft_target_ce,
+    student_tap,
     vector_dim,
 )
 from distill.settings import Strict
-from distill.taps import Tap
-
-
-def _tap(ctx: SchemeContext, extra: list[str]) -> Tap:
-    layers = list(dict.fromkeys([*ctx.objective.student_layers(), *extra]))
-    return Tap(ctx.student, layers, "student")
 
 
 def _layer_shapes(ctx: SchemeContext, layers: list[str]) -> dict:
     return dry_shapes(ctx.student, layers, sample_input(ctx), "student")
-
-
-class _Memory(nn.Module):
-    """Each training sample's latest predicted distribution (a buffer: checkpointed, resumable)."""
-
-    def __init__(self, num_samples: int, num_classes: int):
-        super().__init__()
-        self.register_buffer("probs", torch.zeros(num_samples, num_classes))
-        self.register_buffer("seen", torch.zeros(num_samples, dtype=torch.bool))
-
-    @torch.no_grad()
-    def write(self, index: Tensor, probs: Tensor) -> None:
-        self.probs[index] = probs.detach().float()
-        self.seen[index] = True
 
 
 class _EpochClock:
@@ -102,7 +81,7 @@ class BYOT(SchemeBase):
         n = ctx.data.num_classes
         self.heads = nn.ModuleList([Head(vector_dim(shapes[h]), n, hidden=deep) for h in a.heads])
         super().__init__(ctx.student, ctx.objective, {"heads": self.heads})
-        self._tap = _tap(ctx, [*a.heads, a.feature])
+        self._tap = student_tap(ctx, [*a.heads, a.feature])
 
     def step(self, batch: dict[str, Tensor], step: int) -> dict[str, Tensor]:
         a = self.args
@@ -142,9 +121,9 @@ class ProgressiveSelfKD(_EpochClock, SchemeBase):
 
     def __init__(self, ctx: SchemeContext):
         self.args = parse_args(PSKDArgs, ctx.args, "pskd")
-        self.memory = _Memory(len(ctx.data.train), ctx.data.num_classes)
+        self.memory = SampleMemory(len(ctx.data.train), ctx.data.num_classes)
         super().__init__(ctx.student, ctx.objective, {"memory": self.memory})
-        self._tap = _tap(ctx, [])
+        self._tap = student_tap(ctx, [])
 
     def alpha(self, step: int) -> float:
         return self.args.alpha_final * (self.epoch_of(step) + 1) / self.epochs
@@ -167,157 +146,6 @@ class ProgressiveSelfKD(_EpochClock, SchemeBase):
 
 
 # --------------------------------------------------------------------------- mean teacher
-class MeanTeacherArgs(Strict):
-    decay: float = Field(0.999, gt=0, lt=1)
-    consistency: Literal["mse", "kl"] = "mse"
-    weight: float = Field(1.0, ge=0)
-    rampup_steps: int = Field(0, ge=0)
-    temperature: float = Field(1.0, gt=0)  # kl only
-    evaluate: Literal["ema", "student"] = "ema"  # which model is evaluated and exported
-
-
-class MeanTeacher(SchemeBase):
-    """EMA / mean teacher (Tarvainen & Valpola 2017): a weight average of the student teaches it.
-
-    After each optimizer step theta' <- d theta' + (1 - d) theta with d = min(decay,
-    (1 + s) / (10 + s)) (fast early averaging); buffers such as BatchNorm statistics are
-    copied. The student matches the EMA model's prediction on a differently augmented view
-    (the clean view when no augmentation is configured): MSE between probabilities, or KL.
-    """
-
-    Args = MeanTeacherArgs
-    wants_clean = True
-
-    def __init__(self, ctx: SchemeContext):
-        a = self.args = parse_args(MeanTeacherArgs, ctx.args, "mean_teacher")
-        self.ema = freeze(copy.deepcopy(ctx.student))
-        self.augment, self.seed = ctx.augment, ctx.seed
-        self.weight = Schedule(a.weight, a.rampup_steps, "cosine")
-        super().__init__(ctx.student, ctx.objective, {"ema": self.ema})
-        self._tap = _tap(ctx, [])
-
-    def teacher_view(self, batch: dict[str, Tensor], step: int) -> Tensor:
-        clean = batch.get("clean", batch["input"])
-        if self.augment is None:
-            return clean
-        gen = torch.Generator().manual_seed(self.seed * 7_919 + step)  # resume-exact noise
-        return self.augment(clean.cpu(), gen).to(clean.device)
-
-    def step(self, batch: dict[str, Tensor], step: int) -> dict[str, Tensor]:
-        a = self.args
-        k = self._tap.run(batch["input"])
-        with torch.no_grad():
-            teacher = self.ema(self.teacher_view(batch, step))
-        total, out = self.student_objective(k, batch, step)
-        if a.consistency == "mse":
-            diff = F.softmax(k.logits.float(), -1) - F.softmax(teacher.float(), -1)
-            out["consistency"] = diff.pow(2).sum(-1).mean()
-        else:
-            out["consistency"] = soft_kl(
-                k.logits, soft_probs(teacher, a.temperature), a.temperature
-            )
-        return {"loss": total + self.weight.at(step) * out["consistency"], **out}
-
-    @torch.no_grad()
-    def after_optimizer_step(self, step: int) -> None:
-        d = min(self.args.decay, (1 + step) / (10 + step))
-        for e, s in zip(self.ema.parameters(), self.student.parameters()):
-            e.mul_(d).add_(s.detach(), alpha=1 - d)
-        for e, s in zip(self.ema.buffers(), self.student.buffers()):
-            e.copy_(s)
-
-    def eval_model(self) -> nn.Module:
-        return self.ema if self.args.evaluate == "ema" else self.student
-
-    def train(self, mode: bool = True) -> None:
-        super().train(mode)
-        self.ema.eval()
-
-
-# --------------------------------------------------------------------------- temporal ensembling
-class TemporalEnsemblingArgs(Strict):
-    momentum: float = Field(0.6, ge=0, lt=1)  # alpha of the per-sample prediction average
-    weight: float = Field(1.0, ge=0)
-    rampup_steps: int = Field(0, ge=0)
-
-
-class TemporalEnsembling(SchemeBase):
-    """Temporal ensembling (Laine & Aila 2017): each sample's target is the running average
-    of the model's own past predictions for it, Z <- a Z + (1 - a) p, read with the bias
-    correction Z / (1 - a^n) after n visits. loss = task + w(t) * ||p - target||^2 (squared
-    difference of probability vectors), on samples seen before; unlabelled samples count.
-    """
-
-    Args = TemporalEnsemblingArgs
-
-    def __init__(self, ctx: SchemeContext):
-        a = self.args = parse_args(TemporalEnsemblingArgs, ctx.args, "temporal_ensembling")
-        self.memory = _Memory(len(ctx.data.train), ctx.data.num_classes)
-        self.memory.register_buffer("visits", torch.zeros(len(ctx.data.train)))
-        self.weight = Schedule(a.weight, a.rampup_steps, "cosine")
-        super().__init__(ctx.student, ctx.objective, {"memory": self.memory})
-        self._tap = _tap(ctx, [])
-
-    def targets(self, index: Tensor) -> tuple[Tensor, Tensor]:
-        """(bias-corrected ensemble predictions, rows that have one)."""
-        visits = self.memory.visits[index]
-        correction = 1 - self.args.momentum ** visits.clamp_min(1)
-        return self.memory.probs[index] / correction.unsqueeze(1), visits > 0
-
-    def step(self, batch: dict[str, Tensor], step: int) -> dict[str, Tensor]:
-        k = self._tap.run(batch["input"])
-        total, out = self.student_objective(k, batch, step)
-        index = batch["index"]
-        target, seen = self.targets(index)
-        p = F.softmax(k.logits.float(), -1)
-        if seen.any():
-            out["temporal"] = (p[seen] - target[seen]).pow(2).sum(-1).mean()
-        else:
-            out["temporal"] = p.new_zeros(())
-        with torch.no_grad():
-            m = self.args.momentum
-            self.memory.probs[index] = m * self.memory.probs[index] + (1 - m) * p.detach()
-            self.memory.visits[index] += 1
-        return {"loss": total + self.weight.at(step) * out["temporal"], **out}
-
-
-# --------------------------------------------------------------------------- consistency
-class ConsistencyArgs(Strict):
-    temperature: float = Field(2.0, gt=0)
-    weight: float = Field(1.0, ge=0)
-
-
-class CleanToAugmented(SchemeBase):
-    """Clean-to-augmented self-distillation: the model's prediction on the clean input
-    (detached) teaches its prediction on the augmented input, T^2 KL(p_clean^T || p_aug^T),
-    in the spirit of consistency training (Xie et al. 2020, UDA) and data-augmentation
-    self-KD. Needs `data.augment`.
-    """
-
-    Args = ConsistencyArgs
-    wants_clean = True
-
-    def __init__(self, ctx: SchemeContext):
-        self.args = parse_args(ConsistencyArgs, ctx.args, "consistency")
-        if ctx.augment is None:
-            raise ConfigError(
-                "scheme consistency compares clean and augmented inputs; add data.augment "
-                "(e.g. [{name: shift}, {name: noise}])"
-            )
-        super().__init__(ctx.student, ctx.objective)
-        self._tap = _tap(ctx, [])
-
-    def step(self, batch: dict[str, Tensor], step: int) -> dict[str, Tensor]:
-        a = self.args
-        k = self._tap.run(batch["input"])
-        with torch.no_grad():
-            clean = self.student(batch["clean"])
-        total, out = self.student_objective(k, batch, step)
-        out["consistency"] = soft_kl(k.logits, soft_probs(clean, a.temperature), a.temperature)
-        return {"loss": total + a.weight * out["consistency"], **out}
-
-
-# --------------------------------------------------------------------------- CS-KD
 class CSKDArgs(Strict):
     temperature: float = Field(4.0, gt=0)
     weight: float = Field(1.0, ge=0)
@@ -342,7 +170,7 @@ class ClassWiseSelfKD(SchemeBase):
         }
         self.train_data, self.augment, self.seed = train, ctx.augment, ctx.seed
         super().__init__(ctx.student, ctx.objective)
-        self._tap = _tap(ctx, [])
+        self._tap = student_tap(ctx, [])
 
     def partners(self, batch: dict[str, Tensor], step: int) -> Tensor:
         """For each labelled row, the index of another training sample of its class."""
@@ -410,7 +238,7 @@ class BAKE(SchemeBase):
         self.args = parse_args(BAKEArgs, ctx.args, "bake")
         _layer_shapes(ctx, [self.args.feature])  # a bad layer name fails here
         super().__init__(ctx.student, ctx.objective)
-        self._tap = _tap(ctx, [self.args.feature])
+        self._tap = student_tap(ctx, [self.args.feature])
 
     def step(self, batch: dict[str, Tensor], step: int) -> dict[str, Tensor]:
         a = self.args
@@ -453,7 +281,7 @@ class SDDropout(SchemeBase):
             ) from None
         _layer_shapes(ctx, [a.feature])
         super().__init__(ctx.student, ctx.objective)
-        self._tap = _tap(ctx, [a.feature])
+        self._tap = student_tap(ctx, [a.feature])
 
     def step(self, batch: dict[str, Tensor], step: int) -> dict[str, Tensor]:
         a = self.args
@@ -527,7 +355,7 @@ class USKD(SchemeBase):
         shape = _layer_shapes(ctx, [a.feature])[a.feature]
         self.weak = nn.Linear(vector_dim(shape), ctx.data.num_classes)
         super().__init__(ctx.student, ctx.objective, {"weak": self.weak})
-        self._tap = _tap(ctx, [a.feature])
+        self._tap = student_tap(ctx, [a.feature])
 
     def step(self, batch: dict[str, Tensor], step: int) -> dict[str, Tensor]:
         a = self.args
@@ -568,11 +396,11 @@ class DualTeacherSelfKD(_EpochClock, SchemeBase):
         shapes = _layer_shapes(ctx, a.layers)
         dim = sum(vector_dim(shapes[n]) for n in a.layers)
         self.structural = Head(dim, ctx.data.num_classes, hidden=max(64, ctx.data.num_classes))
-        self.memory = _Memory(len(ctx.data.train), ctx.data.num_classes)
+        self.memory = SampleMemory(len(ctx.data.train), ctx.data.num_classes)
         super().__init__(
             ctx.student, ctx.objective, {"structural": self.structural, "memory": self.memory}
         )
-        self._tap = _tap(ctx, a.layers)
+        self._tap = student_tap(ctx, a.layers)
 
     def step(self, batch: dict[str, Tensor], step: int) -> dict[str, Tensor]:
         a = self.args
@@ -611,12 +439,9 @@ __all__ = [
     "BYOT",
     "USKD",
     "ClassWiseSelfKD",
-    "CleanToAugmented",
     "DualTeacherSelfKD",
-    "MeanTeacher",
     "ProgressiveSelfKD",
     "SDDropout",
-    "TemporalEnsembling",
     "bake_targets",
     "uskd_losses",
 ]
