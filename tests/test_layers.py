@@ -92,6 +92,7 @@ LAYERS: list[tuple[str, list[str]]] = [
             "distill.blackbox",
             "distill.compress.pipeline",
             "distill.compress.search",
+            "distill.compress.plan",
             "distill.compress.export",
             "distill.llm.demo",
             "distill.paradigms.federated",
