@@ -129,7 +129,7 @@ class LocalTeacher:
 
     @torch.no_grad()
     def complete(self, prompt: str) -> str:
-        from distill.llm.scheme import sample_continuations
+        from distill.llm.generation import sample_continuations
 
         ids = torch.tensor([[self.tok.bos_id, *self.tok.encode(prompt)]])
         out = sample_continuations(

@@ -27,7 +27,7 @@ import torch
 
 from distill.data.core import DataSplits
 from distill.errors import ensure_complete
-from distill.llm.scheme import sample_continuations
+from distill.llm.generation import sample_continuations
 from distill.llm.text import ByteTokenizer, TokenDataset
 
 

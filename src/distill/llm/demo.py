@@ -65,7 +65,7 @@ def generation_overlap(
     student, teacher, test, prompt_tokens: int = 16, new_tokens: int = 32, rows: int = 64
 ) -> float:
     """Mean ROUGE-L of the student's greedy continuations against the teacher's."""
-    from distill.llm.scheme import sample_continuations
+    from distill.llm.generation import sample_continuations
 
     prompts = test.ids[:rows, :prompt_tokens]
     s = sample_continuations(student, prompts, new_tokens, greedy=True)[:, prompt_tokens:]
