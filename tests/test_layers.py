@@ -33,6 +33,7 @@ LAYERS: list[tuple[str, list[str]]] = [
             "distill.distributed",
             "distill.trackers",
             "distill.schemes.table",
+            "distill.schemes.spec",
             "distill.losses.table",
             "distill.llm.table",
             "distill.compress.structure",
