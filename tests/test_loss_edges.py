@@ -59,3 +59,55 @@ def test_lsp_gradient_is_finite_for_large_float16_embeddings(kernel):
     loss = lsp_loss(s, t, kernel=kernel)
     loss.backward()
     assert torch.isfinite(loss) and torch.isfinite(s.grad).all()
+
+
+def _pure_losses():
+    """(name, loss(student, teacher)) for losses without learned parts, on fixed shapes."""
+    from distill.losses import dense, feature, relation, response
+
+    def g(*shape, seed=0):
+        return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
+
+    logits = (g(6, 5), g(6, 5, seed=1))
+    maps = (g(6, 4, 3, 3), g(6, 4, 3, 3, seed=1))
+    vecs = (g(6, 8), g(6, 8, seed=1))
+    tokens = (g(2, 5, 6), g(2, 5, 6, seed=1))
+    y = torch.tensor([0, 1, 2, 3, 4, 0])
+    return [
+        ("mse", logits, response.mse_loss),
+        ("dkd", logits, lambda s, t: response.dkd_loss(s, t, targets=y)),
+        ("dist", logits, response.dist_loss),
+        ("at", maps, feature.at_loss),
+        ("grad_at", maps, feature.grad_at_loss),
+        ("nst", maps, feature.nst_loss),
+        ("pkt", vecs, feature.pkt_loss),
+        ("ab", maps, feature.ab_loss),
+        ("cosine", vecs, feature.cosine_loss),
+        ("attention_kl", (vecs[0].softmax(-1), vecs[1].softmax(-1)), feature.attention_kl_loss),
+        ("minilm", tokens, lambda s, t: relation.minilm_relation_loss(s, t, heads=2)),
+        ("rkd_distance", vecs, relation.rkd_distance_loss),
+        ("rkd_angle", vecs, relation.rkd_angle_loss),
+        ("sp", vecs, relation.sp_loss),
+        ("cc", vecs, relation.cc_loss),
+        ("fsp", (maps, (maps[1], maps[0])), relation.fsp_loss),
+        ("cwd", maps, dense.cwd_loss),
+        ("pixel_kd", maps, dense.pixel_kd),
+        ("pairwise_affinity", maps, lambda s, t: dense.pairwise_affinity(s, t, grid=2)),
+    ]
+
+
+@pytest.mark.parametrize("case", _pure_losses(), ids=lambda c: c[0])
+def test_losses_compute_in_at_least_the_inputs_precision(case):
+    """float64 inputs give a float64 loss (equal to the float32 one within float32's
+    precision); float16 inputs are computed in float32."""
+    _name, (s, t), fn = case
+
+    def cast(x, dtype):
+        return tuple(cast(v, dtype) for v in x) if isinstance(x, tuple) else x.to(dtype)
+
+    wide = fn(cast(s, torch.float64), cast(t, torch.float64))
+    assert wide.dtype == torch.float64
+    narrow = fn(cast(s, torch.float32), cast(t, torch.float32))
+    assert float(wide) == pytest.approx(float(narrow), rel=1e-4, abs=1e-6)
+    half = fn(cast(s, torch.float16), cast(t, torch.float16))
+    assert half.dtype == torch.float32 and torch.isfinite(half)

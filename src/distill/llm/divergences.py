@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from distill.llm.table import DIVERGENCES
-from distill.losses.response import _at_least_float32, kl_rows
+from distill.losses.response import at_least_float32, kl_rows
 
 
 def _log_probs(student: Tensor, teacher: Tensor, temperature: float) -> tuple[Tensor, Tensor]:
@@ -32,8 +32,8 @@ def _log_probs(student: Tensor, teacher: Tensor, temperature: float) -> tuple[Te
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
     # float32 at least; float64 stays float64
-    log_q = F.log_softmax(_at_least_float32(student) / temperature, dim=-1)
-    log_p = F.log_softmax(_at_least_float32(teacher.detach()) / temperature, dim=-1)
+    log_q = F.log_softmax(at_least_float32(student) / temperature, dim=-1)
+    log_p = F.log_softmax(at_least_float32(teacher.detach()) / temperature, dim=-1)
     return log_q, log_p
 
 

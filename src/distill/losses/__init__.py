@@ -53,7 +53,7 @@ _HOME = {
     "kdsvd_loss": "distill.losses.feature_peers",
     "ls_kd_loss": "distill.losses.response",
     "lsp_loss": "distill.losses.relation",
-    "minilm_relation_loss": "distill.losses.feature",
+    "minilm_relation_loss": "distill.losses.relation",
     "mlkd_loss": "distill.losses.logit_recent",
     "mse_loss": "distill.losses.response",
     "nkd_loss": "distill.losses.logit_recent",

@@ -16,13 +16,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from distill.dense.detection import box_iou, distances, ltrb_giou, split_output
-from distill.losses.response import kl_rows
+from distill.losses.response import at_least_float32, kl_rows
 
 
 def _binary_kl(student_logits: Tensor, teacher_logits: Tensor, temperature: float) -> Tensor:
     """Elementwise KL between Bernoulli(sigmoid(t / T)) and Bernoulli(sigmoid(s / T))."""
-    t = teacher_logits.detach().float() / temperature
-    s = student_logits.float() / temperature
+    t = at_least_float32(teacher_logits.detach()) / temperature
+    s = at_least_float32(student_logits) / temperature
     p = torch.sigmoid(t)
     return p * (F.logsigmoid(t) - F.logsigmoid(s)) + (1 - p) * (F.logsigmoid(-t) - F.logsigmoid(-s))
 
@@ -140,7 +140,9 @@ def fg_imitation(
     n = mask.sum()
     if n == 0:
         return student.sum() * 0.0
-    diff = (student.float() - teacher.detach().float()).pow(2).sum(1)  # (B, H, W)
+    diff = (
+        (at_least_float32(student) - at_least_float32(teacher.detach())).pow(2).sum(1)
+    )  # (B, H, W)
     return (diff * mask).sum() / (2 * n)
 
 
@@ -153,8 +155,8 @@ def cwd_loss(student: Tensor, teacher: Tensor, *, temperature: float = 4.0) -> T
             f"cwd compares (B, C, ...) maps with the same channels (add adapter: conv1x1); got "
             f"{tuple(student.shape)} and {tuple(teacher.shape)}"
         )
-    s = student.float().flatten(2) / temperature
-    t = teacher.detach().float().flatten(2) / temperature
+    s = at_least_float32(student).flatten(2) / temperature
+    t = at_least_float32(teacher.detach()).flatten(2) / temperature
     p_t = F.softmax(t, -1)
     kl = (p_t * (F.log_softmax(t, -1) - F.log_softmax(s, -1))).sum(-1)
     return temperature**2 * kl.mean()
@@ -220,13 +222,13 @@ def pixel_kd(student: Tensor, teacher: Tensor, *, temperature: float = 1.0) -> T
             f"pixel_kd compares (B, C, H, W) logits of one shape; got {tuple(student.shape)} and "
             f"{tuple(teacher.shape)}"
         )
-    s = F.log_softmax(student.float() / temperature, 1)
-    t = F.log_softmax(teacher.detach().float() / temperature, 1)
+    s = F.log_softmax(at_least_float32(student) / temperature, 1)
+    t = F.log_softmax(at_least_float32(teacher.detach()) / temperature, 1)
     return temperature**2 * kl_rows(t, s, dim=1).mean()
 
 
 def _affinity(x: Tensor, grid: int, rel_eps: float = 1e-3) -> Tensor:
-    nodes = F.adaptive_avg_pool2d(x.float(), grid).flatten(2)  # (B, C, g*g)
+    nodes = F.adaptive_avg_pool2d(at_least_float32(x), grid).flatten(2)  # (B, C, g*g)
     # unit length through v / sqrt(|v|^2 + eps^2), eps a thousandth of the image's typical
     # node norm: F.normalize away from 0, but a node that pools to exactly zero (an empty
     # region) gets a bounded gradient instead of 1/1e-12, which overflows in float16

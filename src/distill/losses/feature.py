@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from distill.losses.response import at_least_float32
+
 
 def _same_positions(student: Tensor, teacher: Tensor, name: str) -> None:
     if student.shape[0] != teacher.shape[0] or student.shape[2:] != teacher.shape[2:]:
@@ -28,7 +30,9 @@ def _same_positions(student: Tensor, teacher: Tensor, name: str) -> None:
 
 def attention_map(features: Tensor, p: float = 2.0) -> Tensor:
     """Activation-based attention (Zagoruyko & Komodakis 2017): mean_c |A_c|^p, flattened, L2-normalised."""
-    return F.normalize(features.float().abs().pow(p).mean(1).reshape(features.shape[0], -1), dim=1)
+    return F.normalize(
+        at_least_float32(features).abs().pow(p).mean(1).reshape(features.shape[0], -1), dim=1
+    )
 
 
 def at_loss(student: Tensor, teacher: Tensor, *, p: float = 2.0) -> Tensor:
@@ -55,8 +59,8 @@ def grad_at_loss(student_grad: Tensor, teacher_grad: Tensor) -> Tensor:
             f"grad_at: input gradients differ in shape {tuple(student_grad.shape)} vs {tuple(teacher_grad.shape)}"
         )
     n = student_grad.shape[0]
-    s = F.normalize(student_grad.float().reshape(n, -1), dim=1)
-    t = F.normalize(teacher_grad.detach().float().reshape(n, -1), dim=1)
+    s = F.normalize(at_least_float32(student_grad).reshape(n, -1), dim=1)
+    t = F.normalize(at_least_float32(teacher_grad.detach()).reshape(n, -1), dim=1)
     return (s - t).norm(dim=1).mean()
 
 
@@ -74,8 +78,8 @@ def nst_loss(student: Tensor, teacher: Tensor) -> Tensor:
     may differ; positions must match. CRD benchmark weight: 50.
     """
     _same_positions(student, teacher, "nst")
-    s = F.normalize(student.float().flatten(2), dim=2)
-    t = F.normalize(teacher.detach().float().flatten(2), dim=2)
+    s = F.normalize(at_least_float32(student).flatten(2), dim=2)
+    t = F.normalize(at_least_float32(teacher.detach()).flatten(2), dim=2)
     return _poly_kernel(t, t).mean() + _poly_kernel(s, s).mean() - 2 * _poly_kernel(s, t).mean()
 
 
@@ -98,7 +102,7 @@ def pkt_loss(student: Tensor, teacher: Tensor, *, eps: float = 1e-7) -> Tensor:
         )
 
     def conditional(x: Tensor) -> Tensor:
-        x = F.normalize(x.float().reshape(x.shape[0], -1), dim=1)
+        x = F.normalize(at_least_float32(x).reshape(x.shape[0], -1), dim=1)
         sim = (x @ x.t() + 1.0) / 2.0
         return sim / sim.sum(1, keepdim=True)
 
@@ -119,7 +123,7 @@ def ab_loss(student: Tensor, teacher: Tensor, *, margin: float = 1.0) -> Tensor:
             f"ab: student {tuple(student.shape)} and teacher {tuple(teacher.shape)} differ in shape; "
             f"add an adapter (adapter: conv1x1) to map the student to the teacher"
         )
-    s, active = student.float(), teacher.detach() > 0
+    s, active = at_least_float32(student), teacher.detach() > 0
     up = (s - margin).pow(2) * (active & (s < margin))
     down = (s + margin).pow(2) * (~active & (s > -margin))
     return (up + down).mean()
@@ -136,7 +140,9 @@ def cosine_loss(student: Tensor, teacher: Tensor, *, mask: Tensor | None = None)
             f"cosine: student {tuple(student.shape)} and teacher {tuple(teacher.shape)} differ in shape; "
             f"add an adapter (adapter: linear)"
         )
-    per_row = 1.0 - F.cosine_similarity(student.float(), teacher.detach().float(), dim=-1, eps=1e-8)
+    per_row = 1.0 - F.cosine_similarity(
+        at_least_float32(student), at_least_float32(teacher.detach()), dim=-1, eps=1e-8
+    )
     if mask is None:
         return per_row.mean()
     mask = mask.reshape(per_row.shape).to(per_row.dtype)
@@ -155,7 +161,10 @@ def attention_kl_loss(student: Tensor, teacher: Tensor, *, eps: float = 1e-12) -
             f"attention_kl: student {tuple(student.shape)} and teacher {tuple(teacher.shape)} differ in "
             f"shape; pair layers with the same number of heads and tokens"
         )
-    s, t = student.float().clamp_min(eps), teacher.detach().float().clamp_min(eps)
+    s, t = (
+        at_least_float32(student).clamp_min(eps),
+        at_least_float32(teacher.detach()).clamp_min(eps),
+    )
     return (t * (t.log() - s.log())).sum(-1).mean()
 
 
@@ -460,59 +469,3 @@ class MGDLoss(nn.Module):
         shape = (s.shape[0], 1, *s.shape[2:]) if s.dim() > 2 else s.shape
         keep = (torch.rand(shape, device=s.device) >= self.ratio).to(s.dtype)
         return F.mse_loss(self.generate(s * keep), t)
-
-
-def self_attention_relation(x: Tensor, *, heads: int, mask: Tensor | None = None) -> Tensor:
-    """Scaled dot-product relation softmax(x_a x_a^T / sqrt(d_r)) of `heads` relation heads.
-
-    x is (N, L, D) (a layer's queries, keys or values before the model splits them into its
-    attention heads); D is cut into `heads` slices of d_r = D / heads. `mask` (N, L), 1 at
-    real tokens, keeps padded keys out of every row. Returns (N, heads, L, L) probabilities.
-    """
-    n, length, dim = x.shape
-    if dim % heads:
-        raise ValueError(f"self_attention_relation: width {dim} is not divisible by {heads} heads")
-    parts = x.float().reshape(n, length, heads, dim // heads).transpose(1, 2)
-    scores = parts @ parts.transpose(-1, -2) / math.sqrt(dim // heads)
-    if mask is not None:
-        scores = scores.masked_fill(~mask.bool()[:, None, None, :], float("-inf"))
-    return scores.softmax(-1)
-
-
-def minilm_relation_loss(
-    student: Tensor,
-    teacher: Tensor,
-    *,
-    heads: int = 12,
-    mask: Tensor | None = None,
-    fused: str | None = None,
-) -> Tensor:
-    """Self-attention relation transfer (Wang et al. 2020 MiniLM; 2021 MiniLMv2).
-
-    For one pair of vectors (queries, keys or values) of a student and a teacher layer,
-    (N, L, D_s) and (N, L, D_t), each is split into the same number of relation heads and
-    the relation R = softmax(x x^T / sqrt(d_r)) is formed per head; the loss is
-    KL(R_t || R_s) summed over keys, averaged over heads and (real) queries. MiniLM's
-    value-relation transfer is the V-V case with the models' own head count; MiniLMv2 uses
-    Q-Q, K-K and V-V with a chosen number of relation heads, so student and teacher may
-    differ in width, head count and depth. `mask` (N, L) excludes padded tokens. `fused`
-    ('q', 'k' or 'v') reads that third of a fused query|key|value projection's output.
-    """
-    if fused is not None:
-        if fused not in ("q", "k", "v"):
-            raise ValueError(f"minilm_relation: fused must be 'q', 'k' or 'v', got {fused!r}")
-        part = "qkv".index(fused)
-        student, teacher = (x.chunk(3, dim=-1)[part] for x in (student, teacher))
-    if student.shape[:2] != teacher.shape[:2]:
-        raise ValueError(
-            f"minilm_relation: student {tuple(student.shape)} and teacher {tuple(teacher.shape)} "
-            "must agree in batch and sequence length"
-        )
-    r_s = self_attention_relation(student, heads=heads, mask=mask)
-    r_t = self_attention_relation(teacher.detach(), heads=heads, mask=mask)
-    log_s = r_s.clamp_min(1e-12).log()
-    kl = (r_t * (r_t.clamp_min(1e-12).log() - log_s)).sum(-1)  # (N, heads, L)
-    if mask is None:
-        return kl.mean()
-    real = mask.bool()[:, None, :].expand_as(kl)
-    return kl[real].mean()

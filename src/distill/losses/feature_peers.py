@@ -15,11 +15,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from distill.losses.response import _at_least_float32, kl_rows
+from distill.losses.response import at_least_float32, kl_rows
 
 
 def _f32(x: Tensor) -> Tensor:
-    return _at_least_float32(x)
+    return at_least_float32(x)
 
 
 def _parts(value: object, names: Sequence[str], loss: str) -> tuple[Tensor, ...]:

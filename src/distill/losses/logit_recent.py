@@ -16,17 +16,17 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from distill.losses.response import (
-    _at_least_float32,
     _check,
     _row_mean,
     _targets_or_teacher_argmax,
+    at_least_float32,
     kl_rows,
 )
 
 
 def _rows(logits: Tensor) -> Tensor:
     """(rows, C) in at least float32."""
-    return _at_least_float32(logits.reshape(-1, logits.shape[-1]))
+    return at_least_float32(logits.reshape(-1, logits.shape[-1]))
 
 
 def nkd_loss(
@@ -152,7 +152,7 @@ def spherical_kd_loss(
     _check(student_logits, teacher_logits, temperature)
 
     def sphere(z: Tensor) -> Tensor:
-        z = _at_least_float32(z)
+        z = at_least_float32(z)
         return multiplier * F.layer_norm(z, z.shape[-1:], eps=1e-7)
 
     log_s = F.log_softmax(sphere(student_logits) / temperature, -1)

@@ -13,11 +13,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from distill.losses.response import kl_rows
+from distill.losses.response import at_least_float32, kl_rows
 
 
 def _flat(x: Tensor) -> Tensor:
-    return x.float().reshape(x.shape[0], -1)
+    return at_least_float32(x).reshape(x.shape[0], -1)
 
 
 def _same_batch(student: Tensor, teacher: Tensor, name: str) -> None:
@@ -117,7 +117,7 @@ def _fsp_matrix(first: Tensor, second: Tensor) -> Tensor:
             f"fsp: the two layers of a pair must have the same spatial size, got "
             f"{tuple(first.shape)} and {tuple(second.shape)}; pick two layers of one stage"
         )
-    a, b = first.float().flatten(2), second.float().flatten(2)
+    a, b = at_least_float32(first).flatten(2), at_least_float32(second).flatten(2)
     return a @ b.transpose(1, 2) / a.shape[-1]
 
 
@@ -175,7 +175,7 @@ def _local_structure(x: Tensor, kernel: str, sigma: float) -> Tensor:
     """log LS_i: each node's softmax over its neighbours of SIM(z_i, z_j). (B, 1+k, H) -> (B, k).
 
     Row 0 is the node, rows 1..k its graph neighbours (distill.paradigms.graph's layout)."""
-    centre, nbrs = x[:, :1].float(), x[:, 1:].float()
+    centre, nbrs = at_least_float32(x[:, :1]), at_least_float32(x[:, 1:])
     if kernel == "rbf":
         sim = torch.exp(-(centre - nbrs).pow(2).sum(-1) / (2 * sigma**2))
     elif kernel == "distance":
@@ -212,3 +212,59 @@ def lsp_loss(
     log_s = _local_structure(student, kernel, sigma)
     log_t = _local_structure(teacher.detach(), kernel, sigma)
     return kl_rows(log_s, log_t).mean()
+
+
+def self_attention_relation(x: Tensor, *, heads: int, mask: Tensor | None = None) -> Tensor:
+    """Scaled dot-product relation softmax(x_a x_a^T / sqrt(d_r)) of `heads` relation heads.
+
+    x is (N, L, D) (a layer's queries, keys or values before the model splits them into its
+    attention heads); D is cut into `heads` slices of d_r = D / heads. `mask` (N, L), 1 at
+    real tokens, keeps padded keys out of every row. Returns (N, heads, L, L) probabilities.
+    """
+    n, length, dim = x.shape
+    if dim % heads:
+        raise ValueError(f"self_attention_relation: width {dim} is not divisible by {heads} heads")
+    parts = at_least_float32(x).reshape(n, length, heads, dim // heads).transpose(1, 2)
+    scores = parts @ parts.transpose(-1, -2) / math.sqrt(dim // heads)
+    if mask is not None:
+        scores = scores.masked_fill(~mask.bool()[:, None, None, :], float("-inf"))
+    return scores.softmax(-1)
+
+
+def minilm_relation_loss(
+    student: Tensor,
+    teacher: Tensor,
+    *,
+    heads: int = 12,
+    mask: Tensor | None = None,
+    fused: str | None = None,
+) -> Tensor:
+    """Self-attention relation transfer (Wang et al. 2020 MiniLM; 2021 MiniLMv2).
+
+    For one pair of vectors (queries, keys or values) of a student and a teacher layer,
+    (N, L, D_s) and (N, L, D_t), each is split into the same number of relation heads and
+    the relation R = softmax(x x^T / sqrt(d_r)) is formed per head; the loss is
+    KL(R_t || R_s) summed over keys, averaged over heads and (real) queries. MiniLM's
+    value-relation transfer is the V-V case with the models' own head count; MiniLMv2 uses
+    Q-Q, K-K and V-V with a chosen number of relation heads, so student and teacher may
+    differ in width, head count and depth. `mask` (N, L) excludes padded tokens. `fused`
+    ('q', 'k' or 'v') reads that third of a fused query|key|value projection's output.
+    """
+    if fused is not None:
+        if fused not in ("q", "k", "v"):
+            raise ValueError(f"minilm_relation: fused must be 'q', 'k' or 'v', got {fused!r}")
+        part = "qkv".index(fused)
+        student, teacher = (x.chunk(3, dim=-1)[part] for x in (student, teacher))
+    if student.shape[:2] != teacher.shape[:2]:
+        raise ValueError(
+            f"minilm_relation: student {tuple(student.shape)} and teacher {tuple(teacher.shape)} "
+            "must agree in batch and sequence length"
+        )
+    r_s = self_attention_relation(student, heads=heads, mask=mask)
+    r_t = self_attention_relation(teacher.detach(), heads=heads, mask=mask)
+    log_s = r_s.clamp_min(1e-12).log()
+    kl = (r_t * (r_t.clamp_min(1e-12).log() - log_s)).sum(-1)  # (N, heads, L)
+    if mask is None:
+        return kl.mean()
+    real = mask.bool()[:, None, :].expand_as(kl)
+    return kl[real].mean()

@@ -37,12 +37,13 @@ def _row_mean(per_row: Tensor, mask: Tensor | None) -> Tensor:
 def _log_probs(student_logits: Tensor, teacher_logits: Tensor, temperature: float):
     # Computed in float32 at least (float64 stays float64): log-softmax of bf16 logits
     # loses the small probabilities that carry the dark knowledge.
-    s = F.log_softmax(_at_least_float32(student_logits) / temperature, dim=-1)
-    t = F.log_softmax(_at_least_float32(teacher_logits.detach()) / temperature, dim=-1)
+    s = F.log_softmax(at_least_float32(student_logits) / temperature, dim=-1)
+    t = F.log_softmax(at_least_float32(teacher_logits.detach()) / temperature, dim=-1)
     return s, t
 
 
-def _at_least_float32(x: Tensor) -> Tensor:
+def at_least_float32(x: Tensor) -> Tensor:
+    """`x` in float32 or wider: float64 stays float64, half precision goes up to float32."""
     return x.to(torch.promote_types(x.dtype, torch.float32))
 
 
@@ -67,8 +68,8 @@ def soft_target_kd(
     """
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
-    q = _at_least_float32(target_probs.detach())
-    log_s = F.log_softmax(_at_least_float32(student_logits) / temperature, dim=-1)
+    q = at_least_float32(target_probs.detach())
+    log_s = F.log_softmax(at_least_float32(student_logits) / temperature, dim=-1)
     return temperature**2 * _row_mean(kl_rows(q.clamp_min(1e-12).log(), log_s), mask)
 
 
@@ -137,7 +138,7 @@ def soft_targets(teacher_logits: Tensor, *, temperature: float = 4.0) -> tuple[T
     (...,), the constant that makes the cross-entropy a KL divergence."""
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
-    log_p = F.log_softmax(teacher_logits.detach().float() / temperature, dim=-1)
+    log_p = F.log_softmax(at_least_float32(teacher_logits.detach()) / temperature, dim=-1)
     p = log_p.exp()
     return p, (p * log_p).sum(-1)
 
@@ -157,7 +158,7 @@ def _soft_target_loss(
         )
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
-    log_s = F.log_softmax(student_logits.float() / temperature, dim=-1)
+    log_s = F.log_softmax(at_least_float32(student_logits) / temperature, dim=-1)
     if mask is None:  # the fewest tensor operations: sums over the whole batch, one scale
         cross = log_s.mul(probs).sum()
         total = const.sum() - cross if with_const else -cross
@@ -241,7 +242,7 @@ def mse_loss(student: Tensor, teacher: Tensor, *, mask: Tensor | None = None) ->
             f"mse: student {tuple(student.shape)} and teacher {tuple(teacher.shape)} differ "
             f"in shape; add an adapter to the term (adapter: linear) to map one to the other"
         )
-    per_row = (student.float() - teacher.detach().float()).pow(2)
+    per_row = (at_least_float32(student) - at_least_float32(teacher.detach())).pow(2)
     if mask is None:
         return per_row.mean()
     per_row = per_row.reshape(*mask.shape, -1).mean(-1)
@@ -276,8 +277,11 @@ def dkd_loss(
     without a label (-1) use the teacher's top-1 class as the target.
     """
     _check(student_logits, teacher_logits, temperature)
-    s = student_logits.float().reshape(-1, student_logits.shape[-1]) / temperature
-    t = teacher_logits.detach().float().reshape(-1, teacher_logits.shape[-1]) / temperature
+    s = at_least_float32(student_logits).reshape(-1, student_logits.shape[-1]) / temperature
+    t = (
+        at_least_float32(teacher_logits.detach()).reshape(-1, teacher_logits.shape[-1])
+        / temperature
+    )
     gt = F.one_hot(_targets_or_teacher_argmax(targets, teacher_logits), s.shape[-1]).bool()
     log_ps, log_pt = F.log_softmax(s, -1), F.log_softmax(t, -1)
     # Binary (target vs rest) log-probabilities: log p_gt and log(1 - p_gt), computed stably.
@@ -294,7 +298,7 @@ def dkd_loss(
 
 def standardize_logits(logits: Tensor, eps: float = 1e-7) -> Tensor:
     """Z-score each row: (z - mean) / std (unbiased std, as in Sun et al. 2024's code)."""
-    logits = logits.float()
+    logits = at_least_float32(logits)
     return (logits - logits.mean(-1, keepdim=True)) / (logits.std(-1, keepdim=True) + eps)
 
 
@@ -349,9 +353,13 @@ def dist_loss(
             "dist: the intra-class term correlates each class over the batch and needs 2 or "
             "more rows; use a batch of at least 2 (or set gamma: 0 and use kd)"
         )
-    ps = F.softmax(student_logits.float().reshape(-1, student_logits.shape[-1]) / temperature, -1)
+    ps = F.softmax(
+        at_least_float32(student_logits).reshape(-1, student_logits.shape[-1]) / temperature, -1
+    )
     pt = F.softmax(
-        teacher_logits.detach().float().reshape(-1, teacher_logits.shape[-1]) / temperature, -1
+        at_least_float32(teacher_logits.detach()).reshape(-1, teacher_logits.shape[-1])
+        / temperature,
+        -1,
     )
     inter = _pearson_distance(ps, pt, dim=1)
     intra = _pearson_distance(ps, pt, dim=0)
@@ -372,8 +380,8 @@ def ttm_loss(
     student. No T^2 factor: the student's logits are not divided by T.
     """
     _check(student_logits, teacher_logits, temperature)
-    log_s = F.log_softmax(_at_least_float32(student_logits), dim=-1)
-    log_t = F.log_softmax(_at_least_float32(teacher_logits.detach()) / temperature, dim=-1)
+    log_s = F.log_softmax(at_least_float32(student_logits), dim=-1)
+    log_t = F.log_softmax(at_least_float32(teacher_logits.detach()) / temperature, dim=-1)
     return _row_mean(kl_rows(log_t, log_s), mask)
 
 
@@ -394,7 +402,7 @@ def virtual_teacher_loss(
     """
     if not 0.0 < correct_prob < 1.0:
         raise ValueError(f"correct_prob must be in (0, 1), got {correct_prob}")
-    logits = student_logits.float().reshape(-1, student_logits.shape[-1])
+    logits = at_least_float32(student_logits).reshape(-1, student_logits.shape[-1])
     targets = targets.reshape(-1)
     labelled = targets >= 0
     num_classes = logits.shape[-1]

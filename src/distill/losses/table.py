@@ -196,7 +196,7 @@ LOSSES: dict[str, LossSpec] = {
         "Wang et al. 2020, MiniLM (attention distribution KL)",
     ),
     "minilm_relation": LossSpec(
-        "distill.losses.feature:minilm_relation_loss",
+        "distill.losses.relation:minilm_relation_loss",
         "feature",
         "Wang et al. 2020/2021, MiniLM and MiniLMv2 (self-attention relation transfer)",
     ),
