@@ -67,7 +67,7 @@ LAYERS: list[tuple[str, list[str]]] = [
             "distill.paradigms",
         ],
     ),
-    ("loop", ["distill.trainer", "distill.loop", "distill.cache"]),
+    ("loop", ["distill.trainer", "distill.loop", "distill.cache", "distill.cache_keys"]),
     (
         "app",
         [

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import shutil
 import sys
@@ -43,6 +42,13 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from distill.cache_keys import (
+    data_fingerprint,
+    file_checksum,
+    topk_compress,
+    topk_expand,
+    weights_fingerprint,
+)
 from distill.data import load_batch, teacher_input
 from distill.data.core import batches_whole
 from distill.errors import ConfigError
@@ -123,60 +129,8 @@ def plan_cache(
     return CachePlan(True, f"teacher outputs cached ({how})")
 
 
-def _hash_tensor(h: Any, t: Tensor) -> None:
-    t = t.detach().cpu().contiguous()
-    h.update(f"{t.dtype}{tuple(t.shape)}".encode())
-    h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-
-
-def weights_fingerprint(model: nn.Module) -> str:
-    """A hash of the model's class, parameter and buffer names, shapes, dtypes and values."""
-    h = hashlib.sha256(type(model).__qualname__.encode())
-    for name, tensor in model.state_dict().items():
-        h.update(name.encode())
-        _hash_tensor(h, tensor)
-    return h.hexdigest()
-
-
-def data_fingerprint(dataset: Any, batch_size: int = 4096) -> str:
-    """A hash of every input the teacher reads (the paired modality when there is one) and
-    the dataset's length. Data on disk hashes its files' names, sizes and times, its index
-    list and its transforms instead (`LazySplit.fingerprint`): no pass over the inputs."""
-    if hasattr(dataset, "fingerprint"):
-        return f"{len(dataset)}:{dataset.fingerprint()}"
-    h = hashlib.sha256(str(len(dataset)).encode())
-    for start in range(0, len(dataset), batch_size):
-        index = torch.arange(start, min(start + batch_size, len(dataset)))
-        _hash_tensor(h, teacher_input(load_batch(dataset, index)))
-    return h.hexdigest()
-
-
-def _file_checksum(path: Path) -> str:
-    h = hashlib.blake2b(digest_size=16)
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _to_stderr(message: str) -> None:
     print(message, file=sys.stderr)
-
-
-def topk_compress(logits: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:
-    """(values, indices, tail): the top-k logits of each row and logsumexp of the others."""
-    values, indices = logits.float().topk(k, dim=-1)
-    rest = logits.float().scatter(-1, indices, float("-inf"))
-    tail = torch.logsumexp(rest, dim=-1)
-    return values, indices, tail
-
-
-def topk_expand(values: Tensor, indices: Tensor, tail: Tensor, num_classes: int) -> Tensor:
-    """Logits whose softmax keeps the top-k probabilities and spreads the tail evenly."""
-    rest = num_classes - values.shape[-1]
-    fill = (tail - math.log(rest)) if rest > 0 else torch.full_like(tail, float("-inf"))
-    out = fill.unsqueeze(-1).expand(*values.shape[:-1], num_classes).clone()
-    return out.scatter(-1, indices.long(), values.float())
 
 
 class TeacherCache:
@@ -320,7 +274,7 @@ class TeacherCache:
             file = path / info["file"]
             if not file.is_file() or file.stat().st_size != info["bytes"]:
                 return f"array {name!r} is missing or has the wrong size (truncated?)"
-            if self.settings.verify and _file_checksum(file) != info["checksum"]:
+            if self.settings.verify and file_checksum(file) != info["checksum"]:
                 return f"array {name!r} fails its checksum (corrupt)"
         return None
 
@@ -356,7 +310,7 @@ class TeacherCache:
                 arrays[name] = {
                     "file": file.name,
                     "bytes": file.stat().st_size,
-                    "checksum": _file_checksum(file),
+                    "checksum": file_checksum(file),
                 }
             writers.clear()
             meta = {

@@ -493,12 +493,4 @@ class _Buffer(nn.Module):
         self.register_buffer("value", value)
 
 
-__all__ = [
-    "LMDistillation",
-    "LMKDArgs",
-    "layer_map",
-    "lm_metrics",
-    "report_diversity",
-    "sample_continuations",
-    "teacher_sequences",
-]
+__all__ = ["LMDistillation", "layer_map", "lm_metrics", "sample_continuations", "teacher_sequences"]
