@@ -152,3 +152,23 @@ def test_non_finite_weights_are_refused_on_load(tmp_path):
     save_weights(tmp_path / "bad.safetensors", state)
     with pytest.raises(CheckpointError, match=r"teacher weights .* hold NaN or inf \(in bias\)"):
         restore_weights(nn.Linear(3, 2), tmp_path / "bad.safetensors", "teacher")
+
+
+def test_random_states_round_trip_and_an_older_checkpoints_python_state_restores():
+    """`random`'s state is kept as one tensor; a checkpoint from before (its 625 words as
+    numbers) still restores it exactly."""
+    import random
+
+    from distill.loop.rng import rng_state, set_rng_state
+
+    gen = torch.Generator().manual_seed(3)
+    random.seed(11)
+    state = rng_state(gen)
+    assert isinstance(state["python"][1], torch.Tensor) and state["python"][1].numel() == 625
+    expected = [random.random() for _ in range(3)]
+    set_rng_state(state, gen)
+    assert [random.random() for _ in range(3)] == expected
+    version, words, gauss = state["python"]
+    old = {**state, "python": (version, tuple(int(w) for w in words.tolist()), gauss)}
+    set_rng_state(old, gen)
+    assert [random.random() for _ in range(3)] == expected

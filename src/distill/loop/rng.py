@@ -21,9 +21,23 @@ def rng_state(aug_gen: torch.Generator) -> dict[str, Any]:
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
         "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
-        "python": random.getstate(),
+        "python": _python_state(),
         "augment": aug_gen.get_state(),
     }
+
+
+def _python_state() -> tuple:
+    """`random`'s state with its 625 words as one tensor: stored as a single array, not as
+    625 numbers walked one by one at every checkpoint."""
+    version, words, gauss = random.getstate()
+    return (version, torch.tensor(words, dtype=torch.int64), gauss)
+
+
+def _python_state_from(saved: Any) -> tuple:
+    version, words, gauss = saved
+    if isinstance(words, torch.Tensor):
+        words = tuple(int(w) for w in words.tolist())
+    return (version, tuple(words), gauss)  # (older checkpoints stored the words as numbers)
 
 
 def set_rng_state(state: dict[str, Any], aug_gen: torch.Generator) -> None:
@@ -32,5 +46,5 @@ def set_rng_state(state: dict[str, Any], aug_gen: torch.Generator) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
     name, keys, *rest = state["numpy"]
     np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
-    random.setstate(state["python"])
+    random.setstate(_python_state_from(state["python"]))
     aug_gen.set_state(state["augment"])
