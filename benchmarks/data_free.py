@@ -23,10 +23,10 @@ from pathlib import Path
 import torch
 from common import add_threads, apply_threads  # noqa: E402  (benchmarks/common.py)
 
-from distill.build import build
-from distill.checkpoint import load_checkpoint
-from distill.config import load_config
-from distill.run import run_experiment
+from distill.app.build import build
+from distill.app.run import run_experiment
+from distill.core.checkpoint import load_checkpoint
+from distill.core.config import load_config
 
 ROOT = Path(__file__).parent.parent
 METHODS = {

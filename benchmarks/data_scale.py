@@ -73,9 +73,9 @@ def distill_epoch(
     device: str = "cpu",
     precision: str = "fp32",
 ) -> tuple[float, int]:
-    from distill.build import build
-    from distill.config import parse_config
-    from distill.trainer import Trainer
+    from distill.app.build import build
+    from distill.core.config import parse_config
+    from distill.loop.trainer import Trainer
 
     cfg = parse_config(
         {
@@ -260,8 +260,8 @@ def throughput(args: argparse.Namespace) -> dict:
 # ---------------------------------------------------------------- memory
 CHILD = r"""
 import json, resource, sys
-from distill.config import parse_config
-from distill.run import run_experiment
+from distill.core.config import parse_config
+from distill.app.run import run_experiment
 cfg = json.loads(sys.argv[1])
 run_experiment(parse_config(cfg))
 own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -26,10 +26,10 @@ from pathlib import Path
 import torch
 import yaml
 
-from distill.build import build, load_data, load_model
-from distill.checkpoint import load_checkpoint, save_weights
-from distill.config import parse_config
-from distill.distributed import run_command
+from distill.app.build import build, load_data, load_model
+from distill.core.checkpoint import load_checkpoint, save_weights
+from distill.core.config import parse_config
+from distill.core.distributed import run_command
 
 
 def write_config(work: Path, name: str, epochs: int, student: str = "replicate") -> Path:

@@ -14,8 +14,8 @@ import json
 import statistics
 from pathlib import Path
 
-from distill.checkpoint import atomic_write_text
-from distill.demo import run_demo
+from distill.app.demo import run_demo
+from distill.core.checkpoint import atomic_write_text
 
 
 def main() -> None:

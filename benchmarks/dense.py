@@ -38,8 +38,8 @@ SEGMENTATION = [
 
 
 def run(name: str, out: Path, seed: int, epochs: int | None) -> dict:
-    from distill.config import load_config
-    from distill.run import run_experiment
+    from distill.app.run import run_experiment
+    from distill.core.config import load_config
 
     overrides = ["train.progress=false", f"train.seed={seed}", f"run_dir={out}/{name}"]
     if epochs is not None:

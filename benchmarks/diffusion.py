@@ -24,15 +24,15 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 
-from distill.build import load_data, weights_path  # noqa: E402
-from distill.checkpoint import atomic_write_bytes, atomic_write_text  # noqa: E402
-from distill.config import load_config  # noqa: E402
+from distill.app.build import load_data, weights_path  # noqa: E402
+from distill.app.run import run_experiment  # noqa: E402
+from distill.core.checkpoint import atomic_write_bytes, atomic_write_text  # noqa: E402
+from distill.core.config import load_config  # noqa: E402
 from distill.data import load_batch  # noqa: E402
 from distill.diffusion.core import sample  # noqa: E402
 from distill.diffusion.metrics import sample_quality  # noqa: E402
 from distill.models import build_model  # noqa: E402
 from distill.models.weights import restore_weights  # noqa: E402
-from distill.run import run_experiment  # noqa: E402
 
 
 def _ensure(path: Path) -> Path:

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from common import add_threads, apply_threads  # noqa: E402  (benchmarks/common.py)
 from paired import EpochRunner, median_ratio
 
-from distill.config import parse_config
+from distill.core.config import parse_config
 
 TEACHER = {"name": "convnet", "args": {"channels": [32, 64, 64]}}
 STUDENT = {"name": "convnet", "args": {"channels": [8, 16, 16]}}
@@ -138,8 +138,8 @@ def main() -> None:
     apply_threads(args.threads)
     work = Path(tempfile.mkdtemp(prefix="kd-overhead-"))
     base = parse_config(config("distill_live", 1, work / "base", work / "teacher.safetensors"))
-    from distill.build import load_data, load_model
-    from distill.checkpoint import save_weights
+    from distill.app.build import load_data, load_model
+    from distill.core.checkpoint import save_weights
 
     data = load_data(base.data)
     torch.manual_seed(0)

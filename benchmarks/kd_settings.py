@@ -16,8 +16,8 @@ import json
 import statistics
 from pathlib import Path
 
-from distill.config import parse_config
-from distill.run import run_experiment
+from distill.app.run import run_experiment
+from distill.core.config import parse_config
 
 TEACHER = {"name": "convnet", "args": {"channels": [32, 64, 64]}}
 SMALL = {"channels": [8, 16, 16]}  # 2.9k parameters

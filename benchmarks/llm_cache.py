@@ -14,8 +14,8 @@ import argparse
 
 import torch
 
-from distill.build import load_model
-from distill.config import parse_config
+from distill.app.build import load_model
+from distill.core.config import parse_config
 from distill.data import load_batch
 from distill.llm.cache import cache_kl_error
 from distill.llm.demo import DATA, STUDENT, TEACHER
@@ -28,7 +28,7 @@ def main() -> None:
     ap.add_argument("--ks", type=int, nargs="+", default=[8, 32, 128])
     ap.add_argument("--seeds", type=int, default=5)
     a = ap.parse_args()
-    from distill.build import load_data
+    from distill.app.build import load_data
 
     cfg = parse_config({"scheme": "supervised", "data": DATA, "student": STUDENT})
     data = load_data(cfg.data)

@@ -27,8 +27,8 @@ ROOT = Path(__file__).parent.parent
 
 def _run(cfg: dict) -> float:
     torch.set_num_threads(1)  # one core per job
-    from distill.config import parse_config
-    from distill.run import run_experiment
+    from distill.app.run import run_experiment
+    from distill.core.config import parse_config
 
     return run_experiment(parse_config(cfg), overwrite=True)["test_acc"]
 

@@ -7,10 +7,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from distill.build import build
-from distill.config import parse_config
-from distill.logs import MetricsLog
-from distill.trainer import Trainer
+from distill.app.build import build
+from distill.core.config import parse_config
+from distill.core.logs import MetricsLog
+from distill.loop.trainer import Trainer
 
 
 def median_ratio(times: dict[str, list[float]], a: str, b: str) -> float:

@@ -24,8 +24,8 @@ EX = ROOT / "examples" / "paradigms"
 
 def run(name: str, out: Path, *overrides: str, fresh: bool = False) -> dict:
     """`distill run examples/paradigms/<name>.yaml` with overrides; reuse a finished run."""
-    from distill.config import load_config
-    from distill.run import run_experiment
+    from distill.app.run import run_experiment
+    from distill.core.config import load_config
 
     cfg = load_config(EX / f"{name}.yaml", ["train.progress=false", *overrides])
     done = cfg.resolved_run_dir() / "results.json"
@@ -43,8 +43,8 @@ def latency_us(model: torch.nn.Module, x: torch.Tensor) -> float:
 
 
 def graph(out: Path, seed: int) -> tuple[str, dict]:
-    from distill.build import load_data, load_model, weights_path
-    from distill.config import load_config
+    from distill.app.build import load_data, load_model, weights_path
+    from distill.core.config import load_config
     from distill.models.weights import restore_weights
 
     d = out / "graph"

@@ -31,9 +31,9 @@ from common import add_threads, apply_threads  # noqa: E402  (benchmarks/common.
 from kd_overhead import TEACHER, config
 from paired import EpochRunner, median_ratio
 
-from distill.build import load_data, load_model
-from distill.checkpoint import save_weights
-from distill.config import parse_config
+from distill.app.build import load_data, load_model
+from distill.core.checkpoint import save_weights
+from distill.core.config import parse_config
 
 
 def kd_config(work: Path, teacher: Path, epochs: int, seed: int, compiled: bool) -> dict:

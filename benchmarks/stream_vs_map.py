@@ -18,9 +18,9 @@ import statistics
 import tempfile
 from pathlib import Path
 
-from distill.config import parse_config
+from distill.app.run import run_experiment
+from distill.core.config import parse_config
 from distill.data.samples import write_digits
-from distill.run import run_experiment
 
 
 def config(data_dir: Path, run_dir: Path, seed: int, streaming: bool, epochs: int) -> dict:

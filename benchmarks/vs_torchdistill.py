@@ -46,9 +46,9 @@ from common import add_threads, apply_threads  # noqa: E402  (benchmarks/common.
 from paired import median_ratio
 from torch.utils.data import DataLoader, RandomSampler, TensorDataset
 
-from distill.build import build, load_model, weights_path
-from distill.config import parse_config
-from distill.run import run_experiment
+from distill.app.build import build, load_model, weights_path
+from distill.app.run import run_experiment
+from distill.core.config import parse_config
 
 TEACHER = {"name": "convnet", "args": {"channels": [32, 64, 64]}}
 STUDENT = {"name": "convnet", "args": {"channels": [8, 16, 16]}}

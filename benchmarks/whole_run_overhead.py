@@ -67,9 +67,9 @@ def _config(work: Path, epochs: int, eval_every: int, checkpoint_every: int) -> 
 
 
 def child_distill(work: Path, args: argparse.Namespace) -> dict:
-    from distill.config import parse_config
-    from distill.run import run_experiment
-    from distill.trainer import Trainer
+    from distill.app.run import run_experiment
+    from distill.core.config import parse_config
+    from distill.loop.trainer import Trainer
 
     spent = {"train": 0.0, "fit": 0.0}
     train_epoch, fit = Trainer._train_epoch, Trainer.fit

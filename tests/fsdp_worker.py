@@ -18,7 +18,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from distill import distributed
+from distill.core import distributed
 
 
 class Tied(nn.Module):

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import torch
 
-from distill.build import build
-from distill.checkpoint import save_weights
-from distill.config import parse_config
+from distill.app.build import build
+from distill.core.checkpoint import save_weights
+from distill.core.config import parse_config
 
 
 def synthetic_cfg(run_dir: Path, **overrides) -> dict:

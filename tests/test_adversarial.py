@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 from helpers import make_teacher, synthetic_cfg
 
-from distill.build import build
-from distill.config import parse_config
+from distill.app.build import build
+from distill.core.config import parse_config
 from distill.data import load_batch
 from distill.robustness import pgd
 from distill.schemes.adversarial import Discriminator, discriminator_losses

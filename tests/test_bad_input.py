@@ -15,7 +15,7 @@ import torch
 import yaml
 from helpers import make_teacher, synthetic_cfg
 
-from distill.cli import main
+from distill.app.cli import main
 
 USERBITS = """
 import numpy as np
@@ -564,13 +564,13 @@ def _setup(ws: Path, step: str | None, config: str) -> None:
     elif step == "torch_save_whole_teacher":
         import torch as th  # (the whole module pickled, as torch.save(model) does)
 
-        from distill.build import build
-        from distill.config import load_config
+        from distill.app.build import build
+        from distill.core.config import load_config
 
         teacher = build(load_config(config)).teacher
         th.save(teacher, ws / "teacher.safetensors")
     elif step == "nan_teacher":
-        from distill.checkpoint import load_weights, save_weights
+        from distill.core.checkpoint import load_weights, save_weights
 
         state, _ = load_weights(ws / "teacher.safetensors")
         state["head.weight"][0, 0] = float("nan")
@@ -590,7 +590,7 @@ def _setup(ws: Path, step: str | None, config: str) -> None:
     elif step == "five_class_teacher":
         import torch
 
-        from distill.checkpoint import save_weights
+        from distill.core.checkpoint import save_weights
 
         save_weights(ws / "teacher.safetensors", torch.nn.Linear(8, 5))
     elif step.startswith("prior_run"):

@@ -6,8 +6,8 @@ import pytest
 import yaml
 from helpers import synthetic_cfg
 
-from distill.bench import aggregate, ci95, welch_p
-from distill.cli import main
+from distill.app.bench import aggregate, ci95, welch_p
+from distill.app.cli import main
 
 
 def test_statistics_known_answers():

@@ -9,14 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from distill.blackbox import (
+from distill.app.blackbox import (
     HTTPTeacher,
     TeacherError,
     augment_instructions,
     generate_dataset,
     read_jsonl,
 )
-from distill.cli import main
+from distill.app.cli import main
 
 
 class _Server:
@@ -121,8 +121,8 @@ def test_instruction_augmentation():
 
 
 def test_generate_cli_and_student_trains_on_the_result(tmp_path):
-    from distill.config import parse_config
-    from distill.run import run_experiment
+    from distill.app.run import run_experiment
+    from distill.core.config import parse_config
 
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("\n".join(f"what is {i} plus {i}?" for i in range(30)))
@@ -164,9 +164,9 @@ def test_generate_cli_reports_bad_specs(tmp_path, capsys):
 
 def test_local_teacher_from_a_language_model_run(tmp_path):
     pytest.importorskip("transformers")
-    from distill.blackbox import GenerateSpec, make_teacher
-    from distill.config import parse_config
-    from distill.run import run_experiment
+    from distill.app.blackbox import GenerateSpec, make_teacher
+    from distill.app.run import run_experiment
+    from distill.core.config import parse_config
 
     run = tmp_path / "lm"
     cfg = {
@@ -200,7 +200,7 @@ def test_local_teacher_from_a_language_model_run(tmp_path):
 def test_example_generation_spec_parses():
     import yaml
 
-    from distill.blackbox import GenerateSpec
+    from distill.app.blackbox import GenerateSpec
 
     root = Path(__file__).parent.parent / "examples" / "blackbox"
     spec = GenerateSpec.model_validate(yaml.safe_load((root / "generate.yaml").read_text()))

@@ -10,12 +10,12 @@ import torch
 import torch.nn.functional as F
 from helpers import kd_cfg, make_teacher
 
-from distill.build import build
-from distill.cache import TeacherCache, plan_cache, topk_compress, topk_expand
-from distill.config import parse_config
-from distill.errors import ConfigError
-from distill.settings import CacheSettings
-from distill.trainer import Trainer
+from distill.app.build import build
+from distill.core.config import parse_config
+from distill.core.errors import ConfigError
+from distill.core.settings import CacheSettings
+from distill.loop.cache import TeacherCache, plan_cache, topk_compress, topk_expand
+from distill.loop.trainer import Trainer
 
 FEATURE_TERM = {
     "loss": "fitnet",
@@ -248,7 +248,7 @@ def test_kd_reads_soft_targets_prepared_once_and_falls_back_when_it_cannot(tmp_p
 
 
 def test_a_damaged_entry_is_said_even_with_progress_off(tmp_path, capsys):
-    from distill.run import run_experiment
+    from distill.app.run import run_experiment
 
     cfg = _cfg(tmp_path)
     assert cfg["train"]["progress"] is False

@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from distill.checkpoint import (
+from distill.core.checkpoint import (
     atomic_write_bytes,
     load_checkpoint,
     load_into,
@@ -13,7 +13,7 @@ from distill.checkpoint import (
     save_checkpoint,
     save_weights,
 )
-from distill.errors import CheckpointError
+from distill.core.errors import CheckpointError
 
 
 def test_round_trip_of_nested_state(tmp_path):

@@ -4,8 +4,8 @@ import torch
 import yaml
 from helpers import make_teacher, synthetic_cfg
 
-from distill.cli import main
-from distill.demo import demo_configs, run_demo
+from distill.app.cli import main
+from distill.app.demo import demo_configs, run_demo
 
 
 def _write(tmp_path, cfg, name="c.yaml"):
@@ -94,7 +94,7 @@ def test_example_configs_match_the_demo_recipe(tmp_path):
     # The YAML quick start and the demo must describe the same experiment.
     from pathlib import Path
 
-    from distill.config import load_config, parse_config
+    from distill.core.config import load_config, parse_config
 
     root = Path(__file__).parent.parent / "configs"
     demo = demo_configs("mnist1d", tmp_path)

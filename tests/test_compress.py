@@ -14,8 +14,8 @@ import yaml
 from helpers import kd_cfg, make_teacher, synthetic_cfg
 from torch import nn
 
-from distill.build import build
-from distill.checkpoint import save_weights
+from distill.app.build import build
+from distill.app.run import run_experiment
 from distill.compress.lowrank import LowRankLinear, choose_rank, factorize
 from distill.compress.prune import (
     SparsityKeeper,
@@ -34,13 +34,13 @@ from distill.compress.quant import (
 )
 from distill.compress.search import SearchSettings, search, similarity_score
 from distill.compress.structure import structure_of
-from distill.config import parse_config
-from distill.errors import CheckpointError, ConfigError
+from distill.core.checkpoint import save_weights
+from distill.core.config import parse_config
+from distill.core.errors import CheckpointError, ConfigError
+from distill.core.settings import QuantSettings, SparsitySettings
 from distill.models import build_model
 from distill.models.weights import restore_weights
-from distill.run import run_experiment
 from distill.schemes.quantized import cosine_distillation
-from distill.settings import QuantSettings, SparsitySettings
 
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
@@ -474,7 +474,7 @@ def test_compress_pipeline_end_to_end(tmp_path):
         out / "report.md"
     ).read_text()
     # the recovered pruned teacher is a normal run dir: distill eval reads it
-    from distill.assess import load_run
+    from distill.app.assess import load_run
 
     model, _data, _path = load_run(out / "stages/01-pruned/run")
     assert model.blocks[0][0].out_channels == 4

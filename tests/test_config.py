@@ -3,9 +3,9 @@ from pathlib import Path
 import pytest
 from helpers import make_teacher
 
-from distill.config import apply_override, load_config, parse_config
-from distill.errors import ConfigError
-from distill.validate import validate
+from distill.app.validate import validate
+from distill.core.config import apply_override, load_config, parse_config
+from distill.core.errors import ConfigError
 
 SYNTH = {"name": "synthetic", "options": {"num_samples": 400, "num_features": 8, "num_classes": 3}}
 ALL_CONFIGS = sorted((Path(__file__).parent.parent / "configs").glob("*.yaml"))
@@ -98,8 +98,8 @@ def test_every_example_config_validates(path, tmp_path):
     cfg = load_config(path)
     overrides = []
     if cfg.teacher is not None:  # stand in an untrained teacher of the configured shape
-        from distill.build import build
-        from distill.checkpoint import save_weights
+        from distill.app.build import build
+        from distill.core.checkpoint import save_weights
 
         teacher_only = load_config(path, ["scheme=supervised", "objective.terms=[]"])
         teacher_only = parse_config(

@@ -10,14 +10,14 @@ import pytest
 import torch
 from helpers import synthetic_cfg
 
-from distill.build import build
-from distill.checkpoint import save_weights
-from distill.config import load_config, parse_config
+from distill.app.build import build
+from distill.app.run import run_experiment
+from distill.app.validate import validate
+from distill.core.checkpoint import save_weights
+from distill.core.config import load_config, parse_config
+from distill.core.errors import ConfigError
 from distill.data import load_batch, load_dataset
 from distill.data.views import make_view
-from distill.errors import ConfigError
-from distill.run import run_experiment
-from distill.validate import validate
 
 SIGNAL_T = {"name": "convnet", "args": {"channels": [4, 8], "kernel_size": 3}}
 IMAGE_S = {"name": "convnet", "args": {"channels": [4, 8], "kernel_size": 3}}

@@ -2,9 +2,9 @@ import numpy as np
 import pytest
 import torch
 
+from distill.core.errors import ConfigError
 from distill.data import AUGMENTATIONS, build_augmentation, load_dataset, split_indices
 from distill.data.sources import cache_dir
-from distill.errors import ConfigError
 from distill.models import build_model
 
 

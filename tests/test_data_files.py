@@ -23,11 +23,11 @@ pytest.importorskip("PIL")
 from PIL import Image  # noqa: E402
 from sklearn.datasets import load_digits  # noqa: E402
 
-from distill.config import parse_config  # noqa: E402
+from distill.app.run import run_experiment  # noqa: E402
+from distill.core.config import parse_config  # noqa: E402
+from distill.core.errors import ConfigError, DataError  # noqa: E402
 from distill.data import load_dataset  # noqa: E402
 from distill.data.loading import stream_batches, stream_loader  # noqa: E402
-from distill.errors import ConfigError, DataError  # noqa: E402
-from distill.run import run_experiment  # noqa: E402
 
 NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 
@@ -257,7 +257,7 @@ def test_streamed_parquet_trains_with_max_steps_and_is_tested(tmp_path, disk):
 def test_augmentation_exact_cache_matches_the_live_teacher(tmp_path, disk):
     """Teacher outputs cached for every epoch's random views equal the live teacher's on
     the views the student sees, and the student trains to identical weights."""
-    from distill.build import build
+    from distill.app.build import build
 
     root, *_ = disk
     data = {
@@ -333,9 +333,9 @@ def test_resume_mid_epoch_on_disk_data_is_exact(tmp_path, disk):
 
 # ---------------------------------------------------------------- Python: DataLoaders and HF datasets
 def _scheme_and_settings(input_shape, epochs=2, **train):
+    from distill.core.settings import TrainSettings
     from distill.models import build_model
     from distill.schemes.supervised import Supervised
-    from distill.settings import TrainSettings
 
     torch.manual_seed(0)
     scheme = Supervised(build_model("mlp", input_shape, 10))
@@ -345,7 +345,7 @@ def _scheme_and_settings(input_shape, epochs=2, **train):
 def test_trainer_takes_a_user_dataloader_as_it_is(tmp_path, disk):
     """Its sampler (here: only the even samples), its collate function (dict batches) and
     its batch size are the user's."""
-    from distill.trainer import Trainer
+    from distill.loop.trainer import Trainer
 
     _, d, _ = disk
     x = torch.from_numpy(d.data.astype(np.float32))
@@ -387,7 +387,7 @@ def test_trainer_takes_a_user_dataloader_as_it_is(tmp_path, disk):
 def test_trainer_takes_a_hugging_face_dataset_in_torch_format(tmp_path, disk):
     from datasets import Dataset
 
-    from distill.trainer import Trainer
+    from distill.loop.trainer import Trainer
 
     _, d, _ = disk
     ds = Dataset.from_dict({"features": d.data.astype(np.float32), "label": d.target}).with_format(
@@ -400,7 +400,7 @@ def test_trainer_takes_a_hugging_face_dataset_in_torch_format(tmp_path, disk):
 
 
 def test_trainer_takes_an_iterable_dataset_with_max_steps(tmp_path, disk):
-    from distill.trainer import Trainer
+    from distill.loop.trainer import Trainer
 
     _, d, _ = disk
 
@@ -582,7 +582,7 @@ def test_streams_refuse_what_needs_random_access(tmp_path, disk):
         objective={"terms": [{"loss": "crd", "student": "logits", "teacher": "logits"}]},
         train={"max_steps": 3},
     )
-    from distill.build import build
+    from distill.app.build import build
 
     with pytest.raises(ConfigError, match="memory bank .* streamed"):
         build(cfg)
@@ -604,7 +604,7 @@ def test_a_streamed_label_out_of_range_names_the_sample(tmp_path, disk):
 
 
 def test_validate_reports_a_bad_data_option(tmp_path, disk, capsys):
-    from distill.cli import main
+    from distill.app.cli import main
 
     root, *_ = disk
     cfg = {
@@ -638,7 +638,7 @@ EXAMPLES = sorted((Path(__file__).parent.parent / "examples" / "data").glob("*.y
 @pytest.mark.parametrize("path", EXAMPLES, ids=[p.stem for p in EXAMPLES])
 def test_data_example_trains(path, tmp_path, disk, monkeypatch):
     """Every config in examples/data runs on `distill sample-data data` output."""
-    from distill.config import load_config
+    from distill.core.config import load_config
 
     (tmp_path / "data").symlink_to(disk[0])
     monkeypatch.chdir(tmp_path)
@@ -647,7 +647,7 @@ def test_data_example_trains(path, tmp_path, disk, monkeypatch):
     if cfg.teacher is not None:  # a stand-in teacher of the configured architecture
         from safetensors.torch import save_file
 
-        from distill.build import load_data
+        from distill.app.build import load_data
         from distill.models import build_model
 
         data = load_data(cfg.data)
@@ -668,7 +668,7 @@ def test_data_example_trains(path, tmp_path, disk, monkeypatch):
 
 
 def test_cli_lists_the_datasets_and_writes_sample_data(tmp_path, capsys):
-    from distill.cli import main
+    from distill.app.cli import main
 
     assert main(["datasets"]) == 0
     out = capsys.readouterr().out
@@ -729,7 +729,7 @@ def test_class_subsets_label_maps_and_few_labels_work_on_index_lists(disk):
 
 def test_export_of_a_convnet_trained_on_an_image_folder(tmp_path, disk):
     pytest.importorskip("onnxruntime")
-    from distill.artifacts import export_run
+    from distill.app.artifacts import export_run
 
     root, *_ = disk
     data = {
@@ -809,7 +809,7 @@ def test_timm_and_torchvision_models_by_name_train_from_yaml(tmp_path, disk, mon
         objective={"terms": [{"loss": "kd"}]},
         train={"epochs": 1},
     )
-    from distill.build import build
+    from distill.app.build import build
 
     built = build(cfg)
     for key, value in trained.state_dict().items():
@@ -825,7 +825,7 @@ def test_without_timm_the_error_names_the_package(monkeypatch):
 
 
 def test_distill_eval_and_report_on_a_run_over_an_image_folder(tmp_path, disk):
-    from distill.assess import assess
+    from distill.app.assess import assess
 
     root, *_ = disk
     data = {
@@ -848,7 +848,7 @@ def test_a_stream_resumed_mid_epoch_skips_what_it_consumed(tmp_path, disk):
     had trained on."""
     from safetensors.torch import load_file
 
-    from distill.trainer import Trainer
+    from distill.loop.trainer import Trainer
 
     _, d, _ = disk
     data = torch.utils.data.TensorDataset(

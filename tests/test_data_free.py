@@ -7,11 +7,11 @@ import pytest
 import torch
 from helpers import make_teacher, synthetic_cfg
 
-from distill.build import build
-from distill.checkpoint import save_weights
-from distill.config import parse_config
+from distill.app.build import build
+from distill.core.checkpoint import save_weights
+from distill.core.config import parse_config
+from distill.core.errors import ConfigError
 from distill.data import load_batch
-from distill.errors import ConfigError
 from distill.schemes.data_free import (
     BatchNormStatistics,
     Generator,

@@ -9,17 +9,17 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from distill.checkpoint import save_weights
-from distill.config import load_config, parse_config
+from distill.app.run import run_experiment
+from distill.app.validate import validate
+from distill.core.checkpoint import save_weights
+from distill.core.config import load_config, parse_config
+from distill.core.errors import ConfigError
 from distill.dense import detection as det
 from distill.dense.models import Detector, SegNet
 from distill.dense.scenes import load_scenes
 from distill.dense.segmentation import confusion, segmentation_metrics
-from distill.errors import ConfigError
 from distill.losses import dense as dl
 from distill.models import build_model
-from distill.run import run_experiment
-from distill.validate import validate
 
 ROOT = Path(__file__).parent.parent
 EXAMPLES = sorted((ROOT / "examples" / "dense").glob("*.yaml"))
@@ -334,7 +334,7 @@ def test_dense_teacher_and_students_end_to_end(tmp_path, task):
 
 
 def test_dense_needs_its_metric_and_a_detector(tmp_path):
-    from distill.build import build
+    from distill.app.build import build
 
     cfg = _dense_cfg(tmp_path, "detection", {"name": "detector", "args": {"widths": [4, 8, 8]}})
     cfg["train"]["monitor"] = "acc"

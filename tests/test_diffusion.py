@@ -10,8 +10,10 @@ import pytest
 import torch
 from helpers import synthetic_cfg
 
-from distill.build import build
-from distill.config import load_config, parse_config
+from distill.app.build import build
+from distill.app.run import run_experiment
+from distill.core.config import load_config, parse_config
+from distill.core.errors import ConfigError
 from distill.data import load_batch
 from distill.diffusion.core import (
     MLPDenoiser,
@@ -23,8 +25,6 @@ from distill.diffusion.core import (
     sample,
 )
 from distill.diffusion.metrics import frechet_distance, mmd
-from distill.errors import ConfigError
-from distill.run import run_experiment
 from distill.schemes.diffusion import halving_rounds
 
 ROOT = Path(__file__).parent.parent
@@ -188,9 +188,9 @@ DIFFUSION_EXAMPLES = sorted((ROOT / "examples" / "diffusion").glob("*.yaml"))
 def test_diffusion_example_validates_and_trains(path, tmp_path):
     """Each example runs (teachers replaced by untrained weights of their shape), every
     progressive round for one epoch, the others for three steps."""
-    from distill.checkpoint import save_weights
+    from distill.app.validate import validate
+    from distill.core.checkpoint import save_weights
     from distill.models import build_model
-    from distill.validate import validate
 
     cfg = load_config(path)
     overrides = [f"run_dir={tmp_path / 'run'}", "train.progress=false"]

@@ -10,8 +10,8 @@ import torch
 import yaml
 from helpers import kd_cfg, make_teacher, run_fsdp_worker, synthetic_cfg
 
-from distill.checkpoint import load_checkpoint
-from distill.distributed import run_command
+from distill.core.checkpoint import load_checkpoint
+from distill.core.distributed import run_command
 
 pytestmark = pytest.mark.skipif(
     not torch.distributed.is_available(), reason="torch.distributed is not built"

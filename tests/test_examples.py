@@ -4,13 +4,13 @@ from pathlib import Path
 
 import pytest
 
-from distill.build import build, load_data
-from distill.checkpoint import load_checkpoint, save_weights
-from distill.config import load_config, parse_config
+from distill.app.build import build, load_data
+from distill.app.run import run_experiment
+from distill.app.validate import validate
+from distill.core.checkpoint import load_checkpoint, save_weights
+from distill.core.config import load_config, parse_config
 from distill.losses import LOSSES
 from distill.models import build_model
-from distill.run import run_experiment
-from distill.validate import validate
 
 ROOT = Path(__file__).parent.parent
 EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))

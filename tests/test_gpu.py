@@ -10,10 +10,10 @@ import pytest
 import torch
 from helpers import kd_cfg, make_teacher, run_fsdp_worker, synthetic_cfg
 
-from distill.build import build
-from distill.checkpoint import load_checkpoint
-from distill.config import parse_config
-from distill.run import run_experiment
+from distill.app.build import build
+from distill.app.run import run_experiment
+from distill.core.checkpoint import load_checkpoint
+from distill.core.config import parse_config
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -110,7 +110,7 @@ def test_generator_and_discriminator_schemes_on_cuda(tmp_path, scheme, args, pre
     the run's device and train under autocast."""
     one = parse_config(synthetic_cfg(tmp_path / "t", data=DIGITS, student=CONV))
     weights = tmp_path / "teacher.safetensors"
-    from distill.checkpoint import save_weights
+    from distill.core.checkpoint import save_weights
 
     save_weights(weights, build(one).student)
     cfg = synthetic_cfg(tmp_path / "run", data=DIGITS, student=CONV)
@@ -179,7 +179,7 @@ def test_fsdp_units_on_cuda_with_nccl():
 def test_compression_while_training_on_cuda(tmp_path, student, scheme):
     """Fake quantizers, their observers, SPEQ's stochastic teacher, QKD's phases and the
     pruning masks all run on the GPU; the saved weights reload on the CPU."""
-    from distill.assess import load_run
+    from distill.app.assess import load_run
 
     teacher = make_teacher(tmp_path / "t.safetensors")
     cfg = kd_cfg(tmp_path / "run", teacher)
@@ -203,7 +203,7 @@ def test_compression_while_training_on_cuda(tmp_path, student, scheme):
 def test_diffusion_schemes_on_cuda(tmp_path, scheme):
     """Denoisers, DDIM sampling, progressive targets and the data-free pool on the GPU,
     under bf16 autocast; sample quality is measured at the end."""
-    from distill.checkpoint import save_weights
+    from distill.core.checkpoint import save_weights
     from distill.models import build_model
 
     denoiser = {"name": "mlp_denoiser", "args": {"width": 32, "depth": 1}}

@@ -22,16 +22,7 @@ LAYERS: list[tuple[str, list[str]]] = [
     (
         "foundation",
         [
-            "distill.errors",
-            "distill.registry",
-            "distill.settings",
-            "distill.config",
-            "distill.checkpoint",
-            "distill.logs",
-            "distill.table",
-            "distill.rundir",
-            "distill.distributed",
-            "distill.trackers",
+            "distill.core",
             "distill.schemes.table",
             "distill.schemes.spec",
             "distill.losses.table",
@@ -67,30 +58,13 @@ LAYERS: list[tuple[str, list[str]]] = [
             "distill.paradigms",
         ],
     ),
-    ("loop", ["distill.trainer", "distill.loop", "distill.cache", "distill.cache_keys"]),
+    ("loop", ["distill.loop"]),
     (
         "app",
         [
             "distill",
             "distill.__main__",
-            "distill.build",
-            "distill.validate",
-            "distill.problems",
-            "distill.terms",
-            "distill.run",
-            "distill.run_check",
-            "distill.stages",
-            "distill.cli",
-            "distill.commands",
-            "distill.demo",
-            "distill.bench",
-            "distill.tune",
-            "distill.assess",
-            "distill.artifacts",
-            "distill.report",
-            "distill.reasoning",
-            "distill.methods",
-            "distill.blackbox",
+            "distill.app",
             "distill.compress.pipeline",
             "distill.compress.search",
             "distill.compress.plan",
@@ -207,11 +181,11 @@ def test_the_checker_sees_function_level_imports_and_cycles(tmp_path):
     assert _cycle(graph) == ["a", "b", "c", "a"]
     assert _cycle({"a": {"b"}, "b": set()}) is None
     src = tmp_path / "m.py"
-    src.write_text("def f():\n    from distill.trainer import Trainer\n")
-    assert _imports(src, "distill.x", {"distill.trainer": src, "distill.x": src}) == {
-        "distill.trainer"
+    src.write_text("def f():\n    from distill.loop.trainer import Trainer\n")
+    assert _imports(src, "distill.x", {"distill.loop.trainer": src, "distill.x": src}) == {
+        "distill.loop.trainer"
     }
-    assert _layer("distill.trainer") > _layer("distill.losses.response")
+    assert _layer("distill.loop.trainer") > _layer("distill.losses.response")
 
 
 @pytest.mark.parametrize(
@@ -219,7 +193,7 @@ def test_the_checker_sees_function_level_imports_and_cycles(tmp_path):
 )
 def test_catalogue_commands_answer_without_importing_torch(args):
     code = (
-        "import sys\nfrom distill.cli import main\n"
+        "import sys\nfrom distill.app.cli import main\n"
         f"try:\n    main({args!r})\nexcept SystemExit:\n    pass\n"
         "assert 'torch' not in sys.modules, 'torch was imported'\n"
     )
@@ -236,11 +210,34 @@ def test_every_domain_module_imports_on_its_own():
         "distill.llm.scheme",
         "distill.schemes.online",
         "distill.data.sources",
-        "distill.stages",
-        "distill.validate",
-        "distill.trainer",
+        "distill.app.stages",
+        "distill.app.validate",
+        "distill.loop.trainer",
     ]
     code = "import importlib, sys\nfor n in sys.argv[1:]:\n    importlib.import_module(n)\n"
     for name in names:
         done = subprocess.run([sys.executable, "-c", code, name], capture_output=True, text=True)
         assert done.returncode == 0, f"import {name} alone failed:\n{done.stderr[-1500:]}"
+
+
+def test_the_source_imports_modules_by_their_place_and_old_names_still_import():
+    """Inside distill every import names a module file (none goes through the former
+    names kept for users), and each former name imports the very module at its new place."""
+    import importlib
+
+    import distill
+
+    known = _modules()
+    stale = []
+    for name, path in known.items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and not node.level and node.module:
+                mods = [node.module]
+            elif isinstance(node, ast.Import):
+                mods = [a.name for a in node.names]
+            else:
+                continue
+            stale += [f"{name} imports {m}" for m in mods if m in distill._MOVED]
+    assert not stale, "\n".join(stale)
+    for old, new in distill._MOVED.items():
+        assert importlib.import_module(old) is importlib.import_module(new), old

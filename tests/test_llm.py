@@ -10,13 +10,13 @@ import torch
 
 pytest.importorskip("transformers")
 
-from distill.build import build  # noqa: E402
-from distill.config import parse_config  # noqa: E402
+from distill.app.build import build  # noqa: E402
+from distill.app.run import run_experiment  # noqa: E402
+from distill.core.config import parse_config  # noqa: E402
+from distill.core.errors import ConfigError  # noqa: E402
 from distill.data import load_batch  # noqa: E402
-from distill.errors import ConfigError  # noqa: E402
 from distill.llm.scheme import layer_map, sample_continuations  # noqa: E402
 from distill.llm.text import ByteTokenizer, prompt_dataset  # noqa: E402
-from distill.run import run_experiment  # noqa: E402
 
 DATA = {
     "name": "text",
@@ -280,7 +280,7 @@ def test_distillation_trainer_loss_is_accumulation_invariant(tmp_path):
 
 @pytest.mark.parametrize("mode", ["topk", "sample"])
 def test_teacher_cache_round_trip_and_training(tmp_path, teacher_dir, mode):
-    from distill.cli import main
+    from distill.app.cli import main
     from distill.llm.cache import TeacherCache, sparse_teacher
 
     cfg = _kd(tmp_path, teacher_dir, {})
@@ -362,7 +362,7 @@ def test_uld_ignores_token_identity():
 
 @pytest.mark.parametrize("method", ["uld", "dskd"])
 def test_cross_tokenizer_kd_end_to_end(tmp_path, method):
-    from distill.checkpoint import save_weights
+    from distill.core.checkpoint import save_weights
     from distill.models import build_model
 
     teacher = build_model("hf_causal_lm", (48,), 259, GPT2["args"])  # a byte-level teacher
@@ -396,11 +396,11 @@ LLM_EXAMPLES = sorted((Path(__file__).parent.parent / "examples" / "llm").glob("
 
 @pytest.mark.parametrize("path", LLM_EXAMPLES, ids=[p.stem for p in LLM_EXAMPLES])
 def test_llm_example_validates_and_trains(path, tmp_path):
-    from distill.checkpoint import save_weights
-    from distill.cli import main
-    from distill.config import load_config
+    from distill.app.cli import main
+    from distill.app.validate import validate
+    from distill.core.checkpoint import save_weights
+    from distill.core.config import load_config
     from distill.models import build_model
-    from distill.validate import validate
 
     overrides = [
         f"run_dir={tmp_path / 'run'}",
@@ -438,7 +438,7 @@ def test_rouge_l():
 def test_methods_list_the_token_divergences(capsys):
     import json
 
-    from distill.cli import main
+    from distill.app.cli import main
     from distill.llm import TOKEN_DIVERGENCES
 
     assert main(["methods", "--json"]) == 0
@@ -472,8 +472,8 @@ def test_generation_uses_the_current_cache_api_and_matches_full_recompute():
 def test_export_hf_causal_lm_generates_the_same_tokens(teacher_dir):
     from transformers import AutoModelForCausalLM
 
-    from distill.artifacts import export_run
-    from distill.assess import load_run
+    from distill.app.artifacts import export_run
+    from distill.app.assess import load_run
 
     info = export_run(teacher_dir, "hf")
     assert info["max_abs_logit_diff"] == 0.0 and "model.safetensors" in info["files"]
@@ -607,7 +607,7 @@ def test_sequence_level_kd_across_tokenizers(tmp_path, capsys):
     """A byte-level teacher writes continuations; the student learns them re-tokenized by
     its BPE tokenizer (supervised only past the prompt), and the distinct-token ratio of
     the teacher's generations is reported."""
-    from distill.checkpoint import save_weights
+    from distill.core.checkpoint import save_weights
     from distill.models import build_model
 
     torch.manual_seed(0)
@@ -670,10 +670,10 @@ def test_lm_kd_with_a_lora_student_from_yaml(tmp_path, teacher_dir, chunk_size):
     pytest.importorskip("peft")
     from transformers import AutoModelForCausalLM
 
-    from distill.artifacts import export_run
-    from distill.assess import load_run
-    from distill.checkpoint import load_weights, save_weights
-    from distill.errors import CheckpointError
+    from distill.app.artifacts import export_run
+    from distill.app.assess import load_run
+    from distill.core.checkpoint import load_weights, save_weights
+    from distill.core.errors import CheckpointError
     from distill.models import build_model
 
     torch.manual_seed(0)

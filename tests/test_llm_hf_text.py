@@ -14,10 +14,10 @@ datasets = pytest.importorskip("datasets")
 
 from test_llm_chat import CHAT, WORDS, _tokenizer  # noqa: E402
 
-from distill.config import parse_config  # noqa: E402
-from distill.errors import ConfigError, DataError  # noqa: E402
+from distill.app.run import run_experiment  # noqa: E402
+from distill.core.config import parse_config  # noqa: E402
+from distill.core.errors import ConfigError, DataError  # noqa: E402
 from distill.llm.hf_text import load_hf_text  # noqa: E402
-from distill.run import run_experiment  # noqa: E402
 
 GPT2 = {"name": "hf_causal_lm", "args": {"arch": "gpt2", "n_embd": 32, "n_layer": 1, "n_head": 2}}
 TRAIN = {
@@ -126,8 +126,8 @@ def test_lm_kd_on_a_chat_dataset_from_yaml_exports_with_its_tokenizer(tmp_path):
     export holds the tokenizer and generates what the in-memory student generates."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from distill.artifacts import export_run
-    from distill.assess import load_run
+    from distill.app.artifacts import export_run
+    from distill.app.assess import load_run
 
     data, tok_dir = _write(tmp_path, _conversations(60))
     opts = {"path": data, "tokenizer": tok_dir, "length": 24}
@@ -160,7 +160,7 @@ def test_a_bpe_students_export_carries_its_tokenizer(tmp_path):
     the same ids for the same text, and the same special tokens."""
     from transformers import AutoTokenizer
 
-    from distill.artifacts import export_run
+    from distill.app.artifacts import export_run
 
     lines = [f"{WORDS[i % 11]} {WORDS[(3 * i) % 11]} {WORDS[(5 * i) % 11]}" for i in range(80)]
     path = tmp_path / "t.jsonl"
@@ -179,7 +179,7 @@ def test_a_bpe_students_export_carries_its_tokenizer(tmp_path):
     assert run_experiment(parse_config(cfg))["complete"]
     info = export_run(tmp_path / "s", "hf")
     assert info["tokenizer"].startswith("bpe")
-    from distill.assess import load_run
+    from distill.app.assess import load_run
 
     _, data, _ = load_run(tmp_path / "s")
     hf_tok = AutoTokenizer.from_pretrained(info["path"])

@@ -8,11 +8,11 @@ import torch
 from helpers import synthetic_cfg
 
 from distill import metrics as M
-from distill.assess import assess
-from distill.config import parse_config
+from distill.app.assess import assess
+from distill.app.run import run_experiment
+from distill.core.config import parse_config
 from distill.profile import count_flops
 from distill.robustness import fgsm, pgd, robustness_report, shift
-from distill.run import run_experiment
 
 
 def test_topk_nll_brier():
@@ -138,7 +138,7 @@ def test_attacks_stay_inside_the_data_range():
 
 
 def test_eval_of_images_clips_attacks_and_says_how_many_samples(tmp_path):
-    from distill.assess import format_assessment
+    from distill.app.assess import format_assessment
 
     cfg = synthetic_cfg(tmp_path / "r", train={"epochs": 1})
     cfg["data"] = {"name": "digits"}

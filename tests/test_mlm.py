@@ -7,9 +7,9 @@ import torch
 
 pytest.importorskip("transformers")
 
+from distill.core.errors import ConfigError  # noqa: E402
 from distill.data.core import DataSplits  # noqa: E402
 from distill.embed import SentenceDataset  # noqa: E402
-from distill.errors import ConfigError  # noqa: E402
 from distill.mlm import MaskedLMDistillation, hf_masked_lm, mask_tokens  # noqa: E402
 from distill.objective import Objective  # noqa: E402
 from distill.schemes import SchemeContext  # noqa: E402

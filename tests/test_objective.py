@@ -33,8 +33,8 @@ def test_delayed_schedule_phases_a_term_in():
 def test_start_step_from_config(tmp_path):
     from helpers import kd_cfg, make_teacher
 
-    from distill.build import build
-    from distill.config import parse_config
+    from distill.app.build import build
+    from distill.core.config import parse_config
 
     cfg = kd_cfg(tmp_path / "r", make_teacher(tmp_path / "t.safetensors"))
     cfg["objective"]["terms"].append(

@@ -11,16 +11,16 @@ import torch
 import torch.nn.functional as F
 from helpers import stand_in_weights, synthetic_cfg
 
-from distill.build import build, load_data
-from distill.config import load_config, parse_config
-from distill.errors import ConfigError
+from distill.app.build import build, load_data
+from distill.app.run import run_experiment
+from distill.app.validate import validate
+from distill.core.config import load_config, parse_config
+from distill.core.errors import ConfigError
 from distill.losses import lsp_loss
 from distill.metrics import spearman
 from distill.paradigms import condense, ensemble, federated, graph, interpret, lifelong
-from distill.run import run_experiment
 from distill.schemes.base import SchemeContext, soft_kl
 from distill.taps import Tap
-from distill.validate import validate
 
 ROOT = Path(__file__).parent.parent
 EXAMPLES = ROOT / "examples" / "paradigms"
@@ -188,7 +188,7 @@ def test_task_classes_keep_labels_and_every_output():
 
 
 def test_lifelong_stages_are_wired_task_by_task(tmp_path):
-    from distill.stages import expand
+    from distill.app.stages import expand
 
     cfg = parse_config(_lifelong_cfg(tmp_path, ewc_weight=5.0))
     stages = expand(cfg)

@@ -81,7 +81,7 @@ def test_the_readme_demo_output_has_the_shape_distill_demo_prints():
     printed gain is the difference of the printed accuracies)."""
     import re
 
-    from distill.demo import format_demo
+    from distill.app.demo import format_demo
 
     readme = (ROOT / "README.md").read_text()
     block = re.search(r"```\n(distill demo: .*?)\n```", readme, re.S).group(1)

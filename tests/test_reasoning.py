@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from distill.reasoning import parse_answer, rationale, solution
+from distill.app.reasoning import parse_answer, rationale, solution
 
 pytest.importorskip("transformers")
 
@@ -19,7 +19,7 @@ def test_rationales_follow_the_columns():
 
 
 def test_tiny_reasoning_demo_runs(tmp_path):
-    from distill.reasoning import run_reasoning_demo
+    from distill.app.reasoning import run_reasoning_demo
 
     rows = run_reasoning_demo(
         tmp_path,
@@ -37,7 +37,7 @@ def test_tiny_reasoning_demo_runs(tmp_path):
 
 
 def test_self_improvement_loop_keeps_only_verified_outputs():
-    from distill.reasoning import self_improvement_loop
+    from distill.app.reasoning import self_improvement_loop
 
     trained_on = []
 
@@ -62,16 +62,16 @@ def test_self_improvement_loop_keeps_only_verified_outputs():
 
 
 def test_tiny_self_improvement_run(tmp_path):
-    from distill.reasoning import run_self_improvement
+    from distill.app.reasoning import run_self_improvement
 
     rows = run_self_improvement(tmp_path, digits=1, labelled=20, unlabelled=30, rounds=1, epochs=1)
     assert [r["round"] for r in rows] == [0, 1] and 0 <= rows[1]["kept"] <= 30
 
 
 def test_a_signal_stops_a_multi_run_command(monkeypatch):
-    import distill.reasoning as reasoning
-    from distill.cli import main
-    from distill.errors import RunStopped, ensure_complete
+    import distill.app.reasoning as reasoning
+    from distill.app.cli import main
+    from distill.core.errors import RunStopped, ensure_complete
 
     assert ensure_complete({"stopped_by": None}, "x") == {"stopped_by": None}
     with pytest.raises(RunStopped, match="SIGTERM"):

@@ -14,11 +14,11 @@ import torch
 import yaml
 from helpers import kd_cfg, make_teacher, synthetic_cfg
 
-from distill.checkpoint import load_checkpoint
-from distill.config import parse_config
-from distill.errors import CheckpointError, ConfigError, NonFiniteError
-from distill.run import run_experiment
-from distill.trainer import Trainer
+from distill.app.run import run_experiment
+from distill.core.checkpoint import load_checkpoint
+from distill.core.config import parse_config
+from distill.core.errors import CheckpointError, ConfigError, NonFiniteError
+from distill.loop.trainer import Trainer
 
 TESTS = Path(__file__).parent
 
@@ -403,7 +403,7 @@ def test_a_full_or_read_only_disk_is_a_clean_error(tmp_path, fs):
 
 
 def test_a_checkpoint_with_a_non_finite_tensor_is_never_written(tmp_path, capsys):
-    from distill.build import build
+    from distill.app.build import build
 
     cfg = parse_config(synthetic_cfg(tmp_path / "r", train={"epochs": 1}))
     built = build(cfg)

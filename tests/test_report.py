@@ -8,10 +8,10 @@ import subprocess
 import pytest
 from helpers import synthetic_cfg
 
-from distill.cli import main
-from distill.config import parse_config
-from distill.report import _per_class_figure, pareto_front
-from distill.run import run_experiment
+from distill.app.cli import main
+from distill.app.report import _per_class_figure, pareto_front
+from distill.app.run import run_experiment
+from distill.core.config import parse_config
 
 
 def test_pareto_front():
@@ -123,7 +123,7 @@ def test_per_class_bars_sit_on_their_class_ticks_and_the_legend_is_outside(class
 def test_report_evaluates_again_when_eval_json_is_older_than_the_weights(tmp_path, capsys):
     import json
 
-    from distill.assess import assess
+    from distill.app.assess import assess
 
     run = tmp_path / "r"
     run_experiment(parse_config(synthetic_cfg(run, train={"epochs": 1})))

@@ -1,4 +1,4 @@
-"""Run directories (distill.rundir): marker, lock, what --overwrite may remove."""
+"""Run directories (distill.core.rundir): marker, lock, what --overwrite may remove."""
 
 import os
 import subprocess
@@ -10,11 +10,11 @@ import pytest
 import yaml
 from helpers import synthetic_cfg
 
-from distill import rundir
-from distill.cli import main
-from distill.config import parse_config
-from distill.errors import ConfigError
-from distill.run import run_experiment
+from distill.app.cli import main
+from distill.app.run import run_experiment
+from distill.core import rundir
+from distill.core.config import parse_config
+from distill.core.errors import ConfigError
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
@@ -69,7 +69,7 @@ def test_the_lock_is_exclusive_across_processes_and_dies_with_its_holder(tmp_pat
                 f"""
                 import sys, time
                 from pathlib import Path
-                from distill.rundir import RunLock
+                from distill.core.rundir import RunLock
                 with RunLock(Path({str(tmp_path / "r")!r})):
                     print("held", flush=True)
                     time.sleep(60)

@@ -9,19 +9,19 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
 from helpers import make_teacher, stand_in_weights, synthetic_cfg
+from torch import nn
 
-from distill.build import build
-from distill.checkpoint import load_checkpoint, load_weights
-from distill.config import load_config, parse_config
-from distill.errors import CheckpointError, ConfigError
-from distill.run import run_experiment
+from distill.app.build import build
+from distill.app.run import run_experiment
+from distill.app.stages import PIPELINE_ARGS, expand
+from distill.app.validate import validate
+from distill.core.checkpoint import load_checkpoint, load_weights
+from distill.core.config import load_config, parse_config
+from distill.core.errors import CheckpointError, ConfigError
 from distill.schemes import SCHEMES, list_schemes
 from distill.schemes.multi_teacher import WEIGHTINGS
 from distill.schemes.self_kd import bake_targets, uskd_losses
-from distill.stages import PIPELINE_ARGS, expand
-from distill.validate import validate
 
 ROOT = Path(__file__).parent.parent
 EXAMPLES = sorted((ROOT / "examples" / "schemes").glob("*.yaml"))
@@ -532,7 +532,7 @@ def test_ban_generations_teach_the_next(tmp_path):
     assert result["complete"] and len(result["stages"]) == 3
     assert result["ensemble_members"] == 3 and 0 <= result["ensemble_test_acc"] <= 1
     assert (tmp_path / "run/checkpoints/best.safetensors").is_file()
-    from distill.assess import assess
+    from distill.app.assess import assess
 
     assert assess(tmp_path / "run", eps=[0.01])["metrics"]["top1"] == pytest.approx(
         result["test_acc"]
@@ -633,7 +633,7 @@ def test_scheme_from_python_as_in_the_readme(tmp_path):
 
 
 def test_schemes_cli_lists_every_scheme(capsys):
-    from distill.cli import main
+    from distill.app.cli import main
 
     assert main(["schemes", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
@@ -660,7 +660,7 @@ def test_stage_config_errors(tmp_path):
 def test_scheme_table_arg_names_match_each_schemes_arguments():
     """`distill schemes` reads the argument names from the table (no scheme is imported);
     they must be the fields of the scheme's own typed arguments."""
-    from distill.registry import resolve
+    from distill.core.registry import resolve
 
     for name, spec in SCHEMES.items():
         model = spec.args or (resolve(spec.pipeline_args) if spec.pipeline_args else None)
@@ -680,15 +680,15 @@ def test_no_scheme_is_known_by_name_outside_its_table():
     names = set(SCHEMES)
     found = []
     for module in (
-        "build.py",
-        "problems.py",
-        "terms.py",
-        "validate.py",
-        "cache.py",
-        "trainer.py",
-        "run.py",
+        "app/build.py",
+        "app/problems.py",
+        "app/terms.py",
+        "app/validate.py",
+        "loop/cache.py",
+        "loop/trainer.py",
+        "app/run.py",
         "evaluate.py",
-        "stages.py",
+        "app/stages.py",
         "loop/resume.py",
     ):
         tree = ast.parse((src / module).read_text())

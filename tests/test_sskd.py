@@ -5,10 +5,10 @@ import torch
 import torch.nn.functional as F
 from helpers import synthetic_cfg
 
-from distill.build import build
-from distill.checkpoint import save_weights
-from distill.config import parse_config
-from distill.errors import ConfigError
+from distill.app.build import build
+from distill.core.checkpoint import save_weights
+from distill.core.config import parse_config
+from distill.core.errors import ConfigError
 from distill.losses import kd_loss
 from distill.schemes.sskd import kept_rows, similarities, transformed_copies
 

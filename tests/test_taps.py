@@ -63,7 +63,7 @@ def test_get_layer_and_describe():
 def test_a_tap_reads_a_models_own_parameters_and_buffers():
     from torch import nn
 
-    from distill.errors import LayerError
+    from distill.core.errors import LayerError
     from distill.taps import Tap
 
     model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Linear(4, 2))

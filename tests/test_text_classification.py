@@ -12,10 +12,10 @@ import torch
 pytest.importorskip("transformers")
 pytest.importorskip("datasets")
 
-from distill.config import parse_config  # noqa: E402
+from distill.app.run import run_experiment  # noqa: E402
+from distill.core.config import parse_config  # noqa: E402
+from distill.core.errors import ConfigError, DataError  # noqa: E402
 from distill.data import load_dataset  # noqa: E402
-from distill.errors import ConfigError, DataError  # noqa: E402
-from distill.run import run_experiment  # noqa: E402
 
 POS = ["good", "great", "fine", "lovely", "superb"]
 NEG = ["bad", "awful", "poor", "dreadful", "worse"]
@@ -206,8 +206,8 @@ def trained_bert(tmp_path_factory, reviews):
 def test_export_hf_folder_loads_with_auto_classes_and_its_tokenizer(trained_bert, reviews):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from distill.artifacts import export_run
-    from distill.assess import load_run
+    from distill.app.artifacts import export_run
+    from distill.app.assess import load_run
 
     info = export_run(trained_bert, "hf")
     assert info["max_abs_logit_diff"] == 0.0
@@ -228,8 +228,8 @@ def test_export_onnx_token_model_takes_integer_ids_of_any_batch_and_length(train
     pytest.importorskip("onnxruntime")
     import onnxruntime as ort
 
-    from distill.artifacts import export_run
-    from distill.assess import load_run
+    from distill.app.artifacts import export_run
+    from distill.app.assess import load_run
 
     info = export_run(trained_bert, "onnx")
     assert info["max_abs_logit_diff"] < 1e-4
@@ -246,7 +246,7 @@ def test_export_onnx_token_model_takes_integer_ids_of_any_batch_and_length(train
 
 
 def test_export_refuses_a_user_folder_and_non_hf_students(trained_bert, tmp_path):
-    from distill.artifacts import export_run
+    from distill.app.artifacts import export_run
 
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("keep me")
@@ -262,7 +262,7 @@ def test_sentence_transformers_folder_encodes_identically(tmp_path, reviews, out
     pytest.importorskip("sentence_transformers")
     from transformers import AutoTokenizer, BertConfig, BertModel
 
-    from distill.artifacts import check_sentence_transformers, write_sentence_transformers
+    from distill.app.artifacts import check_sentence_transformers, write_sentence_transformers
     from distill.models.encoders import SentenceEncoder
 
     torch.manual_seed(0)

@@ -6,12 +6,12 @@ import json
 import pytest
 from helpers import synthetic_cfg
 
-from distill import rundir
-from distill.config import parse_config
-from distill.errors import ConfigError
-from distill.run import run_experiment
-from distill.trackers import missing, open_trackers, tracking_uri
-from distill.validate import validate
+from distill.app.run import run_experiment
+from distill.app.validate import validate
+from distill.core import rundir
+from distill.core.config import parse_config
+from distill.core.errors import ConfigError
+from distill.core.trackers import missing, open_trackers, tracking_uri
 
 
 def _rows(run_dir):

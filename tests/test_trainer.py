@@ -4,13 +4,13 @@ import pytest
 import torch
 from helpers import kd_cfg, make_teacher, synthetic_cfg
 
-from distill.build import build
-from distill.checkpoint import load_checkpoint
-from distill.config import parse_config
-from distill.errors import ConfigError
-from distill.run import run_experiment
-from distill.settings import ScheduleSettings
-from distill.trainer import Trainer, lr_factor
+from distill.app.build import build
+from distill.app.run import run_experiment
+from distill.core.checkpoint import load_checkpoint
+from distill.core.config import parse_config
+from distill.core.errors import ConfigError
+from distill.core.settings import ScheduleSettings
+from distill.loop.trainer import Trainer, lr_factor
 
 
 def test_loss_decreases_and_files_are_written(tmp_path):
@@ -221,8 +221,8 @@ def test_epoch_callbacks_see_each_row_and_can_stop_the_run(tmp_path):
 def test_optimizer_kernels_take_the_same_steps(name):
     """impl auto picks the fused kernel for float CPU parameters; every kernel computes the
     same update (to float32 rounding)."""
-    from distill.settings import TrainSettings
-    from distill.trainer import make_optimizer
+    from distill.core.settings import TrainSettings
+    from distill.loop.trainer import make_optimizer
 
     results = {}
     for impl in ("auto", "fused", "foreach", "loop"):
@@ -340,7 +340,7 @@ def test_channels_last_trains_image_models_alike(tmp_path):
 
 
 def test_metrics_rows_are_appended_and_a_cut_row_is_repaired(tmp_path):
-    from distill.logs import MetricsLog
+    from distill.core.logs import MetricsLog
 
     log = MetricsLog(tmp_path)
     log.keep_epochs_before(1)
@@ -365,7 +365,7 @@ def test_metrics_rows_are_appended_and_a_cut_row_is_repaired(tmp_path):
 
 @pytest.mark.parametrize("max_steps", [2, 30])  # before the first epoch ends, and after it
 def test_a_run_stopped_by_max_steps_is_tested_and_says_which_weights(tmp_path, max_steps):
-    from distill.rundir import finished
+    from distill.core.rundir import finished
 
     cfg = parse_config(synthetic_cfg(tmp_path / "r", train={"epochs": 5, "max_steps": max_steps}))
     result = run_experiment(cfg)
@@ -439,8 +439,10 @@ def test_eval_every_steps_validates_within_epochs_and_resumes_without_losing_row
     rows_b = [json.loads(x) for x in (tmp_path / "part/metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows_b] == [r["step"] for r in rows]
     for ra, rb in zip(rows, rows_b):
-        assert ra.keys() == rb.keys() and ra["val_acc" if "val_acc" in ra else "step"] == (
-            rb["val_acc" if "val_acc" in rb else "step"]
+        assert (
+            ra.keys() == rb.keys()
+            and ra["val_acc" if "val_acc" in ra else "step"]
+            == (rb["val_acc" if "val_acc" in rb else "step"])
         )
 
 

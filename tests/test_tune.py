@@ -6,9 +6,9 @@ import pytest
 import yaml
 from helpers import kd_cfg, make_teacher
 
-from distill.cli import main
-from distill.config import load_config, parse_config
-from distill.tune import default_space
+from distill.app.cli import main
+from distill.app.tune import default_space
+from distill.core.config import load_config, parse_config
 
 
 def test_default_space_covers_alpha_weights_and_temperature(tmp_path):

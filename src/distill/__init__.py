@@ -3,45 +3,84 @@
 The Python API mirrors the YAML configs: build a teacher and a student, an `Objective`
 of `Term`s over their logits or tapped layers, a scheme, and hand it to the `Trainer`.
 
-The package is built in five layers; a module imports only from its own layer or those
-below it, and no import cycle exists (both checked on the import graph, function-level
-imports included, by `tests/test_layers.py`):
+The package is built in five layers, and its folders follow them; a module imports only
+from its own layer or those below it, and no import cycle exists (both checked on the
+import graph, function-level imports included, by `tests/test_layers.py`):
 
-1. **foundation**: errors, settings and config, checkpoint files, run dirs, logs and
-   trackers, the distributed helpers, and the tables that name every loss, scheme and
-   divergence as data (`losses.table`, `schemes.table`, `llm.table`: torch-free);
+1. **foundation** (`distill.core`): errors, settings and config, checkpoint files, run dirs,
+   logs and trackers, the distributed helpers, the registry; with the tables that name
+   every loss, scheme and divergence as data (`losses.table`, `schemes.table`, `llm.table`:
+   torch-free);
 2. **knowledge**: the losses, taps and the objective, the models (`models`, whose table
    names the domains' models as `module:attr`), the data layer (`data`, whose table names
    the domains' datasets the same way), metrics and evaluation, compression ops;
 3. **schemes and domains**: every scheme (`schemes`) and the domains that bring their own
    schemes, data and models (`llm`, `embed`, `mlm`, `dense`, `diffusion`, `paradigms`);
-4. **loop**: the `Trainer` (it reads a scheme only through `schemes.contract`), its parts in
-   `distill.loop` (optimizer and schedule, random state, non-finite guard, batch feed,
-   placement, checkpoints written on a background thread, progress), and the teacher cache;
-5. **app**: `build` (the objects a config names), `validate`, `run` and `stages`, the CLI
-   and its commands (demos, bench, tune, eval, export, compress, pipelines such as
-   lifelong learning and federated distillation).
+4. **loop** (`distill.loop`): the `Trainer` (it reads a scheme only through
+   `schemes.contract`) and its parts (optimizer and schedule, random state, non-finite
+   guard, batch feed, placement, checkpoints written on a background thread, validation,
+   progress), and the teacher cache;
+5. **app** (`distill.app`): `build` (the objects a config names), `validate`, `run` and
+   `stages`, the CLI and its commands (demos, bench, tune, eval, export, report); with the
+   pipelines of `compress` and `paradigms` (federated, interpret, lifelong).
 
 A domain plugs in by an entry in a table (`"module:attr"`, imported on first use), so the
 lower layers never import it.
 """
 
-from distill.registry import lazy_exports
+from distill.core.registry import alias_modules, lazy_exports
+
+# Modules that moved into the layer packages, by their former names: importing an old name
+# gives the module at its new place (`import distill.run` is `distill.app.run`).
+_MOVED = {
+    "distill.errors": "distill.core.errors",
+    "distill.registry": "distill.core.registry",
+    "distill.settings": "distill.core.settings",
+    "distill.config": "distill.core.config",
+    "distill.checkpoint": "distill.core.checkpoint",
+    "distill.logs": "distill.core.logs",
+    "distill.table": "distill.core.table",
+    "distill.rundir": "distill.core.rundir",
+    "distill.distributed": "distill.core.distributed",
+    "distill.trackers": "distill.core.trackers",
+    "distill.build": "distill.app.build",
+    "distill.validate": "distill.app.validate",
+    "distill.problems": "distill.app.problems",
+    "distill.terms": "distill.app.terms",
+    "distill.run": "distill.app.run",
+    "distill.run_check": "distill.app.run_check",
+    "distill.stages": "distill.app.stages",
+    "distill.cli": "distill.app.cli",
+    "distill.commands": "distill.app.commands",
+    "distill.demo": "distill.app.demo",
+    "distill.bench": "distill.app.bench",
+    "distill.tune": "distill.app.tune",
+    "distill.assess": "distill.app.assess",
+    "distill.artifacts": "distill.app.artifacts",
+    "distill.report": "distill.app.report",
+    "distill.reasoning": "distill.app.reasoning",
+    "distill.methods": "distill.app.methods",
+    "distill.blackbox": "distill.app.blackbox",
+    "distill.trainer": "distill.loop.trainer",
+    "distill.cache": "distill.loop.cache",
+    "distill.cache_keys": "distill.loop.cache_keys",
+}
+alias_modules(_MOVED)
 
 # Each public name and the module it lives in. They are imported on first use (PEP 562),
 # so `import distill` and the CLI's `--help` do not import torch and every domain.
 _EXPORTS = {
-    "load_checkpoint": "distill.checkpoint",
-    "load_weights": "distill.checkpoint",
-    "save_checkpoint": "distill.checkpoint",
-    "save_weights": "distill.checkpoint",
-    "ExperimentConfig": "distill.config",
-    "load_config": "distill.config",
+    "load_checkpoint": "distill.core.checkpoint",
+    "load_weights": "distill.core.checkpoint",
+    "save_checkpoint": "distill.core.checkpoint",
+    "save_weights": "distill.core.checkpoint",
+    "ExperimentConfig": "distill.core.config",
+    "load_config": "distill.core.config",
     "ArrayDataset": "distill.data",
     "DataSplits": "distill.data",
     "load_dataset": "distill.data",
-    "CheckpointError": "distill.errors",
-    "ConfigError": "distill.errors",
+    "CheckpointError": "distill.core.errors",
+    "ConfigError": "distill.core.errors",
     "agreement": "distill.evaluate",
     "evaluate": "distill.evaluate",
     "LOSSES": "distill.losses",
@@ -55,16 +94,16 @@ _EXPORTS = {
     "Objective": "distill.objective",
     "Schedule": "distill.objective",
     "Term": "distill.objective",
-    "run_experiment": "distill.run",
+    "run_experiment": "distill.app.run",
     "SCHEMES": "distill.schemes",
     "OfflineKD": "distill.schemes",
     "SchemeContext": "distill.schemes",
     "Supervised": "distill.schemes",
     "list_schemes": "distill.schemes",
-    "TrainSettings": "distill.settings",
+    "TrainSettings": "distill.core.settings",
     "Knowledge": "distill.taps",
     "Tap": "distill.taps",
-    "Trainer": "distill.trainer",
+    "Trainer": "distill.loop.trainer",
     "DistillationTrainer": "distill.llm.hf_trainer",  # imports transformers
 }
 

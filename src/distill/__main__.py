@@ -1,5 +1,5 @@
 import sys
 
-from distill.cli import main
+from distill.app.cli import main
 
 sys.exit(main())

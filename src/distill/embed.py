@@ -22,12 +22,12 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
 
+from distill.core.errors import ConfigError
+from distill.core.settings import Strict
 from distill.data.core import DataSplits
-from distill.errors import ConfigError
 from distill.metrics import spearman
 from distill.models.encoders import SentenceEncoder, minilm_dir, minilm_teacher, sentence_encoder
 from distill.schemes.base import SchemeBase, SchemeContext, parse_args
-from distill.settings import Strict
 
 
 # ----------------------------------------------------------------------------- data

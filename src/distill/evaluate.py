@@ -9,10 +9,10 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
+from distill.core.errors import DataError
 from distill.data import load_batch
 from distill.data.core import batches_whole
 from distill.data.loading import collate_items, is_stream, stream_batches, stream_loader
-from distill.errors import DataError
 from distill.metrics import agreement, nll, topk_accuracy
 from distill.taps import logits_of
 

@@ -30,12 +30,12 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
 
+from distill.core.errors import ConfigError
+from distill.core.settings import Strict
 from distill.data import load_batch
-from distill.errors import ConfigError
 from distill.losses import minilm_relation_loss
 from distill.losses.response import kd_loss
 from distill.schemes.base import SchemeBase, SchemeContext, parse_args
-from distill.settings import Strict
 from distill.taps import Tap
 
 # Names of the query/key/value projections inside one encoder layer, per model family.

@@ -330,7 +330,7 @@ class Objective(nn.Module):
         self.task_weight = as_schedule(task_weight)
         self.label_smoothing = label_smoothing
         # True when every training target is a label (no -1 rows): the task loss may then
-        # take the plain mean. `distill.build` sets it after checking the data.
+        # take the plain mean. `distill.app.build` sets it after checking the data.
         self.all_labelled = False
 
     def student_layers(self) -> list[str]:

@@ -13,7 +13,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from distill.errors import LayerError, did_you_mean
+from distill.core.errors import LayerError, did_you_mean
 
 Capture = Literal["output", "input"]
 

@@ -21,8 +21,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from distill.checkpoint import atomic_write_bytes
 from distill.compress.quant import export_mode, is_quantized
+from distill.core.checkpoint import atomic_write_bytes
 from distill.taps import logits_of
 
 

@@ -33,19 +33,19 @@ from typing import Any
 import torch
 import yaml
 
-from distill import rundir
-from distill.build import load_data, needs_teacher, weights_path
-from distill.checkpoint import atomic_write_bytes, atomic_write_text, save_weights
-from distill.config import (
+from distill.app.build import load_data, needs_teacher, weights_path
+from distill.core import rundir
+from distill.core.checkpoint import atomic_write_bytes, atomic_write_text, save_weights
+from distill.core.config import (
     parse_config,
 )
+from distill.core.errors import ConfigError
+from distill.core.rundir import finished
 from distill.data import load_batch
-from distill.errors import ConfigError
 from distill.evaluate import predict_logits, targets_of
 from distill.models import build_model
 from distill.models.weights import restore_weights
 from distill.profile import count_parameters, file_size, latency_ms
-from distill.rundir import finished
 
 from .plan import CompressConfig, load_compress_config
 
@@ -107,7 +107,7 @@ class Compressor:
         return None if name is None else copy.deepcopy(self.models[name])
 
     def _train(self, stage, student: dict, teacher: dict | None, run_dir: Path) -> dict:
-        from distill.run import run_experiment
+        from distill.app.run import run_experiment
 
         cfg = parse_config(
             self._experiment(student, teacher, run_dir, stage), f"stage {stage.name}"
@@ -440,7 +440,7 @@ def pareto_png(rows: list[dict[str, Any]]) -> bytes:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from distill.report import pareto_front
+    from distill.app.report import pareto_front
 
     rows = [r for r in rows if not r.get("details", {}).get("intermediate")] or rows
     lat_key = "onnx_latency_ms" if all("onnx_latency_ms" in r for r in rows) else "latency_ms"
@@ -472,7 +472,7 @@ def run_compress(
     source: Path | None = None,
 ) -> dict:
     """Run (or continue) the stages; `overwrite` clears what an earlier run wrote (never a
-    folder holding other files, nor `source`'s folder: see distill.rundir)."""
+    folder holding other files, nor `source`'s folder: see distill.core.rundir)."""
     run_dir = cfg.resolved_run_dir()
     rundir.check_location(run_dir)
     if overwrite:

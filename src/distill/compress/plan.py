@@ -9,15 +9,15 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from distill.config import (
+from distill.core.config import (
     ModelConfig,
     SchemeConfig,
     apply_override,
     read_yaml,
     validated,
 )
-from distill.errors import ConfigError
-from distill.settings import QuantSettings, SparsitySettings, Strict
+from distill.core.errors import ConfigError
+from distill.core.settings import QuantSettings, SparsitySettings, Strict
 
 from .search import SearchSettings
 

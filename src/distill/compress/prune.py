@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from distill.compress.structure import _BN, _CONV, record, resized
-from distill.settings import SparsitySettings
+from distill.core.settings import SparsitySettings
 
 PRUNABLE = (nn.Linear, *_CONV)
 

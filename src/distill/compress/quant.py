@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from distill.compress.structure import _CONV, record
-from distill.settings import QuantSettings
+from distill.core.settings import QuantSettings
 
 
 def _qrange(bits: int) -> tuple[int, int]:

@@ -15,7 +15,7 @@ from torch import nn
 from distill.compress.lowrank import replay_lowrank
 from distill.compress.quant import QuantSettings, prepare_qat
 from distill.compress.structure import ATTR, record, resized
-from distill.errors import CheckpointError
+from distill.core.errors import CheckpointError
 
 
 def _replay_resize(model: nn.Module, op: dict[str, Any]) -> None:

@@ -32,9 +32,9 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
 
+from distill.core.settings import Strict
 from distill.models import build_model
 from distill.profile import count_parameters, latency_ms
-from distill.settings import Strict
 
 
 class SearchSettings(Strict):
@@ -101,7 +101,7 @@ def similarity_score(student: nn.Module, teacher: nn.Module, x: Tensor, num_clas
 
 def pareto(rows: list[dict[str, Any]], cost: str = "params", score: str = "score") -> list[int]:
     """Indices of rows not dominated in (lower cost, higher score)."""
-    from distill.report import pareto_front
+    from distill.app.report import pareto_front
 
     return pareto_front([(r[cost], r[score]) for r in rows])
 

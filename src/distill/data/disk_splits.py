@@ -14,10 +14,10 @@ from typing import Any
 
 import numpy as np
 
+from distill.core.errors import ConfigError, DataError
 from distill.data.core import DataSplits, split_indices
 from distill.data.raw import RawData, _check_label_range, labelled_rows
 from distill.data.records import LazySplit
-from distill.errors import ConfigError, DataError
 
 
 def _keep_classes(split: LazySplit, classes: list[int], relabel: bool) -> LazySplit:
@@ -64,7 +64,7 @@ def _select(data: Any, classes, task_classes, label_map):
 
 @dataclass(frozen=True)
 class SplitOptions:
-    """The data section's split and subset options (see `distill.config.DataConfig`)."""
+    """The data section's split and subset options (see `distill.core.config.DataConfig`)."""
 
     val_fraction: float = 0.1
     split_seed: int = 0

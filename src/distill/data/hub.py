@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from distill.core.errors import ConfigError, DataError
 from distill.data.core import DataSplits
 from distill.data.files import (
     LABEL_COLUMNS,
@@ -46,7 +47,6 @@ from distill.data.files import (
 )
 from distill.data.records import LazySplit, sample_seed
 from distill.data.transforms import Pipeline
-from distill.errors import ConfigError, DataError
 
 TEST_SPLITS = ("test", "validation", "valid", "val", "dev")
 # datasets' packaged builders that read local files (path: parquet + data_files: ...)
@@ -285,7 +285,7 @@ def stream_rows(
     """The rows of a streamed split this reader gets: after `skip`, up to `take`, shuffled
     in a buffer (seeded by seed and epoch), and this rank's share when distributed (the
     DataLoader workers' shares are cut by `datasets` itself)."""
-    from distill import distributed
+    from distill.core import distributed
 
     if skip:
         ds = ds.skip(skip)
@@ -366,7 +366,7 @@ class StreamSplit(torch.utils.data.IterableDataset):
         return x, int(y)
 
     def __iter__(self):
-        from distill import distributed
+        from distill.core import distributed
 
         worker = torch.utils.data.get_worker_info()
         reader = (distributed.rank() if distributed.active() else 0, worker.id if worker else 0)

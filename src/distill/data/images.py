@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from distill.core.errors import ConfigError, DataError
 from distill.data.lazy import (
     LabelCoder,
     LazyData,
@@ -20,7 +21,6 @@ from distill.data.lazy import (
 )
 from distill.data.tables import _column, _labels_of, find_label_column, read_table
 from distill.data.transforms import Pipeline
-from distill.errors import ConfigError, DataError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm")
 

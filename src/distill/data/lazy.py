@@ -10,9 +10,9 @@ from typing import Any
 
 import numpy as np
 
+from distill.core.errors import ConfigError, DataError
 from distill.data.records import LazySplit
 from distill.data.transforms import Pipeline, build_transforms
-from distill.errors import ConfigError, DataError
 
 
 @dataclass
@@ -235,7 +235,7 @@ def _no_other_options(name: str, options: dict[str, Any], known: Any = None) -> 
         return
     import inspect
 
-    from distill.errors import did_you_mean
+    from distill.core.errors import did_you_mean
 
     valid = ["transforms", "train_transforms", "eval_transforms"]
     if known is not None:

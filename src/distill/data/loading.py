@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, IterableDataset, default_collate
 
-from distill.errors import DataError
+from distill.core.errors import DataError
 
 INPUT_KEYS = ("input", "inputs", "x", "pixel_values", "image", "img", "features")
 TARGET_KEYS = ("target", "targets", "label", "labels", "y")

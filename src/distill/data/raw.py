@@ -21,9 +21,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from distill.checkpoint import atomic_write_bytes
+from distill.core.checkpoint import atomic_write_bytes
+from distill.core.errors import ConfigError, DataError
 from distill.data.core import ArrayDataset, DataSplits, split_indices, stratified_take
-from distill.errors import ConfigError, DataError
 
 
 def cache_dir() -> Path:

@@ -25,8 +25,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from distill.core.errors import DataError
 from distill.data.transforms import Pipeline
-from distill.errors import DataError
 
 
 class Source(Protocol):

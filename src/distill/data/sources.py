@@ -18,6 +18,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from distill.core.errors import ConfigError, DataError
+from distill.core.registry import lookup, resolve
 from distill.data.core import DataSplits, split_indices
 from distill.data.raw import (  # noqa: F401  (re-exported: loaders import them from here)
     RawData,
@@ -31,8 +33,6 @@ from distill.data.raw import (  # noqa: F401  (re-exported: loaders import them 
     select_classes,
     with_views,
 )
-from distill.errors import ConfigError, DataError
-from distill.registry import lookup, resolve
 
 
 def _as_raw(obj: object, name: str) -> Any:
@@ -188,8 +188,8 @@ DATASETS: dict[str, Callable[..., RawData | DataSplits]] = {
         "Sentences for embedding distillation (see `distill.embed`).",
     ),
     "jsonl": Loader(
-        "distill.blackbox:jsonl_dataset",
-        "(prompt, response) JSONL, e.g. from `distill generate` (see `distill.blackbox`).",
+        "distill.app.blackbox:jsonl_dataset",
+        "(prompt, response) JSONL, e.g. from `distill generate` (see `distill.app.blackbox`).",
     ),
     "hf_text": Loader(
         "distill.llm.hf_text:load_hf_text",

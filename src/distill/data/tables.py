@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from distill.core.errors import ConfigError, DataError
 from distill.data.lazy import (
     LabelCoder,
     LazyData,
@@ -20,7 +21,6 @@ from distill.data.lazy import (
     _transforms,
     text_pipeline,
 )
-from distill.errors import ConfigError, DataError
 
 
 class TableRows:
@@ -180,7 +180,7 @@ def read_table(
 def _column(table: Any, column: str, name: str, role: str, origin: str) -> None:
     columns = list(table.column_names or [])
     if column not in columns:
-        from distill.errors import did_you_mean
+        from distill.core.errors import did_you_mean
 
         raise DataError(
             f"dataset {name!r}: {origin} has no {role} column {column!r}{did_you_mean(column, columns)}; "

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from distill.errors import ConfigError
+from distill.core.errors import ConfigError
 
 Transform = Callable[[Any, torch.Generator], Any]
 
@@ -313,7 +313,7 @@ def build_transforms(spec: Any, where: str) -> Pipeline:
     """
     from functools import partial
 
-    from distill.registry import lookup
+    from distill.core.registry import lookup
 
     if spec is None:
         return Pipeline([])
@@ -357,7 +357,7 @@ def _check_args(fn: Callable, args: dict, where: str) -> None:
 def _user_transform(ref: str, where: str) -> Callable[[Any], Any]:
     """The user's function `fn(sample) -> sample` (a class is instantiated with no arguments,
     so a torchvision-style transform class with defaults works too)."""
-    from distill.registry import lookup
+    from distill.core.registry import lookup
 
     fn = lookup(f"{where}: transform", ref, {})
     return fn() if isinstance(fn, type) else fn

@@ -14,11 +14,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from distill.core.errors import DataError
 from distill.data.core import DataSplits
 from distill.data.files import LabelCoder, LazyData, _finish
 from distill.data.records import LazySplit
 from distill.data.transforms import Pipeline
-from distill.errors import DataError
 
 
 class UserItems:

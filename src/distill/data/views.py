@@ -17,7 +17,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from distill.errors import ConfigError
+from distill.core.errors import ConfigError
 
 
 def _spectrogram(x: np.ndarray) -> np.ndarray:

@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from distill.core.errors import ConfigError
 from distill.dense.detection import decode
-from distill.errors import ConfigError
 
 
 def conv_bn(c_in: int, c_out: int, stride: int = 1) -> nn.Sequential:

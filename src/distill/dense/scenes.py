@@ -21,10 +21,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from distill.core.errors import ConfigError
 from distill.data.core import ArrayDataset, DataSplits, split_indices
 from distill.data.raw import cache_dir, cached_arrays
 from distill.dense.detection import box_iou
-from distill.errors import ConfigError
 
 INK = 0.25  # a pixel belongs to a digit (box and mask) above this intensity
 

@@ -6,7 +6,7 @@ Nothing here imports `transformers` (or torch) at import time; the names below, 
 `distill.DistillationTrainer`, load on first use.
 """
 
-from distill.registry import lazy_exports
+from distill.core.registry import lazy_exports
 
 _HOME = {
     "TOKEN_DIVERGENCES": "distill.llm.divergences",

@@ -27,9 +27,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from distill.checkpoint import atomic_write_text
+from distill.core.checkpoint import atomic_write_text
+from distill.core.errors import CheckpointError, ConfigError
 from distill.data import load_batch
-from distill.errors import CheckpointError, ConfigError
 from distill.losses.response import kl_rows
 
 FORMAT = "distill-teacher-cache-1"

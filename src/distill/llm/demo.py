@@ -13,10 +13,10 @@ from typing import Any
 
 import torch
 
-from distill.build import build
-from distill.config import parse_config
-from distill.errors import ensure_complete
-from distill.run import run_experiment
+from distill.app.build import build
+from distill.app.run import run_experiment
+from distill.core.config import parse_config
+from distill.core.errors import ensure_complete
 
 DATA = {
     "name": "text",
@@ -170,7 +170,7 @@ def run_lm_demo(
 
 
 def format_rows(rows: list[dict[str, Any]]) -> str:
-    from distill.table import format_table
+    from distill.core.table import format_table
 
     return format_table(
         ["model", "params", "test ppl", "token agreement", "ROUGE-L vs teacher", "wall s"],

@@ -32,8 +32,8 @@ from typing import Any
 
 import torch
 
+from distill.core.errors import ConfigError, DataError
 from distill.data.core import DataSplits
-from distill.errors import ConfigError, DataError
 from distill.llm.chat import ENCODERS, shape_of
 from distill.llm.text import TokenDataset, load_tokenizer
 

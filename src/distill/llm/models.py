@@ -9,7 +9,7 @@ from typing import Any
 
 from torch import nn
 
-from distill.errors import ConfigError
+from distill.core.errors import ConfigError
 from distill.models.hf_auto import require_transformers as _transformers
 
 

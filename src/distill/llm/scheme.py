@@ -18,7 +18,8 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
 
-from distill.errors import ConfigError
+from distill.core.errors import ConfigError
+from distill.core.settings import Strict
 from distill.llm.chunked import (
     decoder_and_head,
 )
@@ -33,7 +34,6 @@ from distill.llm.lm_loss import lm_losses_from_hidden, lm_losses_from_logits
 from distill.llm.text import lm_metrics
 from distill.llm.vocab import DualSpaceKD, check_tokenizers, uld_loss
 from distill.schemes.base import SchemeBase, SchemeContext, parse_args
-from distill.settings import Strict
 
 
 class HiddenArgs(Strict):

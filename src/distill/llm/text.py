@@ -23,10 +23,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from distill.checkpoint import atomic_write_text
+from distill.core.checkpoint import atomic_write_text
+from distill.core.errors import ConfigError, DataError
 from distill.data.core import DataSplits, load_batch
 from distill.data.raw import cache_dir
-from distill.errors import ConfigError, DataError
 
 
 class Tokenizer(Protocol):

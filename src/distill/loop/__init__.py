@@ -1,3 +1,4 @@
-"""The parts of the training loop (`distill.trainer.Trainer` holds the loop itself): the
-optimizer and LR schedule (`optim`), seeding and the random state of an exact resume
-(`rng`), the non-finite guard (`guard`) and the batch feed with its prefetching (`feed`)."""
+"""The loop layer: the `Trainer` (`distill.loop.trainer`, the one training loop), its parts
+(optimizer and schedule, random state, non-finite guard, batch feed, placement, resume
+checkpoints, validation, progress, loss sums) and the teacher-output cache (`cache`,
+`cache_keys`)."""

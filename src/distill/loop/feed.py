@@ -11,11 +11,11 @@ from typing import Any
 
 import torch
 
-from distill import distributed
+from distill.core import distributed
+from distill.core.errors import ConfigError
 from distill.data import load_batch
 from distill.data.core import batches_whole
 from distill.data.loading import collate_items, stream_batches, stream_length, stream_loader
-from distill.errors import ConfigError
 
 
 class _Indexed(torch.utils.data.Dataset):

@@ -1,6 +1,6 @@
 """The non-finite guard: a NaN or inf loss or gradient stops the step before the update,
 naming the term or the parameters and the last good checkpoint. (A checkpoint holding
-non-finite values is never written: `distill.checkpoint.save_checkpoint`'s only_finite.)"""
+non-finite values is never written: `distill.core.checkpoint.save_checkpoint`'s only_finite.)"""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from typing import Any
 
 import torch
 
-from distill import distributed
-from distill.checkpoint import load_checkpoint
-from distill.errors import CheckpointError, NonFiniteError
+from distill.core import distributed
+from distill.core.checkpoint import load_checkpoint
+from distill.core.errors import CheckpointError, NonFiniteError
 
 
 class NonFiniteGuard:

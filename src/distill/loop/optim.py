@@ -6,9 +6,9 @@ import math
 
 import torch
 
-from distill.errors import ConfigError
+from distill.core.errors import ConfigError
+from distill.core.settings import ScheduleSettings, TrainSettings
 from distill.schemes.contract import Contract
-from distill.settings import ScheduleSettings, TrainSettings
 
 
 def resolve_device(name: str) -> torch.device:

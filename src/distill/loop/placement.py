@@ -9,8 +9,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from distill import distributed
-from distill.errors import ConfigError
+from distill.core import distributed
+from distill.core.errors import ConfigError
 
 
 def shard_models(t: Any) -> None:

@@ -13,7 +13,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from distill import distributed
+from distill.core import distributed
 
 
 class EpochProgress:

@@ -10,11 +10,11 @@ import sys
 import time
 from typing import Any
 
-from distill import distributed
-from distill.checkpoint import adapter_part, load_checkpoint, save_checkpoint, save_weights
 from distill.compress.structure import structure_of
-from distill.errors import CheckpointError, ConfigError
-from distill.logs import MetricsLog
+from distill.core import distributed
+from distill.core.checkpoint import adapter_part, load_checkpoint, save_checkpoint, save_weights
+from distill.core.errors import CheckpointError, ConfigError
+from distill.core.logs import MetricsLog
 from distill.loop.loss_sums import LossSums
 from distill.loop.rng import rng_state, set_rng_state
 

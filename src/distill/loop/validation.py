@@ -7,7 +7,7 @@ import math
 from functools import partial
 from typing import Any
 
-from distill import distributed
+from distill.core import distributed
 from distill.evaluate import evaluate
 from distill.loop.resume import save_best
 

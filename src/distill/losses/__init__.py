@@ -8,8 +8,8 @@ first used: importing this package imports neither torch nor any loss.
 
 from __future__ import annotations
 
+from distill.core.registry import lazy_exports
 from distill.losses.table import LOSSES, LossSpec
-from distill.registry import lazy_exports
 
 _HOME = {
     "AdaptiveLevelImitation": "distill.losses.dense",

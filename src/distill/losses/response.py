@@ -125,7 +125,7 @@ class PreparedTeacher:
     with the same leading dims, which `loss(student_logits, prepared, **fixed, mask=None)`
     reads in their place; `args` names the loss's keyword arguments the preparation depends
     on, which must be constant over the run (a scheduled temperature keeps the per-step
-    path). Used by `distill.cache.TeacherCache`.
+    path). Used by `distill.loop.cache.TeacherCache`.
     """
 
     prepare: Callable[..., tuple[Tensor, ...]]

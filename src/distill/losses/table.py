@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from distill.registry import resolve
+from distill.core.registry import resolve
 
 
 @dataclass(frozen=True)
@@ -19,7 +19,7 @@ class LossSpec:
     family: str
     paper: str
     needs_teacher: bool = True  # False: reads only the student (teacher-free KD)
-    # teacher-side work a cached teacher can do once per sample (distill.cache)
+    # teacher-side work a cached teacher can do once per sample (distill.loop.cache)
     prepared_from: str | None = None
 
     @property

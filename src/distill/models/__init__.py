@@ -7,9 +7,9 @@ from collections.abc import Callable, Sequence
 
 from torch import nn
 
-from distill.errors import ConfigError
+from distill.core.errors import ConfigError
+from distill.core.registry import lookup, resolve, resolve_reference
 from distill.models.zoo import MLP, ConvNet, ResNet, Transformer
-from distill.registry import lookup, resolve, resolve_reference
 
 # name -> "module:attr" of the builder, imported when first built: the domains' models
 # (detection, diffusion, language models, graphs, encoders) are named here, never imported

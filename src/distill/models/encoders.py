@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from distill.errors import ConfigError
+from distill.core.errors import ConfigError
 
 
 def minilm_dir() -> Path:

@@ -26,7 +26,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from distill.errors import ConfigError
+from distill.core.errors import ConfigError
 
 TASKS = {
     "sequence_classification": "AutoModelForSequenceClassification",

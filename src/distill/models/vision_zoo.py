@@ -16,7 +16,7 @@ from typing import Any
 
 from torch import nn
 
-from distill.errors import ConfigError
+from distill.core.errors import ConfigError
 
 
 def _library(name: str, extra: str) -> Any:

@@ -1,6 +1,6 @@
 """Weights files into models: a file's recorded compression replayed, then its tensors.
 
-(The files themselves are `distill.checkpoint`; this sits above it and above the
+(The files themselves are `distill.core.checkpoint`; this sits above it and above the
 compression ops whose structure it replays.)
 """
 
@@ -10,9 +10,9 @@ import os
 
 import torch
 
-from distill.checkpoint import load_adapter, load_into, load_weights
 from distill.compress.replay import apply_structure
-from distill.errors import CheckpointError
+from distill.core.checkpoint import load_adapter, load_into, load_weights
+from distill.core.errors import CheckpointError
 
 
 def restore_weights(module: torch.nn.Module, path: str | os.PathLike, label: str) -> dict:

@@ -24,8 +24,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from distill.errors import ConfigError
-from distill.settings import CondenseSettings, NetSpec  # noqa: F401  (defined with the config)
+from distill.core.errors import ConfigError
+from distill.core.settings import CondenseSettings, NetSpec  # noqa: F401  (defined with the config)
 
 
 def default_net(input_shape: tuple[int, ...]) -> NetSpec:
@@ -100,7 +100,7 @@ def distribution_matching(
 
 def condense(data: Any, settings: CondenseSettings, fingerprint: dict) -> Any:
     """`data` (DataSplits) with its training split replaced by the condensed set (cached)."""
-    from distill.checkpoint import load_weights, save_weights
+    from distill.core.checkpoint import load_weights, save_weights
     from distill.data.core import ArrayDataset
     from distill.data.raw import cache_dir
 

@@ -30,11 +30,11 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor
 
-from distill.errors import ConfigError
+from distill.core.errors import ConfigError
+from distill.core.settings import Strict
 from distill.metrics import spearman
 from distill.paradigms.graph import nearest
 from distill.schemes.base import SchemeBase, SchemeContext, parse_args, soft_kl
-from distill.settings import Strict
 
 
 # ------------------------------------------------------------------------ MUNGE

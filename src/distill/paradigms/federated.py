@@ -32,11 +32,11 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
 
-from distill.config import DataConfig, ModelConfig, RunDirMixin, load_command_config
+from distill.core.config import DataConfig, ModelConfig, RunDirMixin, load_command_config
+from distill.core.errors import ConfigError
+from distill.core.settings import Strict, TrainSettings
 from distill.data.core import ArrayDataset
-from distill.errors import ConfigError
 from distill.schemes.base import SchemeBase, soft_kl
-from distill.settings import Strict, TrainSettings
 
 
 class FederatedConfig(RunDirMixin, Strict):
@@ -124,10 +124,10 @@ class Channel:
 
 
 def _fit(scheme: Any, train: Any, val: Any, settings: TrainSettings, run_dir: Path) -> None:
-    from distill import rundir
-    from distill.build import weights_path
+    from distill.app.build import weights_path
+    from distill.core import rundir
+    from distill.loop.trainer import Trainer
     from distill.models.weights import restore_weights
-    from distill.trainer import Trainer
 
     rundir.clear(run_dir)  # a round's run dir, inside the locked federated run dir
     Trainer(scheme, train, val, settings, run_dir=run_dir).fit()
@@ -182,8 +182,8 @@ def run_federated(
     source: Path | None = None,
 ) -> dict:
     """Simulate the protocol of the module docstring; write results.json and report.md.
-    `overwrite` clears what an earlier run wrote (see distill.rundir)."""
-    from distill import rundir
+    `overwrite` clears what an earlier run wrote (see distill.core.rundir)."""
+    from distill.core import rundir
 
     run_dir = cfg.resolved_run_dir()
     rundir.check_location(run_dir)
@@ -213,7 +213,7 @@ def _partition(cfg: FederatedConfig, train: Any) -> tuple[np.ndarray, np.ndarray
 
 def _make_clients(cfg: FederatedConfig, data: Any, private_rows: np.ndarray, splits: list):
     """One client per share: its model (seeded by its index) and its own train/val rows."""
-    from distill.build import load_model
+    from distill.app.build import load_model
 
     train, clients = data.train, []
     for i, rows in enumerate(splits):
@@ -247,7 +247,7 @@ def _round(cfg, r: int, clients, server, public_x, channel, run_dir: Path) -> No
 
 def _centralised(cfg: FederatedConfig, data: Any, pooled: Any, settings, run_dir: Path):
     """The reference no federated run can beat: one client model on all private data."""
-    from distill.build import load_model
+    from distill.app.build import load_model
     from distill.schemes.supervised import Supervised
 
     torch.manual_seed(cfg.seed)
@@ -259,9 +259,9 @@ def _centralised(cfg: FederatedConfig, data: Any, pooled: Any, settings, run_dir
 def _run_federated(
     cfg: FederatedConfig, run_dir: Path, progress: bool, overwrite: bool, source: Path | None
 ) -> dict:
-    from distill import rundir
-    from distill.build import load_data, load_model
-    from distill.checkpoint import atomic_write_text
+    from distill.app.build import load_data, load_model
+    from distill.core import rundir
+    from distill.core.checkpoint import atomic_write_text
     from distill.evaluate import predict_logits
 
     data = load_data(cfg.data)

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from distill.errors import ConfigError
+from distill.core.errors import ConfigError
 
 
 def nearest(x: Tensor, k: int, metric: str = "euclidean", chunk: int = 2048) -> Tensor:
@@ -89,8 +89,8 @@ def load_graph(
 
     `base` is any array dataset of the table (digits, mnist1d, ...); the graph joins train and
     test nodes (transductive), the labels stay with their split."""
+    from distill.core.registry import lookup
     from distill.data.sources import DATASETS, RawData, _as_raw
-    from distill.registry import lookup
 
     if base == "graph":
         raise ConfigError("data.options.base: a graph needs a feature dataset, not 'graph'")

@@ -31,9 +31,9 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from distill.config import DataConfig, ModelConfig, RunDirMixin, load_command_config
-from distill.errors import ConfigError
-from distill.settings import Strict
+from distill.core.config import DataConfig, ModelConfig, RunDirMixin, load_command_config
+from distill.core.errors import ConfigError
+from distill.core.settings import Strict
 
 
 class TransferSpec(Strict):
@@ -177,8 +177,8 @@ def _student_row(name: str, model: Any, source: str, x_test, y_test, teacher_pre
 
 def run_interpret(cfg: InterpretConfig, *, progress: bool = True) -> dict[str, Any]:
     """Fit every student (module docstring); write results.json, rules.txt and report.md."""
-    from distill.build import load_data, load_model
-    from distill.checkpoint import atomic_write_text
+    from distill.app.build import load_data, load_model
+    from distill.core.checkpoint import atomic_write_text
     from distill.data.core import ArrayDataset
     from distill.evaluate import predict_logits
     from distill.paradigms.ensemble import transfer_set

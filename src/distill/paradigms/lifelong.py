@@ -1,6 +1,6 @@
 """Lifelong (continual) distillation: tasks arrive one after another, old data is gone.
 
-`scheme: lifelong` (a pipeline scheme, see `distill.stages`) turns one config into a stage per
+`scheme: lifelong` (a pipeline scheme, see `distill.app.stages`) turns one config into a stage per
 task. Each task is a set of classes (class-incremental: one output head over every class). A
 stage trains on its task's data only, starting from the previous stage's weights, with:
 
@@ -30,10 +30,10 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
 
-from distill.checkpoint import load_weights, save_weights
-from distill.errors import ConfigError
+from distill.core.checkpoint import load_weights, save_weights
+from distill.core.errors import ConfigError
+from distill.core.settings import Strict
 from distill.schemes.base import SchemeBase, SchemeContext, parse_args, soft_kl
-from distill.settings import Strict
 
 FISHER_FILE = "fisher.safetensors"
 
@@ -239,7 +239,7 @@ def load_anchor(stage_dir: Path, model: nn.Module) -> dict[str, tuple[Tensor, Te
 # ------------------------------------------------------------------ pipeline hooks
 def stage_configs(cfg: Any, base: dict, stage_dir, trained) -> list[tuple[str, dict]]:
     """(name, config dict) per task; `stage_dir(i, name)` and `trained(model, dir)` come from
-    distill.stages so that every pipeline names its dirs the same way."""
+    distill.app.stages so that every pipeline names its dirs the same way."""
     args = parse_args(LifelongArgs, cfg.scheme.args, "lifelong")
     check_tasks(args.tasks, args.joint)
     tasks = [sorted(c for t in args.tasks for c in t)] if args.joint else args.tasks
@@ -281,7 +281,7 @@ def after_stage(cfg: Any, index: int, stage: Any) -> None:
         return
     if (stage_dir / FISHER_FILE).is_file():
         return
-    from distill.build import load_data, load_model, weights_path
+    from distill.app.build import load_data, load_model, weights_path
     from distill.models.weights import restore_weights
 
     data = load_data(stage.data)
@@ -300,7 +300,7 @@ def after_stage(cfg: Any, index: int, stage: Any) -> None:
 @torch.no_grad()
 def task_accuracies(cfg: Any, stages: list[Any]) -> dict[str, Any]:
     """Test accuracy on every task after every stage (class- and task-incremental)."""
-    from distill.build import load_data, load_model, weights_path
+    from distill.app.build import load_data, load_model, weights_path
     from distill.evaluate import predict_logits
     from distill.models.weights import restore_weights
 
@@ -349,7 +349,7 @@ def summary_metrics(matrix: list[list[float]], tag: str, joint: bool) -> dict[st
 
 
 class Lifelong:
-    """The `lifelong` pipeline (see `distill.stages.Pipeline`): a stage per task."""
+    """The `lifelong` pipeline (see `distill.app.stages.Pipeline`): a stage per task."""
 
     stages = staticmethod(stage_configs)
     after_stage = staticmethod(after_stage)

@@ -9,7 +9,7 @@
 
 Step schemes are built from a `SchemeContext`; pipeline schemes (born-again networks,
 teacher assistants, lifelong learning) expand into a list of stages, each an ordinary run
-(see `distill.stages`).
+(see `distill.app.stages`).
 
 Importing this package imports neither torch nor any scheme: the names below that need
 them are loaded when first used.
@@ -17,7 +17,7 @@ them are loaded when first used.
 
 from __future__ import annotations
 
-from distill.registry import lazy_exports
+from distill.core.registry import lazy_exports
 from distill.schemes.table import SCHEMES, SchemeSpec, TeacherUse, list_schemes
 
 _LAZY = {

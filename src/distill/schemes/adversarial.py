@@ -17,7 +17,8 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
 
-from distill.errors import ConfigError
+from distill.core.errors import ConfigError
+from distill.core.settings import Strict
 from distill.robustness import pgd
 from distill.schemes.base import (
     SchemeBase,
@@ -31,7 +32,6 @@ from distill.schemes.base import (
     soft_probs,
     vector_dim,
 )
-from distill.settings import Strict
 from distill.taps import Tap
 
 

@@ -20,10 +20,10 @@ import torch.nn.functional as F
 from pydantic import ValidationError
 from torch import Tensor, nn
 
-from distill.errors import ConfigError
+from distill.core.errors import ConfigError
+from distill.core.settings import Strict
 from distill.losses.response import soft_target_kd
 from distill.objective import Objective
-from distill.settings import Strict
 
 if TYPE_CHECKING:
     from distill.taps import Tap
@@ -47,7 +47,7 @@ class SchemeContext:
     peers: list[nn.Module] = field(default_factory=list)
     augment: Callable[[Tensor, torch.Generator], Tensor] | None = None
     seed: int = 0
-    teacher_cache: Any = None  # a distill.cache.TeacherCache when the teacher is cached
+    teacher_cache: Any = None  # a distill.loop.cache.TeacherCache when the teacher is cached
 
 
 def sample_input(ctx: SchemeContext, n: int = 2) -> Tensor:

@@ -16,7 +16,8 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
 
-from distill.errors import ConfigError
+from distill.core.errors import ConfigError
+from distill.core.settings import Strict
 from distill.objective import Schedule
 from distill.schemes.base import (
     SampleMemory,
@@ -28,7 +29,6 @@ from distill.schemes.base import (
     soft_probs,
     student_tap,
 )
-from distill.settings import Strict
 
 
 class MeanTeacherArgs(Strict):

@@ -14,7 +14,7 @@ Optional members:
 - `frozen: list[nn.Module]`: models that move with the scheme and stay in eval mode, but
   are neither optimised nor checkpointed;
 - `wants_clean: bool`: also give the step the un-augmented batch as `batch['clean']`;
-- `teacher_cache`: a `distill.cache.TeacherCache` the scheme reads (built ahead of
+- `teacher_cache`: a `distill.loop.cache.TeacherCache` the scheme reads (built ahead of
   training by the loop, told the epoch);
 - `on_fit_start(total_steps, steps_per_epoch)`: before the first step;
 - `after_optimizer_step(step)`: after each optimizer update (EMA teachers);

@@ -25,7 +25,8 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
 
-from distill.errors import ConfigError
+from distill.core.errors import ConfigError
+from distill.core.settings import Strict
 from distill.losses.response import kd_loss
 from distill.schemes.base import (
     SchemeBase,
@@ -36,7 +37,6 @@ from distill.schemes.base import (
     soft_kl,
     soft_probs,
 )
-from distill.settings import Strict
 from distill.taps import Tap
 
 

@@ -21,12 +21,12 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
 
+from distill.core.errors import ConfigError
+from distill.core.settings import Strict
 from distill.data import load_batch
 from distill.dense.detection import detection_loss, mean_average_precision, postprocess
 from distill.dense.segmentation import confusion, segmentation_metrics
-from distill.errors import ConfigError
 from distill.schemes.base import SchemeBase, SchemeContext, parse_args
-from distill.settings import Strict
 from distill.taps import Tap
 
 

@@ -26,6 +26,8 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
 
+from distill.core.errors import ConfigError
+from distill.core.settings import Strict
 from distill.diffusion.core import (
     alpha_sigma,
     ddim_step,
@@ -34,9 +36,7 @@ from distill.diffusion.core import (
     progressive_target,
     sample,
 )
-from distill.errors import ConfigError
 from distill.schemes.base import SchemeBase, SchemeContext, parse_args
-from distill.settings import Strict
 
 
 class _DiffusionArgs(Strict):

@@ -17,8 +17,9 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
 
+from distill.core.errors import ConfigError
+from distill.core.settings import Strict
 from distill.data import load_batch
-from distill.errors import ConfigError
 from distill.losses.response import kl_rows
 from distill.objective import ADAPTERS
 from distill.schemes.base import (
@@ -29,7 +30,6 @@ from distill.schemes.base import (
     parse_args,
     sample_input,
 )
-from distill.settings import Strict
 from distill.taps import Tap
 
 WEIGHTINGS = ("mean", "confidence", "entropy", "sample", "gate", "validation", "rl")

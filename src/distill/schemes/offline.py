@@ -17,7 +17,7 @@ class OfflineKD:
     """The teacher runs in eval mode under `no_grad` on the same (augmented) batch as the student.
 
     Taps on both models are derived from the objective's terms, so a layer name is written
-    once, in the term that reads it. With a `teacher_cache` (`distill.cache.TeacherCache`)
+    once, in the term that reads it. With a `teacher_cache` (`distill.loop.cache.TeacherCache`)
     the teacher's outputs are read from it by sample index (and view) instead.
     """
 
@@ -35,7 +35,7 @@ class OfflineKD:
         self.modules = nn.ModuleDict({"student": student, "objective": objective})
         self._student_tap = Tap(student, objective.student_layers(), "student")
         self._teacher_tap = Tap(teacher, objective.teacher_layers(), "teacher")
-        self.teacher_cache = teacher_cache  # from distill.build when the cache is exact
+        self.teacher_cache = teacher_cache  # from distill.app.build when the cache is exact
 
     @classmethod
     def from_context(cls, ctx: SchemeContext) -> OfflineKD:

@@ -13,8 +13,9 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
 
+from distill.core.errors import ConfigError
+from distill.core.settings import Strict
 from distill.data import teacher_input
-from distill.errors import ConfigError
 from distill.schemes.base import (
     SchemeBase,
     SchemeContext,
@@ -28,7 +29,6 @@ from distill.schemes.base import (
     soft_probs,
     vector_dim,
 )
-from distill.settings import Strict
 from distill.taps import Tap
 
 

@@ -20,9 +20,9 @@ from pydantic import Field
 from torch import Tensor
 
 from distill.compress.quant import act_quantizers, is_quantized, stochastic_precision
-from distill.errors import ConfigError
+from distill.core.errors import ConfigError
+from distill.core.settings import Strict
 from distill.schemes.base import SchemeBase, SchemeContext, parse_args, soft_kl, soft_probs
-from distill.settings import Strict
 from distill.taps import Tap
 
 

@@ -14,8 +14,9 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
 
+from distill.core.errors import ConfigError
+from distill.core.settings import Strict
 from distill.data import load_batch
-from distill.errors import ConfigError
 from distill.losses.response import kl_rows
 from distill.schemes.base import (
     Head,
@@ -33,7 +34,6 @@ from distill.schemes.base import (
     student_tap,
     vector_dim,
 )
-from distill.settings import Strict
 
 
 def _layer_shapes(ctx: SchemeContext, layers: list[str]) -> dict:

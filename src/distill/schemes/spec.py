@@ -14,7 +14,7 @@ that no scheme is known there by its name:
 - `teacher_terms`: `objective.terms` may hold terms that read a teacher;
 - `takes_peers`: a `peers:` list gives the online peers;
 - `paired_data`: works with `data.paired` (the teacher reads another modality);
-- `cacheable`: the teacher's outputs may be cached ahead of training (`distill.cache`);
+- `cacheable`: the teacher's outputs may be cached ahead of training (`distill.loop.cache`);
 - `teacher_for_metrics`: a teacher section is allowed although the scheme trains without
   one (its test accuracy and agreement are then reported);
 - `monitors`: the `train.monitor` values its validation reports;
@@ -22,7 +22,7 @@ that no scheme is known there by its name:
 - `pipeline_args`, `pipeline`: a pipeline scheme (it runs as stages, `builder` is None):
   its typed arguments, and the object that makes its stages (`stages(cfg, base, stage_dir,
   trained)`, `after_stage(cfg, index, stage)`, `summary(cfg, stages, results)`; see
-  `distill.stages.Pipeline`).
+  `distill.app.stages.Pipeline`).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from distill.registry import resolve
+from distill.core.registry import resolve
 
 TeacherUse = Literal["none", "required", "optional", "teachers"]
 

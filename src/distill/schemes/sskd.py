@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
 
+from distill.core.settings import Strict
 from distill.losses.response import kl_rows
 from distill.schemes.base import (
     SchemeBase,
@@ -41,7 +42,6 @@ from distill.schemes.base import (
     sample_input,
     vector_dim,
 )
-from distill.settings import Strict
 from distill.taps import Tap
 
 

@@ -1,5 +1,5 @@
 """What each `distill` subcommand does: one function per command, taking the parsed
-arguments and returning the exit code. `distill.cli` builds the parser and maps errors
+arguments and returning the exit code. `distill.app.cli` builds the parser and maps errors
 to messages; these import what they need when they run, so `distill --help` stays light."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import signal
 import sys
 from pathlib import Path
 
-from distill.errors import ConfigError, NonFiniteError
+from distill.core.errors import ConfigError, NonFiniteError
 
 
 def _resume_command(args: argparse.Namespace, *extra: str) -> str:
@@ -21,9 +21,9 @@ def _resume_command(args: argparse.Namespace, *extra: str) -> str:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from distill import distributed
-    from distill.config import load_config
-    from distill.run import run_experiment
+    from distill.app.run import run_experiment
+    from distill.core import distributed
+    from distill.core.config import load_config
 
     cfg = load_config(args.config, args.overrides)
     try:
@@ -64,8 +64,8 @@ def _after_divergence(args: argparse.Namespace, cfg) -> str:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from distill.config import load_config
-    from distill.validate import validate
+    from distill.app.validate import validate
+    from distill.core.config import load_config
 
     cfg = load_config(args.config, args.overrides)
     problems = validate(cfg)
@@ -81,10 +81,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
 def cmd_layers(args: argparse.Namespace) -> int:
     import torch
 
-    from distill.config import ModelConfig, load_config
+    from distill.core.config import ModelConfig, load_config
+    from distill.core.table import format_table
     from distill.data import load_dataset
     from distill.models import build_model
-    from distill.table import format_table
     from distill.taps import describe_layers
 
     if args.model.endswith((".yaml", ".yml")):
@@ -115,8 +115,8 @@ def cmd_datasets(args: argparse.Namespace) -> int:
     """The dataset table: each name, what it reads and the options it takes."""
     import inspect
 
+    from distill.core.table import format_table
     from distill.data import DATASETS
-    from distill.table import format_table
 
     rows = []
     for name, fn in DATASETS.items():
@@ -130,7 +130,7 @@ def cmd_datasets(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from distill.artifacts import export_run
+    from distill.app.artifacts import export_run
 
     result = export_run(args.run_dir, args.format, args.out, overwrite=args.overwrite)
     print(json.dumps(result, indent=2))
@@ -149,8 +149,8 @@ def cmd_sample_data(args: argparse.Namespace) -> int:
 
 
 def cmd_methods(args: argparse.Namespace) -> int:
-    from distill.methods import list_methods
-    from distill.table import format_table
+    from distill.app.methods import list_methods
+    from distill.core.table import format_table
 
     rows = list_methods()
     if args.json:
@@ -165,8 +165,8 @@ def cmd_methods(args: argparse.Namespace) -> int:
 
 
 def cmd_schemes(args: argparse.Namespace) -> int:
+    from distill.core.table import format_table
     from distill.schemes import list_schemes
-    from distill.table import format_table
 
     rows = list_schemes()
     if args.json:
@@ -185,8 +185,8 @@ def cmd_schemes(args: argparse.Namespace) -> int:
 
 
 def cmd_lm_cache(args: argparse.Namespace) -> int:
-    from distill.build import build
-    from distill.config import load_config, parse_config
+    from distill.app.build import build
+    from distill.core.config import load_config, parse_config
     from distill.llm.cache import build_cache
 
     cfg = load_config(args.config, args.overrides)
@@ -230,7 +230,7 @@ def cmd_lm_demo(args: argparse.Namespace) -> int:
 def cmd_generate(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
-    from distill.blackbox import run_generation
+    from distill.app.blackbox import run_generation
 
     report = run_generation(args.spec)
     print(json.dumps(asdict(report), indent=2))
@@ -238,11 +238,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_reasoning_demo(args: argparse.Namespace) -> int:
-    from distill.reasoning import format_rows, run_reasoning_demo
+    from distill.app.reasoning import format_rows, run_reasoning_demo
 
     if args.self_improve:
-        from distill.reasoning import run_self_improvement
-        from distill.table import format_table
+        from distill.app.reasoning import run_self_improvement
+        from distill.core.table import format_table
 
         rounds = run_self_improvement(
             f"{args.out}-self-improve",
@@ -274,7 +274,7 @@ def cmd_reasoning_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from distill.assess import assess, format_assessment
+    from distill.app.assess import assess, format_assessment
 
     result = assess(
         args.run_dir,
@@ -289,7 +289,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from distill.report import write_report
+    from distill.app.report import write_report
 
     paths = write_report(args.run_dirs, args.out)
     print(f"wrote {paths['markdown']} and {paths['html']}")
@@ -327,7 +327,7 @@ def cmd_federated(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from distill.bench import run_bench
+    from distill.app.bench import run_bench
 
     rows = run_bench(args.spec)
     for r in rows:
@@ -339,8 +339,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
-    from distill.config import load_config
-    from distill.tune import load_space, tune
+    from distill.app.tune import load_space, tune
+    from distill.core.config import load_config
 
     cfg = load_config(args.config, args.overrides)
     result = tune(
@@ -351,7 +351,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from distill.demo import format_demo, run_demo
+    from distill.app.demo import format_demo, run_demo
 
     result = run_demo(
         dataset=args.dataset,

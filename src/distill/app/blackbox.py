@@ -31,9 +31,9 @@ from typing import Any, Literal, Protocol
 import torch
 from pydantic import Field
 
-from distill.config import read_yaml
-from distill.errors import ConfigError, DataError
-from distill.settings import Strict
+from distill.core.config import read_yaml
+from distill.core.errors import ConfigError, DataError
+from distill.core.settings import Strict
 
 
 class TextTeacher(Protocol):
@@ -336,7 +336,7 @@ def run_generation(spec_path: str | Path) -> GenerationReport:
     """`distill generate SPEC.yaml`: teacher, prompts, output, filters (see GenerateSpec)."""
     from pydantic import ValidationError
 
-    from distill.registry import resolve_reference
+    from distill.core.registry import resolve_reference
 
     spec_path = Path(spec_path)
     if not spec_path.is_file():
@@ -396,9 +396,9 @@ def make_teacher(spec: Any) -> TextTeacher:
         )
     if not spec.run_dir:
         raise ConfigError("teacher: a local teacher needs run_dir (a language-model run)")
-    from distill.build import build, weights_path
-    from distill.checkpoint import load_into, load_weights
-    from distill.config import load_config
+    from distill.app.build import build, weights_path
+    from distill.core.checkpoint import load_into, load_weights
+    from distill.core.config import load_config
 
     cfg = load_config(Path(spec.run_dir) / "config.yaml")
     built = build(cfg)

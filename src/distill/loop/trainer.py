@@ -14,12 +14,13 @@ from typing import Any
 
 import torch
 
-from distill import distributed
-from distill.checkpoint import BackgroundWriter
+from distill.core import distributed
+from distill.core.checkpoint import BackgroundWriter
+from distill.core.errors import ConfigError, DataError
+from distill.core.logs import MetricsLog
+from distill.core.settings import TrainSettings
 from distill.data import Augmentation
 from distill.data.loading import is_stream, set_epoch
-from distill.errors import ConfigError, DataError
-from distill.logs import MetricsLog
 from distill.loop.feed import BatchFeed, epoch_order, group_items, plan, stream_items
 from distill.loop.guard import NonFiniteGuard
 from distill.loop.loss_sums import LossSums
@@ -30,7 +31,6 @@ from distill.loop.resume import prepare_fit, restore, save, summary
 from distill.loop.rng import seed_everything  # noqa: F401  (re-exported)
 from distill.loop.validation import validate
 from distill.schemes.contract import Contract, Scheme
-from distill.settings import TrainSettings
 
 
 class Trainer:
@@ -66,7 +66,7 @@ class Trainer:
         self.augment = augment
         self.export_info = export_info or {}
         # Under torchrun (WORLD_SIZE > 1) each process joins the group and trains its slice
-        # of every global batch; see distill.distributed.
+        # of every global batch; see distill.core.distributed.
         self.device = distributed.init_from_env(settings.device) or resolve_device(settings.device)
         if settings.precision == "fp16" and self.device.type != "cuda":
             raise ConfigError("train.precision fp16 needs a CUDA device; on CPU use bf16 or fp32")

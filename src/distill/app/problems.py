@@ -7,18 +7,18 @@ from typing import Any
 
 import torch
 
-from distill.config import ExperimentConfig
+from distill.app.terms import _reads_input_grad, needs_teacher
+from distill.core.config import ExperimentConfig
+from distill.core.errors import ConfigError, unknown_name
 from distill.data import (
     AUGMENTATIONS,
     DATASETS,
 )
-from distill.errors import ConfigError, unknown_name
 from distill.losses import LOSSES
 from distill.models import MODELS
 from distill.objective import ADAPTERS
 from distill.schemes import SCHEMES, parse_args
 from distill.schemes.table import with_capability
-from distill.terms import _reads_input_grad, needs_teacher
 
 PRETRAINED_MODELS = {"hf_pretrained", "minilm_teacher", "pretrained_encoder"}
 
@@ -66,7 +66,7 @@ def name_problems(cfg: ExperimentConfig) -> list[str]:
     )
     if cfg.train.precision == "fp16" and not on_cuda:
         problems.append("train.precision: fp16 needs a CUDA device; on CPU use bf16 or fp32")
-    from distill.trackers import missing
+    from distill.core.trackers import missing
 
     return problems + missing(cfg.train.report_to)
 

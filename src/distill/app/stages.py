@@ -31,15 +31,15 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from distill import rundir
-from distill.checkpoint import atomic_write_text
-from distill.config import ExperimentConfig, ModelConfig, dump_config, parse_config
-from distill.errors import ConfigError
+from distill.core import rundir
+from distill.core.checkpoint import atomic_write_text
+from distill.core.config import ExperimentConfig, ModelConfig, dump_config, parse_config
+from distill.core.errors import ConfigError
+from distill.core.registry import resolve
+from distill.core.rundir import finished
+from distill.core.settings import Strict
 from distill.models.weights import restore_weights
-from distill.registry import resolve
-from distill.rundir import finished
 from distill.schemes import SCHEMES, parse_args
-from distill.settings import Strict
 
 
 class BANArgs(Strict):
@@ -215,7 +215,7 @@ class _BornAgain(Pipeline):
     def summary(self, cfg, stages, results):
         if not parse_args(BANArgs, cfg.scheme.args, "ban").ensemble:
             return {}
-        from distill.build import build
+        from distill.app.build import build
 
         built = build(stages[-1])
         return _ensemble_test(built, [s.resolved_run_dir() for s in stages], cfg)
@@ -254,7 +254,7 @@ TEACHER_ASSISTANT = _TeacherAssistant()
 # ------------------------------------------------------------------------- running
 def pipeline_problems(cfg: ExperimentConfig) -> list[str]:
     """Problems of every stage that need no trained weights (names, args, stage wiring)."""
-    from distill.build import name_problems
+    from distill.app.build import name_problems
 
     try:
         stages = expand(cfg)
@@ -275,9 +275,9 @@ def run_pipeline(
     allow_changes=(),
     run_stage: Callable[..., dict],
 ) -> dict:
-    """Run every stage in turn with `run_stage` (`distill.run.run_experiment`, which calls
+    """Run every stage in turn with `run_stage` (`distill.app.run.run_experiment`, which calls
     this for a run in stages); see the module docstring."""
-    from distill.run_check import check_run_dir
+    from distill.app.run_check import check_run_dir
 
     run_dir = cfg.resolved_run_dir()
     problems = pipeline_problems(cfg)
@@ -339,7 +339,7 @@ def _finish_stages(
     cfg: ExperimentConfig, run_dir: Path, stages: list[ExperimentConfig], results: list[dict]
 ) -> dict:
     """The last stage's weights as the run's, and results.json summing up the stages."""
-    from distill.build import weights_path
+    from distill.app.build import weights_path
 
     final = stages[-1].resolved_run_dir()
     (run_dir / "checkpoints").mkdir(exist_ok=True)
@@ -371,7 +371,7 @@ def _copy_atomic(src: Path, dst: Path) -> None:
 @torch.no_grad()
 def _ensemble_test(built, stage_dirs: list[Path], cfg: ExperimentConfig) -> dict[str, float]:
     """Test accuracy of the average of every generation's softmax (the BAN ensemble)."""
-    from distill.build import load_model, weights_path
+    from distill.app.build import load_model, weights_path
     from distill.evaluate import predict_logits, targets_of
 
     test = built.data.test

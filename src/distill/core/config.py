@@ -15,8 +15,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import Field, PrivateAttr, ValidationError, field_validator
 
-from distill.errors import ConfigError, did_you_mean
-from distill.settings import (
+from distill.core.errors import ConfigError, did_you_mean
+from distill.core.settings import (
     CondenseSettings,
     QuantSettings,
     SparsitySettings,

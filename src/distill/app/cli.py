@@ -14,8 +14,8 @@ import errno
 import signal
 import sys
 
-from distill import commands
-from distill.errors import USER_ERRORS, NonFiniteError, RunStopped
+from distill.app import commands
+from distill.core.errors import USER_ERRORS, NonFiniteError, RunStopped
 
 # What to do about the file-system errors a user can meet, by errno
 _OS_FIXES = {

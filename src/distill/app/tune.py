@@ -16,15 +16,15 @@ import json
 from pathlib import Path
 from typing import Any
 
-from distill.checkpoint import atomic_write_text
-from distill.config import (
+from distill.core.checkpoint import atomic_write_text
+from distill.core.config import (
     ExperimentConfig,
     apply_override,
     dump_config,
     parse_config,
     read_yaml,
 )
-from distill.errors import ConfigError
+from distill.core.errors import ConfigError
 
 
 def default_space(cfg: ExperimentConfig) -> dict[str, list]:
@@ -62,7 +62,7 @@ def tune(
     """Run the search; write best.yaml and trials.json into `out`; return the best trial."""
     import optuna
 
-    from distill.run import run_experiment
+    from distill.app.run import run_experiment
 
     space = space or default_space(cfg)
     out = Path(out)

@@ -12,14 +12,14 @@ import copy
 from pathlib import Path
 from typing import Any
 
-from distill.build import build, weights_path
-from distill.config import parse_config
-from distill.errors import ensure_complete
+from distill.app.build import build, weights_path
+from distill.app.run import run_experiment
+from distill.core.config import parse_config
+from distill.core.errors import ensure_complete
+from distill.core.table import format_table
 from distill.evaluate import agreement, predict_logits
 from distill.models.weights import restore_weights
 from distill.profile import count_parameters, file_size, latency_ms
-from distill.run import run_experiment
-from distill.table import format_table
 
 # One recipe per dataset. The setting is the everyday reason to distil: plenty of inputs,
 # few labels. Only `train_samples` training samples keep their labels; the rest stay as

@@ -26,7 +26,7 @@ import time
 import uuid
 from pathlib import Path
 
-from distill.errors import ConfigError
+from distill.core.errors import ConfigError
 
 MARKER = ".distill-run"
 LOCK = ".distill-lock"
@@ -76,7 +76,7 @@ def _is_run_file(name: str) -> bool:
     return name in RUN_FILES or name.endswith(RUN_SUFFIXES) or is_temp_file(name)
 
 
-# Folders whose whole content a run writes: the experiment trackers' (distill.trackers)
+# Folders whose whole content a run writes: the experiment trackers' (distill.core.trackers)
 RUN_DIRS = frozenset({"tensorboard", "mlruns", "wandb", "export"})  # trackers; distill export
 
 
@@ -226,7 +226,7 @@ def remove_temp_files(run_dir: Path) -> int:
 
 def write_marker(run_dir: Path, kind: str = "run") -> None:
     """Mark `run_dir` as made by distill (kept when it exists: the run's id never changes)."""
-    from distill.checkpoint import atomic_write_text
+    from distill.core.checkpoint import atomic_write_text
 
     path = run_dir / MARKER
     if not path.is_file():

@@ -15,17 +15,17 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from distill.build import load_data, weights_path
-from distill.checkpoint import atomic_write_text
-from distill.config import ModelConfig, load_config
+from distill.app.build import load_data, weights_path
+from distill.app.stages import final_stage_dir
+from distill.core.checkpoint import atomic_write_text
+from distill.core.config import ModelConfig, load_config
+from distill.core.errors import ConfigError
 from distill.data import DataSplits
-from distill.errors import ConfigError
 from distill.evaluate import predict_logits, targets_of
 from distill.metrics import classification_report, significant_drops
 from distill.models import build_model
 from distill.profile import count_flops, count_parameters, file_sha256, file_size, latency_ms
 from distill.robustness import robustness_report
-from distill.stages import final_stage_dir
 
 
 def load_run(run_dir: str | Path) -> tuple[nn.Module, DataSplits, Path]:
@@ -43,7 +43,7 @@ def load_run(run_dir: str | Path) -> tuple[nn.Module, DataSplits, Path]:
 
 
 def _load_model(spec: ModelConfig, data: DataSplits, path: Path, role: str) -> nn.Module:
-    from distill.build import _has_adapter, restore_into, with_peft
+    from distill.app.build import _has_adapter, restore_into, with_peft
 
     model = build_model(spec.name, data.input_shape, data.num_classes, spec.args)
     model = restore_into(model, spec, path, role)

@@ -11,9 +11,9 @@ from typing import Any
 
 import yaml
 
-from distill import rundir
-from distill.config import ExperimentConfig
-from distill.errors import ConfigError
+from distill.core import rundir
+from distill.core.config import ExperimentConfig
+from distill.core.errors import ConfigError
 
 # Settings that may change when a run is resumed; anything else must match the saved config.
 RESUMABLE_CHANGES = {

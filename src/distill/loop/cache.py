@@ -42,18 +42,18 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from distill.cache_keys import (
+from distill.core.errors import ConfigError
+from distill.core.settings import CacheSettings
+from distill.data import load_batch, teacher_input
+from distill.data.core import batches_whole
+from distill.loop.cache_keys import (
     data_fingerprint,
     file_checksum,
     topk_compress,
     topk_expand,
     weights_fingerprint,
 )
-from distill.data import load_batch, teacher_input
-from distill.data.core import batches_whole
-from distill.errors import ConfigError
 from distill.schemes.table import SCHEMES, with_capability
-from distill.settings import CacheSettings
 
 FORMAT_VERSION = 1
 _DTYPES = {"fp32": np.float32, "fp16": np.float16}

@@ -11,14 +11,14 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from distill.config import ExperimentConfig, TermConfig
+from distill.core.config import ExperimentConfig, TermConfig
+from distill.core.errors import ConfigError
+from distill.core.registry import lookup
 from distill.data import (
     DataSplits,
 )
-from distill.errors import ConfigError
 from distill.losses import LOSSES
 from distill.objective import ADAPTERS, Schedule, Term, reads_input_grad
-from distill.registry import lookup
 from distill.taps import INPUT_GRAD, Knowledge, Tap, with_input_grad
 
 

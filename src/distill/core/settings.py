@@ -135,13 +135,13 @@ class TrainSettings(Strict):
     # DataLoader worker processes collating batches ahead of the loop, for datasets without
     # a .batch() method (those are collated sample by sample); 0: in the loop's process
     workers: int = Field(0, ge=0)
-    cache: CacheSettings = CacheSettings()  # the teacher-output cache (distill.cache)
+    cache: CacheSettings = CacheSettings()  # the teacher-output cache (distill.loop.cache)
     distributed: DistributedSettings = DistributedSettings()  # under torchrun
     compile: CompileSettings = CompileSettings()
     # 4-D (image) models and inputs in NHWC memory layout: faster convolutions on GPUs with
     # tensor cores and on CPUs with oneDNN; a no-op for models without 4-D weights
     channels_last: bool = False
-    # experiment trackers fed the metrics log's rows (distill.trackers); csv: metrics.csv,
+    # experiment trackers fed the metrics log's rows (distill.core.trackers); csv: metrics.csv,
     # always written
     report_to: list[Literal["csv", "tensorboard", "mlflow", "wandb"]] = []
 

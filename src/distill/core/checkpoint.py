@@ -23,7 +23,7 @@ from safetensors import safe_open
 from safetensors.torch import save as st_save
 from torch import Tensor
 
-from distill.errors import CheckpointError
+from distill.core.errors import CheckpointError
 
 FORMAT = "distill-1"  # bump when the layout of a checkpoint changes
 _TENSOR = "__tensor__"
@@ -245,7 +245,7 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     if fmt != FORMAT or "distill" not in meta:
         raise CheckpointError(
             f"{str(path)!r} is a safetensors file but not a distill checkpoint; to load plain "
-            f"weights use distill.checkpoint.load_weights"
+            f"weights use distill.core.checkpoint.load_weights"
         )
     if _digest(tensors, meta["distill"]) != meta.get("sha256"):
         raise CheckpointError(
@@ -396,7 +396,7 @@ def load_into(module: torch.nn.Module, state: dict[str, Tensor], label: str) -> 
             f"weights do not fit the {label}: " + "; ".join(parts) + ". Check that the model "
             "name and its args in the config are the ones the weights were trained with."
         )
-    from distill.distributed import load_full_state  # (may cut them into a sharded model)
+    from distill.core.distributed import load_full_state  # (may cut them into a sharded model)
 
     load_full_state(module, state)
 

@@ -23,11 +23,11 @@ from typing import Any
 
 from pydantic import Field
 
-from distill.build import name_problems
-from distill.checkpoint import atomic_write_text
-from distill.config import parse_config, read_yaml
-from distill.errors import ConfigError
-from distill.settings import Strict
+from distill.app.build import name_problems
+from distill.core.checkpoint import atomic_write_text
+from distill.core.config import parse_config, read_yaml
+from distill.core.errors import ConfigError
+from distill.core.settings import Strict
 
 KD_OBJECTIVE = {
     "task_weight": 0.1,
@@ -145,10 +145,10 @@ def plan(spec: BenchSpec, root: Path) -> tuple[list[dict], list[tuple[str, str, 
 def _run_one(cfg: dict) -> float:
     import torch
 
-    from distill.run import run_experiment
+    from distill.app.run import run_experiment
 
     torch.set_num_threads(1)  # one core per worker
-    from distill.rundir import finished
+    from distill.core.rundir import finished
 
     done = Path(cfg["run_dir"]) / "results.json"
     if finished(done.parent):  # finished earlier: a resumed sweep does not redo it

@@ -1,5 +1,5 @@
-"""Config -> objects: data, models, objective and scheme (the checks are `distill.problems`,
-the terms `distill.terms`, `distill validate` is `distill.validate`).
+"""Config -> objects: data, models, objective and scheme (the checks are `distill.app.problems`,
+the terms `distill.app.terms`, `distill validate` is `distill.app.validate`).
 
 Every object built here can be built by hand in Python; this file only wires names to them.
 """
@@ -16,9 +16,20 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from distill.cache import CachePlan, TeacherCache, plan_cache
-from distill.checkpoint import weights_info
-from distill.config import DataConfig, ExperimentConfig, ModelConfig
+from distill.app.problems import PRETRAINED_MODELS, _check_monitor, name_problems  # noqa: F401
+from distill.app.terms import (  # noqa: F401  (re-exported for older imports)
+    _add_input_grads,
+    _dry_knowledge,
+    _reads_input_grad,
+    build_terms,
+    check_classes,
+    needs_teacher,
+    resolve_loss,
+)
+from distill.core.checkpoint import weights_info
+from distill.core.config import DataConfig, ExperimentConfig, ModelConfig
+from distill.core.distributed import env_world_size
+from distill.core.errors import CheckpointError, ConfigError
 from distill.data import (
     DataSplits,
     augmentation_problem,
@@ -28,23 +39,12 @@ from distill.data import (
     teacher_input,
 )
 from distill.data.loading import is_stream
-from distill.distributed import env_world_size
-from distill.errors import CheckpointError, ConfigError
+from distill.loop.cache import CachePlan, TeacherCache, plan_cache
+from distill.loop.trainer import seed_everything
 from distill.models import build_model
 from distill.models.weights import restore_weights
 from distill.objective import Objective, tapped_layers
-from distill.problems import PRETRAINED_MODELS, _check_monitor, name_problems  # noqa: F401
 from distill.schemes import SCHEMES, SchemeContext
-from distill.terms import (  # noqa: F401  (re-exported for older imports)
-    _add_input_grads,
-    _dry_knowledge,
-    _reads_input_grad,
-    build_terms,
-    check_classes,
-    needs_teacher,
-    resolve_loss,
-)
-from distill.trainer import seed_everything
 
 
 @dataclass
@@ -225,7 +225,7 @@ def _buildable(cfg: ExperimentConfig) -> Any:
     if spec.is_pipeline:
         raise ConfigError(
             f"scheme {cfg.scheme.name!r} runs in stages; start it with distill run "
-            f"(or distill.run.run_experiment), which trains each stage in turn"
+            f"(or distill.app.run.run_experiment), which trains each stage in turn"
         )
     _check_monitor(cfg.scheme.name, spec, cfg.train.monitor)
     return spec

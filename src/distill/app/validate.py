@@ -1,19 +1,19 @@
 """`validate`: every problem a config would hit, found before anything trains.
 
-It sits above `distill.build` (which constructs the run's objects) and `distill.stages`
+It sits above `distill.app.build` (which constructs the run's objects) and `distill.app.stages`
 (which expands a run in stages), and reads both; neither imports it.
 """
 
 from __future__ import annotations
 
-from distill.build import build, load_data, name_problems
-from distill.config import ExperimentConfig
+from distill.app.build import build, load_data, name_problems
+from distill.app.stages import expand, is_pipeline, pipeline_problems
+from distill.core.config import ExperimentConfig
+from distill.core.errors import CheckpointError, ConfigError, DataError, LayerError
 from distill.data import DataSplits
-from distill.errors import CheckpointError, ConfigError, DataError, LayerError
 from distill.models import build_model
 from distill.objective import tapped_layers
 from distill.schemes import SCHEMES
-from distill.stages import expand, is_pipeline, pipeline_problems
 from distill.taps import Tap
 
 

@@ -16,8 +16,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from distill.checkpoint import atomic_write_bytes, atomic_write_text
-from distill.errors import ConfigError
+from distill.core.checkpoint import atomic_write_bytes, atomic_write_text
+from distill.core.errors import ConfigError
 
 COLUMNS = [
     ("run", "run"),
@@ -33,8 +33,8 @@ COLUMNS = [
 
 
 def _load_run(run_dir: Path) -> dict[str, Any]:
-    from distill.assess import assess
-    from distill.stages import final_stage_dir
+    from distill.app.assess import assess
+    from distill.app.stages import final_stage_dir
 
     if not (run_dir / "config.yaml").is_file():
         raise ConfigError(f"{str(run_dir)!r} is not a run dir (no config.yaml)")
@@ -50,7 +50,7 @@ def _load_run(run_dir: Path) -> dict[str, Any]:
 
 def _current_eval(run_dir: Path) -> dict[str, Any] | None:
     """The run's eval.json when it describes the weights the run holds now, else None."""
-    from distill.build import weights_path
+    from distill.app.build import weights_path
     from distill.profile import file_sha256
 
     path, weights = run_dir / "eval.json", weights_path(str(run_dir))

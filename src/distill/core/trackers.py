@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-from distill.errors import ConfigError
+from distill.core.errors import ConfigError
 
 # tracker name -> (module to import, package to install)
 PACKAGES = {
@@ -29,7 +29,7 @@ PACKAGES = {
     "wandb": ("wandb", "wandb"),
 }
 TRACKERS = ("csv", *PACKAGES)
-# what trackers write into a run dir: whole folders of theirs (distill.rundir)
+# what trackers write into a run dir: whole folders of theirs (distill.core.rundir)
 TRACKER_DIRS = ("tensorboard", "mlruns", "wandb")
 
 

@@ -25,8 +25,8 @@ from typing import Any
 
 import torch
 
+from distill.core.errors import ensure_complete
 from distill.data.core import DataSplits
-from distill.errors import ensure_complete
 from distill.llm.generation import sample_continuations
 from distill.llm.text import ByteTokenizer, TokenDataset
 
@@ -113,10 +113,10 @@ def accuracy(model, tests: list[tuple[int, int]], digits: int, style: str, task:
 def _train(
     name: str, out: Path, data: DataSplits, model_args: dict, epochs: int, seed: int, progress: bool
 ) -> tuple[Any, float]:
-    from distill.build import build_model
+    from distill.app.build import build_model
+    from distill.core.settings import TrainSettings
+    from distill.loop.trainer import Trainer, seed_everything
     from distill.schemes import Supervised
-    from distill.settings import TrainSettings
-    from distill.trainer import Trainer, seed_everything
 
     seed_everything(seed)
     model = build_model("hf_causal_lm", data.input_shape, data.num_classes, model_args)
@@ -134,8 +134,8 @@ def _train(
     start = time.perf_counter()
     summary = Trainer(Supervised(model), data.train, data.val, settings, run_dir=out / name).fit()
     ensure_complete(summary, name)
-    from distill.build import weights_path
-    from distill.checkpoint import load_into, load_weights
+    from distill.app.build import weights_path
+    from distill.core.checkpoint import load_into, load_weights
 
     load_into(model, load_weights(weights_path(str(out / name)))[0], name)
     return model.eval(), time.perf_counter() - start
@@ -248,7 +248,7 @@ def _params(model) -> int:
 
 
 def format_rows(rows: list[dict[str, Any]]) -> str:
-    from distill.table import format_table
+    from distill.core.table import format_table
 
     return format_table(
         ["model", "params", "test answer accuracy", "train s"],

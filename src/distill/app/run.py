@@ -12,10 +12,11 @@ from typing import Any
 import torch
 import yaml
 
-from distill import distributed, rundir
-from distill.build import build, export_info, weights_path
-from distill.checkpoint import atomic_write_text
-from distill.config import ExperimentConfig, dump_config
+from distill.app.build import build, export_info, weights_path
+from distill.app.run_check import check_run_dir
+from distill.core import distributed, rundir
+from distill.core.checkpoint import atomic_write_text
+from distill.core.config import ExperimentConfig, dump_config
 from distill.evaluate import (
     agreement,
     classification_metrics,
@@ -23,10 +24,9 @@ from distill.evaluate import (
     predict_logits,
     targets_of,
 )
+from distill.loop.trainer import Trainer
 from distill.models.weights import restore_weights
-from distill.run_check import check_run_dir
 from distill.schemes.contract import Contract
-from distill.trainer import Trainer
 
 
 def run_experiment(
@@ -42,10 +42,10 @@ def run_experiment(
     Everything that can fail on bad input (names, data, weights, shapes) fails before the
     run dir is touched, so a bad config never clobbers or half-writes a run. The run dir is
     locked for the whole run (a second writer is refused); `overwrite` removes only what an
-    earlier run wrote (see distill.rundir). `allow_changes` names the settings that may
+    earlier run wrote (see distill.core.rundir). `allow_changes` names the settings that may
     differ from the saved config on resume (`CHANGEABLE_ON_REQUEST`).
     """
-    from distill.stages import is_pipeline, run_pipeline
+    from distill.app.stages import is_pipeline, run_pipeline
 
     if is_pipeline(cfg):
         return run_pipeline(
@@ -144,7 +144,7 @@ def _trackers(cfg: ExperimentConfig, run_dir: Path, resume: bool) -> list:
     """The experiment trackers `train.report_to` names, opened in the run dir."""
     if not cfg.train.report_to:
         return []
-    from distill.trackers import flat_params, open_trackers
+    from distill.core.trackers import flat_params, open_trackers
 
     params = flat_params(cfg.model_dump(mode="json"))
     return open_trackers(cfg.train.report_to, run_dir, cfg.name, params, resume)

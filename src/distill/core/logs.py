@@ -14,7 +14,7 @@ import io
 import json
 from pathlib import Path
 
-from distill.checkpoint import atomic_write_text
+from distill.core.checkpoint import atomic_write_text
 
 
 class MetricsLog:

@@ -31,7 +31,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from distill.errors import ConfigError
+from distill.core.errors import ConfigError
 from distill.taps import logits_of
 
 FORMATS = ("hf", "sentence-transformers", "onnx", "torchscript")
@@ -285,9 +285,9 @@ def export_run(
     run_dir: str | Path, fmt: str, out: str | Path | None = None, *, overwrite: bool = False
 ) -> dict[str, Any]:
     """Export the best student of `run_dir` as `fmt` into `out` (default RUN_DIR/export/FMT)."""
-    from distill.assess import load_run
-    from distill.config import load_config
-    from distill.stages import final_stage_dir
+    from distill.app.assess import load_run
+    from distill.app.stages import final_stage_dir
+    from distill.core.config import load_config
 
     if fmt not in FORMATS:
         raise ConfigError(f"unknown export format {fmt!r}; choose from {', '.join(FORMATS)}")
