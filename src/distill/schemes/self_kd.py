@@ -40,13 +40,15 @@ def _layer_shapes(ctx: SchemeContext, layers: list[str]) -> dict:
     return dry_shapes(ctx.student, layers, sample_input(ctx), "student")
 
 
-class _EpochClock:
-    """Epoch of a step, from the trainer's steps per epoch (set in on_fit_start)."""
+class EpochClock:
+    """Epoch of a step, from the trainer's plan: a scheme holds one and hands its `start`
+    to the loop as its `on_fit_start`."""
 
-    steps_per_epoch = 1
-    epochs = 1
+    def __init__(self) -> None:
+        self.steps_per_epoch = 1
+        self.epochs = 1
 
-    def on_fit_start(self, total_steps: int, steps_per_epoch: int) -> None:
+    def start(self, total_steps: int, steps_per_epoch: int) -> None:
         self.steps_per_epoch = max(steps_per_epoch, 1)
         self.epochs = max(total_steps // self.steps_per_epoch, 1)
 
@@ -108,7 +110,7 @@ class PSKDArgs(Strict):
     )  # alpha_T: the weight of past predictions at the end
 
 
-class ProgressiveSelfKD(_EpochClock, SchemeBase):
+class ProgressiveSelfKD(SchemeBase):
     """PS-KD (Kim et al. 2021): the target mixes the label with last epoch's own prediction.
 
     target = (1 - alpha_t) y + alpha_t p_{t-1}(x), alpha_t = alpha_T (t + 1) / T for epoch t
@@ -121,12 +123,14 @@ class ProgressiveSelfKD(_EpochClock, SchemeBase):
 
     def __init__(self, ctx: SchemeContext):
         self.args = parse_args(PSKDArgs, ctx.args, "pskd")
+        self.clock = EpochClock()
+        self.on_fit_start = self.clock.start  # (the loop tells it the plan)
         self.memory = SampleMemory(len(ctx.data.train), ctx.data.num_classes)
         super().__init__(ctx.student, ctx.objective, {"memory": self.memory})
         self._tap = student_tap(ctx, [])
 
     def alpha(self, step: int) -> float:
-        return self.args.alpha_final * (self.epoch_of(step) + 1) / self.epochs
+        return self.args.alpha_final * (self.clock.epoch_of(step) + 1) / self.clock.epochs
 
     def targets(self, batch: dict[str, Tensor], step: int, num_classes: int) -> Tensor:
         """The progressive soft targets of a batch's (labelled) rows."""
@@ -378,7 +382,7 @@ class DTSKDArgs(Strict):
     structure_weight: float = Field(1.0, ge=0)
 
 
-class DualTeacherSelfKD(_EpochClock, SchemeBase):
+class DualTeacherSelfKD(SchemeBase):
     """Dual teachers for self-KD (Li et al. 2024), as the surveys describe it.
 
     Historical teacher: the model's own prediction for the sample in the previous epoch.
