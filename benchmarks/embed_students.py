@@ -18,7 +18,7 @@ from common import add_threads, apply_threads  # noqa: E402  (benchmarks/common.
 from distill.app.build import load_data, load_model, weights_path
 from distill.core.checkpoint import load_into, load_weights
 from distill.core.config import load_config
-from distill.embed import encode, retrieval_overlap, similarity_agreement
+from distill.llm.embed import encode, retrieval_overlap, similarity_agreement
 from distill.models.encoders import minilm_teacher
 
 

@@ -7,7 +7,7 @@ import torch
 
 pytest.importorskip("transformers")
 
-from distill.embed import (  # noqa: E402
+from distill.llm.embed import (  # noqa: E402
     EmbeddingDistillation,
     SentenceDataset,
     encode,

@@ -51,8 +51,8 @@ LAYERS: list[tuple[str, list[str]]] = [
         [
             "distill.schemes",
             "distill.llm",
-            "distill.embed",
-            "distill.mlm",
+            "distill.llm.embed",
+            "distill.llm.mlm",
             "distill.dense",
             "distill.diffusion",
             "distill.paradigms",
@@ -205,8 +205,8 @@ def test_catalogue_commands_answer_without_importing_torch(args):
 def test_every_domain_module_imports_on_its_own():
     """Modules that once formed an import cycle import first, alone, in a fresh process."""
     names = [
-        "distill.embed",
-        "distill.mlm",
+        "distill.llm.embed",
+        "distill.llm.mlm",
         "distill.llm.scheme",
         "distill.schemes.online",
         "distill.data.sources",

@@ -9,8 +9,8 @@ pytest.importorskip("transformers")
 
 from distill.core.errors import ConfigError  # noqa: E402
 from distill.data.core import DataSplits  # noqa: E402
-from distill.embed import SentenceDataset  # noqa: E402
-from distill.mlm import MaskedLMDistillation, hf_masked_lm, mask_tokens  # noqa: E402
+from distill.llm.embed import SentenceDataset  # noqa: E402
+from distill.llm.mlm import MaskedLMDistillation, hf_masked_lm, mask_tokens  # noqa: E402
 from distill.objective import Objective  # noqa: E402
 from distill.schemes import SchemeContext  # noqa: E402
 
@@ -215,8 +215,8 @@ def test_minilm_relation_loss_against_its_formula():
 
 def test_relation_transfer_across_width_heads_and_depth(teacher_dir):
     """MiniLMv2: a narrower student with other head count, Q-Q/K-K/V-V relations."""
+    from distill.llm.mlm import qkv_module_names
     from distill.losses import minilm_relation_loss
-    from distill.mlm import qkv_module_names
 
     teacher = hf_masked_lm(init_from=str(teacher_dir)).eval()  # 32 wide, 2 heads, 4 layers
     student = hf_masked_lm(

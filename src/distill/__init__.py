@@ -15,7 +15,8 @@ import graph, function-level imports included, by `tests/test_layers.py`):
    names the domains' models as `module:attr`), the data layer (`data`, whose table names
    the domains' datasets the same way), metrics and evaluation, compression ops;
 3. **schemes and domains**: every scheme (`schemes`) and the domains that bring their own
-   schemes, data and models (`llm`, `embed`, `mlm`, `dense`, `diffusion`, `paradigms`);
+   schemes, data and models (`llm`, with sentence embeddings in `llm.embed` and masked LMs
+   in `llm.mlm`; `dense`, `diffusion`, `paradigms`);
 4. **loop** (`distill.loop`): the `Trainer` (it reads a scheme only through
    `schemes.contract`) and its parts (optimizer and schedule, random state, non-finite
    guard, batch feed, placement, checkpoints written on a background thread, validation,
@@ -64,6 +65,8 @@ _MOVED = {
     "distill.trainer": "distill.loop.trainer",
     "distill.cache": "distill.loop.cache",
     "distill.cache_keys": "distill.loop.cache_keys",
+    "distill.embed": "distill.llm.embed",
+    "distill.mlm": "distill.llm.mlm",
 }
 alias_modules(_MOVED)
 

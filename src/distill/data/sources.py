@@ -184,8 +184,8 @@ DATASETS: dict[str, Callable[..., RawData | DataSplits]] = {
         "Token blocks of a text corpus for language models (see `distill.llm.text`).",
     ),
     "sentences": Loader(
-        "distill.embed:sentences_dataset",
-        "Sentences for embedding distillation (see `distill.embed`).",
+        "distill.llm.embed:sentences_dataset",
+        "Sentences for embedding distillation (see `distill.llm.embed`).",
     ),
     "jsonl": Loader(
         "distill.app.blackbox:jsonl_dataset",

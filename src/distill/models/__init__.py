@@ -32,7 +32,7 @@ MODELS: dict[str, str] = {
     "timm": "distill.models.vision_zoo:timm_model",  # timm is imported only when used
     "torchvision": "distill.models.vision_zoo:torchvision_model",
     "hf_model": "distill.models.hf_auto:hf_model",  # transformers is imported only when used
-    "hf_masked_lm": "distill.mlm:hf_masked_lm",
+    "hf_masked_lm": "distill.llm.mlm:hf_masked_lm",
 }
 
 
