@@ -23,9 +23,8 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from common import add_threads, apply_threads
-from whole_run_overhead import STUDENT, TEACHER, T, _config
+from whole_run_overhead import STUDENT, TEACHER, _config, hand_epoch
 
 
 def _hand(data, teacher: torch.nn.Module):
@@ -33,25 +32,7 @@ def _hand(data, teacher: torch.nn.Module):
 
     student = build_model(STUDENT["name"], data.input_shape, data.num_classes, STUDENT["args"])
     opt = torch.optim.Adam(student.parameters(), lr=0.003, fused=True)
-    x, y = data.train.inputs, data.train.targets
-    n, bs = len(x), 100
-
-    def epoch(e: int) -> None:
-        student.train()
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(e))
-        for b in range(n // bs):
-            idx = order[b * bs : (b + 1) * bs]
-            z = student(x[idx])
-            with torch.no_grad():
-                zt = teacher(x[idx])
-            log_p, log_q = F.log_softmax(z / T, -1), F.log_softmax(zt / T, -1)
-            kd = (log_q.exp() * (log_q - log_p)).sum(-1).mean() * T * T
-            loss = 0.1 * F.cross_entropy(z, y[idx]) + 0.9 * kd
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-
-    return epoch
+    return hand_epoch(student, teacher, opt, data.train.inputs, data.train.targets)
 
 
 def _ops(fn) -> dict[str, tuple[int, float]]:

@@ -94,9 +94,34 @@ def child_distill(work: Path, args: argparse.Namespace) -> dict:
     return {**spent, "test_acc": result["test_acc"]}
 
 
-def child_hand(work: Path, args: argparse.Namespace) -> dict:
+def hand_epoch(student, teacher, opt, x, y):
+    """The hand-written KD epoch: batches of 100 in a seeded order per epoch, 0.1 CE +
+    0.9 T^2 KL(teacher || student) at T = 4, one optimizer step per batch."""
     import torch
     import torch.nn.functional as F
+
+    n, bs = len(x), 100
+
+    def epoch(e: int) -> None:
+        student.train()
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(e))
+        for b in range(n // bs):
+            idx = order[b * bs : (b + 1) * bs]
+            z = student(x[idx])
+            with torch.no_grad():
+                zt = teacher(x[idx])
+            log_p, log_q = F.log_softmax(z / T, -1), F.log_softmax(zt / T, -1)
+            kd = (log_q.exp() * (log_q - log_p)).sum(-1).mean() * T * T
+            loss = 0.1 * F.cross_entropy(z, y[idx]) + 0.9 * kd
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+    return epoch
+
+
+def child_hand(work: Path, args: argparse.Namespace) -> dict:
+    import torch
     from safetensors.torch import load_file
 
     from distill.data import load_dataset
@@ -109,27 +134,14 @@ def child_hand(work: Path, args: argparse.Namespace) -> dict:
     teacher.load_state_dict(load_file(work.parent / "teacher.safetensors"))
     teacher.eval().requires_grad_(False)
     opt = torch.optim.Adam(student.parameters(), lr=0.003, fused=True)
-    x, y = data.train.inputs, data.train.targets
     xv, yv = data.val.inputs, data.val.targets
-    n, bs = len(x), 100
+    train_epoch = hand_epoch(student, teacher, opt, data.train.inputs, data.train.targets)
     spent = {"train": 0.0, "fit": 0.0}
     best, best_state = -1.0, None
     t_fit = time.perf_counter()
     for epoch in range(args.epochs):
         t0 = time.perf_counter()
-        student.train()
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(epoch))
-        for b in range(n // bs):
-            idx = order[b * bs : (b + 1) * bs]
-            z = student(x[idx])
-            with torch.no_grad():
-                zt = teacher(x[idx])
-            log_p, log_q = F.log_softmax(z / T, -1), F.log_softmax(zt / T, -1)
-            kd = (log_q.exp() * (log_q - log_p)).sum(-1).mean() * T * T
-            loss = 0.1 * F.cross_entropy(z, y[idx]) + 0.9 * kd
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+        train_epoch(epoch)
         spent["train"] += time.perf_counter() - t0
         student.eval()
         with torch.no_grad():
