@@ -446,6 +446,27 @@ def test_eval_every_steps_validates_within_epochs_and_resumes_without_losing_row
         )
 
 
+def test_early_stopping_counts_validations_within_an_epoch(tmp_path):
+    """With eval_every_steps 1 and patience 2, the run stops mid-epoch at the second
+    validation in a row without a better score, and leaves its checkpoint at that step."""
+    cfg = synthetic_cfg(
+        tmp_path / "r",
+        train={
+            "epochs": 50,
+            "eval_every_steps": 1,
+            "early_stop_patience": 2,
+            "optimizer": {"name": "adamw", "lr": 1e-6},
+        },  # no step improves the score
+    )
+    res = run_experiment(parse_config(cfg))
+    assert res["stopped_by"] == "early_stop" and res["complete"] and res["epochs"] == 0
+    rows = [json.loads(x) for x in (tmp_path / "r/metrics.jsonl").read_text().splitlines()]
+    scores = [r["val_acc"] for r in rows]
+    assert len(rows) == 3 and scores[1] <= scores[0] and scores[2] <= scores[0]
+    ckpt = load_checkpoint(tmp_path / "r/checkpoints/last.safetensors")
+    assert ckpt["trainer"]["step"] == rows[-1]["step"] == 3
+
+
 def test_checkpoint_every_and_a_resume_from_an_older_checkpoint(tmp_path):
     """With checkpoint_every 2, a run cut after epoch 3 resumes from epoch 2's checkpoint,
     redoes epoch 3, and ends with the uninterrupted run's weights and rows."""
