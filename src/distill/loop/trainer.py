@@ -38,7 +38,8 @@ class Trainer:
 
     The run dir receives `checkpoints/last.safetensors` (full state, for --resume),
     `checkpoints/best.safetensors` (the evaluated model's weights at its best val accuracy),
-    and `metrics.jsonl` / `metrics.csv` with one row per epoch.
+    and `metrics.jsonl` / `metrics.csv` with one row per epoch (and one per validation
+    within an epoch, with `eval_every_steps`).
     """
 
     def __init__(
@@ -88,6 +89,7 @@ class Trainer:
         self.feed = BatchFeed(self)  # this epoch's batches, prefetched or streamed
         self._stop_signal: str | None = None
         self._restored = False
+        self._log: MetricsLog | None = None  # the run's metrics log, while `fit` runs
         self.state = {
             "epoch": 0,
             "batch": 0,
@@ -321,7 +323,7 @@ class Trainer:
         part = st["batch"] / self.batches_per_epoch if self.batches_per_epoch else 0.0
         losses = distributed.mean_over_ranks(self.losses.means("train_"))
         row = self._row(round(st["epoch"] + part, 4), losses, metrics)
-        if distributed.is_main():
+        if distributed.is_main() and self._log is not None:
             self._log.append(row)
         report_row(self, row, metrics, improved)
         stop = s.early_stop_patience is not None and st["bad_epochs"] >= s.early_stop_patience
