@@ -25,7 +25,7 @@ import shutil
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -52,7 +52,7 @@ class TeacherAssistantArgs(Strict):
     assistants: list[ModelConfig] = Field(min_length=1)  # largest first
 
 
-class Pipeline:
+class Pipeline(Protocol):
     """What a pipeline scheme's table entry (`SchemeSpec.pipeline`) points at.
 
     `stages` makes the (name, config dict) of every stage from the run's config `cfg` and
@@ -64,8 +64,17 @@ class Pipeline:
 
     def stages(
         self, cfg: ExperimentConfig, base: dict, stage_dir: Callable, trained: Callable
-    ) -> list[tuple[str, dict]]:
-        raise NotImplementedError
+    ) -> list[tuple[str, dict]]: ...
+
+    def after_stage(self, cfg: ExperimentConfig, index: int, stage: ExperimentConfig) -> None: ...
+
+    def summary(
+        self, cfg: ExperimentConfig, stages: list[ExperimentConfig], results: list[dict]
+    ) -> dict[str, Any]: ...
+
+
+class _NothingBetween:
+    """A pipeline with no work between its stages and nothing to add to results.json."""
 
     def after_stage(self, cfg: ExperimentConfig, index: int, stage: ExperimentConfig) -> None:
         return None
@@ -176,7 +185,7 @@ def _kd_objective(base: dict, temperature: float) -> dict:
     return objective
 
 
-class _BornAgain(Pipeline):
+class _BornAgain(_NothingBetween):
     """Born-again networks: generation 0 (the teacher, or trained here), then generations
     1..G, each a fresh student of the same architecture taught by the one before."""
 
@@ -221,7 +230,7 @@ class _BornAgain(Pipeline):
         return _ensemble_test(built, [s.resolved_run_dir() for s in stages], cfg)
 
 
-class _TeacherAssistant(Pipeline):
+class _TeacherAssistant(_NothingBetween):
     """Teacher -> assistant(s) -> student, each stage offline KD from the one before."""
 
     def stages(self, cfg, base, stage_dir, trained):
