@@ -38,7 +38,7 @@ def _check_packed(student: Tensor, teacher: Tensor, name: str) -> None:
 def teacher_objectness(teacher: Tensor) -> Tensor:
     """sqrt(max_c sigmoid(class) * sigmoid(centerness)) per location: the teacher's belief
     that an object is there (its detection score)."""
-    cls, _, ctr = split_output(teacher.detach().float())
+    cls, _, ctr = split_output(at_least_float32(teacher.detach()))
     return torch.sqrt(torch.sigmoid(cls).max(-1).values * torch.sigmoid(ctr))
 
 
