@@ -148,40 +148,30 @@ def cmd_sample_data(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_methods(args: argparse.Namespace) -> int:
-    from distill.app.methods import list_methods
+def _print_rows(rows: list[dict], as_json: bool, columns: list[str]) -> int:
+    """`rows` as JSON, or as a table of `columns` (list values joined by commas)."""
     from distill.core.table import format_table
 
-    rows = list_methods()
-    if args.json:
+    if as_json:
         print(json.dumps(rows, indent=2))
-    else:
-        print(
-            format_table(
-                ["name", "family", "paper"], [[r["name"], r["family"], r["paper"]] for r in rows]
-            )
-        )
+        return 0
+    table = [
+        [", ".join(v) if isinstance(v, list) else v for v in (r[c] for c in columns)] for r in rows
+    ]
+    print(format_table(columns, table))
     return 0
+
+
+def cmd_methods(args: argparse.Namespace) -> int:
+    from distill.app.methods import list_methods
+
+    return _print_rows(list_methods(), args.json, ["name", "family", "paper"])
 
 
 def cmd_schemes(args: argparse.Namespace) -> int:
-    from distill.core.table import format_table
     from distill.schemes import list_schemes
 
-    rows = list_schemes()
-    if args.json:
-        print(json.dumps(rows, indent=2))
-    else:
-        print(
-            format_table(
-                ["name", "family", "teacher", "paper", "args"],
-                [
-                    [r["name"], r["family"], r["teacher"], r["paper"], ", ".join(r["args"])]
-                    for r in rows
-                ],
-            )
-        )
-    return 0
+    return _print_rows(list_schemes(), args.json, ["name", "family", "teacher", "paper", "args"])
 
 
 def cmd_lm_cache(args: argparse.Namespace) -> int:
