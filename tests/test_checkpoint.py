@@ -172,3 +172,96 @@ def test_random_states_round_trip_and_an_older_checkpoints_python_state_restores
     old = {**state, "python": (version, tuple(int(w) for w in words.tolist()), gauss)}
     set_rng_state(old, gen)
     assert [random.random() for _ in range(3)] == expected
+
+
+def _header_and_data(blob: bytes) -> tuple[dict, bytes]:
+    import json
+
+    n = int.from_bytes(blob[:8], "little")
+    return json.loads(blob[8 : 8 + n]), blob[8 + n :]
+
+
+def test_serialize_matches_the_torch_writer():
+    """The numpy path writes the same header (up to the order of its metadata, which
+    safetensors itself does not fix) and the same bytes as safetensors' torch writer;
+    dtypes numpy lacks (bfloat16) go through the torch writer."""
+    from safetensors.torch import load as torch_load
+    from safetensors.torch import save as torch_save
+
+    from distill.core.checkpoint import serialize
+
+    tensors = {
+        "w": torch.randn(3, 4),
+        "half": torch.randn(5).half(),
+        "double": torch.randn(2, dtype=torch.float64),
+        "step": torch.tensor(7),
+        "empty": torch.zeros(0, 2),
+        "mask": torch.tensor([True, False]),
+        "bytes": torch.arange(6, dtype=torch.uint8),
+    }
+    meta = {"distill": "{}", "sha256": "x"}
+    for extra in ({}, {"bf16": torch.randn(3).bfloat16()}):
+        both = {**tensors, **extra}
+        ours, theirs = serialize(both, meta), torch_save(both, metadata=meta)
+        assert _header_and_data(ours) == _header_and_data(theirs)
+        back = torch_load(ours)
+        assert set(back) == set(both)
+        assert all(back[k].dtype == v.dtype and torch.equal(back[k], v) for k, v in both.items())
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_all_finite_finds_one_bad_value_in_any_float_dtype(dtype, bad):
+    from distill.core.checkpoint import _non_finite, all_finite
+
+    good = [torch.randn(4, 3).to(dtype), torch.randn(7).to(dtype)]
+    assert all_finite(good)
+    spoiled = good[1].clone()
+    spoiled[5] = bad
+    assert not all_finite([good[0], spoiled])
+    assert not all_finite([spoiled.double(), good[0].float()])  # mixed dtypes, grouped
+    tensors = {"modules.a": good[0], "modules.b": spoiled, "rng.c": spoiled.clone()}
+    assert _non_finite(tensors, ("modules.",)) == ["modules.b"]
+
+
+def test_background_writer_reuses_one_thread_holds_jobs_and_reraises(tmp_path):
+    import threading
+    import time
+
+    from distill.core.checkpoint import BackgroundWriter
+
+    writer, ran = BackgroundWriter(idle_s=0.3), []
+
+    def job(i):
+        ran.append((i, threading.get_ident()))
+
+    for i in range(3):
+        writer.submit(lambda i=i: job(i))
+        writer.wait()
+    assert [i for i, _ in ran] == [0, 1, 2]
+    assert len({ident for _, ident in ran}) == 1  # one thread for the writes in a row
+    with writer.held():
+        writer.submit(lambda: job(3))
+        time.sleep(0.05)
+        assert len(ran) == 3  # held: not started
+        writer.wait()  # waiting inside held() still writes everything
+        assert len(ran) == 4
+        writer.submit(lambda: job(4))
+    writer.wait()
+    assert [i for i, _ in ran] == [0, 1, 2, 3, 4]
+    deadline = time.monotonic() + 5
+    while writer._running and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not writer._running  # the idle thread ended
+    assert ran[0][1] not in [t.ident for t in threading.enumerate() if t.is_alive()]
+
+    def fails():
+        raise OSError(28, "No space left on device")
+
+    writer.submit(fails)
+    writer.submit(lambda: job(5))  # dropped: a write before it failed
+    with pytest.raises(OSError, match="No space"):
+        writer.wait()
+    writer.submit(lambda: job(6))
+    writer.wait()
+    assert [i for i, _ in ran][-1] == 6 and 5 not in [i for i, _ in ran]

@@ -511,3 +511,29 @@ def test_a_run_saved_before_a_setting_existed_resumes(tmp_path):
     saved.write_text(yaml.safe_dump(old))
     cfg["train"].pop("max_steps")
     assert run_experiment(parse_config(cfg), resume=True)["complete"]
+
+
+def test_no_progress_bar_makes_no_tqdm(monkeypatch):
+    """With train.progress off the loop creates no tqdm at all: even a disabled bar starts
+    tqdm's monitor thread, which competes with training on a busy CPU."""
+    from types import SimpleNamespace
+
+    import distill.loop.progress as progress
+
+    made = []
+    def fake_tqdm(**kwargs):
+        made.append(kwargs)
+        return SimpleNamespace(disable=False)
+
+    monkeypatch.setattr(progress, "tqdm", fake_tqdm)
+    t = SimpleNamespace(
+        settings=SimpleNamespace(progress=False, epochs=2),
+        state={"epoch": 0, "batch": 0},
+        batches_per_epoch=3,
+    )
+    with progress.EpochProgress(t) as bar:
+        bar.update()
+    assert made == []
+    t.settings.progress = True
+    assert progress.EpochProgress(t).bar is not None
+    assert made and made[0]["total"] == 3

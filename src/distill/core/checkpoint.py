@@ -8,6 +8,7 @@ unpickled, so a checkpoint cannot run code when it is loaded.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -16,10 +17,12 @@ import sys
 import tempfile
 import warnings
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 import torch
 from safetensors import safe_open
+from safetensors.numpy import save as np_save
 from safetensors.torch import save as st_save
 from torch import Tensor
 
@@ -65,11 +68,68 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def snapshot(t: Tensor) -> Tensor:
+    """A contiguous copy of `t` on the CPU, detached, that later training cannot change (one
+    copy: a device tensor is copied once to the host, a host tensor cloned once)."""
+    t = t.detach()
+    if t.device.type == "cpu":
+        return t.clone(memory_format=torch.contiguous_format)
+    return t.to("cpu", memory_format=torch.contiguous_format)
+
+
+def all_finite(tensors: list[Tensor], flags: dict | None = None) -> bool:
+    """True when no element of the floating-point `tensors` is NaN/inf: one fused pass and
+    one host sync per (device, dtype) group.
+
+    Uses the kernel GradScaler checks gradients with (multiplying by 1 changes nothing);
+    `flags` keeps its two flag tensors per device between calls. Where a device or dtype
+    lacks that kernel, each tensor is checked on its own."""
+    groups: dict[tuple, list[Tensor]] = {}
+    for t in tensors:
+        groups.setdefault((t.device, t.dtype), []).append(t)
+    flags = {} if flags is None else flags
+    try:
+        for (device, _dtype), group in groups.items():
+            pair = flags.get(device)
+            if pair is None:
+                pair = flags[device] = (
+                    torch.zeros(1, device=device),
+                    torch.ones(1, device=device),
+                )
+            found, one = pair
+            found.zero_()
+            torch._amp_foreach_non_finite_check_and_unscale_(group, found, one)
+            if bool(found):
+                return False
+        return True
+    except (RuntimeError, NotImplementedError):
+        return all(bool(torch.isfinite(t).all()) for t in tensors)
+
+
+# dtypes numpy holds too (bfloat16 and the float8 kinds it does not)
+_NUMPY_DTYPES = {
+    torch.float16, torch.float32, torch.float64, torch.int8, torch.int16, torch.int32,
+    torch.int64, torch.uint8, torch.bool,
+}  # fmt: skip
+
+
+def serialize(tensors: dict[str, Tensor], metadata: dict[str, str]) -> bytes:
+    """The safetensors bytes of contiguous CPU `tensors` (fresh copies, sharing no storage).
+
+    Written through safetensors' numpy writer when every dtype has a numpy twin: its bytes
+    are the same as the torch writer's, which spends Python time per tensor looking for
+    shared storage (none here). On a small model's checkpoint (57 tensors) that is 0.24 ms
+    against 0.92 ms, and the write runs on a thread beside training."""
+    if all(t.dtype in _NUMPY_DTYPES for t in tensors.values()):
+        return np_save({k: t.numpy() for k, t in tensors.items()}, metadata=metadata)
+    return st_save(tensors, metadata=metadata)
+
+
 def _flatten(obj: Any, prefix: str, tensors: dict[str, Tensor]) -> Any:
     """Replace each tensor in a nested structure by a reference, collecting the tensors."""
     if isinstance(obj, Tensor):
         key = prefix or "_"
-        tensors[key] = obj.detach().cpu().contiguous().clone()
+        tensors[key] = snapshot(obj)
         return {_TENSOR: key}
     if isinstance(obj, dict):
         for k in obj:
@@ -146,23 +206,26 @@ def _write_later(
     def job() -> None:
         if only_finite is not None:
             *prefixes, refuse = only_finite
-            bad = [
-                k
-                for k, v in tensors.items()
-                if k.startswith(tuple(prefixes))
-                and v.is_floating_point()
-                and not bool(torch.isfinite(v).all())
-            ]
+            bad = _non_finite(tensors, tuple(prefixes))
             if bad:
                 refuse(bad)
                 return
         done = {**meta, "sha256": _digest(tensors, skeleton)}
-        atomic_write_bytes(path, st_save(tensors, metadata=done))
+        atomic_write_bytes(path, serialize(tensors, done))
 
     if writer is None:
         job()
     else:
         writer.submit(job)
+
+
+def _non_finite(tensors: dict[str, Tensor], prefixes: tuple[str, ...]) -> list[str]:
+    """The keys under `prefixes` of floating-point tensors holding NaN or inf (one fused
+    check; tensor by tensor only when it fails)."""
+    floats = {k: v for k, v in tensors.items() if k.startswith(prefixes) and v.is_floating_point()}
+    if all_finite(list(floats.values())):
+        return []
+    return [k for k, v in floats.items() if not bool(torch.isfinite(v).all())]
 
 
 class BackgroundWriter:
@@ -171,46 +234,91 @@ class BackgroundWriter:
     A write is atomic (`atomic_write_bytes`), so a crash mid-write leaves the previous file
     intact. `wait()` returns once everything submitted is on disk, and re-raises the first
     write that failed (later ones are then dropped); the loop waits before it returns, and
-    before anything reads the files. The thread exists only while there is work.
+    before anything reads the files. Jobs submitted inside `held()` start when it ends.
+
+    The thread starts with the first write and ends after `idle_s` seconds without one, so
+    the writes of epoch after epoch share one thread (starting a thread per write cost the
+    loop ~0.4 ms each) and no thread outlives a run for long.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, idle_s: float = 5.0) -> None:
         import threading
 
+        self.idle_s = idle_s
         self._jobs: list[Any] = []
         self._error: BaseException | None = None
         self._lock = threading.Condition()
-        self._running = False
+        self._running = False  # the thread exists
+        self._busy = False  # it is running a job
+        self._held = 0  # open `held()` blocks
+        self._flushing = 0  # callers inside `wait()`: held jobs run anyway
+
+    def _idle(self) -> bool:  # (under the lock) nothing the thread may start now
+        return not self._jobs or (self._held > 0 and not self._flushing)
 
     def _work(self) -> None:
         while True:
             with self._lock:
-                if not self._jobs:
-                    self._running = False
-                    self._lock.notify_all()
-                    return
+                while self._idle():
+                    if not self._lock.wait(timeout=self.idle_s) and self._idle():
+                        self._running = False
+                        self._lock.notify_all()
+                        return
                 job = self._jobs.pop(0)
+                self._busy = True
             try:
                 if self._error is None:
                     job()
             except BaseException as e:  # noqa: BLE001 (re-raised by wait)
                 self._error = e
+            finally:
+                with self._lock:
+                    self._busy = False
+                    self._lock.notify_all()
 
-    def submit(self, job: Any) -> None:
+    def _wake(self) -> None:  # (under the lock) the thread sees the queue
+        if self._running:
+            self._lock.notify_all()
+            return
         import threading
 
+        self._running = True
+        threading.Thread(target=self._work, name="distill-writer", daemon=True).start()
+
+    def submit(self, job: Any) -> None:
         if self._error is not None:
             self.wait()  # raises the failed write
         with self._lock:
             self._jobs.append(job)
-            if not self._running:
-                self._running = True
-                threading.Thread(target=self._work, name="distill-writer", daemon=True).start()
+            if not self._held:
+                self._wake()
+
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        """Jobs submitted inside start when it ends: the loop's end-of-epoch work
+        (validation, the best weights, the checkpoint's snapshot) runs without the writer's
+        thread competing for the interpreter, and the writes overlap the next epoch."""
+        with self._lock:
+            self._held += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._held -= 1
+                if not self._held and self._jobs:
+                    self._wake()
 
     def wait(self) -> None:
         with self._lock:
-            while self._running:
-                self._lock.wait()
+            if self._jobs or self._busy:
+                self._flushing += 1
+                try:
+                    if self._jobs:
+                        self._wake()
+                    while self._jobs or self._busy:
+                        self._lock.wait()
+                finally:
+                    self._flushing -= 1
         if self._error is not None:
             error, self._error = self._error, None
             raise error
@@ -271,7 +379,7 @@ def save_weights(
         if structure_of(weights):  # how to rebuild a pruned/factorised/quantized model
             info.setdefault("structure", structure_of(weights))
     state = weights.state_dict() if isinstance(weights, torch.nn.Module) else weights
-    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in state.items()}
+    tensors = {k: snapshot(v) for k, v in state.items()}
     info_json = json.dumps(info)
     _write_later(path, tensors, info_json, {"distill_info": info_json}, writer)
 

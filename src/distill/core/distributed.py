@@ -128,8 +128,10 @@ def average_gradients(params: list[torch.nn.Parameter]) -> None:
     buffers line up on every rank. Sharded parameters are skipped: FSDP has already
     averaged their gradients with a reduce-scatter.
     """
+    if not active():
+        return
     params = [p for p in params if not is_dtensor(p)]
-    if not active() or not params:
+    if not params:
         return
     grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
     flat = torch.cat([g.reshape(-1) for g in grads])
@@ -228,13 +230,19 @@ def gather_state(obj: Any) -> Any:
     A collective: every rank calls it on the same structure. Without sharded tensors it
     returns `obj` itself and communicates nothing.
     """
+    if "torch.distributed.tensor" not in sys.modules:  # no DTensor exists (see is_dtensor)
+        return obj
+    return _gathered(obj)
+
+
+def _gathered(obj: Any) -> Any:
     if is_dtensor(obj):
         return obj.full_tensor()
     if isinstance(obj, dict):
-        out = {k: gather_state(v) for k, v in obj.items()}
+        out = {k: _gathered(v) for k, v in obj.items()}
         return obj if all(out[k] is obj[k] for k in obj) else out
     if isinstance(obj, list):
-        out_list = [gather_state(v) for v in obj]
+        out_list = [_gathered(v) for v in obj]
         return obj if all(a is b for a, b in zip(out_list, obj, strict=True)) else out_list
     return obj
 

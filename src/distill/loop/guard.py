@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from distill.core import distributed
-from distill.core.checkpoint import load_checkpoint
+from distill.core.checkpoint import all_finite, load_checkpoint
 from distill.core.errors import CheckpointError, NonFiniteError
 
 
@@ -76,31 +76,9 @@ class NonFiniteGuard:
         )
 
     def all_finite(self, tensors: list[torch.Tensor]) -> bool:
-        """True when no element of `tensors` is NaN/inf, with one fused pass and one sync.
-
-        Uses the kernel GradScaler checks gradients with (multiplying by 1 changes nothing),
-        once per (device, dtype) group, with its flag tensors kept between steps; where a
-        device lacks it, falls back to per-tensor norms."""
-        groups: dict[tuple, list[torch.Tensor]] = {}
-        for t in tensors:
-            groups.setdefault((t.device, t.dtype), []).append(t)
-        try:
-            bad = False
-            for (device, _dtype), group in groups.items():
-                flags = self._flags.get(device)
-                if flags is None:
-                    flags = self._flags[device] = (
-                        torch.zeros(1, device=device),
-                        torch.ones(1, device=device),
-                    )
-                found, one = flags
-                found.zero_()
-                torch._amp_foreach_non_finite_check_and_unscale_(group, found, one)
-                bad = bad or bool(found)
-            return not bad
-        except (RuntimeError, NotImplementedError):
-            norms = [n.float().reshape(()) for n in torch._foreach_norm(tensors)]
-            return bool(torch.isfinite(torch.stack(norms).sum()))
+        """True when no element of `tensors` is NaN/inf (one fused pass and one sync per
+        device and dtype; the flag tensors kept between steps)."""
+        return all_finite(tensors, self._flags)
 
     def check_losses(self, losses: dict[str, torch.Tensor]) -> None:
         if bool(torch.isfinite(losses["loss"].detach())):

@@ -22,6 +22,10 @@ class EpochProgress:
     def __init__(self, t: Any):
         self.t = t
         s, st = t.settings, t.state
+        self.quiet_since = None
+        if not s.progress:  # no tqdm at all: even a disabled bar starts tqdm's monitor thread
+            self.bar = None
+            return
         self.bar = tqdm(
             total=t.batches_per_epoch,
             initial=st["batch"],
@@ -31,16 +35,20 @@ class EpochProgress:
             dynamic_ncols=True,
         )
         # without a terminal there is no bar: a line every 30 s shows the run is alive
-        self.quiet_since = time.monotonic() if s.progress and self.bar.disable else None
+        self.quiet_since = time.monotonic() if self.bar.disable else None
 
     def __enter__(self) -> EpochProgress:
-        self.bar.__enter__()
+        if self.bar is not None:
+            self.bar.__enter__()
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        self.bar.__exit__(*exc)
+        if self.bar is not None:
+            self.bar.__exit__(*exc)
 
     def update(self) -> None:
+        if self.bar is None:
+            return
         self.bar.update(1)
         if self.quiet_since is not None and time.monotonic() - self.quiet_since > 30:
             self.quiet_since = time.monotonic()

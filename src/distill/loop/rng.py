@@ -30,7 +30,7 @@ def _python_state() -> tuple:
     """`random`'s state with its 625 words as one tensor: stored as a single array, not as
     625 numbers walked one by one at every checkpoint."""
     version, words, gauss = random.getstate()
-    return (version, torch.tensor(words, dtype=torch.int64), gauss)
+    return (version, torch.from_numpy(np.array(words, dtype=np.int64)), gauss)
 
 
 def _python_state_from(saved: Any) -> tuple:

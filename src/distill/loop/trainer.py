@@ -294,6 +294,10 @@ class Trainer:
         """Evaluate (every `eval_every` epochs unless validation goes by steps, and at the
         end), log, checkpoint (every `checkpoint_every` epochs, and at the end); True when
         early stopping says to stop."""
+        with self.writer.held():  # its writes start after it, beside the next epoch
+            return self._close_epoch(log, final)
+
+    def _close_epoch(self, log: MetricsLog, final: bool) -> bool:
         s, st = self.settings, self.state
         done = st["epoch"] + 1
         final = final or done >= s.epochs
