@@ -166,13 +166,13 @@ def _unflatten(obj: Any, tensors: dict[str, Tensor]) -> Any:
 
 
 def _digest(tensors: dict[str, Tensor], skeleton: str) -> str:
+    """SHA-256 of the skeleton, then of each tensor's key, dtype, shape and bytes (by key)."""
     h = hashlib.sha256(skeleton.encode())
     for key in sorted(tensors):
         t = tensors[key]
-        h.update(key.encode())
-        h.update(str(t.dtype).encode() + str(tuple(t.shape)).encode())
+        h.update(f"{key}{t.dtype}{tuple(t.shape)}".encode())
         if t.numel():  # the tensor's bytes, read in place (no copy)
-            h.update(t.reshape(-1).view(torch.uint8).numpy().data)
+            h.update(t.numpy() if t.dtype in _NUMPY_DTYPES else t.reshape(-1).view(torch.uint8).numpy())
     return h.hexdigest()
 
 
