@@ -5,7 +5,8 @@ One KD job (MNIST-1D, the 34k-parameter CNN teacher, the 2.9k-parameter CNN stud
 100, Adam at 3e-3, 0.1 CE + 0.9 T^2 KL at T = 4, 25 epochs) runs two ways, each in a fresh
 process, the pairs interleaved (the order alternating) so drift hits both alike:
 
-- `distill run` semantics through `run_experiment`: config checks, the run dir and its lock,
+- `distill run CONFIG` through the command line's entry point (`distill.app.cli.main`, in
+  the child process, so its calls can be timed): config checks, the run dir and its lock,
   validation every epoch, the best weights and the resume checkpoint written atomically,
   the metrics log, the test of the best weights, results.json;
 - a hand-written loop doing the same math on the same batches (the same seeded order, the
@@ -18,13 +19,17 @@ Reported, as medians over the pairs of the paired ratios distill / hand:
 - `end_of_epoch_share`: distill's time outside the training batches (validation, logs,
   checkpoints) over its whole `fit`, and the same share for the hand loop.
 
+`distill run` starts with its imports settled (`distill.app.startup`: no garbage collection
+over the import heap); `--hand-startup settled` gives the hand-written script the same.
+
     python benchmarks/whole_run_overhead.py [--epochs 25] [--pairs 5] [--threads N]
-        [--eval-every 1] [--checkpoint-every 1]
+        [--eval-every 1] [--checkpoint-every 1] [--hand-startup plain|settled]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import subprocess
@@ -67,8 +72,11 @@ def _config(work: Path, epochs: int, eval_every: int, checkpoint_every: int) -> 
 
 
 def child_distill(work: Path, args: argparse.Namespace) -> dict:
-    from distill.app.run import run_experiment
-    from distill.core.config import parse_config
+    """`distill run CONFIG` in this process, through the command line's own entry point
+    (`distill.app.cli.main`), with the loop's calls timed."""
+    import yaml
+
+    from distill.app.cli import main as distill_main
     from distill.loop.trainer import Trainer
 
     spent = {"train": 0.0, "fit": 0.0}
@@ -89,8 +97,15 @@ def child_distill(work: Path, args: argparse.Namespace) -> dict:
             spent["fit"] += time.perf_counter() - t0
 
     Trainer._train_epoch, Trainer.fit = timed_epoch, timed_fit
-    cfg = parse_config(_config(work, args.epochs, args.eval_every, args.checkpoint_every))
-    result = run_experiment(cfg)
+    config = work / "config.yaml"
+    config.write_text(
+        yaml.safe_dump(_config(work, args.epochs, args.eval_every, args.checkpoint_every))
+    )
+    with contextlib.redirect_stdout(sys.stderr):  # (the results JSON it prints)
+        code = distill_main(["run", str(config)])
+    if code:
+        raise SystemExit(f"distill run exited with {code}")
+    result = json.loads((work / "run" / "results.json").read_text())
     return {**spent, "test_acc": result["test_acc"]}
 
 
@@ -121,6 +136,8 @@ def hand_epoch(student, teacher, opt, x, y):
 
 
 def child_hand(work: Path, args: argparse.Namespace) -> dict:
+    if getattr(args, "hand_startup", "plain") == "settled":
+        settle_like_distill()
     import torch
     from safetensors.torch import load_file
 
@@ -157,10 +174,23 @@ def child_hand(work: Path, args: argparse.Namespace) -> dict:
     return spent
 
 
+def settle_like_distill() -> None:
+    """`--hand-startup settled`: the hand-written script given the start-up `distill run`
+    has (`distill.app.startup`: imports with the garbage collector off, then frozen)."""
+    import gc
+
+    gc.disable()
+    import torch._dynamo  # noqa: F401
+
+    gc.freeze()
+    gc.enable()
+
+
 def _run_child(kind: str, work: Path, args: argparse.Namespace) -> dict:
     cmd = [sys.executable, __file__, "--child", kind, "--work", str(work)]
     cmd += ["--epochs", str(args.epochs), "--seed", str(args.seed)]
     cmd += ["--eval-every", str(args.eval_every), "--checkpoint-every", str(args.checkpoint_every)]
+    cmd += ["--hand-startup", args.hand_startup]
     if args.threads:
         cmd += ["--threads", str(args.threads)]
     t0 = time.perf_counter()
@@ -178,12 +208,22 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--eval-every", type=int, default=1)
     ap.add_argument("--checkpoint-every", type=int, default=1)
+    ap.add_argument(
+        "--hand-startup",
+        choices=["plain", "settled"],
+        default="plain",
+        help="settled: give the hand-written script distill's start-up (see settle_like_distill)",
+    )
     ap.add_argument("--child", choices=["distill", "hand"])
     ap.add_argument("--work", type=Path)
     ap.add_argument("--out", type=Path, default=None)
     add_threads(ap)
     args = ap.parse_args()
     if args.child:
+        if args.child == "distill":  # as `distill run` starts: its start-up first
+            from distill.app.startup import settle_startup
+
+            settle_startup()
         import torch
 
         if args.threads:
@@ -229,6 +269,7 @@ def main() -> None:
         "threads": torch.get_num_threads(),
         "eval_every": args.eval_every,
         "checkpoint_every": args.checkpoint_every,
+        "hand_startup": args.hand_startup,
         "whole_process": med(lambda d, h: d["process"] / h["process"]),
         "whole_fit": med(lambda d, h: d["fit"] / h["fit"]),
         "train_epochs_only": med(lambda d, h: d["train"] / h["train"]),

@@ -11,6 +11,7 @@ import signal
 import sys
 from pathlib import Path
 
+from distill.app.startup import training_command
 from distill.core.errors import ConfigError, NonFiniteError
 
 
@@ -20,6 +21,7 @@ def _resume_command(args: argparse.Namespace, *extra: str) -> str:
     return shlex.join(words)
 
 
+@training_command
 def cmd_run(args: argparse.Namespace) -> int:
     from distill.app.run import run_experiment
     from distill.core import distributed
@@ -203,6 +205,7 @@ def cmd_lm_cache(args: argparse.Namespace) -> int:
     return 0
 
 
+@training_command
 def cmd_lm_demo(args: argparse.Namespace) -> int:
     from distill.llm.demo import format_rows, run_lm_demo
 
@@ -227,6 +230,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+@training_command
 def cmd_reasoning_demo(args: argparse.Namespace) -> int:
     from distill.app.reasoning import format_rows, run_reasoning_demo
 
@@ -286,6 +290,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+@training_command
 def cmd_compress(args: argparse.Namespace) -> int:
     from distill.compress.pipeline import load_compress_config, markdown, run_compress
 
@@ -296,6 +301,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
     return 0
 
 
+@training_command
 def cmd_interpret(args: argparse.Namespace) -> int:
     from distill.paradigms.interpret import load_interpret_config, markdown, run_interpret
 
@@ -306,6 +312,7 @@ def cmd_interpret(args: argparse.Namespace) -> int:
     return 0
 
 
+@training_command
 def cmd_federated(args: argparse.Namespace) -> int:
     from distill.paradigms.federated import load_federated_config, markdown, run_federated
 
@@ -316,6 +323,7 @@ def cmd_federated(args: argparse.Namespace) -> int:
     return 0
 
 
+@training_command
 def cmd_bench(args: argparse.Namespace) -> int:
     from distill.app.bench import run_bench
 
@@ -328,6 +336,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+@training_command
 def cmd_tune(args: argparse.Namespace) -> int:
     from distill.app.tune import load_space, tune
     from distill.core.config import load_config
@@ -340,6 +349,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     return 0
 
 
+@training_command
 def cmd_demo(args: argparse.Namespace) -> int:
     from distill.app.demo import format_demo, run_demo
 
