@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 from common import add_threads, apply_threads
-from whole_run_overhead import STUDENT, TEACHER, _config, hand_epoch
+from whole_run_overhead import STUDENT, TEACHER, hand_epoch, trainer_for
 
 
 def _hand(data, teacher: torch.nn.Module):
@@ -52,11 +52,8 @@ def main() -> None:
     threads = apply_threads(args.threads)
     from safetensors.torch import save_file
 
-    from distill.app.build import build
-    from distill.core.config import parse_config
     from distill.data import load_dataset
     from distill.loop.loss_sums import LossSums
-    from distill.loop.trainer import Trainer
     from distill.models import build_model
 
     root = args.out or Path(tempfile.mkdtemp(prefix="epoch-same-process-"))
@@ -67,16 +64,7 @@ def main() -> None:
     teacher = build_model(TEACHER["name"], data.input_shape, data.num_classes, TEACHER["args"])
     save_file(teacher.state_dict(), root / "teacher.safetensors")
     teacher.eval().requires_grad_(False)
-    cfg = parse_config(_config(work, 10_000, 1, 1))
-    built = build(cfg)
-    t = Trainer(
-        built.scheme,
-        built.data.train,
-        built.data.val,
-        cfg.train,
-        run_dir=work / "run",
-        augment=built.augment,
-    )
+    t = trainer_for(work, 10_000, 1, 1)
     t.losses = LossSums()
     hand = _hand(data, teacher)
 

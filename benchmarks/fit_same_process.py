@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 
 from common import add_threads, apply_threads
-from whole_run_overhead import TEACHER, _config, child_hand
+from whole_run_overhead import TEACHER, child_hand, trainer_for
 
 VARIANTS = {  # name: (eval_every, checkpoint_every) as a function of the epoch count
     "default": lambda e: (1, 1),
@@ -43,21 +43,7 @@ VARIANTS = {  # name: (eval_every, checkpoint_every) as a function of the epoch 
 
 def _distill_fit(work: Path, epochs: int, variant: str) -> tuple[float, float]:
     """(whole fit, training epochs) seconds of one distill run of `variant`."""
-    from distill.app.build import build
-    from distill.core.config import parse_config
-    from distill.loop.trainer import Trainer
-
-    eval_every, checkpoint_every = VARIANTS[variant](epochs)
-    cfg = parse_config(_config(work, epochs, eval_every, checkpoint_every))
-    built = build(cfg)
-    trainer = Trainer(
-        built.scheme,
-        built.data.train,
-        built.data.val,
-        cfg.train,
-        run_dir=work / "run",
-        augment=built.augment,
-    )
+    trainer = trainer_for(work, epochs, *VARIANTS[variant](epochs))
     spent, train_epoch = [0.0], trainer._train_epoch
 
     def timed_epoch():
@@ -81,6 +67,9 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=None)
     add_threads(ap)
     args = ap.parse_args()
+    from distill.app.startup import settle_startup
+
+    settle_startup()  # as `distill run` starts; both loops then run on the same settled heap
     threads = apply_threads(args.threads)
     variants = [v for v in args.variants.split(",") if v]
     unknown = [v for v in variants if v not in VARIANTS]

@@ -71,6 +71,24 @@ def _config(work: Path, epochs: int, eval_every: int, checkpoint_every: int) -> 
     }
 
 
+def trainer_for(work: Path, epochs: int, eval_every: int, checkpoint_every: int):
+    """The `Trainer` `distill run` builds for this job (run dir `work/run`), not yet fitted."""
+    from distill.app.build import build
+    from distill.core.config import parse_config
+    from distill.loop.trainer import Trainer
+
+    cfg = parse_config(_config(work, epochs, eval_every, checkpoint_every))
+    built = build(cfg)
+    return Trainer(
+        built.scheme,
+        built.data.train,
+        built.data.val,
+        cfg.train,
+        run_dir=work / "run",
+        augment=built.augment,
+    )
+
+
 def child_distill(work: Path, args: argparse.Namespace) -> dict:
     """`distill run CONFIG` in this process, through the command line's own entry point
     (`distill.app.cli.main`), with the loop's calls timed."""

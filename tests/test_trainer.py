@@ -521,6 +521,7 @@ def test_no_progress_bar_makes_no_tqdm(monkeypatch):
     import distill.loop.progress as progress
 
     made = []
+
     def fake_tqdm(**kwargs):
         made.append(kwargs)
         return SimpleNamespace(disable=False)

@@ -16,8 +16,8 @@ import re
 import sys
 import tempfile
 import warnings
-from pathlib import Path
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -172,7 +172,9 @@ def _digest(tensors: dict[str, Tensor], skeleton: str) -> str:
         t = tensors[key]
         h.update(f"{key}{t.dtype}{tuple(t.shape)}".encode())
         if t.numel():  # the tensor's bytes, read in place (no copy)
-            h.update(t.numpy() if t.dtype in _NUMPY_DTYPES else t.reshape(-1).view(torch.uint8).numpy())
+            h.update(
+                t.numpy() if t.dtype in _NUMPY_DTYPES else t.reshape(-1).view(torch.uint8).numpy()
+            )
     return h.hexdigest()
 
 
