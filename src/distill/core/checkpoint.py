@@ -116,10 +116,11 @@ _NUMPY_DTYPES = {
 def serialize(tensors: dict[str, Tensor], metadata: dict[str, str]) -> bytes:
     """The safetensors bytes of contiguous CPU `tensors` (fresh copies, sharing no storage).
 
-    Written through safetensors' numpy writer when every dtype has a numpy twin: its bytes
-    are the same as the torch writer's, which spends Python time per tensor looking for
-    shared storage (none here). On a small model's checkpoint (57 tensors) that is 0.24 ms
-    against 0.92 ms, and the write runs on a thread beside training."""
+    Written through safetensors' numpy writer when every dtype has a numpy twin: the same
+    file as its torch writer (header, layout, bytes; neither fixes the order of the metadata
+    keys), which spends Python time per tensor looking for shared storage, and there is none
+    here. On a small model's checkpoint (57 tensors) that is 0.24 ms against 0.92 ms, on a
+    thread that runs beside training. Tested against the torch writer."""
     if all(t.dtype in _NUMPY_DTYPES for t in tensors.values()):
         return np_save({k: t.numpy() for k, t in tensors.items()}, metadata=metadata)
     return st_save(tensors, metadata=metadata)
