@@ -228,7 +228,7 @@ def test_background_writer_reuses_one_thread_holds_jobs_and_reraises(tmp_path):
     import threading
     import time
 
-    from distill.core.checkpoint import BackgroundWriter
+    from distill.core.writer import BackgroundWriter
 
     writer, ran = BackgroundWriter(idle_s=0.3), []
 

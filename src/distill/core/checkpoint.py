@@ -8,7 +8,6 @@ unpickled, so a checkpoint cannot run code when it is loaded.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
@@ -16,7 +15,6 @@ import re
 import sys
 import tempfile
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +25,7 @@ from safetensors.torch import save as st_save
 from torch import Tensor
 
 from distill.core.errors import CheckpointError
+from distill.core.writer import BackgroundWriter
 
 FORMAT = "distill-1"  # bump when the layout of a checkpoint changes
 _TENSOR = "__tensor__"
@@ -229,102 +228,6 @@ def _non_finite(tensors: dict[str, Tensor], prefixes: tuple[str, ...]) -> list[s
     if all_finite(list(floats.values())):
         return []
     return [k for k, v in floats.items() if not bool(torch.isfinite(v).all())]
-
-
-class BackgroundWriter:
-    """Checkpoint writes on a thread, in the order submitted, while training goes on.
-
-    A write is atomic (`atomic_write_bytes`), so a crash mid-write leaves the previous file
-    intact. `wait()` returns once everything submitted is on disk, and re-raises the first
-    write that failed (later ones are then dropped); the loop waits before it returns, and
-    before anything reads the files. Jobs submitted inside `held()` start when it ends.
-
-    The thread starts with the first write and ends after `idle_s` seconds without one, so
-    the writes of epoch after epoch share one thread (starting a thread per write cost the
-    loop ~0.4 ms each) and no thread outlives a run for long.
-    """
-
-    def __init__(self, idle_s: float = 5.0) -> None:
-        import threading
-
-        self.idle_s = idle_s
-        self._jobs: list[Any] = []
-        self._error: BaseException | None = None
-        self._lock = threading.Condition()
-        self._running = False  # the thread exists
-        self._busy = False  # it is running a job
-        self._held = 0  # open `held()` blocks
-        self._flushing = 0  # callers inside `wait()`: held jobs run anyway
-
-    def _idle(self) -> bool:  # (under the lock) nothing the thread may start now
-        return not self._jobs or (self._held > 0 and not self._flushing)
-
-    def _work(self) -> None:
-        while True:
-            with self._lock:
-                while self._idle():
-                    if not self._lock.wait(timeout=self.idle_s) and self._idle():
-                        self._running = False
-                        self._lock.notify_all()
-                        return
-                job = self._jobs.pop(0)
-                self._busy = True
-            try:
-                if self._error is None:
-                    job()
-            except BaseException as e:  # noqa: BLE001 (re-raised by wait)
-                self._error = e
-            finally:
-                with self._lock:
-                    self._busy = False
-                    self._lock.notify_all()
-
-    def _wake(self) -> None:  # (under the lock) the thread sees the queue
-        if self._running:
-            self._lock.notify_all()
-            return
-        import threading
-
-        self._running = True
-        threading.Thread(target=self._work, name="distill-writer", daemon=True).start()
-
-    def submit(self, job: Any) -> None:
-        if self._error is not None:
-            self.wait()  # raises the failed write
-        with self._lock:
-            self._jobs.append(job)
-            if not self._held:
-                self._wake()
-
-    @contextlib.contextmanager
-    def held(self) -> Iterator[None]:
-        """Jobs submitted inside start when it ends: the loop's end-of-epoch work
-        (validation, the best weights, the checkpoint's snapshot) runs without the writer's
-        thread competing for the interpreter, and the writes overlap the next epoch."""
-        with self._lock:
-            self._held += 1
-        try:
-            yield
-        finally:
-            with self._lock:
-                self._held -= 1
-                if not self._held and self._jobs:
-                    self._wake()
-
-    def wait(self) -> None:
-        with self._lock:
-            if self._jobs or self._busy:
-                self._flushing += 1
-                try:
-                    if self._jobs:
-                        self._wake()
-                    while self._jobs or self._busy:
-                        self._lock.wait()
-                finally:
-                    self._flushing -= 1
-        if self._error is not None:
-            error, self._error = self._error, None
-            raise error
 
 
 def _read(path: Path) -> tuple[dict[str, Tensor], dict[str, str]]:

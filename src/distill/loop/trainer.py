@@ -15,10 +15,10 @@ from typing import Any
 import torch
 
 from distill.core import distributed
-from distill.core.checkpoint import BackgroundWriter
 from distill.core.errors import ConfigError, DataError
 from distill.core.logs import MetricsLog
 from distill.core.settings import TrainSettings
+from distill.core.writer import BackgroundWriter
 from distill.data import Augmentation
 from distill.data.loading import is_stream, set_epoch
 from distill.loop.feed import BatchFeed, epoch_order, group_items, plan, stream_items
