@@ -7,8 +7,8 @@ The package is built in five layers, and its folders follow them; a module impor
 from its own layer or those below it, and no import cycle exists (both checked on the
 import graph, function-level imports included, by `tests/test_layers.py`):
 
-1. **foundation** (`distill.core`): errors, settings and config, checkpoint files, run dirs,
-   logs and trackers, the distributed helpers, the registry; with the tables that name
+1. **foundation** (`distill.core`): errors, settings and config, checkpoint files and
+   their background writer, run dirs, logs and trackers, the distributed helpers, the registry; with the tables that name
    every loss, scheme and divergence as data (`losses.table`, `schemes.table`, `llm.table`:
    torch-free);
 2. **knowledge**: the losses, taps and the objective, the models (`models`, whose table
@@ -22,8 +22,9 @@ import graph, function-level imports included, by `tests/test_layers.py`):
    guard, batch feed, placement, checkpoints written on a background thread, validation,
    progress), and the teacher cache;
 5. **app** (`distill.app`): `build` (the objects a config names), `validate`, `run` and
-   `stages`, the CLI and its commands (demos, bench, tune, eval, export, report); with the
-   pipelines of `compress` and `paradigms` (federated, interpret, lifelong).
+   `stages`, the CLI and its commands (demos, bench, tune, eval, export, report; the
+   training ones start through `app.startup`); with the pipelines of `compress` and
+   `paradigms` (federated, interpret, lifelong).
 
 A domain plugs in by an entry in a table (`"module:attr"`, imported on first use), so the
 lower layers never import it.
