@@ -538,3 +538,33 @@ def test_no_progress_bar_makes_no_tqdm(monkeypatch):
     t.settings.progress = True
     assert progress.EpochProgress(t).bar is not None
     assert made and made[0]["total"] == 3
+
+
+def test_metrics_rows_are_written_by_the_writer_in_order_with_checkpoints(tmp_path):
+    """With the loop's writer the metrics files are written on its thread: nothing before
+    it runs, and a job submitted after a row (the epoch's checkpoint) sees the row."""
+    import csv
+
+    from distill.core.logs import MetricsLog
+    from distill.core.writer import BackgroundWriter
+
+    writer = BackgroundWriter()
+    log = MetricsLog(tmp_path, writer=writer)
+    seen = []
+    with writer.held():
+        log.keep_epochs_before(1)
+        log.append({"epoch": 1, "loss": 0.5})
+        log.append({"epoch": 2, "loss": 0.25})
+        log.append({"epoch": 3, "loss": 0.125, "val_acc": 0.75})  # a new column: rewritten
+        writer.submit(lambda: seen.append(log.jsonl.read_text().count("\n")))
+        assert not log.jsonl.exists()  # held: the loop did not wait for the disk
+    writer.wait()
+    assert seen == [3]
+    rows = [json.loads(line) for line in log.jsonl.read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2, 3]
+    with open(log.csv, newline="") as f:
+        table = list(csv.DictReader(f))
+    assert [r["val_acc"] for r in table] == ["", "", "0.75"]
+    log.append({"epoch": 4, "loss": 0.0625, "val_acc": 0.8})
+    writer.wait()
+    assert MetricsLog(tmp_path).rows[-1] == {"epoch": 4, "loss": 0.0625, "val_acc": 0.8}

@@ -126,7 +126,7 @@ def summary(
 def prepare_fit(t: Any) -> MetricsLog:
     """What `fit` does before the first step: the metrics log cut back to the restored
     epoch, the teacher cache built (or checked) once, and the scheme told the plan."""
-    log = MetricsLog(t.run_dir)
+    log = MetricsLog(t.run_dir, writer=t.writer)
     if distributed.is_main():
         log.keep_epochs_before(t.state["epoch"] + 1, t.state["step"])
     cache = t.contract.teacher_cache
