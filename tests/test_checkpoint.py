@@ -265,3 +265,34 @@ def test_background_writer_reuses_one_thread_holds_jobs_and_reraises(tmp_path):
     writer.submit(lambda: job(6))
     writer.wait()
     assert [i for i, _ in ran][-1] == 6 and 5 not in [i for i, _ in ran]
+
+
+def test_writer_reuses_a_files_copies_and_every_write_holds_its_own_values(tmp_path):
+    """The second checkpoint of a file is copied into the tensors the first write was done
+    with (one fused copy), yet each file holds the values of its own moment; a change of
+    layout gets fresh copies."""
+    from distill.core.writer import BackgroundWriter
+
+    writer = BackgroundWriter()
+    model = nn.Linear(4, 3)
+    path = tmp_path / "last.safetensors"
+    seen = []
+    for step in range(3):
+        with torch.no_grad():
+            model.weight.fill_(float(step))
+        save_checkpoint(path, {"modules": model.state_dict(), "step": step}, writer=writer)
+        with torch.no_grad():
+            model.weight.fill_(-1.0)  # training goes on: the file keeps the snapshot
+        writer.wait()
+        back = load_checkpoint(path)
+        assert back["step"] == step and torch.equal(
+            back["modules"]["weight"], torch.full((3, 4), float(step))
+        )
+        seen.append(id(writer._spare[str(path)]["modules.weight"]))
+    assert seen[1] == seen[2]  # the same copies, refilled
+    save_checkpoint(path, {"modules": nn.Linear(5, 3).state_dict(), "step": 9}, writer=writer)
+    writer.wait()
+    assert load_checkpoint(path)["modules"]["weight"].shape == (3, 5)  # new layout: fresh copies
+    save_weights(tmp_path / "best.safetensors", model, writer=writer)
+    writer.wait()
+    assert torch.equal(load_weights(tmp_path / "best.safetensors")[0]["weight"], model.weight)

@@ -25,7 +25,7 @@ from safetensors.torch import save as st_save
 from torch import Tensor
 
 from distill.core.errors import CheckpointError
-from distill.core.writer import BackgroundWriter
+from distill.core.writer import BackgroundWriter, snapshot
 
 FORMAT = "distill-1"  # bump when the layout of a checkpoint changes
 _TENSOR = "__tensor__"
@@ -65,15 +65,6 @@ def _umask() -> int:
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def snapshot(t: Tensor) -> Tensor:
-    """A contiguous copy of `t` on the CPU, detached, that later training cannot change (one
-    copy: a device tensor is copied once to the host, a host tensor cloned once)."""
-    t = t.detach()
-    if t.device.type == "cpu":
-        return t.clone(memory_format=torch.contiguous_format)
-    return t.to("cpu", memory_format=torch.contiguous_format)
 
 
 def all_finite(tensors: list[Tensor], flags: dict | None = None) -> bool:
@@ -126,10 +117,11 @@ def serialize(tensors: dict[str, Tensor], metadata: dict[str, str]) -> bytes:
 
 
 def _flatten(obj: Any, prefix: str, tensors: dict[str, Tensor]) -> Any:
-    """Replace each tensor in a nested structure by a reference, collecting the tensors."""
+    """Replace each tensor in a nested structure by a reference, collecting the tensors
+    (not yet copied)."""
     if isinstance(obj, Tensor):
         key = prefix or "_"
-        tensors[key] = snapshot(obj)
+        tensors[key] = obj.detach()
         return {_TENSOR: key}
     if isinstance(obj, dict):
         for k in obj:
@@ -191,34 +183,48 @@ def save_checkpoint(
     `writer` the checksum, serialisation and write happen on its thread. `only_finite`
     (key prefixes..., then a callback): when a floating-point tensor under those prefixes
     holds NaN or inf, nothing is written and the callback gets their keys."""
-    tensors: dict[str, Tensor] = {}
-    skeleton = json.dumps(_flatten(state, "", tensors))
+    sources: dict[str, Tensor] = {}
+    skeleton = json.dumps(_flatten(state, "", sources))
     meta = {"distill": skeleton, "format": FORMAT}
-    _write_later(path, tensors, skeleton, meta, writer, only_finite)
+    _write_later(path, sources, skeleton, meta, writer, only_finite)
 
 
 def _write_later(
     path: str | os.PathLike,
-    tensors: dict[str, Tensor],
+    sources: dict[str, Tensor],
     skeleton: str,
     meta: dict[str, str],
     writer: BackgroundWriter | None,
     only_finite: tuple[str, str, Any] | None = None,
 ) -> None:
+    """Copy `sources` now (the writer reuses the copies its last write of `path` finished
+    with), then check, checksum, serialise and write them, on the writer's thread if any."""
+    key = str(path)
+    tensors = writer.copies(key, sources) if writer is not None else snapshots(sources)
+
     def job() -> None:
-        if only_finite is not None:
-            *prefixes, refuse = only_finite
-            bad = _non_finite(tensors, tuple(prefixes))
-            if bad:
-                refuse(bad)
-                return
-        done = {**meta, "sha256": _digest(tensors, skeleton)}
-        atomic_write_bytes(path, serialize(tensors, done))
+        try:
+            if only_finite is not None:
+                *prefixes, refuse = only_finite
+                bad = _non_finite(tensors, tuple(prefixes))
+                if bad:
+                    refuse(bad)
+                    return
+            done = {**meta, "sha256": _digest(tensors, skeleton)}
+            data = serialize(tensors, done)
+        finally:
+            if writer is not None:
+                writer.release(key, tensors)  # the bytes are made: the copies may be reused
+        atomic_write_bytes(path, data)
 
     if writer is None:
         job()
     else:
         writer.submit(job)
+
+
+def snapshots(sources: dict[str, Tensor]) -> dict[str, Tensor]:
+    return {k: snapshot(v) for k, v in sources.items()}
 
 
 def _non_finite(tensors: dict[str, Tensor], prefixes: tuple[str, ...]) -> list[str]:
@@ -285,9 +291,9 @@ def save_weights(
         if structure_of(weights):  # how to rebuild a pruned/factorised/quantized model
             info.setdefault("structure", structure_of(weights))
     state = weights.state_dict() if isinstance(weights, torch.nn.Module) else weights
-    tensors = {k: snapshot(v) for k, v in state.items()}
     info_json = json.dumps(info)
-    _write_later(path, tensors, info_json, {"distill_info": info_json}, writer)
+    sources = {k: v.detach() for k, v in state.items()}
+    _write_later(path, sources, info_json, {"distill_info": info_json}, writer)
 
 
 def _is_torch_file(head: bytes) -> bool:

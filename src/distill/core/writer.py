@@ -6,6 +6,29 @@ import contextlib
 from collections.abc import Iterator
 from typing import Any
 
+import torch
+from torch import Tensor
+
+
+def snapshot(t: Tensor) -> Tensor:
+    """A contiguous copy of `t` on the CPU, detached, that later training cannot change (one
+    copy: a device tensor is copied once to the host, a host tensor cloned once)."""
+    t = t.detach()
+    if t.device.type == "cpu":
+        return t.clone(memory_format=torch.contiguous_format)
+    return t.to("cpu", memory_format=torch.contiguous_format)
+
+
+def _same_layout(spare: dict[str, Tensor], sources: dict[str, Tensor]) -> bool:
+    """Whether `spare` can take a copy of `sources` in place: the same keys in the same
+    order, each of the same dtype and shape, every source on the CPU."""
+    if list(spare) != list(sources):
+        return False
+    return all(
+        s.device.type == "cpu" and s.dtype == d.dtype and s.shape == d.shape
+        for s, d in zip(sources.values(), spare.values(), strict=True)
+    )
+
 
 class BackgroundWriter:
     """Checkpoint writes on a thread, in the order submitted, while training goes on.
@@ -31,6 +54,7 @@ class BackgroundWriter:
         self._busy = False  # it is running a job
         self._held = 0  # open `held()` blocks
         self._flushing = 0  # callers inside `wait()`: held jobs run anyway
+        self._spare: dict[str, dict[str, Tensor]] = {}  # per file: copies a write is done with
 
     def _idle(self) -> bool:  # (under the lock) nothing the thread may start now
         return not self._jobs or (self._held > 0 and not self._flushing)
@@ -71,6 +95,24 @@ class BackgroundWriter:
             self._jobs.append(job)
             if not self._held:
                 self._wake()
+
+    def copies(self, key: str, sources: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Snapshots of `sources` for a write of file `key`: copied with one fused call into
+        the tensors the last write of `key` was done with, when they match; else fresh
+        copies. (The checkpoint of a 2.9k-parameter student and its Adam state is 73 small
+        tensors: 73 copies, each a dispatch and an allocation, every epoch.)"""
+        spare = self._spare.pop(key, None)
+        if spare is not None and _same_layout(spare, sources):
+            try:
+                torch._foreach_copy_(list(spare.values()), list(sources.values()))
+                return spare
+            except (RuntimeError, AttributeError):  # (a dtype or a torch without the op)
+                pass
+        return {k: snapshot(v) for k, v in sources.items()}
+
+    def release(self, key: str, tensors: dict[str, Tensor]) -> None:
+        """A write of `key` is done with `tensors`: the next `copies(key, ...)` may fill them."""
+        self._spare[key] = tensors
 
     @contextlib.contextmanager
     def held(self) -> Iterator[None]:
