@@ -296,3 +296,7 @@ def test_writer_reuses_a_files_copies_and_every_write_holds_its_own_values(tmp_p
     save_weights(tmp_path / "best.safetensors", model, writer=writer)
     writer.wait()
     assert torch.equal(load_weights(tmp_path / "best.safetensors")[0]["weight"], model.weight)
+    writer.spare_bytes = 16  # a big state's copies are not kept between writes
+    save_checkpoint(tmp_path / "big.safetensors", {"modules": model.state_dict()}, writer=writer)
+    writer.wait()
+    assert str(tmp_path / "big.safetensors") not in writer._spare

@@ -110,9 +110,14 @@ class BackgroundWriter:
                 pass
         return {k: snapshot(v) for k, v in sources.items()}
 
+    spare_bytes = 64 << 20  # copies kept between writes of a file, at most
+
     def release(self, key: str, tensors: dict[str, Tensor]) -> None:
-        """A write of `key` is done with `tensors`: the next `copies(key, ...)` may fill them."""
-        self._spare[key] = tensors
+        """A write of `key` is done with `tensors`: the next `copies(key, ...)` may fill them.
+        Copies over `spare_bytes` are let go: a big state's copy costs its bytes, not its
+        calls, and holding it between writes would keep that much memory taken."""
+        if sum(t.numel() * t.element_size() for t in tensors.values()) <= self.spare_bytes:
+            self._spare[key] = tensors
 
     @contextlib.contextmanager
     def held(self) -> Iterator[None]:
