@@ -30,6 +30,16 @@ def _same_layout(spare: dict[str, Tensor], sources: dict[str, Tensor]) -> bool:
     )
 
 
+def _copied_into(spare: dict[str, Tensor], sources: dict[str, Tensor]) -> bool:
+    """`sources` copied into `spare` with one fused call; False where that call is refused
+    (a dtype it lacks, or a torch without it): the caller then makes fresh copies."""
+    try:
+        torch._foreach_copy_(list(spare.values()), list(sources.values()))
+    except (RuntimeError, AttributeError):
+        return False
+    return True
+
+
 class BackgroundWriter:
     """Checkpoint writes on a thread, in the order submitted, while training goes on.
 
@@ -102,12 +112,8 @@ class BackgroundWriter:
         copies. (The checkpoint of a 2.9k-parameter student and its Adam state is 73 small
         tensors: 73 copies, each a dispatch and an allocation, every epoch.)"""
         spare = self._spare.pop(key, None)
-        if spare is not None and _same_layout(spare, sources):
-            try:
-                torch._foreach_copy_(list(spare.values()), list(sources.values()))
-                return spare
-            except (RuntimeError, AttributeError):  # (a dtype or a torch without the op)
-                pass
+        if spare is not None and _same_layout(spare, sources) and _copied_into(spare, sources):
+            return spare
         return {k: snapshot(v) for k, v in sources.items()}
 
     spare_bytes = 64 << 20  # copies kept between writes of a file, at most
