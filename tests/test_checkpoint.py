@@ -300,3 +300,21 @@ def test_writer_reuses_a_files_copies_and_every_write_holds_its_own_values(tmp_p
     save_checkpoint(tmp_path / "big.safetensors", {"modules": model.state_dict()}, writer=writer)
     writer.wait()
     assert str(tmp_path / "big.safetensors") not in writer._spare
+
+
+def test_plain_values_are_those_of_the_save_call_though_turned_into_json_later(tmp_path):
+    """The checkpoint's JSON is made on the writer's thread, after the call returned: what
+    the caller changes in its dicts and lists meanwhile must not reach the file."""
+    from distill.core.writer import BackgroundWriter
+
+    writer, path = BackgroundWriter(), tmp_path / "c.safetensors"
+    state = {"trainer": {"epoch": 3, "best": 0.5}, "order": [1, 2], "w": torch.ones(2)}
+    with writer.held():  # the job runs after the changes below
+        save_checkpoint(path, state, writer=writer)
+        state["trainer"]["epoch"] = 4
+        state["order"].append(3)
+        state["w"].fill_(7.0)
+    writer.wait()
+    back = load_checkpoint(path)
+    assert back["trainer"] == {"epoch": 3, "best": 0.5} and back["order"] == [1, 2]
+    assert torch.equal(back["w"], torch.ones(2))

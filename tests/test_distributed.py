@@ -191,3 +191,24 @@ def test_two_gloo_ranks_on_an_image_folder_train_the_same_weights_as_one_process
     _assert_same(_modules(tmp_path / "one"), _modules(tmp_path / "two"))
     results = yaml.safe_load((tmp_path / "two" / "results.json").read_text())
     assert results["world_size"] == 2 and "every epoch" in results["teacher_cache"]
+
+
+def test_gather_state_walks_nothing_without_a_process_group():
+    """`torch.optim` imports torch.distributed.tensor, so its presence says nothing; without
+    a process group no DTensor can exist and the state comes back as it went in."""
+    import sys
+
+    from distill.core import distributed
+
+    torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+    assert "torch.distributed.tensor" in sys.modules
+    assert not torch.distributed.is_initialized()
+    state = {"a": {"w": torch.ones(2)}, "b": [torch.zeros(1)]}
+    walked = []
+    real = distributed._gathered
+    distributed._gathered = lambda obj: walked.append(obj) or real(obj)
+    try:
+        assert distributed.gather_state(state) is state
+    finally:
+        distributed._gathered = real
+    assert walked == []

@@ -149,3 +149,18 @@ def test_eval_of_images_clips_attacks_and_says_how_many_samples(tmp_path):
     assert "robustness (100 of 450 test samples, attacks clipped to [0, 1])" in format_assessment(
         out
     )
+
+
+def test_classification_metrics_are_topk_accuracy_and_nll_and_predict_batches_agree():
+    from distill.data.core import ArrayDataset
+    from distill.evaluate import classification_metrics, predict
+
+    g = torch.Generator().manual_seed(0)
+    logits, y = torch.randn(50, 7, generator=g), torch.randint(0, 7, (50,), generator=g)
+    got = classification_metrics(logits, y)
+    assert got == {"acc": M.topk_accuracy(logits, y, 1), "nll": M.nll(logits, y)}
+    assert isinstance(got["acc"], float) and isinstance(got["nll"], float)
+    data = ArrayDataset(torch.randn(30, 4, generator=g), torch.randint(0, 3, (30,), generator=g))
+    model = torch.nn.Linear(4, 3)
+    one, several = predict(model, data, batch_size=64), predict(model, data, batch_size=7)
+    assert torch.allclose(one[0], several[0], atol=1e-6) and torch.equal(one[1], several[1])

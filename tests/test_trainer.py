@@ -568,3 +568,55 @@ def test_metrics_rows_are_written_by_the_writer_in_order_with_checkpoints(tmp_pa
     log.append({"epoch": 4, "loss": 0.0625, "val_acc": 0.8})
     writer.wait()
     assert MetricsLog(tmp_path).rows[-1] == {"epoch": 4, "loss": 0.0625, "val_acc": 0.8}
+
+
+def test_best_weights_come_from_the_checkpoints_walk_and_name_their_epoch(tmp_path):
+    """`save_epoch` walks the models' state once for the best weights and the checkpoint:
+    the student's entries are cut out of it. They must be exactly its own state dict, in
+    order, and a model that is not one of the trainer's children is walked on its own."""
+    from distill.core.checkpoint import load_weights
+    from distill.loop.resume import _eval_weights, modules_state
+
+    cfg = parse_config(synthetic_cfg(tmp_path / "r", train={"epochs": 3}))
+    res = run_experiment(cfg)
+    weights, info = load_weights(tmp_path / "r/checkpoints/best.safetensors")
+    assert info["epoch"] == res["best_epoch"]
+    rows = [json.loads(x) for x in (tmp_path / "r/metrics.jsonl").read_text().splitlines()]
+    assert info["val_acc"] == rows[res["best_epoch"] - 1]["val_acc"]
+
+    built = build(cfg)
+    t = Trainer(built.scheme, built.data.train, built.data.val, cfg.train, run_dir=tmp_path / "t")
+    own = t.scheme.eval_model().state_dict()
+    cut = _eval_weights(t, modules_state(t))
+    assert list(cut) == list(own) and len(own) > 0
+    assert all(cut[k].data_ptr() == own[k].data_ptr() for k in own)
+    other = torch.nn.Linear(2, 2)  # an evaluated model outside scheme.modules
+    t.scheme.eval_model = lambda: other
+    assert list(_eval_weights(t, modules_state(t))) == ["weight", "bias"]
+
+
+def test_generator_states_follow_every_draw_between_checkpoints():
+    """`rng_state` reuses its last conversion while numpy's and Python's generators are
+    untouched; a draw from either must show in the next state, and restoring it replays."""
+    import random
+
+    import numpy as np
+
+    from distill.loop.rng import rng_state, seed_everything, set_rng_state
+
+    gen = torch.Generator().manual_seed(1)
+    seed_everything(3)
+    first, again = rng_state(gen), rng_state(gen)
+    assert torch.equal(first["python"][1], again["python"][1])
+    random.random()
+    np.random.rand()
+    moved = rng_state(gen)
+    assert not torch.equal(moved["python"][1], first["python"][1])
+    assert not torch.equal(moved["numpy"][1], first["numpy"][1])
+    drawn = (random.random(), float(np.random.rand()))
+    set_rng_state(moved, gen)
+    assert (random.random(), float(np.random.rand())) == drawn
+    set_rng_state(first, gen)
+    random.random()
+    np.random.rand()
+    assert (random.random(), float(np.random.rand())) == drawn

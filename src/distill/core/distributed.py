@@ -230,9 +230,17 @@ def gather_state(obj: Any) -> Any:
     A collective: every rank calls it on the same structure. Without sharded tensors it
     returns `obj` itself and communicates nothing.
     """
-    if "torch.distributed.tensor" not in sys.modules:  # no DTensor exists (see is_dtensor)
+    if not _may_hold_dtensors():
         return obj
     return _gathered(obj)
+
+
+def _may_hold_dtensors() -> bool:
+    """False when no DTensor can exist: none before torch.distributed.tensor is imported
+    (`torch.optim` imports it), and none without a process group (a device mesh needs one)."""
+    return (
+        "torch.distributed.tensor" in sys.modules and dist.is_available() and dist.is_initialized()
+    )
 
 
 def _gathered(obj: Any) -> Any:

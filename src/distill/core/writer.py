@@ -25,7 +25,7 @@ def _same_layout(spare: dict[str, Tensor], sources: dict[str, Tensor]) -> bool:
     if list(spare) != list(sources):
         return False
     return all(
-        s.device.type == "cpu" and s.dtype == d.dtype and s.shape == d.shape
+        s.is_cpu and s.dtype == d.dtype and s.shape == d.shape
         for s, d in zip(sources.values(), spare.values(), strict=True)
     )
 

@@ -19,10 +19,28 @@ from distill.loop.loss_sums import LossSums
 from distill.loop.rng import rng_state, set_rng_state
 
 
-def save(t: Any) -> None:
-    # Sharded tensors are gathered in full on every rank (a collective), so the file is
-    # the same whatever the strategy and world size; then one rank writes it.
-    modules = distributed.gather_state(t.scheme.modules.state_dict())
+def save_epoch(t: Any, best: dict[str, float] | None, last: bool) -> None:
+    """What a validation leaves: the best weights when it improved (`best`: its metrics),
+    and the resume checkpoint when one is due (`last`), both from one walk of the models'
+    state (`modules_state`)."""
+    if best is None and not last:
+        return
+    modules = modules_state(t)
+    if best is not None:
+        save_best(t, best, modules)
+    if last:
+        save(t, modules)
+
+
+def modules_state(t: Any) -> dict[str, Any]:
+    """The state dict of all the trainer's models, sharded tensors gathered in full on every
+    rank (a collective), so a file is the same whatever the strategy and world size."""
+    return distributed.gather_state(t.scheme.modules.state_dict())
+
+
+def save(t: Any, modules: dict[str, Any] | None = None) -> None:
+    """The resume checkpoint; `modules`: `modules_state(t)` when the caller has it."""
+    modules = modules_state(t) if modules is None else modules
     optimizer = distributed.gather_state(t.optimizer.state_dict())
     if not distributed.is_main():  # every rank holds the same state; one writes it
         t.losses.fold()
@@ -82,9 +100,11 @@ def restore(t: Any) -> None:
     t._restored = True
 
 
-def save_best(t: Any, metrics: dict[str, float]) -> None:
+def save_best(t: Any, metrics: dict[str, float], modules: dict[str, Any] | None = None) -> None:
+    """The evaluated model's weights as `best.safetensors`; taken out of `modules` (the
+    `modules_state(t)` of this moment) when that holds them."""
     st = t.state
-    weights = distributed.gather_state(t.scheme.eval_model().state_dict())
+    weights = _eval_weights(t, modules)
     adapter: dict = {}
     if t.export_info.get("peft_base"):  # a LoRA student on a base file: its adapter
         weights, adapter = adapter_part(t.scheme.eval_model(), weights)
@@ -97,11 +117,25 @@ def save_best(t: Any, metrics: dict[str, float]) -> None:
                 **t.export_info,
                 **adapter,
                 **({"structure": structure} if structure else {}),
-                "epoch": st["epoch"] + 1,
+                "epoch": st["best_epoch"],  # (set by the validation that improved)
                 **{f"val_{k}": v for k, v in metrics.items()},
             },
             writer=t.writer,
         )
+
+
+def _eval_weights(t: Any, modules: dict[str, Any] | None) -> dict[str, Any]:
+    """The evaluated model's state dict. When it is one of the trainer's models (a child of
+    `scheme.modules`, as a student is) its entries are those of `modules` under its name, in
+    the same order: `Module.state_dict` builds a parent's from its children's, so the walk
+    need not be made twice."""
+    model = t.scheme.eval_model()
+    if modules is not None:
+        for name, child in t.scheme.modules.named_children():
+            if child is model:
+                cut = len(name) + 1
+                return {k[cut:]: v for k, v in modules.items() if k.startswith(name + ".")}
+    return distributed.gather_state(model.state_dict())
 
 
 def summary(

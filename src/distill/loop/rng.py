@@ -16,21 +16,42 @@ def seed_everything(seed: int) -> None:
 
 
 def rng_state(aug_gen: torch.Generator) -> dict[str, Any]:
+    """Every generator's state, for a checkpoint (which copies the tensors at once)."""
     np_state = np.random.get_state()
     return {
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
+        "numpy": [np_state[0], _numpy_words(np_state[1]), *np_state[2:]],
         "python": _python_state(),
         "augment": aug_gen.get_state(),
     }
+
+
+# The last words converted, per generator: most runs never draw from numpy's or Python's
+# global generator, so at checkpoint after checkpoint the state is the one seeded, and an
+# equality test (one C loop) is cheaper than converting it again.
+_LAST: dict[str, tuple[Any, torch.Tensor]] = {}
+
+
+def _numpy_words(key: np.ndarray) -> torch.Tensor:
+    last = _LAST.get("numpy")
+    if last is not None and np.array_equal(last[0], key):
+        return last[1]
+    words = torch.from_numpy(key.astype(np.int64))
+    _LAST["numpy"] = (key, words)
+    return words
 
 
 def _python_state() -> tuple:
     """`random`'s state with its 625 words as one tensor: stored as a single array, not as
     625 numbers walked one by one at every checkpoint."""
     version, words, gauss = random.getstate()
-    return (version, torch.from_numpy(np.array(words, dtype=np.int64)), gauss)
+    last = _LAST.get("python")
+    if last is not None and last[0] == words:
+        return (version, last[1], gauss)
+    tensor = torch.from_numpy(np.array(words, dtype=np.int64))
+    _LAST["python"] = (words, tensor)
+    return (version, tensor, gauss)
 
 
 def _python_state_from(saved: Any) -> tuple:

@@ -27,7 +27,7 @@ from distill.loop.loss_sums import LossSums
 from distill.loop.optim import lr_factor, lr_groups, make_optimizer, resolve_device
 from distill.loop.placement import autocast, shard_models, speed_up
 from distill.loop.progress import EpochProgress, report_row, stop_on_signals
-from distill.loop.resume import prepare_fit, restore, save, summary
+from distill.loop.resume import prepare_fit, restore, save, save_epoch, summary
 from distill.loop.rng import seed_everything  # noqa: F401  (re-exported)
 from distill.loop.validation import validate
 from distill.schemes.contract import Contract, Scheme
@@ -313,8 +313,8 @@ class Trainer:
         if distributed.is_main():
             log.append(row)
         stop = s.early_stop_patience is not None and st["bad_epochs"] >= s.early_stop_patience
-        if final or stop or done % s.checkpoint_every == 0:
-            save(self)
+        last = final or stop or done % s.checkpoint_every == 0
+        save_epoch(self, metrics if improved else None, last)
         report_row(self, row, metrics, improved)
         return stop
 
@@ -329,10 +329,9 @@ class Trainer:
         row = self._row(round(st["epoch"] + part, 4), losses, metrics)
         if distributed.is_main() and self._log is not None:
             self._log.append(row)
-        report_row(self, row, metrics, improved)
         stop = s.early_stop_patience is not None and st["bad_epochs"] >= s.early_stop_patience
-        if stop:
-            save(self)
+        save_epoch(self, metrics if improved else None, stop)
+        report_row(self, row, metrics, improved)
         return stop
 
     def _row(self, epoch: float, losses: dict, metrics: dict) -> dict[str, Any]:

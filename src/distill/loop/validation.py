@@ -1,5 +1,6 @@
 """Validation at the end of an epoch (or every `eval_every_steps`): the metrics, the best
-score so far, the best weights saved when it improves, the patience of early stopping."""
+score so far and the patience of early stopping (the caller saves the best weights when it
+improves: `distill.loop.resume.save_epoch`)."""
 
 from __future__ import annotations
 
@@ -9,11 +10,10 @@ from typing import Any
 
 from distill.core import distributed
 from distill.evaluate import evaluate
-from distill.loop.resume import save_best
 
 
 def validate(t: Any) -> tuple[dict[str, float], bool]:
-    """Validation metrics of trainer `t`; the best weights saved when they improve (the
+    """Validation metrics of trainer `t`, and whether they improved on the best so far (the
     patience of early stopping counts validations)."""
     s, st = t.settings, t.state
     # Ranks normalised their own slices, so their BatchNorm statistics differ: all take
@@ -34,7 +34,6 @@ def validate(t: Any) -> tuple[dict[str, float], bool]:
         st["best"], st["best_epoch"], st["bad_epochs"] = score, st["epoch"] + 1, 0
         if not settled:
             st["best"] = -math.inf
-        save_best(t, metrics)
     else:
         st["bad_epochs"] += 1
     return metrics, improved
