@@ -50,8 +50,7 @@ def main() -> None:
     add_threads(ap)
     args = ap.parse_args()
     threads = apply_threads(args.threads)
-    from safetensors.torch import save_file
-
+    from distill.core.checkpoint import save_weights
     from distill.data import load_dataset
     from distill.loop.loss_sums import LossSums
     from distill.models import build_model
@@ -62,7 +61,7 @@ def main() -> None:
     data = load_dataset("mnist1d")
     torch.manual_seed(0)
     teacher = build_model(TEACHER["name"], data.input_shape, data.num_classes, TEACHER["args"])
-    save_file(teacher.state_dict(), root / "teacher.safetensors")
+    save_weights(root / "teacher.safetensors", teacher)
     teacher.eval().requires_grad_(False)
     t = trainer_for(work, 10_000, 1, 1)
     t.losses = LossSums()

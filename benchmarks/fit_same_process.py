@@ -76,8 +76,8 @@ def main() -> None:
     if unknown:
         raise SystemExit(f"unknown variant(s) {unknown}; choose from {list(VARIANTS)}")
     import torch
-    from safetensors.torch import save_file
 
+    from distill.core.checkpoint import save_weights
     from distill.data import load_dataset
     from distill.models import build_model
 
@@ -86,7 +86,7 @@ def main() -> None:
     data = load_dataset("mnist1d")
     torch.manual_seed(0)
     teacher = build_model(TEACHER["name"], data.input_shape, data.num_classes, TEACHER["args"])
-    save_file(teacher.state_dict(), root / "teacher.safetensors")
+    save_weights(root / "teacher.safetensors", teacher)
     hand_args = argparse.Namespace(epochs=args.epochs, seed=0)
     kinds = [*variants, "hand"]
     rows: list[dict[str, tuple[float, float]]] = []

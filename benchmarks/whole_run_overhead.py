@@ -253,15 +253,15 @@ def main() -> None:
     root = args.out or Path(tempfile.mkdtemp(prefix="whole-run-"))
     root.mkdir(parents=True, exist_ok=True)
     import torch
-    from safetensors.torch import save_file
 
+    from distill.core.checkpoint import save_weights
     from distill.data import load_dataset
     from distill.models import build_model
 
     data = load_dataset("mnist1d")
     torch.manual_seed(0)
     teacher = build_model(TEACHER["name"], data.input_shape, data.num_classes, TEACHER["args"])
-    save_file(teacher.state_dict(), root / "teacher.safetensors")  # speed does not care
+    save_weights(root / "teacher.safetensors", teacher)  # speed does not care
     rows = []
     for p in range(args.pairs + 1):  # the first pair warms the page cache and is dropped
         order = ("distill", "hand") if p % 2 == 0 else ("hand", "distill")
