@@ -6,7 +6,6 @@ from collections.abc import Iterator
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
@@ -14,7 +13,7 @@ from distill.core.errors import DataError
 from distill.data import load_batch
 from distill.data.core import batches_whole
 from distill.data.loading import collate_items, is_stream, stream_batches, stream_loader
-from distill.metrics import agreement
+from distill.metrics import accuracy_and_nll, agreement
 from distill.taps import logits_of
 
 __all__ = [
@@ -94,11 +93,7 @@ def targets_of(dataset: Any) -> Tensor:
 
 
 def classification_metrics(logits: Tensor, targets: Tensor) -> dict[str, float]:
-    """acc (`topk_accuracy` at k=1) and nll (`nll`), the same values, read back with one
-    host sync: they are computed at the end of every epoch."""
-    logits = logits.float()
-    hit = logits.topk(1, dim=-1).indices[..., 0] == targets
-    acc, loss = torch.stack([hit.float().mean(), F.cross_entropy(logits, targets)]).tolist()
+    acc, loss = accuracy_and_nll(logits, targets)
     return {"acc": acc, "nll": loss}
 
 

@@ -23,14 +23,28 @@ def spearman(a: Tensor, b: Tensor) -> float:
 
 def topk_accuracy(logits: Tensor, targets: Tensor, k: int = 1) -> float:
     """Fraction of samples whose target is among the k highest logits."""
-    k = min(k, logits.shape[-1])
-    top = logits.topk(k, dim=-1).indices
-    return (top == targets.unsqueeze(-1)).any(-1).float().mean().item()
+    return _topk_hit_rate(logits, targets, k).item()
 
 
 def nll(logits: Tensor, targets: Tensor) -> float:
     """Mean negative log-likelihood of the targets (cross-entropy)."""
-    return F.cross_entropy(logits.float(), targets).item()
+    return _nll(logits, targets).item()
+
+
+def accuracy_and_nll(logits: Tensor, targets: Tensor) -> tuple[float, float]:
+    """(`topk_accuracy` at k=1, `nll`), read back with one host sync (the loop computes
+    both at the end of every epoch)."""
+    acc, loss = torch.stack([_topk_hit_rate(logits, targets, 1), _nll(logits, targets)]).tolist()
+    return acc, loss
+
+
+def _topk_hit_rate(logits: Tensor, targets: Tensor, k: int) -> Tensor:
+    top = logits.topk(min(k, logits.shape[-1]), dim=-1).indices
+    return (top == targets.unsqueeze(-1)).any(-1).float().mean()
+
+
+def _nll(logits: Tensor, targets: Tensor) -> Tensor:
+    return F.cross_entropy(logits.float(), targets)
 
 
 def brier_score(logits: Tensor, targets: Tensor) -> float:

@@ -33,24 +33,30 @@ def rng_state(aug_gen: torch.Generator) -> dict[str, Any]:
 _LAST: dict[str, tuple[Any, torch.Tensor]] = {}
 
 
-def _numpy_words(key: np.ndarray) -> torch.Tensor:
-    last = _LAST.get("numpy")
-    if last is not None and np.array_equal(last[0], key):
+def _converted(name: str, raw: Any, same: Any, convert: Any) -> torch.Tensor:
+    """`convert(raw)`, or the tensor the last call for `name` made when `same(last, raw)`."""
+    last = _LAST.get(name)
+    if last is not None and same(last[0], raw):
         return last[1]
-    words = torch.from_numpy(key.astype(np.int64))
-    _LAST["numpy"] = (key, words)
-    return words
+    out = convert(raw)
+    _LAST[name] = (raw, out)
+    return out
+
+
+def _numpy_words(key: np.ndarray) -> torch.Tensor:
+    return _converted("numpy", key, np.array_equal, lambda k: torch.from_numpy(k.astype(np.int64)))
 
 
 def _python_state() -> tuple:
     """`random`'s state with its 625 words as one tensor: stored as a single array, not as
     625 numbers walked one by one at every checkpoint."""
     version, words, gauss = random.getstate()
-    last = _LAST.get("python")
-    if last is not None and last[0] == words:
-        return (version, last[1], gauss)
-    tensor = torch.from_numpy(np.array(words, dtype=np.int64))
-    _LAST["python"] = (words, tensor)
+    tensor = _converted(
+        "python",
+        words,
+        lambda a, b: a == b,
+        lambda w: torch.from_numpy(np.array(w, dtype=np.int64)),
+    )
     return (version, tensor, gauss)
 
 
