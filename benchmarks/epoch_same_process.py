@@ -49,6 +49,8 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=None)
     add_threads(ap)
     args = ap.parse_args()
+    if args.epochs < 3:
+        ap.error(f"--epochs {args.epochs}: needs at least 3 (the first 2 are warm-up, not timed)")
     threads = apply_threads(args.threads)
     from distill.core.checkpoint import save_weights
     from distill.data import load_dataset

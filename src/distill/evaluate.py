@@ -14,6 +14,7 @@ from distill.data import load_batch
 from distill.data.core import batches_whole
 from distill.data.loading import collate_items, is_stream, stream_batches, stream_loader
 from distill.metrics import accuracy_and_nll, agreement
+from distill.models.mode import set_training
 from distill.taps import logits_of
 
 __all__ = [
@@ -58,13 +59,13 @@ def predict(
     """(logits, targets) for every sample of `dataset`, in order, in eval mode (model mode
     restored). Works on streams too: the targets are read with the inputs."""
     was_training = model.training
-    model.eval()
+    set_training(model, False)
     outs, targets = [], []
     for batch in iter_batches(dataset, batch_size, workers):
         out = model(batch["input"].to(device))
         outs.append(logits_of(out).float().cpu())
         targets.append(batch["target"].cpu())
-    model.train(was_training)
+    set_training(model, was_training)
     if not outs:
         raise DataError("the evaluation data is empty: it yielded no batches")
     if len(outs) == 1:  # (one batch, as a small validation set is: no copies)

@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from distill.core.errors import ConfigError
 from distill.core.settings import Strict
 from distill.losses.response import soft_target_kd
+from distill.models.mode import set_training
 from distill.objective import Objective
 
 if TYPE_CHECKING:
@@ -224,6 +225,6 @@ class SchemeBase:
         return self
 
     def train(self, mode: bool = True) -> None:
-        self.modules.train(mode)
+        set_training(self.modules, mode)
         for m in self.frozen:
-            m.eval()
+            set_training(m, False)

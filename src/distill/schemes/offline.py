@@ -8,6 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from distill.data import teacher_input
+from distill.models.mode import set_training
 from distill.objective import Objective
 from distill.schemes.base import SchemeContext, freeze
 from distill.taps import Knowledge, Tap, with_input_grad
@@ -76,5 +77,5 @@ class OfflineKD:
         return self
 
     def train(self, mode: bool = True) -> None:
-        self.modules.train(mode)
-        self.teacher.eval()
+        set_training(self.modules, mode)
+        set_training(self.teacher, False)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from distill.models.mode import set_training
 from distill.objective import Objective
 from distill.schemes.base import SchemeContext
 from distill.taps import Tap
@@ -39,4 +40,4 @@ class Supervised:
         return self
 
     def train(self, mode: bool = True) -> None:
-        self.modules.train(mode)
+        set_training(self.modules, mode)
