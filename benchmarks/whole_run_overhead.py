@@ -15,6 +15,9 @@ process, the pairs interleaved (the order alternating) so drift hits both alike:
 
 Reported, as medians over the pairs of the paired ratios distill / hand:
 - `whole_process`: wall time of the process from start to exit (imports included);
+- `whole_process_cpu`: the CPU time (user + system, all threads) the process used: on a
+  shared machine whose hypervisor takes cycles away (steal time) it moves less than the
+  wall time does (`steal_share`, read from `/proc/stat`, says how much was taken);
 - `whole_fit`: the training call (`Trainer.fit` / the hand loop, validation included);
 - `end_of_epoch_share`: distill's time outside the training batches (validation, logs,
   checkpoints) over its whole `fit`, and the same share for the hand loop.
@@ -31,6 +34,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import resource
 import statistics
 import subprocess
 import sys
@@ -204,6 +208,23 @@ def settle_like_distill() -> None:
     gc.enable()
 
 
+def _cpu_jiffies() -> tuple[int, int] | None:
+    """(steal, total) jiffies of the machine from `/proc/stat`, or None where it is absent:
+    how much of the run the hypervisor took away, reported beside the ratios."""
+    try:
+        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
+    except (OSError, ValueError):
+        return None
+    return (fields[7] if len(fields) > 7 else 0), sum(fields)
+
+
+def _steal_share(start: tuple[int, int] | None, end: tuple[int, int] | None) -> float | None:
+    """The share of the machine's CPU time stolen between two `_cpu_jiffies` readings."""
+    if start is None or end is None or end[1] == start[1]:
+        return None
+    return (end[0] - start[0]) / (end[1] - start[1])
+
+
 def _run_child(kind: str, work: Path, args: argparse.Namespace) -> dict:
     cmd = [sys.executable, __file__, "--child", kind, "--work", str(work)]
     cmd += ["--epochs", str(args.epochs), "--seed", str(args.seed)]
@@ -211,12 +232,15 @@ def _run_child(kind: str, work: Path, args: argparse.Namespace) -> dict:
     cmd += ["--hand-startup", args.hand_startup]
     if args.threads:
         cmd += ["--threads", str(args.threads)]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     done = subprocess.run(cmd, capture_output=True, text=True)
     wall = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if done.returncode:
         raise SystemExit(f"{kind} failed:\n{done.stderr[-3000:]}")
-    return {**json.loads(done.stdout.strip().splitlines()[-1]), "process": wall}
+    cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+    return {**json.loads(done.stdout.strip().splitlines()[-1]), "process": wall, "cpu": cpu}
 
 
 def main() -> None:
@@ -262,8 +286,10 @@ def main() -> None:
     torch.manual_seed(0)
     teacher = build_model(TEACHER["name"], data.input_shape, data.num_classes, TEACHER["args"])
     save_weights(root / "teacher.safetensors", teacher)  # speed does not care
-    rows = []
+    rows, jiffies = [], None
     for p in range(args.pairs + 1):  # the first pair warms the page cache and is dropped
+        if p == 1:
+            jiffies = _cpu_jiffies()
         order = ("distill", "hand") if p % 2 == 0 else ("hand", "distill")
         pair = {kind: _run_child(kind, root / f"{kind}-{p}", args) for kind in order}
         if p == 0:
@@ -271,7 +297,8 @@ def main() -> None:
         rows.append(pair)
         d, h = pair["distill"], pair["hand"]
         print(
-            f"pair {p}: process {d['process']:.2f} / {h['process']:.2f} s, fit {d['fit']:.2f} / "
+            f"pair {p}: process {d['process']:.2f} / {h['process']:.2f} s "
+            f"(CPU {d['cpu']:.2f} / {h['cpu']:.2f} s), fit {d['fit']:.2f} / "
             f"{h['fit']:.2f} s, end of epoch {1 - d['train'] / d['fit']:.1%} / "
             f"{1 - h['train'] / h['fit']:.1%}",
             file=sys.stderr,
@@ -289,15 +316,20 @@ def main() -> None:
         "checkpoint_every": args.checkpoint_every,
         "hand_startup": args.hand_startup,
         "whole_process": med(lambda d, h: d["process"] / h["process"]),
+        "whole_process_cpu": med(lambda d, h: d["cpu"] / h["cpu"]),
         "whole_fit": med(lambda d, h: d["fit"] / h["fit"]),
         "train_epochs_only": med(lambda d, h: d["train"] / h["train"]),
         "end_of_epoch_share_distill": med(lambda d, h: 1 - d["train"] / d["fit"]),
         "end_of_epoch_share_hand": med(lambda d, h: 1 - h["train"] / h["fit"]),
         "median_seconds": {
-            k: {m: statistics.median(r[k][m] for r in rows) for m in ("process", "fit", "train")}
+            k: {
+                m: statistics.median(r[k][m] for r in rows)
+                for m in ("process", "cpu", "fit", "train")
+            }
             for k in ("distill", "hand")
         },
         "test_acc": {k: [r[k]["test_acc"] for r in rows] for k in ("distill", "hand")},
+        "steal_share": _steal_share(jiffies, _cpu_jiffies()),
     }
     print(json.dumps(result))
 
