@@ -34,7 +34,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import resource
+import os
 import statistics
 import subprocess
 import sys
@@ -208,6 +208,13 @@ def settle_like_distill() -> None:
     gc.enable()
 
 
+def _children_cpu() -> float:
+    """User + system CPU seconds of this process's waited-for children (`os.times`, which
+    covers every thread of each child), the child's CPU time being the difference."""
+    t = os.times()
+    return t.children_user + t.children_system
+
+
 def _cpu_jiffies() -> tuple[int, int] | None:
     """(steal, total) jiffies of the machine from `/proc/stat`, or None where it is absent:
     how much of the run the hypervisor took away, reported beside the ratios."""
@@ -232,14 +239,13 @@ def _run_child(kind: str, work: Path, args: argparse.Namespace) -> dict:
     cmd += ["--hand-startup", args.hand_startup]
     if args.threads:
         cmd += ["--threads", str(args.threads)]
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    before = _children_cpu()
     t0 = time.perf_counter()
     done = subprocess.run(cmd, capture_output=True, text=True)
     wall = time.perf_counter() - t0
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = _children_cpu() - before
     if done.returncode:
         raise SystemExit(f"{kind} failed:\n{done.stderr[-3000:]}")
-    cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
     return {**json.loads(done.stdout.strip().splitlines()[-1]), "process": wall, "cpu": cpu}
 
 
@@ -316,7 +322,9 @@ def main() -> None:
         "checkpoint_every": args.checkpoint_every,
         "hand_startup": args.hand_startup,
         "whole_process": med(lambda d, h: d["process"] / h["process"]),
-        "whole_process_cpu": med(lambda d, h: d["cpu"] / h["cpu"]),
+        "whole_process_cpu": (  # (None where the system reports no children's CPU time)
+            med(lambda d, h: d["cpu"] / h["cpu"]) if all(r["hand"]["cpu"] for r in rows) else None
+        ),
         "whole_fit": med(lambda d, h: d["fit"] / h["fit"]),
         "train_epochs_only": med(lambda d, h: d["train"] / h["train"]),
         "end_of_epoch_share_distill": med(lambda d, h: 1 - d["train"] / d["fit"]),
