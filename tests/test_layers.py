@@ -215,9 +215,19 @@ def test_every_domain_module_imports_on_its_own():
         "distill.loop.trainer",
     ]
     code = "import importlib, sys\nfor n in sys.argv[1:]:\n    importlib.import_module(n)\n"
-    for name in names:
-        done = subprocess.run([sys.executable, "-c", code, name], capture_output=True, text=True)
-        assert done.returncode == 0, f"import {name} alone failed:\n{done.stderr[-1500:]}"
+    # each in its own process, all started at once (each one mostly waits on torch's import)
+    procs = {
+        name: subprocess.Popen(
+            [sys.executable, "-c", code, name],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for name in names
+    }
+    for name, proc in procs.items():
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, f"import {name} alone failed:\n{err[-1500:]}"
 
 
 def test_the_source_imports_modules_by_their_place_and_old_names_still_import():

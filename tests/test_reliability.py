@@ -94,7 +94,6 @@ def _wait_for_step(ckpt: Path, step: int, proc: subprocess.Popen, timeout: float
     raise AssertionError(f"the run never reached step {step}: {proc.poll()=}")
 
 
-@pytest.mark.slow
 def test_sigkill_then_resume_is_bit_identical(tmp_path):
     full = _distill("run", _script_cfg(tmp_path, tmp_path / "full"))
     assert full.wait(timeout=120) == 0, full.stderr.read()
