@@ -280,8 +280,9 @@ def main() -> None:
         fn = child_distill if args.child == "distill" else child_hand
         print(json.dumps(fn(args.work, args)))
         return
-    root = args.out or Path(tempfile.mkdtemp(prefix="whole-run-"))
-    root.mkdir(parents=True, exist_ok=True)
+    if args.out is not None:  # a fresh folder per invocation: earlier runs under --out stay
+        args.out.mkdir(parents=True, exist_ok=True)
+    root = Path(tempfile.mkdtemp(prefix="whole-run-", dir=args.out))
     import torch
 
     from distill.core.checkpoint import save_weights
