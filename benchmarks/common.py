@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import tempfile
+from pathlib import Path
 
 
 def add_threads(ap: argparse.ArgumentParser) -> None:
@@ -24,3 +26,13 @@ def apply_threads(threads: int | None) -> int:
     if threads:
         torch.set_num_threads(threads)
     return torch.get_num_threads()
+
+
+def fresh_dir(out: Path | None, prefix: str) -> Path:
+    """A new folder for this call's runs: under `out` when given (made if missing), else
+    under the system's temporary folder. A second call with the same `--out` gets its own
+    folder, so it neither collides with the runs of the first ("already holds a run") nor
+    touches what they wrote."""
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=prefix, dir=out))

@@ -16,12 +16,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import tempfile
 import time
 from pathlib import Path
 
 import torch
-from common import add_threads, apply_threads  # noqa: E402  (benchmarks/common.py)
+from common import add_threads, apply_threads, fresh_dir  # noqa: E402  (benchmarks/common.py)
 
 from distill.app.build import build
 from distill.app.run import run_experiment
@@ -75,8 +74,7 @@ def main() -> None:
     add_threads(ap)
     args = ap.parse_args()
     apply_threads(args.threads)
-    out = args.out or Path(tempfile.mkdtemp(prefix="data-free-"))
-    out.mkdir(parents=True, exist_ok=True)
+    out = fresh_dir(args.out, "data-free-")
     teacher = args.teacher
     if teacher is None:
         teacher = out / "teacher"

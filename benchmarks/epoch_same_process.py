@@ -18,12 +18,11 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import tempfile
 import time
 from pathlib import Path
 
 import torch
-from common import add_threads, apply_threads
+from common import add_threads, apply_threads, fresh_dir
 from whole_run_overhead import STUDENT, TEACHER, hand_epoch, trainer_for
 
 
@@ -57,7 +56,7 @@ def main() -> None:
     from distill.loop.loss_sums import LossSums
     from distill.models import build_model
 
-    root = args.out or Path(tempfile.mkdtemp(prefix="epoch-same-process-"))
+    root = fresh_dir(args.out, "epoch-same-process-")
     work = root / "work"
     work.mkdir(parents=True, exist_ok=True)
     data = load_dataset("mnist1d")

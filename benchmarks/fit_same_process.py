@@ -27,11 +27,10 @@ import argparse
 import json
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-from common import add_threads, apply_threads
+from common import add_threads, apply_threads, fresh_dir
 from whole_run_overhead import TEACHER, child_hand, trainer_for
 
 VARIANTS = {  # name: (eval_every, checkpoint_every) as a function of the epoch count
@@ -81,8 +80,7 @@ def main() -> None:
     from distill.data import load_dataset
     from distill.models import build_model
 
-    root = args.out or Path(tempfile.mkdtemp(prefix="fit-same-process-"))
-    root.mkdir(parents=True, exist_ok=True)
+    root = fresh_dir(args.out, "fit-same-process-")
     data = load_dataset("mnist1d")
     torch.manual_seed(0)
     teacher = build_model(TEACHER["name"], data.input_shape, data.num_classes, TEACHER["args"])

@@ -38,11 +38,10 @@ import os
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-from common import add_threads
+from common import add_threads, fresh_dir
 
 TEACHER = {"name": "convnet", "args": {"channels": [32, 64, 64]}}
 STUDENT = {"name": "convnet", "args": {"channels": [8, 16, 16]}}
@@ -280,9 +279,7 @@ def main() -> None:
         fn = child_distill if args.child == "distill" else child_hand
         print(json.dumps(fn(args.work, args)))
         return
-    if args.out is not None:  # a fresh folder per invocation: earlier runs under --out stay
-        args.out.mkdir(parents=True, exist_ok=True)
-    root = Path(tempfile.mkdtemp(prefix="whole-run-", dir=args.out))
+    root = fresh_dir(args.out, "whole-run-")
     import torch
 
     from distill.core.checkpoint import save_weights

@@ -23,11 +23,10 @@ import os
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-from common import add_threads
+from common import add_threads, fresh_dir
 from whole_run_overhead import TEACHER, child_distill
 
 VARIANTS = ("default", "no_fsync", "last_only")
@@ -97,9 +96,7 @@ def main() -> None:
     if args.child:
         print(json.dumps(child(args.child, args.work, args)))
         return
-    if args.out is not None:
-        args.out.mkdir(parents=True, exist_ok=True)
-    root = Path(tempfile.mkdtemp(prefix="writer-overlap-", dir=args.out))
+    root = fresh_dir(args.out, "writer-overlap-")
     import torch
 
     from distill.core.checkpoint import save_weights
