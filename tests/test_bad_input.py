@@ -92,6 +92,7 @@ class Case:
     code: int = 2
     setup: str | None = None  # name of a setup step below
     teacher: bool = False  # use the offline config with a teacher
+    absent: tuple[str, ...] = ()  # advice the message must not give
 
 
 CASES = [
@@ -368,12 +369,61 @@ CASES = [
         ["already holds a run", "--resume", "--overwrite"],
         setup="prior_run",
     ),
+    # ---------------------------------------------------------------- issue 39
+    Case("config-random-bytes", ["validate", "RANDOM_YAML"], ["is not UTF-8 text", "byte 0x"]),
+    Case(
+        "yaml-alias-bomb",
+        ["validate", "BOMB_YAML"],
+        ["is not valid YAML", "aliases (*name) expand to", "write the values out"],
+    ),
+    Case(
+        "model-arg-wrong-type",
+        ["run", "CONFIG", "student.args.hidden=big"],
+        ["argument hidden='big' is not a valid Sequence[int]", "distill layers mlp"],
+    ),
+    Case(
+        "csv-ragged-row",
+        ["run", "CONFIG", "data={name: table, options: {train: ragged.csv}}"],
+        ["cannot read 'ragged.csv' as csv", "Expected 4 fields in line 5, saw 5", "that row"],
+        setup="bad_tables",
+    ),
+    Case(
+        "csv-header-then-garbage",
+        ["run", "CONFIG", "data={name: table, options: {train: garbage.csv}}"],
+        ["cannot read 'garbage.csv' as csv", "UnicodeDecodeError", "UTF-8"],
+        setup="bad_tables",
+    ),
+    Case(  # a one-epoch run would drop the last partial batch and never read this row
+        "csv-nan-cell-never-read",
+        ["run", "CONFIG", "data={name: table, options: {train: holes.csv}}", "train.epochs=1"],
+        ["missing value (empty, NA or NaN) in column 'b' at row 398", "fill or drop"],
+        setup="bad_tables",
+    ),
+    Case(
+        "parquet-negative-label",
+        ["run", "CONFIG", "data={name: table, options: {train: negative.parquet}}"],
+        ["sample 5 has label -5", "negative label is no class", "label_values: [...]"],
+        setup="bad_tables",
+    ),
     # ---------------------------------------------------------------- run dirs (issue 23)
     Case(
         "overwrite-unmarked-dir",
         ["run", "CONFIG", "--overwrite"],
         ["refuses to clear", "no .distill-run marker", "'thesis.txt'"],
         setup="user_file_in_run_dir",
+    ),
+    Case(  # issue 39: results.json / metrics in a folder of the user's are no marker
+        "overwrite-users-experiment-folder",
+        ["run", "CONFIG", "--overwrite"],
+        ["refuses to clear", "no .distill-run marker", "'report.md'", "'model.onnx'"],
+        setup="users_experiment_folder",
+    ),
+    Case(
+        "run-into-users-experiment-folder",
+        ["run", "CONFIG"],
+        ["already holds a run", "--resume", "will not clear it", "set run_dir=<new dir>"],
+        setup="users_experiment_folder",
+        absent=("replace it with --overwrite",),
     ),
     Case(
         "overwrite-run-with-user-file",
@@ -545,6 +595,29 @@ def _setup(ws: Path, step: str | None, config: str) -> None:
     if step == "user_file_in_run_dir":
         (ws / "run").mkdir()
         (ws / "run/thesis.txt").write_text("two years of work\n")
+    elif step == "bad_tables":
+        import numpy as np
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        rng = np.random.default_rng(0)
+        x, y = rng.normal(size=(400, 3)).round(3), rng.integers(0, 3, 400)
+        rows = [f"{a},{b},{c},{k}" for (a, b, c), k in zip(x, y)]
+        header = "a,b,c,label\n"
+        ragged = rows[:3] + [rows[3] + ",9"] + rows[4:]
+        (ws / "ragged.csv").write_text(header + "\n".join(ragged) + "\n")
+        (ws / "garbage.csv").write_bytes(header.encode() + bytes(range(128, 256)) * 8)
+        holes = rows[:398] + ["0.1,,0.3,1"] + rows[399:]
+        (ws / "holes.csv").write_text(header + "\n".join(holes) + "\n")
+        y[5] = -5
+        pq.write_table(pa.table({"a": x[:, 0], "b": x[:, 1], "label": y}), ws / "negative.parquet")
+    elif step == "users_experiment_folder":  # a person's own results, no distill marker
+        (ws / "run/checkpoints").mkdir(parents=True)
+        (ws / "run/config.yaml").write_text("lr: 0.1\n")
+        (ws / "run/results.json").write_text('{"acc": 0.93}\n')
+        (ws / "run/metrics.jsonl").write_text('{"epoch": 1}\n')
+        (ws / "run/report.md").write_text("notes\n")
+        (ws / "run/model.onnx").write_bytes(bytes(range(256)) * 12)
     elif step == "user_config_in_run_dir":
         (ws / "run").mkdir()
         (ws / "run/config.yaml").write_text("my own notes\n")
@@ -649,6 +722,11 @@ def test_bad_input(case: Case, workspace: Path, capsys):
     (workspace / "evil.yaml").write_text(
         "student: !!python/object/apply:os.system ['touch PWNED']\n"
     )
+    (workspace / "random.yaml").write_bytes(bytes(range(256)) * 4)
+    bomb = ["a: &a [x, x, x, x, x, x, x, x, x, x]"]
+    for i in range(1, 8):  # 10^8 leaves from a few hundred bytes
+        bomb.append(f"{chr(97 + i)}: &{chr(97 + i)} [{', '.join(['*' + chr(96 + i)] * 10)}]")
+    (workspace / "bomb.yaml").write_text("\n".join(bomb) + "\n")
     (workspace / "dup.yaml").write_text(
         "student: {name: mlp}\ntrain: {epochs: 3}\ntrain: {epochs: 5}\n"
     )
@@ -663,14 +741,19 @@ def test_bad_input(case: Case, workspace: Path, capsys):
         "BROKEN_YAML": "broken.yaml",
         "EVIL_YAML": "evil.yaml",
         "DUP_YAML": "dup.yaml",
+        "RANDOM_YAML": "random.yaml",
+        "BOMB_YAML": "bomb.yaml",
         "run_dir=HOME": f"run_dir={Path.home()}",
     }
     code = main([names.get(a, a) for a in case.argv])
     err = capsys.readouterr().err
     assert code == case.code, err
     assert "Traceback" not in err
+    assert len(err) < 6000, f"{len(err)} characters of error text"
     for fragment in case.fragments:
         assert fragment in err, f"{fragment!r} not in:\n{err}"
+    for advice in case.absent:
+        assert advice not in err, f"{advice!r} should not be in:\n{err}"
     assert _snapshot(workspace) == before  # nothing written, nothing half-written
     after = _user_files(workspace)
     assert {k: after.get(k) for k in everything} == everything  # every file is as it was

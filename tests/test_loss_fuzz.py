@@ -15,7 +15,7 @@ RELATION = [  # fsp and lsp read other shapes (tested in test_losses and test_pa
     n for n, spec in LOSSES.items() if spec.family == "relation" and n not in ("fsp", "lsp")
 ]
 DIVERGENCES = ["kd", "soft_ce", "reverse_kl", "js"]
-BATCH_LOSSES = {"dist", "mlkd"}  # need 2 or more rows (issue 27: an error, not a constant)
+BATCH_LOSSES = {"dist", "mlkd", "skd"}  # need 2 or more rows (issue 27: an error, not a constant)
 
 
 def call(name, s, t, **kwargs):

@@ -52,12 +52,21 @@ def test_protected_folders():
     assert "working directory" in rundir.protected_reason(Path("..").resolve())
 
 
-def test_a_pre_marker_run_dir_of_run_outputs_may_be_overwritten(tmp_path):
+def test_a_folder_without_the_marker_is_never_cleared_whatever_its_file_names(tmp_path):
+    """Issue 39: run-output names (results.json, report.md, *.onnx) in a folder without the
+    marker may be a person's own files: --overwrite refuses and removes nothing."""
     cfg = parse_config(synthetic_cfg(tmp_path / "r", train={"epochs": 1}))
     run_experiment(cfg)
-    (tmp_path / "r" / rundir.MARKER).unlink()  # as an older distill left it
-    run_experiment(cfg, overwrite=True)
-    assert (tmp_path / "r" / rundir.MARKER).is_file()
+    (tmp_path / "r" / rundir.MARKER).unlink()  # as an older distill, or a person, left it
+    (tmp_path / "r/report.md").write_text("notes")
+    before = {p: p.read_bytes() for p in (tmp_path / "r").rglob("*") if p.is_file()}
+    with pytest.raises(ConfigError, match="no .distill-run marker"):
+        run_experiment(cfg, overwrite=True)
+    after = {p: p.read_bytes() for p in (tmp_path / "r").rglob("*") if p.is_file()}
+    assert after == before
+    assert "will not clear it" in rundir.replace_advice(tmp_path / "r")
+    (tmp_path / "empty").mkdir()  # an empty folder may be taken
+    rundir.check_clearable(tmp_path / "empty")
 
 
 def test_the_lock_is_exclusive_across_processes_and_dies_with_its_holder(tmp_path):

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from distill.core.errors import did_you_mean
 from distill.losses.response import PreparedTeacher
 from distill.taps import INPUT_GRAD, Knowledge
 
@@ -246,6 +247,7 @@ class Term(nn.Module):
         self.batch_fields = {
             kw: key for kw, key in (("targets", "target"), ("index", "index")) if kw in params
         }
+        _check_loss_args(name, self.loss_args, params)
         fixed = {}
         if prepared is not None and teacher == "logits" and not self.batch_fields:
             for arg in prepared.args:
@@ -293,6 +295,22 @@ class Term(nn.Module):
                 return self.prepared.loss(s, ready, **{**self._prepared_args, **args})
         t = teacher.get(self.teacher) if teacher is not None else None
         return self.loss_fn(s, t, **args)
+
+
+def _check_loss_args(name: str, loss_args: Mapping[str, object], params: Mapping) -> None:
+    """Every loss argument must be one of the loss's keywords (checked when the term is
+    made, not at the first step), with a "did you mean" for a misspelt one."""
+    if not params or any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return
+    valid = [
+        n for n, p in params.items() if p.kind is p.KEYWORD_ONLY and n not in ("targets", "index")
+    ]
+    for arg in loss_args:
+        if arg not in valid:
+            raise ValueError(
+                f"term {name!r}: its loss has no argument {arg!r}{did_you_mean(arg, valid)}; "
+                f"its arguments are {valid}"
+            )
 
 
 def tapped_layers(wheres: Iterable[str | Sequence[str]]) -> list[str]:

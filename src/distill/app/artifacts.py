@@ -31,6 +31,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from distill.core.checkpoint import fsync_dir
 from distill.core.errors import ConfigError
 from distill.taps import logits_of
 
@@ -318,6 +319,7 @@ def export_run(
             os.replace(out, old / "x")
             shutil.rmtree(old, ignore_errors=True)
         os.replace(tmp, out)
+        fsync_dir(out.parent)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return {**info, "path": str(out), "files": sorted(p.name for p in out.iterdir())}

@@ -276,6 +276,17 @@ def make_parser() -> argparse.ArgumentParser:
     return parser
 
 
+MAX_ERROR_CHARS = 4000
+
+
+def clipped(message: str, limit: int = MAX_ERROR_CHARS) -> str:
+    """An error message cut to `limit` characters: a message that quotes its input (a
+    value, a list of problems) must not flood the terminal when the input is huge."""
+    if len(message) <= limit:
+        return message
+    return f"{message[:limit]} ... ({len(message) - limit:,} more characters not shown)"
+
+
 def main(argv: list[str] | None = None) -> int:
     """Exit codes: 0 done; 1 validate found problems or training diverged; 2 bad input;
     128+N stopped by signal N (the checkpoint is saved)."""
@@ -296,13 +307,13 @@ def main(argv: list[str] | None = None) -> int:
     except USER_ERRORS as e:
         if args.debug:
             raise
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {clipped(str(e))}", file=sys.stderr)
         print("(run with --debug for the traceback)", file=sys.stderr)
         return 1 if isinstance(e, NonFiniteError) else 2
     except OSError as e:  # the file system said no: name the path and what it said
         if args.debug:
             raise
-        print(f"error: {os_error_message(e)}", file=sys.stderr)
+        print(f"error: {clipped(os_error_message(e))}", file=sys.stderr)
         print("(run with --debug for the traceback)", file=sys.stderr)
         return 2
 

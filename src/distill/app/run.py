@@ -24,6 +24,7 @@ from distill.evaluate import (
     predict_logits,
     targets_of,
 )
+from distill.loop.checks import check_free_space
 from distill.loop.trainer import Trainer
 from distill.models.weights import restore_weights
 from distill.schemes.contract import Contract
@@ -89,12 +90,16 @@ def _train(cfg, built, trainer: Trainer, resume: bool, overwrite: bool, changes)
     distributed.barrier()  # under torchrun: every rank has checked the run dir before rank 0 writes
     main = distributed.is_main()
     if main:
+        check_free_space(trainer)  # nothing is written for a run that cannot save
         if resume:
             print(_resume_line(trainer, run_dir / "config.yaml"), file=sys.stderr)
         for line in changes:
             print(line, file=sys.stderr)
         rundir.begin(run_dir, "run", overwrite=overwrite, source=cfg._source)
-        atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
+        config_text = dump_config(cfg)
+        saved = run_dir / "config.yaml"
+        if not (saved.is_file() and saved.read_text() == config_text):
+            atomic_write_text(saved, config_text)
     distributed.barrier()
     trackers = _trackers(cfg, run_dir, resume) if main else []
     trainer.callbacks += [lambda row, t=t: t.log(row, row["step"]) for t in trackers]

@@ -74,8 +74,8 @@ def check_run_dir(
     has_run = rundir.holds_run(run_dir)
     if has_run and not resume and not overwrite:
         raise ConfigError(
-            f"run dir {str(run_dir)!r} already holds a run; continue it with --resume, "
-            f"replace it with --overwrite, or set run_dir=<new dir>"
+            f"run dir {str(run_dir)!r} already holds a run; continue it with --resume, or "
+            + rundir.replace_advice(run_dir)
         )
     if not resume and not overwrite:
         rundir.check_fresh(run_dir)

@@ -485,8 +485,8 @@ def run_compress(
         for key in ("base", "export"):
             if old.get(key) != new[key]:
                 raise ConfigError(
-                    f"{str(run_dir)!r} holds a compression run with another {key}; pass "
-                    "--overwrite to start again, or set run_dir=<new dir>"
+                    f"{str(run_dir)!r} holds a compression run with another {key}; "
+                    + rundir.replace_advice(run_dir)
                 )
     else:
         rundir.check_fresh(run_dir)

@@ -47,6 +47,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+        fsync_dir(path.parent)
     except OSError as e:  # (a failed write says which file it was writing)
         Path(tmp).unlink(missing_ok=True)
         if e.filename is None and e.errno is not None:
@@ -55,6 +56,22 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def fsync_dir(folder: str | os.PathLike) -> None:
+    """Flush a folder's entries to disk, so that a rename done in it survives a power cut
+    (the file's own fsync covers its bytes, not its name). A no-op where folders cannot be
+    opened (Windows) or synced (some network file systems)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def _umask() -> int:
@@ -326,13 +343,30 @@ def _is_torch_file(head: bytes) -> bool:
 _NESTED_STATE_KEYS = ("state_dict", "model_state_dict", "model", "module", "student", "net")
 
 
-def load_weights(path: str | os.PathLike) -> tuple[dict[str, Tensor], dict]:
+def load_weights(
+    path: str | os.PathLike, *, allow_non_finite: bool = False
+) -> tuple[dict[str, Tensor], dict]:
     """(state_dict, info) from a weights file or from a full checkpoint's model weights.
 
     Files distill wrote are checked against their SHA-256. A weights file from elsewhere
     loads with a note: safetensors without a checksum, or a `torch.save` state dict, which
-    is read with `torch.load(weights_only=True)` so that no code can run."""
-    path = Path(path)
+    is read with `torch.load(weights_only=True)` so that no code can run. Weights holding
+    NaN or inf (a run that diverged) are refused, as the CLI refuses them, unless
+    `allow_non_finite` (to inspect such a file)."""
+    tensors, info = _load_weights(Path(path))
+    if not allow_non_finite:
+        bad = _non_finite(tensors, ("",))
+        if bad:
+            raise CheckpointError(
+                f"the weights in {str(path)!r} hold NaN or inf (in {', '.join(bad[:4])}"
+                f"{' ...' if len(bad) > 4 else ''}): the run that wrote them diverged. Use "
+                f"weights from before that, or retrain that model (allow_non_finite=True "
+                f"loads them to inspect)"
+            )
+    return tensors, info
+
+
+def _load_weights(path: Path) -> tuple[dict[str, Tensor], dict]:
     if not path.is_file():
         raise CheckpointError(f"weights file {str(path)!r} does not exist")
     with open(path, "rb") as f:

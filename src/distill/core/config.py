@@ -7,6 +7,7 @@ reported at once. `key=value` overrides use dotted paths (`train.epochs=5`,
 
 from __future__ import annotations
 
+import codecs
 import types
 import typing
 from pathlib import Path
@@ -219,7 +220,7 @@ def apply_override(data: dict[str, Any], assignment: str) -> None:
             f"override {assignment!r} must look like key.path=value, e.g. train.epochs=5"
         )
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
+        value = safe_load_unique(raw) if raw.strip() else None
     except yaml.YAMLError as e:
         raise ConfigError(f"override {assignment!r}: the value is not valid YAML ({e})") from None
     if isinstance(value, dict) and not raw.strip().startswith("{"):
@@ -271,9 +272,69 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
+# Bounds on what one YAML document may hold. A config is a few hundred values; these
+# leave room for long inline lists while refusing "billion laughs" documents, whose few
+# hundred bytes of aliases expand to millions of values when they are read.
+MAX_YAML_BYTES = 4 * 1024 * 1024
+MAX_YAML_VALUES = 1_000_000
+
+
+def _expanded_size(node: yaml.Node, memo: dict[int, int]) -> int:
+    """How many values `node` stands for once every alias is written out (memoised per
+    node, so a chain of aliases is counted without expanding it)."""
+    key = id(node)
+    if key not in memo:
+        memo[key] = 0  # a node that contains itself (a recursive alias) counts once
+        if isinstance(node, yaml.MappingNode):
+            size = 1 + sum(_expanded_size(k, memo) + _expanded_size(v, memo) for k, v in node.value)
+        elif isinstance(node, yaml.SequenceNode):
+            size = 1 + sum(_expanded_size(v, memo) for v in node.value)
+        else:
+            size = 1
+        memo[key] = size
+    return memo[key]
+
+
 def safe_load_unique(text: str) -> Any:
-    """yaml.safe_load, but a mapping with a repeated key is an error."""
-    return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader subclass)
+    """yaml.safe_load, but a mapping with a repeated key is an error, and a document whose
+    aliases expand to more than MAX_YAML_VALUES values is refused before it is built."""
+    loader = _UniqueKeyLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        size = _expanded_size(node, {})
+        if size > MAX_YAML_VALUES:
+            raise yaml.YAMLError(
+                f"its aliases (*name) expand to {size:,} values, more than the "
+                f"{MAX_YAML_VALUES:,} a config may hold; write the values out or use fewer aliases"
+            )
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
+def decode_text(data: bytes, path: Path, what: str) -> str:
+    """A text file's bytes as str: UTF-8 (a BOM allowed), or UTF-16/32 with a BOM, as
+    editors on Windows save them; anything else is refused with the offending byte."""
+    for bom, codec in (
+        (codecs.BOM_UTF32_LE, "utf-32"),
+        (codecs.BOM_UTF32_BE, "utf-32"),
+        (codecs.BOM_UTF16_LE, "utf-16"),
+        (codecs.BOM_UTF16_BE, "utf-16"),
+    ):
+        if data.startswith(bom):
+            try:
+                return data.decode(codec)
+            except UnicodeDecodeError:
+                break
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise ConfigError(
+            f"{what} {str(path)!r} is not UTF-8 text (byte 0x{data[e.start]:02x} at offset "
+            f"{e.start} cannot be decoded); save it as UTF-8, or check it is the file you meant"
+        ) from None
 
 
 def read_yaml(path: Path, what: str) -> Any:
@@ -283,8 +344,15 @@ def read_yaml(path: Path, what: str) -> Any:
         raise ConfigError(f"{what} {str(path)!r} is a folder; give the path of a YAML file in it")
     if not path.is_file():
         raise ConfigError(f"{what} {str(path)!r} does not exist")
+    size = path.stat().st_size
+    if size > MAX_YAML_BYTES:
+        raise ConfigError(
+            f"{what} {str(path)!r} has {size:,} bytes, more than the {MAX_YAML_BYTES:,} a YAML "
+            "config may have; check it is the file you meant"
+        )
+    text = decode_text(path.read_bytes(), path, what)
     try:
-        return safe_load_unique(path.read_text()) or {}
+        return safe_load_unique(text) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"{path} is not valid YAML: {e}") from None
 

@@ -9,7 +9,7 @@ Every command that trains into a run dir goes through `RunDir`:
   OS drops it when the process dies, so a SIGKILL never leaves a stale lock; a second
   writer is refused, naming the PID that holds it;
 - `--overwrite` removes only what a run writes (`RUN_FILES`, at any depth), only in a dir
-  with a marker (or a pre-marker run dir holding nothing else), and never `.`, `/`, `~`,
+  with the marker (or an empty one), and never `.`, `/`, `~`,
   the working directory's ancestors or the config's own folder. Any other file blocks it,
   named in the error, and nothing is removed;
 - temporary files that a killed writer left (`.<name>.<random>.tmp`) are removed when a
@@ -162,7 +162,9 @@ def check_clearable(run_dir: Path, source: Path | None = None) -> None:
             f"own> (default runs/<name>)"
         )
     entries = sorted(p for p in run_dir.iterdir() if p.name != LOCK)
-    if not (run_dir / MARKER).is_file() and not holds_run(run_dir) and entries:
+    if not is_marked(run_dir) and entries:
+        # file names alone never prove a folder is distill's: a person's results.json,
+        # report.md or model.onnx look the same, so only the marker allows a clear
         shown = _names(entries, run_dir)
         raise ConfigError(
             f"--overwrite refuses to clear {str(run_dir)!r}: no distill run made it (it has no "
@@ -175,6 +177,22 @@ def check_clearable(run_dir: Path, source: Path | None = None) -> None:
             f"not write ({_names(foreign, run_dir)}). Move them elsewhere, or set "
             f"run_dir=<new dir>"
         )
+
+
+def is_marked(run_dir: Path) -> bool:
+    """True when a distill command made `run_dir` (it holds the run marker)."""
+    return (Path(run_dir) / MARKER).is_file()
+
+
+def replace_advice(run_dir: Path) -> str:
+    """How to get past a folder that holds an earlier run: --overwrite only where distill
+    made the folder (it will not clear any other)."""
+    if is_marked(run_dir):
+        return "replace it with --overwrite, or set run_dir=<new dir>"
+    return (
+        f"distill did not make it (no {MARKER} marker), so --overwrite will not clear it; "
+        "set run_dir=<new dir>, or empty it yourself"
+    )
 
 
 def check_fresh(run_dir: Path) -> None:
@@ -298,7 +316,9 @@ __all__ = [
     "clear",
     "foreign_files",
     "holds_run",
+    "is_marked",
     "protected_reason",
+    "replace_advice",
     "remove_temp_files",
     "write_marker",
 ]

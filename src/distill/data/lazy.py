@@ -102,11 +102,30 @@ class LabelCoder:
     mapped to their index in the sorted distinct training values (or in the `names` given),
     announced on stderr; the names are kept (as strings) so every split maps the same way."""
 
-    def __init__(self, values: list[Any], where: str, names: list[str] | None = None):
+    def __init__(
+        self,
+        values: list[Any],
+        where: str,
+        names: list[str] | None = None,
+        *,
+        by_value: bool = False,
+    ):
         values = self._clean(values, where)
         ints = bool(values) and all(isinstance(v, int) for v in values)
         distinct = sorted(set(values))
-        self.keyed = not (ints and (names is not None or distinct == list(range(len(distinct)))))
+        if ints and not by_value and distinct[0] < 0:
+            first = next(i for i, v in enumerate(values) if v < 0)
+            raise DataError(
+                f"{where}: sample {first} has label {values[first]}, and a negative label is no "
+                f"class (labels run {distinct[0]}..{distinct[-1]}); fix or drop those rows, or "
+                f"list every label value in class order with label_values: [...] (a table "
+                f"option) to map each to its index"
+            )
+        # by_value: `names` are the label values in class order, and every label is looked
+        # up among them (the user's own mapping); otherwise integer 0..C-1 stay as they are
+        self.keyed = by_value or not (
+            ints and (names is not None or distinct == list(range(len(distinct))))
+        )
         self.names = [str(n) for n in names] if names is not None else None
         if self.keyed and self.names is None:
             self.names = [str(v) for v in distinct]
@@ -149,8 +168,9 @@ class LabelCoder:
         unknown = sorted(set(keys) - set(index))
         if unknown:
             raise DataError(
-                f"{where}: label(s) {unknown[:5]} do not appear in the training labels "
-                f"{self.names[:8]}; every test class must be a training class"
+                f"{where}: label(s) {unknown[:5]} are not among the classes "
+                f"{self.names[:8]}; every label must be one of them (a test class must be a "
+                f"training class, and with label_values: [...] given, a listed value)"
             )
         return np.asarray([index[k] for k in keys], dtype=np.int64)
 

@@ -4,7 +4,11 @@ share."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import logging
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -163,18 +167,56 @@ def read_table(
         delimiter = "\t"
     kwargs = {"delimiter": delimiter} if delimiter is not None else {}
     try:
-        return datasets.load_dataset(
-            fmt,
-            data_files=str(Path(path).expanduser()),
-            split="train",
-            cache_dir=hf_cache_dir(),
-            streaming=streaming,
-            **kwargs,
-        )
+        with _quiet_readers():  # a failed read is reported below, once, with the fix
+            return datasets.load_dataset(
+                fmt,
+                data_files=str(Path(path).expanduser()),
+                split="train",
+                cache_dir=hf_cache_dir(),
+                streaming=streaming,
+                **kwargs,
+            )
     except (ValueError, OSError, TypeError) as e:
         if "corresponds to no data" in str(e):
             raise DataError(f"dataset {name!r}: {path!r} holds no rows; check the file") from None
         raise DataError(f"dataset {name!r}: cannot read {path!r} as {fmt}: {e}") from None
+    except datasets.exceptions.DatasetGenerationError as e:
+        # datasets wraps the parser's own error (pandas' "Expected 3 fields in line 5",
+        # a decoding error): that one names the row, so it is the one to show
+        raise DataError(
+            f"dataset {name!r}: cannot read {path!r} as {fmt}: {_root_cause(e)}. "
+            + _FORMAT_ADVICE.get(fmt, "Check the file, or set format: to what it holds")
+        ) from None
+
+
+_FORMAT_ADVICE = {
+    "csv": "A CSV needs UTF-8 text with a header line and as many fields in every row as in "
+    "the header; fix or remove that row (or set delimiter: when it is not a comma)",
+    "json": "JSON lines need one object per line, every line valid JSON",
+    "parquet": "Check the file is a whole Parquet file (rewrite it with pyarrow or pandas)",
+}
+
+
+@contextlib.contextmanager
+def _quiet_readers() -> Iterator[None]:
+    """Hold back the `datasets` file readers' own error log while a file is read: their
+    failure comes back as an exception, which `read_table` reports with the fix."""
+    logger = logging.getLogger("datasets")
+    was = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(was)
+
+
+def _root_cause(error: BaseException) -> str:
+    """The innermost error of the `raise ... from` chain (its type and first line): the
+    parser's own words."""
+    while error.__cause__ is not None:
+        error = error.__cause__
+    line = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    return f"{type(error).__name__}: {line}"
 
 
 def _column(table: Any, column: str, name: str, role: str, origin: str) -> None:
@@ -206,16 +248,22 @@ def find_label_column(table: Any, given: str | None, name: str, origin: str) -> 
 
 
 def _labels_of(
-    table: Any, column: str, where: str, coder: LabelCoder | None = None, names=None
+    table: Any,
+    column: str,
+    where: str,
+    coder: LabelCoder | None = None,
+    names=None,
+    by_value: bool = False,
 ) -> tuple[np.ndarray, LabelCoder | None]:
     """Class ids of a split's label column: a ClassLabel as it is, else through `coder`
-    (fitted here on the training split when None; `names` are the user's class names)."""
+    (fitted here on the training split when None; `names` are the user's class names, or
+    with `by_value` the label values in class order)."""
     feature = table.features[column]
     if type(feature).__name__ == "ClassLabel":
         ids = np.asarray(table[column], dtype=np.int64)
         return ids, coder or _ClassLabels(names or list(feature.names))
     if coder is None:
-        coder = LabelCoder(list(table[column]), where, names)
+        coder = LabelCoder(list(table[column]), where, names, by_value=by_value)
         return coder.ids, coder
     return coder.encode(list(table[column]), where), coder
 
@@ -250,7 +298,63 @@ def _feature_columns(
         raise DataError(
             f"dataset {name!r}: {origin} has no feature columns besides the label {label!r}"
         )
+    listed = [c for c in features if _is_list_feature(table.features[c])]
+    if listed:
+        print(
+            f"dataset {name!r}: column(s) {listed[:5]} of {origin} hold lists; each list's "
+            f"values become that many features, side by side with the other columns (name "
+            f"the columns to use with features: [...] to leave them out)",
+            file=sys.stderr,
+        )
     return features
+
+
+def _is_list_feature(feature: Any) -> bool:
+    return type(feature).__name__ in ("Sequence", "List", "LargeList") or isinstance(feature, list)
+
+
+def check_finite_columns(table: Any, columns: list[str], name: str, origin: str) -> None:
+    """Refuse a missing or non-finite value in any feature column, naming the column and
+    the first row. Read once per column from Arrow when the table is opened: a run that
+    never reaches that row (a short run, a dropped last batch) must not train on it."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    arrow = getattr(getattr(table, "data", None), "table", None)
+    if arrow is None:  # a streamed table: its rows are checked as they are read
+        return
+    for column in columns:
+        values = arrow.column(column)
+        while pa.types.is_list(values.type) or pa.types.is_large_list(values.type):
+            if values.null_count:
+                break
+            values = pc.list_flatten(values)
+        if values.null_count:
+            row = _first_true(pc.is_null(arrow.column(column)))
+            raise DataError(
+                f"dataset {name!r}: {origin} has a missing value (empty, NA or NaN) in column "
+                f"{column!r} at row {row}; fill or drop that row (distill trains on numbers only)"
+            )
+        if pa.types.is_floating(values.type):
+            bad = pc.invert(pc.is_finite(values))
+            if pc.any(bad).as_py():
+                row = _first_bad_row(arrow.column(column))
+                raise DataError(
+                    f"dataset {name!r}: {origin} has a NaN or infinite value in column "
+                    f"{column!r} at row {row}; fill or drop that row"
+                )
+
+
+def _first_true(mask: Any) -> int:
+    return int(np.flatnonzero(mask.to_numpy(zero_copy_only=False))[0])
+
+
+def _first_bad_row(column: Any) -> int:
+    """The first row of a (possibly list) column holding a NaN or infinity."""
+    for i, value in enumerate(column.to_pylist()):
+        if not np.isfinite(np.asarray(value, dtype=np.float64)).all():
+            return i
+    return -1
 
 
 def load_table(
@@ -263,11 +367,17 @@ def load_table(
     format: str | None = None,
     delimiter: str | None = None,
     test_fraction: float = 0.2,
+    label_values: list[Any] | None = None,
     **options: Any,
 ) -> LazyData:
     """Rows of a CSV, Parquet or JSON(L) file: the `features` columns (default: every column
     but the label) as one float32 vector, or one `text` column tokenized with `tokenizer`
-    (a local Hugging Face tokenizer folder; `max_length`), and the `label` column."""
+    (a local Hugging Face tokenizer folder; `max_length`), and the `label` column.
+
+    `label_values` lists the label values in class order (`[-1, 1]`, `[cat, dog]`): each label
+    becomes its index there, and a label not listed is an error. Without it, integer labels
+    0..C-1 stay as they are, other labels map to their sorted order (said on stderr), and a
+    negative integer label is refused."""
     name = "table"
     text_options = {k: options.pop(k) for k in ("tokenizer", "max_length") if k in options}
     train_tf, eval_tf = _transforms(options, name)
@@ -285,7 +395,19 @@ def load_table(
                 f"with text: <column>"
             )
         cols = _feature_columns(table, label, features, name, repr(train))
-    y, coder = _labels_of(table, label, f"dataset {name!r}: {train!r}")
+        check_finite_columns(table, cols, name, repr(train))
+    if label_values is not None and (not isinstance(label_values, list) or not label_values):
+        raise ConfigError(
+            f"dataset {name!r}: label_values must be a list of the label values in class "
+            f"order, e.g. label_values: [-1, 1], got {label_values!r}"
+        )
+    y, coder = _labels_of(
+        table,
+        label,
+        f"dataset {name!r}: {train!r}",
+        names=label_values,
+        by_value=label_values is not None,
+    )
     names = coder.names
     src_train = TableRows(name, table, cols, y, repr(train))
     src_test = None
@@ -293,6 +415,8 @@ def load_table(
         t_table = read_table(test, fmt=format, name=name, delimiter=delimiter)
         for c in [label, *cols]:
             _column(t_table, c, name, "label" if c == label else "feature", repr(test))
+        if text is None:
+            check_finite_columns(t_table, cols, name, repr(test))
         t_y, _ = _labels_of(t_table, label, f"dataset {name!r}: {test!r}", coder)
         src_test = TableRows(name, t_table, cols, t_y, repr(test))
     return _finish(

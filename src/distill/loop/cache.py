@@ -42,6 +42,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from distill.core.checkpoint import fsync_dir
 from distill.core.errors import ConfigError
 from distill.core.settings import CacheSettings
 from distill.data import load_batch, teacher_input
@@ -330,6 +331,7 @@ class TeacherCache:
                 shutil.rmtree(trash, ignore_errors=True)
             try:
                 os.replace(tmp, path)
+                fsync_dir(self.root)
             except OSError:  # another process finished the same entry first: keep theirs
                 if self._check(path, key) is not None:
                     raise

@@ -21,6 +21,7 @@ from distill.core.settings import TrainSettings
 from distill.core.writer import BackgroundWriter
 from distill.data import Augmentation
 from distill.data.loading import is_stream, set_epoch
+from distill.loop.checks import check_free_space, check_run_dir, check_train_data
 from distill.loop.feed import BatchFeed, epoch_order, group_items, plan, stream_items
 from distill.loop.guard import NonFiniteGuard
 from distill.loop.loss_sums import LossSums
@@ -63,6 +64,7 @@ class Trainer:
         # may raise to stop the run (e.g. a tuner pruning a bad trial). State stays consistent.
         self.callbacks = list(callbacks)
         self.settings = settings
+        check_run_dir(run_dir)
         self.run_dir = Path(run_dir)
         self.augment = augment
         self.export_info = export_info or {}
@@ -72,15 +74,16 @@ class Trainer:
         if settings.precision == "fp16" and self.device.type != "cuda":
             raise ConfigError("train.precision fp16 needs a CUDA device; on CPU use bf16 or fp32")
         self.scheme.to(self.device)
+        # A DataLoader or IterableDataset is read in its own order (a stream); anything else
+        # is indexed in the run's own seeded order.
+        self.streamed = is_stream(train_data)
+        check_train_data(self)  # empty data, labels beyond the model's classes: refused now
         shard_models(self)
         speed_up(self)
         params = [p for p in scheme.modules.parameters() if p.requires_grad]
         self.optimizer = make_optimizer(params, settings, lr_groups(self.contract, params))
         self.scaler = torch.amp.GradScaler("cuda", enabled=settings.precision == "fp16")
         self.aug_gen = torch.Generator().manual_seed(settings.seed + 7919)
-        # A DataLoader or IterableDataset is read in its own order (a stream); anything else
-        # is indexed in the run's own seeded order.
-        self.streamed = is_stream(train_data)
         plan(self)  # batches per epoch, optimizer steps per epoch and in all
         self.losses = LossSums()  # the running epoch's logged losses
         self._step_losses: list[dict[str, torch.Tensor]] = []  # this optimizer step's
@@ -143,6 +146,8 @@ class Trainer:
         `resume` continues from the run dir's last checkpoint.
         """
         s = self.settings
+        if distributed.is_main():
+            check_free_space(self)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         previous_det = torch.are_deterministic_algorithms_enabled()
         torch.use_deterministic_algorithms(s.deterministic)

@@ -1,5 +1,5 @@
-"""Recent logit (response) methods: NKD, WTTM, MLKD, spherical KD and CTKD's learnable
-temperature.
+"""Recent logit (response) methods: NKD, WTTM, MLKD, spherical KD, CTKD's learnable
+temperature and SKD.
 
 Same conventions as `distill.losses.response`: logits (N, C) or (N, L, C) with the classes
 last, every leading position a row, the teacher detached inside, computed in float32 at
@@ -239,4 +239,121 @@ class CTKDLoss(nn.Module):
         return tau**2 * kl_rows(log_pt, log_ps).mean()
 
 
-__all__ = ["CTKDLoss", "mlkd_loss", "nkd_loss", "spherical_kd_loss", "wttm_loss"]
+def _median_fraction(values: Tensor) -> Tensor:
+    """The fraction of `values` at or below their median (numpy's 50th percentile, linear
+    interpolation between the two middle values when the count is even)."""
+    return (values <= torch.quantile(values, 0.5)).to(values.dtype).mean()
+
+
+def skd_instance_loss(
+    student_logits: Tensor, teacher_logits: Tensor, *, temperature: float = 4.0
+) -> Tensor:
+    """SKD's instance term (Jeong, Lee & Choi, CVPR 2026): mean over rows of
+    KL(softmax(z_t / T) || softmax(z_s / T)), with no T^2 factor.
+
+    Shapes: (N, C) or (N, L, C).
+    """
+    _check(student_logits, teacher_logits, temperature)
+    s, t = _rows(student_logits), _rows(teacher_logits.detach())
+    return kl_rows(F.log_softmax(t / temperature, -1), F.log_softmax(s / temperature, -1)).mean()
+
+
+def skd_direction_loss(
+    student_logits: Tensor,
+    teacher_logits: Tensor,
+    *,
+    tikhonov: float = 0.1,
+    gram_scale: float = 1.0,
+) -> Tensor:
+    """SKD's direction term (Jeong, Lee & Choi, CVPR 2026): the mean Mahalanobis length of
+    the rows of D = G_s - G_t, the difference of the batch Gram matrices of the row-wise
+    L2-normalised logits (each divided by `gram_scale`).
+
+    With N the (B, C) normalised logits, G = N N^T / gram_scale is (B, B). The metric is
+    S = cov(D) + tikhonov * I: the unbiased (B, B) covariance of D's columns over its rows
+    (`torch.cov(D.T)`), kept in the graph, inverted through its Cholesky factor. Returns
+    mean_i sqrt(D_i S^-1 D_i^T). The square root reads max(q, 1e-12), so a row with
+    D_i = 0 (student and teacher agree on that sample's directions) has a finite, zero
+    gradient instead of sqrt's infinite slope at 0.
+
+    Needs a batch of 2 or more rows: with one row the covariance has no spread to estimate
+    (the peers' Cholesky fails there), so that case is refused.
+    """
+    _check(student_logits, teacher_logits, 1.0)
+    if tikhonov <= 0:
+        raise ValueError(f"skd: tikhonov must be > 0 (it keeps S invertible), got {tikhonov}")
+    s, t = _rows(student_logits), _rows(teacher_logits.detach())
+    if s.shape[0] < 2:
+        raise ValueError(
+            "skd: the direction term compares the samples of a batch with each other and "
+            f"needs 2 or more rows, got {s.shape[0]}; use a batch of at least 2 (or "
+            "direction_weight: 0, which leaves the instance term alone)"
+        )
+    n_s, n_t = F.normalize(s, dim=-1, eps=1e-12), F.normalize(t, dim=-1, eps=1e-12)
+    d = (n_s @ n_s.T - n_t @ n_t.T) / gram_scale  # (B, B)
+    metric = torch.cov(d.T) + tikhonov * torch.eye(len(d), dtype=d.dtype, device=d.device)
+    chol = torch.linalg.cholesky(metric)
+    # D_i S^-1 D_i^T = ||L^-1 D_i^T||^2 with S = L L^T
+    whitened = torch.linalg.solve_triangular(chol, d.T, upper=False)  # column i: L^-1 D_i^T
+    quad = whitened.pow(2).sum(0)
+    return quad.clamp_min(1e-12).sqrt().mean()
+
+
+def skd_loss(
+    student_logits: Tensor,
+    teacher_logits: Tensor,
+    *,
+    temperature: float = 4.0,
+    tikhonov: float = 0.1,
+    variant: str = "paper",
+    instance_weight: float = 1.0,
+    direction_weight: float = 1.0,
+) -> Tensor:
+    """Streamlined Knowledge Distillation (Jeong, Lee & Choi, CVPR 2026): an instance term
+    (KL of the softened outputs per sample) plus a direction term (how the batch's logit
+    directions relate, compared in a Mahalanobis metric; `skd_direction_loss`).
+
+    `variant` picks one of the two published forms, which differ in scale only:
+
+    - 'paper' (torchdistill 1.1.5's SKD losses): L_INS + L_DIR with the Gram scale 1.
+    - 'authors' (the authors' StreamLined code): rho_s * T^2 * L_INS + rho_c * L_DIR with
+      the Gram scale C (the class count). rho_s is the fraction of the batch whose teacher
+      confidence max_c softmax(z_t)[i, c] (at T = 1) is at or below its batch median; rho_c
+      the fraction of classes whose summed teacher probability is at or below its median.
+      That code multiplies the already averaged terms by these fractions, so each term is
+      scaled by about one half rather than restricted to the rows or classes below the
+      median; this reproduces that behaviour. Its CE and KD weights are the config's
+      `task_weight` and the term's `weight` (authors' defaults 0.1 and 0.9).
+
+    `instance_weight` and `direction_weight` scale the two terms on top (1 and 1 as
+    published). Shapes: (N, C) or (N, L, C); every leading position is a row. A batch of
+    one row is refused when the direction term is on (see `skd_direction_loss`).
+    """
+    if variant not in ("paper", "authors"):
+        raise ValueError(f"skd: variant must be 'paper' or 'authors', got {variant!r}")
+    instance = skd_instance_loss(student_logits, teacher_logits, temperature=temperature)
+    if variant == "authors":
+        probs = F.softmax(_rows(teacher_logits.detach()), -1)
+        instance = _median_fraction(probs.amax(-1)) * temperature**2 * instance
+    total = instance_weight * instance
+    if direction_weight == 0:
+        return total
+    scale = float(student_logits.shape[-1]) if variant == "authors" else 1.0
+    direction = skd_direction_loss(
+        student_logits, teacher_logits, tikhonov=tikhonov, gram_scale=scale
+    )
+    if variant == "authors":
+        direction = _median_fraction(probs.sum(0)) * direction
+    return total + direction_weight * direction
+
+
+__all__ = [
+    "CTKDLoss",
+    "mlkd_loss",
+    "nkd_loss",
+    "skd_direction_loss",
+    "skd_instance_loss",
+    "skd_loss",
+    "spherical_kd_loss",
+    "wttm_loss",
+]

@@ -324,8 +324,11 @@ def ls_kd_loss(
     )
 
 
-def _pearson_distance(a: Tensor, b: Tensor, dim: int, eps: float = 1e-8) -> Tensor:
-    """1 - Pearson correlation of a and b along `dim`, averaged over the other dim."""
+def pearson_distance(a: Tensor, b: Tensor, dim: int, eps: float = 1e-8) -> Tensor:
+    """1 - Pearson correlation of a and b along `dim`, averaged over every other position.
+
+    The correlation is the cosine similarity of the mean-centred vectors (eps 1e-8 in the
+    denominator), as DIST and DIST+ define it."""
     a = a - a.mean(dim, keepdim=True)
     b = b - b.mean(dim, keepdim=True)
     corr = (a * b).sum(dim) / (a.norm(dim=dim) * b.norm(dim=dim) + eps)
@@ -361,8 +364,8 @@ def dist_loss(
         / temperature,
         -1,
     )
-    inter = _pearson_distance(ps, pt, dim=1)
-    intra = _pearson_distance(ps, pt, dim=0)
+    inter = pearson_distance(ps, pt, dim=1)
+    intra = pearson_distance(ps, pt, dim=0)
     return temperature**2 * (beta * inter + gamma * intra)
 
 

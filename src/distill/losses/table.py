@@ -74,6 +74,11 @@ LOSSES: dict[str, LossSpec] = {
         "response",
         "Huang et al. 2022, Knowledge Distillation from A Stronger Teacher (DIST)",
     ),
+    "skd": LossSpec(
+        "distill.losses.logit_recent:skd_loss",
+        "response",
+        "Jeong, Lee & Choi 2026, Streamlined Knowledge Distillation (SKD: instance + Mahalanobis direction terms)",
+    ),
     "ttm": LossSpec(
         "distill.losses.response:ttm_loss",
         "response",
@@ -109,6 +114,11 @@ LOSSES: dict[str, LossSpec] = {
         "response",
         "Yuan et al. 2020, Revisiting KD via Label Smoothing Regularization (Tf-KD)",
         needs_teacher=False,
+    ),
+    "dist_plus_relation": LossSpec(
+        "distill.losses.correlation:dist_plus_relation_loss",
+        "feature",
+        "Huang et al. 2025, DIST+ (channel and spatial relations of a feature map; with dist on the logits: DIST+)",
     ),
     "rkd_distance": LossSpec(
         "distill.losses.relation:rkd_distance_loss",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import typing
 from collections.abc import Callable, Sequence
 
 from torch import nn
@@ -43,6 +44,39 @@ def model_builder(name: str) -> Callable[..., nn.Module]:
     return lookup("model", name, MODELS)
 
 
+def _check_arg_types(name: str, fn: Callable[..., nn.Module], args: dict) -> None:
+    """Each argument against the builder's own type hints, so `hidden: big` is named as a
+    wrong value instead of failing deep inside torch. Builders without hints (a user's
+    function) are called as they are."""
+    try:
+        hints = typing.get_type_hints(fn.__init__ if isinstance(fn, type) else fn)
+    except Exception:  # unresolvable hints (forward references in user code): no check
+        return
+    from pydantic import TypeAdapter, ValidationError
+
+    for key, value in args.items():
+        hint = hints.get(key)
+        if hint is None or key in ("input_shape", "num_classes"):
+            continue
+        try:
+            TypeAdapter(hint).validate_python(value, strict=isinstance(value, str))
+        except ValidationError as e:
+            reason = e.errors()[0]["msg"] if e.errors() else str(e)
+            raise ConfigError(
+                f"model {name!r}: argument {key}={value!r} is not a valid "
+                f"{_type_name(hint)} ({reason}); set it as in: distill layers {name} "
+                f"--args '{{\"{key}\": ...}}'"
+            ) from None
+        except Exception:  # a hint pydantic cannot check (a torch type): left to the builder
+            continue
+
+
+def _type_name(hint: object) -> str:
+    if typing.get_args(hint):  # Sequence[int], int | None: the whole expression
+        return str(hint).replace("typing.", "").replace("collections.abc.", "")
+    return getattr(hint, "__name__", str(hint))
+
+
 def build_model(
     name: str, input_shape: Sequence[int], num_classes: int, args: dict | None = None
 ) -> nn.Module:
@@ -59,11 +93,18 @@ def build_model(
     for key, value in (("input_shape", tuple(input_shape)), ("num_classes", num_classes)):
         if key in params and key not in args:
             args[key] = value
+    valid = [p for p in params if p not in ("self", "input_shape", "num_classes")]
+    _check_arg_types(name, fn, args)
     try:
         model = fn(**args)
     except TypeError as e:
-        valid = [p for p in params if p not in ("self", "input_shape", "num_classes")]
         raise ConfigError(f"model {name!r}: {e}; its arguments are {valid}") from None
+    except (ValueError, RuntimeError) as e:  # a value the builder could not use
+        given = {k: v for k, v in args.items() if k not in ("input_shape", "num_classes")}
+        raise ConfigError(
+            f"model {name!r} could not be built with args {given}: {str(e).splitlines()[0]}; "
+            f"check the values (its arguments are {valid})"
+        ) from None
     if not isinstance(model, nn.Module):
         raise ConfigError(f"model {name!r} returned {type(model).__name__}, not a torch.nn.Module")
     return model

@@ -20,7 +20,7 @@ def restore_weights(module: torch.nn.Module, path: str | os.PathLike, label: str
     file records (pruned widths, low-rank layers, quantizers), then the tensors. Weights
     holding NaN or inf are refused. An adapter-only file (`adapter_part`) goes into a
     PEFT-wrapped `module` whose base is loaded. Returns the file's info."""
-    state, info = load_weights(path)
+    state, info = load_weights(path, allow_non_finite=True)
     bad = [k for k, v in state.items() if v.is_floating_point() and not bool(v.isfinite().all())]
     if bad:
         raise CheckpointError(

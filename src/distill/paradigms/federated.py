@@ -191,8 +191,8 @@ def run_federated(
         rundir.check_clearable(run_dir, source)
     elif (run_dir / "results.json").is_file():
         raise ConfigError(
-            f"run dir {str(run_dir)!r} already holds a federated run; pass --overwrite or set "
-            f"run_dir=<new dir>"
+            f"run dir {str(run_dir)!r} already holds a federated run; "
+            + rundir.replace_advice(run_dir)
         )
     else:
         rundir.check_fresh(run_dir)
