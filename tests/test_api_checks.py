@@ -137,3 +137,32 @@ def test_resume_on_a_full_disk_writes_nothing(tmp_path, capsys):
         assert main(["run", str(path), "--resume", "train.epochs=4"]) == 0
     finally:
         subprocess.run(["umount", str(mnt)], capture_output=True)
+
+
+def test_export_to_onnx_without_its_packages_is_one_line(tmp_path, monkeypatch, capsys):
+    import sys
+
+    from distill.app.run import run_experiment
+    from distill.core.config import parse_config
+
+    run_experiment(parse_config(synthetic_cfg(tmp_path / "r", train={"epochs": 1})))
+    # a machine without onnx: an import of it fails (the package itself is installed here)
+    monkeypatch.setitem(sys.modules, "onnx", None)
+    capsys.readouterr()
+    assert main(["export", str(tmp_path / "r"), "--format", "onnx"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "pip install" in err and len(err.splitlines()) == 2
+    assert not (tmp_path / "r/export").exists()
+
+
+def test_a_teacher_cache_build_shows_progress_off_a_terminal(capsys):
+    from distill.loop.progress import WorkProgress
+
+    with WorkProgress(4, "teacher cache", every_s=0.0) as bar:
+        for _ in range(4):
+            bar.update()
+    err = capsys.readouterr().err
+    assert "teacher cache: 25% (1 of 4)" in err and "left" in err
+    with WorkProgress(4, "quiet", enabled=False) as bar:
+        bar.update(4)
+    assert capsys.readouterr().err == ""

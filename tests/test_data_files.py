@@ -866,3 +866,73 @@ def test_a_stream_resumed_mid_epoch_skips_what_it_consumed(tmp_path, disk):
     b = load_file(tmp_path / "cut/checkpoints/last.safetensors")
     weights = [k for k in a if k.startswith("modules.")]
     assert weights and all(torch.equal(a[k], b[k]) for k in weights)
+
+
+def _digits_pixels_csv(path):
+    """The 8x8 digits as a CSV of raw 0-255 pixel columns, the way a user exports images."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    pixels = np.clip(digits.data * 16, 0, 255).astype(int)
+    header = ",".join(f"px{i}" for i in range(64)) + ",label\n"
+    body = "".join(",".join(map(str, r)) + f",{y}\n" for r, y in zip(pixels, digits.target))
+    path.write_text(header + body)
+    return path
+
+
+def test_raw_pixel_tables_are_warned_about_and_scaled_on_request(tmp_path, capsys):
+    """Issue 39: 0-255 pixel columns trained to chance in silence."""
+    csv = _digits_pixels_csv(tmp_path / "pixels.csv")
+    plain = load_dataset("table", train=str(csv))
+    assert "far from unit scale" in capsys.readouterr().err
+    assert plain.preprocessing is None and float(plain.train[0][0].max()) > 20
+    std = load_dataset("table", train=str(csv), scale="standard")
+    capsys.readouterr()
+    x = torch.stack([std.train[i][0] for i in range(len(std.train))])
+    assert x.mean(0).abs().max() < 0.2  # fitted on the training rows (val rows among them)
+    fitted = std.preprocessing
+    assert fitted["scale"] == "standard" and len(fitted["offset"]) == 64
+    mm = load_dataset("table", train=str(csv), scale="minmax")
+    xs = torch.stack([mm.test[i][0] for i in range(len(mm.test))])
+    assert xs.min() >= -0.5 and xs.max() <= 1.5  # the test rows go through the same map
+    with pytest.raises(ConfigError, match="scale must be one of"):
+        load_dataset("table", train=str(csv), scale="zscore")
+
+
+def test_a_scaled_table_trains_and_records_its_scaling(tmp_path):
+    csv = _digits_pixels_csv(tmp_path / "pixels.csv")
+    cfg = {
+        "name": "pixels",
+        "run_dir": str(tmp_path / "run"),
+        "scheme": "supervised",
+        "data": {"name": "table", "options": {"train": str(csv), "scale": "standard"}},
+        "student": {"name": "mlp", "args": {"hidden": [32]}},
+        "train": {"epochs": 10, "batch_size": 64, "progress": False},
+    }
+    result = run_experiment(parse_config(cfg))
+    assert result["test_acc"] > 0.8
+    saved = json.loads((tmp_path / "run/preprocessing.json").read_text())
+    assert saved["scale"] == "standard" and saved["columns"][0] == "px0"
+
+
+def test_a_parquet_of_png_structs_is_read_as_images(tmp_path):
+    """pyarrow writes an image column as {bytes, path} structs with no Hugging Face
+    metadata; that is the common layout, so it is read as images."""
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    cells = []
+    for image in digits.images[:60]:
+        buf = io.BytesIO()
+        Image.fromarray((image * 16).astype("uint8")).save(buf, format="PNG")
+        cells.append({"bytes": buf.getvalue(), "path": None})
+    pq.write_table(pa.table({"image": cells, "label": digits.target[:60]}), tmp_path / "i.parquet")
+    data = load_dataset("table", train=str(tmp_path / "i.parquet"))
+    assert data.input_shape == (3, 8, 8) and data.num_classes == 10
+    x, y = data.train[0]
+    assert x.dtype == torch.float32 and float(x.min()) >= 0 and float(x.max()) <= 1

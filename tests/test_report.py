@@ -9,7 +9,7 @@ import pytest
 from helpers import synthetic_cfg
 
 from distill.app.cli import main
-from distill.app.report import _per_class_figure, pareto_front
+from distill.app.report import _per_class_figure, pareto_front, run_labels
 from distill.app.run import run_experiment
 from distill.core.config import parse_config
 
@@ -17,6 +17,15 @@ from distill.core.config import parse_config
 def test_pareto_front():
     points = [(1.0, 80.0), (2.0, 85.0), (1.5, 79.0), (3.0, 84.0), (0.5, 70.0)]
     assert pareto_front(points) == [4, 0, 1]  # (1.5, 79) and (3, 84) are dominated
+    # a tie in cost keeps the more accurate point only; a tie in accuracy the cheaper one
+    assert pareto_front([(1.0, 80.0), (1.0, 75.0), (2.0, 80.0)]) == [0]
+
+
+def test_runs_are_labelled_apart(tmp_path):
+    """Issue 39: a KD and a scratch student both in a folder called seed0."""
+    dirs = [tmp_path / "bench/kd/seed0", tmp_path / "bench/scratch/seed0", tmp_path / "x/teacher"]
+    assert run_labels(dirs) == ["kd/seed0", "scratch/seed0", "x/teacher"]
+    assert run_labels([tmp_path / "a", tmp_path / "b"]) == ["a", "b"]
 
 
 @pytest.fixture(scope="module")

@@ -220,14 +220,14 @@ def check_sentence_transformers(
 
 
 def _write_onnx(model: nn.Module, x: torch.Tensor, tmp: Path) -> float:
-    from distill.compress.export import _onnx, export_onnx, onnx_logits
+    from distill.compress.export import export_onnx, onnx_logits, require_onnx
     from distill.models.hf_auto import TokenClassifier
 
     if not isinstance(model, TokenClassifier):
         export_onnx(model, tuple(x.shape[1:]), tmp / "model.onnx")
         with torch.no_grad():
             return float((onnx_logits(tmp / "model.onnx", x) - logits_of(model(x))).abs().max())
-    _onnx()
+    require_onnx()
 
     class Ids(nn.Module):  # integer ids and mask in, logits out
         def __init__(self, inner: nn.Module):
@@ -296,6 +296,10 @@ def export_run(
     cfg = load_config(final_stage_dir(Path(run_dir)) / "config.yaml")
     out = Path(out) if out is not None else Path(run_dir) / "export" / fmt
     _destination(out, overwrite)
+    if fmt == "onnx":
+        from distill.compress.export import require_onnx
+
+        require_onnx()  # before any folder is made
     x = _test_inputs(data)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))

@@ -12,12 +12,10 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
-import multiprocessing
 import statistics
+import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -142,20 +140,6 @@ def plan(spec: BenchSpec, root: Path) -> tuple[list[dict], list[tuple[str, str, 
     return teachers, runs
 
 
-def _run_one(cfg: dict) -> float:
-    import torch
-
-    from distill.app.run import run_experiment
-
-    torch.set_num_threads(1)  # one core per worker
-    from distill.core.rundir import finished
-
-    done = Path(cfg["run_dir"]) / "results.json"
-    if finished(done.parent):  # finished earlier: a resumed sweep does not redo it
-        return json.loads(done.read_text())["test_acc"]
-    return run_experiment(parse_config(cfg), overwrite=True)["test_acc"]
-
-
 def welch_p(a: list[float], b: list[float]) -> float:
     """Two-sided p-value of Welch's t-test (nan when either side has fewer than 2 values)."""
     if len(a) < 2 or len(b) < 2:
@@ -178,6 +162,26 @@ def ci95(values: list[float]) -> float:
     )
 
 
+# One rule for "negative transfer" across distill (bench here, McNemar in `distill eval`):
+# below the scratch student with a two-sided p < 0.05 after Holm's correction over the
+# methods compared with scratch in the same pair.
+NEGATIVE_TRANSFER_RULE = (
+    "negative transfer: mean below the scratch student's with Welch's p < 0.05 after Holm's "
+    "correction over the methods of the pair"
+)
+
+
+def holm(p_values: dict[str, float]) -> dict[str, float]:
+    """Holm-Bonferroni adjusted p-values (nan stays nan; adjusted values are monotone)."""
+    known = sorted((p, k) for k, p in p_values.items() if p == p)
+    out = {k: float("nan") for k in p_values}
+    running = 0.0
+    for i, (p, k) in enumerate(known):
+        running = max(running, min(1.0, (len(known) - i) * p))
+        out[k] = running
+    return out
+
+
 def aggregate(results: dict[tuple[str, str], list[float]]) -> list[dict[str, Any]]:
     rows = []
     for (pair, method), accs in results.items():
@@ -195,11 +199,16 @@ def aggregate(results: dict[tuple[str, str], list[float]]) -> list[dict[str, Any
                 "p_scratch": welch_p(accs, scratch) if method != "scratch" else float("nan"),
                 "vs_kd": mean - statistics.mean(kd) if kd else float("nan"),
                 "p_kd": welch_p(accs, kd) if method != "kd" else float("nan"),
-                "negative_transfer": bool(scratch)
-                and method != "scratch"
-                and mean < statistics.mean(scratch),
             }
         )
+    for pair in {r["pair"] for r in rows}:
+        mine = [r for r in rows if r["pair"] == pair and r["method"] != "scratch"]
+        adjusted = holm({r["method"]: r["p_scratch"] for r in mine})
+        for r in rows:
+            if r["pair"] == pair:
+                p = adjusted.get(r["method"], float("nan"))
+                r["p_scratch_holm"] = p
+                r["negative_transfer"] = bool(r["vs_scratch"] < 0 and p < 0.05)
     return sorted(rows, key=lambda r: (r["pair"], -r["mean"]))
 
 
@@ -209,7 +218,8 @@ def write_leaderboard(rows: list[dict[str, Any]], out: Path, title: str, wall_s:
         f"# {title}",
         "",
         f"{len(rows)} entries; wall time {wall_s / 60:.1f} min. Accuracy in %, "
-        "CI = 95% confidence interval of the mean; p = Welch's t-test.",
+        "CI = 95% confidence interval of the mean; p = Welch's t-test. "
+        f"{NEGATIVE_TRANSFER_RULE[0].upper()}{NEGATIVE_TRANSFER_RULE[1:]}.",
         "",
         "| pair | method | n | mean | std | CI95 | vs scratch | p | vs KD | p | negative transfer |",
         "|" + " --- |" * 11,
@@ -268,6 +278,14 @@ def _html(rows: list[dict[str, Any]], title: str) -> str:
 
 
 def run_bench(spec_path: str | Path) -> list[dict[str, Any]]:
+    """Train every teacher the spec needs, then every (pair, method, seed) run, `jobs` at a
+    time in their own processes (`distill.app.runner`); aggregate and write the leaderboard.
+
+    A signal stops the sweep after each running child has checkpointed (RunStopped); a
+    rerun continues exactly the unfinished runs. Runs that fail are named with their logs
+    and left out of the leaderboard, which is written from the runs that finished."""
+    from distill.app.runner import Job, Sweep
+
     spec_path = Path(spec_path)
     if not spec_path.is_file():
         raise ConfigError(f"bench spec {str(spec_path)!r} does not exist")
@@ -279,13 +297,37 @@ def run_bench(spec_path: str | Path) -> list[dict[str, Any]]:
     root = Path.cwd()
     started = time.perf_counter()
     teachers, runs = plan(spec, root)
-    # spawn, not fork: a forked worker cannot use CUDA once the parent has touched it
-    with ProcessPoolExecutor(spec.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-        list(pool.map(_run_one, teachers))
-        accs = list(pool.map(_run_one, [cfg for *_, cfg in runs]))
+    out = Path(spec.out)
+    logs = out / "logs"
+    teacher_jobs = [Job(f"{Path(c['run_dir']).parent.name}/teacher", c) for c in teachers]
+    jobs = [Job(f"{pair}/{method}/seed{seed}", cfg) for pair, method, seed, cfg in runs]
+    failed = []
+    for what, batch in (("teachers", teacher_jobs), ("runs", jobs)):
+        if not batch:
+            continue
+        Sweep(batch, parallel=spec.jobs, logs=logs, name=f"bench {spec.name!r}: {what}").run()
+        failed += [j for j in batch if j.result is None]
+        if what == "teachers" and failed:
+            break  # the students need their teachers
     results: dict[tuple[str, str], list[float]] = {}
-    for (pair, method, _, _), acc in zip(runs, accs):
-        results.setdefault((pair, method), []).append(100 * acc)
+    for (pair, method, _, _), job in zip(runs, jobs):
+        if job.result is not None and "test_acc" in job.result:
+            results.setdefault((pair, method), []).append(100 * job.result["test_acc"])
+    if failed:
+        names = "; ".join(f"{j.label} ({j.failed}; log {j.log})" for j in failed[:6])
+        more = f" and {len(failed) - 6} more" if len(failed) > 6 else ""
+        print(
+            f"bench {spec.name!r}: {len(failed)} run(s) did not finish: {names}{more}. Fix "
+            f"the cause and run the same command again: finished runs are kept",
+            file=sys.stderr,
+        )
+    if not results:
+        raise ConfigError(f"bench {spec.name!r}: no run finished, so there is no leaderboard")
     rows = aggregate(results)
-    write_leaderboard(rows, Path(spec.out), spec.name, time.perf_counter() - started)
+    write_leaderboard(rows, out, spec.name, time.perf_counter() - started)
+    if failed:
+        raise ConfigError(
+            f"bench {spec.name!r}: the leaderboard in {out} holds the {len(jobs) - len(failed)} "
+            f"finished run(s); {len(failed)} did not finish (named above)"
+        )
     return rows

@@ -348,6 +348,7 @@ def _teacher_cache(
         workers=cfg.train.workers,
         log=_log if cfg.train.progress else lambda _m: None,
         warn=_log,  # a damaged cache is said whatever train.progress is
+        progress=cfg.train.progress,
     )
     for key, fn in objective.prepared_teacher().items():  # e.g. KD's soft targets, once
         cache.derive(key, fn)

@@ -325,14 +325,16 @@ def cmd_federated(args: argparse.Namespace) -> int:
 
 @training_command
 def cmd_bench(args: argparse.Namespace) -> int:
-    from distill.app.bench import run_bench
+    from distill.app.bench import NEGATIVE_TRANSFER_RULE, run_bench
 
     rows = run_bench(args.spec)
     for r in rows:
+        flag = "  negative transfer" if r["negative_transfer"] else ""
         print(
             f"{r['pair']:10s} {r['method']:14s} {r['mean']:6.2f} +- {r['std']:.2f}  vs scratch {r['vs_scratch']:+.2f}"
-            f" (p={r['p_scratch']:.3f})  vs KD {r['vs_kd']:+.2f}"
+            f" (p={r['p_scratch']:.3f}, Holm {r['p_scratch_holm']:.3f})  vs KD {r['vs_kd']:+.2f}{flag}"
         )
+    print(f"({NEGATIVE_TRANSFER_RULE})")
     return 0
 
 

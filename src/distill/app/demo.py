@@ -9,6 +9,7 @@ the teacher.
 from __future__ import annotations
 
 import copy
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -120,10 +121,11 @@ def run_demo(
 ) -> dict[str, Any]:
     """Train the three models, then measure each one's best weights on the test set."""
     configs = demo_configs(dataset, Path(out), seed, epochs, progress)
-    results = {
-        name: ensure_complete(run_experiment(parse_config(c), overwrite=True), name)
-        for name, c in configs.items()
-    }
+    results = {}
+    for i, (name, c) in enumerate(configs.items()):
+        if progress:  # which of the three models the epoch lines below belong to
+            print(f"demo: training {name} ({i + 1} of {len(configs)})", file=sys.stderr)
+        results[name] = ensure_complete(run_experiment(parse_config(c), overwrite=True), name)
     profiled = {name: _profile(cfg) for name, cfg in configs.items()}
     test = profiled["teacher"][0].data.test
     logits = {name: predict_logits(built.student, test) for name, (built, _) in profiled.items()}

@@ -81,6 +81,17 @@ def _row(run: dict[str, Any]) -> dict[str, str]:
     }
 
 
+def run_labels(run_dirs: list[Path]) -> list[str]:
+    """A distinct label per run: the shortest tail of each path that tells the runs apart
+    (`kd/seed0` and `scratch/seed0`, never two `seed0`)."""
+    parts = [Path(d).resolve().parts for d in run_dirs]
+    for k in range(1, max(len(p) for p in parts) + 1):
+        labels = ["/".join(p[-k:]) for p in parts]
+        if len(set(labels)) == len(labels):
+            return labels
+    return [str(d) for d in run_dirs]  # the same folder given twice: its path each time
+
+
 def pareto_front(points: list[tuple[float, float]]) -> list[int]:
     """Indices of points not dominated in (lower cost x, higher accuracy y), sorted by cost."""
     order = sorted(range(len(points)), key=lambda i: (points[i][0], -points[i][1]))
@@ -175,11 +186,14 @@ def _pareto_figure(plt: Any, runs: list[dict[str, Any]], cost: str, label: str) 
         ax.scatter(x, y)
         ax.annotate(run["name"], (x, y), fontsize=8, xytext=(3, 3), textcoords="offset points")
     front = pareto_front(points)
+    # a staircase: between two front points only the cheaper one's accuracy is attained,
+    # so a straight segment would pass over points that nothing reaches
     ax.plot(
         [points[i][0] for i in front],
         [points[i][1] for i in front],
         "k--",
         lw=1,
+        drawstyle="steps-post",
         label="Pareto front",
     )
     ax.set(xlabel=label, ylabel="test top-1 %", title=f"Accuracy vs {label.split(' (')[0]}")
@@ -287,6 +301,8 @@ def write_report(run_dirs: list[str | Path], out: str | Path) -> dict[str, Path]
     if not run_dirs:
         raise ConfigError("give at least one run dir to report on")
     runs = [_load_run(Path(d)) for d in run_dirs]
+    for run, label in zip(runs, run_labels([Path(d) for d in run_dirs])):
+        run["name"] = label
     rows = [_row(r) for r in runs]
     figures = _figures(runs)
     out = Path(out)

@@ -100,6 +100,10 @@ def _train(cfg, built, trainer: Trainer, resume: bool, overwrite: bool, changes)
         saved = run_dir / "config.yaml"
         if not (saved.is_file() and saved.read_text() == config_text):
             atomic_write_text(saved, config_text)
+        if getattr(built.data, "preprocessing", None):  # e.g. table scaling fitted on train
+            atomic_write_text(
+                run_dir / "preprocessing.json", json.dumps(built.data.preprocessing, indent=1)
+            )
     distributed.barrier()
     trackers = _trackers(cfg, run_dir, resume) if main else []
     trainer.callbacks += [lambda row, t=t: t.log(row, row["step"]) for t in trackers]

@@ -23,15 +23,17 @@ from torch import nn
 
 from distill.compress.quant import export_mode, is_quantized
 from distill.core.checkpoint import atomic_write_bytes
+from distill.core.errors import ConfigError
 from distill.taps import logits_of
 
 
-def _onnx():
+def require_onnx():
+    """onnx and onnxruntime, or a one-line error that says how to install them."""
     try:
         import onnx
         import onnxruntime
     except ImportError:
-        raise RuntimeError(
+        raise ConfigError(
             "ONNX export needs onnx and onnxruntime: pip install torch==2.13.0 "
             "'distill[deploy]' (or pip install onnx onnxruntime)"
         ) from None
@@ -92,7 +94,7 @@ def export_onnx(
     model: nn.Module, input_shape: Sequence[int], path: str | Path, *, opset: int = 17
 ) -> dict[str, Any]:
     """Write `model` to `path` as ONNX (batch dimension dynamic), atomically."""
-    onnx, _ = _onnx()
+    onnx, _ = require_onnx()
     model = model.eval().cpu()
     example = torch.zeros(2, *input_shape)
     quantized = is_quantized(model)
@@ -137,7 +139,7 @@ class _nullcontext:
 
 
 def session(path: str | Path, threads: int = 1):
-    _, ort = _onnx()
+    _, ort = require_onnx()
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1

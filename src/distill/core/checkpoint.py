@@ -274,7 +274,10 @@ def _read(path: Path) -> tuple[dict[str, Tensor], dict[str, str]]:
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (not a dict)
+            # owned copies: safetensors may hand out tensors over its memory map of the
+            # file, which would keep the file mapped (and, once replaced, its disk space
+            # held, and its folder busy to umount) for as long as any tensor lives
+            tensors = {k: f.get_tensor(k).clone() for k in f.keys()}  # noqa: SIM118
     except Exception as e:  # safetensors raises its own error types for bad headers
         raise CheckpointError(
             f"{str(path)!r} is not a readable safetensors file ({e}); it may be truncated, "

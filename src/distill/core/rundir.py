@@ -43,6 +43,7 @@ RUN_FILES = frozenset(
         "results.json",
         "eval.json",
         "pipeline.json",
+        "preprocessing.json",
         "last.safetensors",
         "best.safetensors",
         "fisher.safetensors",

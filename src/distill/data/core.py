@@ -91,6 +91,7 @@ class DataSplits:
     # inputs in `distill eval` are clipped to it
     input_range: tuple[float, float] | None = None
     class_names: list[str] | None = None  # the name of each class id, when the data has names
+    preprocessing: dict | None = None  # fitted on the training rows (table feature scaling)
 
 
 def split_indices(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

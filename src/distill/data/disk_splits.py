@@ -112,6 +112,7 @@ def lazy_splits(data: Any, o: SplitOptions) -> DataSplits:
         num_classes=num_classes,
         input_range=data.input_range,
         class_names=names,
+        preprocessing=getattr(data, "preprocessing", None),
     )
 
 

@@ -27,6 +27,9 @@ class LazyData:
     class_names: list[str] | None = None
     input_range: tuple[float, float] | None = None
     val: LazySplit | None = None  # a validation split the files carry (else carved from train)
+    # what was fitted to the training rows and applied to every split (table feature
+    # scaling): recorded with the run as preprocessing.json
+    preprocessing: dict | None = None
 
     @property
     def input_shape(self) -> tuple[int, ...]:

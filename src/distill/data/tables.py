@@ -43,6 +43,8 @@ class TableRows:
         self.name, self.table, self.columns, self.origin = name, table, columns, origin
         self.mode = mode
         self.targets = np.asarray(targets, dtype=np.int64)
+        # (offset, divisor) per feature, fitted on the training rows (`scale_features`)
+        self.scaling: tuple[np.ndarray, np.ndarray] | None = None
         self.image = len(columns) == 1 and _is_image(table.features[columns[0]])
         self.text = len(columns) == 1 and _is_text(table.features[columns[0]])
 
@@ -57,7 +59,13 @@ class TableRows:
             image = row[self.columns[0]]
             return image.convert(self.mode) if hasattr(image, "convert") else image
         values = [np.asarray(row[c], dtype=np.float32).reshape(-1) for c in self.columns]
-        return np.concatenate(values) if len(values) > 1 else values[0]
+        return self._scaled(np.concatenate(values) if len(values) > 1 else values[0])
+
+    def _scaled(self, x: np.ndarray) -> np.ndarray:
+        if self.scaling is None:
+            return x
+        offset, divisor = self.scaling
+        return ((x - offset) / divisor).astype(np.float32)
 
     def read_many(self, positions: np.ndarray) -> np.ndarray | None:
         """Rows `positions` as one (n, features) float32 array, read column by column from
@@ -73,14 +81,14 @@ class TableRows:
                 taken.column(c).to_numpy(zero_copy_only=False).astype(np.float32)[:, None]
                 for c in self.columns
             ]
-            return np.concatenate(parts, axis=1) if len(parts) > 1 else parts[0]
+            return self._scaled(np.concatenate(parts, axis=1) if len(parts) > 1 else parts[0])
         if getattr(self, "_numpy", None) is None:
             self._numpy = self.table.select_columns(self.columns).with_format("numpy")
         cols = self._numpy[positions.tolist()]
         parts = [
             np.asarray(cols[c], dtype=np.float32).reshape(len(positions), -1) for c in self.columns
         ]
-        return np.concatenate(parts, axis=1) if len(parts) > 1 else parts[0]
+        return self._scaled(np.concatenate(parts, axis=1) if len(parts) > 1 else parts[0])
 
     def __getstate__(self) -> dict[str, Any]:
         # DataLoader workers get the dataset (re-opened from its memory-mapped files by
@@ -217,6 +225,21 @@ def _root_cause(error: BaseException) -> str:
         error = error.__cause__
     line = str(error).strip().splitlines()[0] if str(error).strip() else ""
     return f"{type(error).__name__}: {line}"
+
+
+def images_from_structs(table: Any) -> Any:
+    """`table` with every column of `{bytes, path}` structs read as images: the layout
+    pyarrow and pandas write for encoded images (PNG, JPEG) when the file carries no
+    Hugging Face metadata saying so. Other columns are left as they are."""
+    import datasets
+
+    features = getattr(table, "features", None) or {}
+    for column, feature in features.items():
+        if isinstance(feature, dict) and set(feature) == {"bytes", "path"}:
+            kind = getattr(feature["bytes"], "dtype", None)
+            if kind in ("binary", "large_binary"):
+                table = table.cast_column(column, datasets.Image())
+    return table
 
 
 def _column(table: Any, column: str, name: str, role: str, origin: str) -> None:
@@ -368,6 +391,7 @@ def load_table(
     delimiter: str | None = None,
     test_fraction: float = 0.2,
     label_values: list[Any] | None = None,
+    scale: str = "none",
     **options: Any,
 ) -> LazyData:
     """Rows of a CSV, Parquet or JSON(L) file: the `features` columns (default: every column
@@ -377,12 +401,17 @@ def load_table(
     `label_values` lists the label values in class order (`[-1, 1]`, `[cat, dog]`): each label
     becomes its index there, and a label not listed is an error. Without it, integer labels
     0..C-1 stay as they are, other labels map to their sorted order (said on stderr), and a
-    negative integer label is refused."""
+    negative integer label is refused.
+
+    `scale` ('none', 'standard' or 'minmax') scales numeric features with statistics
+    fitted on the training rows (those outside the test split) and applied to every split;
+    the fitted numbers are recorded with the run (preprocessing.json). With 'none', features
+    far from unit scale (raw 0-255 pixels, money amounts) are warned about."""
     name = "table"
     text_options = {k: options.pop(k) for k in ("tokenizer", "max_length") if k in options}
     train_tf, eval_tf = _transforms(options, name)
     _no_other_options(name, options, load_table)
-    table = read_table(train, fmt=format, name=name, delimiter=delimiter)
+    table = images_from_structs(read_table(train, fmt=format, name=name, delimiter=delimiter))
     label = find_label_column(table, label, name, repr(train))
     if text is not None:  # one text column, tokenized on access
         _column(table, text, name, "text", repr(train))
@@ -412,13 +441,74 @@ def load_table(
     src_train = TableRows(name, table, cols, y, repr(train))
     src_test = None
     if test is not None:
-        t_table = read_table(test, fmt=format, name=name, delimiter=delimiter)
+        t_table = images_from_structs(read_table(test, fmt=format, name=name, delimiter=delimiter))
         for c in [label, *cols]:
             _column(t_table, c, name, "label" if c == label else "feature", repr(test))
         if text is None:
             check_finite_columns(t_table, cols, name, repr(test))
         t_y, _ = _labels_of(t_table, label, f"dataset {name!r}: {test!r}", coder)
         src_test = TableRows(name, t_table, cols, t_y, repr(test))
-    return _finish(
+    data = _finish(
         name, src_train, src_test, train_tf, eval_tf, names=names, test_fraction=test_fraction
     )
+    if text is None and not src_train.image:
+        data.preprocessing = scale_features(data, [src_train, src_test], cols, scale, name)
+    elif scale != "none":
+        raise ConfigError(
+            f"dataset {name!r}: scale applies to numeric feature columns; this table's input "
+            f"is {'text' if text else 'an image column'} (use transforms for images)"
+        )
+    return data
+
+
+SCALINGS = ("none", "standard", "minmax")
+
+
+def scale_features(
+    data: Any, sources: list[Any], columns: list[str], how: str, name: str
+) -> dict | None:
+    """Fit `how` on the training split's rows and set it on every source (train and test
+    files); returns what was fitted, for the run dir. With 'none', warn when the features
+    are far from unit scale, the usual reason a table trains to chance."""
+    if how not in SCALINGS:
+        raise ConfigError(f"dataset {name!r}: scale must be one of {list(SCALINGS)}, got {how!r}")
+    rows = data.train.source
+    positions = np.sort(data.train.positions)
+    if how == "none":
+        step = max(1, len(positions) // 20_000)  # a sample of rows is enough to warn
+        _warn_scale(rows.read_many(positions[::step]), columns, name)
+        return None
+    x = rows.read_many(positions).astype(np.float64)
+    if how == "standard":
+        offset, divisor = x.mean(0), x.std(0)
+    else:
+        offset, divisor = x.min(0), x.max(0) - x.min(0)
+    divisor = np.where(divisor > 0, divisor, 1.0)  # a constant feature stays constant
+    scaling = (offset.astype(np.float32), divisor.astype(np.float32))
+    for source in sources:
+        if source is not None:
+            source.scaling = scaling
+    return {
+        "scale": how,
+        "fitted_on": f"{len(positions)} training rows",
+        "columns": columns,
+        "offset": scaling[0].tolist(),
+        "divisor": scaling[1].tolist(),
+    }
+
+
+def _warn_scale(x: np.ndarray, columns: list[str], name: str) -> None:
+    std = x.std(0)
+    spread = np.abs(x).max(0)
+    positive = std[std > 0]
+    if not positive.size:
+        return
+    ratio = positive.max() / positive.min()
+    if np.median(positive) > 20 or spread.max() > 1e3 or ratio > 1e3:
+        print(
+            f"dataset {name!r}: the features are far from unit scale (median std "
+            f"{np.median(positive):.3g}, largest |value| {spread.max():.3g}, std ratio "
+            f"{ratio:.3g}); networks train poorly on such inputs: set scale: standard (or "
+            f"minmax) in data.options to scale them with statistics of the training rows",
+            file=sys.stderr,
+        )

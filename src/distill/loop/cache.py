@@ -54,6 +54,7 @@ from distill.loop.cache_keys import (
     topk_expand,
     weights_fingerprint,
 )
+from distill.loop.progress import WorkProgress
 from distill.schemes.table import SCHEMES, with_capability
 
 FORMAT_VERSION = 1
@@ -157,6 +158,7 @@ class TeacherCache:
         batch_size: int = 512,
         log: Callable[[str], None] = print,
         warn: Callable[[str], None] | None = None,
+        progress: bool = True,
     ):
         settings = settings or CacheSettings()
         if settings.views and augment is None:
@@ -182,6 +184,7 @@ class TeacherCache:
                 "without stored views: remove train.cache.views"
             )
         self.batch_size, self.log = batch_size, log
+        self.progress = progress  # a bar (or a line every 30 s) while the cache is built
         self.workers = workers
         # damage and rebuilds: to `warn` (default: stderr) when given, else to `log`
         self.warn = warn or (log if log is not print else _to_stderr)
@@ -348,7 +351,11 @@ class TeacherCache:
         self.teacher.eval()
         writers: dict[str, np.memmap] = {}
         num_classes = None
-        with Tap(self.teacher, self.layers, "teacher") as tap:
+        batches = views * -(-n // self.batch_size)
+        with (
+            Tap(self.teacher, self.layers, "teacher") as tap,
+            WorkProgress(batches, "teacher cache", enabled=self.progress) as bar,
+        ):
             for view in range(views):
                 gen = self._view_generator(view) if self.views else None
                 if self.epoch_views:  # this epoch's views, exactly as training draws them
@@ -370,6 +377,7 @@ class TeacherCache:
                                 shape=(views, n, *value.shape[1:]),
                             )
                         writers[name][view, start : start + len(x)] = value.numpy()
+                    bar.update()
         self.teacher.train(was_training)
         return writers, num_classes
 

@@ -29,7 +29,7 @@ class EpochProgress:
         self.bar = tqdm(
             total=t.batches_per_epoch,
             initial=st["batch"],
-            desc=f"epoch {st['epoch'] + 1}/{s.epochs}",
+            desc=f"{t.run_dir.name}: epoch {st['epoch'] + 1}/{s.epochs}",
             disable=not s.progress or None,
             leave=False,
             dynamic_ncols=True,
@@ -54,11 +54,58 @@ class EpochProgress:
             self.quiet_since = time.monotonic()
             t, st = self.t, self.t.state
             print(
-                f"epoch {st['epoch'] + 1}/{t.settings.epochs}: batch {st['batch']}/"
+                f"{t.run_dir.name}: epoch {st['epoch'] + 1}/{t.settings.epochs}: batch {st['batch']}/"
                 f"{t.batches_per_epoch}, step {st['step']}",
                 file=sys.stderr,
                 flush=True,
             )
+
+
+class WorkProgress:
+    """Progress of a long piece of work that is not an epoch (a teacher cache being built):
+    a bar on a terminal, else a line every 30 s with the share done and the time left, so
+    a log never goes silent. `enabled=False` says nothing and starts no tqdm."""
+
+    def __init__(self, total: int, desc: str, *, enabled: bool = True, every_s: float = 30.0):
+        self.total, self.desc, self.done = max(1, total), desc, 0
+        self.started = self.said = time.monotonic()
+        self.every_s = every_s
+        self.bar = None
+        if enabled:
+            # disable=None: a bar on a terminal only (tqdm's own test)
+            self.bar = tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True, disable=None)
+            self.lines = bool(self.bar.disable)  # no terminal: lines instead of a bar
+
+    def __enter__(self) -> WorkProgress:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+    def update(self, n: int = 1) -> None:
+        self.done += n
+        if self.bar is None:
+            return
+        self.bar.update(n)
+        now = time.monotonic()
+        if self.lines and now - self.said > self.every_s:
+            self.said = now
+            elapsed = now - self.started
+            left = elapsed * (self.total - self.done) / max(self.done, 1)
+            print(
+                f"{self.desc}: {100 * self.done / self.total:.0f}% ({self.done:,} of "
+                f"{self.total:,}), {_clock(elapsed)} elapsed, about {_clock(left)} left",
+                file=sys.stderr,
+                flush=True,
+            )
+
+
+def _clock(seconds: float) -> str:
+    seconds = int(seconds)
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
 
 
 def report_row(t: Any, row: dict, metrics: dict, improved: bool) -> None:
@@ -69,7 +116,7 @@ def report_row(t: Any, row: dict, metrics: dict, improved: bool) -> None:
     for callback in t.callbacks:
         callback(row)
     if t.settings.progress and distributed.is_main():
-        where = f"epoch {row['epoch']}/{t.settings.epochs}"
+        where = f"{t.run_dir.name}: epoch {row['epoch']}/{t.settings.epochs}"
         tqdm.write(  # (printed with or without a terminal)
             f"{where}  loss {row.get('train_loss', float('nan')):.4f}  "
             + "  ".join(f"val {k} {v:.4f}" for k, v in metrics.items())
