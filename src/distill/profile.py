@@ -56,25 +56,31 @@ def latency_ms(
     warmup: int = 20,
     repeats: int = 200,
     threads: int | None = 1,
+    device: str | torch.device = "cpu",
 ) -> dict[str, float]:
-    """Per-call CPU latency in milliseconds (p50, p95) and samples per second.
+    """Per-call latency in milliseconds (p50, p95) and samples per second.
 
     Timed inside the process after `warmup` calls, with `threads` intra-op threads
-    (1 by default: batch-1 serving, and steadier numbers on a shared machine).
+    (1 by default: batch-1 serving, and steadier numbers on a shared machine). On a CUDA
+    `device` each call is timed to its end (the stream is synchronised).
     """
+    device = torch.device(device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     previous = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)
     was_training = model.training
     model.eval()
-    x = torch.randn(batch_size, *input_shape)
+    x = torch.randn(batch_size, *input_shape, device=device)
     try:
         for _ in range(warmup):
             model(x)
+        sync()
         times = []
         for _ in range(repeats):
             start = time.perf_counter()
             model(x)
+            sync()
             times.append((time.perf_counter() - start) * 1e3)
     finally:
         torch.set_num_threads(previous)

@@ -16,6 +16,7 @@ import math
 import statistics
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -107,7 +108,7 @@ def plan(spec: BenchSpec, root: Path) -> tuple[list[dict], list[tuple[str, str, 
                     "objective": {},
                     "teacher": None,
                     "student": {k: v for k, v in teacher.items() if k != "weights"},
-                    "train": {**base["train"], "seed": 0, "progress": False},
+                    "train": {**base["train"], "seed": 0, "progress": True},
                 }
             )
             teacher["weights"] = str(teacher_dir)
@@ -129,7 +130,7 @@ def plan(spec: BenchSpec, root: Path) -> tuple[list[dict], list[tuple[str, str, 
                     **parts,
                     "teacher": with_teacher,
                     "student": pair.student,
-                    "train": {**base["train"], "seed": seed, "progress": False},
+                    "train": {**base["train"], "seed": seed, "progress": True},
                 }
                 problems = name_problems(
                     parse_config(cfg)
@@ -148,7 +149,9 @@ def welch_p(a: list[float], b: list[float]) -> float:
 
     if statistics.pvariance(a) == 0 and statistics.pvariance(b) == 0:
         return 1.0 if statistics.mean(a) == statistics.mean(b) else 0.0
-    return float(stats.ttest_ind(a, b, equal_var=False).pvalue)
+    with warnings.catch_warnings():  # nearly equal values: scipy's precision note, not ours
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return float(stats.ttest_ind(a, b, equal_var=False).pvalue)
 
 
 def ci95(values: list[float]) -> float:

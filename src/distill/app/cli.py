@@ -61,6 +61,11 @@ def _add_run_commands(sub: argparse._SubParsersAction) -> None:
         help="with --resume: let this setting differ from the saved config (train.optimizer.lr, "
         "train.clip_grad_norm, objective.task_weight, objective.terms.N.weight); repeatable",
     )
+    p.add_argument(
+        "--no-test",
+        action="store_true",
+        help="leave the test split unread (a search that chooses on validation tests later)",
+    )
     p.set_defaults(fn=commands.cmd_run)
 
     p = sub.add_parser("validate", help="check a config (names, layers, shapes) without training")
@@ -224,7 +229,7 @@ def _add_measure_commands(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_workflow_commands(sub: argparse._SubParsersAction) -> None:
-    """Subcommands federated, bench, tune, demo."""
+    """Subcommands federated, auto, bench, tune, demo."""
     p = sub.add_parser(
         "federated",
         help="clients share predictions on a public set; a server model is distilled from them",
@@ -233,6 +238,11 @@ def _add_workflow_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("overrides", nargs="*", help="key.path=value overrides")
     p.add_argument("--overwrite", action="store_true", help="delete the run dir and start again")
     p.set_defaults(fn=commands.cmd_federated)
+
+    from distill.app.auto.command import add_parser as add_auto
+    from distill.app.startup import training_command
+
+    add_auto(sub, training_command)
 
     p = sub.add_parser("bench", help="methods x pairs x seeds under one recipe -> leaderboard")
     p.add_argument("spec", help="a bench spec YAML (see benchmarks/mnist1d_methods.yaml)")

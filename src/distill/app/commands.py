@@ -30,7 +30,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
     try:
         results = run_experiment(
-            cfg, resume=args.resume, overwrite=args.overwrite, allow_changes=args.allow_change
+            cfg,
+            resume=args.resume,
+            overwrite=args.overwrite,
+            allow_changes=args.allow_change,
+            test=not getattr(args, "no_test", False),
         )
     except NonFiniteError as e:
         raise NonFiniteError(f"{e}\n{_after_divergence(args, cfg)}") from None

@@ -37,6 +37,7 @@ def run_experiment(
     overwrite: bool = False,
     callbacks: Sequence[Callable[[dict[str, Any]], None]] = (),
     allow_changes: Sequence[str] = (),
+    test: bool = True,
 ) -> dict[str, Any]:
     """Train per `cfg`; write config.yaml, checkpoints, metrics and results.json in the run dir.
 
@@ -44,7 +45,8 @@ def run_experiment(
     run dir is touched, so a bad config never clobbers or half-writes a run. The run dir is
     locked for the whole run (a second writer is refused); `overwrite` removes only what an
     earlier run wrote (see distill.core.rundir). `allow_changes` names the settings that may
-    differ from the saved config on resume (`CHANGEABLE_ON_REQUEST`).
+    differ from the saved config on resume (`CHANGEABLE_ON_REQUEST`). `test=False` leaves
+    the test split unread (a search that chooses on validation tests its choice later).
     """
     from distill.app.stages import is_pipeline, run_pipeline
 
@@ -81,10 +83,12 @@ def run_experiment(
         changes = check_run_dir(
             run_dir, cfg, resume=resume, overwrite=overwrite, allow=allow_changes
         )
-        return _train(cfg, built, trainer, resume, overwrite, changes)
+        return _train(cfg, built, trainer, resume, overwrite, changes, test)
 
 
-def _train(cfg, built, trainer: Trainer, resume: bool, overwrite: bool, changes) -> dict:
+def _train(
+    cfg, built, trainer: Trainer, resume: bool, overwrite: bool, changes, test: bool = True
+) -> dict:
     """Write the run dir's config and marker, train, then test (under the run dir's lock)."""
     run_dir = trainer.run_dir
     distributed.barrier()  # under torchrun: every rank has checked the run dir before rank 0 writes
@@ -130,7 +134,7 @@ def _train(cfg, built, trainer: Trainer, resume: bool, overwrite: bool, changes)
     # A sharded model runs only with every rank taking part, so then all ranks test.
     # A run that ends (complete, or stopped by train.max_steps) is tested: its best weights,
     # or its final ones when no epoch was validated yet; a signal only saves and reports.
-    tests = summary["complete"] or summary.get("stopped_by") == "max_steps"
+    tests = test and (summary["complete"] or summary.get("stopped_by") == "max_steps")
     if tests and (main or sharded):
         device = trainer.device if sharded else torch.device("cpu")
         best = weights_path(str(run_dir)).is_file()

@@ -40,6 +40,7 @@ class Job:
 
     label: str
     config: dict[str, Any]
+    flags: tuple[str, ...] = ()  # more `distill run` flags, e.g. ("--no-test",)
     result: dict[str, Any] | None = None
     failed: str | None = None
     log: Path | None = None
@@ -189,7 +190,7 @@ class Sweep:
             log.write(f"--- distill run {cfg_path} {' '.join(how)}\n")
             log.flush()
             job._proc = subprocess.Popen(
-                [sys.executable, "-m", "distill", "run", str(cfg_path), *how],
+                [sys.executable, "-m", "distill", "run", str(cfg_path), *how, *job.flags],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -217,7 +218,9 @@ class Sweep:
     @staticmethod
     def _outcome(job: Job) -> str:
         if job.result is not None:
-            acc = job.result.get("test_acc")
+            acc, val = job.result.get("test_acc"), job.result.get("best_val_acc")
             score = f"test {100 * acc:.1f}%" if isinstance(acc, float) else "done"
+            if not isinstance(acc, float) and isinstance(val, float):
+                score = f"val {100 * val:.1f}%"
             return f"{score} in {_clock(job.seconds)}"
         return f"{job.failed} after {_clock(job.seconds)} (log: {job.log})"

@@ -31,6 +31,8 @@ def check_train_data(trainer: Any) -> None:
             "the training data is empty (0 samples); check the split or filter that made it, "
             "or give the Trainer a dataset with samples"
         )
+    if not predicts_classes(trainer.scheme):
+        return  # a denoiser, a detector, an embedder: its labels are not its outputs' classes
     for role, split in (("train", data), ("val", trainer.val_data)):
         targets = known_targets(split)
         if targets is None or targets.size == 0:
@@ -39,6 +41,18 @@ def check_train_data(trainer: Any) -> None:
         if classes is None:
             return
         check_labels(targets, classes, role)
+
+
+def predicts_classes(scheme: Any) -> bool:
+    """Whether `scheme`'s student outputs class logits, from its entry in the scheme table
+    (found by its class); a scheme of the user's own is taken to be a classifier's."""
+    from distill.schemes.table import SCHEMES
+
+    here = f"{type(scheme).__module__}:{type(scheme).__name__}"
+    for spec in SCHEMES.values():
+        if spec.builder == here:
+            return spec.predicts_classes
+    return True
 
 
 def known_targets(data: Any) -> np.ndarray | None:

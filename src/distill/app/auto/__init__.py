@@ -1,0 +1,245 @@
+"""`distill auto`: a teacher, data and a budget in; the best student that fits out, with the
+evidence that it is the best.
+
+1. The teacher is profiled (validation accuracy, parameters, size, latency on the budget's
+   device), and students are proposed from its family and measured before any training
+   (`candidates`); those over budget are dropped.
+2. An Optuna study searches students x methods x hyperparameters on validation accuracy,
+   with the scratch and plain-KD baselines first, Hyperband pruning over epochs, one shared
+   exact teacher cache, and its state in SQLite in the output folder (`study`).
+3. The best few configurations and their baselines are trained again over several seeds
+   and compared with confidence intervals; the test split is read once, at the end
+   (`finals`). When distillation does not beat scratch beyond seed noise, the scratch
+   student is handed over and the verdict says so.
+4. The student's weights, a `best.yaml` that `distill run` reproduces, an optional export
+   and a report with the Pareto frontier are written to the output folder (`report`).
+
+Kill it at any moment and run the same command again: finished trials and runs are kept,
+and stopped ones continue from their checkpoints.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from distill.app.auto.settings import AutoSettings, Budget
+
+__all__ = ["AutoResult", "AutoSettings", "Budget", "auto"]
+
+DEFAULT_TRIALS = 20
+
+
+@dataclass
+class AutoResult:
+    """What `distill.auto` hands over."""
+
+    student: Any  # the chosen student (torch.nn.Module) with its best weights
+    config: dict[str, Any]  # best.yaml: what `distill run` reproduces
+    trials: list[Any]  # every search trial (`distill.app.auto.study.Trial`)
+    comparison: list[dict[str, Any]]  # the final comparison, one row per configuration
+    verdict: list[str]
+    distillation_pays: bool
+    out: Path
+    report: Path
+
+
+def _say(settings: AutoSettings, text: str) -> None:
+    if settings.progress:
+        print(f"auto: {text}", file=sys.stderr, flush=True)
+
+
+def auto(
+    settings: AutoSettings | None = None, *, join: bool = False, **fields: Any
+) -> AutoResult | None:
+    """Run `distill auto` from Python: `auto(AutoSettings(...))` or `auto(teacher=..., data=...,
+    budget=..., ...)` with the fields of `AutoSettings`. With `join=True` this process is
+    one more worker on the study at `storage` (it searches, and returns None)."""
+    from distill.core.config import validated
+
+    if settings is None:
+        settings = validated(fields, AutoSettings, "auto")
+    if settings.trials is None and settings.time_s is None:
+        settings = settings.model_copy(update={"trials": DEFAULT_TRIALS})
+    from distill.core import rundir
+
+    out = settings.out_dir
+    _check_out(out)
+    with rundir.RunLock(out):
+        rundir.write_marker(out, "auto")
+        return _auto(settings, join)
+
+
+def _check_out(out: Path) -> None:
+    from distill.core import rundir
+    from distill.core.errors import ConfigError
+
+    rundir.check_location(out)
+    if out.is_dir() and not rundir.is_marked(out) and any(out.iterdir()):
+        raise ConfigError(
+            f"auto: {str(out)!r} holds files distill did not write; give another --out "
+            "(nothing was changed)"
+        )
+
+
+def _auto(settings: AutoSettings, join: bool) -> AutoResult | None:
+    from distill.app.auto import candidates as cands
+    from distill.app.auto.finals import decide, plan_arms, run_arms, test_arms
+    from distill.app.auto.space import methods_for, pair_layers
+    from distill.app.auto.study import Search
+    from distill.app.build import load_data
+    from distill.models import build_model
+
+    started = time.time()
+    deadline = started + settings.time_s if settings.time_s else None
+    data = load_data(settings.data)
+    _say(settings, "profiling the teacher and measuring the candidate students")
+    teacher_model, teacher = cands.profile_teacher(settings, data)
+    proposed = cands.propose(settings, data, teacher)
+    chosen = cands.choose(proposed, teacher, settings)
+    _say(
+        settings,
+        f"teacher: val {100 * teacher.val_acc:.2f}%, {teacher.params:,} params, "
+        f"{teacher.latency_ms:.3f} ms; searching {len(chosen)} student(s): "
+        + ", ".join(f"{p.label} ({p.params:,} params, {p.latency_ms:.3f} ms)" for p in chosen),
+    )
+    probe = build_model(
+        chosen[0].spec["name"], data.input_shape, data.num_classes, chosen[0].spec["args"]
+    )
+    pairing = pair_layers(probe, teacher_model, data.num_classes)
+    methods = methods_for(pairing, settings.methods)
+    del teacher_model, probe
+    finals_runs = (settings.finalists + 2 * min(settings.finalists, len(chosen))) * (
+        settings.seeds - 1
+    )
+    search = Search(
+        settings, chosen, methods, pairing, deadline=deadline, finals_runs=finals_runs, joined=join
+    )
+    search.run()
+    trials = search.trials()
+    if join:
+        _say(settings, f"worker done: {len(trials)} trial(s) in the study")
+        return None
+    if not any(t.state == "COMPLETE" for t in trials):
+        from distill.core.errors import ConfigError
+
+        raise ConfigError(
+            "auto: no trial ran to the end within the budget of time or trials; give more "
+            "--time or --trials (the study is kept: the same command continues it)"
+        )
+    candidates = {p.label: p for p in chosen}
+    arms = plan_arms(trials, candidates, settings, pairing)
+    _say(settings, f"final comparison: {len(arms)} configuration(s) x {settings.seeds} seeds")
+    run_arms(arms, trials, settings)
+    test_arms(arms, data)
+    verdict = decide(arms, teacher, settings)
+    for line in verdict.text:
+        _say(settings, line)
+    handed = _hand_over(verdict.chosen, settings)
+    passes = _teacher_passes(settings, trials, arms, len(data.train))
+    from distill.app.auto.report import write_report
+
+    paths = write_report(
+        settings.out_dir,
+        settings=settings,
+        teacher=teacher,
+        proposed=proposed,
+        chosen=chosen,
+        pairing=pairing,
+        trials=trials,
+        arms=arms,
+        verdict=verdict,
+        teacher_passes=passes,
+        handed=handed,
+    )
+    comparison = [a.summary() for a in arms]
+    summary = {
+        "verdict": verdict.text,
+        "distillation_pays": verdict.distillation_pays,
+        "teacher": {**teacher.row(), "val_acc": teacher.val_acc},
+        "comparison": comparison,
+        "handed_over": handed,
+        "teacher_passes": passes,
+        "trials": len(trials),
+        "seconds": time.time() - started,
+    }
+    from distill.core.checkpoint import atomic_write_text
+
+    atomic_write_text(settings.out_dir / "auto.json", json.dumps(summary, indent=2, default=str))
+    _say(settings, f"report: {paths['markdown']}")
+    return AutoResult(
+        student=handed.pop("module"),
+        config=handed["config_dict"],
+        trials=trials,
+        comparison=comparison,
+        verdict=verdict.text,
+        distillation_pays=verdict.distillation_pays,
+        out=settings.out_dir,
+        report=paths["markdown"],
+    )
+
+
+def _hand_over(arm: Any, settings: AutoSettings) -> dict[str, Any]:
+    """The chosen arm's best seed (by validation): its weights, best.yaml, an export."""
+    import yaml
+
+    from distill.app.build import weights_path
+    from distill.core.checkpoint import atomic_write_bytes, atomic_write_text
+    from distill.models import build_model
+    from distill.models.weights import restore_weights
+
+    out = settings.out_dir
+    best = max(range(len(arm.val)), key=lambda i: arm.val[i])
+    run_dir = Path(arm.run_dirs[best])
+    weights = out / "student.safetensors"
+    atomic_write_bytes(weights, weights_path(str(run_dir)).read_bytes())
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    config.update(name=f"auto-{arm.method}", run_dir=None)
+    config["train"]["progress"] = True
+    atomic_write_text(out / "best.yaml", yaml.safe_dump(config, sort_keys=False))
+    handed: dict[str, Any] = {
+        "weights": str(weights),
+        "config": str(out / "best.yaml"),
+        "from_run": str(run_dir),
+        "config_dict": config,
+    }
+    if settings.export is not None:
+        from distill.app.artifacts import export_run
+
+        dest = out / "export" / settings.export
+        info = export_run(run_dir, settings.export, dest, overwrite=True)
+        handed["export"] = info["path"]
+    spec = arm.student.spec
+    from distill.app.build import load_data
+
+    data = load_data(settings.data)
+    module = build_model(spec["name"], data.input_shape, data.num_classes, spec["args"])
+    restore_weights(module, weights, "student")
+    handed["module"] = module
+    return handed
+
+
+def _teacher_passes(
+    settings: AutoSettings, trials: list[Any], arms: list[Any], n: int
+) -> dict[str, int]:
+    """Samples that went through the teacher: with the shared cache (its entries' samples x
+    views, read from their metadata), and had every run used a live teacher (one pass per
+    training sample per epoch)."""
+    cached = 0
+    for meta in (settings.out_dir / "teacher-cache").glob("*/meta.json"):
+        info = json.loads(meta.read_text())
+        cached += info["samples"] * max(info.get("views") or 0, info.get("epoch_views") or 0, 1)
+    live = sum(t.epochs * n for t in trials if t.method != "scratch")
+    reused = {d for t in trials for d in [t.run_dir]}
+    live += sum(
+        settings.epochs * n
+        for a in arms
+        if a.method != "scratch"
+        for d in a.run_dirs
+        if d not in reused
+    )
+    return {"cached": cached, "live": live}

@@ -1,0 +1,249 @@
+"""The final comparison of `distill auto`, and the verdict.
+
+The search's best few configurations (by validation accuracy), and for each of their
+students the same student from scratch and with plain KD at its defaults, are trained
+again over `seeds` seeds at full length (a search trial that already ran to the end with
+seed 0 counts as that seed's run). The runs go through `distill.app.runner`, so a kill
+or signal loses nothing and a rerun continues them. Every choice is made on validation
+accuracy; the test split is read once, at the end, for the runs of the comparison.
+
+The verdict hands over the best configuration by mean validation accuracy, unless it does
+not beat the same student from scratch beyond seed noise (Welch's t-test, p < 0.05 over
+the seeds): then it says so plainly and hands over the scratch student. With an accuracy
+floor, the smallest student whose mean validation accuracy meets it is preferred.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from distill.app.auto.candidates import Profile
+from distill.app.auto.settings import AutoSettings
+from distill.app.auto.space import objective_for
+from distill.app.auto.study import Trial, run_config
+from distill.app.bench import ci95, welch_p
+
+P_NOISE = 0.05  # "beyond seed noise": Welch's two-sided p below this
+
+
+@dataclass
+class Arm:
+    """One configuration of the final comparison, over seeds."""
+
+    key: str
+    role: str  # 'finalist', 'scratch' or 'kd'
+    student: Profile
+    method: str
+    objective: dict[str, Any]
+    lr: float
+    trial: int | None = None
+    run_dirs: list[str] = field(default_factory=list)
+    val: list[float] = field(default_factory=list)
+    test: list[float] = field(default_factory=list)
+
+    def summary(self) -> dict[str, Any]:
+        def stats(values: list[float]) -> dict[str, float | None]:
+            if not values:
+                return {"mean": None, "std": None, "ci95": None}
+            return {
+                "mean": statistics.mean(values),
+                "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+                "ci95": ci95(values),
+            }
+
+        return {
+            "key": self.key,
+            "role": self.role,
+            "student": self.student.label,
+            "params": self.student.params,
+            "method": self.method,
+            "trial": self.trial,
+            "val": stats(self.val),
+            "test": stats(self.test),
+            "val_runs": self.val,
+            "test_runs": self.test,
+        }
+
+
+def _full(trial: Trial, epochs: int) -> bool:
+    return trial.state == "COMPLETE" and trial.epochs >= epochs and trial.run_dir is not None
+
+
+def plan_arms(
+    trials: list[Trial], candidates: dict[str, Profile], settings: AutoSettings, pairing: Any
+) -> list[Arm]:
+    """The finalists (best distinct searched configurations) and their students' baselines."""
+    searched = sorted(
+        (t for t in trials if t.state == "COMPLETE" and not t.baseline and t.config is not None),
+        key=lambda t: -(t.val_acc or 0.0),
+    )
+    arms: list[Arm] = []
+    seen = set()
+    for t in searched:
+        sig = (t.student, t.method, repr(sorted(t.config["objective"].items())), t.params.get("lr"))
+        if sig in seen or t.method == "scratch":
+            continue
+        seen.add(sig)
+        arms.append(
+            Arm(
+                key=f"{t.method} (trial {t.number}) on {t.student}",
+                role="finalist",
+                student=candidates[t.student],
+                method=t.method,
+                objective=t.config["objective"],
+                lr=t.config["train"]["optimizer"]["lr"],
+                trial=t.number,
+            )
+        )
+        if len(arms) == settings.finalists:
+            break
+    students = [a.student.label for a in arms]
+    if not students:  # no searched trial finished: compare the baselines of the best student
+        best = max((t for t in trials if t.state == "COMPLETE"), key=lambda t: t.val_acc or 0.0)
+        students = [best.student]
+    for label in dict.fromkeys(students):
+        for method in ("scratch", "kd"):
+            base = next(
+                (t for t in trials if t.baseline and t.student == label and t.method == method),
+                None,
+            )
+            arms.append(
+                Arm(
+                    key=f"{method} at its defaults on {label}",
+                    role=method,
+                    student=candidates[label],
+                    method=method,
+                    objective=objective_for(method, None, pairing),
+                    lr=settings.lr,
+                    trial=base.number if base is not None else None,
+                )
+            )
+    return arms
+
+
+def run_arms(arms: list[Arm], trials: list[Trial], settings: AutoSettings) -> None:
+    """Every arm over every seed, full length, without reading the test split."""
+    from distill.app.runner import Job, Sweep
+
+    by_number = {t.number: t for t in trials}
+    jobs = []
+    for i, arm in enumerate(arms):
+        for seed in range(settings.seeds):
+            reused = by_number.get(arm.trial)
+            if seed == 0 and reused is not None and _full(reused, settings.epochs):
+                arm.run_dirs.append(reused.run_dir)
+                continue
+            run_dir = settings.out_dir / "finals" / f"arm{i}-{arm.role}" / f"seed{seed}"
+            cfg = run_config(
+                settings, arm.student, arm.method, arm.objective, lr=arm.lr, seed=seed,
+                run_dir=run_dir.resolve(),
+            )  # fmt: skip
+            arm.run_dirs.append(str(run_dir.resolve()))
+            jobs.append(Job(f"arm{i}-{arm.role}/seed{seed}", cfg, flags=("--no-test",)))
+    if jobs:
+        parallel = 1 if settings.device not in ("auto", "cpu") else max(1, (os.cpu_count() or 1))
+        parallel = min(parallel, 4)
+        Sweep(
+            jobs, parallel=parallel, logs=settings.out_dir / "finals" / "logs", name="final runs"
+        ).run()
+        failed = [j for j in jobs if j.result is None]
+        if failed:
+            from distill.core.errors import ConfigError
+
+            raise ConfigError(
+                f"auto: {len(failed)} final run(s) did not finish: "
+                + "; ".join(f"{j.label} ({j.failed}; log {j.log})" for j in failed[:4])
+                + ". Fix the cause and run the same command again: finished runs are kept"
+            )
+    import json
+
+    for arm in arms:
+        arm.val = [
+            float(json.loads((Path(d) / "results.json").read_text())["best_val_acc"])
+            for d in arm.run_dirs
+        ]
+
+
+def test_arms(arms: list[Arm], data: Any) -> None:
+    """The test split, read once: every arm's runs, from their best weights."""
+    from distill.app.build import weights_path
+    from distill.evaluate import evaluate
+    from distill.models import build_model
+    from distill.models.weights import restore_weights
+
+    for arm in arms:
+        arm.test = []
+        for run_dir in arm.run_dirs:
+            spec = arm.student.spec
+            model = build_model(spec["name"], data.input_shape, data.num_classes, spec["args"])
+            restore_weights(model, weights_path(run_dir), "student")
+            arm.test.append(evaluate(model, data.test, batch_size=512)["acc"])
+
+
+@dataclass
+class Verdict:
+    chosen: Arm
+    text: list[str]
+    distillation_pays: bool
+    floor: float | None
+    meets_floor: bool | None
+
+
+def _mean(values: list[float]) -> float:
+    return statistics.mean(values) if values else float("nan")
+
+
+def decide(arms: list[Arm], teacher: Profile, settings: AutoSettings) -> Verdict:
+    """Which arm is handed over, and why, in plain words."""
+    floor = None
+    if settings.budget.min_accuracy is not None:
+        floor = settings.budget.min_accuracy.floor(teacher.val_acc or 0.0)
+    ranked = sorted(arms, key=lambda a: -_mean(a.val))
+    best = (
+        next(a for a in ranked if a.role != "scratch")
+        if any(a.role != "scratch" for a in ranked)
+        else ranked[0]
+    )
+    if floor is not None:  # the smallest student that meets the floor, then the best of it
+        meeting = [a for a in ranked if a.role != "scratch" and _mean(a.val) >= floor]
+        if meeting:
+            smallest = min(a.student.params for a in meeting)
+            best = next(a for a in meeting if a.student.params == smallest)
+    scratch = next(a for a in arms if a.role == "scratch" and a.student is best.student)
+    gain = _mean(best.val) - _mean(scratch.val)
+    p = welch_p(best.val, scratch.val)
+    text = [
+        f"best distilled configuration: {best.key}, validation {100 * _mean(best.val):.2f}% "
+        f"(+/- {100 * (ci95(best.val) or 0):.2f}, 95% CI over {len(best.val)} seeds)",
+        f"the same student from scratch: {100 * _mean(scratch.val):.2f}%; gain "
+        f"{100 * gain:+.2f} points, Welch p = {p:.3f}",
+    ]
+    pays = gain > 0 and p < P_NOISE
+    chosen = best if pays else scratch
+    if pays:
+        text.append(
+            "distillation beats scratch beyond seed noise: handing over the distilled student"
+        )
+    else:
+        text.append(
+            "distillation does not beat training from scratch beyond seed noise (p >= "
+            f"{P_NOISE} or no gain) for this student and budget: handing over the scratch "
+            "student"
+        )
+    if teacher.val_acc is not None and teacher.val_acc < _mean(scratch.val):
+        text.append(
+            f"note: the teacher ({100 * teacher.val_acc:.2f}% on validation) scores below the "
+            "scratch student; a better teacher is the first thing to try"
+        )
+    meets = None
+    if floor is not None:
+        meets = _mean(chosen.val) >= floor
+        text.append(
+            f"accuracy floor {settings.budget.min_accuracy} = {100 * floor:.2f}%: "
+            + ("met" if meets else "NOT met by any student that fits the budget")
+        )
+    return Verdict(chosen, text, pays, floor, meets)
