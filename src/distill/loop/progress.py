@@ -16,6 +16,13 @@ from tqdm.auto import tqdm
 from distill.core import distributed
 
 
+def _run_name(t: Any) -> str:
+    """'<run dir's name>: ', so the lines of several runs in one stream (a demo) say whose
+    they are; '' for a trainer without a run dir."""
+    run_dir = getattr(t, "run_dir", None)
+    return f"{run_dir.name}: " if run_dir is not None else ""
+
+
 class EpochProgress:
     """The progress of one epoch of `t` (a context manager; `update()` after each batch)."""
 
@@ -29,7 +36,7 @@ class EpochProgress:
         self.bar = tqdm(
             total=t.batches_per_epoch,
             initial=st["batch"],
-            desc=f"{t.run_dir.name}: epoch {st['epoch'] + 1}/{s.epochs}",
+            desc=f"{_run_name(t)}epoch {st['epoch'] + 1}/{s.epochs}",
             disable=not s.progress or None,
             leave=False,
             dynamic_ncols=True,
@@ -54,7 +61,7 @@ class EpochProgress:
             self.quiet_since = time.monotonic()
             t, st = self.t, self.t.state
             print(
-                f"{t.run_dir.name}: epoch {st['epoch'] + 1}/{t.settings.epochs}: batch {st['batch']}/"
+                f"{_run_name(t)}epoch {st['epoch'] + 1}/{t.settings.epochs}: batch {st['batch']}/"
                 f"{t.batches_per_epoch}, step {st['step']}",
                 file=sys.stderr,
                 flush=True,
@@ -116,7 +123,7 @@ def report_row(t: Any, row: dict, metrics: dict, improved: bool) -> None:
     for callback in t.callbacks:
         callback(row)
     if t.settings.progress and distributed.is_main():
-        where = f"{t.run_dir.name}: epoch {row['epoch']}/{t.settings.epochs}"
+        where = f"{_run_name(t)}epoch {row['epoch']}/{t.settings.epochs}"
         tqdm.write(  # (printed with or without a terminal)
             f"{where}  loss {row.get('train_loss', float('nan')):.4f}  "
             + "  ".join(f"val {k} {v:.4f}" for k, v in metrics.items())

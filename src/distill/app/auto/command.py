@@ -95,6 +95,10 @@ def settings_from(args: argparse.Namespace) -> tuple[Any, bool]:
     from distill.core.errors import ConfigError
 
     raw: dict[str, Any] = {}
+    if args.join:  # a worker takes the study's own settings; its flags set only its share
+        from distill.app.auto.study import settings_of_study
+
+        raw = settings_of_study(args.join)
     if args.config:
         whole = read_yaml(Path(args.config), "auto config")
         if not isinstance(whole, dict) or not isinstance(whole.get("auto"), dict):

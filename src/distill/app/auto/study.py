@@ -26,6 +26,8 @@ import contextlib
 import copy
 import hashlib
 import json
+import os
+import socket
 import sys
 import time
 import warnings
@@ -146,6 +148,50 @@ def _storage(url: str) -> Any:
             )
 
 
+def _dead_here(attrs: dict[str, Any]) -> bool:
+    """Whether the trial's worker ran on this machine and its process is gone."""
+    worker = attrs.get("worker") or {}
+    if worker.get("host") != socket.gethostname() or not worker.get("pid"):
+        return False
+    try:
+        os.kill(int(worker["pid"]), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, another user's
+        return False
+    return False
+
+
+# what a worker on another machine needs to join: everything but where it writes and how
+# long it works
+LOCAL_FIELDS = {"out", "storage", "time_s", "trials", "progress", "device", "workers"}
+
+
+def shared_settings(settings: AutoSettings) -> dict[str, Any]:
+    return settings.model_dump(mode="json", exclude=LOCAL_FIELDS)
+
+
+def settings_of_study(url: str) -> dict[str, Any]:
+    """The settings a study was started with, for a worker that joins it."""
+    import optuna
+
+    with _quiet_optuna():
+        try:
+            study = optuna.load_study(study_name=STUDY, storage=_storage(url))
+        except KeyError:
+            raise ConfigError(
+                f"auto --join: {url.split('@')[-1]!r} holds no distill auto study yet; start "
+                "one with --storage URL first"
+            ) from None
+        except Exception as e:
+            raise ConfigError(
+                f"auto --join: cannot open the study storage: {str(e).splitlines()[0][:300]}"
+            ) from None
+    if "settings" not in study.user_attrs:
+        raise ConfigError("auto --join: that study was not started by distill auto")
+    return dict(study.user_attrs["settings"])
+
+
 class Search:
     """Runs the study (see the module docstring); `trials()` lists what it found."""
 
@@ -197,6 +243,7 @@ class Search:
             )
         if made_for is None:
             study.set_user_attr("fingerprint", key)
+            study.set_user_attr("settings", shared_settings(self.settings))
             for label in self.candidates:  # the baselines, first
                 for method in BASELINES:
                     study.enqueue_trial(
@@ -235,29 +282,28 @@ class Search:
         return repr(url)
 
     def _retry_interrupted(self) -> None:
-        """Trials a signal stopped, or (alone on the study) left RUNNING by a killed process:
-        tried again with the same parameters, resuming their run dirs."""
+        """Trials a signal stopped, or left RUNNING by a killed process of this machine: tried
+        again with the same parameters, resuming their run dirs. (A dead worker elsewhere is
+        found by Optuna's heartbeat, which hands its trial to another worker.)"""
         import optuna
 
         retried = {t.user_attrs.get("retry_of") for t in self.study.trials}
         study_id = self.storage.get_study_id_from_name(STUDY)
         for t in self.study.trials:
-            stale = t.state == optuna.trial.TrialState.RUNNING and not self._shared()
+            stale = t.state == optuna.trial.TrialState.RUNNING and _dead_here(t.user_attrs)
             stopped = t.state == optuna.trial.TrialState.FAIL and t.user_attrs.get("interrupted")
             if (stale or stopped) and t.number not in retried:
-                if stale:  # alone on a local study (its folder is locked): nobody runs it
+                if stale:  # its process is gone: nobody runs it
                     trial_id = self.storage.get_trial_id_from_study_id_trial_number(
                         study_id, t.number
                     )
                     self.storage.set_trial_state_values(trial_id, optuna.trial.TrialState.FAIL)
-                attrs = {k: v for k, v in t.user_attrs.items() if k != "interrupted"}
+                attrs = {
+                    k: v for k, v in t.user_attrs.items() if k not in ("interrupted", "worker")
+                }
                 self.study.enqueue_trial(
                     t.params, user_attrs={**attrs, "retry_of": t.number}, skip_if_exists=False
                 )
-
-    def _shared(self) -> bool:
-        """Whether other workers may be on this study (a server storage)."""
-        return not self.settings.storage_url.startswith("sqlite")
 
     # ------------------------------------------------------------------ one trial
     def objective(self, trial: Any) -> float:
@@ -266,6 +312,7 @@ class Search:
         from distill.app.run import run_experiment
         from distill.core.config import parse_config
 
+        trial.set_user_attr("worker", {"host": socket.gethostname(), "pid": os.getpid()})
         baseline = bool(trial.user_attrs.get("baseline"))
         label = trial.suggest_categorical("student", list(self.candidates))
         method = trial.suggest_categorical("method", [*BASELINES[:1], *self.methods])

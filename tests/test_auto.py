@@ -1,0 +1,306 @@
+"""distill auto (issue 41): budgets, candidates, the search space, and the whole command on
+the synthetic data: it chooses on validation, reads the test split once at the end, hands
+over a student that `distill run` reproduces, survives a kill, and several workers share
+one study."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from helpers import synthetic_cfg
+
+from distill.app.auto.candidates import Profile, choose, family_students
+from distill.app.auto.settings import (
+    Accuracy,
+    AutoSettings,
+    Budget,
+    parse_bytes,
+    parse_count,
+    parse_ms,
+    parse_seconds,
+)
+from distill.app.auto.space import FEATURE, RESPONSE, objective_for, pair_layers
+from distill.app.cli import main
+from distill.app.run import run_experiment
+from distill.core.config import parse_config
+from distill.core.errors import ConfigError
+from distill.models import build_model
+
+
+def test_budgets_read_the_way_people_write_them():
+    assert parse_count("2M") == 2_000_000 and parse_count("500k") == 500_000
+    assert parse_count(1200) == 1200
+    assert parse_bytes("1.5MB") == 1_500_000 and parse_bytes("2MiB") == 2 * 1024**2
+    assert parse_ms("3ms") == 3.0 and parse_ms("300us") == pytest.approx(0.3)
+    assert parse_seconds("2h") == 7200 and parse_seconds("1h30m") == 5400
+    assert parse_seconds(90) == 90
+    floor = Accuracy.parse("0.97x")
+    assert floor.relative and floor.floor(0.9) == pytest.approx(0.873)
+    assert Accuracy.parse("90%").floor(0.5) == pytest.approx(0.9)
+    for bad, call in (("lots", parse_count), ("3 parsecs", parse_ms), ("2 weeks", parse_seconds)):
+        with pytest.raises(ConfigError, match="cannot read|unknown unit"):
+            call(bad)
+    with pytest.raises(ConfigError, match="above 1"):
+        Accuracy.parse("97")
+    budget = Budget(max_params="20k", max_latency_ms="1ms", min_accuracy="0.95x")
+    assert budget.max_params == 20_000 and budget.max_latency_ms == 1.0
+    assert budget.min_accuracy.relative
+
+
+def test_students_are_proposed_from_the_teachers_family():
+    mlp = family_students({"name": "mlp", "args": {"hidden": [256, 128]}})
+    assert {"name": "mlp", "args": {"hidden": [128, 64]}} in mlp
+    assert {"name": "mlp", "args": {"hidden": [128]}} in mlp  # one layer fewer
+    assert all(s["args"] != {"hidden": [256, 128]} for s in mlp)  # never the teacher itself
+    conv = family_students({"name": "convnet", "args": {"channels": [32, 64, 64]}})
+    assert {"name": "convnet", "args": {"channels": [8, 16, 16]}} in conv
+    res = family_students({"name": "resnet", "args": {"widths": [16, 32], "blocks_per_stage": 2}})
+    assert any(s["args"].get("blocks_per_stage") == 1 for s in res)
+    vit = family_students({"name": "transformer", "args": {"dim": 64, "depth": 4, "heads": 4}})
+    assert all(s["args"]["dim"] % s["args"]["heads"] == 0 for s in vit)
+    for spec in vit:  # every proposal builds
+        build_model("transformer", (1, 8, 8), 3, spec["args"])
+    assert family_students({"name": "mypkg.models:Net", "args": {}}) == []
+
+
+def _profile(label, params, latency=0.1, over=()):
+    return Profile(label, {"name": "mlp", "args": {}}, params, params * 4, latency, over=list(over))
+
+
+def test_the_budget_keeps_a_spread_of_sizes_and_an_impossible_one_names_the_smallest(tmp_path):
+    settings = AutoSettings(
+        teacher={"name": "mlp", "weights": "w"}, data={"name": "synthetic"}, max_candidates=3
+    )
+    teacher = _profile("teacher", 100_000)
+    fits = [_profile(f"s{p}", p) for p in (60_000, 50_000, 30_000, 20_000, 9_000, 5_000)]
+    chosen = choose(fits, teacher, settings)
+    assert [p.params for p in chosen] == [60_000, 30_000, 9_000]  # each <= 0.6x the last
+    over = [
+        _profile("big", 50_000, over=["50,000 params > 1,000"]),
+        _profile("small", 2_000, 0.5, ["0.5 ms > 0.1 ms"]),
+    ]
+    with pytest.raises(
+        ConfigError, match=r"smallest candidate, small, has 2,000 parameters.*0\.5 ms > 0\.1 ms"
+    ):
+        choose(over, teacher, settings)
+
+
+def test_layers_are_paired_at_the_classifier_inputs_and_every_method_builds_a_valid_config(
+    tmp_path,
+):
+    student = build_model("convnet", (1, 40), 10, {"channels": [8, 16]})
+    teacher = build_model("convnet", (1, 40), 10, {"channels": [32, 64]})
+    pairing = pair_layers(student, teacher, 10)
+    assert pairing.student == pairing.teacher == "head.1:input"
+    assert "classifier" in pairing.why
+    resnet = build_model("resnet", (1, 40), 10, {"widths": [8, 16]})
+    assert pair_layers(resnet, resnet, 10).student == "fc:input"
+    import optuna
+
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    for method in [*RESPONSE, *FEATURE]:
+        for trial in (None, study.ask()):
+            objective = objective_for(method, trial, pairing)
+            cfg = synthetic_cfg(tmp_path / method, scheme="offline", objective=objective)
+            cfg["teacher"] = {"name": "mlp", "args": {"hidden": [32]}}
+            cfg["student"] = {"name": "mlp", "args": {"hidden": [8]}}
+            if method in FEATURE:  # the synthetic pair's own classifier inputs
+                for term in objective["terms"][1:]:
+                    term["student"] = term["teacher"] = "head:input"
+            parse_config(cfg)  # every name, argument and weight is valid
+
+
+@pytest.fixture(scope="module")
+def teacher_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("auto-teacher")
+    cfg = synthetic_cfg(root / "teacher", train={"epochs": 4})
+    cfg["data"]["options"] = {"num_samples": 600, "num_features": 8, "num_classes": 3}
+    cfg["student"] = {"name": "mlp", "args": {"hidden": [64, 64]}}
+    run_experiment(parse_config(cfg))
+    (root / "teacher.yaml").write_text(yaml.safe_dump(cfg))
+    return root
+
+
+def _auto_args(root: Path, out: Path, *more: str) -> list[str]:
+    return [
+        "auto",
+        "--teacher",
+        str(root / "teacher"),
+        "--model-config",
+        str(root / "teacher.yaml"),
+        "--max-params",
+        "3k",
+        "--epochs",
+        "3",
+        "--seeds",
+        "2",
+        "--out",
+        str(out),
+        *more,
+    ]
+
+
+def test_auto_end_to_end_chooses_on_validation_and_hands_over(teacher_run, tmp_path, capsys):
+    out = tmp_path / "auto"
+    assert main(_auto_args(teacher_run, out, "--trials", "3", "--methods", "kd,dist")) == 0
+    printed = capsys.readouterr()
+    assert "report:" in printed.out
+    for line in ("trial 0: scratch on", "final comparison:", "handing over"):
+        assert line in printed.err
+    summary = json.loads((out / "auto.json").read_text())
+    arms = {a["role"] for a in summary["comparison"]}
+    assert {"scratch", "kd"} <= arms  # the baselines are always in the comparison
+    # the search never read the test split: no trial's results carry a test score
+    for results in (out / "trials").glob("*/results.json"):
+        assert "test_acc" not in json.loads(results.read_text())
+    for arm in summary["comparison"]:  # ... the final comparison did, once, at the end
+        assert len(arm["test_runs"]) == 2 and len(arm["val_runs"]) == 2
+    # every searched student fits the budget
+    assert all(a["params"] <= 3000 for a in summary["comparison"])
+    report = (out / "report.md").read_text()
+    for section in ("## Verdict", "## Candidates", "## Final comparison", "## Trials"):
+        assert section in report
+    assert (out / "pareto_latency.png").read_bytes()[:4] == b"\x89PNG"
+    assert summary["teacher_passes"]["cached"] < summary["teacher_passes"]["live"]
+    # best.yaml reproduces the handed-over student with distill run
+    best = yaml.safe_load((out / "best.yaml").read_text())
+    best["run_dir"] = str(tmp_path / "again")
+    best["train"]["progress"] = False
+    again = run_experiment(parse_config(best))
+    assert again["complete"] and again["test_acc"] > 0.5
+    from distill.core.checkpoint import load_weights
+
+    state, _ = load_weights(out / "student.safetensors")
+    assert any(k.startswith("head") for k in state)
+
+
+def test_auto_refuses_what_it_cannot_do(teacher_run, tmp_path, capsys):
+    assert main(_auto_args(teacher_run, tmp_path / "a", "--max-params", "10")) == 2
+    assert "no student fits the budget; the smallest candidate" in capsys.readouterr().err
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine/notes.txt").write_text("mine")
+    assert main(_auto_args(teacher_run, tmp_path / "mine", "--trials", "1")) == 2
+    assert "holds files distill did not write" in capsys.readouterr().err
+    assert (tmp_path / "mine/notes.txt").read_text() == "mine"
+    assert main(_auto_args(teacher_run, tmp_path / "b", "--max-latency", "soon")) == 2
+    assert "cannot read 'soon'" in capsys.readouterr().err
+    url = "postgresql+psycopg://nobody:secret@127.0.0.1:1/none"
+    assert main(_auto_args(teacher_run, tmp_path / "c", "--storage", url, "--trials", "1")) == 2
+    err = capsys.readouterr().err
+    assert "cannot open the study storage" in err and "secret" not in err
+
+
+def _distill(*args: str, cwd: Path) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "distill", *args],
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _study(out: Path):
+    import optuna
+
+    return optuna.load_study(study_name="distill-auto", storage=f"sqlite:///{out / 'study.db'}")
+
+
+def _finished_trials(out: Path) -> list[int]:
+    return [t.number for t in _study(out).trials if t.state.name in ("COMPLETE", "PRUNED")]
+
+
+def test_a_killed_auto_continues_without_redoing_finished_trials(teacher_run, tmp_path):
+    out = tmp_path / "auto"
+    args = _auto_args(teacher_run, out, "--trials", "4", "--methods", "kd", "--epochs", "40")
+    proc = _distill(*args, cwd=tmp_path)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and not (out / "study.db").is_file():
+        time.sleep(0.2)
+    while time.monotonic() < deadline and len(_finished_trials(out)) < 2:
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGKILL)  # no cleanup at all
+    proc.communicate(timeout=60)
+    done = _finished_trials(out)
+    cut = _study(out).trials[-1]  # the trial the kill cut short, if one was running
+    cut_short = cut.number if cut.state.name == "RUNNING" else None
+    assert len(done) >= 2
+    stamps = {
+        n: (out / f"trials/trial-{n:04d}/results.json").stat().st_mtime_ns
+        for n in done
+        if (out / f"trials/trial-{n:04d}/results.json").is_file()
+    }
+    again = _distill(*args, cwd=tmp_path)
+    _, err = again.communicate(timeout=600)
+    assert again.returncode == 0, err
+    for n, stamp in stamps.items():  # finished trials were not run again
+        assert (out / f"trials/trial-{n:04d}/results.json").stat().st_mtime_ns == stamp
+    assert set(done) <= set(_finished_trials(out))
+    assert (out / "report.md").is_file()
+    if cut_short is not None:  # tried again in its own run dir, from its checkpoint
+        retry = [t for t in _study(out).trials if t.user_attrs.get("retry_of") == cut_short]
+        assert len(retry) == 1 and retry[0].state.name in ("COMPLETE", "PRUNED")
+        assert retry[0].user_attrs["run_dir"] == cut.user_attrs["run_dir"]
+
+
+def test_several_workers_share_one_study(teacher_run, tmp_path):
+    out = tmp_path / "main"
+    url = f"sqlite:///{out / 'study.db'}"
+    args = _auto_args(teacher_run, out, "--trials", "6", "--methods", "kd,dist")
+    first = _distill(*args, cwd=tmp_path)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and not (out / "study.db").is_file():
+        time.sleep(0.2)
+    workers = [  # a worker needs only the URL: the study holds its settings
+        _distill(
+            "auto", "--join", url, "--out", str(tmp_path / f"w{i}"), "--trials", "6", cwd=tmp_path
+        )
+        for i in range(2)
+    ]
+    for proc in [first, *workers]:
+        _, err = proc.communicate(timeout=600)
+        assert proc.returncode == 0, err
+    import optuna
+
+    study = optuna.load_study(study_name="distill-auto", storage=url)
+    numbers = [t.number for t in study.trials]
+    assert len(numbers) == len(set(numbers))
+    ran_here = {p.parent.name for p in (out / "trials").glob("*/config.yaml")}
+    ran_by_workers = {
+        p.parent.name for w in ("w0", "w1") for p in (tmp_path / w / "trials").glob("*/config.yaml")
+    }
+    assert ran_by_workers, "the joined workers ran no trial"
+    assert not ran_here & ran_by_workers  # no trial was run twice
+
+
+def test_python_api(teacher_run, tmp_path):
+    from distill.app.auto import auto
+
+    result = auto(
+        teacher={
+            "name": "mlp",
+            "args": {"hidden": [64, 64]},
+            "weights": str(teacher_run / "teacher"),
+        },
+        data=yaml.safe_load((teacher_run / "teacher.yaml").read_text())["data"],
+        budget={"max_params": "3k"},
+        trials=1,
+        epochs=2,
+        seeds=2,
+        methods=["kd"],
+        out=str(tmp_path / "py"),
+        progress=False,
+    )
+    assert isinstance(result.student, torch.nn.Module)
+    assert result.config["student"]["name"] == "mlp" and result.verdict
+    assert result.report.is_file() and len(result.trials) >= 3
+    assert os.path.isfile(tmp_path / "py" / "best.yaml")
