@@ -304,3 +304,87 @@ def test_python_api(teacher_run, tmp_path):
     assert result.config["student"]["name"] == "mlp" and result.verdict
     assert result.report.is_file() and len(result.trials) >= 3
     assert os.path.isfile(tmp_path / "py" / "best.yaml")
+
+
+def _pg_tool(name: str) -> str | None:
+    import glob
+    import shutil
+
+    found = shutil.which(name) or sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
+    return found if isinstance(found, str) else (found[-1] if found else None)
+
+
+@pytest.fixture(scope="module")
+def postgres():
+    """A real PostgreSQL server on 127.0.0.1, started here and stopped after the tests
+    (Debian's postgresql package; as root the server runs as the postgres user)."""
+    import shutil
+    import socket
+    import tempfile
+
+    initdb, pg_ctl, psql = _pg_tool("initdb"), _pg_tool("pg_ctl"), _pg_tool("psql")
+    if not (initdb and pg_ctl and psql):
+        pytest.skip("PostgreSQL is not installed (Debian: apt-get install postgresql)")
+    pytest.importorskip("psycopg", reason="psycopg is not installed (pip install psycopg[binary])")
+    root = Path(tempfile.mkdtemp(prefix="distill-pg-", dir="/tmp"))
+    as_user: list[str] = []
+    if os.geteuid() == 0:  # the server refuses to run as root
+        shutil.chown(root, "postgres", "postgres")
+        as_user = ["runuser", "-u", "postgres", "--"]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    data = root / "data"
+    run = lambda *cmd: subprocess.run([*as_user, *cmd], capture_output=True, text=True)  # noqa: E731
+    done = run(initdb, "-D", str(data), "-U", "distill", "--auth=trust")
+    if done.returncode != 0:
+        pytest.skip(f"initdb failed here: {done.stderr.strip()[:200]}")
+    options = f"-p {port} -h 127.0.0.1 -k {root}"
+    done = run(pg_ctl, "-D", str(data), "-o", options, "-l", str(root / "log"), "-w", "start")
+    if done.returncode != 0:
+        pytest.skip(f"the PostgreSQL server did not start: {done.stderr.strip()[:200]}")
+    try:
+        run(
+            psql,
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(port),
+            "-U",
+            "distill",
+            "-c",
+            "create database auto",
+            "postgres",
+        )
+        yield f"postgresql+psycopg://distill@127.0.0.1:{port}/auto"
+    finally:
+        run(pg_ctl, "-D", str(data), "-m", "fast", "-w", "stop")
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_a_study_on_postgresql_is_shared_by_a_joining_worker(teacher_run, tmp_path, postgres):
+    args = _auto_args(teacher_run, tmp_path / "main", "--storage", postgres, "--trials", "2")
+    assert main([*args, "--methods", "kd"]) == 0
+    assert not (tmp_path / "main/study.db").exists()  # the study lives in the server
+    worker = _distill(
+        "auto", "--join", postgres, "--out", str(tmp_path / "w"), "--trials", "4", cwd=tmp_path
+    )
+    _, err = worker.communicate(timeout=600)
+    assert worker.returncode == 0, err
+    import optuna
+
+    study = optuna.load_study(study_name="distill-auto", storage=postgres)
+    by_worker = [t for t in study.trials if str(tmp_path / "w") in t.user_attrs.get("run_dir", "")]
+    assert by_worker and all(t.state.name in ("COMPLETE", "PRUNED") for t in by_worker)
+    assert study.user_attrs["settings"]["methods"] == ["kd"]
+
+
+def test_a_time_budget_is_kept(teacher_run, tmp_path, capsys):
+    """--time covers the whole command, the final runs included: it ends within about one
+    trial of the budget (a trial here is well under a second; a final run's process start
+    is the slack)."""
+    started = time.monotonic()
+    assert main(_auto_args(teacher_run, tmp_path / "t", "--time", "25s", "--methods", "kd")) == 0
+    took = time.monotonic() - started
+    assert took < 25 + 8, took
+    assert "trial 4:" in capsys.readouterr().err  # it searched past the baselines

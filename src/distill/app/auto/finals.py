@@ -15,7 +15,6 @@ floor, the smallest student whose mean validation accuracy meets it is preferred
 
 from __future__ import annotations
 
-import os
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +23,7 @@ from typing import Any
 from distill.app.auto.candidates import Profile
 from distill.app.auto.settings import AutoSettings
 from distill.app.auto.space import objective_for
-from distill.app.auto.study import Trial, run_config
+from distill.app.auto.study import Trial, final_parallel, run_config
 from distill.app.bench import ci95, welch_p
 
 P_NOISE = 0.05  # "beyond seed noise": Welch's two-sided p below this
@@ -145,10 +144,11 @@ def run_arms(arms: list[Arm], trials: list[Trial], settings: AutoSettings) -> No
             arm.run_dirs.append(str(run_dir.resolve()))
             jobs.append(Job(f"arm{i}-{arm.role}/seed{seed}", cfg, flags=("--no-test",)))
     if jobs:
-        parallel = 1 if settings.device not in ("auto", "cpu") else max(1, (os.cpu_count() or 1))
-        parallel = min(parallel, 4)
         Sweep(
-            jobs, parallel=parallel, logs=settings.out_dir / "finals" / "logs", name="final runs"
+            jobs,
+            parallel=final_parallel(settings),
+            logs=settings.out_dir / "finals" / "logs",
+            name="final runs",
         ).run()
         failed = [j for j in jobs if j.result is None]
         if failed:
@@ -220,7 +220,7 @@ def decide(arms: list[Arm], teacher: Profile, settings: AutoSettings) -> Verdict
         f"best distilled configuration: {best.key}, validation {100 * _mean(best.val):.2f}% "
         f"(+/- {100 * (ci95(best.val) or 0):.2f}, 95% CI over {len(best.val)} seeds)",
         f"the same student from scratch: {100 * _mean(scratch.val):.2f}%; gain "
-        f"{100 * gain:+.2f} points, Welch p = {p:.3f}",
+        f"{100 * gain:+.2f} points, Welch p {'< 0.001' if p < 0.001 else f'= {p:.3f}'}",
     ]
     pays = gain > 0 and p < P_NOISE
     chosen = best if pays else scratch

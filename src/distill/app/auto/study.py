@@ -42,6 +42,15 @@ from distill.app.auto.space import BASELINES, Pairing, objective_for
 from distill.core.errors import ConfigError, RunStopped
 
 STUDY = "distill-auto"
+PROCESS_START_S = 5.0  # a final run's own process: Python, torch and the data, before training
+
+
+def final_parallel(settings: AutoSettings) -> int:
+    """How many final runs go side by side: one per core on a CPU (each with one thread),
+    up to 4; one on an accelerator."""
+    if settings.device not in ("auto", "cpu"):
+        return 1
+    return max(1, min(4, os.cpu_count() or 1))
 
 
 @dataclass
@@ -386,10 +395,13 @@ class Search:
         return max(times) if not done else sum(times) / len(times)
 
     def _stop_in_time(self, study: Any, _trial: Any) -> None:
+        """Stop when one more trial and then the final runs would not end by the deadline.
+        A final run is a process of its own: a trial's length plus its start-up."""
         if self.deadline is None:
             return
         trial_s = self._mean_full_trial_s()
-        if time.time() + trial_s * (1 + self.finals_runs) > self.deadline:
+        finals_s = self.finals_runs * (trial_s + PROCESS_START_S) / final_parallel(self.settings)
+        if time.time() + trial_s + finals_s > self.deadline:
             study.stop()
 
     def _progress(self, study: Any, trial: Any) -> None:
