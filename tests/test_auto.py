@@ -298,12 +298,36 @@ def test_python_api(teacher_run, tmp_path):
         seeds=2,
         methods=["kd"],
         out=str(tmp_path / "py"),
+        export="torchscript",
         progress=False,
     )
     assert isinstance(result.student, torch.nn.Module)
     assert result.config["student"]["name"] == "mlp" and result.verdict
     assert result.report.is_file() and len(result.trials) >= 3
     assert os.path.isfile(tmp_path / "py" / "best.yaml")
+    exported = tmp_path / "py" / "export" / "torchscript"
+    info = json.loads((exported / ".distill-export").read_text())
+    assert info["max_abs_logit_diff"] < 1e-4  # the export was loaded back and checked
+
+
+def test_an_auto_section_in_yaml_with_flags_over_it(teacher_run, tmp_path, capsys):
+    cfg = yaml.safe_load((teacher_run / "teacher.yaml").read_text())
+    spec = {
+        "auto": {
+            "teacher": {**cfg["student"], "weights": str(teacher_run / "teacher")},
+            "data": cfg["data"],
+            "budget": {"max_params": "3k", "min_accuracy": "0.5"},
+            "epochs": 2,
+            "seeds": 2,
+            "trials": 1,
+            "methods": ["kd"],
+            "out": str(tmp_path / "from-yaml"),
+        }
+    }
+    (tmp_path / "auto.yaml").write_text(yaml.safe_dump(spec))
+    assert main(["auto", str(tmp_path / "auto.yaml"), "--out", str(tmp_path / "flag")]) == 0
+    assert (tmp_path / "flag/report.md").is_file() and not (tmp_path / "from-yaml").exists()
+    assert "accuracy floor 50.0% = 50.00%: met" in capsys.readouterr().out
 
 
 def _pg_tool(name: str) -> str | None:

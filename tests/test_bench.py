@@ -165,3 +165,16 @@ def test_bench_under_signals_stops_its_workers_and_a_rerun_redoes_exactly_the_un
     for method in ("scratch", "kd"):
         saved = json.loads((out / method / "seed0/results.json").read_text())
         assert saved["complete"] is True and saved["epochs"] == 400
+
+
+def test_a_sweep_says_what_each_running_child_is_doing(tmp_path, capsys):
+    """Issue 39: a long bench is never silent; after a quiet spell each running run's epoch
+    (or its log's last line: a teacher cache being built) is printed."""
+    from distill.app.runner import Job, Sweep
+
+    cfg = synthetic_cfg(tmp_path / "r", train={"epochs": 1000})
+    job = Job("pair/scratch/seed0", cfg)
+    Sweep([job], parallel=1, logs=tmp_path / "logs", name="t", heartbeat_s=1.0).run()
+    err = capsys.readouterr().err
+    assert "running: pair/scratch/seed0 (epoch " in err and "/1000)" in err
+    assert job.result["complete"] and "[1/1] pair/scratch/seed0: test " in err

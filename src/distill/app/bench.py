@@ -141,17 +141,21 @@ def plan(spec: BenchSpec, root: Path) -> tuple[list[dict], list[tuple[str, str, 
     return teachers, runs
 
 
-def welch_p(a: list[float], b: list[float]) -> float:
-    """Two-sided p-value of Welch's t-test (nan when either side has fewer than 2 values)."""
+def welch_p(a: list[float], b: list[float], alternative: str = "two-sided") -> float:
+    """p-value of Welch's t-test (nan when either side has fewer than 2 values);
+    `alternative='greater'` asks whether `a`'s mean is above `b`'s."""
     if len(a) < 2 or len(b) < 2:
         return float("nan")
     from scipy import stats
 
     if statistics.pvariance(a) == 0 and statistics.pvariance(b) == 0:
+        above = statistics.mean(a) > statistics.mean(b)
+        if alternative == "greater":
+            return 0.0 if above else 1.0
         return 1.0 if statistics.mean(a) == statistics.mean(b) else 0.0
     with warnings.catch_warnings():  # nearly equal values: scipy's precision note, not ours
         warnings.simplefilter("ignore", RuntimeWarning)
-        return float(stats.ttest_ind(a, b, equal_var=False).pvalue)
+        return float(stats.ttest_ind(a, b, equal_var=False, alternative=alternative).pvalue)
 
 
 def ci95(values: list[float]) -> float:

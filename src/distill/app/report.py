@@ -103,6 +103,22 @@ def pareto_front(points: list[tuple[float, float]]) -> list[int]:
     return front
 
 
+def draw_front(ax: Any, points: list[tuple[float, float]]) -> None:
+    """The Pareto front of (cost, accuracy) points on `ax`, as a staircase: between two
+    front points only the cheaper one's accuracy is attained, so a straight segment would
+    pass over points that nothing reaches."""
+    front = pareto_front(points)
+    if front:
+        ax.plot(
+            [points[i][0] for i in front],
+            [points[i][1] for i in front],
+            "k--",
+            lw=1,
+            drawstyle="steps-post",
+            label="Pareto front",
+        )
+
+
 def _figures(runs: list[dict[str, Any]]) -> dict[str, bytes]:
     """Every figure of the report, as PNG bytes by name."""
     import matplotlib
@@ -185,17 +201,7 @@ def _pareto_figure(plt: Any, runs: list[dict[str, Any]], cost: str, label: str) 
     for (x, y), run in zip(points, runs):
         ax.scatter(x, y)
         ax.annotate(run["name"], (x, y), fontsize=8, xytext=(3, 3), textcoords="offset points")
-    front = pareto_front(points)
-    # a staircase: between two front points only the cheaper one's accuracy is attained,
-    # so a straight segment would pass over points that nothing reaches
-    ax.plot(
-        [points[i][0] for i in front],
-        [points[i][1] for i in front],
-        "k--",
-        lw=1,
-        drawstyle="steps-post",
-        label="Pareto front",
-    )
+    draw_front(ax, points)
     ax.set(xlabel=label, ylabel="test top-1 %", title=f"Accuracy vs {label.split(' (')[0]}")
     ax.legend(fontsize=8)
     return fig

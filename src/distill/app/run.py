@@ -124,6 +124,7 @@ def _train(
         results["sharded"] = sharded  # models split across the ranks with FSDP
     if built.cache_plan is not None and cfg.teacher is not None:
         results["teacher_cache"] = built.cache_plan.reason
+        results["teacher_cached"] = built.cache_plan.use
     lm_cache = getattr(built.scheme, "cache", None)  # lm_kd trained from `distill lm-cache`
     if lm_cache is not None and hasattr(lm_cache, "mode"):
         results["teacher_cache"] = (

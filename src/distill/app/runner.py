@@ -32,6 +32,7 @@ import yaml
 from distill.core import rundir
 from distill.core.checkpoint import atomic_write_text
 from distill.core.errors import RunStopped
+from distill.loop.progress import clock as _clock
 
 
 @dataclass
@@ -73,13 +74,6 @@ def _how(run_dir: Path) -> list[str]:
     return []
 
 
-def _clock(seconds: float) -> str:
-    seconds = int(seconds)
-    if seconds >= 3600:
-        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
-    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
-
-
 def _last_line(path: Path | None) -> str:
     if path is None or not path.is_file():
         return ""
@@ -87,7 +81,7 @@ def _last_line(path: Path | None) -> str:
         f.seek(max(0, path.stat().st_size - 2048))
         tail = f.read().decode(errors="replace").replace("\r", "\n")
     lines = [x.strip() for x in tail.splitlines() if x.strip()]
-    return lines[-1][:120] if lines else ""
+    return lines[-1] if lines else ""
 
 
 def _epoch_of(job: Job) -> str:
@@ -97,14 +91,18 @@ def _epoch_of(job: Job) -> str:
         with contextlib.suppress(ValueError):
             row = json.loads(line)
             return f"epoch {row.get('epoch')}/{job.config.get('train', {}).get('epochs', '?')}"
-    return _last_line(job.log) or "starting"
+    line = _last_line(job.log)[:120]
+    return "starting" if not line or line.startswith("--- distill run") else line
 
 
 class Sweep:
     """Runs `jobs`, `parallel` at a time, writing each child's output to `logs/`."""
 
-    def __init__(self, jobs: list[Job], *, parallel: int, logs: Path, name: str):
+    def __init__(
+        self, jobs: list[Job], *, parallel: int, logs: Path, name: str, heartbeat_s: float = 30.0
+    ):
         self.jobs, self.parallel, self.logs, self.name = jobs, max(1, parallel), logs, name
+        self.heartbeat_s = heartbeat_s  # a line per running child after this long in silence
         self.configs = logs / "configs"
         self._signal: str | None = None
         self._said = time.monotonic()
@@ -172,7 +170,7 @@ class Sweep:
                 self.say(f"[{finished}/{total}] {job.label}: {self._outcome(job)}{eta}")
             if self._signal is not None and not running:
                 return
-            if running and time.monotonic() - self._said > 30:
+            if running and time.monotonic() - self._said > self.heartbeat_s:
                 self.say("running: " + "; ".join(f"{j.label} ({_epoch_of(j)})" for j in running))
             time.sleep(0.2)
 
@@ -213,7 +211,7 @@ class Sweep:
                 job.failed = f"stopped by {signal.Signals(signum).name}"
             job.failed = job.failed or f"stopped (exit {code})"
         else:
-            job.failed = f"failed (exit {code}): {_last_line(job.log)}"
+            job.failed = f"failed (exit {code}): {_last_line(job.log)[:300]}"
 
     @staticmethod
     def _outcome(job: Job) -> str:

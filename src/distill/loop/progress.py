@@ -102,13 +102,14 @@ class WorkProgress:
             left = elapsed * (self.total - self.done) / max(self.done, 1)
             print(
                 f"{self.desc}: {100 * self.done / self.total:.0f}% ({self.done:,} of "
-                f"{self.total:,}), {_clock(elapsed)} elapsed, about {_clock(left)} left",
+                f"{self.total:,}), {clock(elapsed)} elapsed, about {clock(left)} left",
                 file=sys.stderr,
                 flush=True,
             )
 
 
-def _clock(seconds: float) -> str:
+def clock(seconds: float) -> str:
+    """'45s', '3m07s', '2h05m'."""
     seconds = int(seconds)
     if seconds >= 3600:
         return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"

@@ -29,7 +29,7 @@ from typing import Any
 
 from distill.app.auto.settings import AutoSettings, Budget
 
-__all__ = ["AutoResult", "AutoSettings", "Budget", "auto"]
+__all__ = ["AutoResult", "AutoSettings", "Budget", "auto", "choose_preprocessing"]
 
 DEFAULT_TRIALS = 20
 
@@ -96,7 +96,11 @@ def _auto(settings: AutoSettings, join: bool) -> AutoResult | None:
 
     started = time.time()
     deadline = started + settings.time_s if settings.time_s else None
+    settings, preprocessing = choose_preprocessing(settings)
+    for line in preprocessing:
+        _say(settings, line)
     data = load_data(settings.data)
+    _check_labels(data)
     _say(settings, "profiling the teacher and measuring the candidate students")
     teacher_model, teacher = cands.profile_teacher(settings, data)
     proposed = cands.propose(settings, data, teacher)
@@ -140,6 +144,7 @@ def _auto(settings: AutoSettings, join: bool) -> AutoResult | None:
     for line in verdict.text:
         _say(settings, line)
     handed = _hand_over(verdict.chosen, settings)
+    module, config = handed.pop("module"), handed.pop("config_dict")
     passes = _teacher_passes(settings, trials, arms, len(data.train))
     from distill.app.auto.report import write_report
 
@@ -155,6 +160,7 @@ def _auto(settings: AutoSettings, join: bool) -> AutoResult | None:
         verdict=verdict,
         teacher_passes=passes,
         handed=handed,
+        preprocessing=preprocessing,
     )
     comparison = [a.summary() for a in arms]
     summary = {
@@ -164,6 +170,7 @@ def _auto(settings: AutoSettings, join: bool) -> AutoResult | None:
         "comparison": comparison,
         "handed_over": handed,
         "teacher_passes": passes,
+        "preprocessing": preprocessing,
         "trials": len(trials),
         "seconds": time.time() - started,
     }
@@ -172,8 +179,8 @@ def _auto(settings: AutoSettings, join: bool) -> AutoResult | None:
     atomic_write_text(settings.out_dir / "auto.json", json.dumps(summary, indent=2, default=str))
     _say(settings, f"report: {paths['markdown']}")
     return AutoResult(
-        student=handed.pop("module"),
-        config=handed["config_dict"],
+        student=module,
+        config=config,
         trials=trials,
         comparison=comparison,
         verdict=verdict.text,
@@ -181,6 +188,35 @@ def _auto(settings: AutoSettings, join: bool) -> AutoResult | None:
         out=settings.out_dir,
         report=paths["markdown"],
     )
+
+
+def choose_preprocessing(settings: AutoSettings) -> tuple[AutoSettings, list[str]]:
+    """What a user would otherwise get wrong, chosen and said: table features are
+    standardised with statistics of the training rows unless the data says how to scale."""
+    data = settings.data
+    if data.name == "table" and "scale" not in data.options:
+        options = {**data.options, "scale": "standard"}
+        settings = settings.model_copy(
+            update={"data": data.model_copy(update={"options": options})}
+        )
+        return settings, [
+            "table features standardised with statistics of the training rows (data.options."
+            "scale: standard; set scale: none in the data to keep them as they are)"
+        ]
+    return settings, []
+
+
+def _check_labels(data: Any) -> None:
+    """auto chooses on validation accuracy: it needs labelled validation samples."""
+    from distill.core.errors import ConfigError
+    from distill.evaluate import targets_of
+
+    if not bool((targets_of(data.val) >= 0).any()):
+        raise ConfigError(
+            "auto: the validation split has no labelled samples, and auto chooses students "
+            "on validation accuracy; label some samples (a few hundred), or give a labelled "
+            "validation set. Unlabelled training inputs are fine: the teacher labels them"
+        )
 
 
 def _hand_over(arm: Any, settings: AutoSettings) -> dict[str, Any]:
@@ -226,20 +262,23 @@ def _hand_over(arm: Any, settings: AutoSettings) -> dict[str, Any]:
 def _teacher_passes(
     settings: AutoSettings, trials: list[Any], arms: list[Any], n: int
 ) -> dict[str, int]:
-    """Samples that went through the teacher: with the shared cache (its entries' samples x
-    views, read from their metadata), and had every run used a live teacher (one pass per
-    training sample per epoch)."""
-    cached = 0
+    """Samples that went through the teacher: as run (the shared cache's entries, samples x
+    views from their metadata, plus every run whose teacher could not be cached, one pass
+    per training sample per epoch), and had every run used a live teacher."""
+    done = 0
     for meta in (settings.out_dir / "teacher-cache").glob("*/meta.json"):
         info = json.loads(meta.read_text())
-        cached += info["samples"] * max(info.get("views") or 0, info.get("epoch_views") or 0, 1)
-    live = sum(t.epochs * n for t in trials if t.method != "scratch")
-    reused = {d for t in trials for d in [t.run_dir]}
-    live += sum(
-        settings.epochs * n
-        for a in arms
-        if a.method != "scratch"
-        for d in a.run_dirs
-        if d not in reused
-    )
-    return {"cached": cached, "live": live}
+        done += info["samples"] * max(info.get("views") or 0, info.get("epoch_views") or 0, 1)
+    live = 0
+    runs = {t.run_dir for t in trials if t.method != "scratch" and t.run_dir}
+    runs |= {d for a in arms if a.method != "scratch" for d in a.run_dirs}
+    for run_dir in runs:
+        path = Path(run_dir) / "results.json"
+        if not path.is_file():
+            continue
+        result = json.loads(path.read_text())
+        passes = int(result.get("epochs", 0)) * n
+        live += passes
+        if not result.get("teacher_cached", False):  # its teacher ran live
+            done += passes
+    return {"cached": done, "live": live}

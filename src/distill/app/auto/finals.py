@@ -8,8 +8,9 @@ or signal loses nothing and a rerun continues them. Every choice is made on vali
 accuracy; the test split is read once, at the end, for the runs of the comparison.
 
 The verdict hands over the best configuration by mean validation accuracy, unless it does
-not beat the same student from scratch beyond seed noise (Welch's t-test, p < 0.05 over
-the seeds): then it says so plainly and hands over the scratch student. With an accuracy
+not beat the same student from scratch beyond seed noise (Welch's t-test, one-sided: is
+the distilled student better, p < 0.05 over the seeds): then it says so plainly and hands
+over the scratch student. With an accuracy
 floor, the smallest student whose mean validation accuracy meets it is preferred.
 """
 
@@ -65,6 +66,7 @@ class Arm:
             "test": stats(self.test),
             "val_runs": self.val,
             "test_runs": self.test,
+            "run_dirs": self.run_dirs,
         }
 
 
@@ -125,13 +127,18 @@ def plan_arms(
 
 
 def run_arms(arms: list[Arm], trials: list[Trial], settings: AutoSettings) -> None:
-    """Every arm over every seed, full length, without reading the test split."""
+    """Every arm over every seed, full length, without reading the test split.
+
+    A baseline's search trial counts as its seed-0 run when it ran to the end. A
+    finalist's never does: it was picked as the best of many on that very run, so its
+    score there is biased upwards (the winner's curse); finalists run seeds 1..seeds."""
     from distill.app.runner import Job, Sweep
 
     by_number = {t.number: t for t in trials}
     jobs = []
     for i, arm in enumerate(arms):
-        for seed in range(settings.seeds):
+        seeds = range(settings.seeds) if arm.role != "finalist" else range(1, settings.seeds + 1)
+        for seed in seeds:
             reused = by_number.get(arm.trial)
             if seed == 0 and reused is not None and _full(reused, settings.epochs):
                 arm.run_dirs.append(reused.run_dir)
@@ -141,6 +148,7 @@ def run_arms(arms: list[Arm], trials: list[Trial], settings: AutoSettings) -> No
                 settings, arm.student, arm.method, arm.objective, lr=arm.lr, seed=seed,
                 run_dir=run_dir.resolve(),
             )  # fmt: skip
+            cfg["train"]["progress"] = True  # into the run's log, which the sweep's lines read
             arm.run_dirs.append(str(run_dir.resolve()))
             jobs.append(Job(f"arm{i}-{arm.role}/seed{seed}", cfg, flags=("--no-test",)))
     if jobs:
@@ -215,12 +223,13 @@ def decide(arms: list[Arm], teacher: Profile, settings: AutoSettings) -> Verdict
             best = next(a for a in meeting if a.student.params == smallest)
     scratch = next(a for a in arms if a.role == "scratch" and a.student is best.student)
     gain = _mean(best.val) - _mean(scratch.val)
-    p = welch_p(best.val, scratch.val)
+    p = welch_p(best.val, scratch.val, alternative="greater")
     text = [
         f"best distilled configuration: {best.key}, validation {100 * _mean(best.val):.2f}% "
         f"(+/- {100 * (ci95(best.val) or 0):.2f}, 95% CI over {len(best.val)} seeds)",
         f"the same student from scratch: {100 * _mean(scratch.val):.2f}%; gain "
-        f"{100 * gain:+.2f} points, Welch p {'< 0.001' if p < 0.001 else f'= {p:.3f}'}",
+        f"{100 * gain:+.2f} points, one-sided Welch p "
+        f"{'< 0.001' if p < 0.001 else f'= {p:.3f}'}",
     ]
     pays = gain > 0 and p < P_NOISE
     chosen = best if pays else scratch

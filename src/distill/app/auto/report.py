@@ -15,6 +15,7 @@ from typing import Any
 from distill.app.auto.candidates import REPEATS, WARMUP, Profile
 from distill.app.auto.finals import Arm, Verdict
 from distill.app.auto.study import Trial
+from distill.app.report import draw_front
 from distill.core.checkpoint import atomic_write_bytes, atomic_write_text
 
 
@@ -26,12 +27,6 @@ def _pct(values: list[float]) -> str:
     mean = 100 * sum(values) / len(values)
     half = ci95(values)
     return f"{mean:.2f}" + (f" ± {100 * half:.2f}" if half == half else "")
-
-
-def _front(points: list[tuple[float, float]]) -> list[int]:
-    from distill.app.report import pareto_front
-
-    return pareto_front(points)
 
 
 def pareto_plots(arms: list[Arm], teacher: Profile) -> dict[str, bytes]:
@@ -63,16 +58,7 @@ def pareto_plots(arms: list[Arm], teacher: Profile) -> dict[str, bytes]:
             ax.scatter(
                 x, 100 * teacher.val_acc, marker="*", s=120, color="tab:red", label="teacher"
             )
-        front = _front(points)
-        if front:
-            ax.plot(
-                [points[i][0] for i in front],
-                [points[i][1] for i in front],
-                "k--",
-                lw=1,
-                drawstyle="steps-post",
-                label="Pareto front",
-            )
+        draw_front(ax, points)
         handles, labels = ax.get_legend_handles_labels()
         unique = dict(zip(labels, handles))
         ax.legend(unique.values(), unique.keys(), fontsize=7)
@@ -139,6 +125,7 @@ def write_report(
     verdict: Verdict,
     teacher_passes: dict[str, int],
     handed: dict[str, Any],
+    preprocessing: list[str] = (),
 ) -> dict[str, Path]:
     b = settings.budget
     latency_how = (
@@ -189,6 +176,7 @@ def write_report(
         "(`distill run` reproduces it)"
         + (f"; export: `{handed['export']}`" if handed.get("export") else ""),
         "",
+        *([f"Preprocessing chosen: {'; '.join(preprocessing)}.", ""] if preprocessing else []),
         "## Teacher",
         "",
         f"validation accuracy {100 * (teacher.val_acc or 0):.2f}%, {teacher.params:,} parameters, "
