@@ -140,6 +140,7 @@ def _auto(settings: AutoSettings, join: bool) -> AutoResult | None:
     _say(settings, f"final comparison: {len(arms)} configuration(s) x {settings.seeds} seeds")
     run_arms(arms, trials, settings)
     test_arms(arms, data)
+    teacher.test_acc = _teacher_test(settings, data)
     verdict = decide(arms, teacher, settings)
     for line in verdict.text:
         _say(settings, line)
@@ -166,7 +167,7 @@ def _auto(settings: AutoSettings, join: bool) -> AutoResult | None:
     summary = {
         "verdict": verdict.text,
         "distillation_pays": verdict.distillation_pays,
-        "teacher": {**teacher.row(), "val_acc": teacher.val_acc},
+        "teacher": {**teacher.row(), "val_acc": teacher.val_acc, "test_acc": teacher.test_acc},
         "comparison": comparison,
         "handed_over": handed,
         "teacher_passes": passes,
@@ -188,6 +189,14 @@ def _auto(settings: AutoSettings, join: bool) -> AutoResult | None:
         out=settings.out_dir,
         report=paths["markdown"],
     )
+
+
+def _teacher_test(settings: AutoSettings, data: Any) -> float:
+    """The teacher's test accuracy, read with the students' at the end (for the report)."""
+    from distill.app.build import load_model
+    from distill.evaluate import evaluate
+
+    return evaluate(load_model(settings.teacher, data, "teacher"), data.test, batch_size=512)["acc"]
 
 
 def choose_preprocessing(settings: AutoSettings) -> tuple[AutoSettings, list[str]]:

@@ -37,6 +37,7 @@ class Profile:
     latency_ms: float
     throughput: float | None = None  # samples/s at budget.throughput_batch
     val_acc: float | None = None
+    test_acc: float | None = None  # the teacher's, read with the students' at the end
     over: list[str] = field(default_factory=list)  # the bounds it breaks
 
     def row(self) -> dict[str, Any]:

@@ -29,9 +29,13 @@ def _pct(values: list[float]) -> str:
     return f"{mean:.2f}" + (f" ± {100 * half:.2f}" if half == half else "")
 
 
-def pareto_plots(arms: list[Arm], teacher: Profile) -> dict[str, bytes]:
-    """Test accuracy against latency and against size: each arm its test mean, the teacher
-    its validation accuracy (the test split is the students'), the frontier a staircase."""
+def pareto_plots(
+    arms: list[Arm], teacher: Profile, trials: list[Trial], candidates: list[Profile]
+) -> dict[str, bytes]:
+    """Test accuracy against latency and against size: each final configuration its test
+    mean, the teacher its test accuracy, the frontier of those a staircase; and, hollow,
+    each searched student's best validation accuracy in the search (the size/accuracy
+    trade-off the search saw)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -53,11 +57,22 @@ def pareto_plots(arms: list[Arm], teacher: Profile) -> dict[str, bytes]:
             points.append((x, y))
             ax.scatter(x, y, color=colours[arm.role], label=arm.role)
             ax.annotate(arm.method, (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
-        if teacher.val_acc is not None:
-            x = getattr(teacher, cost) * scale
-            ax.scatter(
-                x, 100 * teacher.val_acc, marker="*", s=120, color="tab:red", label="teacher"
-            )
+        for cand in candidates:
+            scores = [
+                t.val_acc for t in trials if t.student == cand.label and t.val_acc is not None
+            ]
+            if scores:
+                ax.scatter(
+                    getattr(cand, cost) * scale,
+                    100 * max(scores),
+                    facecolors="none",
+                    edgecolors="tab:purple",
+                    label="search: best val per student",
+                )
+        if teacher.test_acc is not None:
+            x, y = getattr(teacher, cost) * scale, 100 * teacher.test_acc
+            points.append((x, y))
+            ax.scatter(x, y, marker="*", s=120, color="tab:red", label="teacher")
         draw_front(ax, points)
         handles, labels = ax.get_legend_handles_labels()
         unique = dict(zip(labels, handles))
@@ -179,7 +194,8 @@ def write_report(
         *([f"Preprocessing chosen: {'; '.join(preprocessing)}.", ""] if preprocessing else []),
         "## Teacher",
         "",
-        f"validation accuracy {100 * (teacher.val_acc or 0):.2f}%, {teacher.params:,} parameters, "
+        f"validation accuracy {100 * (teacher.val_acc or 0):.2f}%, test "
+        f"{100 * (teacher.test_acc or 0):.2f}% (read at the end), {teacher.params:,} parameters, "
         f"{teacher.size_bytes / 1024:.1f} KiB, {teacher.latency_ms:.4f} ms ({latency_how})",
         "",
         "## Candidates (measured before training)",
@@ -211,7 +227,7 @@ def write_report(
         "",
     ]
     out.mkdir(parents=True, exist_ok=True)
-    figures = pareto_plots(arms, teacher)
+    figures = pareto_plots(arms, teacher, trials, chosen)
     for key, data in figures.items():
         atomic_write_bytes(out / f"{key}.png", data)
     text = "\n".join(lines)
