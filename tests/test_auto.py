@@ -216,16 +216,33 @@ def _study(out: Path):
 
 
 def _finished_trials(out: Path) -> list[int]:
-    return [t.number for t in _study(out).trials if t.state.name in ("COMPLETE", "PRUNED")]
+    try:
+        study = _study(out)
+    except KeyError:  # the file is there, the study not yet
+        return []
+    return [t.number for t in study.trials if t.state.name in ("COMPLETE", "PRUNED")]
+
+
+def _wait_for_study(out: Path, seconds: float = 240) -> None:
+    """Until the study exists with its settings (what a joining worker reads)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if (out / "study.db").is_file():
+            try:
+                if "settings" in _study(out).user_attrs:
+                    return
+            except KeyError:
+                pass
+        time.sleep(0.2)
+    raise AssertionError("the study was not created in time")
 
 
 def test_a_killed_auto_continues_without_redoing_finished_trials(teacher_run, tmp_path):
     out = tmp_path / "auto"
     args = _auto_args(teacher_run, out, "--trials", "4", "--methods", "kd", "--epochs", "40")
     proc = _distill(*args, cwd=tmp_path)
+    _wait_for_study(out)
     deadline = time.monotonic() + 240
-    while time.monotonic() < deadline and not (out / "study.db").is_file():
-        time.sleep(0.2)
     while time.monotonic() < deadline and len(_finished_trials(out)) < 2:
         time.sleep(0.5)
     proc.send_signal(signal.SIGKILL)  # no cleanup at all
@@ -257,9 +274,7 @@ def test_several_workers_share_one_study(teacher_run, tmp_path):
     url = f"sqlite:///{out / 'study.db'}"
     args = _auto_args(teacher_run, out, "--trials", "6", "--methods", "kd,dist")
     first = _distill(*args, cwd=tmp_path)
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline and not (out / "study.db").is_file():
-        time.sleep(0.2)
+    _wait_for_study(out)
     workers = [  # a worker needs only the URL: the study holds its settings
         _distill(
             "auto", "--join", url, "--out", str(tmp_path / f"w{i}"), "--trials", "6", cwd=tmp_path

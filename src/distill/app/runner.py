@@ -33,6 +33,7 @@ from distill.core import rundir
 from distill.core.checkpoint import atomic_write_text
 from distill.core.errors import RunStopped
 from distill.loop.progress import clock as _clock
+from distill.loop.progress import on_stop_signals
 
 
 @dataclass
@@ -145,12 +146,8 @@ class Sweep:
                 if job._proc is not None and job._proc.poll() is None:
                     job._proc.send_signal(signal.SIGTERM)  # the child checkpoints and exits
 
-        old = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
-        try:
+        with on_stop_signals(stop):
             yield
-        finally:
-            for s, handler in old.items():
-                signal.signal(s, handler)
 
     def _loop(self, todo: list[Job]) -> None:
         waiting, running = list(todo), []

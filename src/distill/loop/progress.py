@@ -9,6 +9,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from tqdm.auto import tqdm
@@ -153,6 +154,13 @@ def stop_on_signals(t: Any):
             file=sys.stderr,
         )
 
+    with on_stop_signals(handler):
+        yield
+
+
+@contextlib.contextmanager
+def on_stop_signals(handler: Any) -> Iterator[None]:
+    """`handler` for SIGINT and SIGTERM while the block runs; the previous handlers after."""
     previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield

@@ -117,7 +117,8 @@ def _auto(settings: AutoSettings, join: bool) -> AutoResult | None:
     pairing = pair_layers(probe, teacher_model, data.num_classes)
     methods = methods_for(pairing, settings.methods)
     del teacher_model, probe
-    finals_runs = (settings.finalists + 2 * min(settings.finalists, len(chosen))) * (
+    # finalists run every seed afresh; each baseline's search trial counts as its seed 0
+    finals_runs = settings.finalists * settings.seeds + 2 * min(settings.finalists, len(chosen)) * (
         settings.seeds - 1
     )
     search = Search(

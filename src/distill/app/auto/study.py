@@ -324,7 +324,9 @@ class Search:
         trial.set_user_attr("worker", {"host": socket.gethostname(), "pid": os.getpid()})
         baseline = bool(trial.user_attrs.get("baseline"))
         label = trial.suggest_categorical("student", list(self.candidates))
-        method = trial.suggest_categorical("method", [*BASELINES[:1], *self.methods])
+        # the baselines are always choices, so their enqueued trials fit the distribution
+        choices = [*BASELINES, *(m for m in self.methods if m not in BASELINES)]
+        method = trial.suggest_categorical("method", choices)
         base_lr = self.settings.lr
         lr = base_lr if baseline else trial.suggest_float("lr", base_lr / 3, base_lr * 3, log=True)
         objective = objective_for(method, None if baseline else trial, self.pairing)
