@@ -197,6 +197,10 @@ def test_auto_refuses_what_it_cannot_do(teacher_run, tmp_path, capsys):
     assert main(_auto_args(teacher_run, tmp_path / "c", "--storage", url, "--trials", "1")) == 2
     err = capsys.readouterr().err
     assert "cannot open the study storage" in err and "secret" not in err
+    missing = f"sqlite:///{tmp_path / 'none.db'}"
+    assert main(["auto", "--join", missing, "--out", str(tmp_path / "j")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert not (tmp_path / "none.db").exists() and not (tmp_path / "j").exists()
 
 
 def _distill(*args: str, cwd: Path) -> subprocess.Popen:

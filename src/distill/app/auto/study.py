@@ -184,6 +184,12 @@ def settings_of_study(url: str) -> dict[str, Any]:
     """The settings a study was started with, for a worker that joins it."""
     import optuna
 
+    if url.startswith("sqlite:///") and not Path(url[len("sqlite:///") :]).is_file():
+        raise ConfigError(  # (opening it would create an empty database file)
+            f"auto --join: {url!r} does not exist; give the URL of the study the first "
+            "worker made (its --out holds study.db)"
+        )
+
     with _quiet_optuna():
         try:
             study = optuna.load_study(study_name=STUDY, storage=_storage(url))
