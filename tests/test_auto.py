@@ -277,7 +277,7 @@ def test_several_workers_share_one_study(teacher_run, tmp_path):
     out = tmp_path / "main"
     url = f"sqlite:///{out / 'study.db'}"
     args = _auto_args(teacher_run, out, "--trials", "6", "--methods", "kd,dist")
-    first = _distill(*args, cwd=tmp_path)
+    first = _distill(*args, "--max-candidates", "2", cwd=tmp_path)
     _wait_for_study(out)
     workers = [  # a worker needs only the URL: the study holds its settings
         _distill(
@@ -431,3 +431,25 @@ def test_a_time_budget_is_kept(teacher_run, tmp_path, capsys):
     took = time.monotonic() - started
     assert took < 25 + 8, took
     assert "trial 4:" in capsys.readouterr().err  # it searched past the baselines
+
+
+def test_sigterm_stops_auto_cleanly_and_the_rerun_resumes_the_stopped_trial(teacher_run, tmp_path):
+    out = tmp_path / "auto"
+    args = _auto_args(teacher_run, out, "--trials", "1", "--methods", "kd", "--epochs", "120")
+    args += ["--max-candidates", "1"]
+    proc = _distill(*args, cwd=tmp_path)
+    _wait_for_study(out)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and not (out / "trials/trial-0001/metrics.jsonl").exists():
+        time.sleep(0.1)  # trial 1 (KD at its defaults) is training
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert "stopped by SIGTERM while training trial" in err and "Traceback" not in err
+    stopped = [t for t in _study(out).trials if t.user_attrs.get("interrupted")]
+    assert len(stopped) == 1
+    again = _distill(*args, cwd=tmp_path)
+    _, err = again.communicate(timeout=600)
+    assert again.returncode == 0, err
+    retry = [t for t in _study(out).trials if t.user_attrs.get("retry_of") == stopped[0].number]
+    assert len(retry) == 1 and retry[0].user_attrs["run_dir"] == stopped[0].user_attrs["run_dir"]

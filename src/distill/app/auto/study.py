@@ -230,7 +230,7 @@ class Search:
     def _open(self, key: str) -> Any:
         import optuna
 
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        optuna.logging.set_verbosity(optuna.logging.ERROR)  # the lines above say enough
         try:
             storage = _storage(self.settings.storage_url)
         except Exception as e:  # SQLAlchemy's errors: an unreachable server, a bad URL
