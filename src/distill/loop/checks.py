@@ -1,6 +1,7 @@
 """What a `Trainer` checks when it is made, so that the Python API refuses at once, and in
 the CLI's words, what the CLI refuses: a run dir that is a file, empty training data, and
-labels outside the classes the model predicts."""
+labels outside the classes the model predicts; and, before a run writes anything, whether
+its next checkpoint fits on the disk."""
 
 from __future__ import annotations
 
@@ -109,15 +110,15 @@ def check_labels(targets: np.ndarray, classes: int, role: str) -> None:
 
 def checkpoint_bytes(trainer: Any) -> int:
     """About how many bytes the run's next resume checkpoint takes: the last one's size when
-    there is one, else the trained modules' weights with room for the optimizer's state
-    (Adam keeps two more tensors per weight)."""
+    there is one, else the modules' weights with room for the optimizer's state (Adam
+    keeps two more tensors per trained weight; a frozen base, as under LoRA, has none)."""
     last = trainer.ckpt_dir / "last.safetensors"
     if last.is_file():
         return last.stat().st_size
-    weights = sum(
-        v.numel() * v.element_size() for v in trainer.scheme.modules.state_dict().values()
-    )
-    return 3 * weights
+    modules = trainer.scheme.modules
+    weights = sum(v.numel() * v.element_size() for v in modules.state_dict().values())
+    trained = sum(p.numel() * p.element_size() for p in modules.parameters() if p.requires_grad)
+    return weights + 2 * trained  # Adam's two moments, for the trained weights only
 
 
 def check_free_space(trainer: Any) -> None:
