@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import copy
+import subprocess
 from pathlib import Path
 
+import pytest
 import torch
 
 from distill.app.build import build
@@ -106,3 +108,14 @@ def stand_in_weights(cfg, tmp_path: Path) -> list[str]:
         save_weights(path, build(one).student)
         overrides.append(f"{role}.weights={path}")
     return overrides
+
+
+def mount_tmpfs(where: Path, options: str) -> None:
+    """A real tmpfs of the given mount options at `where` (a full or read-only disk for the
+    file-system tests); skipped with the reason where this machine cannot mount one."""
+    where.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)], capture_output=True, text=True
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({done.stderr.strip()[:100]})")

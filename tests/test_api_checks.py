@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from helpers import synthetic_cfg
+from helpers import mount_tmpfs, synthetic_cfg
 from torch.utils.data import TensorDataset
 
 from distill import Objective, Term, Trainer, TrainSettings, build_model, kd_loss, load_dataset
@@ -104,20 +104,9 @@ def test_table_label_values_map_a_negative_label_and_list_columns_are_announced(
         load_dataset("table", train=str(tmp_path / "t.parquet"), label_values=[1])
 
 
-def _mount_tmpfs(where, size):
-    where.mkdir()
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)],
-        capture_output=True,
-        text=True,
-    )
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({done.stderr.strip()[:100]})")
-
-
 def test_resume_on_a_full_disk_writes_nothing(tmp_path, capsys):
     mnt = tmp_path / "mnt"
-    _mount_tmpfs(mnt, "4m")
+    mount_tmpfs(mnt, "size=4m")
     try:
         cfg = synthetic_cfg(mnt / "r", train={"epochs": 2, "max_steps": 3})
         cfg["student"]["args"] = {"hidden": [256]}

@@ -5,6 +5,7 @@ one study."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -232,11 +233,9 @@ def _wait_for_study(out: Path, seconds: float = 240) -> None:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         if (out / "study.db").is_file():
-            try:
+            with contextlib.suppress(KeyError):  # the file is there, the study not yet
                 if "settings" in _study(out).user_attrs:
                     return
-            except KeyError:
-                pass
         time.sleep(0.2)
     raise AssertionError("the study was not created in time")
 

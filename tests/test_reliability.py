@@ -12,7 +12,7 @@ import fault_losses
 import pytest
 import torch
 import yaml
-from helpers import kd_cfg, make_teacher, synthetic_cfg
+from helpers import kd_cfg, make_teacher, mount_tmpfs, synthetic_cfg
 
 from distill.app.run import run_experiment
 from distill.core.checkpoint import load_checkpoint
@@ -370,19 +370,10 @@ def test_a_moved_run_dir_resumes_and_says_the_new_length(tmp_path, capsys):
     assert "at epoch 1 of 4 (was 2)" in capsys.readouterr().err
 
 
-def _mount_tmpfs(where: Path, options: str) -> None:
-    where.mkdir()
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)], capture_output=True, text=True
-    )
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({done.stderr.strip()[:100]})")
-
-
 @pytest.mark.parametrize("fs", ["full", "read-only"])
 def test_a_full_or_read_only_disk_is_a_clean_error(tmp_path, fs):
     mnt = tmp_path / "mnt"
-    _mount_tmpfs(mnt, "size=200k" if fs == "full" else "ro,size=1m")
+    mount_tmpfs(mnt, "size=200k" if fs == "full" else "ro,size=1m")
     try:
         cfg = synthetic_cfg(mnt / "r", train={"epochs": 2})
         cfg["student"]["args"] = {"hidden": [4096]}  # weights of ~200 KB: the disk fills up

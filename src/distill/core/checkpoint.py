@@ -8,6 +8,7 @@ unpickled, so a checkpoint cannot run code when it is loaded.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -67,9 +68,8 @@ def fsync_dir(folder: str | os.PathLike) -> None:
     except OSError:
         return
     try:
-        os.fsync(fd)
-    except OSError:
-        pass
+        with contextlib.suppress(OSError):  # a file system that cannot sync folders
+            os.fsync(fd)
     finally:
         os.close(fd)
 
