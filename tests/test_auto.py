@@ -150,6 +150,11 @@ def _auto_args(root: Path, out: Path, *more: str) -> list[str]:
     ]
 
 
+def _plain(*more: str) -> tuple[str, ...]:
+    """Plain students only: the tests of the search's machinery need no compressed ones."""
+    return ("--compress", "off", *more)
+
+
 def test_auto_end_to_end_chooses_on_validation_and_hands_over(teacher_run, tmp_path, capsys):
     out = tmp_path / "auto"
     assert main(_auto_args(teacher_run, out, "--trials", "3", "--methods", "kd,dist")) == 0
@@ -170,6 +175,11 @@ def test_auto_end_to_end_chooses_on_validation_and_hands_over(teacher_run, tmp_p
     report = (out / "report.md").read_text()
     for section in ("## Verdict", "## Candidates", "## Final comparison", "## Trials"):
         assert section in report
+    # the teacher breaks the budget, so it was offered pruned to fit (KD recovery) too
+    assert "teacher pruned 30%" in report and "channels pruned, KD recovery" in report
+    shipped = summary["handed_over"]["measured"]  # measured again after training
+    assert shipped["params"] <= 3000 and shipped["over"] == []
+    assert "handed-over student measured again" in printed.out
     assert (out / "pareto_latency.png").read_bytes()[:4] == b"\x89PNG"
     assert summary["teacher_passes"]["cached"] < summary["teacher_passes"]["live"]
     # best.yaml reproduces the handed-over student with distill run
@@ -182,6 +192,65 @@ def test_auto_end_to_end_chooses_on_validation_and_hands_over(teacher_run, tmp_p
 
     state, _ = load_weights(out / "student.safetensors")
     assert any(k.startswith("head") for k in state)
+
+
+def test_a_teacher_over_the_budget_is_offered_pruned_and_at_int8(teacher_run, tmp_path):
+    """The compressed candidates, measured before training: the teacher pruned by the least
+    amount that fits (starting from its weights; its scratch baseline from random weights
+    of the same shape), and at int8 (QAT from its weights; size = the int8 ONNX file).
+    An int8 student trains, and is measured again as it ships."""
+    from distill.app.auto.candidates import profile_teacher, propose, spec_for
+    from distill.app.auto.compressed import propose_compressed, remeasure
+    from distill.app.auto.study import run_config
+    from distill.app.build import load_data, weights_path
+    from distill.models.weights import restore_weights
+
+    cfg = yaml.safe_load((teacher_run / "teacher.yaml").read_text())
+    settings = AutoSettings(
+        teacher={**cfg["student"], "weights": str(teacher_run / "teacher")},
+        data=cfg["data"],
+        budget={"max_size_bytes": "12KB"},
+        epochs=2,
+        out=str(tmp_path / "auto"),
+        progress=False,
+    )
+    data = load_data(settings.data)
+    teacher_model, teacher = profile_teacher(settings, data)
+    assert teacher.over  # 4,931 float32 parameters: about 20 KB
+    proposed = propose(settings, data, teacher)
+    found, notes = propose_compressed(settings, data, teacher_model, teacher, proposed)
+    by_kind = {p.route["kind"]: p for p in found}
+    assert set(by_kind) == {"prune", "int8"}, notes
+    pruned, int8 = by_kind["prune"], by_kind["int8"]
+    assert pruned.route["amount"] == 0.3  # 20% pruned is still 13 KB; 30% fits
+    assert pruned.size_bytes <= 12_000 < teacher.size_bytes
+    # the pruned student starts from the teacher's surviving weights ...
+    model = build_model("mlp", data.input_shape, data.num_classes, pruned.spec["args"])
+    restore_weights(model, pruned.spec["weights"], "student")
+    first = model.blocks[0][0].weight
+    assert first.shape == (45, 8)  # 64 hidden units less 30%
+    from distill.core.checkpoint import load_weights
+
+    taught, _ = load_weights(weights_path(str(teacher_run / "teacher")))
+    assert all(any(torch.equal(row, t) for t in taught["blocks.0.0.weight"]) for row in first)
+    # ... its from-scratch baseline from random weights of the same shape
+    scratch = spec_for(pruned, "scratch")
+    assert scratch["weights"] == pruned.route["scratch_weights"] != pruned.spec["weights"]
+    assert int8.size_bytes <= 12_000 and int8.params == teacher.params
+    assert spec_for(int8, "scratch").get("weights") is None
+    assert spec_for(int8, "scratch")["quantize"] == {"bits": 8}
+    run_dir = tmp_path / "int8-run"
+    run = run_experiment(
+        parse_config(run_config(settings, int8, "kd", {"task_weight": 0.5, "terms": [
+            {"loss": "kd", "weight": 0.5}]}, lr=1e-3, seed=0, run_dir=run_dir))
+    )  # fmt: skip
+    assert run["complete"]
+    student = build_model("mlp", data.input_shape, data.num_classes, int8.spec["args"])
+    restore_weights(student, weights_path(str(run_dir)), "student")
+    shipped = remeasure(student, int8, settings, data)
+    assert shipped["over"] == [] and shipped["size_kib"] * 1024 <= 12_000
+    assert shipped["onnx_top1_agreement"] >= 0.95
+    assert (tmp_path / "auto" / "student-int8.onnx").is_file()
 
 
 def test_auto_refuses_what_it_cannot_do(teacher_run, tmp_path, capsys):
@@ -228,10 +297,12 @@ def _finished_trials(out: Path) -> list[int]:
     return [t.number for t in study.trials if t.state.name in ("COMPLETE", "PRUNED")]
 
 
-def _wait_for_study(out: Path, seconds: float = 240) -> None:
+def _wait_for_study(out: Path, proc: subprocess.Popen, seconds: float = 240) -> None:
     """Until the study exists with its settings (what a joining worker reads)."""
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
+        if proc.poll() is not None and proc.returncode != 0:
+            raise AssertionError(f"distill auto failed: {proc.communicate()[1][-3000:]}")
         if (out / "study.db").is_file():
             with contextlib.suppress(KeyError):  # the file is there, the study not yet
                 if "settings" in _study(out).user_attrs:
@@ -242,9 +313,11 @@ def _wait_for_study(out: Path, seconds: float = 240) -> None:
 
 def test_a_killed_auto_continues_without_redoing_finished_trials(teacher_run, tmp_path):
     out = tmp_path / "auto"
-    args = _auto_args(teacher_run, out, "--trials", "4", "--methods", "kd", "--epochs", "40")
+    args = _auto_args(
+        teacher_run, out, *_plain("--trials", "4", "--methods", "kd", "--epochs", "40")
+    )
     proc = _distill(*args, cwd=tmp_path)
-    _wait_for_study(out)
+    _wait_for_study(out, proc)
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and len(_finished_trials(out)) < 2:
         time.sleep(0.5)
@@ -275,9 +348,9 @@ def test_a_killed_auto_continues_without_redoing_finished_trials(teacher_run, tm
 def test_several_workers_share_one_study(teacher_run, tmp_path):
     out = tmp_path / "main"
     url = f"sqlite:///{out / 'study.db'}"
-    args = _auto_args(teacher_run, out, "--trials", "6", "--methods", "kd,dist")
+    args = _auto_args(teacher_run, out, *_plain("--trials", "6", "--methods", "kd,dist"))
     first = _distill(*args, "--max-candidates", "2", cwd=tmp_path)
-    _wait_for_study(out)
+    _wait_for_study(out, first)
     workers = [  # a worker needs only the URL: the study holds its settings
         _distill(
             "auto", "--join", url, "--out", str(tmp_path / f"w{i}"), "--trials", "6", cwd=tmp_path
@@ -317,6 +390,7 @@ def test_python_api(teacher_run, tmp_path):
         methods=["kd"],
         out=str(tmp_path / "py"),
         export="torchscript",
+        compress="off",
         progress=False,
     )
     assert isinstance(result.student, torch.nn.Module)
@@ -339,6 +413,7 @@ def test_an_auto_section_in_yaml_with_flags_over_it(teacher_run, tmp_path, capsy
             "seeds": 2,
             "trials": 1,
             "methods": ["kd"],
+            "compress": "off",
             "out": str(tmp_path / "from-yaml"),
         }
     }
@@ -405,7 +480,9 @@ def postgres():
 
 
 def test_a_study_on_postgresql_is_shared_by_a_joining_worker(teacher_run, tmp_path, postgres):
-    args = _auto_args(teacher_run, tmp_path / "main", "--storage", postgres, "--trials", "2")
+    args = _auto_args(
+        teacher_run, tmp_path / "main", *_plain("--storage", postgres, "--trials", "2")
+    )
     assert main([*args, "--methods", "kd"]) == 0
     assert not (tmp_path / "main/study.db").exists()  # the study lives in the server
     worker = _distill(
@@ -426,7 +503,10 @@ def test_a_time_budget_is_kept(teacher_run, tmp_path, capsys):
     trial of the budget (a trial here is well under a second; a final run's process start
     is the slack)."""
     started = time.monotonic()
-    assert main(_auto_args(teacher_run, tmp_path / "t", "--time", "25s", "--methods", "kd")) == 0
+    assert (
+        main(_auto_args(teacher_run, tmp_path / "t", *_plain("--time", "25s", "--methods", "kd")))
+        == 0
+    )
     took = time.monotonic() - started
     assert took < 25 + 8, took
     assert "trial 4:" in capsys.readouterr().err  # it searched past the baselines
@@ -434,10 +514,12 @@ def test_a_time_budget_is_kept(teacher_run, tmp_path, capsys):
 
 def test_sigterm_stops_auto_cleanly_and_the_rerun_resumes_the_stopped_trial(teacher_run, tmp_path):
     out = tmp_path / "auto"
-    args = _auto_args(teacher_run, out, "--trials", "1", "--methods", "kd", "--epochs", "120")
+    args = _auto_args(
+        teacher_run, out, *_plain("--trials", "1", "--methods", "kd", "--epochs", "120")
+    )
     args += ["--max-candidates", "1"]
     proc = _distill(*args, cwd=tmp_path)
-    _wait_for_study(out)
+    _wait_for_study(out, proc)
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and not (out / "trials/trial-0001/metrics.jsonl").exists():
         time.sleep(0.1)  # trial 1 (KD at its defaults) is training

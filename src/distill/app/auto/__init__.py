@@ -104,7 +104,13 @@ def _auto(settings: AutoSettings, join: bool) -> AutoResult | None:
     _say(settings, "profiling the teacher and measuring the candidate students")
     teacher_model, teacher = cands.profile_teacher(settings, data)
     proposed = cands.propose(settings, data, teacher)
-    chosen = cands.choose(proposed, teacher, settings)
+    from distill.app.auto.compressed import propose_compressed
+
+    compressed, notes = propose_compressed(settings, data, teacher_model, teacher, proposed)
+    for note in notes:
+        _say(settings, f"compression: {note}")
+    proposed += compressed
+    chosen = cands.choose(proposed, teacher, settings, compressed)
     _say(
         settings,
         f"teacher: val {100 * teacher.val_acc:.2f}%, {teacher.params:,} params, "
@@ -147,6 +153,8 @@ def _auto(settings: AutoSettings, join: bool) -> AutoResult | None:
         _say(settings, line)
     handed = _hand_over(verdict.chosen, settings)
     module, config = handed.pop("module"), handed.pop("config_dict")
+    verdict.text.append(_as_shipped(handed["measured"], verdict.chosen.student))
+    _say(settings, verdict.text[-1])
     passes = _teacher_passes(settings, trials, arms, len(data.train))
     from distill.app.auto.report import write_report
 
@@ -265,8 +273,28 @@ def _hand_over(arm: Any, settings: AutoSettings) -> dict[str, Any]:
     data = load_data(settings.data)
     module = build_model(spec["name"], data.input_shape, data.num_classes, spec["args"])
     restore_weights(module, weights, "student")
+    from distill.app.auto.compressed import remeasure
+
+    handed["measured"] = remeasure(module, arm.student, settings, data)
     handed["module"] = module
     return handed
+
+
+def _as_shipped(measured: dict[str, Any], planned: Any) -> str:
+    """One line: the handed-over student measured again after training, against the
+    figures measured before training and the budget."""
+    how = planned.route["measured"] if planned.route else "PyTorch"
+    text = (
+        f"handed-over student measured again ({how}): {measured['params']:,} params, "
+        f"{measured['size_kib']} KiB, {measured['latency_ms']:.4f} ms at batch 1 "
+        f"(before training: {planned.latency_ms:.4f} ms)"
+    )
+    if measured["over"]:
+        text += (
+            f"; now OVER the budget: {'; '.join(measured['over'])} (a latency within a few "
+            "percent of its bound is timing noise; rerun on a quiet machine to confirm)"
+        )
+    return text
 
 
 def _teacher_passes(

@@ -39,6 +39,9 @@ class Profile:
     val_acc: float | None = None
     test_acc: float | None = None  # the teacher's, read with the students' at the end
     over: list[str] = field(default_factory=list)  # the bounds it breaks
+    # a compressed candidate (distill.app.auto.compressed): {"kind": "prune" | "int8",
+    # "source", "scratch_weights", "measured"}; None for a plain one
+    route: dict[str, Any] | None = None
 
     def row(self) -> dict[str, Any]:
         return {
@@ -190,12 +193,22 @@ def propose(settings: AutoSettings, data: Any, teacher: Profile) -> list[Profile
     return profiles
 
 
-def choose(profiles: list[Profile], teacher: Profile, settings: AutoSettings) -> list[Profile]:
+def choose(
+    profiles: list[Profile],
+    teacher: Profile,
+    settings: AutoSettings,
+    compressed: list[Profile] = (),
+) -> list[Profile]:
     """The candidates to search: the user's own, and from the family the largest that fits
     the budget, then each next one at most 0.6x the parameters of the last (a spread of
-    sizes, up to `max_candidates`). Raises when none fits, naming the smallest."""
-    fits = [p for p in profiles if not p.over and p.params < teacher.params]
-    if not fits:
+    sizes, up to `max_candidates`), plus the compressed students that fit (one of each
+    kind, the largest). Raises when none fits, naming the smallest."""
+    fits = [p for p in profiles if not p.over and p.params < teacher.params and p.route is None]
+    squeezed: list[Profile] = []
+    for kind in ("prune", "int8"):
+        of_kind = [p for p in compressed if not p.over and p.route and p.route["kind"] == kind]
+        squeezed += sorted(of_kind, key=lambda p: -p.params)[:1]
+    if not fits and not squeezed:
         small = min(profiles, key=lambda p: (p.params, p.latency_ms))
         raise ConfigError(
             f"auto: no student fits the budget; the smallest candidate, {small.label}, has "
@@ -213,7 +226,18 @@ def choose(profiles: list[Profile], teacher: Profile, settings: AutoSettings) ->
         family = [c for c in chosen if c.label not in own]
         if not family or p.params <= 0.6 * min(c.params for c in family):
             chosen.append(p)
-    return sorted(chosen, key=lambda p: -p.params)
+    return sorted(chosen, key=lambda p: -p.params) + squeezed
+
+
+def spec_for(p: Profile, method: str) -> dict[str, Any]:
+    """The student config of a run of `method` on candidate `p`: a compressed candidate's
+    from-scratch baseline starts from random weights of its shape, not the teacher's."""
+    spec = copy.deepcopy(p.spec)
+    if method == "scratch" and p.route is not None:
+        spec.pop("weights", None)
+        if p.route.get("scratch_weights"):
+            spec["weights"] = p.route["scratch_weights"]
+    return spec
 
 
 def copy_spec(p: Profile) -> dict[str, Any]:

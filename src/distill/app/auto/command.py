@@ -43,6 +43,12 @@ def add_parser(sub: argparse._SubParsersAction, startup: Any) -> None:
     p.add_argument("--max-candidates", type=int, help="students searched (default 4)")
     p.add_argument("--methods", help="comma-separated: restrict the methods searched")
     p.add_argument("--export", choices=["onnx", "torchscript", "hf"])
+    p.add_argument(
+        "--compress",
+        choices=["auto", "off"],
+        help="auto (default): when the teacher breaks the budget, also try it pruned, and "
+        "int8 students; off: plain students only",
+    )
     p.add_argument("--out", help="output folder (default runs/auto)")
     p.add_argument("--storage", help="an SQLAlchemy URL for the study (default: SQLite in --out)")
     p.add_argument("--join", metavar="URL", help="join the study at URL as one more worker")
@@ -138,6 +144,7 @@ def settings_from(args: argparse.Namespace) -> tuple[Any, bool]:
         ("seeds", "seeds"),
         ("max_candidates", "max_candidates"),
         ("export", "export"),
+        ("compress", "compress"),
         ("out", "out"),
         ("storage", "storage"),
     ):

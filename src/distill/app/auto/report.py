@@ -152,6 +152,7 @@ def write_report(
         {
             **p.row(),
             "searched": "yes" if p.label in picked else "",
+            "compression": _route(p),
             "over budget": "; ".join(p.over),
         }
         for p in sorted(proposed, key=lambda p: -p.params)
@@ -234,6 +235,14 @@ def write_report(
     atomic_write_text(out / "report.md", text)
     atomic_write_text(out / "report.html", _html(text, figures))
     return {"markdown": out / "report.md", "html": out / "report.html"}
+
+
+def _route(p: Profile) -> str:
+    if p.route is None:
+        return ""
+    if p.route["kind"] == "prune":
+        return f"{100 * p.route['amount']:.0f}% of the teacher's channels pruned, KD recovery"
+    return f"int8 QAT from the {p.route['source']}; {p.route['measured']}"
 
 
 def _html(markdown: str, figures: dict[str, bytes]) -> str:

@@ -159,6 +159,8 @@ class AutoSettings(Strict):
     candidates: list[ModelConfig] = []  # students of the user's own, measured and searched too
     methods: list[str] | None = None  # restrict the methods (default: all that apply)
     export: Literal["onnx", "torchscript", "hf"] | None = None
+    # when the teacher breaks the budget: also try it pruned, and int8 students (auto.compressed)
+    compress: Literal["auto", "off"] = "auto"
     storage: str | None = None  # an SQLAlchemy URL; default: sqlite in `out`
     seed: int = 0  # the search's sampler; trials train with seed 0, finals with 0..seeds-1
     device: str = "auto"  # where training runs (budget.device is where latency is measured)

@@ -23,7 +23,6 @@ scored on validation accuracy, never on test.
 from __future__ import annotations
 
 import contextlib
-import copy
 import hashlib
 import json
 import os
@@ -36,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from distill.app.auto.candidates import Profile
+from distill.app.auto.candidates import Profile, spec_for
 from distill.app.auto.settings import AutoSettings
 from distill.app.auto.space import BASELINES, Pairing, objective_for
 from distill.core.errors import ConfigError, RunStopped
@@ -87,7 +86,7 @@ def run_config(
         "run_dir": str(run_dir),
         "scheme": "supervised" if method == "scratch" else "offline",
         "data": settings.data.model_dump(mode="json"),
-        "student": copy.deepcopy(student.spec),
+        "student": spec_for(student, method),
         "objective": objective,
         "train": {
             "epochs": settings.epochs,
