@@ -139,7 +139,7 @@ def _settings(spec: dict, teacher_dir: Path, out: Path, **more):
         AutoSettings,
         "bench",
     )
-    return choose_preprocessing(settings)[0]
+    return choose_preprocessing(settings)
 
 
 def _largest_student(settings, data):
@@ -200,7 +200,7 @@ def bench(name: str, spec: dict, root: Path) -> dict:
     result = auto(
         _settings(
             spec, teacher_dir, folder / "auto", budget=budget, time_s=grid_wall / 3,
-            max_candidates=1,
+            max_candidates=1, compress="off",  # the grid's one student, nothing else
         )
     )  # fmt: skip
     auto_wall = time.perf_counter() - started

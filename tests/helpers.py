@@ -119,3 +119,58 @@ def mount_tmpfs(where: Path, options: str) -> None:
     )
     if done.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here ({done.stderr.strip()[:100]})")
+
+
+POS = ["good", "great", "fine", "lovely", "superb"]
+NEG = ["bad", "awful", "poor", "dreadful", "worse"]
+FILLER = [
+    "the",
+    "a",
+    "movie",
+    "film",
+    "plot",
+    "actor",
+    "scene",
+    "was",
+    "is",
+    "very",
+    "quite",
+    "and",
+    "but",
+    "it",
+    "this",
+    "that",
+]
+
+
+def write_reviews(root: Path) -> Path:
+    """reviews.csv (text, sentiment name: a sentiment word among filler) and a WordLevel
+    tokenizer folder `tok/` in `root`, built offline."""
+    import csv
+    import random
+
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    rng = random.Random(0)
+
+    def sentence(label: int) -> str:
+        words = [rng.choice(FILLER) for _ in range(rng.randint(5, 12))]
+        words.insert(rng.randrange(len(words)), rng.choice(POS if label else NEG))
+        return " ".join(words)
+
+    with open(root / "reviews.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["review", "sentiment"])
+        for label in [rng.randint(0, 1) for _ in range(600)]:
+            w.writerow([sentence(label), "positive" if label else "negative"])
+    vocab = {"[PAD]": 0, "[UNK]": 1, "[CLS]": 2, "[SEP]": 3}
+    for word in POS + NEG + FILLER:
+        vocab.setdefault(word, len(vocab))
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]"
+    )
+    fast.save_pretrained(root / "tok")
+    return root

@@ -897,6 +897,8 @@ def test_raw_pixel_tables_are_warned_about_and_scaled_on_request(tmp_path, capsy
     assert xs.min() >= -0.5 and xs.max() <= 1.5  # the test rows go through the same map
     with pytest.raises(ConfigError, match="scale must be one of"):
         load_dataset("table", train=str(csv), scale="zscore")
+    auto = load_dataset("table", train=str(csv), scale="auto")  # numeric: standardised
+    assert auto.preprocessing["scale"] == "standard"
 
 
 def test_a_scaled_table_trains_and_records_its_scaling(tmp_path):

@@ -3,40 +3,19 @@ folder, a BERT teacher distilled into a smaller BERT (random-init from configs, 
 
 from __future__ import annotations
 
-import csv
-import random
-
 import pytest
 import torch
 
 pytest.importorskip("transformers")
 pytest.importorskip("datasets")
 
+from helpers import write_reviews  # noqa: E402
+
 from distill.app.run import run_experiment  # noqa: E402
 from distill.core.config import parse_config  # noqa: E402
 from distill.core.errors import ConfigError, DataError  # noqa: E402
 from distill.data import load_dataset  # noqa: E402
 
-POS = ["good", "great", "fine", "lovely", "superb"]
-NEG = ["bad", "awful", "poor", "dreadful", "worse"]
-FILLER = [
-    "the",
-    "a",
-    "movie",
-    "film",
-    "plot",
-    "actor",
-    "scene",
-    "was",
-    "is",
-    "very",
-    "quite",
-    "and",
-    "but",
-    "it",
-    "this",
-    "that",
-]
 BERT = {
     "arch": "bert",
     "vocab_size": 40,
@@ -48,32 +27,7 @@ BERT = {
 @pytest.fixture(scope="module")
 def reviews(tmp_path_factory):
     """reviews.csv (text, sentiment name) and a WordLevel tokenizer folder `tok/`."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    root = tmp_path_factory.mktemp("reviews")
-    rng = random.Random(0)
-
-    def sentence(label: int) -> str:
-        words = [rng.choice(FILLER) for _ in range(rng.randint(5, 12))]
-        words.insert(rng.randrange(len(words)), rng.choice(POS if label else NEG))
-        return " ".join(words)
-
-    with open(root / "reviews.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["review", "sentiment"])
-        for label in [rng.randint(0, 1) for _ in range(600)]:
-            w.writerow([sentence(label), "positive" if label else "negative"])
-    vocab = {"[PAD]": 0, "[UNK]": 1, "[CLS]": 2, "[SEP]": 3}
-    for word in POS + NEG + FILLER:
-        vocab.setdefault(word, len(vocab))
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]"
-    )
-    fast.save_pretrained(root / "tok")
-    return root
+    return write_reviews(tmp_path_factory.mktemp("reviews"))
 
 
 def _data(root, **extra):

@@ -57,12 +57,15 @@ def latency_ms(
     repeats: int = 200,
     threads: int | None = 1,
     device: str | torch.device = "cpu",
+    example: torch.Tensor | None = None,
 ) -> dict[str, float]:
     """Per-call latency in milliseconds (p50, p95) and samples per second.
 
     Timed inside the process after `warmup` calls, with `threads` intra-op threads
     (1 by default: batch-1 serving, and steadier numbers on a shared machine). On a CUDA
-    `device` each call is timed to its end (the stream is synchronised).
+    `device` each call is timed to its end (the stream is synchronised). The input is
+    random normal unless an `example` (one real input, no batch dimension) is given, which
+    a model of token ids needs.
     """
     device = torch.device(device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
@@ -71,7 +74,10 @@ def latency_ms(
         torch.set_num_threads(threads)
     was_training = model.training
     model.eval()
-    x = torch.randn(batch_size, *input_shape, device=device)
+    if example is not None:
+        x = example.unsqueeze(0).expand(batch_size, *example.shape).contiguous().to(device)
+    else:
+        x = torch.randn(batch_size, *input_shape, device=device)
     try:
         for _ in range(warmup):
             model(x)

@@ -403,7 +403,8 @@ def load_table(
     0..C-1 stay as they are, other labels map to their sorted order (said on stderr), and a
     negative integer label is refused.
 
-    `scale` ('none', 'standard' or 'minmax') scales numeric features with statistics
+    `scale` ('none', 'standard' or 'minmax'; 'auto': standard for numeric features, nothing
+    for a text or image column) scales numeric features with statistics
     fitted on the training rows (those outside the test split) and applied to every split;
     the fitted numbers are recorded with the run (preprocessing.json). With 'none', features
     far from unit scale (raw 0-255 pixels, money amounts) are warned about."""
@@ -452,8 +453,9 @@ def load_table(
         name, src_train, src_test, train_tf, eval_tf, names=names, test_fraction=test_fraction
     )
     if text is None and not src_train.image:
-        data.preprocessing = scale_features(data, [src_train, src_test], cols, scale, name)
-    elif scale != "none":
+        how = "standard" if scale == "auto" else scale
+        data.preprocessing = scale_features(data, [src_train, src_test], cols, how, name)
+    elif scale not in ("none", "auto"):
         raise ConfigError(
             f"dataset {name!r}: scale applies to numeric feature columns; this table's input "
             f"is {'text' if text else 'an image column'} (use transforms for images)"

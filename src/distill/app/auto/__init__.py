@@ -96,14 +96,15 @@ def _auto(settings: AutoSettings, join: bool) -> AutoResult | None:
 
     started = time.time()
     deadline = started + settings.time_s if settings.time_s else None
-    settings, preprocessing = choose_preprocessing(settings)
+    settings = choose_preprocessing(settings)
+    data = load_data(settings.data)
+    preprocessing = preprocessing_chosen(settings, data)
     for line in preprocessing:
         _say(settings, line)
-    data = load_data(settings.data)
     _check_labels(data)
     _say(settings, "profiling the teacher and measuring the candidate students")
     teacher_model, teacher = cands.profile_teacher(settings, data)
-    proposed = cands.propose(settings, data, teacher)
+    proposed = cands.propose(settings, data, teacher, teacher_model)
     from distill.app.auto.compressed import propose_compressed
 
     compressed, notes = propose_compressed(settings, data, teacher_model, teacher, proposed)
@@ -208,20 +209,28 @@ def _teacher_test(settings: AutoSettings, data: Any) -> float:
     return evaluate(load_model(settings.teacher, data, "teacher"), data.test, batch_size=512)["acc"]
 
 
-def choose_preprocessing(settings: AutoSettings) -> tuple[AutoSettings, list[str]]:
-    """What a user would otherwise get wrong, chosen and said: table features are
-    standardised with statistics of the training rows unless the data says how to scale."""
+def choose_preprocessing(settings: AutoSettings) -> AutoSettings:
+    """What a user would otherwise get wrong, chosen here and said once the data is read
+    (`preprocessing_chosen`): numeric table features are standardised with statistics of
+    the training rows unless the data says how to scale (a text or image column is left as
+    it is)."""
     data = settings.data
     if data.name == "table" and "scale" not in data.options:
-        options = {**data.options, "scale": "standard"}
+        options = {**data.options, "scale": "auto"}
         settings = settings.model_copy(
             update={"data": data.model_copy(update={"options": options})}
         )
-        return settings, [
+    return settings
+
+
+def preprocessing_chosen(settings: AutoSettings, data: Any) -> list[str]:
+    fitted = getattr(data, "preprocessing", None)
+    if settings.data.options.get("scale") == "auto" and fitted:
+        return [
             "table features standardised with statistics of the training rows (data.options."
             "scale: standard; set scale: none in the data to keep them as they are)"
         ]
-    return settings, []
+    return []
 
 
 def _check_labels(data: Any) -> None:

@@ -42,6 +42,8 @@ class Profile:
     # a compressed candidate (distill.app.auto.compressed): {"kind": "prune" | "int8",
     # "source", "scratch_weights", "measured"}; None for a plain one
     route: dict[str, Any] | None = None
+    # the spec of its from-scratch runs when `spec` starts from the teacher's weights
+    scratch_spec: dict[str, Any] | None = None
 
     def row(self) -> dict[str, Any]:
         return {
@@ -61,11 +63,19 @@ def safetensors_size(model: nn.Module) -> int:
     return len(save(state))
 
 
-def measure(model: nn.Module, label: str, spec: dict, input_shape, budget: Budget) -> Profile:
+def one_input(data: Any) -> torch.Tensor:
+    """One real training input (what latency is timed on: token ids must be valid ids)."""
+    x = data.train[0][0]
+    return x if torch.is_tensor(x) else torch.as_tensor(x)
+
+
+def measure(model: nn.Module, label: str, spec: dict, data: Any, budget: Budget) -> Profile:
     from distill.profile import count_parameters, latency_ms
 
     device = torch.device(budget.device)
     model = model.to(device)
+    example = one_input(data)
+    input_shape = data.input_shape
     lat = latency_ms(
         model,
         input_shape,
@@ -73,6 +83,7 @@ def measure(model: nn.Module, label: str, spec: dict, input_shape, budget: Budge
         repeats=REPEATS,
         threads=budget.threads,
         device=device,
+        example=example,
     )
     throughput = None
     if budget.throughput_batch:
@@ -84,6 +95,7 @@ def measure(model: nn.Module, label: str, spec: dict, input_shape, budget: Budge
             repeats=20,
             threads=budget.threads,
             device=device,
+            example=example,
         )["samples_per_s"]
     model.cpu()
     profile = Profile(
@@ -110,10 +122,18 @@ def _scaled(values: list[int], factor: float, floor: int) -> list[int]:
     return [max(floor, int(round(v * factor))) for v in values]
 
 
-def family_students(spec: dict[str, Any]) -> list[dict[str, Any]]:
+def family_students(spec: dict[str, Any], teacher: nn.Module | None = None) -> list[dict[str, Any]]:
     """Smaller members of the teacher's family: widths x 1/2 .. 1/16, and one stage or
-    layer fewer. Empty for a family it cannot scale (then list candidates yourself)."""
+    layer fewer; a Hugging Face encoder's every k-th layer (which needs the `teacher`
+    module); timm / torchvision's smaller models by name (`families`). Empty for a family
+    it cannot scale (then list candidates yourself)."""
+    from distill.app.auto import families
+
     name, args = spec["name"], dict(spec.get("args", {}))
+    if name == "hf_model":
+        return families.hf_students(spec, teacher) if teacher is not None else []
+    if name in ("timm", "torchvision"):
+        return families.named_students(spec)
     out: list[dict[str, Any]] = []
     factors = (0.5, 0.25, 0.125, 0.0625)
     if name in ("mlp", "convnet", "resnet"):
@@ -155,9 +175,16 @@ def family_students(spec: dict[str, Any]) -> list[dict[str, Any]]:
     return unique
 
 
+_HF_SHAPE = ("arch", "num_hidden_layers", "n_layers", "hidden_size", "dim", "intermediate_size")
+
+
 def label_of(spec: dict[str, Any]) -> str:
-    args = ", ".join(f"{k}={v}" for k, v in sorted(spec.get("args", {}).items()))
-    return f"{spec['name']}({args})"
+    items = spec.get("args", {})
+    if spec["name"] == "hf_model":  # a config has dozens of fields: name the shape
+        items = {k: v for k, v in items.items() if k in _HF_SHAPE or k == "path"}
+    args = ", ".join(f"{k}={v}" for k, v in sorted(items.items()))
+    init = f" from teacher layers {spec['init_layers']}" if spec.get("init_layers") else ""
+    return f"{spec['name']}({args}){init}"
 
 
 def profile_teacher(settings: AutoSettings, data: Any) -> tuple[nn.Module, Profile]:
@@ -169,16 +196,20 @@ def profile_teacher(settings: AutoSettings, data: Any) -> tuple[nn.Module, Profi
         raise ConfigError(
             "auto: the teacher has no weights; give --teacher <file.safetensors | run dir>"
         )
-    teacher = load_model(settings.teacher, data, "teacher")
+    teacher = load_model(settings.teacher, data, "teacher").eval()
     spec = {"name": settings.teacher.name, "args": dict(settings.teacher.args)}
-    profile = measure(teacher, "teacher", spec, data.input_shape, settings.budget)
+    profile = measure(teacher, "teacher", spec, data, settings.budget)
     profile.val_acc = evaluate(teacher, data.val, batch_size=512)["acc"]
     return teacher, profile
 
 
-def propose(settings: AutoSettings, data: Any, teacher: Profile) -> list[Profile]:
-    """Every proposed and listed student, measured; those over budget marked in `.over`."""
-    specs = family_students(teacher.spec)
+def propose(
+    settings: AutoSettings, data: Any, teacher: Profile, teacher_model: nn.Module | None = None
+) -> list[Profile]:
+    """Every proposed and listed student, measured; those over budget marked in `.over`.
+    A student that starts from the teacher's layers gets its starting weights written to
+    OUT/students/ and a from-scratch spec of its own."""
+    specs = family_students(teacher.spec, teacher_model)
     specs += [{"name": c.name, "args": dict(c.args)} for c in settings.candidates]
     if not specs:
         raise ConfigError(
@@ -186,10 +217,20 @@ def propose(settings: AutoSettings, data: Any, teacher: Profile) -> list[Profile
             f"the students to try under candidates: [{{name: ..., args: {{...}}}}]"
         )
     profiles = []
-    for spec in specs:
-        torch.manual_seed(0)
-        model = build_model(spec["name"], data.input_shape, data.num_classes, spec["args"])
-        profiles.append(measure(model, label_of(spec), spec, data.input_shape, settings.budget))
+    for i, spec in enumerate(specs):
+        label = label_of(spec)
+        if spec.get("init_layers"):
+            from distill.app.auto.families import teacher_initialised
+
+            folder = settings.out_dir / "students" / f"{i:02d}"
+            model, spec, _ = teacher_initialised(spec, teacher_model, data, folder)
+        else:
+            torch.manual_seed(0)
+            model = build_model(spec["name"], data.input_shape, data.num_classes, spec["args"])
+        profile = measure(model, label, spec, data, settings.budget)
+        if "weights" in spec:
+            profile.scratch_spec = {k: v for k, v in spec.items() if k != "weights"}
+        profiles.append(profile)
     return profiles
 
 
@@ -232,12 +273,9 @@ def choose(
 def spec_for(p: Profile, method: str) -> dict[str, Any]:
     """The student config of a run of `method` on candidate `p`: a compressed candidate's
     from-scratch baseline starts from random weights of its shape, not the teacher's."""
-    spec = copy.deepcopy(p.spec)
-    if method == "scratch" and p.route is not None:
-        spec.pop("weights", None)
-        if p.route.get("scratch_weights"):
-            spec["weights"] = p.route["scratch_weights"]
-    return spec
+    if method == "scratch" and p.scratch_spec is not None:
+        return copy.deepcopy(p.scratch_spec)
+    return copy.deepcopy(p.spec)
 
 
 def copy_spec(p: Profile) -> dict[str, Any]:

@@ -71,7 +71,7 @@ def pruned_teacher(
         except ValueError as e:  # e.g. every output reaches a residual add
             return None, f"the teacher cannot be pruned by channels ({e})"
         label = f"teacher pruned {100 * amount:.0f}%"
-        profile = measure(model, label, teacher.spec, data.input_shape, settings.budget)
+        profile = measure(model, label, teacher.spec, data, settings.budget)
         if profile.over:
             continue
         folder = settings.out_dir / "compressed" / f"pruned-{100 * amount:.0f}"
@@ -83,6 +83,7 @@ def pruned_teacher(
         prune_channels(fresh, amount, example)
         scratch = _save(folder / "scratch-init.safetensors", fresh, {"amount": amount})
         profile.spec = {**teacher.spec, "weights": init}
+        profile.scratch_spec = {**teacher.spec, "weights": scratch}
         profile.route = {
             "kind": "prune",
             "source": "teacher",
@@ -145,6 +146,10 @@ def int8_candidates(
 
     if settings.budget.max_size_bytes is None:
         return [], []
+    from distill.app.auto.candidates import one_input
+
+    if not one_input(data).is_floating_point():
+        return [], ["int8 students are offered for float inputs (not token ids) for now"]
     if settings.budget.device != "cpu":
         return [], ["int8 students are timed in ONNX Runtime on the CPU; not offered for "
                     f"budget device {settings.budget.device!r}"]  # fmt: skip
@@ -178,6 +183,10 @@ def int8_candidates(
             notes.append(f"{label}: still over the budget ({'; '.join(profile.over)})")
             continue
         profile.spec = {**spec, "quantize": {"bits": 8}}
+        profile.scratch_spec = {
+            **{k: v for k, v in spec.items() if k != "weights"},
+            "quantize": {"bits": 8},
+        }
         profile.route = {
             "kind": "int8",
             "source": source,
@@ -221,6 +230,6 @@ def remeasure(module: nn.Module, chosen: Profile, settings: AutoSettings, data: 
         check = parity(module, path, inputs)
         extra = {"onnx": str(path), "onnx_top1_agreement": check["top1_agreement"]}
     else:
-        profile = measure(module, chosen.label, chosen.spec, data.input_shape, settings.budget)
+        profile = measure(module, chosen.label, chosen.spec, data, settings.budget)
         extra = {}
     return {**profile.row(), "over": profile.over, **extra}
