@@ -311,6 +311,20 @@ def _wait_for_study(out: Path, proc: subprocess.Popen, seconds: float = 240) -> 
     raise AssertionError("the study was not created in time")
 
 
+def test_processes_opening_a_fresh_study_database_at_once_all_get_it(tmp_path):
+    """Two processes creating one new SQLite study's schema at once collided (alembic's
+    version row, "UNIQUE constraint failed"): a worker joining as the study starts, or a
+    dashboard, killed `distill auto`. The loser now opens the made database."""
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    code = f"from distill.app.auto.study import _storage; _storage({url!r})"
+    procs = [
+        subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE, text=True)
+        for _ in range(6)  # before the fix, most such starts lost at least one process
+    ]
+    failed = [p.communicate()[1] for p in procs if p.wait() != 0]
+    assert not failed, failed[0][-500:]
+
+
 def test_a_killed_auto_continues_without_redoing_finished_trials(teacher_run, tmp_path):
     out = tmp_path / "auto"
     args = _auto_args(

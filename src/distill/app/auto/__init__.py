@@ -147,9 +147,12 @@ def _auto(settings: AutoSettings, join: bool) -> AutoResult | None:
     arms = plan_arms(trials, candidates, settings, pairing)
     _say(settings, f"final comparison: {len(arms)} configuration(s) x {settings.seeds} seeds")
     run_arms(arms, trials, settings)
+    verdict = decide(arms, teacher, settings)  # on validation only
+    if _second_look(verdict, settings, search, deadline):
+        run_arms(arms, trials, settings)
+        verdict = decide(arms, teacher, settings)
     test_arms(arms, data)
     teacher.test_acc = _teacher_test(settings, data)
-    verdict = decide(arms, teacher, settings)
     for line in verdict.text:
         _say(settings, line)
     handed = _hand_over(verdict.chosen, settings)
@@ -199,6 +202,33 @@ def _auto(settings: AutoSettings, join: bool) -> AutoResult | None:
         out=settings.out_dir,
         report=paths["markdown"],
     )
+
+
+def _second_look(verdict: Any, settings: AutoSettings, search: Any, deadline: float | None) -> bool:
+    """Whether an undecided verdict gets more seeds (and they fit the time left)."""
+    from distill.app.auto.finals import more_seeds
+    from distill.app.auto.study import PROCESS_START_S, final_parallel
+
+    best, scratch = verdict.best, verdict.scratch
+    if not more_seeds(verdict, settings):
+        return False
+    runs = 2 * (best.seeds - settings.seeds)
+    need = runs * (search.mean_full_trial_s() + PROCESS_START_S) / final_parallel(settings)
+    if deadline is not None and time.time() + need > deadline:
+        best.seeds = scratch.seeds = 0
+        _say(
+            settings,
+            f"undecided (gain {100 * verdict.gain:+.2f} points, p = {verdict.p:.3f}), and no "
+            f"time left for a second look at {runs} more runs (about {need:.0f} s); give "
+            "more --time, or --seeds for a first look at more seeds",
+        )
+        return False
+    _say(
+        settings,
+        f"undecided (gain {100 * verdict.gain:+.2f} points, p = {verdict.p:.3f}): a second "
+        f"look with {best.seeds} seeds for {best.key} and {scratch.key}",
+    )
+    return True
 
 
 def _teacher_test(settings: AutoSettings, data: Any) -> float:

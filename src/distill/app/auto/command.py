@@ -40,6 +40,11 @@ def add_parser(sub: argparse._SubParsersAction, startup: Any) -> None:
     p.add_argument("--trials", type=int, help="search trials (default 20 without --time)")
     p.add_argument("--epochs", type=int, help="per trial and final run (default 30)")
     p.add_argument("--seeds", type=int, help="seeds per configuration in the final comparison")
+    p.add_argument(
+        "--max-seeds",
+        type=int,
+        help="seeds of an undecided verdict's second look (default 2x --seeds; = --seeds: none)",
+    )
     p.add_argument("--max-candidates", type=int, help="students searched (default 4)")
     p.add_argument("--methods", help="comma-separated: restrict the methods searched")
     p.add_argument("--export", choices=["onnx", "torchscript", "hf"])
@@ -142,6 +147,7 @@ def settings_from(args: argparse.Namespace) -> tuple[Any, bool]:
         ("trials", "trials"),
         ("epochs", "epochs"),
         ("seeds", "seeds"),
+        ("max_seeds", "max_seeds"),
         ("max_candidates", "max_candidates"),
         ("export", "export"),
         ("compress", "compress"),

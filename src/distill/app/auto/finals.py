@@ -9,9 +9,16 @@ accuracy; the test split is read once, at the end, for the runs of the compariso
 
 The verdict hands over the best configuration by mean validation accuracy, unless it does
 not beat the same student from scratch beyond seed noise (Welch's t-test, one-sided: is
-the distilled student better, p < 0.05 over the seeds): then it says so plainly and hands
-over the scratch student. With an accuracy
-floor, the smallest student whose mean validation accuracy meets it is preferred.
+the distilled student better over the seeds): then it says so plainly and hands over the
+scratch student. With an accuracy floor, the smallest student whose mean validation
+accuracy meets it is preferred.
+
+An undecided verdict (a gain whose p is above the bound but below P_PROMISING) gets a
+second look: the best configuration and its scratch baseline run `seeds` more seeds (up to
+`max_seeds`) and the test is made again on all of them. Two looks at the data at 5% each
+would pass a true null about 8% of the time, so with a second look possible both use
+Pocock's boundary for two looks, p < 0.029, which keeps the whole procedure at 5% (Pocock
+1977, "Group sequential methods in the design and analysis of clinical trials").
 """
 
 from __future__ import annotations
@@ -27,7 +34,9 @@ from distill.app.auto.space import objective_for
 from distill.app.auto.study import Trial, final_parallel, run_config
 from distill.app.bench import ci95, welch_p
 
-P_NOISE = 0.05  # "beyond seed noise": Welch's two-sided p below this
+P_NOISE = 0.05  # "beyond seed noise": one-sided Welch p below this, with one look
+P_TWO_LOOKS = 0.029  # the same at each of two looks (Pocock), when a second look may come
+P_PROMISING = 0.3  # an undecided gain with p below this earns a second look
 
 
 @dataclass
@@ -41,6 +50,7 @@ class Arm:
     objective: dict[str, Any]
     lr: float
     trial: int | None = None
+    seeds: int = 0  # how many seeds it runs (0: settings.seeds)
     run_dirs: list[str] = field(default_factory=list)
     val: list[float] = field(default_factory=list)
     test: list[float] = field(default_factory=list)
@@ -137,7 +147,9 @@ def run_arms(arms: list[Arm], trials: list[Trial], settings: AutoSettings) -> No
     by_number = {t.number: t for t in trials}
     jobs = []
     for i, arm in enumerate(arms):
-        seeds = range(settings.seeds) if arm.role != "finalist" else range(1, settings.seeds + 1)
+        n = arm.seeds or settings.seeds
+        seeds = range(n) if arm.role != "finalist" else range(1, n + 1)
+        arm.run_dirs = []  # (runs finished by an earlier call are found, not redone)
         for seed in seeds:
             reused = by_number.get(arm.trial)
             if seed == 0 and reused is not None and _full(reused, settings.epochs):
@@ -199,10 +211,35 @@ class Verdict:
     distillation_pays: bool
     floor: float | None
     meets_floor: bool | None
+    best: Arm | None = None  # the best distilled arm, handed over or not
+    scratch: Arm | None = None
+    p: float = 1.0
+    gain: float = 0.0
+
+    @property
+    def undecided(self) -> bool:
+        """A gain that more seeds might settle either way."""
+        return not self.distillation_pays and self.gain > 0 and self.p < P_PROMISING
 
 
 def _mean(values: list[float]) -> float:
     return statistics.mean(values) if values else float("nan")
+
+
+def bound(settings: AutoSettings) -> float:
+    """The p-value bound of each look: one look at 5%, or two at Pocock's 2.9%."""
+    return P_TWO_LOOKS if settings.max_seeds > settings.seeds else P_NOISE
+
+
+def more_seeds(verdict: Verdict, settings: AutoSettings) -> bool:
+    """Give the undecided verdict's two arms their second look's seeds; False when it is
+    decided, or they have had them."""
+    arms = [verdict.best, verdict.scratch]
+    if not verdict.undecided or any(a is None or a.seeds for a in arms):
+        return False
+    for arm in arms:
+        arm.seeds = min(settings.max_seeds, 2 * settings.seeds)
+    return arms[0].seeds > settings.seeds
 
 
 def decide(arms: list[Arm], teacher: Profile, settings: AutoSettings) -> Verdict:
@@ -231,7 +268,8 @@ def decide(arms: list[Arm], teacher: Profile, settings: AutoSettings) -> Verdict
         f"{100 * gain:+.2f} points, one-sided Welch p "
         f"{'< 0.001' if p < 0.001 else f'= {p:.3f}'}",
     ]
-    pays = gain > 0 and p < P_NOISE
+    limit = bound(settings)
+    pays = gain > 0 and p < limit
     chosen = best if pays else scratch
     if pays:
         text.append(
@@ -240,7 +278,7 @@ def decide(arms: list[Arm], teacher: Profile, settings: AutoSettings) -> Verdict
     else:
         text.append(
             "distillation does not beat training from scratch beyond seed noise (p >= "
-            f"{P_NOISE} or no gain) for this student and budget: handing over the scratch "
+            f"{limit} or no gain) for this student and budget: handing over the scratch "
             "student"
         )
     if teacher.val_acc is not None and teacher.val_acc < _mean(scratch.val):
@@ -255,4 +293,4 @@ def decide(arms: list[Arm], teacher: Profile, settings: AutoSettings) -> Verdict
             f"accuracy floor {settings.budget.min_accuracy} = {100 * floor:.2f}%: "
             + ("met" if meets else "NOT met by any student that fits the budget")
         )
-    return Verdict(chosen, text, pays, floor, meets)
+    return Verdict(chosen, text, pays, floor, meets, best, scratch, p, gain)

@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from distill.core.config import DataConfig, ModelConfig
 from distill.core.errors import ConfigError
@@ -154,6 +154,9 @@ class AutoSettings(Strict):
     batch_size: int = Field(64, ge=1)
     lr: float = Field(3e-3, gt=0)  # AdamW; trials search x0.3..x3 around it
     seeds: int = Field(3, ge=2)  # seeds per finalist and baseline in the final comparison
+    # an undecided verdict's best arm and scratch get a second look at up to this many
+    # seeds (default: twice `seeds`; equal to `seeds`: one look)
+    max_seeds: int | None = Field(None, ge=2)
     finalists: int = Field(2, ge=1)
     max_candidates: int = Field(4, ge=1)  # students proposed from the teacher's family
     candidates: list[ModelConfig] = []  # students of the user's own, measured and searched too
@@ -166,6 +169,14 @@ class AutoSettings(Strict):
     device: str = "auto"  # where training runs (budget.device is where latency is measured)
     workers: int = Field(0, ge=0)
     progress: bool = True
+
+    @model_validator(mode="after")
+    def _seed_counts(self):
+        if self.max_seeds is None:
+            object.__setattr__(self, "max_seeds", 2 * self.seeds)
+        elif self.max_seeds < self.seeds:
+            raise ValueError(f"max_seeds ({self.max_seeds}) is below seeds ({self.seeds})")
+        return self
 
     @field_validator("time_s", mode="before")
     @classmethod

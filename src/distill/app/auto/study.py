@@ -133,6 +133,21 @@ def _quiet_optuna() -> Iterator[None]:
 def _storage(url: str) -> Any:
     """RDB storage with heartbeats, so that a dead worker's trial is tried again by another
     (Optuna 4.9 renamed the retry callback; both spellings are accepted)."""
+    from sqlalchemy.exc import IntegrityError, OperationalError
+
+    for attempt in range(5):
+        try:
+            return _rdb(url)
+        except (IntegrityError, OperationalError):
+            # two processes creating one fresh database's schema at once (a worker joining
+            # as the study starts, a dashboard): the loser finds it made; open it again
+            if attempt == 4:
+                raise
+            time.sleep(0.2 * (attempt + 1))
+    raise AssertionError("unreachable")
+
+
+def _rdb(url: str) -> Any:
     from optuna.storages import RDBStorage
 
     with _quiet_optuna():
@@ -391,7 +406,7 @@ class Search:
     def _count(self, states: tuple) -> int:
         return sum(t.state in states for t in self.study.trials)
 
-    def _mean_full_trial_s(self) -> float:
+    def mean_full_trial_s(self) -> float:
         """Seconds of a trial run to the end (from the complete ones; else the longest)."""
         import optuna
 
@@ -406,7 +421,7 @@ class Search:
         A final run is a process of its own: a trial's length plus its start-up."""
         if self.deadline is None:
             return
-        trial_s = self._mean_full_trial_s()
+        trial_s = self.mean_full_trial_s()
         finals_s = self.finals_runs * (trial_s + PROCESS_START_S) / final_parallel(self.settings)
         if time.time() + trial_s + finals_s > self.deadline:
             study.stop()
