@@ -95,6 +95,37 @@ def test_the_budget_keeps_a_spread_of_sizes_and_an_impossible_one_names_the_smal
         choose(over, teacher, settings)
 
 
+def test_an_undecided_verdict_gets_a_second_look_at_more_seeds():
+    from distill.app.auto.finals import Arm, bound, decide, more_seeds
+
+    settings = AutoSettings(teacher={"name": "mlp", "weights": "w"}, data={"name": "synthetic"})
+    assert settings.max_seeds == 6 and bound(settings) == pytest.approx(0.029)
+    student = _profile("s", 1000)
+    teacher = _profile("teacher", 5000)
+    teacher.val_acc = 0.9
+
+    def arms(best_val, scratch_val):
+        return [
+            Arm("kd", "finalist", student, "kd", {}, 1e-3, val=best_val),
+            Arm("scratch", "scratch", student, "scratch", {}, 1e-3, val=scratch_val),
+        ]
+
+    undecided = decide(arms([0.80, 0.83, 0.81], [0.79, 0.80, 0.81]), teacher, settings)
+    assert not undecided.distillation_pays and undecided.undecided
+    assert 0.029 < undecided.p < 0.3 and undecided.chosen.role == "scratch"
+    assert more_seeds(undecided, settings)
+    assert undecided.best.seeds == undecided.scratch.seeds == 6
+    assert not more_seeds(undecided, settings)  # one second look, not a third
+    clear = decide(arms([0.80, 0.80, 0.79], [0.81, 0.82, 0.83]), teacher, settings)
+    assert not clear.undecided and not more_seeds(clear, settings)  # a loss: settled
+    once = settings.model_copy(update={"max_seeds": 3})
+    assert bound(once) == 0.05  # one look at 5%
+    assert not more_seeds(decide(arms([0.80, 0.83, 0.81], [0.79, 0.80, 0.81]), teacher, once), once)
+    with pytest.raises(Exception, match="below seeds"):
+        AutoSettings(teacher={"name": "mlp", "weights": "w"}, data={"name": "synthetic"},
+                     seeds=4, max_seeds=3)  # fmt: skip
+
+
 def test_layers_are_paired_at_the_classifier_inputs_and_every_method_builds_a_valid_config(
     tmp_path,
 ):
