@@ -187,6 +187,9 @@ def test_a_bpe_students_export_carries_its_tokenizer(tmp_path):
         assert hf_tok(text, add_special_tokens=False)["input_ids"] == data.tokenizer.encode(text)
     assert hf_tok.eos_token_id == data.tokenizer.eos_id
     assert hf_tok.pad_token_id == data.tokenizer.pad_id
+    # a causal LM exports to ONNX with integer ids in and per-token logits out
+    onnx = export_run(tmp_path / "s", "onnx")
+    assert onnx["max_abs_logit_diff"] < 1e-4 and "model.onnx" in onnx["files"]
 
 
 def test_lm_kd_streams_a_chat_dataset(tmp_path):

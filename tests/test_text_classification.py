@@ -233,8 +233,10 @@ def test_sentence_transformers_folder_encodes_identically(tmp_path, reviews, out
     encoder = SentenceEncoder(backbone, out_dim=out_dim).eval()
     tok = AutoTokenizer.from_pretrained(str(reviews / "tok"))
     write_sentence_transformers(encoder, tok, tmp_path, max_length=16)
-    texts = ["a good film", "the plot was awful and bad", "it is fine"]
-    assert check_sentence_transformers(encoder, tok, tmp_path, texts) >= 0.99999
+    long = "the movie was very good and the plot was quite fine but the actor was bad and it is"
+    assert len(tok(long)["input_ids"]) > 16  # cut at the trained 16 tokens on both sides
+    texts = ["a good film", "the plot was awful and bad", "it is fine", long]
+    assert check_sentence_transformers(encoder, tok, tmp_path, texts, 16) >= 0.99999
     assert (tmp_path / "2_Dense").is_dir() == (out_dim is not None)
 
 

@@ -25,6 +25,7 @@ import json
 import os
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -201,9 +202,11 @@ def write_sentence_transformers(
 
 
 def check_sentence_transformers(
-    encoder: nn.Module, tokenizer: Any, path: Path, texts: list[str]
+    encoder: nn.Module, tokenizer: Any, path: Path, texts: list[str], max_length: int
 ) -> float:
-    """The smallest cosine similarity between the folder's and the encoder's embeddings."""
+    """The smallest cosine similarity between the folder's and the encoder's embeddings,
+    both reading the texts cut at the trained `max_length` tokens (what the folder's
+    sentence_bert_config.json tells sentence-transformers)."""
     try:
         from sentence_transformers import SentenceTransformer
     except ImportError:
@@ -213,23 +216,38 @@ def check_sentence_transformers(
         ) from None
     loaded = SentenceTransformer(str(path), device="cpu", local_files_only=True)
     got = loaded.encode(texts, convert_to_tensor=True, normalize_embeddings=False)
-    enc = tokenizer(texts, padding=True, truncation=True, return_tensors="pt")
+    enc = tokenizer(
+        texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt"
+    )
     with torch.no_grad():
         want = encoder.eval()(enc["input_ids"], enc["attention_mask"])
     return float(torch.nn.functional.cosine_similarity(got.float(), want.float(), dim=-1).min())
 
 
 def _write_onnx(model: nn.Module, x: torch.Tensor, tmp: Path) -> float:
-    from distill.compress.export import export_onnx, onnx_logits, require_onnx
+    from distill.compress.export import export_onnx, onnx_logits
     from distill.models.hf_auto import TokenClassifier
 
-    if not isinstance(model, TokenClassifier):
-        export_onnx(model, tuple(x.shape[1:]), tmp / "model.onnx")
-        with torch.no_grad():
-            return float((onnx_logits(tmp / "model.onnx", x) - logits_of(model(x))).abs().max())
+    if isinstance(model, TokenClassifier):  # (N, 2, L): token ids and mask stacked
+        return _ids_onnx(model.model, x[:, 0].long(), x[:, 1].long(), tmp, per_token=False)
+    if _hf_inner(model) is model and x.dim() == 2:  # a causal LM: (N, L) token ids
+        ids = x.long()
+        return _ids_onnx(model, ids, torch.ones_like(ids), tmp, per_token=True)
+    export_onnx(model, tuple(x.shape[1:]), tmp / "model.onnx")
+    with torch.no_grad():
+        return float((onnx_logits(tmp / "model.onnx", x) - logits_of(model(x))).abs().max())
+
+
+def _ids_onnx(
+    inner: nn.Module, ids: torch.Tensor, mask: torch.Tensor, tmp: Path, *, per_token: bool
+) -> float:
+    """A transformers model as ONNX with integer `input_ids` and `attention_mask` in and
+    `logits` out (per token for a language model), checked in ONNX Runtime."""
+    from distill.compress.export import require_onnx
+
     require_onnx()
 
-    class Ids(nn.Module):  # integer ids and mask in, logits out
+    class Ids(nn.Module):
         def __init__(self, inner: nn.Module):
             super().__init__()
             self.inner = inner
@@ -237,27 +255,30 @@ def _write_onnx(model: nn.Module, x: torch.Tensor, tmp: Path) -> float:
         def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
             return self.inner(input_ids=input_ids, attention_mask=attention_mask).logits
 
-    ids, mask = x[:, 0].long(), x[:, 1].long()
-    torch.onnx.export(
-        Ids(model.model).eval(),
-        (ids, mask),
-        str(tmp / "model.onnx"),
-        dynamo=False,
-        input_names=["input_ids", "attention_mask"],
-        output_names=["logits"],
-        dynamic_axes={
-            "input_ids": {0: "batch", 1: "length"},
-            "attention_mask": {0: "batch", 1: "length"},
-            "logits": {0: "batch"},
-        },
-        opset_version=17,
-    )
+    wrapped = Ids(inner).eval()
+    axes = {0: "batch", 1: "length"}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the tracer's notes on Python control flow
+        torch.onnx.export(
+            wrapped,
+            (ids, mask),
+            str(tmp / "model.onnx"),
+            dynamo=False,
+            input_names=["input_ids", "attention_mask"],
+            output_names=["logits"],
+            dynamic_axes={
+                "input_ids": axes,
+                "attention_mask": axes,
+                "logits": axes if per_token else {0: "batch"},
+            },
+            opset_version=17,
+        )
     import onnxruntime as ort
 
     sess = ort.InferenceSession(str(tmp / "model.onnx"), providers=["CPUExecutionProvider"])
     got = sess.run(None, {"input_ids": ids.numpy(), "attention_mask": mask.numpy()})[0]
     with torch.no_grad():
-        return float((torch.from_numpy(got) - logits_of(model(x))).abs().max())
+        return float((torch.from_numpy(got) - wrapped(ids, mask)).abs().max())
 
 
 def _export_sentence_model(model: nn.Module, data: Any, tmp: Path) -> float:
@@ -268,9 +289,10 @@ def _export_sentence_model(model: nn.Module, data: Any, tmp: Path) -> float:
             "--format sentence-transformers needs an embedding student (sentence_encoder, "
             "pretrained_encoder) trained on tokenized sentences; use hf, onnx or torchscript"
         )
-    write_sentence_transformers(model, data.tokenizer, tmp, int(data.input_shape[0]))
+    max_length = int(data.input_shape[0])
+    write_sentence_transformers(model, data.tokenizer, tmp, max_length)
     texts = list(getattr(data.test, "texts", []))[:16] or ["a sentence", "another one"]
-    return check_sentence_transformers(model, data.tokenizer, tmp, texts)
+    return check_sentence_transformers(model, data.tokenizer, tmp, texts, max_length)
 
 
 def _write_torchscript(model: nn.Module, x: torch.Tensor, tmp: Path) -> float:
