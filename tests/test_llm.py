@@ -311,8 +311,38 @@ def test_teacher_cache_round_trip_and_training(tmp_path, teacher_dir, mode):
     result = run_experiment(parse_config(cached))
     assert result["complete"]
     assert result["teacher_cache"].startswith(f"{mode}-8 logit cache")
-    bad = _kd(tmp_path, teacher_dir, {"teacher_cache": str(out), "chunk_size": 8})
-    with pytest.raises(ConfigError, match="cannot be combined"):
+    # the cache is the teacher: no teacher section, or one whose weights are not there,
+    # and the run never loads a teacher (issue 42)
+    alone = _kd(tmp_path, teacher_dir, {"teacher_cache": str(out)})
+    alone.pop("teacher")
+    alone["run_dir"] = str(tmp_path / "alone")
+    built_alone = build(parse_config(alone))
+    assert built_alone.teacher is None
+    result = run_experiment(parse_config(alone))
+    assert result["complete"] and "teacher_test_ppl" not in result
+    gone = _kd(tmp_path, teacher_dir, {"teacher_cache": str(out)})
+    gone["teacher"]["weights"] = str(tmp_path / "nonexistent")
+    assert build(parse_config(gone)).teacher is None
+    # with chunk_size the cached KD is computed a chunk of tokens at a time: same values
+    # and gradients as the whole logits
+    whole = build(parse_config(alone))
+    chunked = build(parse_config({**alone, "scheme": {"name": "lm_kd", "args": {
+        "teacher_cache": str(out), "chunk_size": 8}}}))  # fmt: skip
+    chunked.student.load_state_dict(whole.student.state_dict())
+    batch = load_batch(whole.data.train, torch.arange(4))
+    losses = []
+    for b in (whole, chunked):
+        b.student.zero_grad()
+        o = b.scheme.step(dict(batch), 0)
+        o["loss"].backward()
+        losses.append((o, [p.grad.clone() for p in b.student.parameters()]))
+    (a, ga), (c, gc) = losses
+    for key in ("loss", "kd", "task"):
+        torch.testing.assert_close(c[key], a[key], rtol=1e-5, atol=1e-6)
+    for x, y in zip(ga, gc):
+        torch.testing.assert_close(y, x, rtol=1e-4, atol=1e-6)
+    bad = _kd(tmp_path, teacher_dir, {"teacher_cache": str(out), "on_policy": {"fraction": 0.5}})
+    with pytest.raises(ConfigError, match="need a teacher that reads new text"):
         build(parse_config(bad))
 
 

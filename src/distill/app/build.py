@@ -16,7 +16,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from distill.app.problems import PRETRAINED_MODELS, _check_monitor, name_problems  # noqa: F401
+from distill.app.problems import (  # noqa: F401
+    PRETRAINED_MODELS,
+    _check_monitor,
+    name_problems,
+    teacher_from_cache,
+)
 from distill.app.terms import (  # noqa: F401  (re-exported for older imports)
     _add_input_grads,
     _dry_knowledge,
@@ -247,7 +252,14 @@ class _Models:
 
         student = model(cfg.student, "student")
         teacher = None
-        if cfg.teacher is not None and spec.teacher in ("required", "optional"):
+        if cfg.teacher is not None and teacher_from_cache(cfg):
+            print(
+                "scheme.args.teacher_cache: the teacher's outputs come from the cache, so the "
+                "teacher section is not loaded (and the teacher's own test metrics are left "
+                "out); remove the section to silence this",
+                file=sys.stderr,
+            )
+        elif cfg.teacher is not None and spec.teacher in ("required", "optional"):
             teacher = model(cfg.teacher, "teacher")
         teachers = [model(t, f"teachers.{i}") for i, t in enumerate(cfg.teachers)]
         peers = [model(p, f"peers.{i}") for i, p in enumerate(cfg.peers)]

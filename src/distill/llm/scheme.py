@@ -130,8 +130,11 @@ class LMDistillation(SchemeBase):
                 f"scheme.args.divergence: {a.divergence!r} is not one of "
                 f"{sorted(TOKEN_DIVERGENCES)}"
             )
-        if ctx.teacher is None:
-            raise ConfigError("scheme lm_kd needs a teacher")
+        if ctx.teacher is None and not a.teacher_cache:
+            raise ConfigError(
+                "scheme lm_kd needs a teacher: a teacher section, or a cache of its outputs "
+                "(scheme.args.teacher_cache, from distill lm-cache)"
+            )
         self.teacher = ctx.teacher
         self.vocab = ctx.data.num_classes  # the tokenizer's size: padded rows beyond it are cut
         self.seed = ctx.seed
@@ -139,6 +142,8 @@ class LMDistillation(SchemeBase):
         trained = self._hidden_projections(ctx)
         if a.chunk_size:
             for role, model in (("student", ctx.student), ("teacher", ctx.teacher)):
+                if model is None:  # the cache stands in for the teacher
+                    continue
                 try:
                     decoder_and_head(model)
                 except ValueError as e:
@@ -155,7 +160,8 @@ class LMDistillation(SchemeBase):
                     ctx.teacher.get_input_embeddings().embedding_dim,
                 )
                 trained["dskd"] = self.dskd
-        super().__init__(ctx.student, ctx.objective, trained, frozen=[ctx.teacher])
+        frozen = [ctx.teacher] if ctx.teacher is not None else []
+        super().__init__(ctx.student, ctx.objective, trained, frozen=frozen)
         # text across tokenizers: the teacher never reads the student's tokens
         self.cross_text = ctx.data.teacher_tokenizer is not None
         self.cross_sequences = self.cross_text and a.cross_tokenizer is None
@@ -289,10 +295,11 @@ class LMDistillation(SchemeBase):
         from distill.llm.cache import TeacherCache
 
         a = self.args
-        if a.on_policy or a.sequence_level or a.hidden or a.chunk_size:
+        if a.on_policy or a.sequence_level or a.hidden:
             raise ConfigError(
-                "scheme.args.teacher_cache replaces the teacher's logits on the training data; "
-                "it cannot be combined with on_policy, sequence_level, hidden or chunk_size"
+                "scheme.args.teacher_cache holds the teacher's outputs on the training data "
+                "as it is; on_policy and sequence_level need a teacher that reads new text, "
+                "hidden needs its hidden states: give a teacher section instead of the cache"
             )
         cache = TeacherCache.open(a.teacher_cache)
         rows, length = ctx.data.train.ids.shape[0], ctx.data.train.ids.shape[1] - 1
@@ -330,6 +337,10 @@ class LMDistillation(SchemeBase):
         )
 
     def test_metrics(self, dataset, *, batch_size: int, device="cpu") -> dict[str, float]:
+        if self.teacher is None:  # trained from a cache: the student's metrics alone
+            kw = {"batch_size": min(batch_size, 64), "device": device, "vocab": self.vocab}
+            student = lm_metrics(self.student, dataset, **kw)
+            return {f"test_{k}": v for k, v in student.items() if k != "agreement"}
         self.teacher.to(device)
         cross = self.cross_text  # then the teacher reads other tokens
         kw = {"batch_size": min(batch_size, 64), "device": device, "vocab": self.vocab}
@@ -456,23 +467,36 @@ class LMDistillation(SchemeBase):
         return {"loss": total, **out}
 
     def _cached_step(self, batch, step: int, mask: Tensor, n) -> dict[str, Tensor]:
+        """KD from the cache's sparse teacher outputs: the student's logits whole, or with
+        chunk_size a chunk of supervised tokens at a time from its final hidden states."""
         from distill.llm.cache import sparse_kd_loss
 
-        z_s = self.student(
-            input_ids=batch["input"], attention_mask=batch.get("attention_mask")
-        ).logits[..., : self.vocab]
-        ids, values, extra = (t.to(z_s.device) for t in self.cache.rows(batch["index"]))
-        kd = sparse_kd_loss(
-            z_s,
-            ids,
-            values,
-            extra,
-            self.cache.mode,
-            mask=mask,
-            temperature=self.cache.temperature,
-            num_tokens=n,
-        )
-        task = F.cross_entropy(z_s.float()[mask], batch["target"][mask], reduction="sum") / n
+        x, am, y = batch["input"], batch.get("attention_mask"), batch["target"]
+        rows = self.cache.rows(batch["index"])
+        if self.args.chunk_size:
+            from distill.llm.chunked import chunked_cross_entropy, chunked_loss
+
+            h = _forward(self.student, x, am, False, base=True).last_hidden_state[mask]
+            ids, values, extra = (t.to(h.device)[mask.to(h.device)] for t in rows)
+            w = self.student.get_output_embeddings().weight[: self.vocab]
+
+            def kd_of_chunk(z: Tensor, start: int, end: int) -> Tensor:
+                return sparse_kd_loss(
+                    z, ids[start:end], values[start:end], extra[start:end], self.cache.mode,
+                    temperature=self.cache.temperature, num_tokens=1,
+                )  # fmt: skip
+
+            size = self.args.chunk_size
+            kd = chunked_loss(h, w, kd_of_chunk, size) / torch.as_tensor(n).clamp_min(1)
+            task = chunked_cross_entropy(h, w, y[mask], size) / n
+        else:
+            z_s = self.student(input_ids=x, attention_mask=am).logits[..., : self.vocab]
+            ids, values, extra = (t.to(z_s.device) for t in rows)
+            kd = sparse_kd_loss(
+                z_s, ids, values, extra, self.cache.mode,
+                mask=mask, temperature=self.cache.temperature, num_tokens=n,
+            )  # fmt: skip
+            task = F.cross_entropy(z_s.float()[mask], y[mask], reduction="sum") / n
         total = self.objective.task_weight.at(step) * task + self.args.kd_weight * kd
         return {"loss": total, "kd": kd, "task": task}
 
