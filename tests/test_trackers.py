@@ -25,7 +25,12 @@ def test_tensorboard_and_mlflow_receive_every_epoch_row(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     cfg = synthetic_cfg(
-        tmp_path / "r", train={"epochs": 3, "report_to": ["csv", "tensorboard", "mlflow"]}
+        tmp_path / "r",
+        train={
+            "epochs": 3,
+            "report_to": ["csv", "tensorboard", "mlflow"],
+            "log_every_steps": 1,
+        },
     )
     run_experiment(parse_config(cfg))
     rows = _rows(tmp_path / "r")
@@ -35,6 +40,12 @@ def test_tensorboard_and_mlflow_receive_every_epoch_row(tmp_path):
         scalars = events.Scalars(key)
         assert [s.step for s in scalars] == [r["step"] for r in rows]
         assert [s.value for s in scalars] == pytest.approx([r[key] for r in rows], rel=1e-6)
+    # between the epochs, a point per logging step (issue 42): the steps' losses and lr
+    steps = events.Scalars("steps/loss")
+    assert [s.step for s in steps] == list(range(1, rows[-1]["step"] + 1))
+    first = [s.value for s in steps[: rows[0]["step"]]]
+    assert sum(first) / len(first) == pytest.approx(rows[0]["train_loss"], rel=1e-5)
+    assert len(events.Scalars("steps/lr")) == len(steps)
     client = MlflowClient(tracking_uri=tracking_uri(tmp_path / "r"))
     [run] = client.search_runs([client.get_experiment_by_name("distill").experiment_id])
     history = client.get_metric_history(run.info.run_id, "val_acc")
@@ -79,8 +90,10 @@ def test_wandb_offline_run_gets_every_row(tmp_path, monkeypatch):
     cfg = synthetic_cfg(tmp_path / "r", train={"epochs": 2, "report_to": ["wandb"]})
     run_experiment(parse_config(cfg))
     rows = _rows(tmp_path / "r")
-    assert [step for step, _ in logged] == [r["step"] for r in rows]
-    assert [d["val_acc"] for _, d in logged] == pytest.approx([r["val_acc"] for r in rows])
+    epochs = [(step, d) for step, d in logged if "val_acc" in d]
+    assert [step for step, _ in epochs] == [r["step"] for r in rows]
+    assert [d["val_acc"] for _, d in epochs] == pytest.approx([r["val_acc"] for r in rows])
+    assert any("steps/loss" in d for _, d in logged)  # and the logging steps' rows
     [offline] = list((tmp_path / "r/wandb").glob("offline-run-*"))
     assert list(offline.glob("*.wandb"))  # the run's record, for `wandb sync`
     assert rundir.foreign_files(tmp_path / "r") == []

@@ -111,6 +111,7 @@ def _train(
     distributed.barrier()
     trackers = _trackers(cfg, run_dir, resume) if main else []
     trainer.callbacks += [lambda row, t=t: t.log(row, row["step"]) for t in trackers]
+    trainer.step_callbacks += [lambda row, t=t: t.log(row, row["step"]) for t in trackers]
     try:
         summary = trainer.fit(resume=resume)
     finally:

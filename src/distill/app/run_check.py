@@ -29,6 +29,7 @@ RESUMABLE_CHANGES = {
     "workers",
     "distributed",  # placement on the ranks; checkpoints hold full tensors either way
     "report_to",  # trackers only watch
+    "log_every_steps",
 }
 # Settings that may change on resume when the user names them with --allow-change: the
 # usual mends after a divergence. (A changed lr applies from the resumed step on.)

@@ -144,6 +144,9 @@ class TrainSettings(Strict):
     # experiment trackers fed the metrics log's rows (distill.core.trackers); csv: metrics.csv,
     # always written
     report_to: list[Literal["csv", "tensorboard", "mlflow", "wandb"]] = []
+    # the trackers also get the training losses and learning rate every N optimizer steps
+    # (as steps/<name>: the mean over those steps); 0: per epoch only
+    log_every_steps: int = Field(10, ge=0)
 
 
 class QuantSettings(Strict):

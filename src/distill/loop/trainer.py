@@ -63,6 +63,10 @@ class Trainer:
         # Called with each epoch's metrics row after it is logged and checkpointed; a callback
         # may raise to stop the run (e.g. a tuner pruning a bad trial). State stays consistent.
         self.callbacks = list(callbacks)
+        # called every settings.log_every_steps optimizer steps with the steps' mean losses
+        # and the learning rate (experiment trackers' curves between epochs)
+        self.step_callbacks: list[Callable[[dict[str, Any]], None]] = []
+        self._window = LossSums()
         self.settings = settings
         check_run_dir(run_dir)
         self.run_dir = Path(run_dir)
@@ -249,6 +253,8 @@ class Trainer:
         loss = losses["loss"] if group_size == 1 else losses["loss"] / group_size
         self.scaler.scale(loss).backward()
         self.losses.add(losses)
+        if self.step_callbacks:
+            self._window.add(losses)
         self.state["batch"] += 1
 
     def _close_epoch_losses(self) -> None:  # the epoch's train_* means, over the ranks
@@ -258,6 +264,7 @@ class Trainer:
         """The optimizer step, then a stop (signal, max_steps) or a step-cadence checkpoint."""
         s, st = self.settings, self.state
         self._optimizer_step()
+        self._log_step()
         stopped_by = self._stop_reason()
         if stopped_by is not None:
             self.feed.stop()  # lets the workers go
@@ -272,6 +279,19 @@ class Trainer:
         if s.checkpoint_every_steps and st["step"] % s.checkpoint_every_steps == 0:
             save(self)
         return None
+
+    def _log_step(self) -> None:
+        """Every log_every_steps steps: the mean losses since the last such row, and the lr,
+        to the step callbacks (this process's micro-batches; the epoch rows average ranks)."""
+        every, step = self.settings.log_every_steps, self.state["step"]
+        if not (self.step_callbacks and every and step % every == 0):
+            return
+        row = {f"steps/{k}": v for k, v in self._window.means().items()}
+        row.update(step=step, epoch=self.state["epoch"])
+        row["steps/lr"] = float(self.optimizer.param_groups[0]["lr"])
+        self._window = LossSums()
+        for callback in self.step_callbacks:
+            callback(row)
 
     def _end_stream_pass(self) -> str | None:
         """A stream ended: step on a part-filled accumulation group; an empty pass is an error."""
