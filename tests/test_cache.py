@@ -14,7 +14,8 @@ from distill.app.build import build
 from distill.core.config import parse_config
 from distill.core.errors import ConfigError
 from distill.core.settings import CacheSettings
-from distill.loop.cache import TeacherCache, plan_cache, topk_compress, topk_expand
+from distill.loop.cache import TeacherCache, plan_cache
+from distill.loop.cache_keys import topk_compress, topk_expand
 from distill.loop.trainer import Trainer
 
 FEATURE_TERM = {

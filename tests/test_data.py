@@ -4,7 +4,7 @@ import torch
 
 from distill.core.errors import ConfigError
 from distill.data import AUGMENTATIONS, build_augmentation, load_dataset, split_indices
-from distill.data.sources import cache_dir
+from distill.data.raw import cache_dir
 from distill.models import build_model
 
 

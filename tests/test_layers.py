@@ -230,14 +230,14 @@ def test_every_domain_module_imports_on_its_own():
         assert proc.returncode == 0, f"import {name} alone failed:\n{err[-1500:]}"
 
 
-def test_the_source_imports_modules_by_their_place_and_old_names_still_import():
-    """Inside distill every import names a module file (none goes through the former
-    names kept for users), and each former name imports the very module at its new place."""
+def test_every_import_names_a_module_file_and_no_former_name_is_served():
+    """A 0.1.0 package keeps no compatibility layer (issue 43): every `distill` import in
+    the source names a module file or package, and the former flat names (`distill.run`,
+    `distill.trainer`, ...) import nothing."""
     import importlib
 
-    import distill
-
     known = _modules()
+    packages = {name.rsplit(".", 1)[0] for name in known} | set(known)
     stale = []
     for name, path in known.items():
         for node in ast.walk(ast.parse(path.read_text())):
@@ -247,7 +247,10 @@ def test_the_source_imports_modules_by_their_place_and_old_names_still_import():
                 mods = [a.name for a in node.names]
             else:
                 continue
-            stale += [f"{name} imports {m}" for m in mods if m in distill._MOVED]
+            stale += [
+                f"{name} imports {m}" for m in mods if m.startswith("distill") and m not in packages
+            ]
     assert not stale, "\n".join(stale)
-    for old, new in distill._MOVED.items():
-        assert importlib.import_module(old) is importlib.import_module(new), old
+    for old in ("distill.run", "distill.trainer", "distill.errors", "distill.cli"):
+        with pytest.raises(ModuleNotFoundError):
+            importlib.import_module(old)

@@ -15,7 +15,8 @@ from distill.app.run import run_experiment  # noqa: E402
 from distill.core.config import parse_config  # noqa: E402
 from distill.core.errors import ConfigError  # noqa: E402
 from distill.data import load_batch  # noqa: E402
-from distill.llm.scheme import layer_map, sample_continuations  # noqa: E402
+from distill.llm.generation import sample_continuations
+from distill.llm.scheme import layer_map
 from distill.llm.text import ByteTokenizer, prompt_dataset  # noqa: E402
 
 DATA = {
@@ -482,7 +483,7 @@ def test_generation_uses_the_current_cache_api_and_matches_full_recompute():
 
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from distill.llm.scheme import sample_continuations
+    from distill.llm.generation import sample_continuations
 
     torch.manual_seed(0)
     config = GPT2Config(n_layer=2, n_head=2, n_embd=32, vocab_size=50, n_positions=64)
@@ -685,7 +686,7 @@ def test_sequence_level_kd_across_tokenizers(tmp_path, capsys):
 
 
 def test_collapsed_teacher_generations_are_warned_about(capsys):
-    from distill.llm.scheme import report_diversity
+    from distill.llm.generation import report_diversity
 
     assert report_diversity(torch.full((4, 10), 7)) == pytest.approx(1 / 40)
     assert "collapsed" in capsys.readouterr().err

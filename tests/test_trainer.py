@@ -10,7 +10,8 @@ from distill.core.checkpoint import load_checkpoint
 from distill.core.config import parse_config
 from distill.core.errors import ConfigError
 from distill.core.settings import ScheduleSettings
-from distill.loop.trainer import Trainer, lr_factor
+from distill.loop.optim import lr_factor
+from distill.loop.trainer import Trainer
 
 
 def test_loss_decreases_and_files_are_written(tmp_path):
@@ -222,7 +223,7 @@ def test_optimizer_kernels_take_the_same_steps(name):
     """impl auto picks the fused kernel for float CPU parameters; every kernel computes the
     same update (to float32 rounding)."""
     from distill.core.settings import TrainSettings
-    from distill.loop.trainer import make_optimizer
+    from distill.loop.optim import make_optimizer
 
     results = {}
     for impl in ("auto", "fused", "foreach", "loop"):

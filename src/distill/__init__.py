@@ -30,46 +30,7 @@ A domain plugs in by an entry in a table (`"module:attr"`, imported on first use
 lower layers never import it.
 """
 
-from distill.core.registry import alias_modules, lazy_exports
-
-# Modules that moved into the layer packages, by their former names: importing an old name
-# gives the module at its new place (`import distill.run` is `distill.app.run`).
-_MOVED = {
-    "distill.errors": "distill.core.errors",
-    "distill.registry": "distill.core.registry",
-    "distill.settings": "distill.core.settings",
-    "distill.config": "distill.core.config",
-    "distill.checkpoint": "distill.core.checkpoint",
-    "distill.logs": "distill.core.logs",
-    "distill.table": "distill.core.table",
-    "distill.rundir": "distill.core.rundir",
-    "distill.distributed": "distill.core.distributed",
-    "distill.trackers": "distill.core.trackers",
-    "distill.build": "distill.app.build",
-    "distill.validate": "distill.app.validate",
-    "distill.problems": "distill.app.problems",
-    "distill.terms": "distill.app.terms",
-    "distill.run": "distill.app.run",
-    "distill.run_check": "distill.app.run_check",
-    "distill.stages": "distill.app.stages",
-    "distill.cli": "distill.app.cli",
-    "distill.commands": "distill.app.commands",
-    "distill.demo": "distill.app.demo",
-    "distill.bench": "distill.app.bench",
-    "distill.tune": "distill.app.tune",
-    "distill.assess": "distill.app.assess",
-    "distill.artifacts": "distill.app.artifacts",
-    "distill.report": "distill.app.report",
-    "distill.reasoning": "distill.app.reasoning",
-    "distill.methods": "distill.app.methods",
-    "distill.blackbox": "distill.app.blackbox",
-    "distill.trainer": "distill.loop.trainer",
-    "distill.cache": "distill.loop.cache",
-    "distill.cache_keys": "distill.loop.cache_keys",
-    "distill.embed": "distill.llm.embed",
-    "distill.mlm": "distill.llm.mlm",
-}
-alias_modules(_MOVED)
+from distill.core.registry import lazy_exports
 
 # Each public name and the module it lives in. They are imported on first use (PEP 562),
 # so `import distill` and the CLI's `--help` do not import torch and every domain.

@@ -22,7 +22,7 @@ from typing import Any
 
 from pydantic import Field
 
-from distill.app.build import name_problems
+from distill.app.problems import name_problems
 from distill.core.checkpoint import atomic_write_text
 from distill.core.config import parse_config, read_yaml
 from distill.core.errors import ConfigError

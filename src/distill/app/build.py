@@ -16,20 +16,18 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from distill.app.problems import (  # noqa: F401
-    PRETRAINED_MODELS,
+from distill.app.problems import (
     _check_monitor,
     name_problems,
     teacher_from_cache,
 )
-from distill.app.terms import (  # noqa: F401  (re-exported for older imports)
+from distill.app.terms import (
     _add_input_grads,
     _dry_knowledge,
     _reads_input_grad,
     build_terms,
     check_classes,
     needs_teacher,
-    resolve_loss,
 )
 from distill.core.checkpoint import weights_info
 from distill.core.config import DataConfig, ExperimentConfig, ModelConfig
@@ -45,7 +43,7 @@ from distill.data import (
 )
 from distill.data.loading import is_stream
 from distill.loop.cache import CachePlan, TeacherCache, plan_cache
-from distill.loop.trainer import seed_everything
+from distill.loop.rng import seed_everything
 from distill.models import build_model
 from distill.models.weights import restore_weights
 from distill.objective import Objective, tapped_layers

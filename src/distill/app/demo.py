@@ -18,7 +18,8 @@ from distill.app.run import run_experiment
 from distill.core.config import parse_config
 from distill.core.errors import ensure_complete
 from distill.core.table import format_table
-from distill.evaluate import agreement, predict_logits
+from distill.evaluate import predict_logits
+from distill.metrics import agreement
 from distill.models.weights import restore_weights
 from distill.profile import count_parameters, file_size, latency_ms
 

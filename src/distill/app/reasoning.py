@@ -113,9 +113,10 @@ def accuracy(model, tests: list[tuple[int, int]], digits: int, style: str, task:
 def _train(
     name: str, out: Path, data: DataSplits, model_args: dict, epochs: int, seed: int, progress: bool
 ) -> tuple[Any, float]:
-    from distill.app.build import build_model
     from distill.core.settings import TrainSettings
-    from distill.loop.trainer import Trainer, seed_everything
+    from distill.loop.rng import seed_everything
+    from distill.loop.trainer import Trainer
+    from distill.models import build_model
     from distill.schemes import Supervised
 
     seed_everything(seed)

@@ -17,15 +17,10 @@ from distill.app.run_check import check_run_dir
 from distill.core import distributed, rundir
 from distill.core.checkpoint import atomic_write_text
 from distill.core.config import ExperimentConfig, dump_config
-from distill.evaluate import (
-    agreement,
-    classification_metrics,
-    evaluate,
-    predict_logits,
-    targets_of,
-)
+from distill.evaluate import classification_metrics, evaluate, predict_logits, targets_of
 from distill.loop.checks import check_free_space
 from distill.loop.trainer import Trainer
+from distill.metrics import agreement
 from distill.models.weights import restore_weights
 from distill.schemes.contract import Contract
 

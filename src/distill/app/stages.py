@@ -263,7 +263,7 @@ TEACHER_ASSISTANT = _TeacherAssistant()
 # ------------------------------------------------------------------------- running
 def pipeline_problems(cfg: ExperimentConfig) -> list[str]:
     """Problems of every stage that need no trained weights (names, args, stage wiring)."""
-    from distill.app.build import name_problems
+    from distill.app.problems import name_problems
 
     try:
         stages = expand(cfg)

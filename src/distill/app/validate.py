@@ -6,7 +6,8 @@ It sits above `distill.app.build` (which constructs the run's objects) and `dist
 
 from __future__ import annotations
 
-from distill.app.build import build, load_data, name_problems
+from distill.app.build import build, load_data
+from distill.app.problems import name_problems
 from distill.app.stages import expand, is_pipeline, pipeline_problems
 from distill.core.config import ExperimentConfig
 from distill.core.errors import CheckpointError, ConfigError, DataError, LayerError

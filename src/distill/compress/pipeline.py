@@ -33,7 +33,8 @@ from typing import Any
 import torch
 import yaml
 
-from distill.app.build import load_data, needs_teacher, weights_path
+from distill.app.build import load_data, weights_path
+from distill.app.terms import needs_teacher
 from distill.core import rundir
 from distill.core.checkpoint import atomic_write_bytes, atomic_write_text, save_weights
 from distill.core.config import (

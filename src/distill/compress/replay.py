@@ -13,9 +13,10 @@ from typing import Any
 from torch import nn
 
 from distill.compress.lowrank import replay_lowrank
-from distill.compress.quant import QuantSettings, prepare_qat
+from distill.compress.quant import prepare_qat
 from distill.compress.structure import ATTR, record, resized
 from distill.core.errors import CheckpointError
+from distill.core.settings import QuantSettings
 
 
 def _replay_resize(model: nn.Module, op: dict[str, Any]) -> None:

@@ -37,34 +37,6 @@ def lazy_exports(package: str, homes: dict[str, str]) -> Callable[[str], Any]:
     return __getattr__
 
 
-class _Alias:
-    """A meta path finder and loader: importing a module's former name gives the module
-    itself (one object under both names), so code written against the old layout works."""
-
-    def __init__(self, moved: Mapping[str, str]):
-        self.moved = dict(moved)
-
-    def find_spec(self, name: str, path: Any = None, target: Any = None) -> Any:
-        if name not in self.moved:
-            return None
-        import importlib.util
-
-        return importlib.util.spec_from_loader(name, self)
-
-    def create_module(self, spec: Any) -> types.ModuleType:
-        return importlib.import_module(self.moved[spec.name])
-
-    def exec_module(self, module: types.ModuleType) -> None:
-        return None  # the real module already ran
-
-
-def alias_modules(moved: Mapping[str, str]) -> None:
-    """Let each former module name of `moved` (old -> new) import the module at its new
-    place; asked only when no module of that name exists."""
-    if not any(isinstance(f, _Alias) for f in sys.meta_path):
-        sys.meta_path.append(_Alias(moved))
-
-
 def _top(module_name: str | None) -> str:
     return (module_name or "").split(".")[0]
 

@@ -1,6 +1,6 @@
 """Splits of data that is not in-memory arrays.
 
-Data read from disk (`distill.data.files.LazyData`) is split by index lists and label
+Data read from disk (`distill.data.lazy.LazyData`) is split by index lists and label
 arrays: the stratified validation split, `train_samples` / `unlabeled`, `classes`,
 `task_classes` and `label_map` never touch the inputs. Data its loader already split (text
 corpora, streams) is passed through, and the options that need random access to a stream
@@ -119,7 +119,7 @@ def lazy_splits(data: Any, o: SplitOptions) -> DataSplits:
 def split_prepared(raw: Any, name: str, o: SplitOptions) -> DataSplits:
     """Splits of data read from disk (by index lists) or already split by its loader (text
     corpora, streams: the options that need random access are refused)."""
-    from distill.data.files import LazyData
+    from distill.data.lazy import LazyData
     from distill.data.loading import is_stream
 
     views = o.view is not None or o.paired is not None

@@ -28,24 +28,26 @@ from torch import Tensor
 
 from distill.core.errors import ConfigError, DataError
 from distill.data.core import DataSplits
-from distill.data.files import (
-    LABEL_COLUMNS,
+from distill.data.lazy import (
     LazyData,
-    TableRows,
-    _column,
-    _feature_columns,
     _finish,
     _is_image,
     _is_text,
-    _labels_of,
     _no_other_options,
     _range_of,
-    _require_datasets,
     _transforms,
-    hf_cache_dir,
     text_pipeline,
 )
 from distill.data.records import LazySplit, sample_seed
+from distill.data.tables import (
+    LABEL_COLUMNS,
+    TableRows,
+    _column,
+    _feature_columns,
+    _labels_of,
+    _require_datasets,
+    hf_cache_dir,
+)
 from distill.data.transforms import Pipeline
 
 TEST_SPLITS = ("test", "validation", "valid", "val", "dev")
@@ -77,7 +79,7 @@ def _open(path: str, fmt: str | None, data_files: Any, data_dir: str | None, str
                 if fmt is not None and p.is_dir():
                     data_dir = str(p)
                 elif p.is_file():
-                    from distill.data.files import _file_format
+                    from distill.data.tables import _file_format
 
                     builder, data_files = _file_format(str(p), fmt, "hf"), str(p)
             ds = datasets.load_dataset(

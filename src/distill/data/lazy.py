@@ -1,6 +1,23 @@
 """What every on-disk source shares: `LazyData` (train and test `LazySplit`s read on
 access), label coding (`LabelCoder`: strings and stray ids to 0..C-1, announced), the
-transform pipelines, the carved test split and the checks of a loader's options."""
+transform pipelines, the carved test split and the checks of a loader's options.
+
+The user's own data on disk is read by these loaders, each returning `LazyData`, so the
+data may be far larger than memory. Decoding is Pillow's, file formats are Arrow's through
+Hugging Face `datasets` (CSV, Parquet, JSON/JSONL, Arrow, `save_to_disk` folders,
+`imagefolder`): distill writes no decoder of its own.
+
+| `data.name`    | what it reads                                                    | module   |
+| -------------- | ---------------------------------------------------------------- | -------- |
+| `image_folder` | `train/<class>/*.png` (the ImageNet layout), optional `test` dir | `images` |
+| `image_csv`    | a CSV of image paths and labels                                  | `images` |
+| `table`        | CSV / Parquet / JSON rows: named feature columns and a label     | `tables` |
+| `hf`           | any local Hugging Face dataset, map-style or `streaming: true`   | `hub`    |
+
+Labels that are strings are mapped to 0..C-1 in sorted order, and the mapping is printed
+and kept (`DataSplits.class_names`). Without a test set, one is carved out of train,
+stratified, with `test_fraction`.
+"""
 
 from __future__ import annotations
 

@@ -21,9 +21,8 @@ import torch
 from distill.core.errors import ConfigError, DataError
 from distill.core.registry import lookup, resolve
 from distill.data.core import DataSplits, split_indices
-from distill.data.raw import (  # noqa: F401  (re-exported: loaders import them from here)
+from distill.data.raw import (
     RawData,
-    _check_label_range,
     cache_dir,
     cached_arrays,
     check_raw,
@@ -156,16 +155,16 @@ DATASETS: dict[str, Callable[..., RawData | DataSplits]] = {
         "A local Hugging Face dataset, map-style or streamed (see `distill.data.hub`).",
     ),
     "image_folder": Loader(
-        "distill.data.files:load_image_folder",
-        "Images in one sub-folder per class, read lazily (see `distill.data.files`).",
+        "distill.data.images:load_image_folder",
+        "Images in one sub-folder per class, read lazily (see `distill.data.images`).",
     ),
     "image_csv": Loader(
-        "distill.data.files:load_image_csv",
-        "A CSV of image paths and labels, read lazily (see `distill.data.files`).",
+        "distill.data.images:load_image_csv",
+        "A CSV of image paths and labels, read lazily (see `distill.data.images`).",
     ),
     "table": Loader(
-        "distill.data.files:load_table",
-        "Rows of a CSV / Parquet / JSON file: feature columns and a label (`distill.data.files`).",
+        "distill.data.tables:load_table",
+        "Rows of a CSV / Parquet / JSON file: feature columns and a label (`distill.data.tables`).",
     ),
     "digits": load_digits,
     "digits_2d": load_digits_2d,
@@ -221,7 +220,7 @@ def load_dataset(
     modality and `paired` keeps a second modality beside them (see `distill.data.views`).
     """
     from distill.data.disk_splits import SplitOptions, split_prepared
-    from distill.data.files import LazyData
+    from distill.data.lazy import LazyData
 
     raw = _call_loader(name, options)
     if not isinstance(raw, DataSplits | LazyData):

@@ -16,7 +16,7 @@ from torch import Tensor
 
 from distill.core.errors import DataError
 from distill.data.core import DataSplits
-from distill.data.files import LabelCoder, LazyData, _finish
+from distill.data.lazy import LabelCoder, LazyData, _finish
 from distill.data.records import LazySplit
 from distill.data.transforms import Pipeline
 

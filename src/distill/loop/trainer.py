@@ -29,7 +29,7 @@ from distill.loop.optim import lr_factor, lr_groups, make_optimizer, resolve_dev
 from distill.loop.placement import autocast, shard_models, speed_up
 from distill.loop.progress import EpochProgress, report_row, stop_on_signals
 from distill.loop.resume import prepare_fit, restore, save, save_epoch, summary
-from distill.loop.rng import seed_everything  # noqa: F401  (re-exported)
+from distill.loop.rng import seed_everything
 from distill.loop.validation import validate
 from distill.schemes.contract import Contract, Scheme
 

@@ -90,7 +90,8 @@ def load_graph(
     `base` is any array dataset of the table (digits, mnist1d, ...); the graph joins train and
     test nodes (transductive), the labels stay with their split."""
     from distill.core.registry import lookup
-    from distill.data.sources import DATASETS, RawData, _as_raw
+    from distill.data.raw import RawData
+    from distill.data.sources import DATASETS, _as_raw
 
     if base == "graph":
         raise ConfigError("data.options.base: a graph needs a feature dataset, not 'graph'")

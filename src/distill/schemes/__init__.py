@@ -18,7 +18,8 @@ them are loaded when first used.
 from __future__ import annotations
 
 from distill.core.registry import lazy_exports
-from distill.schemes.table import SCHEMES, SchemeSpec, TeacherUse, list_schemes
+from distill.schemes.spec import SchemeSpec, TeacherUse
+from distill.schemes.table import SCHEMES, list_schemes
 
 _LAZY = {
     "Scheme": "distill.schemes.contract",
