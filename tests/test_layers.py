@@ -10,6 +10,7 @@ the layer of its longest listed prefix.
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -173,6 +174,73 @@ def test_no_module_imports_a_higher_layer():
         if _layer(b) > _layer(a)
     ]
     assert not upward, "imports into a higher layer:\n" + "\n".join(upward)
+
+
+# The registries: tables that name their entries as "module:attr" strings, imported by
+# name on first use (`distill.core.registry.resolve`). An entry may live in any layer: the
+# table's module never imports it, the application asks for it by name at run time. This
+# is how a domain plugs in without a lower layer importing it (distill/__init__.py).
+REGISTRIES = {
+    "distill.losses.table",  # LOSSES: every loss, by name
+    "distill.schemes.table",  # SCHEMES: every scheme, by name
+    "distill.llm.table",  # divergences and language-model entries
+    "distill.models",  # MODELS: the model builders, by name
+    "distill.data.sources",  # DATASETS: the data loaders, by name
+}
+_REF = re.compile(r"^(distill(?:\.\w+)+):(\w+)$")
+
+
+def _string_refs(path: Path) -> list[tuple[str, str]]:
+    """Every "distill.module:attr" string in the module's source."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str):
+            match = _REF.match(node.value)
+            if match:
+                found.append((match.group(1), match.group(2)))
+    return found
+
+
+def _top_level_names(path: Path) -> set[str]:
+    names: set[str] = set()
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            names.add(node.name)
+        elif isinstance(node, ast.Assign):
+            names.update(t.id for t in node.targets if isinstance(t, ast.Name))
+        elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            names.add(node.target.id)
+        elif isinstance(node, ast.Import | ast.ImportFrom):
+            names.update((a.asname or a.name).split(".")[0] for a in node.names)
+    return names
+
+
+def test_string_references_are_imports_too_and_only_registries_point_upward():
+    """A "module:attr" string is an import made later: outside the registries it obeys the
+    layer rule like an import statement (issue 43), and every one names a module file that
+    defines the attribute (checked from the source, without importing it)."""
+    known = _modules()
+    upward, broken, count = [], [], 0
+    for name, path in known.items():
+        for module, attr in _string_refs(path):
+            count += 1
+            if module not in known:
+                broken.append(f"{name}: {module}:{attr} (no such module)")
+            elif attr not in _top_level_names(known[module]):
+                broken.append(f"{name}: {module}:{attr} (no such name there)")
+            elif name not in REGISTRIES and _layer(module) > _layer(name):
+                upward.append(f"{name} names {module}:{attr}")
+    assert count > 100  # the tables are read at all
+    assert not broken, "string references that do not resolve:\n" + "\n".join(broken)
+    assert not upward, "string references into a higher layer:\n" + "\n".join(upward)
+
+
+def test_the_string_reference_check_sees_a_broken_or_upward_one(tmp_path):
+    src = tmp_path / "m.py"
+    src.write_text('TABLE = {"a": "distill.loop.trainer:Trainer", "b": "not a ref"}\n')
+    assert _string_refs(src) == [("distill.loop.trainer", "Trainer")]
+    assert "Trainer" in _top_level_names(_modules()["distill.loop.trainer"])
+    assert "Nope" not in _top_level_names(_modules()["distill.loop.trainer"])
 
 
 def test_the_checker_sees_function_level_imports_and_cycles(tmp_path):

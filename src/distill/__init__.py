@@ -26,8 +26,11 @@ import graph, function-level imports included, by `tests/test_layers.py`):
    training ones start through `app.startup`); with the pipelines of `compress` and
    `paradigms` (federated, interpret, lifelong).
 
-A domain plugs in by an entry in a table (`"module:attr"`, imported on first use), so the
-lower layers never import it.
+A domain plugs in by an entry in a registry table (`"module:attr"`, imported by name on
+first use), so the lower layers never import it. The registries are `losses.table`,
+`schemes.table`, `llm.table`, `models` and `data.sources`; their entries may name any layer,
+and `tests/test_layers.py` checks that each one names a module that defines it, and that
+no "module:attr" string outside them points to a higher layer.
 """
 
 from distill.core.registry import lazy_exports
