@@ -250,7 +250,7 @@ class _Models:
 
         student = model(cfg.student, "student")
         teacher = None
-        if cfg.teacher is not None and teacher_from_cache(cfg):
+        if cfg.teacher is not None and teacher_from_cache(cfg, spec):
             print(
                 "scheme.args.teacher_cache: the teacher's outputs come from the cache, so the "
                 "teacher section is not loaded (and the teacher's own test metrics are left "

@@ -113,17 +113,18 @@ def _scheme_problems(cfg: ExperimentConfig, spec: Any) -> list[str]:
     return problems
 
 
-def teacher_from_cache(cfg: Any) -> bool:
-    """Whether the run reads its teacher from a `distill lm-cache` cache instead of a model
-    (then no teacher is loaded: training uses the student's memory alone)."""
-    return cfg.scheme.name == "lm_kd" and bool(cfg.scheme.args.get("teacher_cache"))
+def teacher_from_cache(cfg: Any, spec: Any) -> bool:
+    """Whether the run reads its teacher from a cache of its outputs (`distill lm-cache`)
+    instead of a model: then no teacher is loaded, and training holds the student alone."""
+    arg = getattr(spec, "teacher_cache_arg", None)
+    return bool(arg and cfg.scheme.args.get(arg))
 
 
 def _teacher_problems(cfg: ExperimentConfig, spec: Any) -> list[str]:
     """What the scheme's use of a teacher (none, required, optional, teachers) asks of the
     config's teacher and teachers sections."""
     problems, name = [], cfg.scheme.name
-    if teacher_from_cache(cfg):  # the cache is the teacher: a section is optional
+    if teacher_from_cache(cfg, spec):  # the cache is the teacher: a section is optional
         return problems
     if spec.teacher == "required" and cfg.teacher is None:
         problems.append(f"teacher: the {name} scheme needs a teacher section (name, args, weights)")

@@ -86,8 +86,27 @@ def kd_loss(
     gradients shrink as 1/T^2), so the weight against the task loss means the same at any T.
     """
     _check(student_logits, teacher_logits, temperature)
+    return _row_mean(kd_rows(student_logits, teacher_logits, temperature), mask)
+
+
+def kd_rows(
+    student_logits: Tensor, teacher_logits: Tensor, temperature: float, dim: int = -1
+) -> Tensor:
+    """Hinton et al.'s term per row: T^2 * KL(p_teacher^T || p_student^T) along `dim`.
+
+    The one T^2-scaled KL of the library: `kd_loss` and the schemes that weight or pick
+    rows (multi-teacher weighting, SSKD's kept rows, dropout self-distillation) use it."""
     log_s, log_t = _log_probs(student_logits, teacher_logits, temperature)
-    return temperature**2 * _row_mean(kl_rows(log_t, log_s), mask)
+    return temperature**2 * kl_rows(log_t, log_s, dim)
+
+
+def symmetric_kl(logits_a: Tensor, logits_b: Tensor, temperature: float) -> Tensor:
+    """T^2 * (KL(p_a^T || p_b^T) + KL(p_b^T || p_a^T)), mean over rows, with gradients into
+    both sides: two stochastic views of one model taught by each other (dropout
+    self-distillation, Lee et al. 2022)."""
+    log_a = F.log_softmax(at_least_float32(logits_a) / temperature, dim=-1)
+    log_b = F.log_softmax(at_least_float32(logits_b) / temperature, dim=-1)
+    return temperature**2 * (kl_rows(log_a, log_b) + kl_rows(log_b, log_a)).mean()
 
 
 def soft_cross_entropy(

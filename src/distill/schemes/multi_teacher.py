@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from distill.core.errors import ConfigError
 from distill.core.settings import Strict
 from distill.data import load_batch
-from distill.losses.response import kl_rows
+from distill.losses.response import kd_rows
 from distill.objective import ADAPTERS
 from distill.schemes.base import (
     SchemeBase,
@@ -290,11 +290,9 @@ class MultiTeacher(SchemeBase):
         w = self.weights(probs1, batch, sk.logits)
         per_teacher = []
         for t, cls in zip(teachers, self.classes):
-            log_t = F.log_softmax(t.logits.float() / a.temperature, 1)
-            log_s = F.log_softmax(sk.logits.float()[:, cls.to(x.device)] / a.temperature, 1)
-            per_teacher.append(kl_rows(log_t, log_s, dim=1))
-        kl = torch.stack(per_teacher, 1)  # (N, K)
-        out["kd"] = a.temperature**2 * (w * kl).sum(1).mean()
+            per_teacher.append(kd_rows(sk.logits[:, cls.to(x.device)], t.logits, a.temperature))
+        kd = torch.stack(per_teacher, 1)  # (N, K): T^2-scaled KL per row and teacher
+        out["kd"] = (w * kd).sum(1).mean()
         total = total + a.kd_weight * out["kd"]
         if self.feature_adapters is not None:
             f = a.feature

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from distill.core.errors import ConfigError
 from distill.core.settings import Strict
 from distill.data import load_batch
-from distill.losses.response import kl_rows
+from distill.losses.response import symmetric_kl
 from distill.schemes.base import (
     Head,
     SampleMemory,
@@ -293,11 +293,8 @@ class SDDropout(SchemeBase):
         f = k.feats[a.feature]
         z1 = self.classifier(F.dropout(f, a.rate, training=True))
         z2 = self.classifier(F.dropout(f, a.rate, training=True))
-        log1 = F.log_softmax(z1.float() / a.temperature, -1)
-        log2 = F.log_softmax(z2.float() / a.temperature, -1)
-        sym = (kl_rows(log1, log2) + kl_rows(log2, log1)).mean()
         total, out = self.student_objective(k, batch, step)
-        out["sd_dropout"] = a.temperature**2 * sym
+        out["sd_dropout"] = symmetric_kl(z1, z2, a.temperature)
         return {"loss": total + a.weight * out["sd_dropout"], **out}
 
 

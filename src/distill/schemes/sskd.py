@@ -32,7 +32,7 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from distill.core.settings import Strict
-from distill.losses.response import kl_rows
+from distill.losses.response import kd_rows
 from distill.schemes.base import (
     SchemeBase,
     SchemeContext,
@@ -100,9 +100,7 @@ def kept_rows(teacher_scores: Tensor, truth: Tensor, ratio: float) -> Tensor:
 def _kd_rows(student: Tensor, teacher: Tensor, temperature: float, rows: Tensor) -> Tensor:
     if len(rows) == 0:
         return student.new_zeros((), dtype=torch.float32)
-    log_s = F.log_softmax(student[rows].float() / temperature, -1)
-    log_t = F.log_softmax(teacher[rows].float() / temperature, -1)
-    return temperature**2 * kl_rows(log_t, log_s).mean()
+    return kd_rows(student[rows], teacher[rows], temperature).mean()
 
 
 class SSKD(SchemeBase):

@@ -243,6 +243,7 @@ SCHEMES: dict[str, SchemeSpec] = {
         "required",
         builder="distill.llm.scheme:LMDistillation",
         args_from="distill.llm.scheme:LMKDArgs",
+        teacher_cache_arg="teacher_cache",
         arg_names=(
             "alpha",
             "beta",
