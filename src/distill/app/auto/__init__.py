@@ -128,10 +128,10 @@ def _auto(settings: AutoSettings, join: bool) -> AutoResult | None:
     finals_runs = settings.finalists * settings.seeds + 2 * min(settings.finalists, len(chosen)) * (
         settings.seeds - 1
     )
-    finals_runs += 2 * (settings.max_seeds - settings.seeds)  # a second look, should it come
     search = Search(
-        settings, chosen, methods, pairing, deadline=deadline, finals_runs=finals_runs, joined=join
-    )
+        settings, chosen, methods, pairing, deadline=deadline, finals_runs=finals_runs,
+        second_look_runs=2 * (settings.max_seeds - settings.seeds), joined=join,
+    )  # fmt: skip
     search.run()
     trials = search.trials()
     if join:

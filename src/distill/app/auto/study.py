@@ -41,6 +41,7 @@ from distill.app.auto.space import BASELINES, Pairing, objective_for
 from distill.core.errors import ConfigError, RunStopped
 
 STUDY = "distill-auto"
+SECOND_LOOK_SHARE = 0.2  # time is kept for a second look costing at most this share of --time
 PROCESS_START_S = 5.0  # a final run's own process: Python, torch and the data, before training
 
 
@@ -233,11 +234,14 @@ class Search:
         *,
         deadline: float | None,
         finals_runs: int,
+        second_look_runs: int = 0,
         joined: bool = False,
     ):
         self.settings, self.pairing, self.methods = settings, pairing, methods
         self.candidates = {c.label: c for c in candidates}
         self.deadline, self.finals_runs, self.joined = deadline, finals_runs, joined
+        self.second_look_runs = second_look_runs
+        self.started = time.time()
         self.study = self._open(fingerprint(settings, candidates, methods))
 
     # ------------------------------------------------------------------ the study
@@ -422,7 +426,11 @@ class Search:
         if self.deadline is None:
             return
         trial_s = self.mean_full_trial_s()
-        finals_s = self.finals_runs * (trial_s + PROCESS_START_S) / final_parallel(self.settings)
+        run_s = (trial_s + PROCESS_START_S) / final_parallel(self.settings)
+        finals_s = self.finals_runs * run_s
+        second_s = self.second_look_runs * run_s
+        if second_s <= SECOND_LOOK_SHARE * (self.deadline - self.started):
+            finals_s += second_s  # kept for a second look when it is cheap enough
         if time.time() + trial_s + finals_s > self.deadline:
             study.stop()
 
