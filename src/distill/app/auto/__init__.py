@@ -217,12 +217,12 @@ def _second_look(verdict: Any, settings: AutoSettings, search: Any, deadline: fl
     need = runs * (search.mean_full_trial_s() + PROCESS_START_S) / final_parallel(settings)
     if deadline is not None and time.time() + need > deadline:
         best.seeds = scratch.seeds = 0
-        _say(
-            settings,
+        verdict.text.append(
             f"undecided (gain {100 * verdict.gain:+.2f} points, p = {verdict.p:.3f}), and no "
             f"time left for a second look at {runs} more runs (about {need:.0f} s); give "
-            "more --time, or --seeds for a first look at more seeds",
+            "more --time, or --seeds for a first look at more seeds"
         )
+        _say(settings, verdict.text[-1])
         return False
     _say(
         settings,
