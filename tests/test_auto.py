@@ -223,6 +223,49 @@ def test_auto_end_to_end_chooses_on_validation_and_hands_over(teacher_run, tmp_p
 
     state, _ = load_weights(out / "student.safetensors")
     assert any(k.startswith("head") for k in state)
+    _dashboard_serves(out / "study.db")
+
+
+def _dashboard_serves(db: Path) -> None:
+    """optuna-dashboard, the real server a user starts, reads the study as it is: every
+    trial, with its student, method and score."""
+    import shutil
+    import socket
+    import urllib.request
+
+    exe = shutil.which("optuna-dashboard")
+    if exe is None:
+        pytest.skip("optuna-dashboard is not installed (pip install optuna-dashboard)")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = subprocess.Popen(
+        [exe, f"sqlite:///{db}", "--host", "127.0.0.1", "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    base = f"http://127.0.0.1:{port}/api/studies"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                studies = json.loads(urllib.request.urlopen(base, timeout=5).read())
+                break
+            except OSError:
+                assert time.monotonic() < deadline and server.poll() is None, "no dashboard"
+                time.sleep(0.3)
+        [summary] = studies["study_summaries"]
+        assert summary["study_name"] == "distill-auto"
+        detail = json.loads(
+            urllib.request.urlopen(f"{base}/{summary['study_id']}?after=0", timeout=10).read()
+        )
+        optuna_study = _study(db.parent)
+        assert len(detail["trials"]) == len(optuna_study.trials)
+        names = {p["name"] for t in detail["trials"] for p in t["params"]}
+        assert {"student", "method"} <= names
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
 
 
 def test_a_teacher_over_the_budget_is_offered_pruned_and_at_int8(teacher_run, tmp_path):
