@@ -134,6 +134,70 @@ def test_distillation_trainer_takes_a_chat_dataset_and_processing_class(tmp_path
         DistillationTrainer(model=student, args=args, train_dataset=data, teacher_model=teacher)
 
 
+@pytest.mark.parametrize("conversational", [False, True])
+def test_distillation_trainer_on_prompts_alone_as_trl_users_write_them(tmp_path, conversational):
+    """Issue 42: prompt-only data (string or conversational prompts) trains on-policy, the
+    student writing and the teacher scoring; without generation it is refused clearly."""
+    datasets = pytest.importorskip("datasets")
+    from transformers import TrainingArguments
+
+    from distill import DistillationTrainer
+
+    tok = _tokenizer("chatml")
+    teacher, student = _pair(len(tok))
+    prompt = CHAT[:1] if conversational else "hello how are you"
+    data = datasets.Dataset.from_list([{"prompt": prompt}] * 8)
+    args = TrainingArguments(
+        output_dir=str(tmp_path), max_steps=2, per_device_train_batch_size=4, report_to=[],
+        use_cpu=True, save_strategy="no",
+    )  # fmt: skip
+    trainer = DistillationTrainer(
+        model=student, args=args, train_dataset=data, processing_class=tok,
+        teacher_model=teacher, lmbda=1.0, max_new_tokens=4,
+    )  # fmt: skip
+    row = trainer.train_dataset[0]
+    assert all(y == -100 for y in row["labels"])  # nothing to learn until it is completed
+    if conversational:  # rendered with the generation prompt: the assistant writes next
+        assert tok.convert_ids_to_tokens(row["input_ids"])[-1] == "assistant"
+    out = trainer.train()
+    assert out.global_step == 2 and torch.isfinite(torch.tensor(out.training_loss))
+    with pytest.raises(ValueError, match="prompts alone.*lmbda=1.0"):
+        DistillationTrainer(
+            model=student, args=args, train_dataset=data, processing_class=tok,
+            teacher_model=teacher, lmbda=0.5,
+        )  # fmt: skip
+
+
+def test_extra_columns_go_to_the_users_own_collator(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    from transformers import TrainingArguments
+
+    from distill import DistillationTrainer
+
+    tok = _tokenizer("chatml")
+    teacher, student = _pair(len(tok))
+    ids = tok("hello how are you")["input_ids"]
+    data = datasets.Dataset.from_list([{"tokens": ids, "source": "web"}] * 8)
+    seen = []
+
+    def collate(rows):
+        seen.append({r["source"] for r in rows})
+        x = torch.tensor([r["tokens"] for r in rows])
+        return {"input_ids": x, "attention_mask": torch.ones_like(x), "labels": x.clone()}
+
+    args = TrainingArguments(
+        output_dir=str(tmp_path), max_steps=1, per_device_train_batch_size=4, report_to=[],
+        use_cpu=True, save_strategy="no", remove_unused_columns=False,
+    )  # fmt: skip
+    trainer = DistillationTrainer(
+        model=student, args=args, train_dataset=data, data_collator=collate,
+        teacher_model=teacher,
+    )  # fmt: skip
+    assert trainer.train().global_step == 1 and seen and all(s == {"web"} for s in seen)
+    with pytest.raises(ValueError, match="data_collator of yours"):
+        DistillationTrainer(model=student, args=args, train_dataset=data, teacher_model=teacher)
+
+
 def test_a_streamed_chat_dataset_is_tokenised_as_it_is_read():
     datasets = pytest.importorskip("datasets")
     tok = _tokenizer("chatml")

@@ -6,7 +6,10 @@ Three shapes, recognised by their columns (as TRL's trainers recognise them):
 - prompt / completion: `prompt` and `completion`; only the completion's tokens (and the
   end-of-sequence token after it) carry loss;
 - conversational: `messages`, a list of `{"role", "content"}` rendered with the tokenizer's
-  chat template; only the assistant turns' tokens carry loss.
+  chat template; only the assistant turns' tokens carry loss;
+- prompt only: `prompt` alone, a string or a conversation (rendered with the chat
+  template and the generation prompt); no token carries loss until a completion is
+  generated for it (on-policy KD: the student writes, the teacher scores).
 
 The assistant mask is found by rendering the conversation up to each turn: the tokens of
 `template(messages[:k+1])` past those of `template(messages[:k], add_generation_prompt)`
@@ -21,7 +24,12 @@ from typing import Any
 
 import torch
 
-SHAPES = {"text": ("text",), "prompt": ("prompt", "completion"), "messages": ("messages",)}
+SHAPES = {
+    "text": ("text",),
+    "prompt": ("prompt", "completion"),
+    "messages": ("messages",),
+    "prompt_only": ("prompt",),
+}
 
 
 def shape_of(columns: list[str]) -> str | None:
@@ -31,13 +39,15 @@ def shape_of(columns: list[str]) -> str | None:
     for shape, needed in (
         ("messages", ("messages",)),
         ("prompt", SHAPES["prompt"]),
+        ("prompt_only", SHAPES["prompt_only"]),
         ("text", ("text",)),
     ):
         if all(c in columns for c in needed):
             return shape
     raise ValueError(
         f"the dataset has columns {columns}; give input_ids (tokenised), text, prompt + "
-        f"completion, or messages (a list of {{role, content}})"
+        f"completion, prompt alone (completed on-policy), or messages (a list of "
+        f"{{role, content}}); other columns need a data_collator of yours that reads them"
     )
 
 
@@ -60,25 +70,28 @@ def encode_prompt(example: dict, tokenizer: Any) -> tuple[list[int], list[int]]:
     return prompt + completion, [-100] * len(prompt) + completion
 
 
-def encode_messages(example: dict, tokenizer: Any) -> tuple[list[int], list[int]]:
+def _need_template(tokenizer: Any, what: str) -> None:
     if not getattr(tokenizer, "chat_template", None):
         raise ValueError(
-            "the dataset holds conversations (messages), but the tokenizer has no chat "
-            "template; set tokenizer.chat_template (a Jinja template) or render the "
-            "conversations to text yourself"
+            f"the dataset holds {what}, but the tokenizer has no chat template; set "
+            f"tokenizer.chat_template (a Jinja template) or render the conversations to text "
+            f"yourself"
         )
+
+
+def encode_messages(example: dict, tokenizer: Any) -> tuple[list[int], list[int]]:
+    _need_template(tokenizer, "conversations (messages)")
     messages = example["messages"]
 
-    def render(turns: list[dict], prompt: bool) -> list[int]:
-        text = tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=prompt)
-        return _ids(tokenizer, text, False)
-
-    ids = render(messages, False)
+    ids = _render(tokenizer, messages, False)
     labels = [-100] * len(ids)
     for k, turn in enumerate(messages):
         if turn.get("role") != "assistant":
             continue
-        before, upto = render(messages[:k], True), render(messages[: k + 1], False)
+        before, upto = (
+            _render(tokenizer, messages[:k], True),
+            _render(tokenizer, messages[: k + 1], False),
+        )
         if ids[: len(upto)] != upto or upto[: len(before)] != before:
             raise ValueError(
                 f"messages turn {k}: the chat template does not render a shorter conversation "
@@ -88,7 +101,29 @@ def encode_messages(example: dict, tokenizer: Any) -> tuple[list[int], list[int]
     return ids, labels
 
 
-ENCODERS = {"text": encode_text, "prompt": encode_prompt, "messages": encode_messages}
+def _render(tokenizer: Any, turns: list[dict], prompt: bool) -> list[int]:
+    text = tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=prompt)
+    return _ids(tokenizer, text, False)
+
+
+def encode_prompt_only(example: dict, tokenizer: Any) -> tuple[list[int], list[int]]:
+    """A prompt to be completed by a model: no label yet. A conversation is rendered with
+    the generation prompt, so the completion starts as the assistant's turn."""
+    prompt = example["prompt"]
+    if isinstance(prompt, list):
+        _need_template(tokenizer, "prompts as conversations")
+        ids = _render(tokenizer, prompt, True)
+    else:
+        ids = _ids(tokenizer, prompt, True)
+    return ids, [-100] * len(ids)
+
+
+ENCODERS = {
+    "text": encode_text,
+    "prompt": encode_prompt,
+    "messages": encode_messages,
+    "prompt_only": encode_prompt_only,
+}
 
 
 def tokenize_dataset(dataset: Any, tokenizer: Any, max_length: int = 1024) -> Any:

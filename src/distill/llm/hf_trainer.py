@@ -11,8 +11,11 @@ The loss is normalised by the supervised tokens of the whole optimizer step
 gradient accumulation does not change it.
 
 Text data: with `processing_class=tokenizer`, datasets of `text`, `prompt` + `completion`,
-or chat `messages` are tokenised here (the loss on completion / assistant tokens only; see
-`distill.llm.chat`), and padded by a collator when none is given.
+chat `messages`, or `prompt` alone (a string or a conversation, completed on-policy with
+`lmbda=1.0` or by the teacher with `seq_kd=True`, as TRL's trainers take it) are tokenised
+here (the loss on completion / assistant / generated tokens only; see `distill.llm.chat`),
+and padded by a collator when none is given. A dataset with other columns is passed as it
+is to a `data_collator` of yours.
 
 PEFT: `peft_config=LoraConfig(...)` wraps the student with `peft.get_peft_model` (only the
 adapter trains; `save_model` writes only the adapter, as `Trainer` does for PEFT models);
@@ -71,7 +74,13 @@ class DistillationTrainer(transformers.Trainer):
         if max_new_tokens < 1 or generation_temperature < 0:
             raise ValueError("max_new_tokens must be >= 1 and generation_temperature >= 0")
         div_args = divergence_args(divergence, temperature, beta, alpha)  # checks the name
-        _prepare_text(kwargs, max_length)
+        shapes = _prepare_text(kwargs, max_length)
+        if shapes.get("train_dataset") == "prompt_only" and lmbda < 1.0 and not seq_kd:
+            raise ValueError(
+                "the training data holds prompts alone, which carry no tokens to learn until "
+                "a model completes them: set lmbda=1.0 (on-policy: the student writes, the "
+                "teacher scores) or seq_kd=True (the teacher writes)"
+            )
         if peft_config is not None:
             if "model" in kwargs:
                 kwargs["model"] = with_adapter(kwargs["model"], peft_config)
@@ -219,27 +228,38 @@ class DistillationTrainer(transformers.Trainer):
             self.processing_class.save_pretrained(path)
 
 
-def _prepare_text(kwargs: dict[str, Any], max_length: int) -> None:
-    """Untokenised datasets (text, prompt/completion, messages) tokenised with the
-    `processing_class`, and a padding collator when none is given (see distill.llm.chat)."""
+def _prepare_text(kwargs: dict[str, Any], max_length: int) -> set[str]:
+    """Untokenised datasets (text, prompt/completion, prompt alone, messages) tokenised with
+    the `processing_class`, and a padding collator when none is given (see
+    distill.llm.chat). A dataset of other columns is left to the user's `data_collator`.
+    Returns the shapes found, by dataset key."""
     from distill.llm.chat import PadCollator, shape_of, tokenize_dataset
 
     tokenizer = kwargs.get("processing_class")
+    shapes = {}
     for key in ("train_dataset", "eval_dataset"):
         data = kwargs.get(key)
         if data is None or isinstance(data, dict):
             continue
         columns = list(getattr(data, "column_names", None) or (data[0].keys() if len(data) else []))
-        if shape_of(columns) is None:
+        try:
+            shape = shape_of(columns)
+        except ValueError:
+            if kwargs.get("data_collator") is not None:
+                continue  # the user's collator reads its own columns
+            raise
+        if shape is None:
             continue
         if tokenizer is None:
             raise ValueError(
                 f"{key} holds text ({', '.join(columns)}); pass processing_class=<tokenizer> "
                 f"to tokenise it"
             )
+        shapes[key] = shape
         kwargs[key] = tokenize_dataset(data, tokenizer, max_length)
         if kwargs.get("data_collator") is None:
             kwargs["data_collator"] = PadCollator(tokenizer)
+    return shapes
 
 
 def with_adapter(model: torch.nn.Module, peft_config: Any) -> torch.nn.Module:
