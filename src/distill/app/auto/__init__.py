@@ -221,8 +221,7 @@ def _second_look(verdict: Any, settings: AutoSettings, search: Any, deadline: fl
             f"undecided (gain {100 * verdict.gain:+.2f} points, p = {verdict.p:.3f}), and no "
             f"time left for a second look at {runs} more runs (about {need:.0f} s); give "
             "more --time, or --seeds for a first look at more seeds"
-        )
-        _say(settings, verdict.text[-1])
+        )  # (said with the verdict's other lines)
         return False
     _say(
         settings,
