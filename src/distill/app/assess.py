@@ -43,11 +43,11 @@ def load_run(run_dir: str | Path) -> tuple[nn.Module, DataSplits, Path]:
 
 
 def _load_model(spec: ModelConfig, data: DataSplits, path: Path, role: str) -> nn.Module:
-    from distill.app.build import _has_adapter, restore_into, with_peft
+    from distill.app.build import has_adapter, restore_into, with_peft
 
     model = build_model(spec.name, data.input_shape, data.num_classes, spec.args)
     model = restore_into(model, spec, path, role)
-    return (model if _has_adapter(model) else with_peft(model, spec, role)).eval()
+    return (model if has_adapter(model) else with_peft(model, spec, role)).eval()
 
 
 def _teacher_of(run_dir: Path, data: DataSplits) -> nn.Module | None:

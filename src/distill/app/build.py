@@ -17,16 +17,16 @@ import torch
 from torch import Tensor, nn
 
 from distill.app.problems import (
-    _check_monitor,
+    check_monitor,
     name_problems,
     teacher_from_cache,
 )
 from distill.app.terms import (
-    _add_input_grads,
-    _dry_knowledge,
     _reads_input_grad,
+    add_input_grads,
     build_terms,
     check_classes,
+    dry_knowledge,
     needs_teacher,
 )
 from distill.core.checkpoint import weights_info
@@ -119,7 +119,7 @@ def load_model(
         if missing_weights_ok and not path.exists():
             return with_peft(model, spec, role)
         model = restore_into(model, spec, path, role)
-    if not _has_adapter(model):
+    if not has_adapter(model):
         model = with_peft(model, spec, role)
     if getattr(spec, "quantize", None) is not None:
         from distill.compress.quant import is_quantized, prepare_qat
@@ -154,7 +154,7 @@ def restore_into(model: nn.Module, spec: ModelConfig, path: Path, role: str) -> 
     return model
 
 
-def _has_adapter(model: nn.Module) -> bool:
+def has_adapter(model: nn.Module) -> bool:
     return hasattr(model, "peft_config") and hasattr(model, "get_base_model")
 
 
@@ -230,7 +230,7 @@ def _buildable(cfg: ExperimentConfig) -> Any:
             f"scheme {cfg.scheme.name!r} runs in stages; start it with distill run "
             f"(or distill.app.run.run_experiment), which trains each stage in turn"
         )
-    _check_monitor(cfg.scheme.name, spec, cfg.train.monitor)
+    check_monitor(cfg.scheme.name, spec, cfg.train.monitor)
     return spec
 
 
@@ -272,11 +272,11 @@ def _objective(
     student, teacher, offline = models.student, models.teacher, spec.taps_teacher
     student_layers = tapped_layers(t.student for t in cfg.objective.terms)
     teacher_layers = tapped_layers(t.teacher for t in cfg.objective.terms)
-    student_k = _dry_knowledge(student, student_layers, batch, f"student {cfg.student.name}")
+    student_k = dry_knowledge(student, student_layers, batch, f"student {cfg.student.name}")
     teacher_k = None
     if teacher is not None and offline:
         teacher_batch = {**batch, "input": teacher_input(batch)}
-        teacher_k = _dry_knowledge(
+        teacher_k = dry_knowledge(
             teacher, teacher_layers, teacher_batch, f"teacher {cfg.teacher.name}"
         )
     # sentence encoders output embeddings, denoisers images, detectors boxes: not classes
@@ -290,7 +290,7 @@ def _objective(
             data, student_k, teacher_k, padded=spec.family == "llm", teacher_logits_read=logits_read
         )
     if teacher_k is not None and _reads_input_grad(cfg):
-        _add_input_grads(
+        add_input_grads(
             student, teacher, student_layers, teacher_layers, batch, student_k, teacher_k
         )
     terms = build_terms(

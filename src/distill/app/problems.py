@@ -157,7 +157,7 @@ def _teacher_problems(cfg: ExperimentConfig, spec: Any) -> list[str]:
     return problems
 
 
-def _check_monitor(name: str, spec: Any, monitor: str) -> None:
+def check_monitor(name: str, spec: Any, monitor: str) -> None:
     """`train.monitor` must be a metric the scheme's validation reports."""
     if monitor in spec.monitors:
         return

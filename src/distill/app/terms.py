@@ -36,7 +36,7 @@ def is_module_loss(fn: object) -> bool:
 
 # Builders that load trained weights themselves (a teacher needs no weights: file then)
 @torch.no_grad()
-def _dry_knowledge(
+def dry_knowledge(
     model: nn.Module, layers: list[str], batch: dict[str, Tensor], role: str
 ) -> Knowledge:
     was_training = model.training
@@ -59,7 +59,7 @@ def _reads_input_grad(cfg: ExperimentConfig) -> bool:
     return reads_input_grad(w for t in cfg.objective.terms for w in (t.student, t.teacher))
 
 
-def _add_input_grads(
+def add_input_grads(
     student: nn.Module,
     teacher: nn.Module,
     student_layers: list[str],

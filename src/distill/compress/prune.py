@@ -24,10 +24,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from distill.compress.structure import _BN, _CONV, record, resized
+from distill.compress.structure import BN, CONV, record, resized
 from distill.core.settings import SparsitySettings
 
-PRUNABLE = (nn.Linear, *_CONV)
+PRUNABLE = (nn.Linear, *CONV)
 
 
 def prunable_weights(model: nn.Module, skip: Sequence[str] = ()) -> dict[str, Tensor]:
@@ -215,7 +215,7 @@ def _dependents(gm, node, modules: dict[str, nn.Module]) -> dict[str, Any]:
         for user in n.users:
             if user.op == "call_module":
                 m = modules[user.target]
-                if isinstance(m, _BN) and channel_dim == 1:
+                if isinstance(m, BN) and channel_dim == 1:
                     out["norms"].append(user.target)
                     walk(user, span, channel_dim)
                 elif isinstance(m, _PASS_MODULES):
@@ -224,7 +224,7 @@ def _dependents(gm, node, modules: dict[str, nn.Module]) -> dict[str, Any]:
                     walk(user, span * math.prod(n.meta["tensor_meta"].shape[2:]), -1)
                 elif isinstance(m, nn.Linear) and channel_dim == -1:
                     out["readers"].append((user.target, span))
-                elif isinstance(m, _CONV) and channel_dim == 1 and m.groups == 1:
+                elif isinstance(m, CONV) and channel_dim == 1 and m.groups == 1:
                     out["readers"].append((user.target, 1))
                 else:
                     raise _Blocked
@@ -257,7 +257,7 @@ def channel_groups(model: nn.Module, example: Tensor, skip: Sequence[str] = ()) 
         if node.op != "call_module" or node.target in skip:
             continue
         m = modules[node.target]
-        if not isinstance(m, PRUNABLE) or (isinstance(m, _CONV) and m.groups != 1):
+        if not isinstance(m, PRUNABLE) or (isinstance(m, CONV) and m.groups != 1):
             continue
         if isinstance(m, nn.Linear) and len(node.meta["tensor_meta"].shape) < 2:
             continue

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from distill.compress.structure import _CONV, record
+from distill.compress.structure import CONV, record
 from distill.core.settings import QuantSettings
 
 
@@ -118,7 +118,7 @@ def prepare_qat(model: nn.Module, settings: QuantSettings, *, fresh: bool = True
     targets = [
         name
         for name, m in model.named_modules()
-        if isinstance(m, (nn.Linear, *_CONV))
+        if isinstance(m, (nn.Linear, *CONV))
         and name
         and not any(name == s or name.startswith(s + ".") for s in settings.skip)
         and not isinstance(_parent(model, name), QuantLayer)

@@ -18,8 +18,8 @@ from torch import nn
 
 ATTR = "distill_structure"
 
-_CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
-_BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
 
 def structure_of(model: nn.Module) -> list[dict[str, Any]]:
@@ -41,7 +41,7 @@ def resized(module: nn.Module, *, inputs: int | None = None, outputs: int | None
             outputs or module.out_features,
             bias=module.bias is not None,
         )
-    elif isinstance(module, _CONV):
+    elif isinstance(module, CONV):
         if module.groups != 1:
             raise ValueError("grouped convolutions cannot be resized")
         new = type(module)(
@@ -54,7 +54,7 @@ def resized(module: nn.Module, *, inputs: int | None = None, outputs: int | None
             bias=module.bias is not None,
             padding_mode=module.padding_mode,
         )
-    elif isinstance(module, _BN):
+    elif isinstance(module, BN):
         new = type(module)(
             outputs or module.num_features,
             eps=module.eps,

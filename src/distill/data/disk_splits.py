@@ -16,7 +16,7 @@ import numpy as np
 
 from distill.core.errors import ConfigError, DataError
 from distill.data.core import DataSplits, split_indices
-from distill.data.raw import RawData, _check_label_range, labelled_rows
+from distill.data.raw import RawData, check_label_range, labelled_rows
 from distill.data.records import LazySplit
 
 
@@ -87,7 +87,7 @@ def lazy_splits(data: Any, o: SplitOptions) -> DataSplits:
     """`make_splits` for data on disk: every step on index lists and label arrays."""
     y = data.train._targets
     raw = RawData(data.name, (y, y), (data.test._targets,) * 2, (1,), num_classes=data.num_classes)
-    _check_label_range(raw, data.name)
+    check_label_range(raw, data.name)
     train, test, num_classes, names = _select(data, o.classes, o.task_classes, o.label_map)
     if data.val is not None:  # the files carry a validation split: train keeps every sample
         fit_idx, val = np.arange(len(train)), data.val

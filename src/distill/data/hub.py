@@ -30,12 +30,12 @@ from distill.core.errors import ConfigError, DataError
 from distill.data.core import DataSplits
 from distill.data.lazy import (
     LazyData,
-    _finish,
-    _is_image,
-    _is_text,
-    _no_other_options,
-    _range_of,
-    _transforms,
+    finish_data,
+    is_image,
+    is_text,
+    no_other_options,
+    range_of,
+    split_transforms,
     text_pipeline,
 )
 from distill.data.records import LazySplit, sample_seed
@@ -43,10 +43,10 @@ from distill.data.tables import (
     LABEL_COLUMNS,
     TableRows,
     _column,
-    _feature_columns,
-    _labels_of,
-    _require_datasets,
+    feature_columns,
     hf_cache_dir,
+    labels_of,
+    require_datasets,
 )
 from distill.data.transforms import Pipeline
 
@@ -55,10 +55,12 @@ TEST_SPLITS = ("test", "validation", "valid", "val", "dev")
 BUILDERS = ("parquet", "json", "csv", "arrow", "text", "imagefolder", "audiofolder", "pandas")
 
 
-def _open(path: str, fmt: str | None, data_files: Any, data_dir: str | None, streaming: bool):
+def open_dataset(
+    path: str, fmt: str | None, data_files: Any, data_dir: str | None, streaming: bool
+):
     """A DatasetDict (or IterableDatasetDict) from a save_to_disk folder, a builder name
     (parquet, json, csv, arrow, imagefolder, text) or a file."""
-    datasets = _require_datasets("dataset 'hf'")
+    datasets = require_datasets("dataset 'hf'")
     p = Path(path).expanduser()
     if fmt is None and path not in BUILDERS and not p.exists():
         # never let datasets look the name up on the Hub: nothing is downloaded
@@ -79,9 +81,9 @@ def _open(path: str, fmt: str | None, data_files: Any, data_dir: str | None, str
                 if fmt is not None and p.is_dir():
                     data_dir = str(p)
                 elif p.is_file():
-                    from distill.data.tables import _file_format
+                    from distill.data.tables import file_format
 
-                    builder, data_files = _file_format(str(p), fmt, "hf"), str(p)
+                    builder, data_files = file_format(str(p), fmt, "hf"), str(p)
             ds = datasets.load_dataset(
                 builder,
                 data_files=data_files,
@@ -106,7 +108,7 @@ def _to_stream(ds: Any) -> Any:
     return ds.to_iterable_dataset()
 
 
-def _pick_split(splits: Any, wanted: str | None, fallbacks: tuple[str, ...], role: str):
+def pick_split(splits: Any, wanted: str | None, fallbacks: tuple[str, ...], role: str):
     names = list(splits.keys())
     if wanted is not None:
         if wanted not in names:
@@ -157,13 +159,13 @@ def load_hf(
     """A local Hugging Face dataset for classification (see the module docstring)."""
     train_tf, eval_tf = _hf_transforms(options, text)
     input = text if text is not None else input  # one text column, tokenized on access
-    _no_other_options("hf", options, load_hf)
-    splits = _open(path, format, data_files, data_dir, streaming)
-    _pick_split(splits, train_split, (), "train")
+    no_other_options("hf", options, load_hf)
+    splits = open_dataset(path, format, data_files, data_dir, streaming)
+    pick_split(splits, train_split, (), "train")
     names = {
         "train": train_split,
-        "test": _pick_split(splits, test_split, TEST_SPLITS, "test"),
-        "val": _pick_split(splits, val_split, (), "validation") if val_split else None,
+        "test": pick_split(splits, test_split, TEST_SPLITS, "test"),
+        "val": pick_split(splits, val_split, (), "validation") if val_split else None,
     }
     cols = _columns_of(splits[train_split], path, input, label, mode, text is not None)
     if streaming:
@@ -194,7 +196,7 @@ def _hf_transforms(options: dict[str, Any], text: str | None) -> tuple[Pipeline,
     """The train and eval pipelines: the named transforms, or tokenisation of a text column
     (the `tokenizer` and `max_length` options, taken out of `options`)."""
     text_options = {k: options.pop(k) for k in ("tokenizer", "max_length") if k in options}
-    train_tf, eval_tf = _transforms(options, "hf")
+    train_tf, eval_tf = split_transforms(options, "hf")
     if text is not None:
         train_tf = eval_tf = text_pipeline(text_options, "hf")
     elif text_options:
@@ -231,7 +233,7 @@ def _rows(splits: Any, split: str, cols: _Columns, coder: Any, feature_cols: lis
     origin = f"split {split!r} of {cols.path!r}"
     for c in [cols.label, *feature_cols]:
         _column(table, c, "hf", "label" if c == cols.label else "input", origin)
-    y, coder = _labels_of(table, cols.label, f"dataset 'hf': {origin}", coder, names)
+    y, coder = labels_of(table, cols.label, f"dataset 'hf': {origin}", coder, names)
     return TableRows("hf", table, feature_cols, y, origin, cols.mode), coder
 
 
@@ -249,7 +251,7 @@ def _map_style(splits, names, cols, train_tf, eval_tf, test_fraction, num_classe
     src_test = None
     if names["test"] is not None:
         src_test, _ = _rows(splits, names["test"], cols, coder, feature_cols)
-    data = _finish(
+    data = finish_data(
         "hf",
         src_train,
         src_test,
@@ -257,7 +259,7 @@ def _map_style(splits, names, cols, train_tf, eval_tf, test_fraction, num_classe
         eval_tf,
         names=classes,
         test_fraction=test_fraction,
-        input_range=_range_of(eval_tf) if src_train.image else None,
+        input_range=range_of(eval_tf) if src_train.image else None,
     )
     if num_classes is not None:
         data.num_classes = max(data.num_classes, num_classes)
@@ -270,14 +272,14 @@ def _map_style(splits, names, cols, train_tf, eval_tf, test_fraction, num_classe
 def _input_columns(table: Any, inputs: list[str], label: str, origin: str) -> list[str]:
     for c in inputs:
         _column(table, c, "hf", "input", origin)
-    if len(inputs) == 1 and _is_image(table.features[inputs[0]]):
+    if len(inputs) == 1 and is_image(table.features[inputs[0]]):
         return inputs
-    if len(inputs) == 1 and _is_text(table.features[inputs[0]]):
+    if len(inputs) == 1 and is_text(table.features[inputs[0]]):
         raise DataError(
             f"dataset 'hf': input column {inputs[0]!r} of {origin} holds text; name it with "
             f"text: {inputs[0]} and give tokenizer: <a Hugging Face tokenizer folder>"
         )
-    return _feature_columns(table, label, inputs, "hf", origin)
+    return feature_columns(table, label, inputs, "hf", origin)
 
 
 # ------------------------------------------------------------------------ streams
@@ -452,7 +454,7 @@ def _streamed(
         input_shape=shape,
         num_classes=n,
         class_names=classes,
-        input_range=_range_of(eval_tf) if image else None,
+        input_range=range_of(eval_tf) if image else None,
     )
 
 

@@ -14,12 +14,12 @@ from distill.core.errors import ConfigError, DataError
 from distill.data.lazy import (
     LabelCoder,
     LazyData,
-    _finish,
-    _no_other_options,
-    _range_of,
-    _transforms,
+    finish_data,
+    no_other_options,
+    range_of,
+    split_transforms,
 )
-from distill.data.tables import _column, _labels_of, find_label_column, read_table
+from distill.data.tables import _column, find_label_column, labels_of, read_table
 from distill.data.transforms import Pipeline
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm")
@@ -160,8 +160,8 @@ def load_image_folder(
     Options: `transforms`, `train_transforms`, `eval_transforms` (see distill.data.transforms),
     `mode` (Pillow mode: RGB, L, RGBA), `extensions`."""
     name = "image_folder"
-    train_tf, eval_tf = _transforms(options, name)
-    _no_other_options(name, options, load_image_folder)
+    train_tf, eval_tf = split_transforms(options, name)
+    no_other_options(name, options, load_image_folder)
     _check_mode(mode, name)
     ext = tuple(
         e.lower() if e.startswith(".") else f".{e.lower()}"
@@ -175,7 +175,7 @@ def load_image_folder(
         t_paths, t_labels, _ = _scan_folder(Path(test).expanduser(), name, ext, names)
         _check_sizes(name, t_paths, eval_tf)
         src_test = ImageFiles(name, t_paths, t_labels, mode)
-    return _finish(
+    return finish_data(
         name,
         src_train,
         src_test,
@@ -183,7 +183,7 @@ def load_image_folder(
         eval_tf,
         names=names,
         test_fraction=test_fraction,
-        input_range=_range_of(eval_tf),
+        input_range=range_of(eval_tf),
     )
 
 
@@ -202,8 +202,8 @@ def load_image_csv(
     """A CSV listing image files and their labels; relative paths are taken from `root`
     (default: the CSV's own folder)."""
     name = "image_csv"
-    train_tf, eval_tf = _transforms(options, name)
-    _no_other_options(name, options, load_image_csv)
+    train_tf, eval_tf = split_transforms(options, name)
+    no_other_options(name, options, load_image_csv)
     _check_mode(mode, name)
 
     def source(csv: str, coder: LabelCoder | None) -> tuple[ImageFiles, LabelCoder]:
@@ -218,14 +218,14 @@ def load_image_csv(
                 f"dataset {name!r}: {len(missing)} image(s) listed in {csv!r} do not exist (first: "
                 f"{missing[0]!r}); paths are relative to {str(base)!r} (set root: to change that)"
             )
-        y, coder = _labels_of(table, label, f"dataset {name!r}: {csv!r}", coder)
+        y, coder = labels_of(table, label, f"dataset {name!r}: {csv!r}", coder)
         return ImageFiles(name, paths, y, mode), coder
 
     src_train, coder = source(train, None)
     names = coder.names
     _check_sizes(name, src_train.paths, train_tf)
     src_test = source(test, coder)[0] if test is not None else None
-    return _finish(
+    return finish_data(
         name,
         src_train,
         src_test,
@@ -233,5 +233,5 @@ def load_image_csv(
         eval_tf,
         names=names,
         test_fraction=test_fraction,
-        input_range=_range_of(eval_tf),
+        input_range=range_of(eval_tf),
     )

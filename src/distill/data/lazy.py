@@ -55,11 +55,11 @@ class LazyData:
         return tuple(self.test.input_shape)
 
 
-def _is_image(feature: Any) -> bool:
+def is_image(feature: Any) -> bool:
     return type(feature).__name__ == "Image"
 
 
-def _is_text(feature: Any) -> bool:
+def is_text(feature: Any) -> bool:
     return getattr(feature, "dtype", None) in ("string", "large_string")
 
 
@@ -86,7 +86,7 @@ def text_pipeline(options: dict[str, Any], name: str) -> Pipeline:
 
 
 # ------------------------------------------------------------------------ shared pieces
-def _transforms(options: dict[str, Any], name: str) -> tuple[Pipeline, Pipeline]:
+def split_transforms(options: dict[str, Any], name: str) -> tuple[Pipeline, Pipeline]:
     """(train, eval) pipelines: `transforms` applies to both; `train_transforms` and
     `eval_transforms` override it for one side."""
     both = options.pop("transforms", None)
@@ -223,7 +223,7 @@ def _num_classes(name: str, *targets: np.ndarray, names: list[str] | None = None
     return int(max(int(t.max()) for t in targets if len(t))) + 1
 
 
-def _finish(
+def finish_data(
     name: str,
     source_train: Any,
     source_test: Any | None,
@@ -259,7 +259,7 @@ def _finish(
     return data
 
 
-def _range_of(pipeline: Pipeline) -> tuple[float, float] | None:
+def range_of(pipeline: Pipeline) -> tuple[float, float] | None:
     """[0, 1] for images left unnormalised (adversarial evaluation clips to it)."""
     return (
         None
@@ -268,7 +268,7 @@ def _range_of(pipeline: Pipeline) -> tuple[float, float] | None:
     )
 
 
-def _no_other_options(name: str, options: dict[str, Any], known: Any = None) -> None:
+def no_other_options(name: str, options: dict[str, Any], known: Any = None) -> None:
     """Refuse options the loader does not take, suggesting the nearest it does (`known`: the
     loader function, whose keyword arguments are the valid names)."""
     if not options:

@@ -79,7 +79,7 @@ def check_raw(raw: RawData, name: str) -> RawData:
             raise DataError(
                 f"dataset {name!r}: input_shape {raw.input_shape} does not fit {split} inputs of shape {x.shape[1:]}"
             )
-    _check_label_range(raw, name)
+    check_label_range(raw, name)
     n_train_classes = int(raw.train[1].max()) + 1
     if int(raw.test[1].max()) >= n_train_classes:
         raise DataError(
@@ -89,7 +89,7 @@ def check_raw(raw: RawData, name: str) -> RawData:
     return raw
 
 
-def _check_label_range(raw: RawData, name: str) -> None:
+def check_label_range(raw: RawData, name: str) -> None:
     """Labels must be 0..C-1: below a fixed C, and with no class id left unused when C is
     inferred (labels 1..3 would build a phantom class 0; a stray 50 a 51-way head)."""
     y = np.asarray(raw.train[1])

@@ -34,7 +34,7 @@ from distill.data.raw import (
 )
 
 
-def _as_raw(obj: object, name: str) -> Any:
+def as_raw(obj: object, name: str) -> Any:
     """Accept a RawData, a mapping with x, y, x_test, y_test, or a mapping with torch
     datasets under 'train' and 'test' (and optionally 'val', 'num_classes') from a user loader."""
     if isinstance(obj, RawData):
@@ -224,7 +224,7 @@ def load_dataset(
 
     raw = _call_loader(name, options)
     if not isinstance(raw, DataSplits | LazyData):
-        raw = _as_raw(raw, name)
+        raw = as_raw(raw, name)
     if isinstance(raw, LazyData | DataSplits):  # index lists: split without loading
         split = SplitOptions(
             val_fraction, split_seed, train_samples, unlabeled, classes, task_classes,

@@ -18,11 +18,11 @@ from distill.core.errors import ConfigError, DataError
 from distill.data.lazy import (
     LabelCoder,
     LazyData,
-    _finish,
-    _is_image,
-    _is_text,
-    _no_other_options,
-    _transforms,
+    finish_data,
+    is_image,
+    is_text,
+    no_other_options,
+    split_transforms,
     text_pipeline,
 )
 
@@ -45,8 +45,8 @@ class TableRows:
         self.targets = np.asarray(targets, dtype=np.int64)
         # (offset, divisor) per feature, fitted on the training rows (`scale_features`)
         self.scaling: tuple[np.ndarray, np.ndarray] | None = None
-        self.image = len(columns) == 1 and _is_image(table.features[columns[0]])
-        self.text = len(columns) == 1 and _is_text(table.features[columns[0]])
+        self.image = len(columns) == 1 and is_image(table.features[columns[0]])
+        self.text = len(columns) == 1 and is_text(table.features[columns[0]])
 
     def read(self, i: int) -> Any:
         row = self.table[int(i)]
@@ -139,7 +139,7 @@ def hf_cache_dir() -> str:
     return str(cache_dir() / "hf")
 
 
-def _require_datasets(what: str) -> Any:
+def require_datasets(what: str) -> Any:
     try:
         import datasets
     except ImportError:
@@ -151,7 +151,7 @@ def _require_datasets(what: str) -> Any:
     return datasets
 
 
-def _file_format(path: str, given: str | None, name: str) -> str:
+def file_format(path: str, given: str | None, name: str) -> str:
     if given:
         return given
     fmt = _FORMATS.get(Path(path).suffix.lower())
@@ -167,10 +167,10 @@ def read_table(
     path: str, *, fmt: str | None, name: str, streaming: bool = False, delimiter: str | None = None
 ) -> Any:
     """One file (or a glob) as a Hugging Face Dataset (memory-mapped Arrow) or IterableDataset."""
-    datasets = _require_datasets(f"dataset {name!r}")
+    datasets = require_datasets(f"dataset {name!r}")
     if not any(ch in path for ch in "*?[") and not Path(path).expanduser().exists():
         raise DataError(f"dataset {name!r}: file {path!r} does not exist; check the path")
-    fmt = _file_format(path, fmt, name)
+    fmt = file_format(path, fmt, name)
     if delimiter is None and fmt == "csv" and path.endswith(".tsv"):
         delimiter = "\t"
     kwargs = {"delimiter": delimiter} if delimiter is not None else {}
@@ -270,7 +270,7 @@ def find_label_column(table: Any, given: str | None, name: str, origin: str) -> 
     return found
 
 
-def _labels_of(
+def labels_of(
     table: Any,
     column: str,
     where: str,
@@ -301,7 +301,7 @@ class _ClassLabels:
         return LabelCoder(values, where, self.names).ids
 
 
-def _feature_columns(
+def feature_columns(
     table: Any, label: str, features: list[str] | str | None, name: str, origin: str
 ) -> list[str]:
     if isinstance(features, str):
@@ -410,8 +410,8 @@ def load_table(
     far from unit scale (raw 0-255 pixels, money amounts) are warned about."""
     name = "table"
     text_options = {k: options.pop(k) for k in ("tokenizer", "max_length") if k in options}
-    train_tf, eval_tf = _transforms(options, name)
-    _no_other_options(name, options, load_table)
+    train_tf, eval_tf = split_transforms(options, name)
+    no_other_options(name, options, load_table)
     table = images_from_structs(read_table(train, fmt=format, name=name, delimiter=delimiter))
     label = find_label_column(table, label, name, repr(train))
     if text is not None:  # one text column, tokenized on access
@@ -424,14 +424,14 @@ def load_table(
                 f"dataset {name!r}: tokenizer and max_length apply to a text column; name it "
                 f"with text: <column>"
             )
-        cols = _feature_columns(table, label, features, name, repr(train))
+        cols = feature_columns(table, label, features, name, repr(train))
         check_finite_columns(table, cols, name, repr(train))
     if label_values is not None and (not isinstance(label_values, list) or not label_values):
         raise ConfigError(
             f"dataset {name!r}: label_values must be a list of the label values in class "
             f"order, e.g. label_values: [-1, 1], got {label_values!r}"
         )
-    y, coder = _labels_of(
+    y, coder = labels_of(
         table,
         label,
         f"dataset {name!r}: {train!r}",
@@ -447,9 +447,9 @@ def load_table(
             _column(t_table, c, name, "label" if c == label else "feature", repr(test))
         if text is None:
             check_finite_columns(t_table, cols, name, repr(test))
-        t_y, _ = _labels_of(t_table, label, f"dataset {name!r}: {test!r}", coder)
+        t_y, _ = labels_of(t_table, label, f"dataset {name!r}: {test!r}", coder)
         src_test = TableRows(name, t_table, cols, t_y, repr(test))
-    data = _finish(
+    data = finish_data(
         name, src_train, src_test, train_tf, eval_tf, names=names, test_fraction=test_fraction
     )
     if text is None and not src_train.image:

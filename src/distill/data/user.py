@@ -16,7 +16,7 @@ from torch import Tensor
 
 from distill.core.errors import DataError
 from distill.data.core import DataSplits
-from distill.data.lazy import LabelCoder, LazyData, _finish
+from distill.data.lazy import LabelCoder, LazyData, finish_data
 from distill.data.records import LazySplit
 from distill.data.transforms import Pipeline
 
@@ -100,7 +100,9 @@ def from_torch(name: str, obj: dict[str, Any]) -> LazyData | DataSplits:
     none = Pipeline([])
     src_train = UserItems(name, train)
     src_test = UserItems(name, test, src_train.coder)  # labels mapped as train's are
-    data = _finish(name, src_train, src_test, none, none, names=src_train.names, test_fraction=0.2)
+    data = finish_data(
+        name, src_train, src_test, none, none, names=src_train.names, test_fraction=0.2
+    )
     if obj.get("num_classes"):
         data.num_classes = int(obj["num_classes"])
     if val is not None:

@@ -210,13 +210,13 @@ def load_hf_text(
     test_samples: int = 0,
 ) -> DataSplits:
     """Token rows of a local Hugging Face text dataset (see the module docstring)."""
-    from distill.data.hub import _open
+    from distill.data.hub import open_dataset
 
     if length < 2:
         raise ConfigError(f"data.options.length must be >= 2, got {length}")
     if streaming:
         return _streamed(
-            _open(path, format, data_files, None, streaming=True),
+            open_dataset(path, format, data_files, None, streaming=True),
             path,
             tokenizer,
             length,
@@ -231,7 +231,7 @@ def load_hf_text(
             "data.options shuffle_buffer, val_samples and test_samples are for streaming: true; "
             "map-style data is shuffled by the loop and split by val_fraction / test_fraction"
         )
-    splits = _open(path, format, data_files, None, streaming=False)
+    splits = open_dataset(path, format, data_files, None, streaming=False)
     names = {"train": train_split, "val": val_split, "test": test_split}
     parts = _map_parts(splits, path, names, val_fraction, test_fraction, split_seed)
     if max_train_rows:
@@ -243,9 +243,9 @@ def load_hf_text(
 
 
 def _train_split(splits: Any, wanted: str | None, path: str) -> str:
-    from distill.data.hub import _pick_split
+    from distill.data.hub import pick_split
 
-    name = _pick_split(splits, wanted, ("train",), "train")
+    name = pick_split(splits, wanted, ("train",), "train")
     if name is None:
         raise DataError(
             f"dataset 'hf_text': {path!r} has splits {list(splits.keys())} and none is called "
@@ -258,11 +258,11 @@ def _map_parts(
     splits: Any, path: str, wanted: dict, val_fraction: float, test_fraction: float, seed: int
 ) -> dict[str, Any]:
     """train / val / test: the data's own splits, or rows carved from train (seeded)."""
-    from distill.data.hub import _pick_split
+    from distill.data.hub import pick_split
 
     train = splits[_train_split(splits, wanted["train"], path)]
-    val_name = _pick_split(splits, wanted["val"], VAL_NAMES, "validation")
-    test_name = _pick_split(splits, wanted["test"], ("test",), "test")
+    val_name = pick_split(splits, wanted["val"], VAL_NAMES, "validation")
+    test_name = pick_split(splits, wanted["test"], ("test",), "test")
     order = list(range(len(train)))
     random.Random(seed).shuffle(order)
     carve_val = 0 if val_name else max(1, int(len(order) * val_fraction))
@@ -295,12 +295,12 @@ def _streamed(
     """The training split streamed; validation and test (small) read whole, from their own
     splits or from the head of the training stream (`val_samples`, `test_samples`, which
     training then skips)."""
-    from distill.data.hub import _pick_split
+    from distill.data.hub import pick_split
 
     train_name = _train_split(splits, wanted["train"], path)
     stream, name = splits[train_name], Path(path).name or path
-    val_name = _pick_split(splits, wanted["val"], VAL_NAMES, "validation")
-    test_name = _pick_split(splits, wanted["test"], ("test",), "test")
+    val_name = pick_split(splits, wanted["val"], VAL_NAMES, "validation")
+    test_name = pick_split(splits, wanted["test"], ("test",), "test")
     for role, split, n in (
         ("validation", val_name, val_samples),
         ("test", test_name, test_samples),

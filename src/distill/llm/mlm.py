@@ -91,9 +91,9 @@ def hf_masked_lm(
 ) -> nn.Module:
     """A masked LM: from a pretrained encoder folder (its weights; a fresh MLM head if the
     folder has none), optionally keeping only `layers`, or random-init from a config."""
-    from distill.models.encoders import _automodel, _encoder_dir, share_config
+    from distill.models.encoders import automodel, encoder_dir, share_config
 
-    _automodel()  # a clear error when transformers is missing
+    automodel()  # a clear error when transformers is missing
     from transformers import AutoConfig, AutoModelForMaskedLM
 
     if init_from is None:
@@ -103,7 +103,7 @@ def hf_masked_lm(
             raise ConfigError(f"hf_masked_lm: {e}") from None
         return AutoModelForMaskedLM.from_config(cfg)
     model = AutoModelForMaskedLM.from_pretrained(
-        _encoder_dir(init_from), local_files_only=True, use_safetensors=True
+        encoder_dir(init_from), local_files_only=True, use_safetensors=True
     )
     if layers is not None:
         encoder = model.base_model.encoder

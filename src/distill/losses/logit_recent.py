@@ -16,11 +16,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from distill.losses.response import (
-    _check,
-    _row_mean,
-    _targets_or_teacher_argmax,
     at_least_float32,
+    check_logits,
     kl_rows,
+    row_mean,
+    targets_or_teacher_argmax,
 )
 
 
@@ -49,9 +49,9 @@ def nkd_loss(
     non-target entries of q divided by their sum. Mean over rows. Rows without a label
     (-1) use the teacher's top-1 class. Paper defaults: gamma 1.5, T 1.
     """
-    _check(student_logits, teacher_logits, temperature)
+    check_logits(student_logits, teacher_logits, temperature)
     s, t = _rows(student_logits), _rows(teacher_logits.detach())
-    y = _targets_or_teacher_argmax(targets, teacher_logits)
+    y = targets_or_teacher_argmax(targets, teacher_logits)
     target = F.one_hot(y, s.shape[-1]).bool()
     log_ps, pt = F.log_softmax(s, -1), F.softmax(t, -1)
     target_term = -(pt[target] * log_ps[target])
@@ -78,7 +78,7 @@ def wttm_loss(
 
         L = mean_x U(x) * KL(p_t^(1/T) / U(x) || softmax(z_s))
     """
-    _check(student_logits, teacher_logits, temperature)
+    check_logits(student_logits, teacher_logits, temperature)
     s, t = _rows(student_logits), _rows(teacher_logits.detach())
     log_pt = F.log_softmax(t, -1)
     # log U = logsumexp(log p_t / T), and the transformed teacher is softmax(log p_t / T)
@@ -87,7 +87,7 @@ def wttm_loss(
     log_target = F.log_softmax(log_power, -1)
     per_row = kl_rows(log_target, F.log_softmax(s, -1))
     lead = student_logits.shape[:-1]
-    return _row_mean((weight * per_row).reshape(lead), mask)
+    return row_mean((weight * per_row).reshape(lead), mask)
 
 
 def mlkd_loss(
@@ -115,7 +115,7 @@ def mlkd_loss(
     the formula here is the paper's. Their weak/strong input views are a data choice: give
     the run an augmentation. Needs two or more rows.
     """
-    _check(student_logits, teacher_logits, 1.0)
+    check_logits(student_logits, teacher_logits, 1.0)
     if not temperatures or min(temperatures) <= 0:
         raise ValueError(f"mlkd: temperatures must be positive, got {list(temperatures)}")
     s, t = _rows(student_logits), _rows(teacher_logits.detach())
@@ -149,7 +149,7 @@ def spherical_kd_loss(
     radius `multiplier` * sqrt(C), which removes the teacher's confidence (its logit norm)
     from what the student must copy; then Hinton KD, T^2 * KL at `temperature`. Close to
     `ls_kd` (logit standardization, at temperature T / multiplier, with unbiased std)."""
-    _check(student_logits, teacher_logits, temperature)
+    check_logits(student_logits, teacher_logits, temperature)
 
     def sphere(z: Tensor) -> Tensor:
         z = at_least_float32(z)
@@ -158,7 +158,7 @@ def spherical_kd_loss(
     log_s = F.log_softmax(sphere(student_logits) / temperature, -1)
     log_t = F.log_softmax(sphere(teacher_logits.detach()) / temperature, -1)
     per_row = kl_rows(log_t, log_s)
-    return temperature**2 * _row_mean(per_row, mask)
+    return temperature**2 * row_mean(per_row, mask)
 
 
 class _ReverseGradient(torch.autograd.Function):
@@ -229,7 +229,7 @@ class CTKDLoss(nn.Module):
         return self.lambda_max * (1.0 - math.cos(math.pi * progress)) / 2.0
 
     def forward(self, student_logits: Tensor, teacher_logits: Tensor) -> Tensor:
-        _check(student_logits, teacher_logits, 1.0)
+        check_logits(student_logits, teacher_logits, 1.0)
         scale = self.strength()
         if self.training:
             self.calls += 1
@@ -253,7 +253,7 @@ def skd_instance_loss(
 
     Shapes: (N, C) or (N, L, C).
     """
-    _check(student_logits, teacher_logits, temperature)
+    check_logits(student_logits, teacher_logits, temperature)
     s, t = _rows(student_logits), _rows(teacher_logits.detach())
     return kl_rows(F.log_softmax(t / temperature, -1), F.log_softmax(s / temperature, -1)).mean()
 
@@ -279,7 +279,7 @@ def skd_direction_loss(
     Needs a batch of 2 or more rows: with one row the covariance has no spread to estimate
     (the peers' Cholesky fails there), so that case is refused.
     """
-    _check(student_logits, teacher_logits, 1.0)
+    check_logits(student_logits, teacher_logits, 1.0)
     if tikhonov <= 0:
         raise ValueError(f"skd: tikhonov must be > 0 (it keeps S invertible), got {tikhonov}")
     s, t = _rows(student_logits), _rows(teacher_logits.detach())

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
-def _check(student_logits: Tensor, teacher_logits: Tensor, temperature: float) -> None:
+def check_logits(student_logits: Tensor, teacher_logits: Tensor, temperature: float) -> None:
     if student_logits.shape != teacher_logits.shape:
         raise ValueError(
             f"student logits {tuple(student_logits.shape)} and teacher logits "
@@ -27,7 +27,7 @@ def _check(student_logits: Tensor, teacher_logits: Tensor, temperature: float) -
         raise ValueError(f"temperature must be > 0, got {temperature}")
 
 
-def _row_mean(per_row: Tensor, mask: Tensor | None) -> Tensor:
+def row_mean(per_row: Tensor, mask: Tensor | None) -> Tensor:
     if mask is None:
         return per_row.mean()
     mask = mask.reshape(per_row.shape).to(per_row.dtype)
@@ -70,7 +70,7 @@ def soft_target_kd(
         raise ValueError(f"temperature must be > 0, got {temperature}")
     q = at_least_float32(target_probs.detach())
     log_s = F.log_softmax(at_least_float32(student_logits) / temperature, dim=-1)
-    return temperature**2 * _row_mean(kl_rows(q.clamp_min(1e-12).log(), log_s), mask)
+    return temperature**2 * row_mean(kl_rows(q.clamp_min(1e-12).log(), log_s), mask)
 
 
 def kd_loss(
@@ -85,8 +85,8 @@ def kd_loss(
     The T^2 factor keeps the gradient scale independent of the temperature (soft-target
     gradients shrink as 1/T^2), so the weight against the task loss means the same at any T.
     """
-    _check(student_logits, teacher_logits, temperature)
-    return _row_mean(kd_rows(student_logits, teacher_logits, temperature), mask)
+    check_logits(student_logits, teacher_logits, temperature)
+    return row_mean(kd_rows(student_logits, teacher_logits, temperature), mask)
 
 
 def kd_rows(
@@ -121,10 +121,10 @@ def soft_cross_entropy(
     Same gradient as `kd_loss`; the value is larger by T^2 * H(p_teacher^T), so it is not
     zero when the student matches the teacher.
     """
-    _check(student_logits, teacher_logits, temperature)
+    check_logits(student_logits, teacher_logits, temperature)
     log_s, log_t = _log_probs(student_logits, teacher_logits, temperature)
     per_row = -(log_t.exp() * log_s).sum(-1)
-    return temperature**2 * _row_mean(per_row, mask)
+    return temperature**2 * row_mean(per_row, mask)
 
 
 # ------------------------------------------------------------ soft targets, prepared once
@@ -185,7 +185,7 @@ def _soft_target_loss(
     per_row = -(probs * log_s).sum(-1)
     if with_const:
         per_row = per_row + const
-    return temperature**2 * _row_mean(per_row, mask)
+    return temperature**2 * row_mean(per_row, mask)
 
 
 def kd_from_soft_targets(
@@ -225,9 +225,9 @@ def reverse_kl_loss(
 
     Used for generative students (Gu et al. 2024, MiniLLM); T^2 as in `kd_loss`.
     """
-    _check(student_logits, teacher_logits, temperature)
+    check_logits(student_logits, teacher_logits, temperature)
     log_s, log_t = _log_probs(student_logits, teacher_logits, temperature)
-    return temperature**2 * _row_mean(kl_rows(log_s, log_t), mask)
+    return temperature**2 * row_mean(kl_rows(log_s, log_t), mask)
 
 
 def js_loss(
@@ -241,12 +241,12 @@ def js_loss(
 
     Symmetric and bounded by ln 2 * T^2 per row (Lin 1991; used for KD by e.g. Agarwal et al. 2024).
     """
-    _check(student_logits, teacher_logits, temperature)
+    check_logits(student_logits, teacher_logits, temperature)
     log_s, log_t = _log_probs(student_logits, teacher_logits, temperature)
     # log m computed stably as logsumexp of the two log-probabilities minus log 2.
     log_m = torch.logaddexp(log_s, log_t) - math.log(2.0)  # (a Python float keeps the dtype)
     kl_t, kl_s = kl_rows(log_t, log_m), kl_rows(log_s, log_m)
-    return temperature**2 * _row_mean(0.5 * (kl_t + kl_s), mask)
+    return temperature**2 * row_mean(0.5 * (kl_t + kl_s), mask)
 
 
 def mse_loss(student: Tensor, teacher: Tensor, *, mask: Tensor | None = None) -> Tensor:
@@ -265,10 +265,10 @@ def mse_loss(student: Tensor, teacher: Tensor, *, mask: Tensor | None = None) ->
     if mask is None:
         return per_row.mean()
     per_row = per_row.reshape(*mask.shape, -1).mean(-1)
-    return _row_mean(per_row, mask)
+    return row_mean(per_row, mask)
 
 
-def _targets_or_teacher_argmax(targets: Tensor | None, teacher_logits: Tensor) -> Tensor:
+def targets_or_teacher_argmax(targets: Tensor | None, teacher_logits: Tensor) -> Tensor:
     """Labels per row; unlabelled rows (-1) or no labels at all fall back to the teacher's top-1."""
     guess = teacher_logits.detach().argmax(-1).reshape(-1)
     if targets is None:
@@ -295,13 +295,13 @@ def dkd_loss(
     setting (alpha 1, beta 8, T 4; the paper also warms the weight up over 20 epochs). Rows
     without a label (-1) use the teacher's top-1 class as the target.
     """
-    _check(student_logits, teacher_logits, temperature)
+    check_logits(student_logits, teacher_logits, temperature)
     s = at_least_float32(student_logits).reshape(-1, student_logits.shape[-1]) / temperature
     t = (
         at_least_float32(teacher_logits.detach()).reshape(-1, teacher_logits.shape[-1])
         / temperature
     )
-    gt = F.one_hot(_targets_or_teacher_argmax(targets, teacher_logits), s.shape[-1]).bool()
+    gt = F.one_hot(targets_or_teacher_argmax(targets, teacher_logits), s.shape[-1]).bool()
     log_ps, log_pt = F.log_softmax(s, -1), F.log_softmax(t, -1)
     # Binary (target vs rest) log-probabilities: log p_gt and log(1 - p_gt), computed stably.
     s_gt, t_gt = log_ps[gt], log_pt[gt]
@@ -334,7 +334,7 @@ def ls_kd_loss(
     temperature (its logit std) and lets the student match the teacher's logit *relations*
     without matching their range. Then `kd_loss` at the base `temperature` (T^2 included).
     """
-    _check(student_logits, teacher_logits, temperature)
+    check_logits(student_logits, teacher_logits, temperature)
     return kd_loss(
         standardize_logits(student_logits),
         standardize_logits(teacher_logits.detach()),
@@ -369,7 +369,7 @@ def dist_loss(
     1 - pearson(P_s[:, j], P_t[:, j]). Returns T^2 * (beta * inter + gamma * intra).
     Needs a batch of at least 2 rows for the intra-class term. Defaults from the paper.
     """
-    _check(student_logits, teacher_logits, temperature)
+    check_logits(student_logits, teacher_logits, temperature)
     if student_logits.reshape(-1, student_logits.shape[-1]).shape[0] < 2:
         raise ValueError(
             "dist: the intra-class term correlates each class over the batch and needs 2 or "
@@ -401,10 +401,10 @@ def ttm_loss(
     matched at T = 1, which the paper shows adds a Rényi-entropy regulariser on the
     student. No T^2 factor: the student's logits are not divided by T.
     """
-    _check(student_logits, teacher_logits, temperature)
+    check_logits(student_logits, teacher_logits, temperature)
     log_s = F.log_softmax(at_least_float32(student_logits), dim=-1)
     log_t = F.log_softmax(at_least_float32(teacher_logits.detach()) / temperature, dim=-1)
-    return _row_mean(kl_rows(log_t, log_s), mask)
+    return row_mean(kl_rows(log_t, log_s), mask)
 
 
 def virtual_teacher_loss(
@@ -431,4 +431,4 @@ def virtual_teacher_loss(
     virtual = torch.full_like(logits, (1.0 - correct_prob) / (num_classes - 1))
     virtual[labelled, targets[labelled]] = correct_prob
     log_v = F.log_softmax(virtual / temperature, dim=-1)
-    return _row_mean(kl_rows(log_v, F.log_softmax(logits, dim=-1)), labelled)
+    return row_mean(kl_rows(log_v, F.log_softmax(logits, dim=-1)), labelled)

@@ -47,7 +47,7 @@ class SentenceEncoder(nn.Module):
         return F.normalize(pooled, dim=-1) if self.normalize else pooled
 
 
-def _automodel():
+def automodel():
     try:
         from transformers import AutoConfig, AutoModel
         from transformers.utils import logging
@@ -73,7 +73,7 @@ def share_config(layers: nn.Module, config) -> None:
             module.config = config
 
 
-def _encoder_dir(spec: str) -> Path:
+def encoder_dir(spec: str) -> Path:
     """'minilm' (the packaged teacher) or a folder written by `save_pretrained`."""
     if spec == "minilm":
         return minilm_dir()
@@ -88,7 +88,7 @@ def _encoder_dir(spec: str) -> Path:
 def encoder_from_dir(path: str | Path, layers: list[int] | None = None) -> nn.Module:
     """A pretrained encoder from a folder (safetensors only), as a `SentenceEncoder`; with
     `layers`, only those layers are kept, in order (the DistilBERT initialisation)."""
-    _, auto = _automodel()
+    _, auto = automodel()
     backbone = auto.from_pretrained(path, local_files_only=True, use_safetensors=True)
     if layers is not None:
         blocks = backbone.encoder.layer
@@ -122,14 +122,14 @@ def sentence_encoder(
       architecture and vocabulary of `config_from` (minilm or a folder) at that width,
       projected to `out_dim` (default: that model's width) so it can match the teacher.
     """
-    config_cls, auto = _automodel()
+    config_cls, auto = automodel()
     if (init_from is None) == (hidden_size is None):
         raise ConfigError(
             "sentence_encoder: give either init_from (a teacher to copy layers from) or "
             "hidden_size (a fresh, narrower encoder)"
         )
     if init_from is not None:
-        base = _encoder_dir(init_from)
+        base = encoder_dir(init_from)
         if layers is None:
             n = config_cls.from_pretrained(base, local_files_only=True).num_hidden_layers
             layers = list(range(0, n, 2))
@@ -137,7 +137,7 @@ def sentence_encoder(
         if out_dim is not None and out_dim != encoder.backbone.config.hidden_size:
             encoder.project = nn.Linear(encoder.backbone.config.hidden_size, out_dim)
         return encoder
-    ref = config_cls.from_pretrained(_encoder_dir(config_from), local_files_only=True)
+    ref = config_cls.from_pretrained(encoder_dir(config_from), local_files_only=True)
     cfg = copy.deepcopy(ref)
     cfg.hidden_size = hidden_size
     cfg.num_hidden_layers = num_hidden_layers
@@ -150,4 +150,4 @@ def pretrained_encoder(
     input_shape: Sequence[int] = (), num_classes: int = 0, *, path: str
 ) -> nn.Module:
     """Any pretrained encoder folder (safetensors) as a mean-pooled sentence encoder."""
-    return encoder_from_dir(_encoder_dir(path))
+    return encoder_from_dir(encoder_dir(path))

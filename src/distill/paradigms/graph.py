@@ -91,11 +91,11 @@ def load_graph(
     test nodes (transductive), the labels stay with their split."""
     from distill.core.registry import lookup
     from distill.data.raw import RawData
-    from distill.data.sources import DATASETS, _as_raw
+    from distill.data.sources import DATASETS, as_raw
 
     if base == "graph":
         raise ConfigError("data.options.base: a graph needs a feature dataset, not 'graph'")
-    raw = _as_raw(lookup("dataset", base, DATASETS)(**base_options), base)
+    raw = as_raw(lookup("dataset", base, DATASETS)(**base_options), base)
     x_tr, x_te = np.asarray(raw.train[0]), np.asarray(raw.test[0])
     x = np.concatenate([x_tr.reshape(len(x_tr), -1), x_te.reshape(len(x_te), -1)])
     trees = ego_trees(x, knn_graph(x, k, metric))
