@@ -1,4 +1,7 @@
-"""Tiny configs on the synthetic dataset, shared by the tests."""
+"""Tiny configs on the synthetic dataset, shared by the tests, and the paths they read.
+
+The tests are arranged as the package is (`tests/losses/` for `distill/losses/`, ...);
+this module and `conftest.py` sit at the top of `tests/`, which is on the import path."""
 
 from __future__ import annotations
 
@@ -12,6 +15,9 @@ import torch
 from distill.app.build import build
 from distill.core.checkpoint import save_weights
 from distill.core.config import parse_config
+
+TESTS_DIR = Path(__file__).resolve().parent  # tests/: helpers, fault_losses, fsdp_worker
+REPO = TESTS_DIR.parent  # the repository: configs/, examples/, docs/, src/
 
 
 def synthetic_cfg(run_dir: Path, **overrides) -> dict:

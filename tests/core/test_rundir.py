@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import synthetic_cfg
+from helpers import REPO, synthetic_cfg
 
 from distill.app.cli import main
 from distill.app.run import run_experiment
@@ -16,7 +16,7 @@ from distill.core import rundir
 from distill.core.config import parse_config
 from distill.core.errors import ConfigError
 
-CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+CONFIGS = REPO / "configs"
 
 
 def test_a_run_marks_its_dir_and_overwrite_removes_only_what_it_wrote(tmp_path, capsys):

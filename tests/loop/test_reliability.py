@@ -12,7 +12,7 @@ import fault_losses
 import pytest
 import torch
 import yaml
-from helpers import kd_cfg, make_teacher, mount_tmpfs, synthetic_cfg
+from helpers import TESTS_DIR, kd_cfg, make_teacher, mount_tmpfs, synthetic_cfg
 
 from distill.app.run import run_experiment
 from distill.core.checkpoint import load_checkpoint
@@ -20,7 +20,7 @@ from distill.core.config import parse_config
 from distill.core.errors import CheckpointError, ConfigError, NonFiniteError
 from distill.loop.trainer import Trainer
 
-TESTS = Path(__file__).parent
+TESTS = TESTS_DIR
 
 
 def _fault_cfg(tmp_path, loss):

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import REPO
 
 from distill.app.run import run_experiment
 from distill.app.validate import validate
@@ -21,7 +22,7 @@ from distill.dense.segmentation import confusion, segmentation_metrics
 from distill.losses import dense as dl
 from distill.models import build_model
 
-ROOT = Path(__file__).parent.parent
+ROOT = REPO
 EXAMPLES = sorted((ROOT / "examples" / "dense").glob("*.yaml"))
 SMALL = {"num_train": 48, "num_val": 16, "num_test": 16}
 

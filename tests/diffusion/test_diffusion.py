@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import synthetic_cfg
+from helpers import REPO, synthetic_cfg
 
 from distill.app.build import build
 from distill.app.run import run_experiment
@@ -27,7 +27,7 @@ from distill.diffusion.core import (
 from distill.diffusion.metrics import frechet_distance, mmd
 from distill.schemes.diffusion import halving_rounds
 
-ROOT = Path(__file__).parent.parent
+ROOT = REPO
 MLP = {"name": "mlp_denoiser", "args": {"width": 32, "depth": 1}}
 
 

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 
 pytest.importorskip("transformers")
+
+from helpers import REPO
 
 from distill.app.build import build  # noqa: E402
 from distill.app.run import run_experiment  # noqa: E402
@@ -422,7 +423,7 @@ def test_cross_tokenizer_kd_end_to_end(tmp_path, method):
         build(parse_config(plain))
 
 
-LLM_EXAMPLES = sorted((Path(__file__).parent.parent / "examples" / "llm").glob("*.yaml"))
+LLM_EXAMPLES = sorted((REPO / "examples" / "llm").glob("*.yaml"))
 
 
 @pytest.mark.parametrize("path", LLM_EXAMPLES, ids=[p.stem for p in LLM_EXAMPLES])

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import stand_in_weights, synthetic_cfg
+from helpers import REPO, stand_in_weights, synthetic_cfg
 
 from distill.app.build import build, load_data
 from distill.app.run import run_experiment
@@ -22,7 +22,7 @@ from distill.paradigms import condense, ensemble, federated, graph, interpret, l
 from distill.schemes.base import SchemeContext, soft_kl
 from distill.taps import Tap
 
-ROOT = Path(__file__).parent.parent
+ROOT = REPO
 EXAMPLES = ROOT / "examples" / "paradigms"
 RUN_EXAMPLES = sorted(
     p for p in EXAMPLES.glob("*.yaml") if p.stem not in ("interpret", "federated")

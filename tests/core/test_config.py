@@ -1,14 +1,12 @@
-from pathlib import Path
-
 import pytest
-from helpers import make_teacher
+from helpers import REPO, make_teacher
 
 from distill.app.validate import validate
 from distill.core.config import apply_override, load_config, parse_config
 from distill.core.errors import ConfigError
 
 SYNTH = {"name": "synthetic", "options": {"num_samples": 400, "num_features": 8, "num_classes": 3}}
-ALL_CONFIGS = sorted((Path(__file__).parent.parent / "configs").glob("*.yaml"))
+ALL_CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
 COMPRESS = [p for p in ALL_CONFIGS if p.name.startswith("compress_")]
 CONFIGS = [p for p in ALL_CONFIGS if p not in COMPRESS]
 

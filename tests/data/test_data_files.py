@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,6 +19,7 @@ import yaml
 pytest.importorskip("datasets")
 pytest.importorskip("PIL")
 
+from helpers import REPO
 from PIL import Image  # noqa: E402
 from sklearn.datasets import load_digits  # noqa: E402
 
@@ -626,7 +626,7 @@ def test_results_json_is_strict_json(tmp_path, disk):
     json.loads((tmp_path / "j" / "results.json").read_text(), parse_constant=lambda c: 1 / 0)
 
 
-EXAMPLES = sorted((Path(__file__).parent.parent / "examples" / "data").glob("*.yaml"))
+EXAMPLES = sorted((REPO / "examples" / "data").glob("*.yaml"))
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=[p.stem for p in EXAMPLES])

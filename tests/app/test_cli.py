@@ -2,7 +2,7 @@ import json
 
 import torch
 import yaml
-from helpers import make_teacher, synthetic_cfg
+from helpers import REPO, make_teacher, synthetic_cfg
 
 from distill.app.cli import main
 from distill.app.demo import demo_configs, run_demo
@@ -92,11 +92,10 @@ def test_demo_end_to_end_short(tmp_path):
 
 def test_example_configs_match_the_demo_recipe(tmp_path):
     # The YAML quick start and the demo must describe the same experiment.
-    from pathlib import Path
 
     from distill.core.config import load_config, parse_config
 
-    root = Path(__file__).parent.parent / "configs"
+    root = REPO / "configs"
     demo = demo_configs("mnist1d", tmp_path)
     pairs = {
         "mnist1d_teacher.yaml": "teacher",

@@ -8,6 +8,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from helpers import REPO
 
 from distill.app.blackbox import (
     HTTPTeacher,
@@ -202,6 +203,6 @@ def test_example_generation_spec_parses():
 
     from distill.app.blackbox import GenerateSpec
 
-    root = Path(__file__).parent.parent / "examples" / "blackbox"
+    root = REPO / "examples" / "blackbox"
     spec = GenerateSpec.model_validate(yaml.safe_load((root / "generate.yaml").read_text()))
-    assert spec.teacher.kind == "local" and (Path(__file__).parent.parent / spec.prompts).is_file()
+    assert spec.teacher.kind == "local" and (REPO / spec.prompts).is_file()

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import make_teacher, stand_in_weights, synthetic_cfg
+from helpers import REPO, make_teacher, stand_in_weights, synthetic_cfg
 from torch import nn
 
 from distill.app.build import build
@@ -23,7 +23,7 @@ from distill.schemes import SCHEMES, list_schemes
 from distill.schemes.multi_teacher import WEIGHTINGS
 from distill.schemes.self_kd import bake_targets, uskd_losses
 
-ROOT = Path(__file__).parent.parent
+ROOT = REPO
 EXAMPLES = sorted((ROOT / "examples" / "schemes").glob("*.yaml"))
 MLP_T = {"name": "mlp", "args": {"hidden": [32, 32]}}
 
@@ -686,7 +686,7 @@ def test_no_scheme_is_known_by_name_outside_its_table():
     capabilities: no comparison against a scheme's name (a string literal) is left in them."""
     import ast
 
-    src = Path(__file__).resolve().parents[1] / "src" / "distill"
+    src = REPO / "src" / "distill"
     names = set(SCHEMES)
     found = []
     for module in (
