@@ -173,11 +173,10 @@ def _grid(settings, student, pairing, data) -> tuple[list, float]:
     return arms, wall
 
 
-def bench(name: str, spec: dict, root: Path) -> dict:
-    from distill.app.auto import auto
-    from distill.app.auto.space import pair_layers
+def prepare(name: str, spec: dict, root: Path):
+    """The dataset's folder, its trained teacher (run dir and model), the data auto reads,
+    and the budget: a quarter of the teacher's parameters."""
     from distill.app.build import load_data, load_model
-    from distill.models import build_model
 
     folder = root / name
     folder.mkdir(parents=True, exist_ok=True)
@@ -187,6 +186,15 @@ def bench(name: str, spec: dict, root: Path) -> dict:
     data = load_data(probe.data)
     teacher_model = load_model(probe.teacher, data, "teacher")
     budget = {"max_params": sum(p.numel() for p in teacher_model.parameters()) // 4}
+    return folder, teacher_dir, data, teacher_model, budget
+
+
+def bench(name: str, spec: dict, root: Path) -> dict:
+    from distill.app.auto import auto
+    from distill.app.auto.space import pair_layers
+    from distill.models import build_model
+
+    folder, teacher_dir, data, teacher_model, budget = prepare(name, spec, root)
     grid_settings = _settings(spec, teacher_dir, folder / "grid", budget=budget)
     student = _largest_student(grid_settings, data)
     model = build_model(

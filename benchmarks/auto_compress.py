@@ -23,22 +23,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from auto import _datasets, _settings, _teacher  # noqa: E402
+from auto import _datasets, _settings, prepare  # noqa: E402
 from common import fresh_dir  # noqa: E402
 
 
 def bench(name: str, spec: dict, root: Path, trials: int) -> list[dict]:
     from distill.app.auto import auto
-    from distill.app.build import load_data, load_model
 
-    folder = root / name
-    folder.mkdir(parents=True, exist_ok=True)
-    print(f"{name}:", flush=True)
-    teacher_dir = _teacher(spec, folder)
-    probe = _settings(spec, teacher_dir, folder / "probe")
-    data = load_data(probe.data)
-    teacher = load_model(probe.teacher, data, "teacher")
-    budget = {"max_params": sum(p.numel() for p in teacher.parameters()) // 4}
+    folder, teacher_dir, _, _, budget = prepare(name, spec, root)
     rows = []
     for compress in ("off", "auto"):
         started = time.perf_counter()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -180,3 +181,50 @@ def write_reviews(root: Path) -> Path:
     )
     fast.save_pretrained(root / "tok")
     return root
+
+
+def reviews_data(root: Path, **extra) -> dict:
+    """The data section that reads `write_reviews`'s CSV, tokenised to 16 tokens."""
+    return {
+        "name": "table",
+        "options": {
+            "train": str(root / "reviews.csv"),
+            "text": "review",
+            "label": "sentiment",
+            "tokenizer": str(root / "tok"),
+            "max_length": 16,
+            **extra,
+        },
+    }
+
+
+def stand_in_vision(monkeypatch, seen):
+    """timm and torchvision cannot run on this machine (torchvision's compiled operators do
+    not load against the CPU torch build, and timm needs torchvision), so these tests put
+    stand-in modules with the same entry points (timm.create_model,
+    torchvision.models.get_model) in sys.modules and check what distill passes them."""
+    import types
+
+    def small(num_classes, in_chans):
+        return torch.nn.Sequential(
+            torch.nn.Conv2d(in_chans, 8, 3, padding=1),
+            torch.nn.ReLU(),
+            torch.nn.AdaptiveAvgPool2d(1),
+            torch.nn.Flatten(),
+            torch.nn.Linear(8, num_classes),
+        )
+
+    def create_model(name, pretrained, num_classes, in_chans, **kw):
+        seen.append(("timm", name, pretrained, num_classes, in_chans, kw))
+        return small(num_classes, in_chans)
+
+    def get_model(name, weights, num_classes, **kw):
+        seen.append(("torchvision", name, weights, num_classes, kw))
+        return small(num_classes, 3)
+
+    timm = types.ModuleType("timm")
+    timm.create_model = create_model
+    tv = types.ModuleType("torchvision")
+    tv.models = types.SimpleNamespace(get_model=get_model)
+    monkeypatch.setitem(sys.modules, "timm", timm)
+    monkeypatch.setitem(sys.modules, "torchvision", tv)

@@ -19,7 +19,7 @@ import yaml
 pytest.importorskip("datasets")
 pytest.importorskip("PIL")
 
-from helpers import REPO
+from helpers import REPO, stand_in_vision
 from PIL import Image  # noqa: E402
 from sklearn.datasets import load_digits  # noqa: E402
 
@@ -737,44 +737,12 @@ def test_export_of_a_convnet_trained_on_an_image_folder(tmp_path, disk):
         export_run(tmp_path / "c", "hf")
 
 
-def _stand_in_vision(monkeypatch, seen):
-    """timm and torchvision cannot run on this machine (torchvision's compiled operators do
-    not load against the CPU torch build, and timm needs torchvision), so these tests put
-    stand-in modules with the same entry points (timm.create_model,
-    torchvision.models.get_model) in sys.modules and check what distill passes them."""
-    import types
-
-    def small(num_classes, in_chans):
-        return torch.nn.Sequential(
-            torch.nn.Conv2d(in_chans, 8, 3, padding=1),
-            torch.nn.ReLU(),
-            torch.nn.AdaptiveAvgPool2d(1),
-            torch.nn.Flatten(),
-            torch.nn.Linear(8, num_classes),
-        )
-
-    def create_model(name, pretrained, num_classes, in_chans, **kw):
-        seen.append(("timm", name, pretrained, num_classes, in_chans, kw))
-        return small(num_classes, in_chans)
-
-    def get_model(name, weights, num_classes, **kw):
-        seen.append(("torchvision", name, weights, num_classes, kw))
-        return small(num_classes, 3)
-
-    timm = types.ModuleType("timm")
-    timm.create_model = create_model
-    tv = types.ModuleType("torchvision")
-    tv.models = types.SimpleNamespace(get_model=get_model)
-    monkeypatch.setitem(sys.modules, "timm", timm)
-    monkeypatch.setitem(sys.modules, "torchvision", tv)
-
-
 def test_timm_and_torchvision_models_by_name_train_from_yaml(tmp_path, disk, monkeypatch):
     from distill.models import build_model
 
     root, *_ = disk
     seen = []
-    _stand_in_vision(monkeypatch, seen)
+    stand_in_vision(monkeypatch, seen)
     data = {"name": "image_folder", "options": {"train": str(root / "digits_png/train")}}
     for name in ("timm", "torchvision"):
         student = {"name": name, "args": {"model": "resnet18", "drop_rate": 0.1}}

@@ -9,7 +9,7 @@ import torch
 pytest.importorskip("transformers")
 pytest.importorskip("datasets")
 
-from helpers import write_reviews  # noqa: E402
+from helpers import reviews_data, write_reviews  # noqa: E402
 
 from distill.app.run import run_experiment  # noqa: E402
 from distill.core.config import parse_config  # noqa: E402
@@ -30,22 +30,8 @@ def reviews(tmp_path_factory):
     return write_reviews(tmp_path_factory.mktemp("reviews"))
 
 
-def _data(root, **extra):
-    return {
-        "name": "table",
-        "options": {
-            "train": str(root / "reviews.csv"),
-            "text": "review",
-            "label": "sentiment",
-            "tokenizer": str(root / "tok"),
-            "max_length": 16,
-            **extra,
-        },
-    }
-
-
 def test_text_is_tokenized_to_ids_and_mask(reviews):
-    s = load_dataset("table", **_data(reviews)["options"])
+    s = load_dataset("table", **reviews_data(reviews)["options"])
     assert s.input_shape == (2, 16) and s.class_names == ["negative", "positive"]
     x, y = s.train[0]
     assert x.dtype == torch.long
@@ -72,7 +58,7 @@ def test_bert_teacher_distils_into_a_smaller_bert_from_yaml(tmp_path, reviews):
                 "name": "t",
                 "run_dir": str(tmp_path / "t"),
                 "scheme": "supervised",
-                "data": _data(reviews),
+                "data": reviews_data(reviews),
                 "student": teacher_model,
                 "train": {**train, "optimizer": {"name": "adamw", "lr": 0.001}},
             }
@@ -85,7 +71,7 @@ def test_bert_teacher_distils_into_a_smaller_bert_from_yaml(tmp_path, reviews):
                 "name": "s",
                 "run_dir": str(tmp_path / "s"),
                 "scheme": "offline",
-                "data": _data(reviews),
+                "data": reviews_data(reviews),
                 "teacher": {**teacher_model, "weights": str(tmp_path / "t")},
                 "student": student_model,
                 "objective": {
@@ -117,7 +103,7 @@ def test_a_save_pretrained_folder_loads_with_the_same_logits(tmp_path, reviews):
     model = build_model("hf_model", (2, 16), 2, args).eval()
     model.model.save_pretrained(tmp_path / "bert")
     again = build_model("hf_model", (2, 16), 2, {"path": str(tmp_path / "bert")}).eval()
-    x = load_dataset("table", **_data(reviews)["options"]).test[0][0][None]
+    x = load_dataset("table", **reviews_data(reviews)["options"]).test[0][0][None]
     torch.testing.assert_close(model(x).logits, again(x).logits)
     three = build_model("hf_model", (2, 16), 3, {"path": str(tmp_path / "bert")})
     assert three(x).logits.shape == (1, 3)  # a new head for another class count
@@ -128,7 +114,7 @@ def test_a_save_pretrained_folder_loads_with_the_same_logits(tmp_path, reviews):
 
 
 def test_text_without_a_tokenizer_is_refused_with_the_fix(reviews):
-    opts = _data(reviews)["options"]
+    opts = reviews_data(reviews)["options"]
     with pytest.raises(ConfigError, match="holds text; give tokenizer"):
         load_dataset("table", **{k: v for k, v in opts.items() if k != "tokenizer"})
     with pytest.raises(DataError, match="for text classification give text: review"):
@@ -147,7 +133,7 @@ def trained_bert(tmp_path_factory, reviews):
                 "name": "b",
                 "run_dir": str(run),
                 "scheme": "supervised",
-                "data": _data(reviews),
+                "data": reviews_data(reviews),
                 "student": {"name": "hf_model", "args": args},
                 "train": {"epochs": 2, "batch_size": 32, "progress": False},
             }
