@@ -113,6 +113,10 @@ def test_an_undecided_verdict_gets_a_second_look_at_more_seeds():
     undecided = decide(arms([0.80, 0.83, 0.81], [0.79, 0.80, 0.81]), teacher, settings)
     assert not undecided.distillation_pays and undecided.undecided
     assert 0.029 < undecided.p < 0.3 and undecided.chosen.role == "scratch"
+    assert not more_seeds(undecided, settings, most=1)  # one new seed each: not worth it
+    assert more_seeds(undecided, settings, most=2)  # as many as the time left allows
+    assert undecided.best.seeds == undecided.scratch.seeds == 5
+    undecided.best.seeds = undecided.scratch.seeds = 0
     assert more_seeds(undecided, settings)
     assert undecided.best.seeds == undecided.scratch.seeds == 6
     assert not more_seeds(undecided, settings)  # one second look, not a third

@@ -147,9 +147,11 @@ def _auto(settings: AutoSettings, join: bool) -> AutoResult | None:
     candidates = {p.label: p for p in chosen}
     arms = plan_arms(trials, candidates, settings, pairing)
     _say(settings, f"final comparison: {len(arms)} configuration(s) x {settings.seeds} seeds")
-    run_arms(arms, trials, settings)
+    finals_started = time.time()
+    ran = run_arms(arms, trials, settings)
+    run_s = _seconds_per_run(time.time() - finals_started, ran, settings, search)
     verdict = decide(arms, teacher, settings)  # on validation only
-    if _second_look(verdict, settings, search, deadline):
+    if _second_look(verdict, settings, run_s, deadline):
         run_arms(arms, trials, settings)
         verdict = decide(arms, teacher, settings)
     test_arms(arms, data)
@@ -205,24 +207,37 @@ def _auto(settings: AutoSettings, join: bool) -> AutoResult | None:
     )
 
 
-def _second_look(verdict: Any, settings: AutoSettings, search: Any, deadline: float | None) -> bool:
-    """Whether an undecided verdict gets more seeds (and they fit the time left)."""
-    from distill.app.auto.finals import more_seeds
+def _seconds_per_run(wall: float, ran: int, settings: AutoSettings, search: Any) -> float:
+    """What one more final run costs in wall time: as the final runs just took (they ran
+    side by side), or, when none ran, a trial's length plus a process start."""
     from distill.app.auto.study import PROCESS_START_S, final_parallel
 
+    if ran:
+        return wall / ran
+    return (search.mean_full_trial_s() + PROCESS_START_S) / final_parallel(settings)
+
+
+def _second_look(
+    verdict: Any, settings: AutoSettings, run_s: float, deadline: float | None
+) -> bool:
+    """Whether an undecided verdict gets more seeds: as many as the time left allows."""
+    from distill.app.auto.finals import MIN_MORE_SEEDS, more_seeds
+
+    most = None
+    if deadline is not None:  # two arms, each new seed one run
+        most = int(max(0.0, deadline - time.time()) / (2 * max(run_s, 1e-3)))
+    if not verdict.undecided:
+        return False
+    if not more_seeds(verdict, settings, most):
+        if most is not None and most < MIN_MORE_SEEDS and settings.max_seeds > settings.seeds:
+            verdict.text.append(
+                f"undecided (gain {100 * verdict.gain:+.2f} points, p = {verdict.p:.3f}), and "
+                f"no time left for a second look (at least {2 * MIN_MORE_SEEDS} more runs of "
+                f"about {run_s:.0f} s); give more --time, or --seeds for a first look at "
+                "more seeds"
+            )  # (said with the verdict's other lines)
+        return False
     best, scratch = verdict.best, verdict.scratch
-    if not more_seeds(verdict, settings):
-        return False
-    runs = 2 * (best.seeds - settings.seeds)
-    need = runs * (search.mean_full_trial_s() + PROCESS_START_S) / final_parallel(settings)
-    if deadline is not None and time.time() + need > deadline:
-        best.seeds = scratch.seeds = 0
-        verdict.text.append(
-            f"undecided (gain {100 * verdict.gain:+.2f} points, p = {verdict.p:.3f}), and no "
-            f"time left for a second look at {runs} more runs (about {need:.0f} s); give "
-            "more --time, or --seeds for a first look at more seeds"
-        )  # (said with the verdict's other lines)
-        return False
     _say(
         settings,
         f"undecided (gain {100 * verdict.gain:+.2f} points, p = {verdict.p:.3f}): a second "

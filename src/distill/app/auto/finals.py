@@ -136,7 +136,7 @@ def plan_arms(
     return arms
 
 
-def run_arms(arms: list[Arm], trials: list[Trial], settings: AutoSettings) -> None:
+def run_arms(arms: list[Arm], trials: list[Trial], settings: AutoSettings) -> int:
     """Every arm over every seed, full length, without reading the test split.
 
     A baseline's search trial counts as its seed-0 run when it ran to the end. A
@@ -186,6 +186,7 @@ def run_arms(arms: list[Arm], trials: list[Trial], settings: AutoSettings) -> No
             float(json.loads((Path(d) / "results.json").read_text())["best_val_acc"])
             for d in arm.run_dirs
         ]
+    return len(jobs)
 
 
 def test_arms(arms: list[Arm], data: Any) -> None:
@@ -231,15 +232,24 @@ def bound(settings: AutoSettings) -> float:
     return P_TWO_LOOKS if settings.max_seeds > settings.seeds else P_NOISE
 
 
-def more_seeds(verdict: Verdict, settings: AutoSettings) -> bool:
-    """Give the undecided verdict's two arms their second look's seeds; False when it is
-    decided, or they have had them."""
+MIN_MORE_SEEDS = 2  # a second look at fewer new seeds per arm than this is not worth it
+
+
+def more_seeds(verdict: Verdict, settings: AutoSettings, most: int | None = None) -> bool:
+    """Give the undecided verdict's two arms their second look's seeds: `seeds` more each
+    (up to `max_seeds`, and to `most` when time allows no more). False when the verdict is
+    decided, they have had them, or fewer than MIN_MORE_SEEDS new seeds each would fit."""
     arms = [verdict.best, verdict.scratch]
     if not verdict.undecided or any(a is None or a.seeds for a in arms):
         return False
+    more = min(settings.max_seeds, 2 * settings.seeds) - settings.seeds
+    if most is not None:
+        more = min(more, most)
+    if more < MIN_MORE_SEEDS:
+        return False
     for arm in arms:
-        arm.seeds = min(settings.max_seeds, 2 * settings.seeds)
-    return arms[0].seeds > settings.seeds
+        arm.seeds = settings.seeds + more
+    return True
 
 
 def decide(arms: list[Arm], teacher: Profile, settings: AutoSettings) -> Verdict:
