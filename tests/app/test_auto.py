@@ -124,6 +124,10 @@ def test_an_undecided_verdict_gets_a_second_look_at_more_seeds():
     assert not clear.undecided and not more_seeds(clear, settings)  # a loss: settled
     once = settings.model_copy(update={"max_seeds": 3})
     assert bound(once) == 0.05  # one look at 5%
+    # no time for a second look (known before the p-value is read): one look at 5%
+    assert bound(settings, second_look_fits=False) == 0.05
+    p_030 = decide(arms([0.80, 0.83, 0.81], [0.79, 0.80, 0.81]), teacher, settings, False)
+    assert not p_030.undecided and not more_seeds(p_030, settings)
     assert not more_seeds(decide(arms([0.80, 0.83, 0.81], [0.79, 0.80, 0.81]), teacher, once), once)
     with pytest.raises(Exception, match="below seeds"):
         AutoSettings(teacher={"name": "mlp", "weights": "w"}, data={"name": "synthetic"},

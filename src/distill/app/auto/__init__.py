@@ -88,7 +88,7 @@ def _check_out(out: Path) -> None:
 
 def _auto(settings: AutoSettings, join: bool) -> AutoResult | None:
     from distill.app.auto import candidates as cands
-    from distill.app.auto.finals import decide, plan_arms, run_arms, test_arms
+    from distill.app.auto.finals import MIN_MORE_SEEDS, decide, plan_arms, run_arms, test_arms
     from distill.app.auto.space import methods_for, pair_layers
     from distill.app.auto.study import Search
     from distill.app.build import load_data
@@ -150,10 +150,12 @@ def _auto(settings: AutoSettings, join: bool) -> AutoResult | None:
     finals_started = time.time()
     ran = run_arms(arms, trials, settings)
     run_s = _seconds_per_run(time.time() - finals_started, ran, settings, search)
-    verdict = decide(arms, teacher, settings)  # on validation only
-    if _second_look(verdict, settings, run_s, deadline):
+    most = _seeds_that_fit(run_s, deadline)  # known before any p-value is read
+    fits = most is None or most >= MIN_MORE_SEEDS
+    verdict = decide(arms, teacher, settings, fits)  # on validation only
+    if _second_look(verdict, settings, most):
         run_arms(arms, trials, settings)
-        verdict = decide(arms, teacher, settings)
+        verdict = decide(arms, teacher, settings, fits)
     test_arms(arms, data)
     teacher.test_acc = _teacher_test(settings, data)
     for line in verdict.text:
@@ -217,25 +219,24 @@ def _seconds_per_run(wall: float, ran: int, settings: AutoSettings, search: Any)
     return (search.mean_full_trial_s() + PROCESS_START_S) / final_parallel(settings)
 
 
-def _second_look(
-    verdict: Any, settings: AutoSettings, run_s: float, deadline: float | None
-) -> bool:
-    """Whether an undecided verdict gets more seeds: as many as the time left allows."""
-    from distill.app.auto.finals import MIN_MORE_SEEDS, more_seeds
+def _seeds_that_fit(run_s: float, deadline: float | None) -> int | None:
+    """New seeds per arm a second look can take in the time left (None: no time budget);
+    each new seed is one run of each of its two arms."""
+    if deadline is None:
+        return None
+    return int(max(0.0, deadline - time.time()) / (2 * max(run_s, 1e-3)))
 
-    most = None
-    if deadline is not None:  # two arms, each new seed one run
-        most = int(max(0.0, deadline - time.time()) / (2 * max(run_s, 1e-3)))
-    if not verdict.undecided:
-        return False
+
+def _second_look(verdict: Any, settings: AutoSettings, most: int | None) -> bool:
+    """Whether an undecided verdict gets more seeds: as many as the time left allows."""
+    from distill.app.auto.finals import more_seeds
+
+    if not verdict.second_look_fits and settings.max_seeds > settings.seeds:
+        verdict.text.append(
+            "no time was left for a second look at more seeds, so the verdict is one look at "
+            "p < 0.05; give more --time for a second look when the first is undecided"
+        )  # (said with the verdict's other lines)
     if not more_seeds(verdict, settings, most):
-        if most is not None and most < MIN_MORE_SEEDS and settings.max_seeds > settings.seeds:
-            verdict.text.append(
-                f"undecided (gain {100 * verdict.gain:+.2f} points, p = {verdict.p:.3f}), and "
-                f"no time left for a second look (at least {2 * MIN_MORE_SEEDS} more runs of "
-                f"about {run_s:.0f} s); give more --time, or --seeds for a first look at "
-                "more seeds"
-            )  # (said with the verdict's other lines)
         return False
     best, scratch = verdict.best, verdict.scratch
     _say(

@@ -217,19 +217,30 @@ class Verdict:
     p: float = 1.0
     gain: float = 0.0
 
+    second_look_fits: bool = True
+
     @property
     def undecided(self) -> bool:
-        """A gain that more seeds might settle either way."""
-        return not self.distillation_pays and self.gain > 0 and self.p < P_PROMISING
+        """A gain that more seeds might settle either way, with a second look to come."""
+        return (
+            self.second_look_fits
+            and not self.distillation_pays
+            and self.gain > 0
+            and self.p < P_PROMISING
+        )
 
 
 def _mean(values: list[float]) -> float:
     return statistics.mean(values) if values else float("nan")
 
 
-def bound(settings: AutoSettings) -> float:
-    """The p-value bound of each look: one look at 5%, or two at Pocock's 2.9%."""
-    return P_TWO_LOOKS if settings.max_seeds > settings.seeds else P_NOISE
+def bound(settings: AutoSettings, second_look_fits: bool = True) -> float:
+    """The p-value bound of each look: two looks at Pocock's 2.9% when a second look may
+    come (`max_seeds` above `seeds`, and time for it), else one look at 5%. Whether a
+    second look fits is known before the first p-value is read, so the choice of bound
+    does not depend on the data."""
+    two = settings.max_seeds > settings.seeds and second_look_fits
+    return P_TWO_LOOKS if two else P_NOISE
 
 
 MIN_MORE_SEEDS = 2  # a second look at fewer new seeds per arm than this is not worth it
@@ -252,7 +263,9 @@ def more_seeds(verdict: Verdict, settings: AutoSettings, most: int | None = None
     return True
 
 
-def decide(arms: list[Arm], teacher: Profile, settings: AutoSettings) -> Verdict:
+def decide(
+    arms: list[Arm], teacher: Profile, settings: AutoSettings, second_look_fits: bool = True
+) -> Verdict:
     """Which arm is handed over, and why, in plain words."""
     floor = None
     if settings.budget.min_accuracy is not None:
@@ -278,7 +291,7 @@ def decide(arms: list[Arm], teacher: Profile, settings: AutoSettings) -> Verdict
         f"{100 * gain:+.2f} points, one-sided Welch p "
         f"{'< 0.001' if p < 0.001 else f'= {p:.3f}'}",
     ]
-    limit = bound(settings)
+    limit = bound(settings, second_look_fits)
     pays = gain > 0 and p < limit
     chosen = best if pays else scratch
     if pays:
@@ -303,4 +316,4 @@ def decide(arms: list[Arm], teacher: Profile, settings: AutoSettings) -> Verdict
             f"accuracy floor {settings.budget.min_accuracy} = {100 * floor:.2f}%: "
             + ("met" if meets else "NOT met by any student that fits the budget")
         )
-    return Verdict(chosen, text, pays, floor, meets, best, scratch, p, gain)
+    return Verdict(chosen, text, pays, floor, meets, best, scratch, p, gain, second_look_fits)
