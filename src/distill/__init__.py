@@ -3,7 +3,10 @@
 The Python API mirrors the YAML configs: build a teacher and a student, an `Objective`
 of `Term`s over their logits or tapped layers, a scheme, and hand it to the `Trainer`.
 
-The package is built in five layers, and its folders follow them; a module imports only
+The package is built in five layers; the layer packages (`core`, `loop`, `app`) are folders
+of one layer, while a domain (`llm`, `compress`, `dense`, `paradigms`) is a vertical slice
+whose modules sit in the layers their work needs (each module's layer is listed in
+`tests/test_layers.py`). A module imports only
 from its own layer or those below it, and no import cycle exists (both checked on the
 import graph, function-level imports included, by `tests/test_layers.py`):
 
