@@ -401,7 +401,7 @@ def test_processes_opening_a_fresh_study_database_at_once_all_get_it(tmp_path):
     code = f"from distill.app.auto.study import _storage; _storage({url!r})"
     procs = [
         subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE, text=True)
-        for _ in range(6)  # before the fix, most such starts lost at least one process
+        for _ in range(4)  # before the fix, such starts often lost a process
     ]
     failed = [p.communicate()[1] for p in procs if p.wait() != 0]
     assert not failed, failed[0][-500:]
@@ -608,6 +608,7 @@ def test_a_time_budget_is_kept(teacher_run, tmp_path, capsys):
     assert "trial 4:" in capsys.readouterr().err  # it searched past the baselines
 
 
+@pytest.mark.slow  # one of the longest end-to-end checks: python -m pytest -m slow
 def test_sigterm_stops_auto_cleanly_and_the_rerun_resumes_the_stopped_trial(teacher_run, tmp_path):
     out = tmp_path / "auto"
     args = _auto_args(

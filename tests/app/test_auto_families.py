@@ -127,6 +127,7 @@ def bert_teacher(tmp_path_factory):
     return root
 
 
+@pytest.mark.slow  # one of the longest end-to-end checks: python -m pytest -m slow
 def test_auto_on_a_bert_teacher_searches_its_layer_dropped_students(bert_teacher, tmp_path):
     from distill.app.cli import main
 

@@ -52,7 +52,7 @@ def test_bench_end_to_end_and_resume(tmp_path, monkeypatch, capsys):
         "base": "base.yaml",
         "out": "out",
         "seeds": [0, 1],
-        "jobs": 1,
+        "jobs": 2,
         "methods": {
             "dist": "dist.yaml",
             "sp": {
@@ -107,6 +107,7 @@ def _free(run_dir):
         return True
 
 
+@pytest.mark.slow  # one of the longest end-to-end checks: python -m pytest -m slow
 def test_bench_under_signals_stops_its_workers_and_a_rerun_redoes_exactly_the_unfinished(
     tmp_path,
 ):

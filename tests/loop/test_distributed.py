@@ -78,6 +78,7 @@ def test_sharding_keeps_tied_weights_parts_and_optimizer_state_exact():
     run_fsdp_worker(2)
 
 
+@pytest.mark.slow  # one of the longest end-to-end checks: python -m pytest -m slow
 def test_sharded_runs_match_one_process_and_resume_under_any_placement(tmp_path):
     one = _launch(_config(tmp_path, "one"), 1)
     assert one.returncode == 0, one.stderr[-2000:]
@@ -141,6 +142,7 @@ def test_batchnorm_ranks_agree_on_best_epochs_when_sharded(tmp_path):
     assert any("running_mean" in k for k in state)
 
 
+@pytest.mark.slow  # one of the longest end-to-end checks: python -m pytest -m slow
 def test_two_gloo_ranks_on_an_image_folder_train_the_same_weights_as_one_process(tmp_path):
     """Map-style data read from disk: each rank reads its slice of every global batch (the
     per-sample random crops are seeded by sample, not by rank), so 2 processes with
