@@ -134,6 +134,36 @@ def test_an_undecided_verdict_gets_a_second_look_at_more_seeds():
                      seeds=4, max_seeds=3)  # fmt: skip
 
 
+def test_the_verdict_counts_the_noise_of_a_finite_validation_set():
+    """A gain every seed agrees on but that rests on one validation sample is luck of the
+    validation set, not distillation: the paired test over samples says so."""
+    import numpy as np
+
+    from distill.app.auto.finals import Arm, decide, paired_p
+
+    assert paired_p(np.ones(100), np.ones(100)) == 1.0  # no sample differs
+    one = np.zeros(130)
+    one[0] = 1.0  # one image of 130 flips, in every seed
+    assert paired_p(one, np.zeros(130)) > 0.1
+    many = (np.arange(130) % 4 == 0).astype(float)  # 33 images better, none worse
+    assert paired_p(many, np.zeros(130)) < 0.001
+    assert paired_p(np.zeros(130), many) > 0.99  # worse is not better
+    settings = AutoSettings(
+        teacher={"name": "mlp", "weights": "w"}, data={"name": "synthetic"}, max_seeds=3
+    )
+    student, teacher = _profile("s", 1000), _profile("teacher", 5000)
+    teacher.val_acc = 0.99
+    kd = Arm("kd", "finalist", student, "kd", {}, 1e-3, val=[0.8077, 0.8076, 0.8078])
+    scratch = Arm("scratch", "scratch", student, "scratch", {}, 1e-3, val=[0.80, 0.80, 0.80])
+    assert decide([kd, scratch], teacher, settings).distillation_pays  # seeds alone: yes
+    kd.hits, scratch.hits = one, np.zeros(130)
+    verdict = decide([kd, scratch], teacher, settings)
+    assert not verdict.distillation_pays and verdict.chosen is scratch
+    assert "over the 130 validation samples (paired)" in verdict.text[1]
+    kd.hits = many
+    assert decide([kd, scratch], teacher, settings).distillation_pays
+
+
 def test_layers_are_paired_at_the_classifier_inputs_and_every_method_builds_a_valid_config(
     tmp_path,
 ):

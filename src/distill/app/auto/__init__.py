@@ -9,7 +9,8 @@ evidence that it is the best.
    exact teacher cache, and its state in SQLite in the output folder (`study`).
 3. The best few configurations and their baselines are trained again over several seeds
    and compared with confidence intervals; the test split is read once, at the end
-   (`finals`). When distillation does not beat scratch beyond seed noise, the scratch
+   (`finals`). When distillation does not beat scratch beyond the noise of seeds and of
+   a finite validation set, the scratch
    student is handed over and the verdict says so.
 4. The student's weights, a `best.yaml` that `distill run` reproduces, an optional export
    and a report with the Pareto frontier are written to the output folder (`report`).
@@ -88,7 +89,14 @@ def _check_out(out: Path) -> None:
 
 def _auto(settings: AutoSettings, join: bool) -> AutoResult | None:
     from distill.app.auto import candidates as cands
-    from distill.app.auto.finals import MIN_MORE_SEEDS, decide, plan_arms, run_arms, test_arms
+    from distill.app.auto.finals import (
+        MIN_MORE_SEEDS,
+        decide,
+        plan_arms,
+        run_arms,
+        test_arms,
+        val_hits,
+    )
     from distill.app.auto.space import methods_for, pair_layers
     from distill.app.auto.study import Search
     from distill.app.build import load_data
@@ -152,9 +160,11 @@ def _auto(settings: AutoSettings, join: bool) -> AutoResult | None:
     run_s = _seconds_per_run(time.time() - finals_started, ran, settings, search)
     most = _seeds_that_fit(run_s, deadline)  # known before any p-value is read
     fits = most is None or most >= MIN_MORE_SEEDS
+    val_hits(arms, data)
     verdict = decide(arms, teacher, settings, fits)  # on validation only
     if _second_look(verdict, settings, most):
         run_arms(arms, trials, settings)
+        val_hits([verdict.best, verdict.scratch], data)
         verdict = decide(arms, teacher, settings, fits)
     test_arms(arms, data)
     teacher.test_acc = _teacher_test(settings, data)

@@ -8,10 +8,13 @@ or signal loses nothing and a rerun continues them. Every choice is made on vali
 accuracy; the test split is read once, at the end, for the runs of the comparison.
 
 The verdict hands over the best configuration by mean validation accuracy, unless it does
-not beat the same student from scratch beyond seed noise (Welch's t-test, one-sided: is
-the distilled student better over the seeds): then it says so plainly and hands over the
-scratch student. With an accuracy floor, the smallest student whose mean validation
-accuracy meets it is preferred.
+not beat the same student from scratch beyond noise: then it says so plainly and hands
+over the scratch student. Two one-sided tests must both pass: over the seeds (Welch's
+t-test on the runs' validation accuracies: is the gain more than training noise?) and
+over the validation samples (a paired t-test on each sample's share of runs right: is it
+more than the luck of a finite validation set, which every run shares?). With an
+accuracy floor, the smallest student whose mean validation accuracy meets it is
+preferred.
 
 An undecided verdict (a gain whose p is above the bound but below P_PROMISING) gets a
 second look: the best configuration and its scratch baseline run `seeds` more seeds (up to
@@ -52,6 +55,8 @@ class Arm:
     trial: int | None = None
     seeds: int = 0  # how many seeds it runs (0: settings.seeds)
     run_dirs: list[str] = field(default_factory=list)
+    # per labelled validation sample: the share of its runs that classify it right
+    hits: Any = None
     val: list[float] = field(default_factory=list)
     test: list[float] = field(default_factory=list)
 
@@ -189,20 +194,61 @@ def run_arms(arms: list[Arm], trials: list[Trial], settings: AutoSettings) -> in
     return len(jobs)
 
 
-def test_arms(arms: list[Arm], data: Any) -> None:
-    """The test split, read once: every arm's runs, from their best weights."""
+def _run_model(arm: Arm, run_dir: str, data: Any) -> Any:
+    """The student of one of the arm's runs, with its best weights."""
     from distill.app.build import weights_path
-    from distill.evaluate import evaluate
     from distill.models import build_model
     from distill.models.weights import restore_weights
 
+    spec = arm.student.spec
+    model = build_model(spec["name"], data.input_shape, data.num_classes, spec["args"])
+    restore_weights(model, weights_path(run_dir), "student")
+    return model.eval()
+
+
+def test_arms(arms: list[Arm], data: Any) -> None:
+    """The test split, read once: every arm's runs, from their best weights."""
+    from distill.evaluate import evaluate
+
     for arm in arms:
-        arm.test = []
-        for run_dir in arm.run_dirs:
-            spec = arm.student.spec
-            model = build_model(spec["name"], data.input_shape, data.num_classes, spec["args"])
-            restore_weights(model, weights_path(run_dir), "student")
-            arm.test.append(evaluate(model, data.test, batch_size=512)["acc"])
+        arm.test = [
+            evaluate(_run_model(arm, d, data), data.test, batch_size=512)["acc"]
+            for d in arm.run_dirs
+        ]
+
+
+def val_hits(arms: list[Arm], data: Any) -> None:
+    """Each arm's `hits`: per labelled validation sample, the share of its runs that get it
+    right (what the paired test over validation samples reads)."""
+    import numpy as np
+
+    from distill.evaluate import predict_logits, targets_of
+
+    targets = targets_of(data.val)
+    labelled = targets >= 0
+    for arm in arms:
+        right = [
+            (predict_logits(_run_model(arm, d, data), data.val, batch_size=512).argmax(-1)
+             == targets)[labelled].numpy()
+            for d in arm.run_dirs
+        ]  # fmt: skip
+        arm.hits = np.mean(right, axis=0)
+
+
+def paired_p(better: Any, than: Any) -> float:
+    """One-sided p that `better` beats `than` on new samples: a paired t-test over the
+    validation samples of the per-sample differences in the share of runs right. It
+    counts the noise of a finite validation set, which the runs share and a test over
+    seeds cannot see. 1.0 when no sample differs."""
+    import numpy as np
+    from scipy import stats
+
+    diff = np.asarray(better, dtype=float) - np.asarray(than, dtype=float)
+    if not np.any(diff):
+        return 1.0
+    if np.all(diff == diff[0]):  # every sample moved the same way: no spread to test
+        return 0.0 if diff[0] > 0 else 1.0
+    return float(stats.ttest_1samp(diff, 0.0, alternative="greater").pvalue)
 
 
 @dataclass
@@ -214,10 +260,10 @@ class Verdict:
     meets_floor: bool | None
     best: Arm | None = None  # the best distilled arm, handed over or not
     scratch: Arm | None = None
-    p: float = 1.0
+    p: float = 1.0  # over the seeds (Welch)
     gain: float = 0.0
-
     second_look_fits: bool = True
+    p_samples: float | None = None  # over the validation samples (paired), when measured
 
     @property
     def undecided(self) -> bool:
@@ -227,6 +273,8 @@ class Verdict:
             and not self.distillation_pays
             and self.gain > 0
             and self.p < P_PROMISING
+            # more seeds do not shrink the noise of the validation set itself
+            and (self.p_samples is None or self.p_samples < P_PROMISING)
         )
 
 
@@ -284,24 +332,33 @@ def decide(
     scratch = next(a for a in arms if a.role == "scratch" and a.student is best.student)
     gain = _mean(best.val) - _mean(scratch.val)
     p = welch_p(best.val, scratch.val, alternative="greater")
+    p_samples = None
+    if best.hits is not None and scratch.hits is not None:
+        p_samples = paired_p(best.hits, scratch.hits)
+    shown = lambda v: "< 0.001" if v < 0.001 else f"= {v:.3f}"  # noqa: E731
     text = [
         f"best distilled configuration: {best.key}, validation {100 * _mean(best.val):.2f}% "
         f"(+/- {100 * (ci95(best.val) or 0):.2f}, 95% CI over {len(best.val)} seeds)",
         f"the same student from scratch: {100 * _mean(scratch.val):.2f}%; gain "
-        f"{100 * gain:+.2f} points, one-sided Welch p "
-        f"{'< 0.001' if p < 0.001 else f'= {p:.3f}'}",
+        f"{100 * gain:+.2f} points, one-sided p over the seeds (Welch) {shown(p)}"
+        + (
+            f", over the {len(best.hits)} validation samples (paired) {shown(p_samples)}"
+            if p_samples is not None
+            else ""
+        ),
     ]
     limit = bound(settings, second_look_fits)
-    pays = gain > 0 and p < limit
+    pays = gain > 0 and p < limit and (p_samples is None or p_samples < limit)
     chosen = best if pays else scratch
     if pays:
         text.append(
-            "distillation beats scratch beyond seed noise: handing over the distilled student"
+            "distillation beats scratch beyond the noise of seeds and of a finite validation "
+            "set: handing over the distilled student"
         )
     else:
         text.append(
-            "distillation does not beat training from scratch beyond seed noise (p >= "
-            f"{limit} or no gain) for this student and budget: handing over the scratch "
+            "distillation does not beat training from scratch beyond noise (a p >= "
+            f"{limit}, or no gain) for this student and budget: handing over the scratch "
             "student"
         )
     if teacher.val_acc is not None and teacher.val_acc < _mean(scratch.val):
@@ -316,4 +373,6 @@ def decide(
             f"accuracy floor {settings.budget.min_accuracy} = {100 * floor:.2f}%: "
             + ("met" if meets else "NOT met by any student that fits the budget")
         )
-    return Verdict(chosen, text, pays, floor, meets, best, scratch, p, gain, second_look_fits)
+    return Verdict(
+        chosen, text, pays, floor, meets, best, scratch, p, gain, second_look_fits, p_samples
+    )
