@@ -104,9 +104,7 @@ def _train(
                 run_dir / "preprocessing.json", json.dumps(built.data.preprocessing, indent=1)
             )
     distributed.barrier()
-    trackers = _trackers(cfg, run_dir, resume) if main else []
-    trainer.callbacks += [lambda row, t=t: t.log(row, row["step"]) for t in trackers]
-    trainer.step_callbacks += [lambda row, t=t: t.log(row, row["step"]) for t in trackers]
+    trackers = _trackers(cfg, run_dir, resume, trainer) if main else []
     try:
         summary = trainer.fit(resume=resume)
     finally:
@@ -118,15 +116,7 @@ def _train(
     if distributed.world_size() > 1:
         results["world_size"] = distributed.world_size()
         results["sharded"] = sharded  # models split across the ranks with FSDP
-    if built.cache_plan is not None and cfg.teacher is not None:
-        results["teacher_cache"] = built.cache_plan.reason
-        results["teacher_cached"] = built.cache_plan.use
-    lm_cache = getattr(built.scheme, "cache", None)  # lm_kd trained from `distill lm-cache`
-    if lm_cache is not None and hasattr(lm_cache, "mode"):
-        results["teacher_cache"] = (
-            f"{lm_cache.mode}-{lm_cache.k} logit cache {str(lm_cache.path)!r} (the teacher "
-            f"was not run on the training data)"
-        )
+    results.update(_cache_lines(cfg, built))
     distributed.barrier()  # rank 0's last checkpoint and best weights are on disk
     # A sharded model runs only with every rank taking part, so then all ranks test.
     # A run that ends (complete, or stopped by train.max_steps) is tested: its best weights,
@@ -150,14 +140,36 @@ def _train(
     return results
 
 
-def _trackers(cfg: ExperimentConfig, run_dir: Path, resume: bool) -> list:
-    """The experiment trackers `train.report_to` names, opened in the run dir."""
+def _cache_lines(cfg: ExperimentConfig, built: Any) -> dict[str, Any]:
+    """What the results say of the teacher's outputs: cached (and why, or why not), or
+    read from a `distill lm-cache` cache instead of a teacher."""
+    out: dict[str, Any] = {}
+    if built.cache_plan is not None and cfg.teacher is not None:
+        out["teacher_cache"] = built.cache_plan.reason
+        out["teacher_cached"] = built.cache_plan.use
+    lm_cache = getattr(built.scheme, "cache", None)  # lm_kd trained from `distill lm-cache`
+    if lm_cache is not None and hasattr(lm_cache, "mode"):
+        out["teacher_cache"] = (
+            f"{lm_cache.mode}-{lm_cache.k} logit cache {str(lm_cache.path)!r} (the teacher "
+            f"was not run on the training data)"
+        )
+    return out
+
+
+def _trackers(cfg: ExperimentConfig, run_dir: Path, resume: bool, trainer: Trainer) -> list:
+    """The experiment trackers `train.report_to` names, opened in the run dir and fed the
+    trainer's epoch rows and its rows every `log_every_steps` steps."""
     if not cfg.train.report_to:
         return []
     from distill.core.trackers import flat_params, open_trackers
 
     params = flat_params(cfg.model_dump(mode="json"))
-    return open_trackers(cfg.train.report_to, run_dir, cfg.name, params, resume)
+    trackers = open_trackers(cfg.train.report_to, run_dir, cfg.name, params, resume)
+    for tracker in trackers:
+        log = lambda row, t=tracker: t.log(row, row["step"])  # noqa: E731
+        trainer.callbacks.append(log)
+        trainer.step_callbacks.append(log)
+    return trackers
 
 
 def _resume_line(trainer: Trainer, saved: Path) -> str:

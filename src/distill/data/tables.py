@@ -25,6 +25,7 @@ from distill.data.lazy import (
     split_transforms,
     text_pipeline,
 )
+from distill.data.scaling import apply_scale
 
 
 class TableRows:
@@ -380,6 +381,33 @@ def _first_bad_row(column: Any) -> int:
     return -1
 
 
+def _train_labels(table: Any, label: str, train: str, label_values: Any) -> tuple[Any, Any]:
+    """The training file's labels coded to 0..C-1 (by `label_values` when given)."""
+    name = "table"
+    if label_values is not None and (not isinstance(label_values, list) or not label_values):
+        raise ConfigError(
+            f"dataset {name!r}: label_values must be a list of the label values in class "
+            f"order, e.g. label_values: [-1, 1], got {label_values!r}"
+        )
+    where = f"dataset {name!r}: {train!r}"
+    return labels_of(table, label, where, names=label_values, by_value=label_values is not None)
+
+
+def _test_rows(
+    test: str, fmt: str | None, delimiter: str | None, label: str, cols: list[str],
+    numeric: bool, coder: Any,
+) -> TableRows:  # fmt: skip
+    """The test file's rows: the training file's columns, labels coded the same way."""
+    name = "table"
+    t_table = images_from_structs(read_table(test, fmt=fmt, name=name, delimiter=delimiter))
+    for c in [label, *cols]:
+        _column(t_table, c, name, "label" if c == label else "feature", repr(test))
+    if numeric:
+        check_finite_columns(t_table, cols, name, repr(test))
+    t_y, _ = labels_of(t_table, label, f"dataset {name!r}: {test!r}", coder)
+    return TableRows(name, t_table, cols, t_y, repr(test))
+
+
 def load_table(
     *,
     train: str,
@@ -426,91 +454,15 @@ def load_table(
             )
         cols = feature_columns(table, label, features, name, repr(train))
         check_finite_columns(table, cols, name, repr(train))
-    if label_values is not None and (not isinstance(label_values, list) or not label_values):
-        raise ConfigError(
-            f"dataset {name!r}: label_values must be a list of the label values in class "
-            f"order, e.g. label_values: [-1, 1], got {label_values!r}"
-        )
-    y, coder = labels_of(
-        table,
-        label,
-        f"dataset {name!r}: {train!r}",
-        names=label_values,
-        by_value=label_values is not None,
-    )
+    y, coder = _train_labels(table, label, train, label_values)
     names = coder.names
     src_train = TableRows(name, table, cols, y, repr(train))
     src_test = None
     if test is not None:
-        t_table = images_from_structs(read_table(test, fmt=format, name=name, delimiter=delimiter))
-        for c in [label, *cols]:
-            _column(t_table, c, name, "label" if c == label else "feature", repr(test))
-        if text is None:
-            check_finite_columns(t_table, cols, name, repr(test))
-        t_y, _ = labels_of(t_table, label, f"dataset {name!r}: {test!r}", coder)
-        src_test = TableRows(name, t_table, cols, t_y, repr(test))
+        src_test = _test_rows(test, format, delimiter, label, cols, text is None, coder)
     data = finish_data(
         name, src_train, src_test, train_tf, eval_tf, names=names, test_fraction=test_fraction
     )
-    if text is None and not src_train.image:
-        how = "standard" if scale == "auto" else scale
-        data.preprocessing = scale_features(data, [src_train, src_test], cols, how, name)
-    elif scale not in ("none", "auto"):
-        raise ConfigError(
-            f"dataset {name!r}: scale applies to numeric feature columns; this table's input "
-            f"is {'text' if text else 'an image column'} (use transforms for images)"
-        )
+    numeric = text is None and not src_train.image
+    apply_scale(data, [src_train, src_test], cols, scale, name, numeric, "text" if text else "")
     return data
-
-
-SCALINGS = ("none", "standard", "minmax")
-
-
-def scale_features(
-    data: Any, sources: list[Any], columns: list[str], how: str, name: str
-) -> dict | None:
-    """Fit `how` on the training split's rows and set it on every source (train and test
-    files); returns what was fitted, for the run dir. With 'none', warn when the features
-    are far from unit scale, the usual reason a table trains to chance."""
-    if how not in SCALINGS:
-        raise ConfigError(f"dataset {name!r}: scale must be one of {list(SCALINGS)}, got {how!r}")
-    rows = data.train.source
-    positions = np.sort(data.train.positions)
-    if how == "none":
-        step = max(1, len(positions) // 20_000)  # a sample of rows is enough to warn
-        _warn_scale(rows.read_many(positions[::step]), columns, name)
-        return None
-    x = rows.read_many(positions).astype(np.float64)
-    if how == "standard":
-        offset, divisor = x.mean(0), x.std(0)
-    else:
-        offset, divisor = x.min(0), x.max(0) - x.min(0)
-    divisor = np.where(divisor > 0, divisor, 1.0)  # a constant feature stays constant
-    scaling = (offset.astype(np.float32), divisor.astype(np.float32))
-    for source in sources:
-        if source is not None:
-            source.scaling = scaling
-    return {
-        "scale": how,
-        "fitted_on": f"{len(positions)} training rows",
-        "columns": columns,
-        "offset": scaling[0].tolist(),
-        "divisor": scaling[1].tolist(),
-    }
-
-
-def _warn_scale(x: np.ndarray, columns: list[str], name: str) -> None:
-    std = x.std(0)
-    spread = np.abs(x).max(0)
-    positive = std[std > 0]
-    if not positive.size:
-        return
-    ratio = positive.max() / positive.min()
-    if np.median(positive) > 20 or spread.max() > 1e3 or ratio > 1e3:
-        print(
-            f"dataset {name!r}: the features are far from unit scale (median std "
-            f"{np.median(positive):.3g}, largest |value| {spread.max():.3g}, std ratio "
-            f"{ratio:.3g}); networks train poorly on such inputs: set scale: standard (or "
-            f"minmax) in data.options to scale them with statistics of the training rows",
-            file=sys.stderr,
-        )

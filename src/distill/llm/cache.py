@@ -21,6 +21,7 @@ import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -132,6 +133,46 @@ def sparse_kd_loss(
     if num_tokens is None:
         num_tokens = mask.sum() if mask is not None else per_token.numel()
     return per_token.sum() / torch.as_tensor(num_tokens, dtype=per_token.dtype).clamp_min(1)
+
+
+def cached_kd_losses(
+    student: torch.nn.Module,
+    batch: dict[str, Tensor],
+    cache: Any,
+    mask: Tensor,
+    num_tokens: Tensor,
+    vocab: int,
+    chunk_size: int = 0,
+) -> tuple[Tensor, Tensor]:
+    """(kd, task) of a language-model batch against the cache's sparse teacher outputs:
+    from the student's logits whole, or with `chunk_size` a chunk of supervised tokens at a
+    time from its final hidden states (`distill.llm.chunked`; the same values and
+    gradients, without the full logits)."""
+    x, am, y = batch["input"], batch.get("attention_mask"), batch["target"]
+    rows = cache.rows(batch["index"])
+    if chunk_size:
+        from distill.llm.chunked import chunked_cross_entropy, chunked_loss, decoder_and_head
+
+        decoder, head = decoder_and_head(student)
+        h = decoder(input_ids=x, attention_mask=am).last_hidden_state[mask]
+        ids, values, extra = (t.to(h.device)[mask.to(h.device)] for t in rows)
+        w = head.weight[:vocab]
+
+        def kd_of_chunk(z: Tensor, start: int, end: int) -> Tensor:
+            return sparse_kd_loss(
+                z, ids[start:end], values[start:end], extra[start:end], cache.mode,
+                temperature=cache.temperature, num_tokens=1,
+            )  # fmt: skip
+
+        kd = chunked_loss(h, w, kd_of_chunk, chunk_size) / torch.as_tensor(num_tokens).clamp_min(1)
+        return kd, chunked_cross_entropy(h, w, y[mask], chunk_size) / num_tokens
+    z_s = student(input_ids=x, attention_mask=am).logits[..., :vocab]
+    ids, values, extra = (t.to(z_s.device) for t in rows)
+    kd = sparse_kd_loss(
+        z_s, ids, values, extra, cache.mode,
+        mask=mask, temperature=cache.temperature, num_tokens=num_tokens,
+    )  # fmt: skip
+    return kd, F.cross_entropy(z_s.float()[mask], y[mask], reduction="sum") / num_tokens
 
 
 CACHE_FILES = frozenset({"ids.npy", "values.npy", "extra.npy", "manifest.json"})

@@ -467,36 +467,11 @@ class LMDistillation(SchemeBase):
         return {"loss": total, **out}
 
     def _cached_step(self, batch, step: int, mask: Tensor, n) -> dict[str, Tensor]:
-        """KD from the cache's sparse teacher outputs: the student's logits whole, or with
-        chunk_size a chunk of supervised tokens at a time from its final hidden states."""
-        from distill.llm.cache import sparse_kd_loss
+        from distill.llm.cache import cached_kd_losses
 
-        x, am, y = batch["input"], batch.get("attention_mask"), batch["target"]
-        rows = self.cache.rows(batch["index"])
-        if self.args.chunk_size:
-            from distill.llm.chunked import chunked_cross_entropy, chunked_loss
-
-            h = _forward(self.student, x, am, False, base=True).last_hidden_state[mask]
-            ids, values, extra = (t.to(h.device)[mask.to(h.device)] for t in rows)
-            w = self.student.get_output_embeddings().weight[: self.vocab]
-
-            def kd_of_chunk(z: Tensor, start: int, end: int) -> Tensor:
-                return sparse_kd_loss(
-                    z, ids[start:end], values[start:end], extra[start:end], self.cache.mode,
-                    temperature=self.cache.temperature, num_tokens=1,
-                )  # fmt: skip
-
-            size = self.args.chunk_size
-            kd = chunked_loss(h, w, kd_of_chunk, size) / torch.as_tensor(n).clamp_min(1)
-            task = chunked_cross_entropy(h, w, y[mask], size) / n
-        else:
-            z_s = self.student(input_ids=x, attention_mask=am).logits[..., : self.vocab]
-            ids, values, extra = (t.to(z_s.device) for t in rows)
-            kd = sparse_kd_loss(
-                z_s, ids, values, extra, self.cache.mode,
-                mask=mask, temperature=self.cache.temperature, num_tokens=n,
-            )  # fmt: skip
-            task = F.cross_entropy(z_s.float()[mask], y[mask], reduction="sum") / n
+        kd, task = cached_kd_losses(
+            self.student, batch, self.cache, mask, n, self.vocab, self.args.chunk_size
+        )
         total = self.objective.task_weight.at(step) * task + self.args.kd_weight * kd
         return {"loss": total, "kd": kd, "task": task}
 

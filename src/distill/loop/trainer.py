@@ -58,13 +58,11 @@ class Trainer:
     ):
         self.scheme, self.train_data, self.val_data = scheme, train_data, val_data
         self.contract = Contract.of(scheme)  # what this loop reads of the scheme
-        # called after every optimizer step, e.g. pruning masks (`distill.schemes.contract.StepHook`)
-        self.step_hooks = list(step_hooks)
+        self.step_hooks = list(step_hooks)  # after every optimizer step, e.g. pruning masks
         # Called with each epoch's metrics row after it is logged and checkpointed; a callback
         # may raise to stop the run (e.g. a tuner pruning a bad trial). State stays consistent.
         self.callbacks = list(callbacks)
-        # called every settings.log_every_steps optimizer steps with the steps' mean losses
-        # and the learning rate (experiment trackers' curves between epochs)
+        # every log_every_steps steps: the steps' mean losses and lr (trackers' curves)
         self.step_callbacks: list[Callable[[dict[str, Any]], None]] = []
         self._window = LossSums()
         self.settings = settings

@@ -87,24 +87,41 @@ def _check_out(out: Path) -> None:
         )
 
 
-def _auto(settings: AutoSettings, join: bool) -> AutoResult | None:
-    from distill.app.auto import candidates as cands
-    from distill.app.auto.finals import (
-        MIN_MORE_SEEDS,
-        decide,
-        plan_arms,
-        run_arms,
-        test_arms,
-        val_hits,
-    )
-    from distill.app.auto.space import methods_for, pair_layers
-    from distill.app.auto.study import Search
-    from distill.app.build import load_data
-    from distill.models import build_model
+@dataclass
+class _Plan:
+    """What the search is about: the data, the teacher, the candidates and the methods."""
 
+    data: Any
+    preprocessing: list[str]
+    teacher: Any  # candidates.Profile
+    proposed: list[Any]
+    chosen: list[Any]
+    pairing: Any
+    methods: list[str]
+
+
+def _auto(settings: AutoSettings, join: bool) -> AutoResult | None:
     started = time.time()
     deadline = started + settings.time_s if settings.time_s else None
     settings = choose_preprocessing(settings)
+    plan = _plan(settings)
+    search, trials = _search(settings, plan, deadline, join)
+    if join:
+        _say(settings, f"worker done: {len(trials)} trial(s) in the study")
+        return None
+    arms, verdict = _compare(settings, plan, search, trials, deadline)
+    return _hand_over_and_report(settings, plan, trials, arms, verdict, started)
+
+
+def _plan(settings: AutoSettings) -> _Plan:
+    """Read the data, profile the teacher, measure and choose the candidates (compressed
+    ones too when the budget asks), and pair layers for the feature methods."""
+    from distill.app.auto import candidates as cands
+    from distill.app.auto.compressed import propose_compressed
+    from distill.app.auto.space import methods_for, pair_layers
+    from distill.app.build import load_data
+    from distill.models import build_model
+
     data = load_data(settings.data)
     preprocessing = preprocessing_chosen(settings, data)
     for line in preprocessing:
@@ -113,8 +130,6 @@ def _auto(settings: AutoSettings, join: bool) -> AutoResult | None:
     _say(settings, "profiling the teacher and measuring the candidate students")
     teacher_model, teacher = cands.profile_teacher(settings, data)
     proposed = cands.propose(settings, data, teacher, teacher_model)
-    from distill.app.auto.compressed import propose_compressed
-
     compressed, notes = propose_compressed(settings, data, teacher_model, teacher, proposed)
     for note in notes:
         _say(settings, f"compression: {note}")
@@ -126,34 +141,50 @@ def _auto(settings: AutoSettings, join: bool) -> AutoResult | None:
         f"{teacher.latency_ms:.3f} ms; searching {len(chosen)} student(s): "
         + ", ".join(f"{p.label} ({p.params:,} params, {p.latency_ms:.3f} ms)" for p in chosen),
     )
-    probe = build_model(
-        chosen[0].spec["name"], data.input_shape, data.num_classes, chosen[0].spec["args"]
-    )
+    spec = chosen[0].spec
+    probe = build_model(spec["name"], data.input_shape, data.num_classes, spec["args"])
     pairing = pair_layers(probe, teacher_model, data.num_classes)
     methods = methods_for(pairing, settings.methods)
-    del teacher_model, probe
+    return _Plan(data, preprocessing, teacher, proposed, chosen, pairing, methods)
+
+
+def _search(settings: AutoSettings, plan: _Plan, deadline: float | None, join: bool):
+    """The study, run to its budget; returns it and its trials."""
+    from distill.app.auto.study import Search
+
     # finalists run every seed afresh; each baseline's search trial counts as its seed 0
-    finals_runs = settings.finalists * settings.seeds + 2 * min(settings.finalists, len(chosen)) * (
-        settings.seeds - 1
-    )
+    baselines = 2 * min(settings.finalists, len(plan.chosen)) * (settings.seeds - 1)
     search = Search(
-        settings, chosen, methods, pairing, deadline=deadline, finals_runs=finals_runs,
+        settings, plan.chosen, plan.methods, plan.pairing, deadline=deadline,
+        finals_runs=settings.finalists * settings.seeds + baselines,
         second_look_runs=2 * (settings.max_seeds - settings.seeds), joined=join,
     )  # fmt: skip
     search.run()
     trials = search.trials()
-    if join:
-        _say(settings, f"worker done: {len(trials)} trial(s) in the study")
-        return None
-    if not any(t.state == "COMPLETE" for t in trials):
+    if not join and not any(t.state == "COMPLETE" for t in trials):
         from distill.core.errors import ConfigError
 
         raise ConfigError(
             "auto: no trial ran to the end within the budget of time or trials; give more "
             "--time or --trials (the study is kept: the same command continues it)"
         )
-    candidates = {p.label: p for p in chosen}
-    arms = plan_arms(trials, candidates, settings, pairing)
+    return search, trials
+
+
+def _compare(settings: AutoSettings, plan: _Plan, search: Any, trials: list, deadline):
+    """The final comparison over seeds, a second look when undecided, the verdict (all on
+    validation), then the test split, read once."""
+    from distill.app.auto.finals import (
+        MIN_MORE_SEEDS,
+        decide,
+        plan_arms,
+        run_arms,
+        test_arms,
+        val_hits,
+    )
+
+    data, teacher = plan.data, plan.teacher
+    arms = plan_arms(trials, {p.label: p for p in plan.chosen}, settings, plan.pairing)
     _say(settings, f"final comparison: {len(arms)} configuration(s) x {settings.seeds} seeds")
     finals_started = time.time()
     ran = run_arms(arms, trials, settings)
@@ -161,7 +192,7 @@ def _auto(settings: AutoSettings, join: bool) -> AutoResult | None:
     most = _seeds_that_fit(run_s, deadline)  # known before any p-value is read
     fits = most is None or most >= MIN_MORE_SEEDS
     val_hits(arms, data)
-    verdict = decide(arms, teacher, settings, fits)  # on validation only
+    verdict = decide(arms, teacher, settings, fits)
     if _second_look(verdict, settings, most):
         run_arms(arms, trials, settings)
         val_hits([verdict.best, verdict.scratch], data)
@@ -170,28 +201,26 @@ def _auto(settings: AutoSettings, join: bool) -> AutoResult | None:
     teacher.test_acc = _teacher_test(settings, data)
     for line in verdict.text:
         _say(settings, line)
+    return arms, verdict
+
+
+def _hand_over_and_report(settings, plan: _Plan, trials, arms, verdict, started) -> AutoResult:
+    """The chosen student's files, measured again; the report and auto.json."""
+    from distill.app.auto.report import write_report
+    from distill.core.checkpoint import atomic_write_text
+
     handed = _hand_over(verdict.chosen, settings)
     module, config = handed.pop("module"), handed.pop("config_dict")
     verdict.text.append(_as_shipped(handed["measured"], verdict.chosen.student))
     _say(settings, verdict.text[-1])
-    passes = _teacher_passes(settings, trials, arms, len(data.train))
-    from distill.app.auto.report import write_report
-
+    passes = _teacher_passes(settings, trials, arms, len(plan.data.train))
     paths = write_report(
-        settings.out_dir,
-        settings=settings,
-        teacher=teacher,
-        proposed=proposed,
-        chosen=chosen,
-        pairing=pairing,
-        trials=trials,
-        arms=arms,
-        verdict=verdict,
-        teacher_passes=passes,
-        handed=handed,
-        preprocessing=preprocessing,
-    )
+        settings.out_dir, settings=settings, teacher=plan.teacher, proposed=plan.proposed,
+        chosen=plan.chosen, pairing=plan.pairing, trials=trials, arms=arms, verdict=verdict,
+        teacher_passes=passes, handed=handed, preprocessing=plan.preprocessing,
+    )  # fmt: skip
     comparison = [a.summary() for a in arms]
+    teacher = plan.teacher
     summary = {
         "verdict": verdict.text,
         "distillation_pays": verdict.distillation_pays,
@@ -199,24 +228,17 @@ def _auto(settings: AutoSettings, join: bool) -> AutoResult | None:
         "comparison": comparison,
         "handed_over": handed,
         "teacher_passes": passes,
-        "preprocessing": preprocessing,
+        "preprocessing": plan.preprocessing,
         "trials": len(trials),
         "seconds": time.time() - started,
     }
-    from distill.core.checkpoint import atomic_write_text
-
     atomic_write_text(settings.out_dir / "auto.json", json.dumps(summary, indent=2, default=str))
     _say(settings, f"report: {paths['markdown']}")
     return AutoResult(
-        student=module,
-        config=config,
-        trials=trials,
-        comparison=comparison,
-        verdict=verdict.text,
-        distillation_pays=verdict.distillation_pays,
-        out=settings.out_dir,
-        report=paths["markdown"],
-    )
+        student=module, config=config, trials=trials, comparison=comparison,
+        verdict=verdict.text, distillation_pays=verdict.distillation_pays,
+        out=settings.out_dir, report=paths["markdown"],
+    )  # fmt: skip
 
 
 def _seconds_per_run(wall: float, ran: int, settings: AutoSettings, search: Any) -> float:

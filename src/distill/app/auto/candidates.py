@@ -40,7 +40,7 @@ class Profile:
     test_acc: float | None = None  # the teacher's, read with the students' at the end
     over: list[str] = field(default_factory=list)  # the bounds it breaks
     # a compressed candidate (distill.app.auto.compressed): {"kind": "prune" | "int8",
-    # "source", "scratch_weights", "measured"}; None for a plain one
+    # "source", "measured", and "amount" for prune}; None for a plain one
     route: dict[str, Any] | None = None
     # the spec of its from-scratch runs when `spec` starts from the teacher's weights
     scratch_spec: dict[str, Any] | None = None

@@ -101,33 +101,8 @@ def _teacher_from(path: str) -> tuple[dict[str, Any], dict[str, Any] | None]:
     )
 
 
-def settings_from(args: argparse.Namespace) -> tuple[Any, bool]:
-    from distill.app.auto.settings import AutoSettings
-    from distill.core.config import read_yaml, validated
-    from distill.core.errors import ConfigError
-
-    raw: dict[str, Any] = {}
-    if args.join:  # a worker takes the study's own settings; its flags set only its share
-        from distill.app.auto.study import settings_of_study
-
-        raw = settings_of_study(args.join)
-    if args.config:
-        whole = read_yaml(Path(args.config), "auto config")
-        if not isinstance(whole, dict) or not isinstance(whole.get("auto"), dict):
-            raise ConfigError(f"{args.config}: expected an auto: section (see docs/auto.md)")
-        raw = dict(whole["auto"])
-    teacher = dict(raw.get("teacher") or {})
-    if args.model_config:
-        spec, data = _teacher_from(args.model_config)
-        teacher.update(spec)
-        if data is not None and "data" not in raw:
-            raw["data"] = data
-    if args.teacher:
-        teacher["weights"] = args.teacher
-    if teacher:
-        raw["teacher"] = teacher
-    if args.data:
-        raw["data"] = data_spec(args.data)
+def _flags_over(raw: dict[str, Any], args: argparse.Namespace) -> None:
+    """The command line's budget and settings flags, over what the file said."""
     budget = dict(raw.get("budget") or {})
     for flag, key in (
         ("max_params", "max_params"),
@@ -156,6 +131,36 @@ def settings_from(args: argparse.Namespace) -> tuple[Any, bool]:
     ):
         if getattr(args, flag) is not None:
             raw[key] = getattr(args, flag)
+
+
+def settings_from(args: argparse.Namespace) -> tuple[Any, bool]:
+    from distill.app.auto.settings import AutoSettings
+    from distill.core.config import read_yaml, validated
+    from distill.core.errors import ConfigError
+
+    raw: dict[str, Any] = {}
+    if args.join:  # a worker takes the study's own settings; its flags set only its share
+        from distill.app.auto.study import settings_of_study
+
+        raw = settings_of_study(args.join)
+    if args.config:
+        whole = read_yaml(Path(args.config), "auto config")
+        if not isinstance(whole, dict) or not isinstance(whole.get("auto"), dict):
+            raise ConfigError(f"{args.config}: expected an auto: section (see docs/auto.md)")
+        raw = dict(whole["auto"])
+    teacher = dict(raw.get("teacher") or {})
+    if args.model_config:
+        spec, data = _teacher_from(args.model_config)
+        teacher.update(spec)
+        if data is not None and "data" not in raw:
+            raw["data"] = data
+    if args.teacher:
+        teacher["weights"] = args.teacher
+    if teacher:
+        raw["teacher"] = teacher
+    if args.data:
+        raw["data"] = data_spec(args.data)
+    _flags_over(raw, args)
     if args.methods:
         raw["methods"] = [m.strip() for m in args.methods.split(",") if m.strip()]
     if args.join:

@@ -88,7 +88,6 @@ def pruned_teacher(
             "kind": "prune",
             "source": "teacher",
             "amount": amount,
-            "scratch_weights": scratch,
             "measured": "PyTorch, the pruned shape",
         }
         return profile, f"{label}: fits ({profile.params:,} params, {profile.latency_ms:.3f} ms)"
@@ -133,33 +132,22 @@ def int8_profile(
     return profile
 
 
-def int8_candidates(
-    settings: AutoSettings,
-    data: Any,
-    teacher_model: nn.Module,
-    teacher: Profile,
-    proposed: list[Profile],
-) -> tuple[list[Profile], list[str]]:
-    """The teacher and the largest family student over the size bound alone, at int8."""
+def _int8_sources(
+    settings: AutoSettings, data: Any, teacher_model: nn.Module, teacher: Profile, proposed
+) -> list[tuple[str, dict, nn.Module, str]]:
+    """(label, spec, model, source) of what may fit at int8: the teacher (from its weights)
+    and the smallest family student above the largest that fits, each over the size bound
+    alone."""
     from distill.app.build import weights_path
     from distill.models import build_model
 
-    if settings.budget.max_size_bytes is None:
-        return [], []
-    from distill.app.auto.candidates import one_input
-
-    if not one_input(data).is_floating_point():
-        return [], ["int8 students are offered for float inputs (not token ids) for now"]
-    if settings.budget.device != "cpu":
-        return [], ["int8 students are timed in ONNX Runtime on the CPU; not offered for "
-                    f"budget device {settings.budget.device!r}"]  # fmt: skip
     sizeless = settings.budget.model_copy(update={"max_size_bytes": None})
 
     def size_only(p: Profile) -> bool:  # over the budget on size and nothing else
         return bool(p.over) and not over_budget(p, sizeless)
 
     fitting = [p.params for p in proposed if not p.over]
-    sources: list[tuple[str, dict, nn.Module, str]] = []
+    sources = []
     if size_only(teacher):
         spec = {**teacher.spec, "weights": str(weights_path(settings.teacher.weights).resolve())}
         sources.append(("teacher int8", spec, teacher_model, "teacher"))
@@ -169,28 +157,45 @@ def int8_candidates(
         if p.over and size_only(p) and p.params < teacher.params and p.params > max(fitting or [0])
     ]
     if family:
-        smallest = min(family, key=lambda p: p.params)
+        spec = copy.deepcopy(min(family, key=lambda p: p.params).spec)
         torch.manual_seed(0)
-        spec = copy.deepcopy(smallest.spec)
         model = build_model(spec["name"], data.input_shape, data.num_classes, spec["args"])
         sources.append((f"{label_of(spec)} int8", spec, model, "family"))
+    return sources
+
+
+def int8_candidates(
+    settings: AutoSettings,
+    data: Any,
+    teacher_model: nn.Module,
+    teacher: Profile,
+    proposed: list[Profile],
+) -> tuple[list[Profile], list[str]]:
+    """The int8 students that fit (see `_int8_sources`), measured as int8 ONNX files."""
+    from distill.app.auto.candidates import one_input
+
+    if settings.budget.max_size_bytes is None:
+        return [], []
+    if not one_input(data).is_floating_point():
+        return [], ["int8 students are offered for float inputs (not token ids) for now"]
+    if settings.budget.device != "cpu":
+        return [], ["int8 students are timed in ONNX Runtime on the CPU; not offered for "
+                    f"budget device {settings.budget.device!r}"]  # fmt: skip
     found, notes = [], []
-    for label, spec, model, source in sources:
-        slug = "teacher" if source == "teacher" else "family"
-        path = settings.out_dir / "compressed" / f"int8-{slug}" / "shape.onnx"
+    for label, spec, model, source in _int8_sources(
+        settings, data, teacher_model, teacher, proposed
+    ):
+        path = settings.out_dir / "compressed" / f"int8-{source}" / "shape.onnx"
         profile = int8_profile(model, label, spec, data, settings.budget, path)
         if profile.over:
             notes.append(f"{label}: still over the budget ({'; '.join(profile.over)})")
             continue
         profile.spec = {**spec, "quantize": {"bits": 8}}
-        profile.scratch_spec = {
-            **{k: v for k, v in spec.items() if k != "weights"},
-            "quantize": {"bits": 8},
-        }
+        scratch = {k: v for k, v in spec.items() if k != "weights"}
+        profile.scratch_spec = {**scratch, "quantize": {"bits": 8}}
         profile.route = {
             "kind": "int8",
             "source": source,
-            "scratch_weights": None,
             "measured": "int8 ONNX file, ONNX Runtime latency",
         }
         found.append(profile)

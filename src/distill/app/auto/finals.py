@@ -311,6 +311,22 @@ def more_seeds(verdict: Verdict, settings: AutoSettings, most: int | None = None
     return True
 
 
+def _notes(teacher: Profile, scratch: Arm, settings: AutoSettings, floor, meets) -> list[str]:
+    """The verdict's notes: a teacher below scratch, and the accuracy floor."""
+    notes = []
+    if teacher.val_acc is not None and teacher.val_acc < _mean(scratch.val):
+        notes.append(
+            f"note: the teacher ({100 * teacher.val_acc:.2f}% on validation) scores below the "
+            "scratch student; a better teacher is the first thing to try"
+        )
+    if floor is not None:
+        notes.append(
+            f"accuracy floor {settings.budget.min_accuracy} = {100 * floor:.2f}%: "
+            + ("met" if meets else "NOT met by any student that fits the budget")
+        )
+    return notes
+
+
 def decide(
     arms: list[Arm], teacher: Profile, settings: AutoSettings, second_look_fits: bool = True
 ) -> Verdict:
@@ -361,18 +377,8 @@ def decide(
             f"{limit}, or no gain) for this student and budget: handing over the scratch "
             "student"
         )
-    if teacher.val_acc is not None and teacher.val_acc < _mean(scratch.val):
-        text.append(
-            f"note: the teacher ({100 * teacher.val_acc:.2f}% on validation) scores below the "
-            "scratch student; a better teacher is the first thing to try"
-        )
-    meets = None
-    if floor is not None:
-        meets = _mean(chosen.val) >= floor
-        text.append(
-            f"accuracy floor {settings.budget.min_accuracy} = {100 * floor:.2f}%: "
-            + ("met" if meets else "NOT met by any student that fits the budget")
-        )
+    meets = None if floor is None else _mean(chosen.val) >= floor
+    text += _notes(teacher, scratch, settings, floor, meets)
     return Verdict(
         chosen, text, pays, floor, meets, best, scratch, p, gain, second_look_fits, p_samples
     )

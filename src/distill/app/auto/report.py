@@ -127,26 +127,8 @@ def next_steps(trials: list[Trial], arms: list[Arm], verdict: Verdict, settings:
     return tips
 
 
-def write_report(
-    out: Path,
-    *,
-    settings: Any,
-    teacher: Profile,
-    proposed: list[Profile],
-    chosen: list[Profile],
-    pairing: Any,
-    trials: list[Trial],
-    arms: list[Arm],
-    verdict: Verdict,
-    teacher_passes: dict[str, int],
-    handed: dict[str, Any],
-    preprocessing: list[str] = (),
-) -> dict[str, Path]:
-    b = settings.budget
-    latency_how = (
-        f"median of {REPEATS} batch-1 calls after {WARMUP} warm-up calls on {b.device}, "
-        f"{b.threads} thread(s)"
-    )
+def _rows(proposed, chosen, arms, verdict, trials) -> tuple[list, list, list]:
+    """The report's three tables: candidates, the final comparison, every trial."""
     picked = {p.label for p in chosen}
     cand_rows = [
         {
@@ -182,6 +164,25 @@ def write_report(
         }
         for t in trials
     ]
+    return cand_rows, final_rows, trial_rows
+
+
+def write_report(
+    out: Path,
+    *,
+    settings: Any,
+    teacher: Profile,
+    proposed: list[Profile],
+    chosen: list[Profile],
+    pairing: Any,
+    trials: list[Trial],
+    arms: list[Arm],
+    verdict: Verdict,
+    teacher_passes: dict[str, int],
+    handed: dict[str, Any],
+    preprocessing: list[str] = (),
+) -> dict[str, Path]:
+    cand_rows, final_rows, trial_rows = _rows(proposed, chosen, arms, verdict, trials)
     lines = [
         "# distill auto",
         "",
@@ -195,9 +196,7 @@ def write_report(
         *([f"Preprocessing chosen: {'; '.join(preprocessing)}.", ""] if preprocessing else []),
         "## Teacher",
         "",
-        f"validation accuracy {100 * (teacher.val_acc or 0):.2f}%, test "
-        f"{100 * (teacher.test_acc or 0):.2f}% (read at the end), {teacher.params:,} parameters, "
-        f"{teacher.size_bytes / 1024:.1f} KiB, {teacher.latency_ms:.4f} ms ({latency_how})",
+        _teacher_line(teacher, settings.budget),
         "",
         "## Candidates (measured before training)",
         "",
@@ -227,14 +226,26 @@ def write_report(
         *[f"- {tip}" for tip in next_steps(trials, arms, verdict, settings)],
         "",
     ]
+    return _write(out, "\n".join(lines), pareto_plots(arms, teacher, trials, chosen))
+
+
+def _write(out: Path, text: str, figures: dict[str, bytes]) -> dict[str, Path]:
     out.mkdir(parents=True, exist_ok=True)
-    figures = pareto_plots(arms, teacher, trials, chosen)
     for key, data in figures.items():
         atomic_write_bytes(out / f"{key}.png", data)
-    text = "\n".join(lines)
     atomic_write_text(out / "report.md", text)
     atomic_write_text(out / "report.html", _html(text, figures))
     return {"markdown": out / "report.md", "html": out / "report.html"}
+
+
+def _teacher_line(teacher: Profile, b: Any) -> str:
+    how = f"median of {REPEATS} batch-1 calls after {WARMUP} warm-up calls on {b.device}, "
+    return (
+        f"validation accuracy {100 * (teacher.val_acc or 0):.2f}%, test "
+        f"{100 * (teacher.test_acc or 0):.2f}% (read at the end), {teacher.params:,} parameters, "
+        f"{teacher.size_bytes / 1024:.1f} KiB, {teacher.latency_ms:.4f} ms ({how}"
+        f"{b.threads} thread(s))"
+    )
 
 
 def _route(p: Profile) -> str:
