@@ -322,3 +322,19 @@ def test_every_import_names_a_module_file_and_no_former_name_is_served():
     for old in ("distill.run", "distill.trainer", "distill.errors", "distill.cli"):
         with pytest.raises(ModuleNotFoundError):
             importlib.import_module(old)
+
+
+def test_no_module_over_500_lines_and_no_function_over_60():
+    """The house's size limits (docs/contributing.md): a module a reader can hold, a
+    function that does one thing."""
+    too_long = []
+    for name, path in _modules().items():
+        source = path.read_text()
+        if len(source.splitlines()) > 500:
+            too_long.append(f"{name}: {len(source.splitlines())} lines")
+        for node in ast.walk(ast.parse(source)):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                length = node.end_lineno - node.lineno + 1
+                if length > 60:
+                    too_long.append(f"{name}.{node.name}: {length} lines")
+    assert not too_long, "over the limits:\n" + "\n".join(too_long)
