@@ -59,11 +59,10 @@ def pruned_teacher(
     settings: AutoSettings, data: Any, teacher_model: nn.Module, teacher: Profile
 ) -> tuple[Profile | None, str]:
     """The teacher pruned by the least of PRUNE_AMOUNTS that fits the budget, and a note."""
+    from distill.app.auto.candidates import one_input
     from distill.app.build import weights_path
     from distill.compress.prune import prune_channels
     from distill.models import build_model
-
-    from distill.app.auto.candidates import one_input
 
     if not one_input(data).is_floating_point():
         return None, "channel pruning is offered for float inputs (not token ids) for now"
