@@ -244,11 +244,11 @@ def _hand_over_and_report(settings, plan: _Plan, trials, arms, verdict, started)
 def _seconds_per_run(wall: float, ran: int, settings: AutoSettings, search: Any) -> float:
     """What one more final run costs in wall time: as the final runs just took (they ran
     side by side), or, when none ran, a trial's length plus a process start."""
-    from distill.app.auto.study import final_parallel
+    from distill.app.auto.study import PROCESS_START_S, final_parallel
 
     if ran:
         return wall / ran
-    return (search.mean_full_trial_s() + search.process_s) / final_parallel(settings)
+    return (search.mean_full_trial_s() + PROCESS_START_S) / final_parallel(settings)
 
 
 def _seeds_that_fit(run_s: float, deadline: float | None) -> int | None:

@@ -42,24 +42,7 @@ from distill.core.errors import ConfigError, RunStopped
 
 STUDY = "distill-auto"
 SECOND_LOOK_SHARE = 0.2  # time is kept for a second look costing at most this share of --time
-PROCESS_START_S = 5.0  # a final run's own process start, when it cannot be measured
-
-
-def process_start_s() -> float:
-    """Seconds a final run's own process takes to start (Python, torch and distill's run
-    path imported), measured once by starting one; the data's loading is in a trial's own
-    time already. PROCESS_START_S when the measurement fails."""
-    import subprocess
-
-    started = time.perf_counter()
-    try:
-        subprocess.run(
-            [sys.executable, "-c", "import distill.app.run, distill.app.build"],
-            check=True, capture_output=True, timeout=120,
-        )  # fmt: skip
-    except (OSError, subprocess.SubprocessError):
-        return PROCESS_START_S
-    return time.perf_counter() - started
+PROCESS_START_S = 5.0  # a final run's own process: Python, torch and the data, before training
 
 
 def final_parallel(settings: AutoSettings) -> int:
@@ -259,7 +242,6 @@ class Search:
         self.deadline, self.finals_runs, self.joined = deadline, finals_runs, joined
         self.second_look_runs = second_look_runs
         self.started = time.time()
-        self.process_s = process_start_s() if deadline is not None else PROCESS_START_S
         self.study = self._open(fingerprint(settings, candidates, methods))
 
     # ------------------------------------------------------------------ the study
@@ -444,7 +426,7 @@ class Search:
         if self.deadline is None:
             return
         trial_s = self.mean_full_trial_s()
-        run_s = (trial_s + self.process_s) / final_parallel(self.settings)
+        run_s = (trial_s + PROCESS_START_S) / final_parallel(self.settings)
         finals_s = self.finals_runs * run_s
         second_s = self.second_look_runs * run_s
         if second_s <= SECOND_LOOK_SHARE * (self.deadline - self.started):
