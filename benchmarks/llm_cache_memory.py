@@ -71,10 +71,10 @@ def main() -> None:
     from distill.app.build import load_data
     from distill.core.checkpoint import save_weights
     from distill.core.config import parse_config
-    from distill.llm.demo import DATA
+    from distill.llm.demo import DATA, STUDENT
     from distill.models import build_model
 
-    data = load_data(parse_config({"scheme": "supervised", "data": DATA}).data)
+    data = load_data(parse_config({"scheme": "supervised", "data": DATA, "student": STUDENT}).data)
     teacher = build_model(TEACHER["name"], data.input_shape, data.num_classes, TEACHER["args"])
     save_weights(root / "teacher.safetensors", teacher)
     n_teacher = sum(p.numel() for p in teacher.parameters())
