@@ -60,6 +60,16 @@ def _pair(vocab: int):
     return teacher, build_model("hf_causal_lm", (32,), vocab, {**arch, "n_embd": 8})
 
 
+def _cpu_args(tmp_path, **more):
+    """Trainer arguments for a few CPU steps, nothing saved or reported."""
+    from transformers import TrainingArguments
+
+    return TrainingArguments(
+        output_dir=str(tmp_path), per_device_train_batch_size=4, report_to=[], use_cpu=True,
+        save_strategy="no", **more,
+    )  # fmt: skip
+
+
 def _supervised(tok, row) -> list[str]:
     return [
         tok.convert_ids_to_tokens(i) for i, y in zip(row["input_ids"], row["labels"]) if y != -100
@@ -109,21 +119,13 @@ def test_collator_pads_ids_mask_and_labels():
 
 def test_distillation_trainer_takes_a_chat_dataset_and_processing_class(tmp_path):
     datasets = pytest.importorskip("datasets")
-    from transformers import TrainingArguments
 
     from distill import DistillationTrainer
 
     tok = _tokenizer("chatml")
     teacher, student = _pair(len(tok))
     data = datasets.Dataset.from_list([{"messages": CHAT}] * 8)
-    args = TrainingArguments(
-        output_dir=str(tmp_path),
-        max_steps=2,
-        per_device_train_batch_size=4,
-        report_to=[],
-        use_cpu=True,
-        save_strategy="no",
-    )
+    args = _cpu_args(tmp_path, max_steps=2)
     trainer = DistillationTrainer(
         model=student, args=args, train_dataset=data, processing_class=tok, teacher_model=teacher
     )
@@ -139,7 +141,6 @@ def test_distillation_trainer_on_prompts_alone_as_trl_users_write_them(tmp_path,
     """Issue 42: prompt-only data (string or conversational prompts) trains on-policy, the
     student writing and the teacher scoring; without generation it is refused clearly."""
     datasets = pytest.importorskip("datasets")
-    from transformers import TrainingArguments
 
     from distill import DistillationTrainer
 
@@ -147,10 +148,7 @@ def test_distillation_trainer_on_prompts_alone_as_trl_users_write_them(tmp_path,
     teacher, student = _pair(len(tok))
     prompt = CHAT[:1] if conversational else "hello how are you"
     data = datasets.Dataset.from_list([{"prompt": prompt}] * 8)
-    args = TrainingArguments(
-        output_dir=str(tmp_path), max_steps=2, per_device_train_batch_size=4, report_to=[],
-        use_cpu=True, save_strategy="no",
-    )  # fmt: skip
+    args = _cpu_args(tmp_path, max_steps=2)
     trainer = DistillationTrainer(
         model=student, args=args, train_dataset=data, processing_class=tok,
         teacher_model=teacher, lmbda=1.0, max_new_tokens=4,
@@ -170,7 +168,6 @@ def test_distillation_trainer_on_prompts_alone_as_trl_users_write_them(tmp_path,
 
 def test_extra_columns_go_to_the_users_own_collator(tmp_path):
     datasets = pytest.importorskip("datasets")
-    from transformers import TrainingArguments
 
     from distill import DistillationTrainer
 
@@ -185,10 +182,7 @@ def test_extra_columns_go_to_the_users_own_collator(tmp_path):
         x = torch.tensor([r["tokens"] for r in rows])
         return {"input_ids": x, "attention_mask": torch.ones_like(x), "labels": x.clone()}
 
-    args = TrainingArguments(
-        output_dir=str(tmp_path), max_steps=1, per_device_train_batch_size=4, report_to=[],
-        use_cpu=True, save_strategy="no", remove_unused_columns=False,
-    )  # fmt: skip
+    args = _cpu_args(tmp_path, max_steps=1, remove_unused_columns=False)
     trainer = DistillationTrainer(
         model=student, args=args, train_dataset=data, data_collator=collate,
         teacher_model=teacher,
@@ -211,21 +205,13 @@ def test_a_streamed_chat_dataset_is_tokenised_as_it_is_read():
 
 def test_distillation_trainer_trains_on_a_streamed_chat_dataset(tmp_path):
     datasets = pytest.importorskip("datasets")
-    from transformers import TrainingArguments
 
     from distill import DistillationTrainer
 
     tok = _tokenizer("chatml")
     teacher, student = _pair(len(tok))
     stream = datasets.Dataset.from_list([{"messages": CHAT}] * 8).to_iterable_dataset()
-    args = TrainingArguments(
-        output_dir=str(tmp_path),
-        max_steps=3,
-        per_device_train_batch_size=4,
-        report_to=[],
-        use_cpu=True,
-        save_strategy="no",
-    )
+    args = _cpu_args(tmp_path, max_steps=3)
     trainer = DistillationTrainer(
         model=student, args=args, train_dataset=stream, processing_class=tok, teacher_model=teacher
     )
