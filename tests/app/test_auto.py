@@ -220,8 +220,9 @@ def _auto_args(root: Path, out: Path, *more: str) -> list[str]:
 
 
 def _plain(*more: str) -> tuple[str, ...]:
-    """Plain students only: the tests of the search's machinery need no compressed ones."""
-    return ("--compress", "off", *more)
+    """Plain students and one look: the tests of the search's machinery need neither
+    compressed students nor a second look at more seeds."""
+    return ("--compress", "off", "--max-seeds", "2", *more)
 
 
 def test_auto_end_to_end_chooses_on_validation_and_hands_over(teacher_run, tmp_path, capsys):
@@ -397,9 +398,14 @@ def _distill(*args: str, cwd: Path) -> subprocess.Popen:
 
 
 def _study(out: Path):
+    """The study, read as a second process would while auto may still be creating its
+    database (distill's own storage opener, which waits out that race)."""
     import optuna
 
-    return optuna.load_study(study_name="distill-auto", storage=f"sqlite:///{out / 'study.db'}")
+    from distill.app.auto.study import _storage
+
+    storage = _storage(f"sqlite:///{out / 'study.db'}")
+    return optuna.load_study(study_name="distill-auto", storage=storage)
 
 
 def _finished_trials(out: Path) -> list[int]:
@@ -518,6 +524,7 @@ def test_python_api(teacher_run, tmp_path):
         out=str(tmp_path / "py"),
         export="torchscript",
         compress="off",
+        max_seeds=2,
         progress=False,
     )
     assert isinstance(result.student, torch.nn.Module)
@@ -541,6 +548,7 @@ def test_an_auto_section_in_yaml_with_flags_over_it(teacher_run, tmp_path, capsy
             "trials": 1,
             "methods": ["kd"],
             "compress": "off",
+            "max_seeds": 2,
             "out": str(tmp_path / "from-yaml"),
         }
     }
