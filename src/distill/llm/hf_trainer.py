@@ -228,7 +228,7 @@ class DistillationTrainer(transformers.Trainer):
             self.processing_class.save_pretrained(path)
 
 
-def _prepare_text(kwargs: dict[str, Any], max_length: int) -> set[str]:
+def _prepare_text(kwargs: dict[str, Any], max_length: int) -> dict[str, str]:
     """Untokenised datasets (text, prompt/completion, prompt alone, messages) tokenised with
     the `processing_class`, and a padding collator when none is given (see
     distill.llm.chat). A dataset of other columns is left to the user's `data_collator`.
@@ -236,7 +236,7 @@ def _prepare_text(kwargs: dict[str, Any], max_length: int) -> set[str]:
     from distill.llm.chat import PadCollator, shape_of, tokenize_dataset
 
     tokenizer = kwargs.get("processing_class")
-    shapes = {}
+    shapes: dict[str, str] = {}
     for key in ("train_dataset", "eval_dataset"):
         data = kwargs.get(key)
         if data is None or isinstance(data, dict):
