@@ -21,8 +21,6 @@ import json
 import os
 import random
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +31,7 @@ from pydantic import Field
 
 from distill.core.config import read_yaml
 from distill.core.errors import ConfigError, DataError
+from distill.core.http import ServerError, bearer_headers, request_json
 from distill.core.settings import Strict
 
 
@@ -72,43 +71,28 @@ class HTTPTeacher:
         messages = ([{"role": "system", "content": self.system}] if self.system else []) + [
             {"role": "user", "content": prompt}
         ]
-        body = json.dumps(
-            {
-                "model": self.model,
-                "messages": messages,
-                "max_tokens": self.max_tokens,
-                "temperature": self.temperature,
-            }
-        )
-        headers = {"Content-Type": "application/json"}
-        if self.api_key_env:
-            key = os.environ.get(self.api_key_env)
-            if not key:
-                raise ConfigError(
-                    f"teacher.api_key_env: the environment variable {self.api_key_env!r} is not "
-                    f"set; export it (keys never go in config files)"
-                )
-            headers["Authorization"] = f"Bearer {key}"
+        body = {
+            "model": self.model,
+            "messages": messages,
+            "max_tokens": self.max_tokens,
+            "temperature": self.temperature,
+        }
         url = self.base_url.rstrip("/") + "/chat/completions"
-        delay, last_error = self.backoff, ""
-        for _attempt in range(self.max_retries + 1):
-            self._wait_for_rate_limit()
-            request = urllib.request.Request(url, data=body.encode(), headers=headers)
-            try:
-                with urllib.request.urlopen(request, timeout=self.timeout) as resp:
-                    payload = json.loads(resp.read().decode())
-                return payload["choices"][0]["message"]["content"]
-            except urllib.error.HTTPError as e:
-                last_error = f"HTTP {e.code}"
-                if e.code not in (408, 409, 429) and e.code < 500:
-                    raise TeacherError(f"{url} answered {last_error}: {e.read()[:200]!r}") from None
-            except (urllib.error.URLError, TimeoutError, ConnectionError) as e:
-                last_error = str(getattr(e, "reason", e))
-            except (KeyError, IndexError, json.JSONDecodeError) as e:
-                raise TeacherError(f"{url} returned no chat completion ({e!r})") from None
-            time.sleep(delay)
-            delay *= 2
-        raise TeacherError(f"{url}: no answer after {self.max_retries + 1} tries ({last_error})")
+        try:
+            payload = request_json(
+                url,
+                body,
+                headers=bearer_headers(self.api_key_env, "teacher"),
+                timeout=self.timeout,
+                retries=self.max_retries,
+                backoff=self.backoff,
+                pause=self._wait_for_rate_limit,
+            )
+            return payload["choices"][0]["message"]["content"]
+        except ServerError as e:
+            raise TeacherError(str(e)) from None
+        except (KeyError, IndexError, TypeError) as e:
+            raise TeacherError(f"{url} returned no chat completion ({e!r})") from None
 
 
 class LocalTeacher:

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from distill.app.problems import (
     check_monitor,
     name_problems,
-    teacher_from_cache,
+    teacher_from_source,
 )
 from distill.app.terms import (
     _reads_input_grad,
@@ -250,9 +250,9 @@ class _Models:
 
         student = model(cfg.student, "student")
         teacher = None
-        if cfg.teacher is not None and teacher_from_cache(cfg, spec):
+        if cfg.teacher is not None and teacher_from_source(cfg, spec):
             print(
-                "scheme.args.teacher_cache: the teacher's outputs come from the cache, so the "
+                "scheme.args: the teacher's outputs come from a cache or a server, so the "
                 "teacher section is not loaded (and the teacher's own test metrics are left "
                 "out); remove the section to silence this",
                 file=sys.stderr,

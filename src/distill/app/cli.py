@@ -91,7 +91,7 @@ def _add_run_commands(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_export_data_lm_commands(sub: argparse._SubParsersAction) -> None:
-    """Subcommands export, datasets, sample-data, methods, lm-cache, lm-demo."""
+    """Subcommands export, datasets, sample-data, methods, lm-cache, serve-teacher, lm-demo."""
     p = sub.add_parser(
         "export",
         help="a run's best student as a HF or sentence-transformers folder, ONNX, TorchScript",
@@ -123,11 +123,30 @@ def _add_export_data_lm_commands(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("config")
     p.add_argument("overrides", nargs="*")
-    p.add_argument("--out", required=True, help="cache folder (replaced atomically)")
+    p.add_argument("--out", required=True, help="cache folder (built shard by shard, resumable)")
     p.add_argument("--mode", choices=["topk", "sample"], default="topk")
     p.add_argument("--k", type=int, default=32)
     p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--bits", type=int, choices=[16, 8], default=16, help="log-probability bits")
+    p.add_argument("--zstd", type=int, default=0, metavar="LEVEL", help="compress (0: off)")
+    p.add_argument(
+        "--shards", type=int, help="files the cache is cut into (default: 8192 rows each)"
+    )
+    p.add_argument("--shard", help="i/n: build only shard i of n (several processes or machines)")
     p.set_defaults(fn=commands.cmd_lm_cache)
+
+    p = sub.add_parser(
+        "serve-teacher",
+        help="serve a causal-LM teacher with log-probabilities in vLLM's completions API",
+    )
+    p.add_argument("model", help="a Hugging Face causal-LM folder (save_pretrained)")
+    p.add_argument("--tokenizer", help="tokenizer.json or folder (default: the model folder's)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000, help="0: any free port (printed)")
+    p.add_argument("--name", help="the model's name in the API (default: the folder's name)")
+    p.add_argument("--max-logprobs", type=int, default=128)
+    p.add_argument("--api-key-env", help="environment variable holding the key clients must send")
+    p.set_defaults(fn=commands.cmd_serve_teacher)
 
     p = sub.add_parser(
         "lm-demo", help="a small GPT-2 teacher, then students by each divergence and on-policy KD"

@@ -183,28 +183,73 @@ def cmd_schemes(args: argparse.Namespace) -> int:
 def cmd_lm_cache(args: argparse.Namespace) -> int:
     from distill.app.build import build
     from distill.core.config import load_config, parse_config
+    from distill.core.fingerprints import weights_fingerprint
     from distill.llm.cache import build_cache
+    from distill.llm.cache_build import token_data_fingerprint, tokenizer_fingerprint
+    from distill.llm.cache_store import shard_ranges
+    from distill.loop.progress import WorkProgress
 
     cfg = load_config(args.config, args.overrides)
     data = cfg.model_dump(mode="json")
-    data["scheme"]["args"].pop("teacher_cache", None)  # the cache being built is not read
+    for arg in ("teacher_cache", "teacher_server"):  # the teacher being cached is local
+        data["scheme"]["args"].pop(arg, None)
     built = build(parse_config(data))
     if built.teacher is None:
         print("error: the config has no teacher to cache", file=sys.stderr)
         return 2
-    cache = build_cache(
-        built.teacher,
-        built.data.train,
-        args.out,
-        mode=args.mode,
-        k=args.k,
-        temperature=args.temperature,
-        vocab=built.data.num_classes,
-        seed=cfg.train.seed,
-    )
+    train = built.data.train
+    shards, only = _shard_args(args, len(train))
+    fingerprint = {
+        "teacher": weights_fingerprint(built.teacher),
+        "tokenizer": tokenizer_fingerprint(built.data.tokenizer),
+        "data": token_data_fingerprint(train),
+    }
+    ranges = shard_ranges(len(train), shards)
+    rows = sum(b - a for a, b in (ranges if only is None else [ranges[only]]))
+    with WorkProgress(rows, "teacher cache (rows)") as bar:
+        cache = build_cache(
+            built.teacher, train, args.out, mode=args.mode, k=args.k,
+            temperature=args.temperature, vocab=built.data.num_classes, seed=cfg.train.seed,
+            value_bits=args.bits, zstd=args.zstd, shards=shards, only=only,
+            fingerprint=fingerprint, on_rows=bar.update,
+        )  # fmt: skip
+    if cache is None:
+        print(f"wrote shard {only} of {shards} in {args.out}; the other shards are still missing")
+        return 0
+    pairs = cache.bytes_per_token() / cache.k
     print(
-        f"wrote {args.out}: {len(cache)} rows, {cache.bytes_per_token():.0f} bytes per token "
-        f"({args.mode}, k={args.k}; dense fp16 logits would take {2 * cache.vocab} bytes)"
+        f"wrote {args.out}: {len(cache)} rows in {shards} shard(s), "
+        f"{cache.bytes_per_token():.1f} bytes per token, {pairs:.2f} per (id, log-prob) pair "
+        f"({args.mode}, k={args.k}, {args.bits}-bit; dense fp16 logits would take "
+        f"{2 * cache.vocab} bytes)"
+    )
+    return 0
+
+
+def _shard_args(args: argparse.Namespace, rows: int) -> tuple[int, int | None]:
+    """(shards, the one shard to build or None) from --shards and --shard i/n."""
+    if args.shard is None:
+        return args.shards or max(1, -(-rows // 8192)), None
+    try:
+        i, n = (int(x) for x in args.shard.split("/"))
+    except ValueError:
+        raise ConfigError(f"--shard takes i/n (e.g. 0/4), got {args.shard!r}") from None
+    if args.shards and args.shards != n:
+        raise ConfigError(f"--shard {args.shard} and --shards {args.shards} disagree")
+    return n, i
+
+
+def cmd_serve_teacher(args: argparse.Namespace) -> int:
+    from distill.llm.serve import run_server
+
+    run_server(
+        args.model,
+        tokenizer=args.tokenizer,
+        host=args.host,
+        port=args.port,
+        name=args.name,
+        max_logprobs=args.max_logprobs,
+        api_key_env=args.api_key_env,
     )
     return 0
 

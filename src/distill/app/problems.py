@@ -113,18 +113,18 @@ def _scheme_problems(cfg: ExperimentConfig, spec: Any) -> list[str]:
     return problems
 
 
-def teacher_from_cache(cfg: Any, spec: Any) -> bool:
-    """Whether the run reads its teacher from a cache of its outputs (`distill lm-cache`)
-    instead of a model: then no teacher is loaded, and training holds the student alone."""
-    arg = getattr(spec, "teacher_cache_arg", None)
-    return bool(arg and cfg.scheme.args.get(arg))
+def teacher_from_source(cfg: Any, spec: Any) -> bool:
+    """Whether the run reads its teacher's outputs from another source (a `distill
+    lm-cache` cache, a server) instead of a model: then no teacher is loaded, and training
+    holds the student alone."""
+    return any(cfg.scheme.args.get(arg) for arg in getattr(spec, "teacher_source_args", ()))
 
 
 def _teacher_problems(cfg: ExperimentConfig, spec: Any) -> list[str]:
     """What the scheme's use of a teacher (none, required, optional, teachers) asks of the
     config's teacher and teachers sections."""
     problems, name = [], cfg.scheme.name
-    if teacher_from_cache(cfg, spec):  # the cache is the teacher: a section is optional
+    if teacher_from_source(cfg, spec):  # a cache or server is the teacher
         return problems
     if spec.teacher == "required" and cfg.teacher is None:
         problems.append(f"teacher: the {name} scheme needs a teacher section (name, args, weights)")

@@ -142,17 +142,17 @@ def _train(
 
 def _cache_lines(cfg: ExperimentConfig, built: Any) -> dict[str, Any]:
     """What the results say of the teacher's outputs: cached (and why, or why not), or
-    read from a `distill lm-cache` cache instead of a teacher."""
+    read from a `distill lm-cache` cache or a server instead of a teacher."""
     out: dict[str, Any] = {}
     if built.cache_plan is not None and cfg.teacher is not None:
         out["teacher_cache"] = built.cache_plan.reason
         out["teacher_cached"] = built.cache_plan.use
-    lm_cache = getattr(built.scheme, "cache", None)  # lm_kd trained from `distill lm-cache`
-    if lm_cache is not None and hasattr(lm_cache, "mode"):
-        out["teacher_cache"] = (
-            f"{lm_cache.mode}-{lm_cache.k} logit cache {str(lm_cache.path)!r} (the teacher "
-            f"was not run on the training data)"
-        )
+    source = getattr(built.scheme, "source", None)  # lm_kd from a cache or a server
+    if source is not None and hasattr(source, "sparse"):
+        from distill.llm.sources import describe
+
+        key, line = describe(source)
+        out[key] = line
     return out
 
 

@@ -11,43 +11,35 @@ stored as memory-mapped .npy files beside a JSON manifest:
   unbiased estimate of the full one, so its gradient is unbiased for the forward KL's; the
   stored teacher log-probabilities of the drawn tokens also give an unbiased KL estimate.
 
-A cache is built for one dataset in its order (row i of the cache is row i of the data)
-and is written to a temporary folder that replaces the target only when complete.
+A cache is built for one dataset in its order (row i of the cache is row i of the data),
+in shards that are each written atomically (`distill.llm.cache_store` for the files,
+`distill.llm.cache_build` for the build).
 """
 
 from __future__ import annotations
 
 import json
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from distill.core.checkpoint import atomic_write_text
-from distill.core.errors import CheckpointError, ConfigError
-from distill.data import load_batch
+from distill.core.errors import CheckpointError
+from distill.llm.cache_store import FORMAT, Layout, ShardReader, layout_of
 from distill.losses.response import kl_rows
-
-FORMAT = "distill-teacher-cache-1"
 
 
 @dataclass
 class TeacherCache:
-    """Open a cache with `TeacherCache.open(path)`; index rows with `rows(index)`."""
+    """Open a cache with `TeacherCache.open(path)`; index rows with `rows(index)`. The files
+    and their encoding are `distill.llm.cache_store`'s."""
 
     path: Path
-    mode: str
-    k: int
-    vocab: int
-    temperature: float
-    ids: np.ndarray  # (N, L, k) int32
-    values: np.ndarray  # (N, L, k) float16: log-probs (topk) or weights (sample)
-    extra: np.ndarray  # (N, L) float16 log tail mass (topk); (N, L, k) logp of draws (sample)
+    meta: dict[str, Any]
+    reader: ShardReader
 
     @classmethod
     def open(cls, path: str | Path) -> TeacherCache:
@@ -60,24 +52,38 @@ class TeacherCache:
             )
         meta = json.loads(manifest.read_text())
         if meta.get("format") != FORMAT:
-            raise CheckpointError(f"{str(path)!r}: unknown cache format {meta.get('format')!r}")
-        arrays = {n: np.load(path / f"{n}.npy", mmap_mode="r") for n in ("ids", "values", "extra")}
-        return cls(path, meta["mode"], meta["k"], meta["vocab"], meta["temperature"], **arrays)
+            raise CheckpointError(
+                f"{str(path)!r}: cache format {meta.get('format')!r}, this distill reads "
+                f"{FORMAT!r}; rebuild it with distill lm-cache"
+            )
+        return cls(path, meta, ShardReader(path, layout_of(meta), meta["shards"]))
+
+    @property
+    def layout(self) -> Layout:
+        return self.reader.layout
+
+    mode = property(lambda self: self.layout.mode)
+    k = property(lambda self: self.layout.k)
+    vocab = property(lambda self: self.layout.vocab)
+    length = property(lambda self: self.layout.length)
+    temperature = property(lambda self: self.meta["temperature"])
+    fingerprint = property(lambda self: self.meta["fingerprint"])
 
     def __len__(self) -> int:
-        return len(self.ids)
+        return self.meta["rows"]
 
     def rows(self, index: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        i = index.cpu().numpy()
-        return (
-            torch.from_numpy(np.asarray(self.ids[i], dtype=np.int64)),
-            torch.from_numpy(np.asarray(self.values[i], dtype=np.float32)),
-            torch.from_numpy(np.asarray(self.extra[i], dtype=np.float32)),
-        )
+        ids, values, extra = self.reader.rows(index.cpu().numpy())
+        return torch.from_numpy(ids), torch.from_numpy(values), torch.from_numpy(extra)
+
+    def sparse(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
+        """The rows of a batch of the training data (`distill.llm.sources`)."""
+        return self.rows(batch["index"])
 
     def bytes_per_token(self) -> float:
-        n_tokens = self.ids.shape[0] * self.ids.shape[1]
-        return (self.ids.nbytes + self.values.nbytes + self.extra.nbytes) / n_tokens
+        """Bytes on disk per cached position (all shards; the JSON files left out)."""
+        files = sum(b[2] for b in self.reader.blocks)
+        return files / (len(self) * self.length)
 
 
 def sparse_teacher(
@@ -144,12 +150,12 @@ def cached_kd_losses(
     vocab: int,
     chunk_size: int = 0,
 ) -> tuple[Tensor, Tensor]:
-    """(kd, task) of a language-model batch against the cache's sparse teacher outputs:
+    """(kd, task) of a language-model batch against a cache's or server's sparse teacher:
     from the student's logits whole, or with `chunk_size` a chunk of supervised tokens at a
     time from its final hidden states (`distill.llm.chunked`; the same values and
     gradients, without the full logits)."""
     x, am, y = batch["input"], batch.get("attention_mask"), batch["target"]
-    rows = cache.rows(batch["index"])
+    rows = cache.sparse(batch)
     if chunk_size:
         from distill.llm.chunked import chunked_cross_entropy, chunked_loss, decoder_and_head
 
@@ -175,55 +181,6 @@ def cached_kd_losses(
     return kd, F.cross_entropy(z_s.float()[mask], y[mask], reduction="sum") / num_tokens
 
 
-CACHE_FILES = frozenset({"ids.npy", "values.npy", "extra.npy", "manifest.json"})
-
-
-def _check_replaceable(path: Path, partial: bool = False) -> None:
-    """`path` may be replaced only when it is missing or an LM cache (a half-built one for
-    `partial`): a folder holding anything else is refused, naming what is in it."""
-    if not path.exists():
-        return
-    if not path.is_dir():
-        raise ConfigError(f"--out {str(path)!r} is a file; give a folder for the cache")
-    names = {p.name for p in path.iterdir()}
-    ours = names <= CACHE_FILES and (partial or "manifest.json" in names)
-    if not ours:
-        other = sorted(names - CACHE_FILES)[:5] or sorted(names)[:5]
-        raise ConfigError(
-            f"--out {str(path)!r} is not an LM teacher cache (it holds {', '.join(other)}); "
-            f"distill replaces only a cache it wrote. Give a new folder"
-        )
-
-
-@torch.no_grad()
-def _write_rows(teacher, dataset, tmp: Path, shape, mode, temperature, batch_size, seed, vocab):
-    """The teacher's sparse outputs for every row, into memory-mapped arrays in `tmp`;
-    returns the vocabulary size seen."""
-    n, length, k = shape
-    gen = torch.Generator().manual_seed(seed)
-    ids = np.lib.format.open_memmap(tmp / "ids.npy", "w+", np.int32, (n, length, k))
-    values = np.lib.format.open_memmap(tmp / "values.npy", "w+", np.float16, (n, length, k))
-    extra_shape = (n, length) if mode == "topk" else (n, length, k)
-    extra = np.lib.format.open_memmap(tmp / "extra.npy", "w+", np.float16, extra_shape)
-    v_size = None
-    device = next(teacher.parameters()).device
-    for start in range(0, n, batch_size):
-        b = load_batch(dataset, torch.arange(start, min(start + batch_size, n)))
-        logits = teacher(
-            input_ids=b["input"].to(device), attention_mask=b["attention_mask"].to(device)
-        ).logits.cpu()
-        if vocab is not None:
-            logits = logits[..., :vocab]
-        v_size = logits.shape[-1]
-        i, v, e = sparse_teacher(logits, mode, k, temperature, gen)
-        ids[start : start + len(i)] = i.numpy()
-        values[start : start + len(i)] = v.numpy()
-        extra[start : start + len(i)] = e.numpy()
-    for arr in (ids, values, extra):
-        arr.flush()
-    return v_size
-
-
 def build_cache(
     teacher: torch.nn.Module,
     dataset,
@@ -235,39 +192,24 @@ def build_cache(
     batch_size: int = 32,
     seed: int = 0,
     vocab: int | None = None,
-) -> TeacherCache:
-    """Run `teacher` over `dataset` and write the sparse cache to `path` (atomically)."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    _check_replaceable(path)  # never a folder of the user's
-    if tmp.exists():
-        _check_replaceable(tmp, partial=True)
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    n = len(dataset)
-    length = load_batch(dataset, torch.arange(1))["input"].shape[1]
-    was = teacher.training
-    teacher.eval()
-    try:
-        v_size = _write_rows(
-            teacher, dataset, tmp, (n, length, k), mode, temperature, batch_size, seed, vocab
-        )
-    finally:
-        teacher.train(was)
-    meta = {
-        "format": FORMAT,
-        "mode": mode,
-        "k": k,
-        "vocab": v_size,
-        "temperature": temperature,
-        "rows": n,
-        "length": length,
-    }
-    atomic_write_text(tmp / "manifest.json", json.dumps(meta, indent=2))
-    if path.exists():
-        shutil.rmtree(path)
-    tmp.rename(path)
-    return TeacherCache.open(path)
+    value_bits: int = 16,
+    zstd: int = 0,
+    shards: int = 1,
+    only: int | None = None,
+    fingerprint: dict[str, str] | None = None,
+    on_rows: Any = None,
+) -> TeacherCache | None:
+    """Run `teacher` over `dataset` into the sharded cache at `path` (`distill lm-cache`):
+    every shard not yet built, or shard `only` alone. Returns the cache once all of its
+    shards are there (None while another process's shards are missing); `on_rows(n)` is
+    called as rows are done (progress)."""
+    from distill.llm.cache_build import build_shards
+
+    return build_shards(
+        teacher, dataset, Path(path), mode=mode, k=k, temperature=temperature,
+        batch_size=batch_size, seed=seed, vocab=vocab, value_bits=value_bits, zstd=zstd,
+        shards=shards, only=only, fingerprint=fingerprint or {}, on_rows=on_rows,
+    )  # fmt: skip
 
 
 @torch.no_grad()

@@ -31,6 +31,8 @@ from distill.llm.generation import (
     teacher_sequences,
 )
 from distill.llm.lm_loss import lm_losses_from_hidden, lm_losses_from_logits
+from distill.llm.served import ServedTeacherArgs
+from distill.llm.sources import open_source
 from distill.llm.text import lm_metrics
 from distill.llm.vocab import DualSpaceKD, check_tokenizers, uld_loss
 from distill.schemes.base import SchemeBase, SchemeContext, parse_args
@@ -65,6 +67,7 @@ class LMKDArgs(Strict):
     on_policy: OnPolicyArgs | None = None
     sequence_level: SequenceArgs | None = None
     teacher_cache: str | None = None  # a cache from `distill lm-cache`: the teacher is not run
+    teacher_server: ServedTeacherArgs | None = None  # a teacher served elsewhere (vLLM's API)
     cross_tokenizer: Literal["uld", "dskd"] | None = None  # teacher with another tokenizer
 
 
@@ -130,10 +133,11 @@ class LMDistillation(SchemeBase):
                 f"scheme.args.divergence: {a.divergence!r} is not one of "
                 f"{sorted(TOKEN_DIVERGENCES)}"
             )
-        if ctx.teacher is None and not a.teacher_cache:
+        if ctx.teacher is None and not (a.teacher_cache or a.teacher_server):
             raise ConfigError(
-                "scheme lm_kd needs a teacher: a teacher section, or a cache of its outputs "
-                "(scheme.args.teacher_cache, from distill lm-cache)"
+                "scheme lm_kd needs a teacher: a teacher section, a cache of its outputs "
+                "(scheme.args.teacher_cache, from distill lm-cache) or a server "
+                "(scheme.args.teacher_server)"
             )
         self.teacher = ctx.teacher
         self.vocab = ctx.data.num_classes  # the tokenizer's size: padded rows beyond it are cut
@@ -148,7 +152,7 @@ class LMDistillation(SchemeBase):
                     decoder_and_head(model)
                 except ValueError as e:
                     raise ConfigError(f"scheme.args.chunk_size: the {role}: {e}") from None
-        self.cache = self._open_cache(ctx) if a.teacher_cache else None
+        self.source = open_source(a, ctx, self.vocab)  # a cache or a server, else None
         self.dskd = None
         if ctx.data.teacher_tokenizer is not None or a.cross_tokenizer is not None:
             self._check_cross(ctx)
@@ -225,10 +229,10 @@ class LMDistillation(SchemeBase):
         if a.cross_tokenizer is None and a.sequence_level is not None:
             # sequence-level KD across tokenizers: the teacher writes text in its own tokens,
             # the student learns it re-tokenized by its own tokenizer
-            if a.on_policy or a.hidden or a.chunk_size or a.teacher_cache:
+            if a.on_policy or a.hidden or a.chunk_size or a.teacher_cache or a.teacher_server:
                 raise ConfigError(
                     "sequence_level across tokenizers cannot be combined with on_policy, "
-                    "hidden, chunk_size or teacher_cache"
+                    "hidden, chunk_size, teacher_cache or teacher_server"
                 )
             return
         if a.cross_tokenizer is None:
@@ -240,6 +244,12 @@ class LMDistillation(SchemeBase):
             raise ConfigError(
                 "scheme.args.cross_tokenizer cannot be combined with on_policy, sequence_level, "
                 "hidden, chunk_size or teacher_cache"
+            )
+        if a.teacher_server:
+            raise ConfigError(
+                "scheme.args.cross_tokenizer needs the teacher's hidden states or full "
+                "distributions over its own vocabulary; a served teacher gives top-k "
+                "log-probabilities over its tokens only: give a local teacher section"
             )
 
     def _cross_step(self, batch, step: int, n) -> dict[str, Tensor]:
@@ -290,32 +300,6 @@ class LMDistillation(SchemeBase):
             extra = align_ce
         total = self.objective.task_weight.at(step) * out["task"] + a.kd_weight * out["kd"]
         return {"loss": total + extra, **out}
-
-    def _open_cache(self, ctx: SchemeContext):
-        from distill.llm.cache import TeacherCache
-
-        a = self.args
-        if a.on_policy or a.sequence_level or a.hidden:
-            raise ConfigError(
-                "scheme.args.teacher_cache holds the teacher's outputs on the training data "
-                "as it is; on_policy and sequence_level need a teacher that reads new text, "
-                "hidden needs its hidden states: give a teacher section instead of the cache"
-            )
-        cache = TeacherCache.open(a.teacher_cache)
-        rows, length = ctx.data.train.ids.shape[0], ctx.data.train.ids.shape[1] - 1
-        if cache.ids.shape[:2] != (rows, length) or cache.vocab != self.vocab:
-            raise ConfigError(
-                f"scheme.args.teacher_cache: the cache holds {cache.ids.shape[0]} rows of "
-                f"{cache.ids.shape[1]} tokens over {cache.vocab} tokens, the training data "
-                f"{rows} rows of {length} over {self.vocab}; rebuild it for this data with "
-                f"distill lm-cache"
-            )
-        if cache.temperature != a.temperature:
-            raise ConfigError(
-                f"scheme.args.temperature is {a.temperature} but the cache was built at "
-                f"{cache.temperature}; use that, or rebuild the cache"
-            )
-        return cache
 
     # ---------------------------------------------------------------- trainer hooks
     def count_items(self, batch: dict[str, Tensor]) -> int:
@@ -425,8 +409,8 @@ class LMDistillation(SchemeBase):
         n = batch.get("group_items")
         if n is None or on_policy is not None:
             n = mask.sum()
-        if self.cache is not None:
-            return self._cached_step(batch, step, mask, n)
+        if self.source is not None:
+            return self._sparse_step(batch, step, mask, n, on_policy is not None)
         if self.args.cross_tokenizer is not None:
             return self._cross_step(batch, step, n)
         hidden = bool(self.pairs)
@@ -466,14 +450,16 @@ class LMDistillation(SchemeBase):
             total = total + a.hidden.weight * out["hidden"]
         return {"loss": total, **out}
 
-    def _cached_step(self, batch, step: int, mask: Tensor, n) -> dict[str, Tensor]:
+    def _sparse_step(self, batch, step: int, mask: Tensor, n, own: bool) -> dict[str, Tensor]:
+        """KD against a cache's or a server's sparse teacher (`distill.llm.sources`);
+        `own`: the rows are the student's samples (on-policy), so no task loss."""
         from distill.llm.cache import cached_kd_losses
 
         kd, task = cached_kd_losses(
-            self.student, batch, self.cache, mask, n, self.vocab, self.args.chunk_size
+            self.student, batch, self.source, mask, n, self.vocab, self.args.chunk_size
         )
-        total = self.objective.task_weight.at(step) * task + self.args.kd_weight * kd
-        return {"loss": total, "kd": kd, "task": task}
+        task_w = 0.0 if own else self.objective.task_weight.at(step)
+        return {"loss": task_w * task + self.args.kd_weight * kd, "kd": kd, "task": task}
 
     def _hidden_loss(self, hs: tuple, ht: tuple, mask: Tensor) -> Tensor:
         losses = []

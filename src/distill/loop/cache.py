@@ -44,16 +44,11 @@ from torch import Tensor, nn
 
 from distill.core.checkpoint import fsync_dir
 from distill.core.errors import ConfigError
+from distill.core.fingerprints import file_checksum, weights_fingerprint
 from distill.core.settings import CacheSettings
 from distill.data import load_batch, teacher_input
 from distill.data.core import batches_whole
-from distill.loop.cache_keys import (
-    data_fingerprint,
-    file_checksum,
-    topk_compress,
-    topk_expand,
-    weights_fingerprint,
-)
+from distill.loop.cache_keys import data_fingerprint, topk_compress, topk_expand
 from distill.loop.progress import WorkProgress
 from distill.schemes.table import SCHEMES, with_capability
 

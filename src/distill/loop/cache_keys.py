@@ -1,32 +1,18 @@
-"""What identifies a teacher's cached outputs (fingerprints of its weights and of the data
-it read, checksums of the files) and the compact top-k form the logits are stored in."""
+"""What identifies a teacher's cached outputs (the fingerprint of the data it read; those of
+its weights and files are `distill.core.fingerprints`) and the compact top-k form the
+logits are stored in."""
 
 from __future__ import annotations
 
 import hashlib
 import math
-from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
+from distill.core.fingerprints import hash_tensor
 from distill.data import load_batch, teacher_input
-
-
-def _hash_tensor(h: Any, t: Tensor) -> None:
-    t = t.detach().cpu().contiguous()
-    h.update(f"{t.dtype}{tuple(t.shape)}".encode())
-    h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-
-
-def weights_fingerprint(model: nn.Module) -> str:
-    """A hash of the model's class, parameter and buffer names, shapes, dtypes and values."""
-    h = hashlib.sha256(type(model).__qualname__.encode())
-    for name, tensor in model.state_dict().items():
-        h.update(name.encode())
-        _hash_tensor(h, tensor)
-    return h.hexdigest()
 
 
 def data_fingerprint(dataset: Any, batch_size: int = 4096) -> str:
@@ -38,15 +24,7 @@ def data_fingerprint(dataset: Any, batch_size: int = 4096) -> str:
     h = hashlib.sha256(str(len(dataset)).encode())
     for start in range(0, len(dataset), batch_size):
         index = torch.arange(start, min(start + batch_size, len(dataset)))
-        _hash_tensor(h, teacher_input(load_batch(dataset, index)))
-    return h.hexdigest()
-
-
-def file_checksum(path: Path) -> str:
-    h = hashlib.blake2b(digest_size=16)
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
+        hash_tensor(h, teacher_input(load_batch(dataset, index)))
     return h.hexdigest()
 
 

@@ -54,9 +54,9 @@ class SchemeSpec:
     paired_data: bool = False
     cacheable: bool = False
     teacher_for_metrics: bool = False
-    # the argument naming a cache of the teacher's outputs: set in a config, it stands in
-    # for the teacher, which is then not loaded
-    teacher_cache_arg: str | None = None
+    # the arguments naming another source of the teacher's outputs (a cache, a server): set
+    # in a config, one stands in for the teacher, which is then not loaded
+    teacher_source_args: tuple[str, ...] = ()
     monitors: tuple[str, ...] = ("acc", "nll")
     predicts_classes: bool = True
 

@@ -243,7 +243,7 @@ SCHEMES: dict[str, SchemeSpec] = {
         "required",
         builder="distill.llm.scheme:LMDistillation",
         args_from="distill.llm.scheme:LMKDArgs",
-        teacher_cache_arg="teacher_cache",
+        teacher_source_args=("teacher_cache", "teacher_server"),
         arg_names=(
             "alpha",
             "beta",
@@ -255,6 +255,7 @@ SCHEMES: dict[str, SchemeSpec] = {
             "on_policy",
             "sequence_level",
             "teacher_cache",
+            "teacher_server",
             "temperature",
         ),
     ),
