@@ -170,6 +170,8 @@ def test_on_policy_and_chunked_kd_from_a_served_teacher(served, teacher_dir, tmp
     cfg = _cfg(tmp_path, teacher_dir, on_policy, max_steps=2)
     result = run_experiment(parse_config(cfg))
     assert result["steps"] == 2 and result["test_ppl"] > 1
+    with pytest.raises(ConfigError, match="its KD is the forward KL over those k tokens"):
+        build(parse_config(_cfg(tmp_path, teacher_dir, {**on_policy, "divergence": "jsd"})))
     with pytest.raises(ConfigError, match="temperature 1 with teacher_server"):
         build(parse_config(_cfg(tmp_path, teacher_dir, {**on_policy, "temperature": 2.0})))
     with pytest.raises(ConfigError, match="sequence_level needs the teacher to write"):

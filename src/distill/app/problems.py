@@ -10,6 +10,7 @@ import torch
 from distill.app.terms import _reads_input_grad, needs_teacher
 from distill.core.config import ExperimentConfig
 from distill.core.errors import ConfigError, unknown_name
+from distill.core.registry import resolve
 from distill.data import (
     AUGMENTATIONS,
     DATASETS,
@@ -116,8 +117,9 @@ def _scheme_problems(cfg: ExperimentConfig, spec: Any) -> list[str]:
 def teacher_from_source(cfg: Any, spec: Any) -> bool:
     """Whether the run reads its teacher's outputs from another source (a `distill
     lm-cache` cache, a server) instead of a model: then no teacher is loaded, and training
-    holds the student alone."""
-    return any(cfg.scheme.args.get(arg) for arg in getattr(spec, "teacher_source_args", ()))
+    holds the student alone (the scheme's `needs_teacher` decides)."""
+    needs = getattr(spec, "needs_teacher", None)
+    return needs is not None and not resolve(needs)(cfg.scheme.args)
 
 
 def _teacher_problems(cfg: ExperimentConfig, spec: Any) -> list[str]:

@@ -153,6 +153,9 @@ def _cache_lines(cfg: ExperimentConfig, built: Any) -> dict[str, Any]:
 
         key, line = describe(source)
         out[key] = line
+    router = getattr(built.scheme, "router", None)  # lm_kd with several teachers
+    if router is not None and hasattr(router, "describe"):
+        out["teacher_source"] = router.describe()
     return out
 
 

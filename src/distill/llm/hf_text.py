@@ -119,16 +119,26 @@ def _shape(columns: list[str], where: str) -> str:
     return shape
 
 
-def rows_of(examples: Any, tok: Any, length: int, where: str) -> TokenDataset:
+def rows_of(
+    examples: Any, tok: Any, length: int, where: str, route_column: str | None = None
+) -> TokenDataset:
     """Each example (a Hugging Face split, or any iterable of dicts) encoded by its shape,
-    as a padded `TokenDataset`."""
-    rows, sups, shape = [], [], None
+    as a padded `TokenDataset`; with `route_column`, each row's value of it names its
+    teacher (multi-teacher routing, `distill.llm.routing`)."""
+    rows, sups, shape, routes = [], [], None, []
     for i, example in enumerate(examples):
         shape = shape or _shape(list(example), where)
         try:
             ids, sup = encode_row(example, shape, tok, length)
         except (ValueError, TypeError, KeyError) as e:
             raise DataError(f"{where}, row {i}: {e}") from None
+        if route_column is not None:
+            if example.get(route_column) in (None, ""):
+                raise DataError(
+                    f"{where}, row {i}: no value in the route column {route_column!r} (it "
+                    f"names the row's teacher); the row has columns {sorted(example)}"
+                )
+            routes.append(str(example[route_column]))
         rows.append(ids)
         sups.append(sup)
     if not rows:
@@ -139,7 +149,11 @@ def rows_of(examples: Any, tok: Any, length: int, where: str) -> TokenDataset:
             f"{where}: no token carries loss within length {length}; raise data.options.length "
             f"or check that the completions / assistant turns are not empty"
         )
-    return TokenDataset(torch.tensor(rows), supervised, tok.pad_id)
+    out = TokenDataset(torch.tensor(rows), supervised, tok.pad_id)
+    if route_column is not None:
+        out.route_names = tuple(sorted(set(routes)))
+        out.route = torch.tensor([out.route_names.index(r) for r in routes])
+    return out
 
 
 class TokenStream(torch.utils.data.IterableDataset):
@@ -208,12 +222,17 @@ def load_hf_text(
     shuffle_buffer: int | None = None,
     val_samples: int = 0,
     test_samples: int = 0,
+    route_column: str | None = None,
 ) -> DataSplits:
     """Token rows of a local Hugging Face text dataset (see the module docstring)."""
     from distill.data.hub import open_dataset
 
     if length < 2:
         raise ConfigError(f"data.options.length must be >= 2, got {length}")
+    if streaming and route_column:
+        raise ConfigError(
+            "data.options.route_column is read from map-style data; set streaming: false"
+        )
     if streaming:
         return _streamed(
             open_dataset(path, format, data_files, None, streaming=True),
@@ -238,7 +257,10 @@ def load_hf_text(
         parts["train"] = parts["train"].select(range(min(max_train_rows, len(parts["train"]))))
     tok = open_tokenizer(tokenizer, _texts(parts["train"]), vocab_size)
     name = Path(path).name or path
-    data = {k: rows_of(v, tok, length, f"dataset 'hf_text' {name}/{k}") for k, v in parts.items()}
+    data = {
+        k: rows_of(v, tok, length, f"dataset 'hf_text' {name}/{k}", route_column)
+        for k, v in parts.items()
+    }
     return _splits(name, data["train"], data["val"], data["test"], length, tok)
 
 

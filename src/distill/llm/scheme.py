@@ -31,6 +31,7 @@ from distill.llm.generation import (
     teacher_sequences,
 )
 from distill.llm.lm_loss import lm_losses_from_hidden, lm_losses_from_logits
+from distill.llm.routing import RouteArgs, Router
 from distill.llm.served import ServedTeacherArgs
 from distill.llm.sources import open_source
 from distill.llm.text import lm_metrics
@@ -68,6 +69,7 @@ class LMKDArgs(Strict):
     sequence_level: SequenceArgs | None = None
     teacher_cache: str | None = None  # a cache from `distill lm-cache`: the teacher is not run
     teacher_server: ServedTeacherArgs | None = None  # a teacher served elsewhere (vLLM's API)
+    route: RouteArgs | None = None  # several teachers: by a data column, or a fixed mixture
     cross_tokenizer: Literal["uld", "dskd"] | None = None  # teacher with another tokenizer
 
 
@@ -133,7 +135,7 @@ class LMDistillation(SchemeBase):
                 f"scheme.args.divergence: {a.divergence!r} is not one of "
                 f"{sorted(TOKEN_DIVERGENCES)}"
             )
-        if ctx.teacher is None and not (a.teacher_cache or a.teacher_server):
+        if ctx.teacher is None and not (a.teacher_cache or a.teacher_server or a.route):
             raise ConfigError(
                 "scheme lm_kd needs a teacher: a teacher section, a cache of its outputs "
                 "(scheme.args.teacher_cache, from distill lm-cache) or a server "
@@ -152,7 +154,8 @@ class LMDistillation(SchemeBase):
                     decoder_and_head(model)
                 except ValueError as e:
                     raise ConfigError(f"scheme.args.chunk_size: the {role}: {e}") from None
-        self.source = open_source(a, ctx, self.vocab)  # a cache or a server, else None
+        self.router = Router(a, ctx, self.vocab) if a.route else None
+        self.source = None if a.route else open_source(a, ctx, self.vocab)  # cache or server
         self.dskd = None
         if ctx.data.teacher_tokenizer is not None or a.cross_tokenizer is not None:
             self._check_cross(ctx)
@@ -411,6 +414,12 @@ class LMDistillation(SchemeBase):
             n = mask.sum()
         if self.source is not None:
             return self._sparse_step(batch, step, mask, n, on_policy is not None)
+        if self.router is not None:
+            z_s = self.student(input_ids=x, attention_mask=am).logits[..., : self.vocab]
+            out = self.router.kd(z_s, batch, n, self)
+            out["task"] = F.cross_entropy(z_s.float()[mask], y[mask], reduction="sum") / n
+            task_w = self.objective.task_weight.at(step)
+            return {"loss": task_w * out["task"] + a.kd_weight * out["kd"], **out}
         if self.args.cross_tokenizer is not None:
             return self._cross_step(batch, step, n)
         hidden = bool(self.pairs)

@@ -25,6 +25,12 @@ def open_source(a: Any, ctx: Any, vocab: int) -> Any:
         raise ConfigError(
             "scheme.args: give teacher_cache or teacher_server, not both (one teacher)"
         )
+    if (a.teacher_cache or a.teacher_server) and a.divergence != "forward_kl":
+        raise ConfigError(
+            f"scheme.args.divergence is {a.divergence!r}, but a cache or server gives the "
+            f"teacher's top-k log-probabilities, and its KD is the forward KL over those k "
+            f"tokens and the tail; set divergence: forward_kl, or use a teacher section"
+        )
     if a.teacher_cache:
         return _open_cache(a, ctx, vocab)
     if a.teacher_server:

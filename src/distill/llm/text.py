@@ -278,6 +278,9 @@ class TokenDataset:
     teacher_ids: Tensor | None = None
     teacher_supervised: Tensor | None = None
     teacher_pad_id: int = 0
+    # each row's teacher (multi-teacher routing): an index into route_names
+    route: Tensor | None = None
+    route_names: tuple[str, ...] = ()
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -299,6 +302,8 @@ class TokenDataset:
             out["teacher_input"] = t[:, :-1]
             out["teacher_target"] = torch.where(ts[:, 1:], t[:, 1:], -1)
             out["teacher_attention_mask"] = (t[:, :-1] != self.teacher_pad_id).long()
+        if self.route is not None:
+            out["route"] = self.route[index]
         return out
 
     def __getitem__(self, i: int) -> tuple[Tensor, Tensor]:

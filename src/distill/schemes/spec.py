@@ -54,9 +54,9 @@ class SchemeSpec:
     paired_data: bool = False
     cacheable: bool = False
     teacher_for_metrics: bool = False
-    # the arguments naming another source of the teacher's outputs (a cache, a server): set
-    # in a config, one stands in for the teacher, which is then not loaded
-    teacher_source_args: tuple[str, ...] = ()
+    # "module:attr" of a function of the scheme's args: False when they name another source
+    # of the teacher's outputs (a cache, a server), so the teacher section is not loaded
+    needs_teacher: str | None = None
     monitors: tuple[str, ...] = ("acc", "nll")
     predicts_classes: bool = True
 

@@ -243,7 +243,7 @@ SCHEMES: dict[str, SchemeSpec] = {
         "required",
         builder="distill.llm.scheme:LMDistillation",
         args_from="distill.llm.scheme:LMKDArgs",
-        teacher_source_args=("teacher_cache", "teacher_server"),
+        needs_teacher="distill.llm.routing:needs_local_teacher",
         arg_names=(
             "alpha",
             "beta",
@@ -253,6 +253,7 @@ SCHEMES: dict[str, SchemeSpec] = {
             "hidden",
             "kd_weight",
             "on_policy",
+            "route",
             "sequence_level",
             "teacher_cache",
             "teacher_server",
