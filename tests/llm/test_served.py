@@ -213,3 +213,37 @@ def test_a_served_teacher_refuses_bad_servers_and_answers(served, monkeypatch):
         top_entries({"5": {"logprob": -0.1}, "9": -2.5}, 4, "here")
     assert top_entries({"5": {"logprob": -0.1}, "9": -2.5, "1": -9.0}, 2, "here") == (
         [5, 9], [-0.1, -2.5])  # fmt: skip
+
+
+def test_distillation_trainer_trains_from_a_served_teacher(served, tmp_path):
+    """A TRL-style trainer with the teacher behind the server, on-policy batches included."""
+    from transformers import PreTrainedTokenizerFast, TrainingArguments
+
+    from distill import DistillationTrainer
+    from distill.models import build_model
+
+    server, built = served
+    tok = PreTrainedTokenizerFast(
+        tokenizer_file=str(server.tokenizer), eos_token="<eos>", pad_token="<pad>"
+    )
+    ids = built.data.train.ids[:16]
+    rows = [{"input_ids": r, "attention_mask": torch.ones_like(r),
+             "labels": torch.cat([torch.full((4,), -100), r[4:]])} for r in ids]  # fmt: skip
+    torch.manual_seed(0)
+    student = build_model("hf_causal_lm", (24,), 300, LLAMA["args"])
+    args = TrainingArguments(output_dir=str(tmp_path), max_steps=3, per_device_train_batch_size=4,
+                             report_to=[], use_cpu=True, save_strategy="no", learning_rate=1e-3)  # fmt: skip
+    trainer = DistillationTrainer(
+        model=student, args=args, train_dataset=rows, processing_class=tok,
+        teacher_server=_server_args(server.url), lmbda=0.5, max_new_tokens=6,
+    )  # fmt: skip
+    assert trainer.teacher is None
+    seen = server.completions
+    out = trainer.train()
+    assert out.global_step == 3 and torch.isfinite(torch.tensor(out.training_loss))
+    assert server.completions > seen  # every step asked the server
+    with pytest.raises(ValueError, match="one of the two"):
+        DistillationTrainer(model=student, args=args, train_dataset=rows)
+    with pytest.raises(ValueError, match="set divergence='forward_kl'"):
+        DistillationTrainer(model=student, args=args, train_dataset=rows, divergence="jsd",
+                            teacher_server=_server_args(server.url))  # fmt: skip

@@ -24,6 +24,11 @@ plain `from_pretrained` folder. A student or teacher already wrapped by `peft` w
 it is. The memory-efficient path (`chunk_size`) finds the final hidden states and the
 output head through the model's own accessors (`get_base_model`, `get_decoder`,
 `get_output_embeddings`), so it works on wrapped models too.
+
+A served teacher: `teacher_server={"url": ..., "top_k": 20}` (the options of
+`distill.llm.served.ServedTeacherArgs`) in place of `teacher_model` keeps the teacher out of
+this process: each batch's top-k log-probabilities come from a vLLM-style server (on-policy
+batches too), and the KD is the forward KL over those k tokens and the tail.
 """
 
 from __future__ import annotations
@@ -42,7 +47,8 @@ from distill.llm.lm_loss import lm_losses_from_hidden, lm_losses_from_logits
 class DistillationTrainer(transformers.Trainer):
     """`transformers.Trainer` whose loss is task_weight * CE + kd_weight * divergence.
 
-    Args beyond Trainer's: `teacher_model` (frozen here, moved to the training device),
+    Args beyond Trainer's: `teacher_model` (frozen here, moved to the training device) or
+    `teacher_server` (a served teacher, see the module docstring),
     `lmbda` / `seq_kd` / `max_new_tokens` / `generation_temperature` (on-policy and
     sequence-level KD, see `training_step`), `peft_config`, `max_length` (text data),
     `divergence` (see `distill.llm.TOKEN_DIVERGENCES`), `temperature`, `kd_weight`,
@@ -53,7 +59,8 @@ class DistillationTrainer(transformers.Trainer):
     def __init__(
         self,
         *args: Any,
-        teacher_model: torch.nn.Module,
+        teacher_model: torch.nn.Module | None = None,
+        teacher_server: Any = None,
         divergence: str = "forward_kl",
         temperature: float = 1.0,
         kd_weight: float = 0.5,
@@ -74,6 +81,7 @@ class DistillationTrainer(transformers.Trainer):
         if max_new_tokens < 1 or generation_temperature < 0:
             raise ValueError("max_new_tokens must be >= 1 and generation_temperature >= 0")
         div_args = divergence_args(divergence, temperature, beta, alpha)  # checks the name
+        _check_teacher(teacher_model, teacher_server, divergence, temperature, seq_kd)
         shapes = _prepare_text(kwargs, max_length)
         if shapes.get("train_dataset") == "prompt_only" and lmbda < 1.0 and not seq_kd:
             raise ValueError(
@@ -89,8 +97,12 @@ class DistillationTrainer(transformers.Trainer):
             else:
                 raise ValueError("peft_config needs the student: pass model=...")
         super().__init__(*args, **kwargs)
-        self.teacher = teacher_model.to(self.args.device).eval()
-        self.teacher.requires_grad_(False)
+        self.served = None
+        if teacher_server is not None:
+            self.served, self.teacher = self._served(teacher_server), None
+        else:
+            self.teacher = teacher_model.to(self.args.device).eval()
+            self.teacher.requires_grad_(False)
         self.divergence, self.chunk_size = divergence, chunk_size
         self.kd_weight, self.task_weight = kd_weight, task_weight
         self.div_args = div_args
@@ -172,6 +184,15 @@ class DistillationTrainer(transformers.Trainer):
         pad = pad if pad is not None else getattr(config, "pad_token_id", None)
         return (pad if pad is not None else (eos if eos is not None else 0)), eos
 
+    def _served(self, options: Any) -> Any:
+        from distill.llm.served import ServedTeacher, ServedTeacherArgs
+
+        if not isinstance(options, ServedTeacherArgs):
+            options = ServedTeacherArgs(**options)
+        unwrapped = self.accelerator.unwrap_model(self.model)
+        vocab = int(unwrapped.get_output_embeddings().weight.shape[0])
+        return ServedTeacher(options, vocab, self.processing_class)
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         inputs = dict(inputs)
         labels = inputs.pop("labels")
@@ -179,7 +200,17 @@ class DistillationTrainer(transformers.Trainer):
         mask = targets != -100
         n = num_items_in_batch if num_items_in_batch is not None else mask.sum()
         n = torch.as_tensor(n, device=labels.device)
-        if self.chunk_size:
+        if self.served is not None:
+            from distill.llm.cache import cached_kd_losses
+
+            ids = inputs["input_ids"]
+            am = inputs.get("attention_mask", torch.ones_like(ids))
+            batch = {"input": ids[:, :-1], "attention_mask": am[:, :-1],
+                     "target": torch.where(mask, targets, -1)}  # fmt: skip
+            vocab = self.served.vocab
+            kd, ce = cached_kd_losses(model, batch, self.served, mask, n, vocab, self.chunk_size)
+            outputs = model(**inputs) if return_outputs else None  # evaluation reads logits
+        elif self.chunk_size:
             s_decoder, s_head = decoder_and_head(model)
             t_decoder, t_head = decoder_and_head(self.teacher)
             s_out = s_decoder(**inputs)
@@ -226,6 +257,27 @@ class DistillationTrainer(transformers.Trainer):
         merged.save_pretrained(path, safe_serialization=True)
         if self.processing_class is not None:
             self.processing_class.save_pretrained(path)
+
+
+def _check_teacher(
+    model: Any, server: Any, divergence: str, temperature: float, seq_kd: bool
+) -> None:
+    if (model is None) == (server is None):
+        raise ValueError(
+            "give the teacher as teacher_model (a model) or teacher_server (a served one), "
+            "one of the two"
+        )
+    if server is not None and (divergence != "forward_kl" or temperature != 1.0):
+        raise ValueError(
+            "a served teacher gives top-k log-probabilities at temperature 1: its KD is the "
+            "forward KL over those k tokens and the tail; set divergence='forward_kl', "
+            "temperature=1.0"
+        )
+    if server is not None and seq_kd:
+        raise ValueError(
+            "seq_kd has the teacher write the completions; a served teacher here only scores "
+            "text: write them first (distill generate) and train on them"
+        )
 
 
 def _prepare_text(kwargs: dict[str, Any], max_length: int) -> dict[str, str]:

@@ -71,6 +71,14 @@ def top_entries(entry: dict[str, Any] | None, k: int, where: str) -> tuple[list[
     return [i for _, i in pairs[:k]], [lp for lp, _ in pairs[:k]]
 
 
+def _encode(tokenizer: Any, text: str) -> list[int]:
+    """Token ids of `text` without special tokens, from distill's tokenizers (`encode`) or
+    a `transformers` one (called with add_special_tokens=False)."""
+    if callable(tokenizer) and hasattr(tokenizer, "convert_tokens_to_ids"):
+        return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    return list(tokenizer.encode(text))
+
+
 class ServedTeacher:
     """The client. `sparse(batch)` gives (ids, log-probs, log tail mass), each (B, L, k) or
     (B, L), like a top-k cache's rows; positions that are not supervised hold a harmless
@@ -137,7 +145,7 @@ class ServedTeacher:
                 f"serve-teacher answer POST /tokenize. Set check_tokenizer: false only if "
                 f"you know the tokenizers are the same"
             ) from None
-        theirs, ours = list(answer.get("tokens", [])), list(tokenizer.encode(PROBE))
+        theirs, ours = list(answer.get("tokens", [])), _encode(tokenizer, PROBE)
         if theirs != ours:
             at = next((i for i, (a, b) in enumerate(zip(theirs, ours)) if a != b), None)
             at = min(len(theirs), len(ours)) if at is None else at
