@@ -26,7 +26,7 @@ from distill.llm.lm_loss import lm_losses_from_logits
 from distill.models import build_model
 
 GPT2 = {"name": "hf_causal_lm", "args": {"arch": "gpt2", "n_embd": 32, "n_layer": 1, "n_head": 2}}
-WORDS = "river stone cloud quiet morning light garden slow bread warm".split()
+WORDS = ["river", "stone", "cloud", "quiet", "morning", "light", "garden", "slow", "bread", "warm"]
 
 
 def _rows(n: int) -> list[dict]:

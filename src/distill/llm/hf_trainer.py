@@ -69,6 +69,7 @@ class DistillationTrainer(transformers.Trainer):
         alpha: float = 0.1,
         chunk_size: int = 0,
         peft_config: Any = None,
+        shard_teacher: bool | None = None,
         max_length: int = 1024,
         lmbda: float = 0.0,
         seq_kd: bool = False,
@@ -101,8 +102,8 @@ class DistillationTrainer(transformers.Trainer):
         if teacher_server is not None:
             self.served, self.teacher = self._served(teacher_server), None
         else:
-            self.teacher = teacher_model.to(self.args.device).eval()
-            self.teacher.requires_grad_(False)
+            self.shard_teacher = shard_teacher
+            self.teacher = self.prepare_teacher(teacher_model)
         self.divergence, self.chunk_size = divergence, chunk_size
         self.kd_weight, self.task_weight = kd_weight, task_weight
         self.div_args = div_args
@@ -155,6 +156,9 @@ class DistillationTrainer(transformers.Trainer):
             top_k=0 if sample else None,
             pad_token_id=pad,
             eos_token_id=eos,
+            # sharded models gather their weights in every forward: all processes must run
+            # the same number of generation steps, even those whose rows have ended
+            synced_gpus=self._sharded(),
         )[:, width:]
         unwrapped.train(was)
         rows = []
@@ -175,6 +179,40 @@ class DistillationTrainer(transformers.Trainer):
             batch["labels"][i, len(p) : len(seq)] = new
         return {k: v.to(ids.device) for k, v in batch.items()}
 
+    def _final_hidden(self, model: torch.nn.Module, inputs: dict) -> tuple[torch.Tensor, Any]:
+        """The student's final hidden states and its output head, without full logits. A
+        model wrapped for several processes (DDP, FSDP) must run through its wrapper, or
+        its gradients are never reduced: the whole model then runs with `logits_to_keep=1`
+        (the head on one position) and a hook on its decoder keeps the hidden states."""
+        decoder, head = decoder_and_head(model)
+        if model is self.accelerator.unwrap_model(model):
+            return decoder(**inputs).last_hidden_state, head
+        seen: dict[str, torch.Tensor] = {}
+
+        def keep(module: Any, args: Any, out: Any) -> None:
+            seen["h"] = out[0] if isinstance(out, tuple) else out.last_hidden_state
+
+        handle = decoder.register_forward_hook(keep)
+        try:
+            try:
+                model(**inputs, logits_to_keep=1)
+            except TypeError:  # a model without logits_to_keep: its full logits, then
+                model(**inputs)
+        finally:
+            handle.remove()
+        return seen["h"], head
+
+    def _sharded(self) -> bool:
+        from distill.core.distributed import is_sharded
+
+        teacher = self.teacher is not None and is_sharded(self.teacher)
+        zero3 = (
+            self.is_deepspeed_enabled and self.accelerator.state.deepspeed_plugin.zero_stage == 3
+        )
+        return bool(
+            self.accelerator.num_processes > 1 and (self.is_fsdp_enabled or zero3 or teacher)
+        )
+
     def _pad_and_eos(self, model: torch.nn.Module) -> tuple[int, int | None]:
         tok = self.processing_class
         config = getattr(self.accelerator.unwrap_model(model), "config", None)
@@ -183,6 +221,17 @@ class DistillationTrainer(transformers.Trainer):
         pad = getattr(tok, "pad_token_id", None) if tok is not None else None
         pad = pad if pad is not None else getattr(config, "pad_token_id", None)
         return (pad if pad is not None else (eos if eos is not None else 0)), eos
+
+    def prepare_teacher(self, teacher: torch.nn.Module) -> torch.nn.Module:
+        """The frozen teacher placed as the student is: under DeepSpeed ZeRO-3 through the
+        engine's inference path (its weights partitioned, no optimizer); sharded with FSDP2
+        over all processes when the student is (FSDP) or `shard_teacher=True`, so no process
+        holds all of it; else a replica on each device. See `distill.llm.sharded`."""
+        from distill.llm.sharded import prepare_teacher
+
+        teacher.eval().requires_grad_(False)
+        shard = self.shard_teacher if self.shard_teacher is not None else self.is_fsdp_enabled
+        return prepare_teacher(teacher, self.accelerator, self.args.device, shard)
 
     def _served(self, options: Any) -> Any:
         from distill.llm.served import ServedTeacher, ServedTeacherArgs
@@ -211,23 +260,22 @@ class DistillationTrainer(transformers.Trainer):
             kd, ce = cached_kd_losses(model, batch, self.served, mask, n, vocab, self.chunk_size)
             outputs = model(**inputs) if return_outputs else None  # evaluation reads logits
         elif self.chunk_size:
-            s_decoder, s_head = decoder_and_head(model)
+            s_hidden, s_head = self._final_hidden(model, inputs)
             t_decoder, t_head = decoder_and_head(self.teacher)
-            s_out = s_decoder(**inputs)
             with torch.no_grad():
                 t_out = t_decoder(**inputs)
             kd, ce = lm_losses_from_hidden(
-                s_out.last_hidden_state[:, :-1][mask],
-                s_head.weight,
+                s_hidden[:, :-1][mask],
+                _full(s_head.weight),
                 t_out.last_hidden_state[:, :-1][mask],
-                t_head.weight,
+                _full(t_head.weight),
                 targets[mask],
                 divergence=self.divergence,
                 num_tokens=n,
                 chunk_size=self.chunk_size,
                 **self.div_args,
             )
-            outputs = s_out
+            outputs = None if not return_outputs else model(**inputs)
         else:
             outputs = model(**inputs)
             with torch.no_grad():
@@ -257,6 +305,14 @@ class DistillationTrainer(transformers.Trainer):
         merged.save_pretrained(path, safe_serialization=True)
         if self.processing_class is not None:
             self.processing_class.save_pretrained(path)
+
+
+def _full(weight: torch.Tensor) -> torch.Tensor:
+    """An output head's whole weight, gathered when it is sharded (FSDP2's DTensor; the
+    gather is differentiable, so the student's gradient reaches its shard)."""
+    from distill.core.distributed import is_dtensor
+
+    return weight.full_tensor() if is_dtensor(weight) else weight
 
 
 def _check_teacher(
