@@ -4,7 +4,8 @@
 #   1. bf16 KD throughput on an image folder, distill vs a hand-written loop;
 #   2. DistillationTrainer vs TRL's GKDTrainer: loss agreement, step time, peak memory
 #      (needs trl: pip install "torch==2.13.0" trl);
-#   3. the chunked LLM loss against full logits: peak memory and time at a 32k vocabulary.
+#   3. the chunked LLM loss against full logits: peak memory and time at a 32k vocabulary;
+#   4. DistillationTrainer with the teacher sharded alongside the student under FSDP.
 # Usage: OUT=gpu_results bash benchmarks/gpu_check.sh
 set -euo pipefail
 OUT=${OUT:-gpu_results}
@@ -15,3 +16,12 @@ python benchmarks/data_scale.py throughput --device cuda --precision bf16 --imag
 python benchmarks/vs_trl.py --device cuda --steps 20 --rounds 3 --out "$OUT/trl" \
   > "$OUT/vs_trl.jsonl" || echo "vs_trl failed (is trl installed?)" >&2
 python benchmarks/llm_chunked_memory.py --device cuda --tokens 16384 > "$OUT/chunked.json"
+# 4. DistillationTrainer with the teacher sharded alongside the student under Accelerate's
+#    FSDP (one process on one GPU: the code path, not the scaling); the two-process CPU
+#    version is tests/llm/test_sharded_trainer.py.
+mkdir -p "$OUT/fsdp_teacher"
+ACCELERATE_USE_FSDP=true FSDP_VERSION=2 DEVICE=cuda OUT="$OUT/fsdp_teacher" \
+  torchrun --standalone --nproc_per_node 1 tests/llm/trainer_worker.py \
+  > "$OUT/fsdp_teacher.txt" 2>&1 || echo "FSDP teacher check failed (see fsdp_teacher.txt)" >&2
+# DeepSpeed ZeRO-3 needs the deepspeed package, which the GPU machine does not have
+# offline; with it: accelerate launch --use_deepspeed --zero_stage 3 tests/llm/trainer_worker.py

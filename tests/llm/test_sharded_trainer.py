@@ -51,3 +51,20 @@ def test_a_sharded_teacher_trains_the_one_process_student(tmp_path, chunk):
     assert a.keys() == b.keys()
     for k in a:
         torch.testing.assert_close(b[k], a[k], rtol=0, atol=1e-6, msg=k)
+
+
+def test_the_deepspeed_teacher_config_keeps_zero3_and_drops_the_optimizer():
+    """DeepSpeed is not installed here (nor on the GPU machine); the config the teacher's
+    engine gets is checked as a function."""
+    from distill.llm.sharded import deepspeed_inference_config
+
+    run = {"zero_optimization": {"stage": 3, "offload_optimizer": {"device": "cpu"},
+                                 "stage3_param_persistence_threshold": 10},
+           "optimizer": {"type": "AdamW"}, "scheduler": {"type": "WarmupLR"},
+           "bf16": {"enabled": True}, "train_micro_batch_size_per_gpu": 4}  # fmt: skip
+    out = deepspeed_inference_config(run)
+    assert "optimizer" not in out and "scheduler" not in out and out["bf16"]["enabled"]
+    assert out["zero_optimization"] == {"stage": 3, "stage3_param_persistence_threshold": 10}
+    assert run["optimizer"] == {"type": "AdamW"}  # the run's own config is left alone
+    stage2 = deepspeed_inference_config({"zero_optimization": {"stage": 2}})
+    assert stage2["zero_optimization"]["stage"] == 0  # nothing of a frozen model to partition

@@ -1,6 +1,7 @@
 """Run under torchrun (or alone): `DistillationTrainer` on a fixed global batch, the teacher
 sharded over the processes when SHARD_TEACHER=1; rank 0 saves the student's weights to
-$OUT/student.safetensors and says how much of the teacher each process held."""
+$OUT/student.safetensors and says how much of the teacher each process held. The GPU check
+(benchmarks/gpu_check.sh) runs it with DEVICE=cuda under Accelerate's FSDP."""
 
 from __future__ import annotations
 
@@ -35,7 +36,8 @@ def main() -> None:
                      "labels": labels})  # fmt: skip
     args = TrainingArguments(
         output_dir=out, max_steps=3, per_device_train_batch_size=8 // world,
-        gradient_accumulation_steps=2, report_to=[], use_cpu=True, save_strategy="no",
+        gradient_accumulation_steps=2, report_to=[], save_strategy="no",
+        use_cpu=os.environ.get("DEVICE", "cpu") == "cpu",  # DEVICE=cuda: the GPU check
         learning_rate=1e-2, seed=0, dataloader_drop_last=True, disable_tqdm=True,
     )  # fmt: skip
     trainer = DistillationTrainer(
