@@ -18,6 +18,7 @@ from distill.app.build import load_model
 from distill.core.config import parse_config
 from distill.data import load_batch
 from distill.llm.cache import cache_kl_error
+from distill.llm.cache_store import Layout
 from distill.llm.demo import DATA, STUDENT, TEACHER
 
 
@@ -53,9 +54,9 @@ def main() -> None:
             ]
             cached = sum(r["cached_kl"] for r in runs) / len(runs)
             dense = runs[0]["dense_kl"]
-            per_token = k * 6 + (2 if mode == "topk" else 2 * k)
+            per_token = Layout(mode, k, vocab, 1).raw_bytes_per_token()  # 16-bit, no zstd
             print(
-                f"{mode:6s} {k:4d}  {per_token:10d}  {dense:8.4f}  {cached:9.4f}  "
+                f"{mode:6s} {k:4d}  {per_token:10.1f}  {dense:8.4f}  {cached:9.4f}  "
                 f"{abs(cached - dense) / dense:9.2%}"
             )
 
