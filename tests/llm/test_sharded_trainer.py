@@ -41,7 +41,7 @@ def _run(out: Path, nproc: int, **env: str) -> dict:
     }
 
 
-@pytest.mark.parametrize("chunk", ["0", "5"])
+@pytest.mark.parametrize("chunk", [pytest.param("0", marks=pytest.mark.slow), "5"])
 def test_a_sharded_teacher_trains_the_one_process_student(tmp_path, chunk):
     one = _run(tmp_path / "one", 1, CHUNK=chunk)
     two = _run(tmp_path / "two", 2, CHUNK=chunk, SHARD_TEACHER="1")

@@ -91,7 +91,7 @@ def _add_run_commands(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_export_data_lm_commands(sub: argparse._SubParsersAction) -> None:
-    """Subcommands export, datasets, sample-data, methods, lm-cache, serve-teacher, lm-demo."""
+    """Subcommands export, datasets, sample-data, methods, lm-demo."""
     p = sub.add_parser(
         "export",
         help="a run's best student as a HF or sentence-transformers folder, ONNX, TorchScript",
@@ -117,6 +117,20 @@ def _add_export_data_lm_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print a JSON list of {name, family, paper}")
     p.set_defaults(fn=commands.cmd_methods)
 
+    p = sub.add_parser(
+        "lm-demo", help="a small GPT-2 teacher, then students by each divergence and on-policy KD"
+    )
+    p.add_argument("--out", default="runs/lm-demo")
+    p.add_argument("--epochs", type=int, default=6, help="epochs per student")
+    p.add_argument("--teacher-epochs", type=int, default=12)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=commands.cmd_lm_demo)
+
+
+def _add_lm_teacher_commands(sub: argparse._SubParsersAction) -> None:
+    """Subcommands lm-cache and serve-teacher: a language-model teacher kept out of the
+    student's process."""
     p = sub.add_parser(
         "lm-cache",
         help="store a language-model teacher's top-k or sampled logits on the training data",
@@ -147,16 +161,6 @@ def _add_export_data_lm_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-logprobs", type=int, default=128)
     p.add_argument("--api-key-env", help="environment variable holding the key clients must send")
     p.set_defaults(fn=commands.cmd_serve_teacher)
-
-    p = sub.add_parser(
-        "lm-demo", help="a small GPT-2 teacher, then students by each divergence and on-policy KD"
-    )
-    p.add_argument("--out", default="runs/lm-demo")
-    p.add_argument("--epochs", type=int, default=6, help="epochs per student")
-    p.add_argument("--teacher-epochs", type=int, default=12)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(fn=commands.cmd_lm_demo)
 
 
 def _add_generation_commands(sub: argparse._SubParsersAction) -> None:
@@ -299,6 +303,7 @@ def make_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _add_run_commands(sub)
     _add_export_data_lm_commands(sub)
+    _add_lm_teacher_commands(sub)
     _add_generation_commands(sub)
     _add_measure_commands(sub)
     _add_workflow_commands(sub)

@@ -184,8 +184,7 @@ def cmd_lm_cache(args: argparse.Namespace) -> int:
     from distill.app.build import build
     from distill.core.config import load_config, parse_config
     from distill.core.fingerprints import weights_fingerprint
-    from distill.llm.cache import build_cache
-    from distill.llm.cache_build import token_data_fingerprint, tokenizer_fingerprint
+    from distill.llm.cache_build import build_cache, token_data_fingerprint, tokenizer_fingerprint
     from distill.llm.cache_store import shard_ranges
     from distill.loop.progress import WorkProgress
 
@@ -208,7 +207,7 @@ def cmd_lm_cache(args: argparse.Namespace) -> int:
     rows = sum(b - a for a, b in (ranges if only is None else [ranges[only]]))
     with WorkProgress(rows, "teacher cache (rows)") as bar:
         cache = build_cache(
-            built.teacher, train, args.out, mode=args.mode, k=args.k,
+            built.teacher, train, Path(args.out), mode=args.mode, k=args.k, batch_size=32,
             temperature=args.temperature, vocab=built.data.num_classes, seed=cfg.train.seed,
             value_bits=args.bits, zstd=args.zstd, shards=shards, only=only,
             fingerprint=fingerprint, on_rows=bar.update,

@@ -181,37 +181,6 @@ def cached_kd_losses(
     return kd, F.cross_entropy(z_s.float()[mask], y[mask], reduction="sum") / num_tokens
 
 
-def build_cache(
-    teacher: torch.nn.Module,
-    dataset,
-    path: str | Path,
-    *,
-    mode: str = "topk",
-    k: int = 32,
-    temperature: float = 1.0,
-    batch_size: int = 32,
-    seed: int = 0,
-    vocab: int | None = None,
-    value_bits: int = 16,
-    zstd: int = 0,
-    shards: int = 1,
-    only: int | None = None,
-    fingerprint: dict[str, str] | None = None,
-    on_rows: Any = None,
-) -> TeacherCache | None:
-    """Run `teacher` over `dataset` into the sharded cache at `path` (`distill lm-cache`):
-    every shard not yet built, or shard `only` alone. Returns the cache once all of its
-    shards are there (None while another process's shards are missing); `on_rows(n)` is
-    called as rows are done (progress)."""
-    from distill.llm.cache_build import build_shards
-
-    return build_shards(
-        teacher, dataset, Path(path), mode=mode, k=k, temperature=temperature,
-        batch_size=batch_size, seed=seed, vocab=vocab, value_bits=value_bits, zstd=zstd,
-        shards=shards, only=only, fingerprint=fingerprint or {}, on_rows=on_rows,
-    )  # fmt: skip
-
-
 @torch.no_grad()
 def cache_kl_error(
     teacher_logits: Tensor, student_logits: Tensor, mode: str, k: int, seed: int = 0

@@ -22,6 +22,7 @@ import torch
 from distill.core.checkpoint import atomic_write_text
 from distill.core.errors import ConfigError
 from distill.data import load_batch
+from distill.llm.cache import TeacherCache, sparse_teacher
 from distill.llm.cache_store import Layout, manifest, shard_name, shard_ranges, write_shard
 
 PROBE = "The quick brown fox jumps over the lazy dog; def f(x): return x ** 2  # 3.14 ünï"
@@ -87,8 +88,6 @@ def _prepare(path: Path, meta: dict[str, Any]) -> None:
 def _blocks(
     teacher: torch.nn.Module, dataset: Any, rows: tuple[int, int], layout: Layout, a: dict
 ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    from distill.llm.cache import sparse_teacher
-
     device = next(teacher.parameters()).device
     for start in range(rows[0], rows[1], layout.block_rows):
         end = min(start + layout.block_rows, rows[1])
@@ -110,7 +109,7 @@ def _blocks(
         yield tuple(torch.cat(p).numpy() for p in zip(*parts))  # type: ignore[misc]
 
 
-def build_shards(
+def build_cache(
     teacher: torch.nn.Module,
     dataset: Any,
     path: Path,
@@ -127,9 +126,10 @@ def build_shards(
     only: int | None,
     fingerprint: dict[str, str],
     on_rows: Callable[[int], None] | None = None,
-) -> Any:
-    from distill.llm.cache import TeacherCache
-
+) -> TeacherCache | None:
+    """Run `teacher` over `dataset` into the sharded cache at `path`: every shard not yet
+    built, or shard `only` alone. Returns the cache once all of its shards are there (None
+    while another process's shards are missing); `on_rows(n)` is called as rows are done."""
     n = len(dataset)
     if not 1 <= shards <= n:
         raise ConfigError(f"--shards must be between 1 and the {n} rows, got {shards}")

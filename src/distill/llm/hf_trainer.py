@@ -53,7 +53,10 @@ class DistillationTrainer(transformers.Trainer):
     sequence-level KD, see `training_step`), `peft_config`, `max_length` (text data),
     `divergence` (see `distill.llm.TOKEN_DIVERGENCES`), `temperature`, `kd_weight`,
     `task_weight`, `beta` (jsd), `alpha` (skew KL), `chunk_size` (> 0: the memory-efficient
-    path from hidden states, never holding full logits).
+    path from hidden states, never holding full logits). Defaults: forward KL, T = 1,
+    kd_weight = task_weight = 0.5, lmbda = 0; with a `trl.DistillationConfig` as `args`, that
+    config's meaning instead (`distill.llm.trl_compat`). `model` and `teacher_model` may be
+    paths of local model folders.
     """
 
     def __init__(
@@ -61,28 +64,28 @@ class DistillationTrainer(transformers.Trainer):
         *args: Any,
         teacher_model: torch.nn.Module | None = None,
         teacher_server: Any = None,
-        divergence: str = "forward_kl",
-        temperature: float = 1.0,
-        kd_weight: float = 0.5,
-        task_weight: float = 0.5,
-        beta: float = 0.5,
+        divergence: str | None = None,
+        temperature: float | None = None,
+        kd_weight: float | None = None,
+        task_weight: float | None = None,
+        beta: float | None = None,
         alpha: float = 0.1,
         chunk_size: int = 0,
         peft_config: Any = None,
         shard_teacher: bool | None = None,
         max_length: int = 1024,
-        lmbda: float = 0.0,
+        lmbda: float | None = None,
         seq_kd: bool = False,
-        max_new_tokens: int = 128,
-        generation_temperature: float = 1.0,
+        max_new_tokens: int | None = None,
+        generation_temperature: float | None = None,
         **kwargs: Any,
     ):
-        if not 0.0 <= lmbda <= 1.0:
-            raise ValueError(f"lmbda is a probability (0..1), got {lmbda}")
-        if max_new_tokens < 1 or generation_temperature < 0:
-            raise ValueError("max_new_tokens must be >= 1 and generation_temperature >= 0")
-        div_args = divergence_args(divergence, temperature, beta, alpha)  # checks the name
-        _check_teacher(teacher_model, teacher_server, divergence, temperature, seq_kd)
+        o = _options(locals(), args, kwargs)  # distill's defaults, or a TRL config's meaning
+        lmbda, args = o["lmbda"], o["args"]
+        div_args = divergence_args(o["divergence"], o["temperature"], o["beta"], alpha)
+        _check_teacher(
+            o["teacher_model"], teacher_server, o["divergence"], o["temperature"], seq_kd
+        )
         shapes = _prepare_text(kwargs, max_length)
         if shapes.get("train_dataset") == "prompt_only" and lmbda < 1.0 and not seq_kd:
             raise ValueError(
@@ -91,26 +94,22 @@ class DistillationTrainer(transformers.Trainer):
                 "teacher scores) or seq_kd=True (the teacher writes)"
             )
         if peft_config is not None:
-            if "model" in kwargs:
-                kwargs["model"] = with_adapter(kwargs["model"], peft_config)
-            elif args:
-                args = (with_adapter(args[0], peft_config), *args[1:])
-            else:
-                raise ValueError("peft_config needs the student: pass model=...")
+            args = _with_peft(args, kwargs, peft_config)
         super().__init__(*args, **kwargs)
         self.served = None
         if teacher_server is not None:
             self.served, self.teacher = self._served(teacher_server), None
         else:
             self.shard_teacher = shard_teacher
-            self.teacher = self.prepare_teacher(teacher_model)
-        self.divergence, self.chunk_size = divergence, chunk_size
-        self.kd_weight, self.task_weight = kd_weight, task_weight
+            self.teacher = self.prepare_teacher(o["teacher_model"])
+        self.divergence, self.chunk_size = o["divergence"], chunk_size
+        self.kd_weight, self.task_weight = o["kd_weight"], o["task_weight"]
         self.div_args = div_args
         # we normalise by num_items_in_batch ourselves; Trainer must not divide again
         self.model_accepts_loss_kwargs = True
         self.lmbda, self.seq_kd = lmbda, seq_kd
-        self.max_new_tokens, self.generation_temperature = max_new_tokens, generation_temperature
+        self.max_new_tokens = o["max_new_tokens"]
+        self.generation_temperature = o["generation_temperature"]
         self._coin = random.Random(self.args.seed)  # on-policy draws, reproducible
 
     def training_step(self, model, inputs, num_items_in_batch=None):
@@ -305,6 +304,36 @@ class DistillationTrainer(transformers.Trainer):
         merged.save_pretrained(path, safe_serialization=True)
         if self.processing_class is not None:
             self.processing_class.save_pretrained(path)
+
+
+def _options(given: dict[str, Any], args: tuple, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The loss and generation options (`distill.llm.trl_compat.resolve_options`), with
+    `model` and `teacher_model` loaded when given as folder paths (`kwargs` updated)."""
+    from distill.llm.trl_compat import OPTIONS, load_if_path, resolve_options
+
+    trainer_args = kwargs.get("args", args[1] if len(args) > 1 else None)
+    out = resolve_options({k: given[k] for k in OPTIONS}, trainer_args)
+    if not 0.0 <= out["lmbda"] <= 1.0:
+        raise ValueError(f"lmbda is a probability (0..1), got {out['lmbda']}")
+    if out["max_new_tokens"] < 1 or out["generation_temperature"] < 0:
+        raise ValueError("max_new_tokens must be >= 1 and generation_temperature >= 0")
+    out["teacher_model"] = load_if_path(given["teacher_model"], "teacher_model")
+    if "model" in kwargs:
+        kwargs["model"] = load_if_path(kwargs["model"], "model")
+    elif args:
+        args = (load_if_path(args[0], "model"), *args[1:])
+    out["args"] = args
+    return out
+
+
+def _with_peft(args: tuple, kwargs: dict[str, Any], peft_config: Any) -> tuple:
+    """The student (in `kwargs` or first in `args`) wrapped with its PEFT adapter."""
+    if "model" in kwargs:
+        kwargs["model"] = with_adapter(kwargs["model"], peft_config)
+        return args
+    if args:
+        return (with_adapter(args[0], peft_config), *args[1:])
+    raise ValueError("peft_config needs the student: pass model=...")
 
 
 def _full(weight: torch.Tensor) -> torch.Tensor:

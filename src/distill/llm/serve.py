@@ -231,68 +231,67 @@ class TeacherServer:
 
     # ------------------------------------------------------------------ HTTP
     def serve(self, host: str = "127.0.0.1", port: int = 8000) -> ThreadingHTTPServer:
-        server = self
+        """An HTTP server (not yet serving) whose requests this teacher answers."""
+        return ThreadingHTTPServer((host, port), type("Handler", (Handler,), {"teacher": self}))
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
 
-            def _send(self, code: int, payload: Any) -> None:
-                raw = json.dumps(payload).encode()
-                self.send_response(code)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(raw)))
-                self.end_headers()
-                self.wfile.write(raw)
+class Handler(BaseHTTPRequestHandler):
+    """The endpoints of `TeacherServer` (set as `teacher` on a subclass by `serve`)."""
 
-            def _error(self, code: int, message: str, kind: str) -> None:
-                self._send(code, {"error": {"message": message, "type": kind, "code": code}})
+    protocol_version = "HTTP/1.1"
+    teacher: TeacherServer
 
-            def _authorised(self) -> bool:
-                if (
-                    server.api_key
-                    and self.headers.get("Authorization") != f"Bearer {server.api_key}"
-                ):
-                    self._error(401, "missing or wrong API key", "invalid_api_key")
-                    return False
-                return True
+    def _send(self, code: int, payload: Any) -> None:
+        raw = json.dumps(payload).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(raw)))
+        self.end_headers()
+        self.wfile.write(raw)
 
-            def do_GET(self) -> None:  # noqa: N802 (the http.server hook's name)
-                if not self._authorised():
-                    return
-                if self.path.rstrip("/") == "/v1/models":
-                    self._send(200, server.models())
-                elif self.path.rstrip("/") == "/health":
-                    self._send(200, {"status": "ok"})
-                else:
-                    self._error(404, f"no endpoint {self.path}", "not_found")
+    def _error(self, code: int, message: str, kind: str) -> None:
+        self._send(code, {"error": {"message": message, "type": kind, "code": code}})
 
-            def do_POST(self) -> None:  # noqa: N802
-                length = int(self.headers.get("Content-Length", 0))
-                raw = self.rfile.read(length)
-                if not self._authorised():
-                    return
-                routes = {"/v1/completions": server.completions, "/tokenize": server.tokenize}
-                route = routes.get(self.path.rstrip("/"))
-                if route is None:
-                    self._error(404, f"no endpoint {self.path}", "not_found")
-                    return
-                try:
-                    body = json.loads(raw or b"{}")
-                    if not isinstance(body, dict):
-                        raise RequestError("the request body must be a JSON object")
-                    if (
-                        route is server.completions
-                        and body.get("model", server.name) != server.name
-                    ):
-                        raise RequestError(f"the model {body['model']!r} is not served here")
-                    self._send(200, route(body))
-                except (RequestError, json.JSONDecodeError) as e:
-                    self._error(400, str(e), "invalid_request_error")
+    def _authorised(self) -> bool:
+        key = self.teacher.api_key
+        if key and self.headers.get("Authorization") != f"Bearer {key}":
+            self._error(401, "missing or wrong API key", "invalid_api_key")
+            return False
+        return True
 
-            def log_message(self, fmt: str, *args: Any) -> None:
-                print(f"{self.address_string()} {fmt % args}", flush=True)
+    def do_GET(self) -> None:  # noqa: N802 (the http.server hook's name)
+        if not self._authorised():
+            return
+        if self.path.rstrip("/") == "/v1/models":
+            self._send(200, self.teacher.models())
+        elif self.path.rstrip("/") == "/health":
+            self._send(200, {"status": "ok"})
+        else:
+            self._error(404, f"no endpoint {self.path}", "not_found")
 
-        return ThreadingHTTPServer((host, port), Handler)
+    def do_POST(self) -> None:  # noqa: N802
+        raw = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        if not self._authorised():
+            return
+        teacher = self.teacher
+        route = {"/v1/completions": teacher.completions, "/tokenize": teacher.tokenize}.get(
+            self.path.rstrip("/")
+        )
+        if route is None:
+            self._error(404, f"no endpoint {self.path}", "not_found")
+            return
+        try:
+            body = json.loads(raw or b"{}")
+            if not isinstance(body, dict):
+                raise RequestError("the request body must be a JSON object")
+            if route == teacher.completions and body.get("model", teacher.name) != teacher.name:
+                raise RequestError(f"the model {body['model']!r} is not served here")
+            self._send(200, route(body))
+        except (RequestError, json.JSONDecodeError) as e:
+            self._error(400, str(e), "invalid_request_error")
+
+    def log_message(self, fmt: str, *args: Any) -> None:
+        print(f"{self.address_string()} {fmt % args}", flush=True)
 
 
 def run_server(
