@@ -125,14 +125,18 @@ def test_compress_and_federated_overwrite_go_through_the_same_guard(tmp_path, mo
 
 
 def test_lm_cache_out_never_replaces_a_folder_of_the_users(tmp_path):
-    from distill.llm.cache import _check_replaceable
+    from distill.llm.cache_build import _prepare
 
+    meta = {"format": "x", "rows": 1, "shards": 1, "temperature": 1.0, "layout": {},
+            "fingerprint": {"teacher": "a"}}  # fmt: skip
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine/notes.txt").write_text("x")
     with pytest.raises(ConfigError, match="not an LM teacher cache .*notes.txt"):
-        _check_replaceable(tmp_path / "mine")
-    (tmp_path / "cache").mkdir()
-    for name in ("ids.npy", "values.npy", "extra.npy", "manifest.json"):
-        (tmp_path / "cache" / name).write_bytes(b"")
-    _check_replaceable(tmp_path / "cache")  # a cache distill wrote may be replaced
+        _prepare(tmp_path / "mine", meta)
+    _prepare(tmp_path / "cache", meta)  # a new folder gets the cache's manifest
+    (tmp_path / "cache" / "shard-00000.json").write_text("{}")
+    _prepare(tmp_path / "cache", meta)  # a cache distill wrote may be built on (resumed)
+    with pytest.raises(ConfigError, match="holds a cache with another teacher"):
+        _prepare(tmp_path / "cache", {**meta, "fingerprint": {"teacher": "b"}})
     assert (tmp_path / "mine/notes.txt").read_text() == "x"
+    assert (tmp_path / "cache" / "shard-00000.json").read_text() == "{}"

@@ -55,7 +55,9 @@ class Served:
         lines = []
         while "serving 'teacher'" not in (line := self.proc.stdout.readline()):
             lines.append(line)
-            assert line, "".join(lines)  # the server exited before listening
+            if not line:  # the server exited before listening
+                self.kill()
+                raise AssertionError("".join(lines))
         self.port = int(line.rsplit(":", 1)[1].split("/")[0])
         threading.Thread(target=self._read, args=(self.proc,), daemon=True).start()
 
