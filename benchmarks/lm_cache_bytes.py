@@ -39,7 +39,11 @@ def main() -> None:
         for k in (32, 64, 128):
             ids, values, tail = (t.numpy() for t in sparse_teacher(logits, "topk", k))
             shape = (1, args.positions)
-            ids, values, tail = ids.reshape(*shape, k), values.reshape(*shape, k), tail.reshape(shape)
+            ids, values, tail = (
+                ids.reshape(*shape, k),
+                values.reshape(*shape, k),
+                tail.reshape(shape),
+            )
             cells = {}
             for bits in (16, 8):
                 for zstd in (0, 3):
@@ -54,7 +58,11 @@ def main() -> None:
     print(f"| vocab | k | int32 + fp16 | {' | '.join(names)} |")
     print("|---|---|---|" + "---|" * len(names))
     for vocab, k, naive, cells in rows:
-        print(f"| {vocab:,} | {k} | {naive:.2f} | " + " | ".join(f"{cells[n]:.2f}" for n in names) + " |")
+        print(
+            f"| {vocab:,} | {k} | {naive:.2f} | "
+            + " | ".join(f"{cells[n]:.2f}" for n in names)
+            + " |"
+        )
     print(json.dumps(out))
 
 

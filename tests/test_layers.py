@@ -27,7 +27,6 @@ LAYERS: list[tuple[str, list[str]]] = [
             "distill.schemes.table",
             "distill.schemes.spec",
             "distill.losses.table",
-            "distill.llm.table",
             "distill.compress.structure",
         ],
     ),
@@ -181,9 +180,8 @@ def test_no_module_imports_a_higher_layer():
 # table's module never imports it, the application asks for it by name at run time. This
 # is how a domain plugs in without a lower layer importing it (distill/__init__.py).
 REGISTRIES = {
-    "distill.losses.table",  # LOSSES: every loss, by name
+    "distill.losses.table",  # LOSSES and DIVERGENCES: every loss and token divergence
     "distill.schemes.table",  # SCHEMES: every scheme, by name
-    "distill.llm.table",  # divergences and language-model entries
     "distill.models",  # MODELS: the model builders, by name
     "distill.data.sources",  # DATASETS: the data loaders, by name
 }

@@ -12,8 +12,7 @@ import graph, function-level imports included, by `tests/test_layers.py`):
 
 1. **foundation** (`distill.core`): errors, settings and config, checkpoint files and
    their background writer, run dirs, logs and trackers, the distributed helpers, the registry; with the tables that name
-   every loss, scheme and divergence as data (`losses.table`, `schemes.table`, `llm.table`:
-   torch-free);
+   every loss, scheme and divergence as data (`losses.table`, `schemes.table`: torch-free);
 2. **knowledge**: the losses, taps and the objective, the models (`models`, whose table
    names the domains' models as `module:attr`), the data layer (`data`, whose table names
    the domains' datasets the same way), metrics and evaluation, compression ops;
@@ -31,7 +30,7 @@ import graph, function-level imports included, by `tests/test_layers.py`):
 
 A domain plugs in by an entry in a registry table (`"module:attr"`, imported by name on
 first use), so the lower layers never import it. The registries are `losses.table`,
-`schemes.table`, `llm.table`, `models` and `data.sources`; their entries may name any layer,
+`schemes.table`, `models` and `data.sources`; their entries may name any layer,
 and `tests/test_layers.py` checks that each one names a module that defines it, and that
 no "module:attr" string outside them points to a higher layer.
 """

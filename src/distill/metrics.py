@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from distill.losses.response import kl_rows
+from distill.losses.divergences import kl_rows
 
 
 def spearman(a: Tensor, b: Tensor) -> float:

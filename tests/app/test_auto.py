@@ -478,6 +478,7 @@ def test_a_killed_auto_continues_without_redoing_finished_trials(teacher_run, tm
         assert retry[0].user_attrs["run_dir"] == cut.user_attrs["run_dir"]
 
 
+@pytest.mark.slow  # two SQLite workers on one study; the PostgreSQL test below keeps a joining worker in the default run
 def test_several_workers_share_one_study(teacher_run, tmp_path):
     out = tmp_path / "main"
     url = f"sqlite:///{out / 'study.db'}"

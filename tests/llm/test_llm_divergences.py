@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from distill.llm import TOKEN_DIVERGENCES, chunked_token_divergence, token_kd_loss
-from distill.llm.divergences import (
+from distill.losses.divergences import (
     forward_kl,
     generalized_jsd,
     reverse_kl,

@@ -56,6 +56,9 @@ def main() -> None:
         save_file(state, os.path.join(out, "student.safetensors"))
         print("TRAINER-WORKER " + json.dumps({"held": held, "whole": whole, "sharded": sharded}))
     sys.stdout.flush()
+    if torch.distributed.is_initialized():  # gloo's threads must stop before the process ends,
+        torch.distributed.barrier()  # or one rank can abort at exit
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -117,6 +117,7 @@ def test_sharded_runs_match_one_process_and_resume_under_any_placement(tmp_path)
     assert not (tmp_path / "bad").exists()
 
 
+@pytest.mark.slow  # two more sharded ranks; the default run keeps the two-rank equality test
 def test_batchnorm_ranks_agree_on_best_epochs_when_sharded(tmp_path):
     """Each rank's BatchNorm statistics come from its own slice; at every epoch's end all
     ranks take rank 0's, and rank 0's validation metrics, so the best-weights gathers and

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from distill.llm.table import DIVERGENCES
-from distill.losses.table import LOSSES
+from distill.losses.table import DIVERGENCES, LOSSES
 from distill.schemes.table import SCHEMES
 
 

@@ -9,15 +9,15 @@ Nothing here imports `transformers` (or torch) at import time; the names below, 
 from distill.core.registry import lazy_exports
 
 _HOME = {
-    "TOKEN_DIVERGENCES": "distill.llm.divergences",
+    "TOKEN_DIVERGENCES": "distill.losses.divergences",
     "chunked_token_divergence": "distill.llm.chunked",
-    "forward_kl": "distill.llm.divergences",
-    "generalized_jsd": "distill.llm.divergences",
-    "reverse_kl": "distill.llm.divergences",
-    "skew_forward_kl": "distill.llm.divergences",
-    "skew_reverse_kl": "distill.llm.divergences",
-    "token_kd_loss": "distill.llm.divergences",
-    "total_variation": "distill.llm.divergences",
+    "forward_kl": "distill.losses.divergences",
+    "generalized_jsd": "distill.losses.divergences",
+    "reverse_kl": "distill.losses.divergences",
+    "skew_forward_kl": "distill.losses.divergences",
+    "skew_reverse_kl": "distill.losses.divergences",
+    "token_kd_loss": "distill.losses.divergences",
+    "total_variation": "distill.losses.divergences",
 }
 
 

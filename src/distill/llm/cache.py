@@ -29,7 +29,7 @@ from torch import Tensor
 
 from distill.core.errors import CheckpointError
 from distill.llm.cache_store import FORMAT, Layout, ShardReader, layout_of
-from distill.losses.response import kl_rows
+from distill.losses.divergences import kl_rows
 
 
 @dataclass

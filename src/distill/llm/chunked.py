@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from distill.llm.divergences import TOKEN_DIVERGENCES
+from distill.losses.divergences import TOKEN_DIVERGENCES
 
 
 def _linear(h: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:

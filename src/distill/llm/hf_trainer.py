@@ -40,8 +40,8 @@ import torch
 import transformers
 
 from distill.llm.chunked import decoder_and_head
-from distill.llm.divergences import divergence_args
 from distill.llm.lm_loss import lm_losses_from_hidden, lm_losses_from_logits
+from distill.losses.divergences import divergence_args
 
 
 class DistillationTrainer(transformers.Trainer):

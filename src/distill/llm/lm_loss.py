@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from distill.llm.chunked import chunked_cross_entropy, chunked_token_divergence
-from distill.llm.divergences import token_kd_loss
+from distill.losses.divergences import token_kd_loss
 
 
 def lm_losses_from_logits(

@@ -23,7 +23,6 @@ from distill.core.settings import Strict
 from distill.llm.chunked import (
     decoder_and_head,
 )
-from distill.llm.divergences import TOKEN_DIVERGENCES, divergence_args
 from distill.llm.generation import (
     report_diversity,
     retokenized_teacher_sequences,
@@ -36,6 +35,7 @@ from distill.llm.served import ServedTeacherArgs
 from distill.llm.sources import open_source
 from distill.llm.text import lm_metrics
 from distill.llm.vocab import DualSpaceKD, check_tokenizers, uld_loss
+from distill.losses.divergences import TOKEN_DIVERGENCES, divergence_args
 from distill.schemes.base import SchemeBase, SchemeContext, parse_args
 
 

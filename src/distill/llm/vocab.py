@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from distill.core.errors import ConfigError
-from distill.losses.response import kl_rows
+from distill.losses.divergences import kl_rows
 
 
 class VocabMismatchError(ConfigError):

@@ -12,7 +12,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from distill.losses.response import at_least_float32, dist_loss, pearson_distance
+from distill.losses.divergences import at_least_float32
+from distill.losses.response import dist_loss, pearson_distance
 
 
 def _feature_map(student: Tensor, teacher: Tensor) -> tuple[Tensor, Tensor]:

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from distill.dense.detection import box_iou, distances, ltrb_giou, split_output
-from distill.losses.response import at_least_float32, kl_rows
+from distill.losses.divergences import at_least_float32, kl_rows
 
 
 def _binary_kl(student_logits: Tensor, teacher_logits: Tensor, temperature: float) -> Tensor:

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from distill.losses.response import at_least_float32
+from distill.losses.divergences import at_least_float32
 
 
 def _same_positions(student: Tensor, teacher: Tensor, name: str) -> None:

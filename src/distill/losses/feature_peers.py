@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from distill.losses.response import at_least_float32, kl_rows
+from distill.losses.divergences import at_least_float32, kl_rows
 
 
 def _f32(x: Tensor) -> Tensor:

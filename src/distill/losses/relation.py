@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from distill.losses.response import at_least_float32, kl_rows
+from distill.losses.divergences import at_least_float32, kl_rows
 
 
 def _flat(x: Tensor) -> Tensor:

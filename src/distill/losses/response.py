@@ -8,13 +8,14 @@ is detached inside, so no gradient ever reaches a frozen teacher.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from distill.losses.divergences import at_least_float32, jsd_rows, kl_rows, log_probs
 
 
 def check_logits(student_logits: Tensor, teacher_logits: Tensor, temperature: float) -> None:
@@ -32,26 +33,6 @@ def row_mean(per_row: Tensor, mask: Tensor | None) -> Tensor:
         return per_row.mean()
     mask = mask.reshape(per_row.shape).to(per_row.dtype)
     return (per_row * mask).sum() / mask.sum().clamp_min(1.0)
-
-
-def _log_probs(student_logits: Tensor, teacher_logits: Tensor, temperature: float):
-    # Computed in float32 at least (float64 stays float64): log-softmax of bf16 logits
-    # loses the small probabilities that carry the dark knowledge.
-    s = F.log_softmax(at_least_float32(student_logits) / temperature, dim=-1)
-    t = F.log_softmax(at_least_float32(teacher_logits.detach()) / temperature, dim=-1)
-    return s, t
-
-
-def at_least_float32(x: Tensor) -> Tensor:
-    """`x` in float32 or wider: float64 stays float64, half precision goes up to float32."""
-    return x.to(torch.promote_types(x.dtype, torch.float32))
-
-
-def kl_rows(log_p: Tensor, log_q: Tensor, dim: int = -1) -> Tensor:
-    """KL(p || q) along `dim` from log-probabilities: sum p (log p - log q) (0 log 0 = 0).
-
-    The one KL of the library: every loss, scheme and token divergence computes it here."""
-    return (log_p.exp() * (log_p - log_q)).sum(dim)
 
 
 def soft_target_kd(
@@ -96,7 +77,7 @@ def kd_rows(
 
     The one T^2-scaled KL of the library: `kd_loss` and the schemes that weight or pick
     rows (multi-teacher weighting, SSKD's kept rows, dropout self-distillation) use it."""
-    log_s, log_t = _log_probs(student_logits, teacher_logits, temperature)
+    log_s, log_t = log_probs(student_logits, teacher_logits, temperature)
     return temperature**2 * kl_rows(log_t, log_s, dim)
 
 
@@ -122,7 +103,7 @@ def soft_cross_entropy(
     zero when the student matches the teacher.
     """
     check_logits(student_logits, teacher_logits, temperature)
-    log_s, log_t = _log_probs(student_logits, teacher_logits, temperature)
+    log_s, log_t = log_probs(student_logits, teacher_logits, temperature)
     per_row = -(log_t.exp() * log_s).sum(-1)
     return temperature**2 * row_mean(per_row, mask)
 
@@ -226,7 +207,7 @@ def reverse_kl_loss(
     Used for generative students (Gu et al. 2024, MiniLLM); T^2 as in `kd_loss`.
     """
     check_logits(student_logits, teacher_logits, temperature)
-    log_s, log_t = _log_probs(student_logits, teacher_logits, temperature)
+    log_s, log_t = log_probs(student_logits, teacher_logits, temperature)
     return temperature**2 * row_mean(kl_rows(log_s, log_t), mask)
 
 
@@ -242,11 +223,8 @@ def js_loss(
     Symmetric and bounded by ln 2 * T^2 per row (Lin 1991; used for KD by e.g. Agarwal et al. 2024).
     """
     check_logits(student_logits, teacher_logits, temperature)
-    log_s, log_t = _log_probs(student_logits, teacher_logits, temperature)
-    # log m computed stably as logsumexp of the two log-probabilities minus log 2.
-    log_m = torch.logaddexp(log_s, log_t) - math.log(2.0)  # (a Python float keeps the dtype)
-    kl_t, kl_s = kl_rows(log_t, log_m), kl_rows(log_s, log_m)
-    return temperature**2 * row_mean(0.5 * (kl_t + kl_s), mask)
+    log_s, log_t = log_probs(student_logits, teacher_logits, temperature)
+    return temperature**2 * row_mean(jsd_rows(log_t, log_s, 0.5), mask)
 
 
 def mse_loss(student: Tensor, teacher: Tensor, *, mask: Tensor | None = None) -> Tensor:
