@@ -86,14 +86,25 @@ def tv_rows(log_p: Tensor, log_q: Tensor) -> Tensor:
 
 
 # ---------------------------------------------------------------------- per token
-def _token_log_probs(student: Tensor, teacher: Tensor, temperature: float):
+def check_logits(
+    student: Tensor,
+    teacher: Tensor,
+    temperature: float,
+    need: str = "both need (N, C) with the same C",
+) -> None:
+    """Refuse logits of two shapes, or a temperature <= 0, saying what is needed."""
     if student.shape != teacher.shape:
         raise ValueError(
             f"student logits {tuple(student.shape)} and teacher logits {tuple(teacher.shape)} "
-            f"differ; token divergences need the same vocabulary (see distill.llm.vocab)"
+            f"differ in shape; {need}"
         )
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
+
+
+def _token_log_probs(student: Tensor, teacher: Tensor, temperature: float):
+    need = "token divergences need the same vocabulary (see distill.llm.vocab)"
+    check_logits(student, teacher, temperature, need)
     return log_probs(student, teacher, temperature)
 
 

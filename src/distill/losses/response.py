@@ -15,17 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from distill.losses.divergences import at_least_float32, jsd_rows, kl_rows, log_probs
-
-
-def check_logits(student_logits: Tensor, teacher_logits: Tensor, temperature: float) -> None:
-    if student_logits.shape != teacher_logits.shape:
-        raise ValueError(
-            f"student logits {tuple(student_logits.shape)} and teacher logits "
-            f"{tuple(teacher_logits.shape)} differ in shape; both need (N, C) with the same C"
-        )
-    if temperature <= 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
+from distill.losses.divergences import at_least_float32, check_logits, jsd_rows, kl_rows, log_probs
 
 
 def row_mean(per_row: Tensor, mask: Tensor | None) -> Tensor:
