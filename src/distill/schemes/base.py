@@ -228,3 +228,29 @@ class SchemeBase:
         set_training(self.modules, mode)
         for m in self.frozen:
             set_training(m, False)
+
+
+class SelfTeaching(SchemeBase):
+    """A scheme whose student teaches itself (self-KD, consistency training): every step is
+    one pass of the student through its tapped layers (`self._tap`), its own objective
+    (the task loss and the objective's teacher-free terms), plus the scheme's terms.
+
+    A subclass writes `own_terms(k, batch, step) -> {name: (weight, value)}`; each value is
+    reported under its name and added to the loss with its weight. No term (an empty dict,
+    e.g. a batch without labelled rows) leaves the student's own objective alone.
+    """
+
+    _tap: Any
+
+    def own_terms(
+        self, k: Any, batch: dict[str, Tensor], step: int
+    ) -> dict[str, tuple[Any, Tensor]]:
+        raise NotImplementedError(f"{type(self).__name__} must define own_terms")
+
+    def step(self, batch: dict[str, Tensor], step: int) -> dict[str, Tensor]:
+        k = self._tap.run(batch["input"])
+        total, out = self.student_objective(k, batch, step)
+        for name, (weight, value) in self.own_terms(k, batch, step).items():
+            out[name] = value
+            total = total + weight * value
+        return {"loss": total, **out}

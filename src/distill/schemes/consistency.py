@@ -9,7 +9,7 @@ never part of the exported model.
 from __future__ import annotations
 
 import copy
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -21,8 +21,8 @@ from distill.core.settings import Strict
 from distill.objective import Schedule
 from distill.schemes.base import (
     SampleMemory,
-    SchemeBase,
     SchemeContext,
+    SelfTeaching,
     freeze,
     parse_args,
     soft_kl,
@@ -40,7 +40,7 @@ class MeanTeacherArgs(Strict):
     evaluate: Literal["ema", "student"] = "ema"  # which model is evaluated and exported
 
 
-class MeanTeacher(SchemeBase):
+class MeanTeacher(SelfTeaching):
     """EMA / mean teacher (Tarvainen & Valpola 2017): a weight average of the student teaches it.
 
     After each optimizer step theta' <- d theta' + (1 - d) theta with d = min(decay,
@@ -67,20 +67,16 @@ class MeanTeacher(SchemeBase):
         gen = torch.Generator().manual_seed(self.seed * 7_919 + step)  # resume-exact noise
         return self.augment(clean.cpu(), gen).to(clean.device)
 
-    def step(self, batch: dict[str, Tensor], step: int) -> dict[str, Tensor]:
+    def own_terms(self, k: Any, batch: dict[str, Tensor], step: int) -> dict[str, tuple]:
         a = self.args
-        k = self._tap.run(batch["input"])
         with torch.no_grad():
             teacher = self.ema(self.teacher_view(batch, step))
-        total, out = self.student_objective(k, batch, step)
         if a.consistency == "mse":
             diff = F.softmax(k.logits.float(), -1) - F.softmax(teacher.float(), -1)
-            out["consistency"] = diff.pow(2).sum(-1).mean()
+            consistency = diff.pow(2).sum(-1).mean()
         else:
-            out["consistency"] = soft_kl(
-                k.logits, soft_probs(teacher, a.temperature), a.temperature
-            )
-        return {"loss": total + self.weight.at(step) * out["consistency"], **out}
+            consistency = soft_kl(k.logits, soft_probs(teacher, a.temperature), a.temperature)
+        return {"consistency": (self.weight.at(step), consistency)}
 
     @torch.no_grad()
     def after_optimizer_step(self, step: int) -> None:
@@ -105,7 +101,7 @@ class TemporalEnsemblingArgs(Strict):
     rampup_steps: int = Field(0, ge=0)
 
 
-class TemporalEnsembling(SchemeBase):
+class TemporalEnsembling(SelfTeaching):
     """Temporal ensembling (Laine & Aila 2017): each sample's target is the running average
     of the model's own past predictions for it, Z <- a Z + (1 - a) p, read with the bias
     correction Z / (1 - a^n) after n visits. loss = task + w(t) * ||p - target||^2 (squared
@@ -128,21 +124,17 @@ class TemporalEnsembling(SchemeBase):
         correction = 1 - self.args.momentum ** visits.clamp_min(1)
         return self.memory.probs[index] / correction.unsqueeze(1), visits > 0
 
-    def step(self, batch: dict[str, Tensor], step: int) -> dict[str, Tensor]:
-        k = self._tap.run(batch["input"])
-        total, out = self.student_objective(k, batch, step)
+    def own_terms(self, k: Any, batch: dict[str, Tensor], step: int) -> dict[str, tuple]:
         index = batch["index"]
         target, seen = self.targets(index)
         p = F.softmax(k.logits.float(), -1)
-        if seen.any():
-            out["temporal"] = (p[seen] - target[seen]).pow(2).sum(-1).mean()
-        else:
-            out["temporal"] = p.new_zeros(())
+        no_row = p.new_zeros(())  # no sample seen before: nothing to match yet
+        temporal = (p[seen] - target[seen]).pow(2).sum(-1).mean() if seen.any() else no_row
         with torch.no_grad():
             m = self.args.momentum
             self.memory.probs[index] = m * self.memory.probs[index] + (1 - m) * p.detach()
             self.memory.visits[index] += 1
-        return {"loss": total + self.weight.at(step) * out["temporal"], **out}
+        return {"temporal": (self.weight.at(step), temporal)}
 
 
 # --------------------------------------------------------------------------- consistency
@@ -151,7 +143,7 @@ class ConsistencyArgs(Strict):
     weight: float = Field(1.0, ge=0)
 
 
-class CleanToAugmented(SchemeBase):
+class CleanToAugmented(SelfTeaching):
     """Clean-to-augmented self-distillation: the model's prediction on the clean input
     (detached) teaches its prediction on the augmented input, T^2 KL(p_clean^T || p_aug^T),
     in the spirit of consistency training (Xie et al. 2020, UDA) and data-augmentation
@@ -171,14 +163,16 @@ class CleanToAugmented(SchemeBase):
         super().__init__(ctx.student, ctx.objective)
         self._tap = student_tap(ctx, [])
 
-    def step(self, batch: dict[str, Tensor], step: int) -> dict[str, Tensor]:
+    def own_terms(self, k: Any, batch: dict[str, Tensor], step: int) -> dict[str, tuple]:
         a = self.args
-        k = self._tap.run(batch["input"])
         with torch.no_grad():
             clean = self.student(batch["clean"])
-        total, out = self.student_objective(k, batch, step)
-        out["consistency"] = soft_kl(k.logits, soft_probs(clean, a.temperature), a.temperature)
-        return {"loss": total + a.weight * out["consistency"], **out}
+        return {
+            "consistency": (
+                a.weight,
+                soft_kl(k.logits, soft_probs(clean, a.temperature), a.temperature),
+            )
+        }
 
 
 # --------------------------------------------------------------------------- CS-KD

@@ -9,6 +9,8 @@ are never part of the exported model.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from pydantic import Field
@@ -23,6 +25,7 @@ from distill.schemes.base import (
     SampleMemory,
     SchemeBase,
     SchemeContext,
+    SelfTeaching,
     as_vector,
     dry_shapes,
     labelled,
@@ -65,7 +68,7 @@ class BYOTArgs(Strict):
     feature_weight: float = Field(0.1, ge=0)  # lambda: bottleneck-to-deepest feature hint
 
 
-class BYOT(SchemeBase):
+class BYOT(SelfTeaching):
     """Be Your Own Teacher (Zhang et al. 2019): the deepest classifier teaches shallow heads.
 
     Each head i (at a named layer) adds (1 - a) task(z_i) + a T^2 KL(p_deep^T || p_i^T)
@@ -85,22 +88,17 @@ class BYOT(SchemeBase):
         super().__init__(ctx.student, ctx.objective, {"heads": self.heads})
         self._tap = student_tap(ctx, [*a.heads, a.feature])
 
-    def step(self, batch: dict[str, Tensor], step: int) -> dict[str, Tensor]:
+    def own_terms(self, k: Any, batch: dict[str, Tensor], step: int) -> dict[str, tuple]:
         a = self.args
-        k = self._tap.run(batch["input"])
-        total, out = self.student_objective(k, batch, step)
         deep_feat = as_vector(k.feats[a.feature]).detach()
         target = soft_probs(k.logits, a.temperature)
+        terms = {}
         for i, (name, head) in enumerate(zip(a.heads, self.heads)):
             z, h = head(k.feats[name])
-            out[f"head{i}_task"] = self.task(z, batch, step)
-            out[f"head{i}_kd"] = soft_kl(z, target, a.temperature)
-            out[f"head{i}_hint"] = F.mse_loss(h, deep_feat)
-            total = total + (1 - a.kd_weight) * out[f"head{i}_task"]
-            total = (
-                total + a.kd_weight * out[f"head{i}_kd"] + a.feature_weight * out[f"head{i}_hint"]
-            )
-        return {"loss": total, **out}
+            terms[f"head{i}_task"] = (1 - a.kd_weight, self.task(z, batch, step))
+            terms[f"head{i}_kd"] = (a.kd_weight, soft_kl(z, target, a.temperature))
+            terms[f"head{i}_hint"] = (a.feature_weight, F.mse_loss(h, deep_feat))
+        return terms
 
 
 # --------------------------------------------------------------------------- PS-KD
@@ -155,7 +153,7 @@ class CSKDArgs(Strict):
     weight: float = Field(1.0, ge=0)
 
 
-class ClassWiseSelfKD(SchemeBase):
+class ClassWiseSelfKD(SelfTeaching):
     """CS-KD (Yun et al. 2020): a different sample of the same class teaches each sample.
 
     loss = task + w T^2 KL(p(x'; T) || p(x; T)) with x' drawn from x's class, its prediction
@@ -189,23 +187,18 @@ class ClassWiseSelfKD(SchemeBase):
             out.append(j if j != i else int(pool[-1]))  # skip itself: the last member stands in
         return torch.tensor(out)
 
-    def step(self, batch: dict[str, Tensor], step: int) -> dict[str, Tensor]:
+    def own_terms(self, k: Any, batch: dict[str, Tensor], step: int) -> dict[str, tuple]:
         a = self.args
-        k = self._tap.run(batch["input"])
         pair = load_batch(self.train_data, self.partners(batch, step))["input"]
         if self.augment is not None:
             pair = self.augment(pair, torch.Generator().manual_seed(self.seed + step))
         with torch.no_grad():
             teacher = self.student(pair.to(batch["input"].device))
-        total, out = self.student_objective(k, batch, step)
         rows = labelled(batch)
-        if rows.any():
-            out["class_kd"] = soft_kl(
-                k.logits[rows], soft_probs(teacher[rows], a.temperature), a.temperature
-            )
-        else:
-            out["class_kd"] = k.logits.new_zeros((), dtype=torch.float32)
-        return {"loss": total + a.weight * out["class_kd"], **out}
+        if not rows.any():
+            return {"class_kd": (a.weight, k.logits.new_zeros((), dtype=torch.float32))}
+        kd = soft_kl(k.logits[rows], soft_probs(teacher[rows], a.temperature), a.temperature)
+        return {"class_kd": (a.weight, kd)}
 
 
 # --------------------------------------------------------------------------- BAKE
@@ -230,7 +223,7 @@ def bake_targets(features: Tensor, probs: Tensor, omega: float, tau: float) -> T
     return (1 - omega) * torch.linalg.solve(eye - omega * affinity, probs.detach().float())
 
 
-class BAKE(SchemeBase):
+class BAKE(SelfTeaching):
     """Batch knowledge ensembling (Ge et al. 2021): each sample's soft target is the ensemble
     of the batch's predictions, weighted by feature affinity and propagated to convergence;
     loss = task + w T^2 KL(q || p^T) with q from `bake_targets`.
@@ -244,17 +237,14 @@ class BAKE(SchemeBase):
         super().__init__(ctx.student, ctx.objective)
         self._tap = student_tap(ctx, [self.args.feature])
 
-    def step(self, batch: dict[str, Tensor], step: int) -> dict[str, Tensor]:
+    def own_terms(self, k: Any, batch: dict[str, Tensor], step: int) -> dict[str, tuple]:
         a = self.args
-        k = self._tap.run(batch["input"])
-        total, out = self.student_objective(k, batch, step)
         if len(k.logits) < 2:
-            return {"loss": total, **out}
+            return {}
         q = bake_targets(
             as_vector(k.feats[a.feature]), soft_probs(k.logits, a.temperature), a.omega, a.tau
         )
-        out["bake"] = soft_kl(k.logits, q, a.temperature)
-        return {"loss": total + a.weight * out["bake"], **out}
+        return {"bake": (a.weight, soft_kl(k.logits, q, a.temperature))}
 
 
 # --------------------------------------------------------------------------- SD-Dropout
@@ -266,7 +256,7 @@ class SDDropoutArgs(Strict):
     weight: float = Field(1.0, ge=0)
 
 
-class SDDropout(SchemeBase):
+class SDDropout(SelfTeaching):
     """Self-distillation from dropout (Lee et al. 2023): two dropout samples of the feature,
     passed through the classifier, teach each other: w T^2 [KL(p1 || p2) + KL(p2 || p1)],
     gradients through both sides as in the paper; the task loss on the full feature stays.
@@ -287,15 +277,12 @@ class SDDropout(SchemeBase):
         super().__init__(ctx.student, ctx.objective)
         self._tap = student_tap(ctx, [a.feature])
 
-    def step(self, batch: dict[str, Tensor], step: int) -> dict[str, Tensor]:
+    def own_terms(self, k: Any, batch: dict[str, Tensor], step: int) -> dict[str, tuple]:
         a = self.args
-        k = self._tap.run(batch["input"])
         f = k.feats[a.feature]
         z1 = self.classifier(F.dropout(f, a.rate, training=True))
         z2 = self.classifier(F.dropout(f, a.rate, training=True))
-        total, out = self.student_objective(k, batch, step)
-        out["sd_dropout"] = symmetric_kl(z1, z2, a.temperature)
-        return {"loss": total + a.weight * out["sd_dropout"], **out}
+        return {"sd_dropout": (a.weight, symmetric_kl(z1, z2, a.temperature))}
 
 
 # --------------------------------------------------------------------------- USKD
@@ -340,7 +327,7 @@ def uskd_losses(
     return target_loss, non_target_loss, weak_loss
 
 
-class USKD(SchemeBase):
+class USKD(SelfTeaching):
     """Universal self-KD (Yang et al. 2023) with normalised target and Zipf non-target labels.
 
     loss = task + alpha * target + beta * non-target + mu * weak (see `uskd_losses`); set
@@ -358,17 +345,18 @@ class USKD(SchemeBase):
         super().__init__(ctx.student, ctx.objective, {"weak": self.weak})
         self._tap = student_tap(ctx, [a.feature])
 
-    def step(self, batch: dict[str, Tensor], step: int) -> dict[str, Tensor]:
+    def own_terms(self, k: Any, batch: dict[str, Tensor], step: int) -> dict[str, tuple]:
         a = self.args
-        k = self._tap.run(batch["input"])
-        total, out = self.student_objective(k, batch, step)
         rows = labelled(batch)
         if not rows.any():
-            return {"loss": total, **out}
+            return {}
         weak = self.weak(as_vector(k.feats[a.feature]))
         t, nt, w = uskd_losses(k.logits[rows], weak[rows], batch["target"][rows])
-        out.update(uskd_target=t, uskd_non_target=nt, uskd_weak=w)
-        return {"loss": total + a.alpha * t + a.beta * nt + a.mu * w, **out}
+        return {
+            "uskd_target": (a.alpha, t),
+            "uskd_non_target": (a.beta, nt),
+            "uskd_weak": (a.mu, w),
+        }
 
 
 # --------------------------------------------------------------------------- DTSKD
@@ -379,7 +367,7 @@ class DTSKDArgs(Strict):
     structure_weight: float = Field(1.0, ge=0)
 
 
-class DualTeacherSelfKD(SchemeBase):
+class DualTeacherSelfKD(SelfTeaching):
     """Dual teachers for self-KD (Li et al. 2024), as the surveys describe it.
 
     Historical teacher: the model's own prediction for the sample in the previous epoch.
@@ -403,36 +391,24 @@ class DualTeacherSelfKD(SchemeBase):
         )
         self._tap = student_tap(ctx, a.layers)
 
-    def step(self, batch: dict[str, Tensor], step: int) -> dict[str, Tensor]:
+    def own_terms(self, k: Any, batch: dict[str, Tensor], step: int) -> dict[str, tuple]:
         a = self.args
-        k = self._tap.run(batch["input"])
-        total, out = self.student_objective(k, batch, step)
         fused = torch.cat([as_vector(k.feats[n]) for n in a.layers], 1)
         z_struct, _ = self.structural(fused)
-        out["struct_task"] = self.task(z_struct, batch, step)
-        out["struct_from_student"] = soft_kl(
-            z_struct, soft_probs(k.logits, a.temperature), a.temperature
-        )
-        out["from_structure"] = soft_kl(
-            k.logits, soft_probs(z_struct, a.temperature), a.temperature
-        )
+        t = a.temperature
         index = batch["index"]
         seen = self.memory.seen[index]
         if seen.any():
-            out["from_history"] = soft_kl(
-                k.logits[seen], self.memory.probs[index][seen], a.temperature
-            )
+            history = soft_kl(k.logits[seen], self.memory.probs[index][seen], t)
         else:
-            out["from_history"] = k.logits.new_zeros((), dtype=torch.float32)
-        self.memory.write(index, soft_probs(k.logits, a.temperature))
-        total = (
-            total
-            + out["struct_task"]
-            + out["struct_from_student"]
-            + a.structure_weight * out["from_structure"]
-            + a.history_weight * out["from_history"]
-        )
-        return {"loss": total, **out}
+            history = k.logits.new_zeros((), dtype=torch.float32)
+        self.memory.write(index, soft_probs(k.logits, t))
+        return {
+            "struct_task": (1.0, self.task(z_struct, batch, step)),
+            "struct_from_student": (1.0, soft_kl(z_struct, soft_probs(k.logits, t), t)),
+            "from_structure": (a.structure_weight, soft_kl(k.logits, soft_probs(z_struct, t), t)),
+            "from_history": (a.history_weight, history),
+        }
 
 
 __all__ = [
