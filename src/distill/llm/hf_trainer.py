@@ -48,7 +48,9 @@ class DistillationTrainer(transformers.Trainer):
     """`transformers.Trainer` whose loss is task_weight * CE + kd_weight * divergence.
 
     Args beyond Trainer's: `teacher_model` (frozen here, moved to the training device) or
-    `teacher_server` (a served teacher, see the module docstring),
+    `teacher_server` (a served teacher, see the module docstring), `cross_tokenizer`
+    ("uld" or "spans", with `teacher_processing_class`: a teacher of another tokenizer, see
+    `distill.llm.cross_trainer`),
     `lmbda` / `seq_kd` / `max_new_tokens` / `generation_temperature` (on-policy and
     sequence-level KD, see `training_step`), `peft_config`, `max_length` (text data),
     `divergence` (see `distill.llm.TOKEN_DIVERGENCES`), `temperature`, `kd_weight`,
@@ -73,6 +75,8 @@ class DistillationTrainer(transformers.Trainer):
         chunk_size: int = 0,
         peft_config: Any = None,
         shard_teacher: bool | None = None,
+        teacher_processing_class: Any = None,
+        cross_tokenizer: str | None = None,
         max_length: int = 1024,
         lmbda: float | None = None,
         seq_kd: bool = False,
@@ -86,7 +90,8 @@ class DistillationTrainer(transformers.Trainer):
         _check_teacher(
             o["teacher_model"], teacher_server, o["divergence"], o["temperature"], seq_kd
         )
-        shapes = _prepare_text(kwargs, max_length)
+        cross = (cross_tokenizer, teacher_processing_class, teacher_server, lmbda, seq_kd)
+        shapes = _prepare_text(kwargs, max_length, cross)
         if shapes.get("train_dataset") == "prompt_only" and lmbda < 1.0 and not seq_kd:
             raise ValueError(
                 "the training data holds prompts alone, which carry no tokens to learn until "
@@ -108,6 +113,11 @@ class DistillationTrainer(transformers.Trainer):
         # we normalise by num_items_in_batch ourselves; Trainer must not divide again
         self.model_accepts_loss_kwargs = True
         self.lmbda, self.seq_kd = lmbda, seq_kd
+        self.cross_tokenizer, self.vocab_map = cross_tokenizer, None
+        if cross_tokenizer == "spans":
+            from distill.llm.cross_trainer import vocabulary_map
+
+            self.vocab_map = vocabulary_map(self.processing_class, teacher_processing_class)
         self.max_new_tokens = o["max_new_tokens"]
         self.generation_temperature = o["generation_temperature"]
         self._coin = random.Random(self.args.seed)  # on-policy draws, reproducible
@@ -232,6 +242,13 @@ class DistillationTrainer(transformers.Trainer):
         shard = self.shard_teacher if self.shard_teacher is not None else self.is_fsdp_enabled
         return prepare_teacher(teacher, self.accelerator, self.args.device, shard)
 
+    def _set_signature_columns_if_needed(self) -> None:
+        """The teacher's columns (cross-tokenizer data) are kept with the model's own."""
+        super()._set_signature_columns_if_needed()
+        from distill.llm.cross_trainer import TEACHER_COLUMNS
+
+        self._signature_columns = [*self._signature_columns, *TEACHER_COLUMNS]
+
     def _served(self, options: Any) -> Any:
         from distill.llm.served import ServedTeacher, ServedTeacherArgs
 
@@ -248,7 +265,13 @@ class DistillationTrainer(transformers.Trainer):
         mask = targets != -100
         n = num_items_in_batch if num_items_in_batch is not None else mask.sum()
         n = torch.as_tensor(n, device=labels.device)
-        if self.served is not None:
+        if self.cross_tokenizer is not None:
+            from distill.llm.cross_trainer import cross_losses
+
+            kd, ce, outputs = cross_losses(self, model, inputs, targets, mask, n)
+            if return_outputs and outputs is None:
+                outputs = model(**inputs)
+        elif self.served is not None:
             from distill.llm.cache import cached_kd_losses
 
             ids = inputs["input_ids"]
@@ -365,12 +388,21 @@ def _check_teacher(
         )
 
 
-def _prepare_text(kwargs: dict[str, Any], max_length: int) -> dict[str, str]:
+def _prepare_text(
+    kwargs: dict[str, Any], max_length: int, cross: tuple = (None,)
+) -> dict[str, str]:
     """Untokenised datasets (text, prompt/completion, prompt alone, messages) tokenised with
     the `processing_class`, and a padding collator when none is given (see
-    distill.llm.chat). A dataset of other columns is left to the user's `data_collator`.
-    Returns the shapes found, by dataset key."""
+    distill.llm.chat); with a `cross` tokenizer mode, by both models' tokenizers
+    (`distill.llm.cross_trainer`). A dataset of other columns is left to the user's
+    `data_collator`. Returns the shapes found, by dataset key."""
     from distill.llm.chat import PadCollator, shape_of, tokenize_dataset
+
+    if cross[0] is not None:
+        from distill.llm.cross_trainer import check_cross, prepare_cross_text
+
+        check_cross(*cross)
+        return prepare_cross_text(kwargs, cross[1], max_length)
 
     tokenizer = kwargs.get("processing_class")
     shapes: dict[str, str] = {}
