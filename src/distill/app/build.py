@@ -166,7 +166,7 @@ def with_peft(model: nn.Module, spec: ModelConfig, role: str) -> nn.Module:
         from peft import LoraConfig
     except ImportError:
         raise ConfigError(f"{role}.peft needs the peft package: pip install peft") from None
-    from distill.llm.hf_trainer import with_adapter
+    from distill.llm.trainer_options import with_adapter
 
     try:
         return with_adapter(model, LoraConfig(**spec.peft))

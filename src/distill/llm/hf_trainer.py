@@ -38,9 +38,12 @@ from typing import Any
 
 import torch
 import transformers
+from torch import Tensor
 
 from distill.llm.chunked import decoder_and_head
 from distill.llm.lm_loss import lm_losses_from_hidden, lm_losses_from_logits
+from distill.llm.trainer_cache import with_row_numbers
+from distill.llm.trainer_options import check_teacher, trainer_options, with_peft
 from distill.losses.divergences import divergence_args
 
 
@@ -48,7 +51,9 @@ class DistillationTrainer(transformers.Trainer):
     """`transformers.Trainer` whose loss is task_weight * CE + kd_weight * divergence.
 
     Args beyond Trainer's: `teacher_model` (frozen here, moved to the training device) or
-    `teacher_server` (a served teacher, see the module docstring), `cross_tokenizer`
+    `teacher_server` (a served teacher, see the module docstring) or `teacher_cache` (a
+    folder: the teacher's top-`cache_k` outputs on the training rows, built there first from
+    `teacher_model` when missing; `distill.llm.trainer_cache`), `cross_tokenizer`
     ("uld" or "spans", with `teacher_processing_class`: a teacher of another tokenizer, see
     `distill.llm.cross_trainer`),
     `lmbda` / `seq_kd` / `max_new_tokens` / `generation_temperature` (on-policy and
@@ -66,6 +71,8 @@ class DistillationTrainer(transformers.Trainer):
         *args: Any,
         teacher_model: torch.nn.Module | None = None,
         teacher_server: Any = None,
+        teacher_cache: str | None = None,
+        cache_k: int = 32,
         divergence: str | None = None,
         temperature: float | None = None,
         kd_weight: float | None = None,
@@ -84,14 +91,16 @@ class DistillationTrainer(transformers.Trainer):
         generation_temperature: float | None = None,
         **kwargs: Any,
     ):
-        o = _options(locals(), args, kwargs)  # distill's defaults, or a TRL config's meaning
+        o = trainer_options(locals(), args, kwargs)  # distill's defaults, or a TRL config's meaning
         lmbda, args = o["lmbda"], o["args"]
         div_args = divergence_args(o["divergence"], o["temperature"], o["beta"], alpha)
-        _check_teacher(
-            o["teacher_model"], teacher_server, o["divergence"], o["temperature"], seq_kd
-        )
+        sources = (o["teacher_model"], teacher_server, teacher_cache)
+        check_teacher(sources, o["divergence"], o["temperature"], lmbda, seq_kd)
         cross = (cross_tokenizer, teacher_processing_class, teacher_server, lmbda, seq_kd)
         shapes = _prepare_text(kwargs, max_length, cross)
+        rows = kwargs.get("train_dataset")
+        if teacher_cache is not None:  # each row keeps its number through shuffling
+            kwargs["train_dataset"] = with_row_numbers(rows)
         if shapes.get("train_dataset") == "prompt_only" and lmbda < 1.0 and not seq_kd:
             raise ValueError(
                 "the training data holds prompts alone, which carry no tokens to learn until "
@@ -99,14 +108,10 @@ class DistillationTrainer(transformers.Trainer):
                 "teacher scores) or seq_kd=True (the teacher writes)"
             )
         if peft_config is not None:
-            args = _with_peft(args, kwargs, peft_config)
+            args = with_peft(args, kwargs, peft_config)
         super().__init__(*args, **kwargs)
-        self.served = None
-        if teacher_server is not None:
-            self.served, self.teacher = self._served(teacher_server), None
-        else:
-            self.shard_teacher = shard_teacher
-            self.teacher = self.prepare_teacher(o["teacher_model"])
+        self.shard_teacher = shard_teacher
+        self._set_teacher(o["teacher_model"], teacher_server, (teacher_cache, rows, cache_k))
         self.divergence, self.chunk_size = o["divergence"], chunk_size
         self.kd_weight, self.task_weight = o["kd_weight"], o["task_weight"]
         self.div_args = div_args
@@ -188,6 +193,25 @@ class DistillationTrainer(transformers.Trainer):
             batch["labels"][i, len(p) : len(seq)] = new
         return {k: v.to(ids.device) for k, v in batch.items()}
 
+    def _sparse_losses(self, model: Any, inputs: dict, targets: Tensor, mask: Tensor, n: Any):
+        """(kd, ce) against a server's or a cache's top-k (`distill.llm.cache`); a batch
+        without cached rows (evaluation) gets the task loss alone."""
+        from distill.llm.cache import cached_kd_losses
+        from distill.llm.trainer_cache import ROW
+
+        index = inputs.pop(ROW, None)
+        ids = inputs["input_ids"]
+        am = inputs.get("attention_mask", torch.ones_like(ids))
+        batch = {"input": ids[:, :-1], "attention_mask": am[:, :-1],
+                 "target": torch.where(mask, targets, -1), "index": index}  # fmt: skip
+        source = self.served if self.served is not None else self.cached
+        vocab = int(self.accelerator.unwrap_model(model).get_output_embeddings().weight.shape[0])
+        if source is self.cached and index is None:
+            logits = model(**inputs).logits[:, :-1, :vocab].float()
+            ce = torch.nn.functional.cross_entropy(logits[mask], targets[mask], reduction="sum")
+            return ce.new_zeros(()), ce / n
+        return cached_kd_losses(model, batch, source, mask, n, vocab, self.chunk_size)
+
     def _final_hidden(self, model: torch.nn.Module, inputs: dict) -> tuple[torch.Tensor, Any]:
         """The student's final hidden states and its output head, without full logits. A
         model wrapped for several processes (DDP, FSDP) must run through its wrapper, or
@@ -246,8 +270,31 @@ class DistillationTrainer(transformers.Trainer):
         """The teacher's columns (cross-tokenizer data) are kept with the model's own."""
         super()._set_signature_columns_if_needed()
         from distill.llm.cross_trainer import TEACHER_COLUMNS
+        from distill.llm.trainer_cache import ROW
 
-        self._signature_columns = [*self._signature_columns, *TEACHER_COLUMNS]
+        self._signature_columns = [*self._signature_columns, *TEACHER_COLUMNS, ROW]
+
+    def _set_teacher(self, model: Any, server: Any, cache: tuple) -> None:
+        """`teacher` (a model placed for training, or None), `served` and `cached`."""
+        self.served = self.cached = None
+        if server is not None:
+            self.served, self.teacher = self._served(server), None
+        elif cache[0] is not None:
+            self.cached = self._cache(cache[0], model, cache[1], cache[2])
+            self.teacher = None  # built or not, the cache stands in for it from here
+        else:
+            self.teacher = self.prepare_teacher(model)
+
+    def _cache(self, path: str, teacher: Any, rows: Any, k: int) -> Any:
+        from distill.llm.trainer_cache import BatchRows, open_or_build
+
+        vocab = int(
+            self.accelerator.unwrap_model(self.model).get_output_embeddings().weight.shape[0]
+        )
+        if teacher is not None:
+            teacher.eval().requires_grad_(False)
+        cache = open_or_build(path, teacher, rows, self.processing_class, vocab, k, self.args.seed)
+        return BatchRows(cache)
 
     def _served(self, options: Any) -> Any:
         from distill.llm.served import ServedTeacher, ServedTeacherArgs
@@ -271,15 +318,8 @@ class DistillationTrainer(transformers.Trainer):
             kd, ce, outputs = cross_losses(self, model, inputs, targets, mask, n)
             if return_outputs and outputs is None:
                 outputs = model(**inputs)
-        elif self.served is not None:
-            from distill.llm.cache import cached_kd_losses
-
-            ids = inputs["input_ids"]
-            am = inputs.get("attention_mask", torch.ones_like(ids))
-            batch = {"input": ids[:, :-1], "attention_mask": am[:, :-1],
-                     "target": torch.where(mask, targets, -1)}  # fmt: skip
-            vocab = self.served.vocab
-            kd, ce = cached_kd_losses(model, batch, self.served, mask, n, vocab, self.chunk_size)
+        elif self.served is not None or self.cached is not None:
+            kd, ce = self._sparse_losses(model, inputs, targets, mask, n)
             outputs = model(**inputs) if return_outputs else None  # evaluation reads logits
         elif self.chunk_size:
             s_hidden, s_head = self._final_hidden(model, inputs)
@@ -329,63 +369,12 @@ class DistillationTrainer(transformers.Trainer):
             self.processing_class.save_pretrained(path)
 
 
-def _options(given: dict[str, Any], args: tuple, kwargs: dict[str, Any]) -> dict[str, Any]:
-    """The loss and generation options (`distill.llm.trl_compat.resolve_options`), with
-    `model` and `teacher_model` loaded when given as folder paths (`kwargs` updated)."""
-    from distill.llm.trl_compat import OPTIONS, load_if_path, resolve_options
-
-    trainer_args = kwargs.get("args", args[1] if len(args) > 1 else None)
-    out = resolve_options({k: given[k] for k in OPTIONS}, trainer_args)
-    if not 0.0 <= out["lmbda"] <= 1.0:
-        raise ValueError(f"lmbda is a probability (0..1), got {out['lmbda']}")
-    if out["max_new_tokens"] < 1 or out["generation_temperature"] < 0:
-        raise ValueError("max_new_tokens must be >= 1 and generation_temperature >= 0")
-    out["teacher_model"] = load_if_path(given["teacher_model"], "teacher_model")
-    if "model" in kwargs:
-        kwargs["model"] = load_if_path(kwargs["model"], "model")
-    elif args:
-        args = (load_if_path(args[0], "model"), *args[1:])
-    out["args"] = args
-    return out
-
-
-def _with_peft(args: tuple, kwargs: dict[str, Any], peft_config: Any) -> tuple:
-    """The student (in `kwargs` or first in `args`) wrapped with its PEFT adapter."""
-    if "model" in kwargs:
-        kwargs["model"] = with_adapter(kwargs["model"], peft_config)
-        return args
-    if args:
-        return (with_adapter(args[0], peft_config), *args[1:])
-    raise ValueError("peft_config needs the student: pass model=...")
-
-
 def _full(weight: torch.Tensor) -> torch.Tensor:
     """An output head's whole weight, gathered when it is sharded (FSDP2's DTensor; the
     gather is differentiable, so the student's gradient reaches its shard)."""
     from distill.core.distributed import is_dtensor
 
     return weight.full_tensor() if is_dtensor(weight) else weight
-
-
-def _check_teacher(
-    model: Any, server: Any, divergence: str, temperature: float, seq_kd: bool
-) -> None:
-    if (model is None) == (server is None):
-        raise ValueError(
-            "give the teacher as teacher_model (a model) or teacher_server (a served one), "
-            "one of the two"
-        )
-    if server is not None and (divergence != "forward_kl" or temperature != 1.0):
-        raise ValueError(
-            "a served teacher gives top-k log-probabilities at temperature 1: its KD is the "
-            "forward KL over those k tokens and the tail; set divergence='forward_kl', "
-            "temperature=1.0"
-        )
-    if server is not None and seq_kd:
-        raise ValueError(
-            "seq_kd has the teacher write the completions; a served teacher here only scores "
-            "text: write them first (distill generate) and train on them"
-        )
 
 
 def _prepare_text(
@@ -429,19 +418,3 @@ def _prepare_text(
         if kwargs.get("data_collator") is None:
             kwargs["data_collator"] = PadCollator(tokenizer)
     return shapes
-
-
-def with_adapter(model: torch.nn.Module, peft_config: Any) -> torch.nn.Module:
-    """`model` wrapped by `peft.get_peft_model`; a target the model lacks is named with the
-    model's own module names."""
-    try:
-        from peft import get_peft_model
-    except ImportError:
-        raise ImportError("peft_config needs the peft package: pip install peft") from None
-    try:
-        return get_peft_model(model, peft_config)
-    except ValueError as e:
-        kinds = sorted({name.rsplit(".", 1)[-1] for name, _ in model.named_modules() if name})
-        raise ValueError(
-            f"peft_config: {str(e).splitlines()[0]}; this model's module names end in {kinds[:20]}"
-        ) from None
