@@ -138,6 +138,10 @@ def test_shards_by_several_processes_resume_and_refusals(tmp_path, teacher_dir, 
     _refused(capsys, _cache_cmd(path, tmp_path / "mine"),
              r"is not an LM teacher cache \(it holds notes.txt\)")  # fmt: skip
     assert (tmp_path / "mine" / "notes.txt").read_text() == "mine"
+    for bad, says in ((["--shard", "7/3"], "counts from 0 to n - 1"), (["--shard", "x"], "takes i/n"),
+                      (["--shards", "0"], "1 or more")):  # fmt: skip
+        _refused(capsys, _cache_cmd(path, tmp_path / "never", *bad), says)
+    assert not (tmp_path / "never").exists()
 
 
 def test_a_cache_of_other_text_or_tokenizer_is_refused(tmp_path, teacher_dir):

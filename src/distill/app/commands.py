@@ -188,6 +188,7 @@ def cmd_lm_cache(args: argparse.Namespace) -> int:
     from distill.llm.cache_store import shard_ranges
     from distill.loop.progress import WorkProgress
 
+    _shard_args(args, 1 << 62)  # a malformed --shard fails before anything is built
     cfg = load_config(args.config, args.overrides)
     data = cfg.model_dump(mode="json")
     for arg in ("teacher_cache", "teacher_server"):  # the teacher being cached is local
@@ -227,12 +228,16 @@ def cmd_lm_cache(args: argparse.Namespace) -> int:
 
 def _shard_args(args: argparse.Namespace, rows: int) -> tuple[int, int | None]:
     """(shards, the one shard to build or None) from --shards and --shard i/n."""
+    if args.shards is not None and args.shards < 1:
+        raise ConfigError(f"--shards must be 1 or more, got {args.shards}")
     if args.shard is None:
         return args.shards or max(1, -(-rows // 8192)), None
     try:
         i, n = (int(x) for x in args.shard.split("/"))
     except ValueError:
         raise ConfigError(f"--shard takes i/n (e.g. 0/4), got {args.shard!r}") from None
+    if not 0 <= i < n:
+        raise ConfigError(f"--shard {args.shard}: shard i of n counts from 0 to n - 1")
     if args.shards and args.shards != n:
         raise ConfigError(f"--shard {args.shard} and --shards {args.shards} disagree")
     return n, i
