@@ -56,9 +56,13 @@ def main() -> None:
         save_file(state, os.path.join(out, "student.safetensors"))
         print("TRAINER-WORKER " + json.dumps({"held": held, "whole": whole, "sharded": sharded}))
     sys.stdout.flush()
-    if torch.distributed.is_initialized():  # gloo's threads must stop before the process ends,
-        torch.distributed.barrier()  # or one rank can abort at exit
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
         torch.distributed.destroy_process_group()
+        # gloo's threads can still abort the interpreter's own teardown ("terminate called
+        # without an active exception") after everything is saved: end the rank here
+        sys.stderr.flush()
+        os._exit(0)
 
 
 if __name__ == "__main__":

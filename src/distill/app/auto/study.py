@@ -26,8 +26,10 @@ import contextlib
 import hashlib
 import json
 import os
+import signal
 import socket
 import sys
+import threading
 import time
 import warnings
 from collections.abc import Iterator
@@ -340,6 +342,28 @@ class Search:
 
     # ------------------------------------------------------------------ one trial
     def objective(self, trial: Any) -> float:
+        """One trial. A signal while it trains lets its run checkpoint and stop (the
+        trainer's own handler); one while it is set up or measured stops it at once. Either
+        way the trial is marked interrupted, the command ends with RunStopped, and a rerun
+        tries the trial again."""
+        from distill.loop.progress import on_stop_signals
+
+        def stop(signum: int, _frame: object) -> None:
+            raise RunStopped(signal.Signals(signum).name, f"trial {trial.number} of distill auto")
+
+        scope = (
+            on_stop_signals(stop)
+            if threading.current_thread() is threading.main_thread()
+            else contextlib.nullcontext()
+        )
+        try:
+            with scope:
+                return self._objective(trial)
+        except RunStopped:
+            trial.set_user_attr("interrupted", True)
+            raise
+
+    def _objective(self, trial: Any) -> float:
         import optuna
 
         from distill.app.run import run_experiment
