@@ -402,9 +402,9 @@ def _study(out: Path):
     database (distill's own storage opener, which waits out that race)."""
     import optuna
 
-    from distill.app.auto.study import _storage
+    from distill.app.auto.storage import open_storage
 
-    storage = _storage(f"sqlite:///{out / 'study.db'}")
+    storage = open_storage(f"sqlite:///{out / 'study.db'}")
     return optuna.load_study(study_name="distill-auto", storage=storage)
 
 
@@ -435,7 +435,7 @@ def test_processes_opening_a_fresh_study_database_at_once_all_get_it(tmp_path):
     version row, "UNIQUE constraint failed"): a worker joining as the study starts, or a
     dashboard, killed `distill auto`. The loser now opens the made database."""
     url = f"sqlite:///{tmp_path / 'study.db'}"
-    code = f"from distill.app.auto.study import _storage; _storage({url!r})"
+    code = f"from distill.app.auto.storage import open_storage; open_storage({url!r})"
     procs = [
         subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE, text=True)
         for _ in range(4)  # before the fix, such starts often lost a process

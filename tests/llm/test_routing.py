@@ -21,8 +21,8 @@ from distill.core.checkpoint import save_weights
 from distill.core.config import parse_config
 from distill.core.errors import ConfigError
 from distill.data import load_batch
-from distill.llm.cache import sparse_kd_loss
 from distill.llm.lm_loss import lm_losses_from_logits
+from distill.losses.divergences import sparse_kd_loss
 from distill.models import build_model
 
 GPT2 = {"name": "hf_causal_lm", "args": {"arch": "gpt2", "n_embd": 32, "n_layer": 1, "n_head": 2}}

@@ -22,10 +22,10 @@ from distill.app.problems import (
     teacher_from_source,
 )
 from distill.app.terms import (
-    _reads_input_grad,
     add_input_grads,
     build_terms,
     check_classes,
+    config_reads_input_grad,
     dry_knowledge,
     needs_teacher,
 )
@@ -289,7 +289,7 @@ def _objective(
         check_classes(
             data, student_k, teacher_k, padded=spec.family == "llm", teacher_logits_read=logits_read
         )
-    if teacher_k is not None and _reads_input_grad(cfg):
+    if teacher_k is not None and config_reads_input_grad(cfg):
         add_input_grads(
             student, teacher, student_layers, teacher_layers, batch, student_k, teacher_k
         )
@@ -341,7 +341,7 @@ def _teacher_cache(
         # (seed, epoch, sample): cacheable epoch by epoch, unless a batch augmentation adds draws
         epoch_views=disk_random and augment is None,
         streamed=is_stream(data.train),
-        reads_input_grad=_reads_input_grad(cfg),
+        reads_input_grad=config_reads_input_grad(cfg),
         sharded_teacher=cfg.train.distributed.teacher == "shard" and env_world_size() > 1,
     )
     if not plan.use:

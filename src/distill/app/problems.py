@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from distill.app.terms import _reads_input_grad, needs_teacher
+from distill.app.terms import config_reads_input_grad, needs_teacher
 from distill.core.config import ExperimentConfig
 from distill.core.errors import ConfigError, unknown_name
 from distill.core.registry import resolve
@@ -86,7 +86,7 @@ def _scheme_problems(cfg: ExperimentConfig, spec: Any) -> list[str]:
             f"data.paired: cross-modal data (the teacher reads the paired modality) works with "
             f"schemes {', '.join(with_capability('paired_data'))}, not {name}"
         )
-    if cfg.data.paired is not None and _reads_input_grad(cfg):
+    if cfg.data.paired is not None and config_reads_input_grad(cfg):
         problems.append("data.paired: input-gradient terms need one input for both models")
     if cfg.data.paired is not None and cfg.train.cache.views:
         problems.append(
@@ -97,7 +97,7 @@ def _scheme_problems(cfg: ExperimentConfig, spec: Any) -> list[str]:
         peers = ", ".join(with_capability("takes_peers"))
         problems.append(f"peers: only the online schemes {peers} use peers, not {name}")
     if not spec.is_pipeline and not spec.taps_teacher:
-        if _reads_input_grad(cfg):
+        if config_reads_input_grad(cfg):
             problems.append("objective.terms: input_grad needs a teacher; use scheme: offline")
         # (adversarial runs the objective on its teacher's outputs, as offline does)
         if not spec.teacher_terms and any(needs_teacher(t.loss) for t in cfg.objective.terms):

@@ -55,7 +55,7 @@ def dry_knowledge(
     return knowledge
 
 
-def _reads_input_grad(cfg: ExperimentConfig) -> bool:
+def config_reads_input_grad(cfg: ExperimentConfig) -> bool:
     return reads_input_grad(w for t in cfg.objective.terms for w in (t.student, t.teacher))
 
 

@@ -42,7 +42,7 @@ from distill.data.records import LazySplit, sample_seed
 from distill.data.tables import (
     LABEL_COLUMNS,
     TableRows,
-    _column,
+    check_column,
     feature_columns,
     hf_cache_dir,
     labels_of,
@@ -232,7 +232,7 @@ def _rows(splits: Any, split: str, cols: _Columns, coder: Any, feature_cols: lis
     table = splits[split]
     origin = f"split {split!r} of {cols.path!r}"
     for c in [cols.label, *feature_cols]:
-        _column(table, c, "hf", "label" if c == cols.label else "input", origin)
+        check_column(table, c, "hf", "label" if c == cols.label else "input", origin)
     y, coder = labels_of(table, cols.label, f"dataset 'hf': {origin}", coder, names)
     return TableRows("hf", table, feature_cols, y, origin, cols.mode), coder
 
@@ -240,9 +240,9 @@ def _rows(splits: Any, split: str, cols: _Columns, coder: Any, feature_cols: lis
 def _map_style(splits, names, cols, train_tf, eval_tf, test_fraction, num_classes, class_names):
     train = splits[names["train"]]
     origin = f"split {names['train']!r} of {cols.path!r}"
-    _column(train, cols.label, "hf", "label", origin)
+    check_column(train, cols.label, "hf", "label", origin)
     if cols.text:
-        _column(train, cols.inputs[0], "hf", "text", origin)
+        check_column(train, cols.inputs[0], "hf", "text", origin)
         feature_cols = cols.inputs
     else:
         feature_cols = _input_columns(train, cols.inputs, cols.label, origin)
@@ -271,7 +271,7 @@ def _map_style(splits, names, cols, train_tf, eval_tf, test_fraction, num_classe
 
 def _input_columns(table: Any, inputs: list[str], label: str, origin: str) -> list[str]:
     for c in inputs:
-        _column(table, c, "hf", "input", origin)
+        check_column(table, c, "hf", "input", origin)
     if len(inputs) == 1 and is_image(table.features[inputs[0]]):
         return inputs
     if len(inputs) == 1 and is_text(table.features[inputs[0]]):

@@ -19,7 +19,7 @@ from distill.data.lazy import (
     range_of,
     split_transforms,
 )
-from distill.data.tables import _column, find_label_column, labels_of, read_table
+from distill.data.tables import check_column, find_label_column, labels_of, read_table
 from distill.data.transforms import Pipeline
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm")
@@ -208,7 +208,7 @@ def load_image_csv(
 
     def source(csv: str, coder: LabelCoder | None) -> tuple[ImageFiles, LabelCoder]:
         table = read_table(csv, fmt="csv", name=name, delimiter=delimiter)
-        _column(table, path_column, name, "path", repr(csv))
+        check_column(table, path_column, name, "path", repr(csv))
         label = find_label_column(table, label_column, name, repr(csv))
         base = Path(root).expanduser() if root else Path(csv).expanduser().parent
         paths = [str(p if Path(p).is_absolute() else base / p) for p in table[path_column]]

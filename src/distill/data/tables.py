@@ -243,7 +243,7 @@ def images_from_structs(table: Any) -> Any:
     return table
 
 
-def _column(table: Any, column: str, name: str, role: str, origin: str) -> None:
+def check_column(table: Any, column: str, name: str, role: str, origin: str) -> None:
     columns = list(table.column_names or [])
     if column not in columns:
         from distill.core.errors import did_you_mean
@@ -260,7 +260,7 @@ LABEL_COLUMNS = ("label", "labels", "target", "targets", "class", "y")
 def find_label_column(table: Any, given: str | None, name: str, origin: str) -> str:
     """The label column: the one given, else the first of LABEL_COLUMNS the table has."""
     if given is not None:
-        _column(table, given, name, "label", origin)
+        check_column(table, given, name, "label", origin)
         return given
     found = next((c for c in LABEL_COLUMNS if c in (table.column_names or [])), None)
     if found is None:
@@ -310,7 +310,7 @@ def feature_columns(
     if features is None:
         features = [c for c in table.column_names if c != label]
     for c in features:
-        _column(table, c, name, "feature", origin)
+        check_column(table, c, name, "feature", origin)
         dtype = getattr(table.features[c], "dtype", "list")
         if dtype in ("string", "large_string"):
             raise DataError(
@@ -401,7 +401,7 @@ def _test_rows(
     name = "table"
     t_table = images_from_structs(read_table(test, fmt=fmt, name=name, delimiter=delimiter))
     for c in [label, *cols]:
-        _column(t_table, c, name, "label" if c == label else "feature", repr(test))
+        check_column(t_table, c, name, "label" if c == label else "feature", repr(test))
     if numeric:
         check_finite_columns(t_table, cols, name, repr(test))
     t_y, _ = labels_of(t_table, label, f"dataset {name!r}: {test!r}", coder)
@@ -443,7 +443,7 @@ def load_table(
     table = images_from_structs(read_table(train, fmt=format, name=name, delimiter=delimiter))
     label = find_label_column(table, label, name, repr(train))
     if text is not None:  # one text column, tokenized on access
-        _column(table, text, name, "text", repr(train))
+        check_column(table, text, name, "text", repr(train))
         cols = [text]
         train_tf = eval_tf = text_pipeline(text_options, name)
     else:

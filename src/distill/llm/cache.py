@@ -29,7 +29,7 @@ from torch import Tensor
 
 from distill.core.errors import CheckpointError
 from distill.llm.cache_store import FORMAT, Layout, ShardReader, layout_of
-from distill.losses.divergences import kl_rows
+from distill.losses.divergences import kl_rows, sparse_kd_loss
 
 
 @dataclass
@@ -106,39 +106,6 @@ def sparse_teacher(
         weights = torch.full(ids.shape, 1.0 / k)
         return ids, weights, log_p.gather(-1, ids)
     raise ValueError(f"cache mode must be 'topk' or 'sample', got {mode!r}")
-
-
-def sparse_kd_loss(
-    student_logits: Tensor,
-    ids: Tensor,
-    values: Tensor,
-    extra: Tensor,
-    mode: str,
-    *,
-    mask: Tensor | None = None,
-    temperature: float = 1.0,
-    num_tokens: float | Tensor | None = None,
-) -> Tensor:
-    """The KD loss from cached sparse teacher outputs, summed over supervised tokens and
-    divided by `num_tokens` (as `token_kd_loss`).
-
-    topk: KL over the k tokens and the tail bucket; sample: the unbiased soft cross-entropy
-    sum_v w(v) (-log q(v)) (its value includes the teacher's entropy, its gradient does not).
-    """
-    log_q = F.log_softmax(student_logits.float() / temperature, -1)
-    log_q_ids = log_q.gather(-1, ids)
-    if mode == "topk":
-        q_tail = torch.log1p(-log_q_ids.exp().sum(-1).clamp(max=1 - 1e-6))
-        p = values.exp()
-        per_token = (p * (values - log_q_ids)).sum(-1) + extra.exp() * (extra - q_tail)
-    else:
-        per_token = -(values * log_q_ids).sum(-1)
-    per_token = per_token * temperature**2 if temperature != 1.0 else per_token
-    if mask is not None:
-        per_token = per_token * mask.to(per_token.dtype)
-    if num_tokens is None:
-        num_tokens = mask.sum() if mask is not None else per_token.numel()
-    return per_token.sum() / torch.as_tensor(num_tokens, dtype=per_token.dtype).clamp_min(1)
 
 
 def cached_kd_losses(

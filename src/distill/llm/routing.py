@@ -138,8 +138,8 @@ class Router:
         self, student_logits: Tensor, batch: dict[str, Tensor], n: Tensor, scheme: Any
     ) -> dict[str, Tensor]:
         """{"kd": total, "kd_<name>": each teacher's share} of a batch."""
-        from distill.llm.cache import sparse_kd_loss
         from distill.llm.lm_loss import lm_losses_from_logits
+        from distill.losses.divergences import sparse_kd_loss
 
         y = batch["target"]
         if self.weights is None:

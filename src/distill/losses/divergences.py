@@ -12,7 +12,8 @@ Two layers of the same formulas:
   (accumulated) batch gives a mean that does not depend on how the batch was split into
   micro-batches: `token_kd_loss`. The teacher side is always detached.
 
-Everything is computed in float32 at least (float64 stays float64). P is the teacher's
+`sparse_kd_loss` is the same per-token KD from a sparse teacher (its top k and the tail, or
+k samples). Everything is computed in float32 at least (float64 stays float64). P is the teacher's
 distribution and Q the student's, both at temperature T.
 """
 
@@ -223,3 +224,37 @@ def token_kd_loss(
     if num_tokens is None:
         num_tokens = mask.sum() if mask is not None else student.shape[:-1].numel()
     return total / torch.as_tensor(num_tokens, dtype=total.dtype).clamp_min(1)
+
+
+def sparse_kd_loss(
+    student_logits: Tensor,
+    ids: Tensor,
+    values: Tensor,
+    extra: Tensor,
+    mode: str,
+    *,
+    mask: Tensor | None = None,
+    temperature: float = 1.0,
+    num_tokens: float | Tensor | None = None,
+) -> Tensor:
+    """The KD loss from a sparse teacher (a cache's or a server's top-k or samples,
+    `distill.llm.cache`), summed over supervised tokens and divided by `num_tokens` (as
+    `token_kd_loss`).
+
+    topk: KL over the k tokens and the tail bucket; sample: the unbiased soft cross-entropy
+    sum_v w(v) (-log q(v)) (its value includes the teacher's entropy, its gradient does not).
+    """
+    log_q = F.log_softmax(student_logits.float() / temperature, -1)
+    log_q_ids = log_q.gather(-1, ids)
+    if mode == "topk":
+        q_tail = torch.log1p(-log_q_ids.exp().sum(-1).clamp(max=1 - 1e-6))
+        p = values.exp()
+        per_token = (p * (values - log_q_ids)).sum(-1) + extra.exp() * (extra - q_tail)
+    else:
+        per_token = -(values * log_q_ids).sum(-1)
+    per_token = per_token * temperature**2 if temperature != 1.0 else per_token
+    if mask is not None:
+        per_token = per_token * mask.to(per_token.dtype)
+    if num_tokens is None:
+        num_tokens = mask.sum() if mask is not None else per_token.numel()
+    return per_token.sum() / torch.as_tensor(num_tokens, dtype=per_token.dtype).clamp_min(1)

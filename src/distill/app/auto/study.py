@@ -31,8 +31,6 @@ import socket
 import sys
 import threading
 import time
-import warnings
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,6 +38,7 @@ from typing import Any
 from distill.app.auto.candidates import Profile, spec_for
 from distill.app.auto.settings import AutoSettings
 from distill.app.auto.space import BASELINES, Pairing, objective_for
+from distill.app.auto.storage import dead_here, open_storage, quiet_optuna
 from distill.core.errors import ConfigError, RunStopped
 
 STUDY = "distill-auto"
@@ -121,73 +120,6 @@ def fingerprint(settings: AutoSettings, candidates: list[Profile], methods: list
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
 
-@contextlib.contextmanager
-def _quiet_optuna() -> Iterator[None]:
-    """Optuna marks the features used here (heartbeats, grouped TPE) experimental, and
-    says so on every call; the search works the same without the notes."""
-    import optuna
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        warnings.simplefilter("ignore", FutureWarning)
-        yield
-
-
-def _storage(url: str) -> Any:
-    """RDB storage with heartbeats, so that a dead worker's trial is tried again by another
-    (Optuna 4.9 renamed the retry callback; both spellings are accepted)."""
-    from sqlalchemy.exc import IntegrityError, OperationalError
-
-    for attempt in range(5):
-        try:
-            return _rdb(url)
-        except (IntegrityError, OperationalError):
-            # two processes creating one fresh database's schema at once (a worker joining
-            # as the study starts, a dashboard): the loser finds it made; open it again
-            if attempt == 4:
-                raise
-            time.sleep(0.2 * (attempt + 1))
-    raise AssertionError("unreachable")
-
-
-def _rdb(url: str) -> Any:
-    from optuna.storages import RDBStorage
-
-    with _quiet_optuna():
-        try:
-            from optuna.storages import RetryHeartbeatStaleTrialCallback
-
-            return RDBStorage(
-                url,
-                heartbeat_interval=30,
-                grace_period=120,
-                heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=2),
-            )
-        except (ImportError, TypeError):
-            from optuna.storages import RetryFailedTrialCallback
-
-            return RDBStorage(
-                url,
-                heartbeat_interval=30,
-                grace_period=120,
-                failed_trial_callback=RetryFailedTrialCallback(max_retry=2),
-            )
-
-
-def _dead_here(attrs: dict[str, Any]) -> bool:
-    """Whether the trial's worker ran on this machine and its process is gone."""
-    worker = attrs.get("worker") or {}
-    if worker.get("host") != socket.gethostname() or not worker.get("pid"):
-        return False
-    try:
-        os.kill(int(worker["pid"]), 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:  # alive, another user's
-        return False
-    return False
-
-
 # what a worker on another machine needs to join: everything but where it writes and how
 # long it works
 LOCAL_FIELDS = {"out", "storage", "time_s", "trials", "progress", "device", "workers"}
@@ -207,9 +139,9 @@ def settings_of_study(url: str) -> dict[str, Any]:
             "worker made (its --out holds study.db)"
         )
 
-    with _quiet_optuna():
+    with quiet_optuna():
         try:
-            study = optuna.load_study(study_name=STUDY, storage=_storage(url))
+            study = optuna.load_study(study_name=STUDY, storage=open_storage(url))
         except KeyError:
             raise ConfigError(
                 f"auto --join: {url.split('@')[-1]!r} holds no distill auto study yet; start "
@@ -252,7 +184,7 @@ class Search:
 
         optuna.logging.set_verbosity(optuna.logging.ERROR)  # the lines above say enough
         try:
-            storage = _storage(self.settings.storage_url)
+            storage = open_storage(self.settings.storage_url)
         except Exception as e:  # SQLAlchemy's errors: an unreachable server, a bad URL
             raise ConfigError(
                 f"auto: cannot open the study storage {self._shown_url()}: "
@@ -265,7 +197,7 @@ class Search:
                 f"auto --join: {self._shown_url()} holds no distill auto study yet; start "
                 "one with --storage URL first"
             )
-        with _quiet_optuna():
+        with quiet_optuna():
             study = self._create(storage)
         made_for = study.user_attrs.get("fingerprint")
         if made_for is None and STUDY in known and study.trials:
@@ -325,7 +257,7 @@ class Search:
         retried = {t.user_attrs.get("retry_of") for t in self.study.trials}
         study_id = self.storage.get_study_id_from_name(STUDY)
         for t in self.study.trials:
-            stale = t.state == optuna.trial.TrialState.RUNNING and _dead_here(t.user_attrs)
+            stale = t.state == optuna.trial.TrialState.RUNNING and dead_here(t.user_attrs)
             stopped = t.state == optuna.trial.TrialState.FAIL and t.user_attrs.get("interrupted")
             if (stale or stopped) and t.number not in retried:
                 if stale:  # its process is gone: nobody runs it
@@ -426,7 +358,7 @@ class Search:
             if self._count(states) >= total:
                 return
         timeout = None if self.deadline is None else max(1.0, self.deadline - time.time())
-        with _quiet_optuna():
+        with quiet_optuna():
             self.study.optimize(
                 self.objective, timeout=timeout, callbacks=callbacks, catch=(), gc_after_trial=True
             )
