@@ -37,13 +37,16 @@ import random
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 import transformers
 from torch import Tensor
 
 from distill.llm.chunked import decoder_and_head
+from distill.llm.cross_trainer import vocabulary_map
 from distill.llm.lm_loss import lm_losses_from_hidden, lm_losses_from_logits
 from distill.llm.trainer_cache import with_row_numbers
 from distill.llm.trainer_options import check_teacher, trainer_options, with_peft
+from distill.llm.trainer_routing import ROUTE, TrainerRouter, route_rows, with_routes
 from distill.losses.divergences import divergence_args
 
 
@@ -73,6 +76,9 @@ class DistillationTrainer(transformers.Trainer):
         teacher_server: Any = None,
         teacher_cache: str | None = None,
         cache_k: int = 32,
+        teachers: dict[str, Any] | None = None,
+        teacher_weights: dict[str, float] | None = None,
+        route_column: str | None = None,
         divergence: str | None = None,
         temperature: float | None = None,
         kd_weight: float | None = None,
@@ -95,23 +101,18 @@ class DistillationTrainer(transformers.Trainer):
         lmbda, args = o["lmbda"], o["args"]
         div_args = divergence_args(o["divergence"], o["temperature"], o["beta"], alpha)
         sources = (o["teacher_model"], teacher_server, teacher_cache)
-        check_teacher(sources, o["divergence"], o["temperature"], lmbda, seq_kd)
+        routes = (teachers, teacher_weights, route_column, chunk_size, cross_tokenizer)
+        check_teacher(sources, o["divergence"], o["temperature"], lmbda, seq_kd, routes)
         cross = (cross_tokenizer, teacher_processing_class, teacher_server, lmbda, seq_kd)
-        shapes = _prepare_text(kwargs, max_length, cross)
-        rows = kwargs.get("train_dataset")
-        if teacher_cache is not None:  # each row keeps its number through shuffling
-            kwargs["train_dataset"] = with_row_numbers(rows)
-        if shapes.get("train_dataset") == "prompt_only" and lmbda < 1.0 and not seq_kd:
-            raise ValueError(
-                "the training data holds prompts alone, which carry no tokens to learn until "
-                "a model completes them: set lmbda=1.0 (on-policy: the student writes, the "
-                "teacher scores) or seq_kd=True (the teacher writes)"
-            )
+        rows = _prepare_rows(kwargs, max_length, cross, teachers, route_column, teacher_cache)
         if peft_config is not None:
             args = with_peft(args, kwargs, peft_config)
         super().__init__(*args, **kwargs)
         self.shard_teacher = shard_teacher
         self._set_teacher(o["teacher_model"], teacher_server, (teacher_cache, rows, cache_k))
+        self.router = None
+        if teachers is not None:
+            self.router = TrainerRouter(self, teachers, teacher_weights, rows, cache_k)
         self.divergence, self.chunk_size = o["divergence"], chunk_size
         self.kd_weight, self.task_weight = o["kd_weight"], o["task_weight"]
         self.div_args = div_args
@@ -120,8 +121,6 @@ class DistillationTrainer(transformers.Trainer):
         self.lmbda, self.seq_kd = lmbda, seq_kd
         self.cross_tokenizer, self.vocab_map = cross_tokenizer, None
         if cross_tokenizer == "spans":
-            from distill.llm.cross_trainer import vocabulary_map
-
             self.vocab_map = vocabulary_map(self.processing_class, teacher_processing_class)
         self.max_new_tokens = o["max_new_tokens"]
         self.generation_temperature = o["generation_temperature"]
@@ -266,13 +265,19 @@ class DistillationTrainer(transformers.Trainer):
         shard = self.shard_teacher if self.shard_teacher is not None else self.is_fsdp_enabled
         return prepare_teacher(teacher, self.accelerator, self.args.device, shard)
 
+    def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
+        """Trainer's log, with each routed teacher's KD (`kd_<name>`) beside the loss."""
+        if self.router is not None and "loss" in logs:
+            logs = {**logs, **self.router.take_logs()}
+        super().log(logs, *args, **kwargs)
+
     def _set_signature_columns_if_needed(self) -> None:
         """The teacher's columns (cross-tokenizer data) are kept with the model's own."""
         super()._set_signature_columns_if_needed()
         from distill.llm.cross_trainer import TEACHER_COLUMNS
         from distill.llm.trainer_cache import ROW
 
-        self._signature_columns = [*self._signature_columns, *TEACHER_COLUMNS, ROW]
+        self._signature_columns = [*self._signature_columns, *TEACHER_COLUMNS, ROW, ROUTE]
 
     def _set_teacher(self, model: Any, server: Any, cache: tuple) -> None:
         """`teacher` (a model placed for training, or None), `served` and `cached`."""
@@ -282,8 +287,8 @@ class DistillationTrainer(transformers.Trainer):
         elif cache[0] is not None:
             self.cached = self._cache(cache[0], model, cache[1], cache[2])
             self.teacher = None  # built or not, the cache stands in for it from here
-        else:
-            self.teacher = self.prepare_teacher(model)
+        else:  # one model, or none when `teachers=` names several
+            self.teacher = None if model is None else self.prepare_teacher(model)
 
     def _cache(self, path: str, teacher: Any, rows: Any, k: int) -> Any:
         from distill.llm.trainer_cache import BatchRows, open_or_build
@@ -312,7 +317,13 @@ class DistillationTrainer(transformers.Trainer):
         mask = targets != -100
         n = num_items_in_batch if num_items_in_batch is not None else mask.sum()
         n = torch.as_tensor(n, device=labels.device)
-        if self.cross_tokenizer is not None:
+        if self.router is not None:
+            own = {k: v for k, v in inputs.items() if k not in (ROUTE, "cache_row")}
+            outputs = model(**own)
+            logits = outputs.logits[:, :-1]
+            kd = self.router.kd(self, logits, inputs, targets, n)
+            ce = F.cross_entropy(logits.float()[mask], targets[mask], reduction="sum") / n
+        elif self.cross_tokenizer is not None:
             from distill.llm.cross_trainer import cross_losses
 
             kd, ce, outputs = cross_losses(self, model, inputs, targets, mask, n)
@@ -418,3 +429,32 @@ def _prepare_text(
         if kwargs.get("data_collator") is None:
             kwargs["data_collator"] = PadCollator(tokenizer)
     return shapes
+
+
+def _prepare_rows(
+    kwargs: dict[str, Any], max_length: int, cross: tuple, teachers: Any, column: Any, cache: Any
+) -> Any:
+    """The datasets tokenised (`_prepare_text`), each training row keeping its teacher (read
+    before tokenising drops the column) and, when a cache is read, its number. Returns the
+    training rows as tokenised, before those columns were added."""
+    route = None
+    if teachers is not None:
+        kwargs["train_dataset"], route = route_rows(
+            kwargs.get("train_dataset"), column, list(teachers)
+        )
+    shapes = _prepare_text(kwargs, max_length, cross)
+    _, _, _, lmbda, seq_kd = cross
+    if shapes.get("train_dataset") == "prompt_only" and lmbda < 1.0 and not seq_kd:
+        raise ValueError(
+            "the training data holds prompts alone, which carry no tokens to learn until "
+            "a model completes them: set lmbda=1.0 (on-policy: the student writes, the "
+            "teacher scores) or seq_kd=True (the teacher writes)"
+        )
+    rows = kwargs.get("train_dataset")
+    cached = cache is not None or any(
+        isinstance(t, dict) and "cache" in t for t in (teachers or {}).values()
+    )
+    if cached:  # each row keeps its number through shuffling
+        kwargs["train_dataset"] = with_row_numbers(rows)
+    kwargs["train_dataset"] = with_routes(kwargs.get("train_dataset"), route)
+    return rows

@@ -40,11 +40,20 @@ def with_peft(args: tuple, kwargs: dict[str, Any], peft_config: Any) -> tuple:
 
 
 def check_teacher(
-    sources: tuple, divergence: str, temperature: float, lmbda: float, seq_kd: bool
+    sources: tuple,
+    divergence: str,
+    temperature: float,
+    lmbda: float,
+    seq_kd: bool,
+    routes: tuple = (None,) * 5,
 ) -> None:
     """The teacher is one of a model, a server and a cache (a model may come with a cache,
-    to build it); the sparse ones give the forward KL at T = 1 on the data's own text."""
+    to build it), or several (`routes`: teachers, weights, route column, and the options
+    they cannot take); the sparse ones give the forward KL at T = 1 on the data's own text."""
     model, server, cache = sources
+    if routes[0] is not None:
+        _check_routes(sources, routes, divergence, temperature, lmbda, seq_kd)
+        return
     if (model is None and server is None and cache is None) or (server is not None) + (
         cache is not None
     ) + (model is not None and cache is None) != 1:
@@ -67,6 +76,31 @@ def check_teacher(
         raise ValueError(
             "a teacher cache holds the teacher's outputs on the training rows as they are; "
             "on-policy (lmbda) and seq_kd need a teacher that reads new text"
+        )
+
+
+def _check_routes(
+    sources: tuple, routes: tuple, divergence: str, temperature: float, lmbda: float, seq_kd: bool
+) -> None:
+    teachers, weights, column, chunk, cross = routes
+    if any(x is not None for x in sources):
+        raise ValueError("teachers= names every teacher: leave out teacher_model/server/cache")
+    if (weights is None) == (column is None):
+        raise ValueError(
+            "teachers=: give teacher_weights (a fixed mixture) or route_column (each row's "
+            "teacher), one of the two"
+        )
+    if lmbda or seq_kd or chunk or cross:
+        raise ValueError(
+            "teachers= trains on the data's own tokens with token-level KD; it cannot be "
+            "combined with lmbda, seq_kd, chunk_size or cross_tokenizer"
+        )
+    if any(isinstance(t, dict) for t in teachers.values()) and (
+        divergence != "forward_kl" or temperature != 1.0
+    ):
+        raise ValueError(
+            "a served or cached teacher gives top-k log-probabilities at temperature 1: set "
+            "divergence='forward_kl', temperature=1.0"
         )
 
 
