@@ -53,7 +53,9 @@ class Layout:
     length: int
     value_bits: int = 16
     zstd: int = 0  # 0: off, else the compression level
-    block_rows: int = 64
+    # rows per block: a batch of shuffled rows decodes one block per row, so small blocks
+    # (8: 6.5x faster reads than 64 on a 4,096-row cache) and zstd still sees ~0.5M pairs
+    block_rows: int = 8
 
     def __post_init__(self) -> None:
         if self.mode not in ("topk", "sample"):
@@ -200,7 +202,7 @@ def write_shard(folder: Path, i: int, start: int, blocks: Any, layout: Layout) -
 class ShardReader:
     """Rows of a finished cache, read block by block with the last `keep` blocks decoded."""
 
-    def __init__(self, folder: Path, layout: Layout, shards: int, keep: int = 32):
+    def __init__(self, folder: Path, layout: Layout, shards: int, keep: int = 16):
         self.folder, self.layout = folder, layout
         self.blocks: list[tuple[int, int, int, int, int]] = []  # shard, offset, size, start, end
         missing = [i for i in range(shards) if not (folder / f"{shard_name(i)}.json").is_file()]
