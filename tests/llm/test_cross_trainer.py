@@ -112,3 +112,49 @@ def test_distillation_trainer_across_tokenizers_chunked_or_whole(toks, tmp_path,
         DistillationTrainer(model=student, args=args, train_dataset=data, processing_class=s_tok,
                             teacher_model=teacher, teacher_processing_class=t_tok,
                             cross_tokenizer=mode, lmbda=0.5)  # fmt: skip
+
+
+def test_dskd_in_the_trainer_trains_its_bridge_and_resumes_it(toks, tmp_path):
+    """DSKD's attention and projections train with the student (their own optimizer
+    group), are saved in each checkpoint and reloaded on resume."""
+    from transformers import TrainingArguments
+
+    from distill import DistillationTrainer
+    from distill.models import build_model
+
+    s_tok, t_tok = toks
+    torch.manual_seed(0)
+    teacher = build_model("hf_causal_lm", (64,), len(t_tok), {"arch": "gpt2", "n_embd": 32,
+                                                               "n_layer": 1, "n_head": 2})  # fmt: skip
+    student = build_model("hf_causal_lm", (64,), len(s_tok), {"arch": "gpt2", "n_embd": 16,
+                                                               "n_layer": 1, "n_head": 2})  # fmt: skip
+    data = [{"prompt": c[:18], "completion": c[18:]} for c in CORPUS[:16]]
+
+    def trainer(steps: int) -> DistillationTrainer:
+        args = TrainingArguments(output_dir=str(tmp_path), max_steps=steps, report_to=[],
+                                 per_device_train_batch_size=4, use_cpu=True, save_steps=2,
+                                 learning_rate=1e-2)  # fmt: skip
+        return DistillationTrainer(model=student, args=args, train_dataset=data,
+                                   processing_class=s_tok, teacher_model=teacher,
+                                   teacher_processing_class=t_tok, cross_tokenizer="dskd")  # fmt: skip
+
+    first = trainer(2)
+    before = [p.detach().clone() for p in first.dskd.parameters()]
+    out = first.train()
+    assert out.global_step == 2 and torch.isfinite(torch.tensor(out.training_loss))
+    assert any(not torch.equal(a, b) for a, b in zip(before, first.dskd.parameters()))
+    saved = tmp_path / "checkpoint-2" / "dskd.safetensors"
+    assert saved.is_file()
+    from safetensors.torch import load_file
+
+    resumed = trainer(3)  # a new bridge, randomly initialised again
+    resumed._load_from_checkpoint(str(tmp_path / "checkpoint-2"))
+    state = load_file(str(saved))
+    assert all(torch.equal(state[k], v) for k, v in resumed.dskd.state_dict().items())
+    resumed.train(resume_from_checkpoint=str(tmp_path / "checkpoint-2"))
+    assert resumed.state.global_step == 3
+    with pytest.raises(ValueError, match="set chunk_size=0"):
+        DistillationTrainer(model=student, args=TrainingArguments(output_dir=str(tmp_path),
+                            report_to=[], use_cpu=True), train_dataset=data,
+                            processing_class=s_tok, teacher_model=teacher,
+                            teacher_processing_class=t_tok, cross_tokenizer="dskd", chunk_size=4)  # fmt: skip

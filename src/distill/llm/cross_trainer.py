@@ -183,8 +183,8 @@ class CrossCollator:
 
 
 def check_cross(mode: str, t_tok: Any, served: Any, lmbda: float, seq_kd: bool) -> None:
-    if mode not in ("uld", "spans"):
-        raise ValueError(f"cross_tokenizer must be 'uld' or 'spans', got {mode!r}")
+    if mode not in ("uld", "spans", "dskd"):
+        raise ValueError(f"cross_tokenizer must be 'uld', 'spans' or 'dskd', got {mode!r}")
     if t_tok is None:
         raise ValueError("cross_tokenizer needs the teacher's tokenizer: teacher_processing_class=")
     if served is not None:
@@ -231,9 +231,14 @@ def prepare_cross_text(kwargs: dict[str, Any], t_tok: Any, max_length: int) -> d
 
 
 def cross_losses(trainer: Any, model: Any, inputs: dict, targets: Tensor, mask: Tensor, n: Any):
-    """(kd, ce, outputs) of a batch across tokenizers; `inputs` holds the student's columns
-    after the teacher's are popped here."""
+    """(kd, ce, outputs, extra loss) of a batch across tokenizers; `inputs` holds the
+    student's columns after the teacher's are popped here."""
     from distill.llm.chunked import chunked_cross_entropy, chunked_loss, decoder_and_head
+
+    if trainer.cross_tokenizer == "dskd":
+        from distill.llm.cross_dskd import dskd_losses
+
+        return dskd_losses(trainer, model, inputs, targets, n)
 
     t_in = {"input_ids": inputs.pop("teacher_input_ids"),
             "attention_mask": inputs.pop("teacher_attention_mask")}  # fmt: skip
@@ -251,10 +256,10 @@ def cross_losses(trainer: Any, model: Any, inputs: dict, targets: Tensor, mask: 
 
         kd = chunked_loss(aligned(h_s, a_s), w_s, of_chunk, trainer.chunk_size)
         ce = chunked_cross_entropy(h_s[:, :-1][mask], w_s, targets[mask], trainer.chunk_size)
-        return kd / n, ce / n, None
+        return kd / n, ce / n, None, 0.0
     outputs = model(**inputs)
     with torch.no_grad():
         z_t = aligned(trainer.teacher(**t_in).logits, a_t)
     kd = pair_loss(aligned(outputs.logits, a_s), z_t, mode, vmap, temp)
     ce = F.cross_entropy(outputs.logits[:, :-1].float()[mask], targets[mask], reduction="sum")
-    return kd / n, ce / n, outputs
+    return kd / n, ce / n, outputs, 0.0

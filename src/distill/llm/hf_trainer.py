@@ -119,9 +119,11 @@ class DistillationTrainer(transformers.Trainer):
         # we normalise by num_items_in_batch ourselves; Trainer must not divide again
         self.model_accepts_loss_kwargs = True
         self.lmbda, self.seq_kd = lmbda, seq_kd
-        self.cross_tokenizer, self.vocab_map = cross_tokenizer, None
+        self.cross_tokenizer, self.vocab_map, self.dskd = cross_tokenizer, None, None
         if cross_tokenizer == "spans":
             self.vocab_map = vocabulary_map(self.processing_class, teacher_processing_class)
+        if cross_tokenizer == "dskd":
+            self.dskd = self._dskd_bridge()
         self.max_new_tokens = o["max_new_tokens"]
         self.generation_temperature = o["generation_temperature"]
         self._coin = random.Random(self.args.seed)  # on-policy draws, reproducible
@@ -136,7 +138,12 @@ class DistillationTrainer(transformers.Trainer):
             inputs, generated = self.generate_completions(self.teacher, inputs), True
         if self.lmbda and self._coin.random() < self.lmbda:
             inputs, generated = self.generate_completions(model, inputs), True
-        return super().training_step(model, inputs, None if generated else num_items_in_batch)
+        loss = super().training_step(model, inputs, None if generated else num_items_in_batch)
+        if self.dskd is not None:
+            from distill.llm.cross_dskd import reduce_grads
+
+            reduce_grads(self)
+        return loss
 
     @torch.no_grad()
     def generate_completions(self, generator: torch.nn.Module, inputs: dict) -> dict:
@@ -265,6 +272,44 @@ class DistillationTrainer(transformers.Trainer):
         shard = self.shard_teacher if self.shard_teacher is not None else self.is_fsdp_enabled
         return prepare_teacher(teacher, self.accelerator, self.args.device, shard)
 
+    # ---------------------------------------------------------------- DSKD's own parameters
+    def _dskd_bridge(self) -> Any:
+        from distill.llm.cross_dskd import bridge
+
+        if self.chunk_size:
+            raise ValueError("cross_tokenizer='dskd' reads whole hidden states: set chunk_size=0")
+        student = self.accelerator.unwrap_model(self.model)
+        return bridge(student, self.teacher).to(self.args.device)
+
+    def create_optimizer(self, *args: Any, **kwargs: Any) -> Any:
+        """Trainer's optimizer, with DSKD's attention and projections in a group of their own."""
+        optimizer = super().create_optimizer(*args, **kwargs)
+        if getattr(self, "dskd", None) is not None and not any(
+            p is q
+            for g in optimizer.param_groups
+            for p in g["params"]
+            for q in self.dskd.parameters()
+        ):
+            optimizer.add_param_group({"params": list(self.dskd.parameters()), "weight_decay": 0.0})
+        return optimizer
+
+    def _save_checkpoint(self, model: Any, trial: Any, *args: Any, **kwargs: Any) -> None:
+        super()._save_checkpoint(model, trial, *args, **kwargs)
+        if self.dskd is not None:
+            from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+            from distill.llm.cross_dskd import save
+
+            run_dir = self._get_output_dir(trial=trial)
+            save(self, f"{run_dir}/{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, *args: Any, **kwargs: Any) -> None:
+        super()._load_from_checkpoint(resume_from_checkpoint, *args, **kwargs)
+        if self.dskd is not None:
+            from distill.llm.cross_dskd import load
+
+            load(self, resume_from_checkpoint)
+
     def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
         """Trainer's log, with each routed teacher's KD (`kd_<name>`) beside the loss."""
         if self.router is not None and "loss" in logs:
@@ -326,7 +371,7 @@ class DistillationTrainer(transformers.Trainer):
         elif self.cross_tokenizer is not None:
             from distill.llm.cross_trainer import cross_losses
 
-            kd, ce, outputs = cross_losses(self, model, inputs, targets, mask, n)
+            kd, ce, outputs, extra = cross_losses(self, model, inputs, targets, mask, n)
             if return_outputs and outputs is None:
                 outputs = model(**inputs)
         elif self.served is not None or self.cached is not None:
@@ -362,6 +407,8 @@ class DistillationTrainer(transformers.Trainer):
                 **self.div_args,
             )
         loss = self.task_weight * ce + self.kd_weight * kd
+        if self.cross_tokenizer is not None:
+            loss = loss + extra  # DSKD's alignment cross-entropy, else 0
         if num_items_in_batch is not None and self.args.average_tokens_across_devices:
             loss = loss * self.accelerator.num_processes  # n counted tokens on every device
         return (loss, outputs) if return_outputs else loss
