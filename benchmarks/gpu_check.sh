@@ -5,7 +5,8 @@
 #   2. DistillationTrainer vs TRL's GKDTrainer: loss agreement, step time, peak memory
 #      (needs trl: pip install "torch==2.13.0" trl);
 #   3. the chunked LLM loss against full logits: peak memory and time at a 32k vocabulary;
-#   4. DistillationTrainer with the teacher sharded alongside the student under FSDP.
+#   4. DistillationTrainer with the teacher sharded alongside the student under FSDP;
+#   5. the same under DeepSpeed ZeRO-3, when deepspeed is installed.
 # Usage: OUT=gpu_results bash benchmarks/gpu_check.sh
 set -euo pipefail
 OUT=${OUT:-gpu_results}
@@ -23,5 +24,13 @@ mkdir -p "$OUT/fsdp_teacher"
 ACCELERATE_USE_FSDP=true FSDP_VERSION=2 DEVICE=cuda OUT="$OUT/fsdp_teacher" \
   torchrun --standalone --nproc_per_node 1 tests/llm/trainer_worker.py \
   > "$OUT/fsdp_teacher.txt" 2>&1 || echo "FSDP teacher check failed (see fsdp_teacher.txt)" >&2
-# DeepSpeed ZeRO-3 needs the deepspeed package, which the GPU machine does not have
-# offline; with it: accelerate launch --use_deepspeed --zero_stage 3 tests/llm/trainer_worker.py
+# 5. The same under DeepSpeed ZeRO-3 (the teacher through deepspeed.initialize), when the
+#    deepspeed package is installed (the lent GPU machine has none and cannot download it).
+if python -c "import deepspeed" 2>/dev/null; then
+  mkdir -p "$OUT/zero3_teacher"
+  DEVICE=cuda OUT="$OUT/zero3_teacher" accelerate launch --num_processes 1 --use_deepspeed \
+    --zero_stage 3 tests/llm/trainer_worker.py > "$OUT/zero3_teacher.txt" 2>&1 \
+    || echo "ZeRO-3 teacher check failed (see zero3_teacher.txt)" >&2
+else
+  echo "deepspeed is not installed: ZeRO-3 check skipped" > "$OUT/zero3_teacher.txt"
+fi
