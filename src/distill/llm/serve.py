@@ -20,6 +20,7 @@ must carry `Authorization: Bearer $KEY`.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import threading
@@ -315,8 +316,7 @@ def run_server(
     httpd = teacher.serve(host, port)
     print(f"serving {teacher.name!r} on http://{host}:{httpd.server_address[1]}/v1", flush=True)
     try:
-        httpd.serve_forever()
-    except KeyboardInterrupt:
-        pass
+        with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C stops serving
+            httpd.serve_forever()
     finally:
         httpd.server_close()

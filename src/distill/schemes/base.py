@@ -241,11 +241,7 @@ class SelfTeaching(SchemeBase):
     """
 
     _tap: Any
-
-    def own_terms(
-        self, k: Any, batch: dict[str, Tensor], step: int
-    ) -> dict[str, tuple[Any, Tensor]]:
-        raise NotImplementedError(f"{type(self).__name__} must define own_terms")
+    own_terms: Any  # (k, batch, step) -> {name: (weight, value)}, written by each subclass
 
     def step(self, batch: dict[str, Tensor], step: int) -> dict[str, Tensor]:
         k = self._tap.run(batch["input"])
