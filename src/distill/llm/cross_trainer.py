@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from distill.llm.vocab import uld_sum
 from distill.losses.divergences import kl_rows
 
 TEACHER_COLUMNS = (
@@ -146,14 +147,10 @@ def vocabulary_map(s_tok: Any, t_tok: Any) -> tuple[Tensor, Tensor]:
 
 def pair_loss(z_s: Tensor, z_t: Tensor, mode: str, vocab_map: Any, temperature: float) -> Tensor:
     """The summed loss of aligned pairs from their logits (P, V_s) and (P, V_t)."""
+    if mode == "uld":
+        return uld_sum(z_s, z_t, temperature)
     z_t = z_t.detach().float() / temperature
     z_s = z_s.float() / temperature
-    if mode == "uld":
-        p_s, p_t = F.softmax(z_s, -1), F.softmax(z_t, -1)
-        v = max(p_s.shape[-1], p_t.shape[-1])
-        p_s = F.pad(p_s.sort(-1, descending=True).values, (0, v - p_s.shape[-1]))
-        p_t = F.pad(p_t.sort(-1, descending=True).values, (0, v - p_t.shape[-1]))
-        return (p_s - p_t).abs().sum()
     s_ids, t_ids = (m.to(z_s.device) for m in vocab_map)
     log_q = F.log_softmax(z_s[:, s_ids], -1)
     log_p = F.log_softmax(z_t[:, t_ids], -1)

@@ -87,17 +87,23 @@ def uld_loss(
     the student with the i-th of the teacher, the shorter count kept). Mean over pairs.
     """
     total, count = student_logits.new_zeros((), dtype=torch.float32), 0
-    v = max(student_logits.shape[-1], teacher_logits.shape[-1])
     for b, (si, ti) in enumerate(_aligned_rows(student_mask, teacher_mask)):
         if len(si) == 0:
             continue
-        p_s = F.softmax(student_logits[b, si].float() / temperature, -1)
-        p_t = F.softmax(teacher_logits[b, ti].detach().float() / temperature, -1)
-        p_s = F.pad(p_s.sort(-1, descending=True).values, (0, v - p_s.shape[-1]))
-        p_t = F.pad(p_t.sort(-1, descending=True).values, (0, v - p_t.shape[-1]))
-        total = total + (p_s - p_t).abs().sum()
+        total = total + uld_sum(student_logits[b, si], teacher_logits[b, ti], temperature)
         count += len(si)
     return total / max(count, 1)
+
+
+def uld_sum(student_logits: Tensor, teacher_logits: Tensor, temperature: float = 1.0) -> Tensor:
+    """Summed ULD of paired positions (P, V_s) and (P, V_t): the L1 distance between the two
+    distributions sorted in decreasing order, the shorter padded with zeros."""
+    p_s = F.softmax(student_logits.float() / temperature, -1)
+    p_t = F.softmax(teacher_logits.detach().float() / temperature, -1)
+    v = max(p_s.shape[-1], p_t.shape[-1])
+    p_s = F.pad(p_s.sort(-1, descending=True).values, (0, v - p_s.shape[-1]))
+    p_t = F.pad(p_t.sort(-1, descending=True).values, (0, v - p_t.shape[-1]))
+    return (p_s - p_t).abs().sum()
 
 
 class DualSpaceKD(nn.Module):
