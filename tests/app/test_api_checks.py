@@ -145,7 +145,7 @@ def test_export_to_onnx_without_its_packages_is_one_line(tmp_path, monkeypatch, 
 
 
 def test_a_teacher_cache_build_shows_progress_off_a_terminal(capsys):
-    from distill.loop.progress import WorkProgress
+    from distill.core.progress import WorkProgress
 
     with WorkProgress(4, "teacher cache", every_s=0.0) as bar:
         for _ in range(4):

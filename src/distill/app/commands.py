@@ -184,9 +184,9 @@ def cmd_lm_cache(args: argparse.Namespace) -> int:
     from distill.app.build import build
     from distill.core.config import load_config, parse_config
     from distill.core.fingerprints import weights_fingerprint
+    from distill.core.progress import WorkProgress
     from distill.llm.cache_build import build_cache, token_data_fingerprint, tokenizer_fingerprint
     from distill.llm.cache_store import shard_ranges
-    from distill.loop.progress import WorkProgress
 
     _shard_args(args, 1 << 62)  # a malformed --shard fails before anything is built
     cfg = load_config(args.config, args.overrides)

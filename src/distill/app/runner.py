@@ -32,7 +32,7 @@ import yaml
 from distill.core import rundir
 from distill.core.checkpoint import atomic_write_text
 from distill.core.errors import RunStopped
-from distill.loop.progress import clock as _clock
+from distill.core.progress import clock as _clock
 from distill.loop.progress import on_stop_signals
 
 

@@ -75,6 +75,7 @@ def open_or_build(
     refused when it was made from other rows."""
     from distill.core.errors import ConfigError
     from distill.core.fingerprints import weights_fingerprint
+    from distill.core.progress import WorkProgress
     from distill.llm.cache import TeacherCache
     from distill.llm.cache_build import build_cache, token_data_fingerprint
 
@@ -90,11 +91,13 @@ def open_or_build(
             "teacher": weights_fingerprint(teacher),
             "data": token_data_fingerprint(tokens),
         }
-        build_cache(
-            teacher, tokens, Path(path), mode="topk", k=k, temperature=1.0, batch_size=16,
-            seed=seed, vocab=vocab, value_bits=16, zstd=0, shards=max(1, -(-len(tokens) // 8192)),
-            only=None, fingerprint=fingerprint,
-        )  # fmt: skip
+        with WorkProgress(len(tokens), "teacher cache (rows)") as bar:
+            build_cache(
+                teacher, tokens, Path(path), mode="topk", k=k, temperature=1.0, batch_size=16,
+                seed=seed, vocab=vocab, value_bits=16, zstd=0,
+                shards=max(1, -(-len(tokens) // 8192)), only=None, fingerprint=fingerprint,
+                on_rows=bar.update,
+            )  # fmt: skip
     cache = TeacherCache.open(path)
     if cache.fingerprint.get("data") != token_data_fingerprint(tokens) or len(cache) != len(tokens):
         raise ConfigError(

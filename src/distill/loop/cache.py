@@ -45,11 +45,11 @@ from torch import Tensor, nn
 from distill.core.checkpoint import fsync_dir
 from distill.core.errors import ConfigError
 from distill.core.fingerprints import file_checksum, weights_fingerprint
+from distill.core.progress import WorkProgress
 from distill.core.settings import CacheSettings
 from distill.data import load_batch, teacher_input
 from distill.data.core import batches_whole
 from distill.loop.cache_keys import data_fingerprint, topk_compress, topk_expand
-from distill.loop.progress import WorkProgress
 from distill.schemes.table import SCHEMES, with_capability
 
 FORMAT_VERSION = 1
