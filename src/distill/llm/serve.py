@@ -80,6 +80,7 @@ class TeacherServer:
         self.model, self.tok, self.name = model, tokenizer, name
         self.max_logprobs, self.api_key = max_logprobs, api_key
         self.lock = threading.Lock()
+        self.decoded: dict[int, str] = {}
         cfg = getattr(model, "config", None)
         self.max_len = int(
             getattr(cfg, "max_position_embeddings", 0) or getattr(cfg, "n_positions", 0)
@@ -121,22 +122,26 @@ class TeacherServer:
     def _vocab(self) -> int:
         return int(self.model.get_output_embeddings().weight.shape[0])
 
+    def _text(self, token: int) -> str:
+        """A token's decoded text, decoded once per id (a tokenizer call per entry of every
+        position would cost more than the model)."""
+        text = self.decoded.get(token)
+        if text is None:
+            text = self.decoded[token] = self.tok.decode([token])
+        return text
+
     def _top(self, logp: torch.Tensor, n: int, own: int | None = None) -> dict[str, Any]:
         values, ids = logp.topk(n)
         entry = {
-            str(int(i)): {
-                "logprob": float(v),
-                "rank": r + 1,
-                "decoded_token": self.tok.decode([int(i)]),
-            }
-            for r, (v, i) in enumerate(zip(values, ids))
+            str(i): {"logprob": v, "rank": r + 1, "decoded_token": self._text(i)}
+            for r, (v, i) in enumerate(zip(values.tolist(), ids.tolist()))
         }
         if own is not None and str(own) not in entry:
             rank = int((logp > logp[own]).sum()) + 1
             entry[str(own)] = {
                 "logprob": float(logp[own]),
                 "rank": rank,
-                "decoded_token": self.tok.decode([own]),
+                "decoded_token": self._text(own),
             }
         return entry
 
