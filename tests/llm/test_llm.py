@@ -381,13 +381,23 @@ def test_uld_ignores_token_identity():
     assert float(uld_loss(p, q, mask, mask)) == pytest.approx(expected, rel=1e-5)
 
 
-@pytest.mark.parametrize("method", ["uld", "dskd"])
-def test_cross_tokenizer_kd_end_to_end(tmp_path, method):
+def _bytes_teacher(tmp_path) -> dict:
+    """A byte-level GPT-2 teacher saved in `tmp_path`: its config section."""
     from distill.core.checkpoint import save_weights
     from distill.models import build_model
 
-    teacher = build_model("hf_causal_lm", (48,), 259, GPT2["args"])  # a byte-level teacher
+    teacher = build_model("hf_causal_lm", (48,), 259, GPT2["args"])
     save_weights(tmp_path / "bytes_teacher.safetensors", teacher)
+    return {
+        **GPT2,
+        "args": {**GPT2["args"], "vocab_size": 259},
+        "weights": str(tmp_path / "bytes_teacher.safetensors"),
+    }
+
+
+@pytest.mark.parametrize("method", ["uld", "dskd"])
+def test_cross_tokenizer_kd_end_to_end(tmp_path, method):
+    teacher = _bytes_teacher(tmp_path)
     data = {
         **DATA,
         "options": {**DATA["options"], "teacher_tokenizer": "bytes", "teacher_block_size": 48},
@@ -397,11 +407,7 @@ def test_cross_tokenizer_kd_end_to_end(tmp_path, method):
         "run_dir": str(tmp_path / method),
         "data": data,
         "scheme": {"name": "lm_kd", "args": {"cross_tokenizer": method}},
-        "teacher": {
-            **GPT2,
-            "args": {**GPT2["args"], "vocab_size": 259},
-            "weights": str(tmp_path / "bytes_teacher.safetensors"),
-        },
+        "teacher": teacher,
         "student": LLAMA,
         "train": TRAIN,
     }
@@ -628,12 +634,8 @@ def test_sequence_level_kd_across_tokenizers(tmp_path, capsys):
     """A byte-level teacher writes continuations; the student learns them re-tokenized by
     its BPE tokenizer (supervised only past the prompt), and the distinct-token ratio of
     the teacher's generations is reported."""
-    from distill.core.checkpoint import save_weights
-    from distill.models import build_model
-
     torch.manual_seed(0)
-    teacher = build_model("hf_causal_lm", (48,), 259, GPT2["args"])
-    save_weights(tmp_path / "bytes_teacher.safetensors", teacher)
+    teacher = _bytes_teacher(tmp_path)
     data = {
         **DATA,
         "options": {**DATA["options"], "teacher_tokenizer": "bytes", "teacher_block_size": 48},
@@ -646,11 +648,7 @@ def test_sequence_level_kd_across_tokenizers(tmp_path, capsys):
             "name": "lm_kd",
             "args": {"sequence_level": {"prompt_tokens": 8, "greedy": False}},
         },
-        "teacher": {
-            **GPT2,
-            "args": {**GPT2["args"], "vocab_size": 259},
-            "weights": str(tmp_path / "bytes_teacher.safetensors"),
-        },
+        "teacher": teacher,
         "student": LLAMA,
         "train": TRAIN,
     }
